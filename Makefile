@@ -1,0 +1,27 @@
+# The two set-up commands of the README. Each creates .venv when missing and installs the project.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.phonorm-installed
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU build these machines carry on disk: anything else pulls gigabytes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/phonorm demo
+
+test: $(STAMP)
+	@bash scripts/ensure-chromium.sh || true
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

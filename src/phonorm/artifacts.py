@@ -1,0 +1,134 @@
+"""What every artifact on disk shares: atomic writes and a provenance record.
+
+Every stage writes to a temporary name in the same folder and renames when complete, so an
+interrupted run never leaves a file that looks finished. Every artifact records its settings,
+the library versions and the code version (`provenance()`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from phonorm import __version__
+
+_LIBRARIES = (
+    "torch", "transformers", "accelerate", "numpy", "scipy", "pandas", "pyarrow", "scikit-learn",
+    "umap-learn", "praatio", "pypinyin", "praat-parselmouth", "soundfile", "soxr",
+)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_parquet(path: str | Path, frame) -> None:
+    """Write a pandas DataFrame to parquet, atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def code_version() -> str:
+    """The package version plus the git commit (and `+dirty`) when run from a checkout,
+    else a hash of the installed sources, so two different codes never share a version."""
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--", "."],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        if commit:
+            return f"{__version__}+g{commit}" + (f".dirty{source_hash()[:8]}" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"{__version__}+src{source_hash()[:12]}"
+
+
+def source_hash() -> str:
+    """SHA-256 over every .py file of the package, in path order."""
+    src = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for file in sorted(src.rglob("*.py")):
+        digest.update(str(file.relative_to(src)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def provenance(settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record every artifact carries: settings, versions, code version, command line."""
+    return {
+        "settings": settings or {},
+        "code_version": code_version(),
+        "versions": library_versions(),
+        "command": sys.argv,
+    }
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and (when imported) torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)

@@ -1,0 +1,140 @@
+"""Loading any Hugging Face SSL speech model and reading all its layers in one forward pass.
+
+The layer convention (BRIEF trap 2), recorded in every artifact as `LAYER_CONVENTION`:
+`L0` is the input to the first Transformer layer (after the positional convolution, and after the
+encoder LayerNorm in post-LN "base" models); `Lk` is the output of Transformer layer k, the
+residual stream *before* any final encoder LayerNorm of pre-LN ("stable layer norm", large)
+models. This is what `output_hidden_states=True` returns in transformers 5.x (pinned in
+pyproject.toml); `tests/test_backbone.py` checks it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+
+from phonorm.errors import PhonormError
+from phonorm.frames import FrameGeometry
+
+SUPPORTED_MODEL_TYPES = ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "data2vec-audio")
+
+LAYER_CONVENTION = (
+    "L0 = input to the first Transformer layer; Lk = output of Transformer layer k "
+    "(residual stream, before the final encoder LayerNorm of stable-layer-norm models); "
+    "transformers 5.x hidden_states order"
+)
+
+# Sizes for models phonorm creates itself (pre-training offline, tests). "base" is wav2vec2-base.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+                 conv_dim=(64,) * 7, num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=4,
+                 codevector_dim=64, proj_codevector_dim=64, num_codevector_groups=2, num_codevectors_per_group=64),
+    "small": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024,
+                  conv_dim=(256,) * 7, num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=8,
+                  codevector_dim=128, proj_codevector_dim=128, num_codevector_groups=2, num_codevectors_per_group=160),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                 conv_dim=(512,) * 7, codevector_dim=256, proj_codevector_dim=256),
+}
+
+
+def make_config(size: str = "tiny", *, stable_layer_norm: bool = False, **overrides: Any) -> PretrainedConfig:
+    """A wav2vec 2.0 config of one of `SIZES`; `stable_layer_norm=True` gives the large-style
+    (pre-LN, layer-norm feature encoder, attention mask) variant."""
+    from transformers import Wav2Vec2Config
+
+    if size not in SIZES:
+        raise PhonormError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+    params = dict(SIZES[size])
+    params.update(
+        do_stable_layer_norm=stable_layer_norm,
+        feat_extract_norm="layer" if stable_layer_norm else "group",
+        feat_extract_activation="gelu",
+        # LayerDrop off for small models: extraction is in eval mode anyway (BRIEF trap 1).
+        layerdrop=0.0,
+        mask_time_length=5,
+        mask_time_prob=0.05,
+    )
+    params.update(overrides)
+    return Wav2Vec2Config(**params)
+
+
+def load_config(name_or_path: str | Path) -> PretrainedConfig:
+    """The config of a hub id or a local folder, checked to be a supported speech model."""
+    try:
+        config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise PhonormError(f"{name_or_path}: cannot load a model config ({err})") from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise PhonormError(
+            f"{name_or_path}: model type {config.model_type!r} is not a supported speech model "
+            f"({', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    return config
+
+
+def load_backbone(name_or_path: str | Path, *, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """The bare encoder (no heads) of a hub id or local folder, in eval mode.
+
+    A folder written by `phonorm finetune` holds the backbone at its top level, so it loads here too.
+    Heads for pre-training or CTC in a checkpoint are dropped by `AutoModel`.
+    """
+    config = load_config(name_or_path)
+    try:
+        model = AutoModel.from_pretrained(str(name_or_path), config=config, trust_remote_code=False, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise PhonormError(f"{name_or_path}: cannot load model weights ({err})") from None
+    model.eval()
+    return model
+
+
+def uses_group_norm(config: PretrainedConfig) -> bool:
+    """True for base-style models whose feature encoder uses group norm: they must get no
+    attention mask and padding changes their outputs (BRIEF trap 4), so batch equal lengths."""
+    return getattr(config, "feat_extract_norm", "group") == "group"
+
+
+def num_layers(config: PretrainedConfig) -> int:
+    """Number of Transformer layers n; a model yields layers L0..Ln."""
+    return int(config.num_hidden_layers)
+
+
+def layer_names(config: PretrainedConfig) -> list[str]:
+    return [f"L{k}" for k in range(num_layers(config) + 1)]
+
+
+def geometry(config: PretrainedConfig) -> FrameGeometry:
+    return FrameGeometry.from_config(config)
+
+
+def all_layers(
+    model: PreTrainedModel,
+    waveforms: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Every layer L0..Ln for a batch, from one forward pass.
+
+    `waveforms`: (batch, samples) at 16 kHz, normalised as the model's feature extractor expects.
+    Returns n+1 tensors of shape (batch, frames, hidden). Raises if the model is in train mode
+    (LayerDrop would drop layers, BRIEF trap 1) or the layer count is not n+1.
+    """
+    if model.training:
+        raise RuntimeError("all_layers needs the model in eval mode (LayerDrop skips layers in train mode)")
+    if attention_mask is not None and uses_group_norm(model.config):
+        raise RuntimeError("group-norm models must not get an attention mask; batch equal lengths instead")
+    output = model(waveforms, attention_mask=attention_mask, output_hidden_states=True)
+    hidden = tuple(output.hidden_states)
+    expected = num_layers(model.config) + 1
+    if len(hidden) != expected:
+        raise RuntimeError(f"model returned {len(hidden)} hidden states, expected {expected} (L0..L{expected - 1})")
+    return hidden
+
+
+def normalize_waveform(wave: torch.Tensor, config: PretrainedConfig | None = None) -> torch.Tensor:
+    """Zero mean, unit variance per utterance over its last axis, as Wav2Vec2FeatureExtractor
+    does with `do_normalize=True` (every released wav2vec2/HuBERT/WavLM checkpoint uses it)."""
+    mean = wave.mean(dim=-1, keepdim=True)
+    var = wave.var(dim=-1, keepdim=True, unbiased=False)
+    return (wave - mean) / torch.sqrt(var + 1e-7)
