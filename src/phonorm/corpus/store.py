@@ -1,0 +1,72 @@
+"""Reading a prepared corpus folder (the contract every stage after `prepare` relies on)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from phonorm.artifacts import read_json
+from phonorm.errors import InputError
+
+UTTERANCE_COLUMNS = ("utterance_id", "speaker", "sex", "split", "audio_path", "duration", "sample_rate", "channels")
+SEGMENT_COLUMNS = ("utterance_id", "segment_id", "start", "end", "phone", "tone", "syllable", "word", "is_final")
+SPLITS = ("train", "dev", "test")
+
+
+class PreparedCorpus:
+    """A prepared corpus folder: `utterances.parquet`, `segments.parquet`, `labels.json`."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        for name in ("utterances.parquet", "segments.parquet", "labels.json"):
+            if not (self.folder / name).is_file():
+                raise InputError(self.folder / name, "missing: not a prepared corpus (run phonorm prepare first)")
+
+    @cached_property
+    def all_utterances(self) -> pd.DataFrame:
+        table = pd.read_parquet(self.folder / "utterances.parquet")
+        _check_columns(table, UTTERANCE_COLUMNS, self.folder / "utterances.parquet")
+        return table
+
+    @cached_property
+    def segments(self) -> pd.DataFrame:
+        table = pd.read_parquet(self.folder / "segments.parquet")
+        _check_columns(table, SEGMENT_COLUMNS, self.folder / "segments.parquet")
+        return table
+
+    @cached_property
+    def labels(self) -> dict:
+        return read_json(self.folder / "labels.json")
+
+    @property
+    def label_maps(self) -> dict[str, list[str]]:
+        """task → list of labels; a label's class id is its index."""
+        return self.labels["tasks"]
+
+    def utterances(self, split: str | None = None) -> pd.DataFrame:
+        """Utterances of one split (all when None), in a stable order."""
+        table = self.all_utterances
+        if split is not None:
+            if split not in SPLITS:
+                raise InputError(self.folder, f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+            table = table[table["split"] == split]
+        return table.sort_values("utterance_id").reset_index(drop=True)
+
+    @cached_property
+    def _segments_by_utterance(self) -> dict[str, pd.DataFrame]:
+        return {utt: rows.reset_index(drop=True) for utt, rows in self.segments.groupby("utterance_id", sort=False)}
+
+    def segments_of(self, utterance_id: str) -> pd.DataFrame:
+        """The utterance's segments sorted by start (an empty frame when it has none)."""
+        rows = self._segments_by_utterance.get(utterance_id)
+        if rows is None:
+            return self.segments.iloc[0:0]
+        return rows
+
+
+def _check_columns(table: pd.DataFrame, expected: tuple[str, ...], path: Path) -> None:
+    missing = [c for c in expected if c not in table.columns]
+    if missing:
+        raise InputError(path, f"missing columns {', '.join(missing)}: written by another phonorm version?")
