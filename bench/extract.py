@@ -1,0 +1,184 @@
+"""Speed and memory of `phonorm extract` (issue 4). Prints one JSON object on its last line.
+
+On one random model and one synthetic corpus (tests/fakes.py), in one run:
+- `vs_plain_loop`: phonorm's extraction against the loop a user would write (one utterance at a
+  time, `output_hidden_states=True`, every layer of every frame saved with `np.save`): wall ratio.
+- `overhead_ratio`: phonorm's extraction against the bare forward passes alone (audio already in
+  memory, nothing stored): the floor. Target ≤ 1.25.
+- `peak_rss_mb`: peak resident memory of an extraction (in a fresh subprocess, ru_maxrss) at two
+  corpus sizes ten times apart; it must not grow with the corpus beyond the row index.
+
+Usage: .venv/bin/python bench/extract.py [--size small|base] [--utterances 10] [--repeats 2]
+Timings take the best of `--repeats` runs (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # fakes.py: the synthetic corpus
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def make_model(size: str, folder: Path) -> str:
+    import torch
+    from transformers import Wav2Vec2Model
+
+    from phonorm.models.backbone import make_config
+
+    torch.manual_seed(0)
+    Wav2Vec2Model(make_config(size)).save_pretrained(folder)
+    return str(folder)
+
+
+def make_corpus(folder: Path, utterances_per_speaker: int) -> Path:
+    from fakes import make_prepared_corpus
+
+    # Two speakers (F and M), both in the test split.
+    return make_prepared_corpus(folder, n_speakers=2, n_utterances=utterances_per_speaker, seed=1)
+
+
+def run_phonorm(corpus: Path, model: str, out: Path, **settings) -> float:
+    from phonorm.features.extract import ExtractSettings, extract
+
+    start = time.perf_counter()
+    extract(corpus, models={"m": model}, out=out, settings=ExtractSettings(**settings))
+    return time.perf_counter() - start
+
+
+def run_plain_loop(corpus: Path, model_dir: str, out: Path) -> float:
+    """What a user writes by hand: one utterance at a time, every layer of every frame, np.save."""
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+    import torch
+    from transformers import Wav2Vec2Model
+
+    start = time.perf_counter()
+    model = Wav2Vec2Model.from_pretrained(model_dir).eval()
+    out.mkdir(parents=True)
+    table = pd.read_parquet(corpus / "utterances.parquet")
+    for row in table[table["split"] == "test"].itertuples():
+        wave, _ = sf.read(row.audio_path, dtype="float32")
+        x = torch.from_numpy((wave - wave.mean()) / np.sqrt(wave.var() + 1e-7))[None]
+        with torch.no_grad():
+            hidden = model(x, output_hidden_states=True).hidden_states
+        for k, layer in enumerate(hidden):
+            np.save(out / f"{row.utterance_id}_L{k}.npy", layer[0].numpy())
+    return time.perf_counter() - start
+
+
+def run_floor(corpus: Path, model_dir: str) -> float:
+    """The bare forward passes (same model, same utterances, one at a time; audio preloaded)."""
+    import pandas as pd
+    import torch
+
+    from phonorm.corpus.audio import load_audio
+    from phonorm.models.backbone import load_backbone, normalize_waveform
+
+    model = load_backbone(model_dir)
+    table = pd.read_parquet(corpus / "utterances.parquet")
+    waves = [normalize_waveform(torch.from_numpy(load_audio(p)))[None]
+             for p in table[table["split"] == "test"].sort_values("utterance_id")["audio_path"]]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for wave in waves:
+            model(wave, output_hidden_states=True)
+    return time.perf_counter() - start
+
+
+def child_memory(corpus: str, model: str, out: str) -> None:
+    """In a fresh process: extract (all frames, every layer) and report the peak resident memory."""
+    import pandas as pd
+    import torch
+
+    torch.set_num_threads(2)
+    run_phonorm(Path(corpus), model, Path(out), frames="all", classic=False)
+    frames = pd.read_parquet(Path(out) / "frames.parquet")
+    store_bytes = sum(p.stat().st_size for p in Path(out).rglob("*.npy"))
+    print(json.dumps({
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rows": len(frames),
+        "index_mb": frames.memory_usage(deep=True).sum() / 2**20,
+        "store_mb": store_bytes / 2**20,
+    }))
+
+
+def measure_memory(corpus: Path, model: str, out: Path) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--child-memory", str(corpus), model, str(out)],
+                            capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="small", choices=("tiny", "small", "base"))
+    parser.add_argument("--utterances", type=int, default=10, help="per speaker (2 speakers) in the timed corpus")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child-memory", nargs=3, metavar=("CORPUS", "MODEL", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_memory:
+        child_memory(*args.child_memory)
+        return
+
+    import torch
+
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory(prefix="phonorm-bench-") as tmp:
+        tmp = Path(tmp)
+        _log(f"making a random {args.size} model and corpora ...")
+        model = make_model(args.size, tmp / "model")
+        small = make_corpus(tmp / "small", args.utterances)
+        large = make_corpus(tmp / "large", args.utterances * 10)
+        import pandas as pd
+
+        audio_s = float(pd.read_parquet(small / "utterances.parquet")["duration"].sum())
+        times: dict[str, list[float]] = {"phonorm_all_frames": [], "plain_loop": [], "floor": [], "phonorm_default": []}
+        for repeat in range(args.repeats):
+            _log(f"timing, repeat {repeat + 1}/{args.repeats} ...")
+            times["floor"].append(run_floor(small, model))
+            times["phonorm_all_frames"].append(
+                run_phonorm(small, model, tmp / f"F_all{repeat}", frames="all", classic=False))
+            times["plain_loop"].append(run_plain_loop(small, model, tmp / f"plain{repeat}"))
+            times["phonorm_default"].append(run_phonorm(small, model, tmp / f"F_default{repeat}"))
+        best = {k: min(v) for k, v in times.items()}
+        _log("peak memory at two corpus sizes (subprocesses) ...")
+        memory_small = measure_memory(small, model, tmp / "mem_small")
+        memory_large = measure_memory(large, model, tmp / "mem_large")
+    result = {
+        "bench": "extract",
+        "model_size": args.size,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "audio_seconds_timed": round(audio_s, 1),
+        "seconds": {k: round(v, 3) for k, v in best.items()},
+        "vs_plain_loop": round(best["phonorm_all_frames"] / best["plain_loop"], 3),
+        "overhead_ratio": round(best["phonorm_all_frames"] / best["floor"], 3),
+        "overhead_target": 1.25,
+        "overhead_ok": best["phonorm_all_frames"] / best["floor"] <= 1.25,
+        "default_settings_ratio_to_floor": round(best["phonorm_default"] / best["floor"], 3),
+        "memory": {"small": memory_small, "large": memory_large,
+                   "rss_growth_mb": round(memory_large["peak_rss_mb"] - memory_small["peak_rss_mb"], 1),
+                   "index_growth_mb": round(memory_large["index_mb"] - memory_small["index_mb"], 1),
+                   "store_growth_mb": round(memory_large["store_mb"] - memory_small["store_mb"], 1)},
+        "notes": "phonorm_all_frames = frames all, float16, no classic (comparable with the plain loop, which "
+                 "saves every frame in float32); phonorm_default = labelled frames + classic F0/MFCC. "
+                 "Every timing includes model loading except the floor.",
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""What every alignment reader returns: labelled intervals in seconds.
+
+Readers (`textgrid.py`, `ctm.py`) only check that the file is well formed; the label scheme
+(`schemes.py`) decides what a label means, and `prepare.py` decides what is silence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+SILENCE_LABELS = frozenset({"", "sil", "sp", "spn", "<eps>", "<sil>", "<unk>", "silence", "pau", "#"})
+"""Interval labels that mean silence or non-speech (compared case-insensitively): excluded from
+segments, but their time still counts in the alignment's extent."""
+
+OVERLAP_TOLERANCE = 1e-4
+"""Seconds two neighbouring intervals may overlap by (rounding in the writer) before it is an error."""
+
+
+def is_silence(label: str) -> bool:
+    return label.strip().lower() in SILENCE_LABELS
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One labelled span: `start`, `end` in seconds, `label` as written in the file (stripped)."""
+
+    start: float
+    end: float
+    label: str
+
+
+@dataclass
+class Alignment:
+    """One utterance's alignment: phone intervals (silence included), word intervals (may be
+    empty, e.g. from CTM), and `end`, the last time the alignment claims (s)."""
+
+    phones: list[Interval]
+    words: list[Interval] = field(default_factory=list)
+    end: float = 0.0
+
+
+def check_intervals(intervals: list[Interval]) -> str | None:
+    """The first problem with a tier's intervals (sorted, finite, non-negative, non-overlapping),
+    or None when they are fine. `intervals` must already be sorted by start."""
+    previous_end = 0.0
+    for i, iv in enumerate(intervals):
+        if not (math.isfinite(iv.start) and math.isfinite(iv.end)):
+            return f"interval {i + 1} ({iv.label!r}) has a non-finite time"
+        if iv.start < 0:
+            return f"interval {i + 1} ({iv.label!r}) starts before 0 s ({iv.start:g})"
+        if iv.end <= iv.start:
+            return f"interval {i + 1} ({iv.label!r}) ends at {iv.end:g} s, not after its start {iv.start:g} s"
+        if iv.start < previous_end - OVERLAP_TOLERANCE:
+            return f"interval {i + 1} ({iv.label!r}) starts at {iv.start:g} s, before the previous one ends ({previous_end:g} s)"
+        previous_end = iv.end
+    return None

@@ -1,0 +1,75 @@
+"""`phonorm info`: what a prepared corpus holds, including frame counts per label of each task.
+
+Frames are counted on the default wav2vec 2.0 grid (`frames.FrameGeometry()`: 20 ms hop, 25 ms
+window) with `frames.frame_labels`, i.e. exactly the frames fine-tuning will score.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from phonorm.corpus.store import SPLITS, PreparedCorpus
+from phonorm.frames import IGNORE_INDEX, TASKS, FrameGeometry, frame_labels
+
+
+def corpus_info(folder: str | Path) -> dict:
+    """Summary of a prepared corpus as plain JSON-ready values:
+    `utterances`, `speakers`, `hours`, `sex` (F/M → speakers), `splits` (split → utterances),
+    `split_speakers` (split → speakers), `segments`, `labels` (task → {label → frames}),
+    `frames` (total frames on the grid), `scheme`, `tone_mode`, `skipped` (rows of skipped.tsv)."""
+    corpus = PreparedCorpus(folder)
+    utterances = corpus.all_utterances
+    geometry = FrameGeometry()
+    label_maps = corpus.label_maps
+    counts = {task: Counter() for task in TASKS}
+    total_frames = 0
+    for row in utterances.itertuples(index=False):
+        n_frames = geometry.frames_for_duration(row.duration)
+        total_frames += n_frames
+        grids = frame_labels(corpus.segments_of(row.utterance_id), row.sex, n_frames, label_maps, geometry, tasks=TASKS)
+        for task in TASKS:
+            ids, n = np.unique(grids[task][grids[task] != IGNORE_INDEX], return_counts=True)
+            counts[task].update({label_maps[task][int(i)]: int(c) for i, c in zip(ids, n)})
+    speakers = utterances.drop_duplicates("speaker")
+    skipped_file = Path(folder) / "skipped.tsv"
+    skipped = max(0, len(skipped_file.read_text(encoding="utf-8").splitlines()) - 1) if skipped_file.is_file() else 0
+    return {
+        "corpus": str(Path(folder).resolve()),
+        "utterances": int(len(utterances)),
+        "speakers": int(len(speakers)),
+        "hours": round(float(utterances["duration"].sum()) / 3600.0, 6),
+        "sex": {sex: int((speakers["sex"] == sex).sum()) for sex in ("F", "M")},
+        "splits": {split: int((utterances["split"] == split).sum()) for split in SPLITS},
+        "split_speakers": {split: int(utterances.loc[utterances["split"] == split, "speaker"].nunique()) for split in SPLITS},
+        "segments": int(len(corpus.segments)),
+        "frames": int(total_frames),
+        "labels": {task: {label: int(counts[task].get(label, 0)) for label in label_maps.get(task, [])} for task in TASKS},
+        "scheme": corpus.labels.get("scheme"),
+        "tone_mode": corpus.labels.get("tone_mode"),
+        "skipped": skipped,
+    }
+
+
+def format_info(info: dict) -> str:
+    """The summary as a few readable lines."""
+    lines = [
+        f"corpus      {info['corpus']}",
+        f"utterances  {info['utterances']}   hours {info['hours']:.3f}   segments {info['segments']}   frames {info['frames']} (20 ms)",
+        f"speakers    {info['speakers']}   F {info['sex']['F']}   M {info['sex']['M']}",
+        "splits      " + "   ".join(
+            f"{s} {info['splits'][s]} utt / {info['split_speakers'][s]} spk" for s in info["splits"]
+        ),
+        f"scheme      {info['scheme']}   tone {info['tone_mode']}",
+    ]
+    if info.get("skipped"):
+        lines.append(f"skipped     {info['skipped']} (see skipped.tsv)")
+    for task, labels in info["labels"].items():
+        if not labels:
+            lines.append(f"{task:<11} (no labels)")
+            continue
+        shown = "  ".join(f"{label}:{n}" for label, n in labels.items())
+        lines.append(f"{task:<11} {len(labels)} labels, frames per label: {shown}")
+    return "\n".join(lines)

@@ -1,0 +1,315 @@
+"""Any aligned corpus → the prepared corpus every later stage reads (docs/architecture.md).
+
+Inputs: a folder of audio files (`UTT.wav` or `SPK/UTT.wav`, any common format, rate and channel
+count), alignments (a folder of TextGrids `UTT.TextGrid`, or Kaldi CTM), a speakers table.
+Outputs in OUT: `utterances.parquet`, `segments.parquet`, `labels.json`, and `skipped.tsv` when
+`skip_bad` skipped anything. Every bad utterance is an `InputError` naming the file and the problem;
+with `skip_bad` it is skipped, listed and counted instead.
+
+Utterance → speaker: the folder an audio file sits in when that folder is a speaker of the table
+(`SPK/UTT.wav`), else the longest speaker id of the table that prefixes the utterance id.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from phonorm.artifacts import atomic_path, provenance, write_json, write_parquet
+from phonorm.corpus.alignment import Alignment
+from phonorm.corpus.audio import AUDIO_SUFFIXES, audio_info
+from phonorm.corpus.ctm import ctm_files, read_ctm
+from phonorm.corpus.schemes import SCHEMES, TONE_MODES, LabelNotes, SchemeError, get_scheme, label_alignment
+from phonorm.corpus.speakers import SEXES, SpeakerTable, read_speakers
+from phonorm.corpus.split import SPLITS, read_split_file, speaker_split
+from phonorm.corpus.textgrid import read_textgrid
+from phonorm.errors import InputError, PhonormError
+
+FORMATS = ("textgrid", "ctm")
+DURATION_TOLERANCE = 0.05
+"""Seconds an alignment may run past the end of its audio (aligners round to frames) before it is bad."""
+
+# What went wrong, by the step that failed: the summary groups skipped utterances by these.
+STEP_NAMES = {
+    "duplicate": "duplicate utterance id",
+    "no-audio": "alignment without audio",
+    "no-alignment": "audio without alignment",
+    "audio": "unreadable or empty audio",
+    "speaker": "speaker missing or sex not F/M",
+    "alignment": "unreadable alignment",
+    "too-long": "alignment longer than audio",
+    "labels": "phone the scheme cannot parse",
+    "empty": "no speech in alignment",
+    "split": "no split in split file",
+    "file": "unreadable alignment file",
+}
+
+
+@dataclass
+class UtteranceSource:
+    """What is known about one utterance before it is read."""
+
+    utterance_id: str
+    audio: Path | None = None
+    alignment_file: Path | None = None
+    alignment: Alignment | None = None
+    folder_speaker: str | None = None
+    problem: tuple[str, Path, str] | None = None  # (step, file, problem) found while listing
+
+
+@dataclass
+class Skipped:
+    item: str
+    file: str
+    problem: str
+    step: str
+
+
+class BadUtterance(Exception):
+    def __init__(self, step: str, error: InputError):
+        super().__init__(str(error))
+        self.step, self.error = step, error
+
+
+def prepare_corpus(
+    out, *, audio_dir, alignments, speakers_file, fmt="textgrid", scheme="mandarin", tone_mode="surface",
+    split_file=None, skip_bad=False, seed=0,
+) -> str:
+    """Prepare a corpus; returns a summary for people. See the module docstring."""
+    audio_dir, alignments, speakers_file = Path(audio_dir), Path(alignments), Path(speakers_file)
+    _check_choice("--format", fmt, FORMATS)
+    _check_choice("--scheme", scheme, SCHEMES)
+    _check_choice("--tone", tone_mode, TONE_MODES)
+    if not audio_dir.is_dir():
+        raise InputError(audio_dir, "no such audio folder")
+    speakers = read_speakers(speakers_file)
+    split_of_utterance = read_split_file(split_file) if split_file is not None else None
+    skipped: list[Skipped] = []
+    sources = list_sources(audio_dir, alignments, fmt, skip_bad, skipped)
+    settings = dict(
+        audio_dir=str(audio_dir.resolve()), alignments=str(alignments.resolve()),
+        speakers_file=str(speakers_file.resolve()), format=fmt, scheme=scheme, tone_mode=tone_mode,
+        split_file=str(Path(split_file).resolve()) if split_file else None, skip_bad=skip_bad, seed=seed,
+    )
+    return build_prepared_corpus(
+        out, sources, speakers, scheme=scheme, tone_mode=tone_mode, split_of_utterance=split_of_utterance,
+        split_file=Path(split_file) if split_file else None, skip_bad=skip_bad, seed=seed, settings=settings,
+        skipped=skipped,
+    )
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise PhonormError(f"{option} {value!r}: choose one of {', '.join(choices)}")
+
+
+# --------------------------------------------------------------------------- listing the inputs
+def find_audio(audio_dir: Path) -> list[Path]:
+    return sorted(p for p in audio_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def list_sources(
+    audio_dir: Path, alignments: Path, fmt: str, skip_bad: bool, skipped: list[Skipped],
+    audio_files: Iterable[Path] | None = None,
+) -> list[UtteranceSource]:
+    """One `UtteranceSource` per utterance id seen in the audio folder or the alignments."""
+    sources: dict[str, UtteranceSource] = {}
+
+    def source(utt: str) -> UtteranceSource:
+        return sources.setdefault(utt, UtteranceSource(utt))
+
+    for path in (find_audio(audio_dir) if audio_files is None else audio_files):
+        src = source(path.stem)
+        if src.audio is not None:
+            src.problem = src.problem or ("duplicate", path, f"duplicate utterance id {path.stem!r}: also {src.audio}")
+            continue
+        src.audio = path.resolve()
+        src.folder_speaker = path.parent.name if path.parent.resolve() != audio_dir.resolve() else None
+
+    if fmt == "textgrid":
+        if not alignments.is_dir():
+            raise InputError(alignments, "no such folder of TextGrids (give a folder with --alignments)")
+        grids = sorted(p for p in alignments.rglob("*") if p.is_file() and p.suffix.lower() == ".textgrid")
+        if not grids:
+            raise InputError(alignments, "no *.TextGrid files in this folder")
+        for path in grids:
+            src = source(path.stem)
+            if src.alignment_file is not None:
+                src.problem = src.problem or ("duplicate", path, f"duplicate utterance id {path.stem!r}: also {src.alignment_file}")
+                continue
+            src.alignment_file = path.resolve()
+    else:
+        for path in ctm_files(alignments):
+            try:
+                by_utterance = read_ctm(path)
+            except InputError as err:
+                if not skip_bad:
+                    raise
+                skipped.append(Skipped(err.item or path.name, str(path), err.problem, "file"))
+                continue
+            for utt, alignment in by_utterance.items():
+                src = source(utt)
+                if src.alignment is not None:
+                    src.problem = src.problem or ("duplicate", path, f"utterance {utt!r} is aligned in two CTM files: also {src.alignment_file}")
+                    continue
+                src.alignment, src.alignment_file = alignment, path.resolve()
+    return [sources[utt] for utt in sorted(sources)]
+
+
+# --------------------------------------------------------------------------- one utterance
+def read_utterance(
+    src: UtteranceSource, speakers: SpeakerTable, scheme, tone_mode: str,
+    split_of_utterance: dict[str, str] | None, split_file: Path | None,
+) -> tuple[dict, list, LabelNotes]:
+    """(utterance row, labelled phones, notes) of one utterance; raises `BadUtterance`."""
+    utt = src.utterance_id
+
+    def bad(step: str, path, problem: str) -> BadUtterance:
+        return BadUtterance(step, InputError(path, problem, item=utt))
+
+    if src.problem:
+        step, path, problem = src.problem
+        raise bad(step, path, problem)
+    if src.audio is None:
+        raise bad("no-audio", src.alignment_file, "alignment without audio (no audio file with this name)")
+    if src.alignment_file is None:
+        raise bad("no-alignment", src.audio, "no alignment for this audio file")
+    try:
+        duration, rate, channels = audio_info(src.audio)
+    except InputError as err:
+        raise BadUtterance("audio", InputError(err.path, err.problem, item=utt)) from None
+    speaker = speakers.speaker_of(utt, src.folder_speaker)
+    if speaker is None:
+        where = f"folder {src.folder_speaker!r} and " if src.folder_speaker else ""
+        raise bad("speaker", speakers.path, f"no speaker of this table matches the utterance ({where}no speaker id prefixes {utt!r})")
+    if speaker in speakers.problems:
+        raise bad("speaker", speakers.path, speakers.problems[speaker])
+    split = None
+    if split_of_utterance is not None:
+        split = split_of_utterance.get(utt)
+        if split is None:
+            raise bad("split", split_file, "utterance has no split in the split file")
+    try:
+        alignment = src.alignment if src.alignment is not None else read_textgrid(src.alignment_file)
+    except InputError as err:
+        raise BadUtterance("alignment", InputError(err.path, err.problem, item=utt)) from None
+    if alignment.end > duration + DURATION_TOLERANCE:
+        raise bad("too-long", src.alignment_file,
+                  f"alignment ends at {alignment.end:.3f} s but the audio {src.audio.name} lasts {duration:.3f} s")
+    try:
+        phones, notes = label_alignment(alignment, scheme, tone_mode)
+    except SchemeError as err:
+        raise bad("labels", src.alignment_file, str(err)) from None
+    if not phones:
+        raise bad("empty", src.alignment_file, "alignment has no phone intervals (only silence)")
+    row = dict(
+        utterance_id=utt, speaker=speaker, sex=speakers.sex[speaker], split=split,
+        audio_path=str(src.audio), duration=float(duration), sample_rate=int(rate), channels=int(channels),
+    )
+    return row, phones, notes
+
+
+# --------------------------------------------------------------------------- the whole corpus
+def build_prepared_corpus(
+    out, sources: list[UtteranceSource], speakers: SpeakerTable, *, scheme: str, tone_mode: str,
+    split_of_utterance: dict[str, str] | None, split_file: Path | None, skip_bad: bool, seed: int,
+    settings: dict, skipped: list[Skipped] | None = None,
+    add_words: Callable[[str, Alignment], None] | None = None,
+) -> str:
+    """Read every source, write the prepared corpus to `out`, return the summary."""
+    out = Path(out)
+    skipped = skipped if skipped is not None else []
+    label_scheme = get_scheme(scheme)
+    rows, segments = [], []
+    notes = LabelNotes()
+    for src in tqdm(sources, desc="prepare", unit="utt", disable=None):
+        if add_words is not None and src.alignment is not None:
+            add_words(src.utterance_id, src.alignment)
+        try:
+            row, phones, utt_notes = read_utterance(src, speakers, label_scheme, tone_mode, split_of_utterance, split_file)
+        except BadUtterance as bad:
+            if not skip_bad:
+                raise bad.error from None
+            skipped.append(Skipped(src.utterance_id, bad.error.path or "", bad.error.problem, bad.step))
+            continue
+        rows.append(row)
+        notes.add(utt_notes)
+        for p in phones:
+            segments.append(dict(
+                utterance_id=src.utterance_id, start=p.start, end=p.end, phone=p.phone, tone=p.tone,
+                syllable=p.syllable, word=p.word, is_final=p.is_final,
+            ))
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_skipped(out, skipped)
+    if not rows:
+        raise PhonormError(
+            f"no utterance could be prepared ({len(skipped)} skipped, see {out / 'skipped.tsv'})" if skipped
+            else "no utterances found: is --audio the right folder?"
+        )
+    utterances = pd.DataFrame(rows)
+    if split_of_utterance is None:
+        split_of_speaker = speaker_split(dict(zip(utterances["speaker"], utterances["sex"])), seed=seed)
+        utterances["split"] = utterances["speaker"].map(split_of_speaker)
+    utterances = utterances.sort_values("utterance_id").reset_index(drop=True)
+    utterances["sample_rate"] = utterances["sample_rate"].astype("int64")
+    utterances["channels"] = utterances["channels"].astype("int64")
+    table = pd.DataFrame(segments).sort_values(["utterance_id", "start"], kind="stable").reset_index(drop=True)
+    table.insert(1, "segment_id", range(len(table)))
+    table["tone"] = table["tone"].astype("int8")
+    table["is_final"] = table["is_final"].astype(bool)
+    labels = {
+        "scheme": scheme,
+        "tone_mode": tone_mode,
+        "tasks": {"tone": list(label_scheme.tone_labels), "phone": sorted(table["phone"].unique().tolist()), "sex": list(SEXES)},
+        "provenance": provenance(settings),
+    }
+    write_parquet(out / "segments.parquet", table)
+    write_parquet(out / "utterances.parquet", utterances)
+    write_json(out / "labels.json", labels)  # last: a folder without it is not a prepared corpus
+    return summarize(out, utterances, table, skipped, notes)
+
+
+def write_skipped(out: Path, skipped: list[Skipped]) -> None:
+    """`skipped.tsv` (item, file, problem) when anything was skipped; a stale one is removed."""
+    path = out / "skipped.tsv"
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(["item", "file", "problem"])
+            for s in skipped:
+                writer.writerow([s.item, s.file, s.problem.replace("\t", " ").replace("\n", " ")])
+
+
+def summarize(out: Path, utterances: pd.DataFrame, segments: pd.DataFrame, skipped: list[Skipped], notes: LabelNotes) -> str:
+    speakers = utterances.drop_duplicates("speaker")
+    sexes = speakers["sex"].value_counts()
+    splits = utterances["split"].value_counts()
+    lines = [
+        f"prepared corpus: {out}",
+        f"  {len(utterances)} utterances, {utterances['duration'].sum() / 3600:.3f} h, "
+        f"{len(speakers)} speakers ({int(sexes.get('F', 0))} F, {int(sexes.get('M', 0))} M), {len(segments)} phone segments",
+        "  splits: " + ", ".join(f"{s} {int(splits.get(s, 0))} utterances" for s in SPLITS),
+    ]
+    spread = utterances.groupby("speaker")["split"].nunique()
+    if (spread > 1).any():
+        lines.append(f"  note: {int((spread > 1).sum())} speakers appear in more than one split (from the split file)")
+    if notes.han_words_mismatched:
+        lines.append(
+            f"  note: {notes.han_words_mismatched} of {notes.han_words} character words did not have one final per "
+            "character; their tones come from the phone labels, not pypinyin"
+        )
+    if skipped:
+        counts = Counter(s.step for s in skipped)
+        detail = ", ".join(f"{n} {STEP_NAMES.get(step, step)}" for step, n in counts.most_common())
+        lines.append(f"  skipped {len(skipped)}: {detail}; listed in {out / 'skipped.tsv'}")
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Train/dev/test splits: speaker-disjoint and balanced by sex by default, or from a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from phonorm.errors import InputError
+
+SPLITS = ("train", "dev", "test")
+
+
+def speaker_split(sex_of: dict[str, str], seed: int = 0, dev: float = 0.1, test: float = 0.1) -> dict[str, str]:
+    """speaker → split, speaker-disjoint, about (1-dev-test)/dev/test of the speakers of each sex.
+
+    Each sex is split on its own, so every split has about the corpus's sex ratio. With three or
+    more speakers of a sex, dev and test get at least one each (and train keeps at least one);
+    with two, one goes to train and one to test; a lone speaker goes to train. Deterministic for
+    `seed` (speakers are sorted before shuffling).
+    """
+    rng = np.random.default_rng(seed)
+    split_of: dict[str, str] = {}
+    for sex in sorted(set(sex_of.values())):
+        speakers = sorted(s for s, x in sex_of.items() if x == sex)
+        order = [speakers[i] for i in rng.permutation(len(speakers))]
+        n = len(order)
+        if n >= 3:
+            n_test = max(1, int(round(test * n)))
+            n_dev = max(1, int(round(dev * n)))
+            while n - n_test - n_dev < 1:  # tiny groups with large fractions: keep one for training
+                if n_dev >= n_test and n_dev > 1:
+                    n_dev -= 1
+                else:
+                    n_test -= 1
+        elif n == 2:
+            n_test, n_dev = 1, 0
+        else:
+            n_test, n_dev = 0, 0
+        for i, speaker in enumerate(order):
+            split_of[speaker] = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
+    return split_of
+
+
+def read_split_file(path: str | Path) -> dict[str, str]:
+    """utterance → split from `utterance<TAB>split` lines (header optional, split train/dev/test)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise InputError(path, f"unreadable split file ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"split file is not UTF-8 text (byte {err.start})") from None
+    split_of: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in (line.split("\t") if "\t" in line else line.split())]
+        if len(fields) < 2:
+            raise InputError(path, "expected 'utterance<TAB>split'", item=f"line {number}")
+        utterance, split = fields[0], fields[1].lower()
+        if number == 1 and split not in SPLITS and fields[0].lower() in ("utterance", "utterance_id", "utt", "id"):
+            continue  # header
+        if split not in SPLITS:
+            raise InputError(path, f"split {fields[1]!r} is not one of {', '.join(SPLITS)}", item=f"line {number}")
+        if utterance in split_of and split_of[utterance] != split:
+            raise InputError(path, f"utterance {utterance!r} is given two splits ({split_of[utterance]}, {split})", item=f"line {number}")
+        split_of[utterance] = split
+    if not split_of:
+        raise InputError(path, "split file has no rows")
+    return split_of

@@ -1,0 +1,387 @@
+"""`phonorm synth`: an offline Mandarin corpus in the formats a real user brings.
+
+Writes OUT/wav/<utt>.wav (16 kHz mono, 16-bit), OUT/textgrid/<utt>.TextGrid (long format, tiers
+`words` = one interval per syllable labelled `zhong1`, and `phones` = initial `zh` + tonal final
+`ong1`; silence is left as empty intervals), OUT/speakers.tsv (`speaker<TAB>sex`) and
+OUT/synth.json (settings, each speaker's voice, counts, provenance).
+
+Speech comes from eSpeak NG's `cmn-latn-pinyin` voice (pinyin with tone digits in). The
+boundaries are eSpeak's own phoneme events (exact sample positions), split into pinyin initial
+and final: in eSpeak's Mandarin phoneme set every pinyin initial is exactly one phoneme
+(`ESPEAK_INITIALS`), and everything after it - medial glides `j`/`w` included - is the final;
+zero-initial syllables are all final. Each syllable's phonemes are checked against that table
+while synthesising, so a wrong alignment stops the run instead of being written.
+
+Determinism: eSpeak keeps hidden state between utterances (its pitch-flutter phase), so its
+output depends on what it said before in the same process. Each speaker is therefore
+synthesised in a fresh worker process, in a fixed order, with eSpeak's noise seeded per
+utterance: the same settings and seed give byte-identical wav, TextGrid and speakers.tsv files.
+Resuming works per speaker: a re-run over the same OUT with the same settings skips speakers
+whose files are all there and redoes the others.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from phonorm.artifacts import atomic_path, provenance, read_json, write_json
+from phonorm.corpus.pinyin_table import Syllable, load_syllable_table
+from phonorm.errors import PhonormError
+from phonorm.frames import SAMPLE_RATE
+
+VOICE = "cmn-latn-pinyin"
+FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
+MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
+TONES = (1, 2, 3, 4, 5)
+MIN_SYLLABLES, MAX_SYLLABLES = 4, 12
+# eSpeak's pitch parameter (0-100, 50 = the variant's own pitch) per sex. With the variants'
+# own pitches these give speaker median F0 of about 150-260 Hz (F) and 90-170 Hz (M), measured
+# with Praat: the sexes overlap a little, as in real speech.
+PITCH_PARAM = {"F": (44, 82), "M": (58, 100)}
+RANGE_PARAM = (45, 70)  # eSpeak's pitch range (0-100); enough range to keep the tones distinct
+RATE_WPM = (150, 210)  # eSpeak's rate; one pinyin syllable is one eSpeak word: ~3.5-5 syllables/s
+LEADING_SILENCE_S = (0.15, 0.35)
+NOISE_FLOOR = 10 ** (-66 / 20)  # a faint noise floor (about -66 dBFS) instead of digital silence
+
+# The eSpeak NG phoneme (mnemonic, stress marks stripped) that each pinyin initial is spoken as.
+ESPEAK_INITIALS = {
+    "b": "p", "p": "ph", "m": "m", "f": "f", "d": "t", "t": "th", "n": "n", "l": "l",
+    "g": "k", "k": "kh", "h": "X", "j": "tS;", "q": "tS;h", "x": "S;",
+    "zh": "ts.", "ch": "ts.h", "sh": "s.", "r": "z.", "z": "ts", "c": "tsh", "s": "s",
+}
+_STRESS_MARKS = "',%="
+
+
+@dataclass(frozen=True)
+class SpeakerVoice:
+    """One synthetic speaker: eSpeak variant (`f3`), base pitch and pitch range (eSpeak's 0-100
+    units) and rate (eSpeak words, i.e. syllables, per minute)."""
+
+    speaker: str
+    sex: str
+    variant: str
+    pitch: int
+    pitch_range: int
+    rate: int
+
+    @property
+    def voice_name(self) -> str:
+        return f"{VOICE}+{self.variant}"
+
+
+@dataclass(frozen=True)
+class PlannedUtterance:
+    utterance_id: str
+    syllables: tuple[tuple[Syllable, int], ...]  # (syllable, tone 1-5)
+    seed: int  # seeds eSpeak's noise, the leading silence and the noise floor
+
+    @property
+    def words(self) -> list[str]:
+        return [f"{s.pinyin}{tone}" for s, tone in self.syllables]
+
+
+# --------------------------------------------------------------------------- planning
+def draw_speakers(n_speakers: int, rng: np.random.Generator) -> list[SpeakerVoice]:
+    """Half the speakers F (ids F01, F02 ...), half M (the odd one out is F); each a distinct
+    (variant, pitch, rate): variants are dealt out in a shuffled cycle, pitch and rate drawn."""
+    n_female = (n_speakers + 1) // 2
+    counts = {"F": n_female, "M": n_speakers - n_female}
+    width = max(2, len(str(max(counts.values()))))
+    voices: list[SpeakerVoice] = []
+    taken: set[tuple[str, int, int]] = set()
+    for sex, variants in (("F", FEMALE_VARIANTS), ("M", MALE_VARIANTS)):
+        dealt: list[str] = []
+        for i in range(counts[sex]):
+            if not dealt:
+                dealt = [str(v) for v in rng.permutation(variants)]
+            variant = dealt.pop()
+            while True:
+                pitch = int(rng.integers(PITCH_PARAM[sex][0], PITCH_PARAM[sex][1] + 1))
+                rate = int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1))
+                if (variant, pitch, rate) not in taken:
+                    break
+            taken.add((variant, pitch, rate))
+            pitch_range = int(rng.integers(RANGE_PARAM[0], RANGE_PARAM[1] + 1))
+            voices.append(SpeakerVoice(f"{sex}{i + 1:0{width}d}", sex, variant, pitch, pitch_range, rate))
+    return voices
+
+
+class SyllableDrawer:
+    """Draws syllable sequences whose tones, initials and finals stay balanced.
+
+    Randomised greedy: for each position a random subset of the allowed (syllable, tone) pairs
+    is scored by how far its tone, initial and final already are above their target shares
+    (count / share), and the least represented one is taken. Targets: the five tones equal;
+    the 21 initials and the zero initial equal; every common final (in at least
+    `common_final_min` syllables) equal, and the rare ones (`er`, `ueng`, `iong`) at the share
+    a uniform syllable draw would give them. Two tone-3 syllables are never adjacent (eSpeak
+    applies third-tone sandhi, which would make the written tone differ from the spoken one),
+    and an utterance never starts with the neutral tone.
+    """
+
+    def __init__(self, table: list[Syllable], rng: np.random.Generator, candidates: int = 48, common_final_min: int = 3):
+        self.table = table
+        self.rng = rng
+        self.candidates = candidates
+        initials = sorted({s.initial for s in table})
+        finals_syllables = collections.Counter(s.final for s in table)
+        common = [f for f, n in finals_syllables.items() if n >= common_final_min]
+        rare_share = {f: n / len(table) for f, n in finals_syllables.items() if n < common_final_min}
+        common_share = (1 - sum(rare_share.values())) / len(common)
+        self.final_share = {f: rare_share.get(f, common_share) for f in finals_syllables}
+        self.initial_share = {i: 1 / len(initials) for i in initials}
+        self.tone_share = {t: 1 / len(TONES) for t in TONES}
+        self.tone_count = collections.Counter({t: 0 for t in TONES})
+        self.initial_count = collections.Counter({i: 0 for i in initials})
+        self.final_count = collections.Counter({f: 0 for f in finals_syllables})
+        self.pairs = [(s, t) for s in table for t in TONES]
+
+    def _score(self, syllable: Syllable, tone: int) -> float:
+        return (
+            (self.tone_count[tone] + 1) / self.tone_share[tone]
+            + (self.initial_count[syllable.initial] + 1) / self.initial_share[syllable.initial]
+            + (self.final_count[syllable.final] + 1) / self.final_share[syllable.final]
+        )
+
+    def draw(self, n: int) -> tuple[tuple[Syllable, int], ...]:
+        out: list[tuple[Syllable, int]] = []
+        for position in range(n):
+            previous_tone = out[-1][1] if out else None
+            best, best_score = None, float("inf")
+            for index in self.rng.choice(len(self.pairs), size=self.candidates, replace=False):
+                syllable, tone = self.pairs[int(index)]
+                if (tone == 3 and previous_tone == 3) or (tone == 5 and position == 0):
+                    continue
+                score = self._score(syllable, tone)
+                if score < best_score:
+                    best, best_score = (syllable, tone), score
+            if best is None:  # every candidate was excluded (vanishingly rare): any tone-1 syllable
+                best = (self.table[int(self.rng.integers(len(self.table)))], 1)
+            syllable, tone = best
+            self.tone_count[tone] += 1
+            self.initial_count[syllable.initial] += 1
+            self.final_count[syllable.final] += 1
+            out.append(best)
+        return tuple(out)
+
+
+def plan_corpus(n_speakers: int, n_utterances: int, seed: int) -> tuple[list[SpeakerVoice], dict[str, list[PlannedUtterance]]]:
+    """Speakers and, per speaker, the utterances to say (ids `F01_0001`), deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    voices = draw_speakers(n_speakers, rng)
+    drawer = SyllableDrawer(load_syllable_table(), rng)
+    plan: dict[str, list[PlannedUtterance]] = {}
+    for voice in voices:
+        utterances = []
+        for u in range(n_utterances):
+            n = int(rng.integers(MIN_SYLLABLES, MAX_SYLLABLES + 1))
+            utterances.append(PlannedUtterance(f"{voice.speaker}_{u + 1:04d}", drawer.draw(n), int(rng.integers(2**31 - 1))))
+        plan[voice.speaker] = utterances
+    return voices, plan
+
+
+# --------------------------------------------------------------------------- alignment
+@dataclass(frozen=True)
+class Interval:
+    start: int  # samples at the synthesizer's rate
+    end: int
+    label: str
+
+
+def align_syllables(events, words: list[str], syllables: list[tuple[Syllable, int]], text_positions: list[int], n_samples: int) -> tuple[list[Interval], list[Interval]]:
+    """Word and phone intervals (in samples) from eSpeak's events for one utterance.
+
+    `events`: eSpeak's word and phoneme events in time order; `text_positions`: the 1-based
+    character position of each syllable in the text given to eSpeak. A phoneme lasts until the
+    next phoneme event (the last until `n_samples`); pauses (`_`, `_|`, `_:`) are silence.
+    Raises PhonormError when the events do not match the syllables (never expected: it means
+    the phoneme mapping is wrong for this eSpeak version).
+    """
+    word_positions = [e.text_position for e in events if e.kind == "word"]
+    if word_positions != text_positions:
+        raise PhonormError(f"eSpeak's word events {word_positions} do not match the syllables at {text_positions} of {' '.join(words)!r}")
+    phonemes = [e for e in events if e.kind == "phoneme"]
+    starts = [e.sample for e in phonemes]
+    if any(b < a for a, b in zip(starts, starts[1:])) or (starts and starts[-1] > n_samples):
+        raise PhonormError(f"eSpeak's phoneme events are out of order in {' '.join(words)!r}")
+    ends = starts[1:] + [n_samples]
+    initial_phonemes = set(ESPEAK_INITIALS.values())
+    word_tier: list[Interval] = []
+    phone_tier: list[Interval] = []
+    for word, (syllable, tone), position in zip(words, syllables, text_positions):
+        mine = [i for i, e in enumerate(phonemes) if e.text_position == position and not e.name.startswith("_")]
+        names = [phonemes[i].name.lstrip(_STRESS_MARKS) for i in mine]
+        problem = None
+        if not mine:
+            problem = "no phonemes"
+        elif mine != list(range(mine[0], mine[-1] + 1)):
+            problem = "a pause inside the syllable"
+        elif any("(" in name for name in names):
+            problem = "a language switch (eSpeak does not know the syllable)"
+        elif syllable.initial and (len(mine) < 2 or names[0] != ESPEAK_INITIALS[syllable.initial]):
+            problem = f"initial {syllable.initial!r} should be eSpeak's {ESPEAK_INITIALS[syllable.initial]!r} followed by the final"
+        elif not syllable.initial and names[0] in initial_phonemes:
+            problem = "a zero-initial syllable starts with an initial consonant"
+        if problem is None:
+            first_final = mine[1] if syllable.initial else mine[0]
+            start, final_start, end = starts[mine[0]], starts[first_final], ends[mine[-1]]
+            if (syllable.initial and not start < final_start) or not final_start < end:
+                problem = "an empty initial or final"
+        if problem:
+            raise PhonormError(f"eSpeak's phonemes {names} for {word!r} do not split into initial and final: {problem}")
+        word_tier.append(Interval(start, end, word))
+        if syllable.initial:
+            phone_tier.append(Interval(start, final_start, syllable.initial))
+        phone_tier.append(Interval(final_start, end, f"{syllable.final}{tone}"))
+    return word_tier, phone_tier
+
+
+# --------------------------------------------------------------------------- synthesis (worker side)
+def _write_textgrid(path: Path, words: list[Interval], phones: list[Interval], to_seconds, duration: float) -> None:
+    from praatio import textgrid
+
+    grid = textgrid.Textgrid()
+    for name, tier in (("words", words), ("phones", phones)):
+        entries = [(min(to_seconds(i.start), duration), min(to_seconds(i.end), duration), i.label) for i in tier]
+        grid.addTier(textgrid.IntervalTier(name, entries, 0.0, duration))
+    with atomic_path(path) as tmp:
+        # includeBlankSpaces: the gaps (silence) become empty intervals, as MFA writes them.
+        grid.save(str(tmp), format="long_textgrid", includeBlankSpaces=True, reportingMode="error")
+
+
+def synthesize_utterance(espeak, utterance: PlannedUtterance, out: Path) -> float:
+    """Say one utterance with the current voice; write its wav and TextGrid. Returns seconds."""
+    import soundfile as sf
+    import soxr
+
+    words = utterance.words
+    text = " ".join(words)
+    positions, at = [], 1
+    for word in words:
+        positions.append(at)
+        at += len(word) + 1
+    samples, events = espeak.synthesize(text, seed=utterance.seed)
+    rng = np.random.default_rng(utterance.seed)
+    pad = int(rng.uniform(*LEADING_SILENCE_S) * espeak.sample_rate)
+    words_tier, phones_tier = align_syllables(events, words, list(utterance.syllables), positions, len(samples))
+    audio = np.concatenate([np.zeros(pad, np.float32), samples.astype(np.float32) / 32768.0])
+    audio = soxr.resample(audio, espeak.sample_rate, SAMPLE_RATE, quality="HQ")
+    audio = audio + NOISE_FLOOR * rng.standard_normal(len(audio))
+    audio = np.clip(audio, -1.0, 32767 / 32768).astype(np.float32)
+    duration = len(audio) / SAMPLE_RATE
+    with atomic_path(out / "wav" / f"{utterance.utterance_id}.wav") as tmp:
+        sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    rate = espeak.sample_rate
+    _write_textgrid(out / "textgrid" / f"{utterance.utterance_id}.TextGrid", words_tier, phones_tier, lambda s: (s + pad) / rate, duration)
+    return duration
+
+
+def _synthesize_speaker(job: tuple[str, SpeakerVoice, list[PlannedUtterance]]) -> str:
+    """Worker entry: one speaker, in a fresh process (see the module docstring)."""
+    from phonorm.corpus.espeak import Espeak
+
+    out, voice, utterances = job
+    espeak = Espeak.get()
+    espeak.set_voice(voice.voice_name, pitch=voice.pitch, pitch_range=voice.pitch_range, rate=voice.rate)
+    for utterance in utterances:
+        synthesize_utterance(espeak, utterance, Path(out))
+    return voice.speaker
+
+
+# --------------------------------------------------------------------------- the command
+def _is_complete(out: Path, utterances: list[PlannedUtterance]) -> bool:
+    return all(
+        (out / "wav" / f"{u.utterance_id}.wav").is_file() and (out / "textgrid" / f"{u.utterance_id}.TextGrid").is_file()
+        for u in utterances
+    )
+
+
+def _espeak_version() -> str:
+    try:
+        return metadata.version("espeakng-loader")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int = 40, seed: int = 0, jobs: int = 1) -> str:
+    """Write the corpus to `out` (see the module docstring); returns a one-paragraph summary.
+
+    `jobs`: worker processes (each speaker is synthesised in its own fresh process anyway).
+    Re-running with the same settings over the same `out` skips speakers already complete.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    if n_speakers < 2:
+        raise PhonormError(f"--speakers must be at least 2 (half F, half M), got {n_speakers}")
+    if n_utterances < 1:
+        raise PhonormError(f"--utterances must be at least 1, got {n_utterances}")
+    settings = {
+        "speakers": n_speakers, "utterances": n_utterances, "seed": seed, "sample_rate": SAMPLE_RATE,
+        "voice": VOICE, "syllables_per_utterance": [MIN_SYLLABLES, MAX_SYLLABLES], "espeakng_loader": _espeak_version(),
+    }
+    meta_path = out / "synth.json"
+    if meta_path.exists():
+        previous = read_json(meta_path).get("settings")
+        if previous != settings:
+            raise PhonormError(f"{meta_path}: this folder holds a corpus made with other settings ({previous}); use a new folder")
+    elif out.exists() and any(out.iterdir()):
+        raise PhonormError(f"{out}: the folder is not empty and holds no synth.json; use a new or empty folder")
+
+    voices, plan = plan_corpus(n_speakers, n_utterances, seed)
+    write_json(meta_path, {"complete": False, "settings": settings})
+    for folder in ("wav", "textgrid"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        for leftover in (out / folder).glob(".*.tmp"):  # temp files of an interrupted run
+            leftover.unlink()
+
+    todo = [v for v in voices if not _is_complete(out, plan[v.speaker])]
+    skipped = len(voices) - len(todo)
+    total = n_speakers * n_utterances
+    with tqdm(total=total, initial=skipped * n_utterances, unit="utt", desc="synth", disable=None) as bar:
+        if todo:
+            # A fresh process per speaker (maxtasksperchild=1): eSpeak's hidden state must start
+            # from scratch for the output to be deterministic. forkserver forks from a clean
+            # server that never loaded eSpeak; spawn where there is no forkserver.
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            with context.Pool(processes=max(1, min(jobs, len(todo))), maxtasksperchild=1) as pool:
+                jobs_args = [(str(out), v, plan[v.speaker]) for v in todo]
+                for _ in pool.imap_unordered(_synthesize_speaker, jobs_args):
+                    bar.update(n_utterances)
+
+    with atomic_path(out / "speakers.tsv") as tmp:
+        tmp.write_text("speaker\tsex\n" + "".join(f"{v.speaker}\t{v.sex}\n" for v in voices))
+
+    import soundfile as sf
+
+    seconds = sum(sf.info(str(out / "wav" / f"{u.utterance_id}.wav")).duration for us in plan.values() for u in us)
+    tones, initials, finals = collections.Counter(), collections.Counter(), collections.Counter()
+    for us in plan.values():
+        for u in us:
+            for syllable, tone in u.syllables:
+                tones[tone] += 1
+                initials[syllable.initial or "(zero)"] += 1
+                finals[syllable.final] += 1
+    counts = {
+        "utterances": total, "syllables": sum(tones.values()), "seconds": round(seconds, 3),
+        "tones": {str(t): tones[t] for t in TONES}, "initials": dict(sorted(initials.items())), "finals": dict(sorted(finals.items())),
+    }
+    write_json(meta_path, {
+        "complete": True, "settings": settings, "speakers": [asdict(v) for v in voices], "counts": counts,
+        "provenance": provenance(settings),
+    })
+    n_female = sum(v.sex == "F" for v in voices)
+    return (
+        f"Wrote {total} utterances of {n_speakers} speakers ({n_female} F, {n_speakers - n_female} M), "
+        f"{seconds / 60:.1f} min of speech, to {out} ({len(todo)} speakers synthesised, {skipped} already complete). "
+        f"Syllables per tone 1-5: {' '.join(str(tones[t]) for t in TONES)}; {len(initials)} initials (incl. zero), "
+        f"{len(finals)} finals. Next: phonorm prepare OUT_PREPARED --audio {out / 'wav'} "
+        f"--alignments {out / 'textgrid'} --speakers {out / 'speakers.tsv'}"
+    )

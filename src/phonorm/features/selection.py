@@ -1,0 +1,236 @@
+"""Which frames a feature store keeps: decided once, from the corpus and one frame geometry.
+
+Every model of a store is then indexed on these very rows (BRIEF traps 3 and 10): the selection
+is a table (`frames.parquet`), and `pooling_index` maps its rows onto any model's frame grid by
+time, which for models of the same geometry gives exactly the frames that were selected.
+
+Rules (half-open intervals everywhere, as `frames.frame_labels`):
+- a frame belongs to a segment when its centre lies in `[start, end)`;
+- `middle` keeps frames whose centre lies in the middle third `[start + d/3, end - d/3)`;
+- `segment` pooling averages the selected frames of a segment (segments with none are dropped
+  and counted);
+- caps keep at most N rows per (speaker, phone), drawn without replacement with a seeded RNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from phonorm.corpus.store import PreparedCorpus
+from phonorm.frames import SAMPLE_RATE, FrameGeometry, segment_index_per_frame
+
+FRAME_MODES = ("labelled", "middle", "all")
+POOL_MODES = ("frame", "segment")
+
+FRAME_COLUMNS = ("row", "utterance_id", "speaker", "sex", "split", "time", "frame", "n_frames",
+                 "segment_id", "start", "end", "phone", "tone", "syllable")
+
+
+@dataclass
+class Selection:
+    """The rows of a store (`frames`, columns `FRAME_COLUMNS`) and the utterances they come from
+    (`utterances`: the corpus rows of utterances with at least one selected row, in row order, with
+    `row_begin`/`row_end` added)."""
+
+    frames: pd.DataFrame
+    utterances: pd.DataFrame
+    counts: dict
+
+    @property
+    def key(self) -> str:
+        """Content hash of the selection: two runs resume into one store only when it matches."""
+        return frames_hash(self.frames)
+
+
+def frames_hash(frames: pd.DataFrame) -> str:
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frames, index=False).to_numpy().tobytes())
+    digest.update(",".join(frames.columns).encode())
+    return digest.hexdigest()[:16]
+
+
+def segment_windows(starts: np.ndarray, ends: np.ndarray, frames_mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """The span of each segment whose frames are kept: the whole segment, or its middle third
+    for `frames_mode == "middle"`. Seconds, float64."""
+    starts = np.asarray(starts, dtype=np.float64)
+    ends = np.asarray(ends, dtype=np.float64)
+    if frames_mode == "middle":
+        third = (ends - starts) / 3.0
+        return starts + third, ends - third
+    return starts, ends
+
+
+def nearest_frames(times: np.ndarray, geometry: FrameGeometry, n_frames: int, what: str) -> np.ndarray:
+    """Index of the frame of `geometry` whose centre is nearest each time (s); int64.
+    Raises when a time lies more than one hop outside the utterance's frames (a grid mismatch)."""
+    times = np.asarray(times, dtype=np.float64)
+    if n_frames <= 0:
+        raise ValueError(f"{what}: the audio is too short for a single frame")
+    hop_s = geometry.hop / geometry.sample_rate
+    offset_s = geometry.receptive_field / 2.0 / geometry.sample_rate
+    index = np.clip(np.rint((times - offset_s) / hop_s), 0, n_frames - 1).astype(np.int64)
+    gap = np.abs(geometry.frame_times(n_frames)[index] - times) if times.size else np.zeros(0)
+    if gap.size and gap.max() > hop_s:
+        raise ValueError(f"{what}: a row at {times[int(gap.argmax())]:.3f} s lies outside the model's "
+                         f"{n_frames} frames (frame grids or audio lengths disagree)")
+    return index
+
+
+def pooling_index(
+    rows: pd.DataFrame | dict, geometry: FrameGeometry, n_frames: int, pool: str, frames_mode: str, what: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map one utterance's store rows onto a frame grid.
+
+    `rows`: the utterance's rows of frames.parquet (columns `time`, `start`, `end`); `geometry`,
+    `n_frames`: the model's frame grid for this utterance. Returns `(frame_index, row_of)`, both
+    int64 of equal length: the embedding of store row r is the mean of the model frames
+    `frame_index[row_of == r]` (r counted from 0 within the utterance). For `pool == "frame"` each
+    row takes the nearest frame; for `"segment"` the frames whose centre lies in the row's pooled
+    span (the nearest frame to the row's time when none does).
+    """
+    times = np.asarray(rows["time"], dtype=np.float64)
+    n_rows = times.size
+    if pool == "frame":
+        return nearest_frames(times, geometry, n_frames, what), np.arange(n_rows, dtype=np.int64)
+    window_start, window_end = segment_windows(rows["start"], rows["end"], frames_mode)
+    centres = geometry.frame_times(n_frames)
+    low = np.searchsorted(centres, window_start, side="left")
+    high = np.searchsorted(centres, window_end, side="left")
+    count = np.maximum(high - low, 0)
+    empty = count == 0
+    if empty.any():
+        low = low.copy()
+        low[empty] = nearest_frames(times[empty], geometry, n_frames, what)
+        count = np.where(empty, 1, count)
+    row_of = np.repeat(np.arange(n_rows, dtype=np.int64), count)
+    first = np.repeat(low, count)
+    within = np.arange(row_of.size, dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+    return (first + within).astype(np.int64), row_of
+
+
+def select_rows(
+    corpus: PreparedCorpus,
+    split: str,
+    geometry: FrameGeometry,
+    frames_mode: str = "labelled",
+    pool: str = "frame",
+    max_per_speaker_label: int | None = None,
+    seed: int = 0,
+) -> Selection:
+    """Decide the rows of a store from the corpus's segments and one frame geometry.
+
+    The frame count of each utterance comes from its duration at 16 kHz (`FrameGeometry.num_frames`).
+    Rows are ordered by utterance (corpus order) then time. Memory is O(rows).
+    """
+    if frames_mode not in FRAME_MODES:
+        raise ValueError(f"frames must be one of {', '.join(FRAME_MODES)}, not {frames_mode!r}")
+    if pool not in POOL_MODES:
+        raise ValueError(f"pool must be one of {', '.join(POOL_MODES)}, not {pool!r}")
+    utterances = corpus.utterances(split)
+    pieces: list[dict[str, np.ndarray]] = []
+    no_rows: list[str] = []
+    for utt in utterances.itertuples(index=False):
+        n_frames = geometry.num_frames(int(round(float(utt.duration) * SAMPLE_RATE)))
+        segments = corpus.segments_of(utt.utterance_id)
+        piece = _rows_of_utterance(segments, geometry, n_frames, frames_mode, pool)
+        n = len(piece["time"])
+        if n == 0:
+            no_rows.append(utt.utterance_id)
+            continue
+        piece["utterance_id"] = np.full(n, utt.utterance_id, dtype=object)
+        pieces.append(piece)
+    if pieces:
+        columns = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+        table = pd.DataFrame(columns)
+    else:
+        table = pd.DataFrame({key: [] for key in ("utterance_id", "time", "frame", "n_frames", "segment_id",
+                                                   "start", "end", "phone", "tone", "syllable")})
+    meta = utterances.set_index("utterance_id")[["speaker", "sex", "split"]]
+    table = table.join(meta, on="utterance_id")
+    candidates = len(table)
+    if max_per_speaker_label is not None and len(table):
+        table = _cap(table, int(max_per_speaker_label), seed)
+    table = table.reset_index(drop=True)
+    table.insert(0, "row", np.arange(len(table), dtype=np.int64))
+    table = table[list(FRAME_COLUMNS)]
+    table = table.astype({"row": "int64", "time": "float64", "frame": "int64", "n_frames": "int64",
+                          "segment_id": "int64", "start": "float64", "end": "float64", "tone": "int16"})
+    for column in ("utterance_id", "speaker", "sex", "split", "phone", "syllable"):
+        table[column] = table[column].astype(str)
+
+    kept = utterances[utterances["utterance_id"].isin(set(table["utterance_id"]))].reset_index(drop=True)
+    bounds = table.groupby("utterance_id", sort=False)["row"].agg(["min", "max"])
+    kept["row_begin"] = bounds.loc[kept["utterance_id"], "min"].to_numpy()
+    kept["row_end"] = bounds.loc[kept["utterance_id"], "max"].to_numpy() + 1
+    counts = {
+        "utterances_in_split": int(len(utterances)),
+        "utterances_with_rows": int(len(kept)),
+        "utterances_without_rows": int(len(no_rows)),
+        "utterances_without_rows_examples": no_rows[:10],
+        "candidate_rows": int(candidates),
+        "rows": int(len(table)),
+        "rows_dropped_by_cap": int(candidates - len(table)),
+    }
+    return Selection(frames=table, utterances=kept, counts=counts)
+
+
+def _rows_of_utterance(segments: pd.DataFrame, geometry: FrameGeometry, n_frames: int,
+                       frames_mode: str, pool: str) -> dict[str, np.ndarray]:
+    starts = segments["start"].to_numpy(dtype=np.float64)
+    ends = segments["end"].to_numpy(dtype=np.float64)
+    centres = geometry.frame_times(max(n_frames, 0))
+    seg_of_frame = segment_index_per_frame(starts, ends, centres)
+    window_start, window_end = segment_windows(starts, ends, frames_mode)
+    inside = seg_of_frame >= 0
+    seg_safe = np.clip(seg_of_frame, 0, None)
+    if frames_mode == "all":
+        keep = np.ones(len(centres), dtype=bool)
+    elif frames_mode == "labelled":
+        keep = inside
+    else:
+        keep = inside & (centres >= window_start[seg_safe]) & (centres < window_end[seg_safe])
+    # Per-segment labels; one dummy entry when there are no segments, so that indexing with
+    # `np.clip(seg, 0, None)` stays valid (those frames are masked out by `has` below).
+    pad = [] if len(segments) else [0]
+    seg_ids = np.concatenate([segments["segment_id"].to_numpy(dtype=np.int64), np.full(len(pad), -1)])
+    phones = np.concatenate([segments["phone"].to_numpy().astype(str).astype(object), np.full(len(pad), "", dtype=object)])
+    tones = np.concatenate([segments["tone"].to_numpy().astype(np.int64), np.zeros(len(pad), dtype=np.int64)])
+    syllables = np.concatenate([segments["syllable"].to_numpy().astype(str).astype(object),
+                                np.full(len(pad), "", dtype=object)])
+    bounds_start = np.concatenate([starts, np.full(len(pad), np.nan)])
+    bounds_end = np.concatenate([ends, np.full(len(pad), np.nan)])
+    if pool == "frame":
+        frame = np.flatnonzero(keep)
+        seg = seg_of_frame[frame]
+        has = seg >= 0
+        pick = np.clip(seg, 0, None)
+        return dict(
+            time=centres[frame], frame=frame.astype(np.int64), n_frames=np.ones(frame.size, dtype=np.int64),
+            segment_id=np.where(has, seg_ids[pick], -1).astype(np.int64),
+            start=np.where(has, bounds_start[pick], np.nan), end=np.where(has, bounds_end[pick], np.nan),
+            phone=np.where(has, phones[pick], "").astype(object), tone=np.where(has, tones[pick], 0).astype(np.int64),
+            syllable=np.where(has, syllables[pick], "").astype(object),
+        )
+    # pool == "segment": one row per segment with at least one selected frame.
+    counts = np.bincount(seg_of_frame[keep & inside], minlength=len(segments))
+    chosen = np.flatnonzero(counts > 0)
+    return dict(
+        time=(window_start[chosen] + window_end[chosen]) / 2.0, frame=np.full(chosen.size, -1, dtype=np.int64),
+        n_frames=counts[chosen].astype(np.int64), segment_id=seg_ids[chosen], start=starts[chosen],
+        end=ends[chosen], phone=phones[chosen], tone=tones[chosen], syllable=syllables[chosen],
+    )
+
+
+def _cap(table: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
+    """At most `cap` rows per (speaker, phone), drawn without replacement, order kept."""
+    rng = np.random.default_rng(seed)
+    keep = np.ones(len(table), dtype=bool)
+    positions = np.arange(len(table))
+    for _, index in sorted(table.groupby(["speaker", "phone"], sort=True).indices.items()):
+        if index.size > cap:
+            drop = np.setdiff1d(index, rng.choice(index, size=cap, replace=False))
+            keep[positions[drop]] = False
+    return table[keep]

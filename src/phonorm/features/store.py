@@ -1,0 +1,204 @@
+"""Reading a feature store folder (the contract between `phonorm extract` and the analyses).
+
+Layout of a store `F` (docs/architecture.md, "Feature store"):
+
+- `F/frames.parquet`: one row per stored frame (or segment with `--pool segment`), rows in order.
+- `F/<model>/L<k>.npy`: shape (rows, dim), float16 or float32, memory-mappable; or, when several
+  processes wrote it, a folder `F/<model>/L<k>/part-00000.npy, part-00001.npy, ...` whose parts
+  concatenated in name order give the rows in order.
+- `F/classic/<name>.npy`: (rows, k) float32 baselines on the same rows (f0_hz, f0_semitone_z, mfcc).
+- `F/manifest.json`: written last; a folder without it is an incomplete store.
+
+Analyses read layers block by block (`iter_blocks`), so memory stays bounded by the block size
+however large the store is.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from phonorm.artifacts import read_json
+from phonorm.errors import InputError
+
+FRAMES_FILE = "frames.parquet"
+MANIFEST_FILE = "manifest.json"
+CLASSIC_DIR = "classic"
+PART_GLOB = "part-*.npy"
+STORE_FORMAT = "phonorm-feature-store/1"
+
+
+def part_name(index: int) -> str:
+    """File name of the `index`-th row-ordered part of a layer written by several processes."""
+    return f"part-{index:05d}.npy"
+
+
+class FeatureStore:
+    """A complete feature store folder, read-only.
+
+    `frames` is the row index (pandas DataFrame of frames.parquet); `layer(model, "L4")` gives the
+    (rows, dim) embeddings of one layer, row-aligned with `frames`; `iter_blocks` streams them.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise InputError(self.folder, "not a folder: expected a feature store written by phonorm extract")
+        if not (self.folder / MANIFEST_FILE).is_file():
+            raise InputError(
+                self.folder / MANIFEST_FILE,
+                "missing: the feature store is incomplete (extraction unfinished? run phonorm extract again "
+                "with the same options to resume)",
+            )
+        if not (self.folder / FRAMES_FILE).is_file():
+            raise InputError(self.folder / FRAMES_FILE, "missing: not a complete feature store")
+
+    # ------------------------------------------------------------------ index and metadata
+    @cached_property
+    def manifest(self) -> dict:
+        """The parsed manifest.json (models, layers, settings, provenance)."""
+        try:
+            manifest = read_json(self.folder / MANIFEST_FILE)
+        except ValueError as err:
+            raise InputError(self.folder / MANIFEST_FILE, f"not valid JSON ({err})") from None
+        if not isinstance(manifest, dict) or "models" not in manifest:
+            raise InputError(self.folder / MANIFEST_FILE, "no 'models' entry: not a phonorm feature store manifest")
+        return manifest
+
+    @cached_property
+    def frames(self) -> pd.DataFrame:
+        """One row per stored frame or segment: `row`, `utterance_id`, `speaker`, `sex`, `split`,
+        `time` (s), `frame`, `n_frames`, `segment_id` (-1 none), `start`, `end` (s, of the
+        segment; NaN none), `phone` (str, "" none), `tone` (int, 0 none), `syllable` (str)."""
+        table = pd.read_parquet(self.folder / FRAMES_FILE)
+        if len(table) != self.rows:
+            raise InputError(self.folder / FRAMES_FILE,
+                             f"{len(table)} rows but the manifest says {self.rows}: store is inconsistent")
+        return table
+
+    @property
+    def rows(self) -> int:
+        """Number of stored rows (frames or segments)."""
+        return int(self.manifest["rows"])
+
+    @property
+    def models(self) -> list[str]:
+        """Model names in the order they were given to `phonorm extract`."""
+        return [entry["name"] for entry in self.manifest["models"]]
+
+    def model_info(self, model: str) -> dict:
+        """The manifest entry of one model: name, source, n_layers, dim, layers, dtype, ..."""
+        for entry in self.manifest["models"]:
+            if entry["name"] == model:
+                return entry
+        raise InputError(self.folder, f"no model {model!r} in this feature store; it holds: {', '.join(self.models)}")
+
+    def layers(self, model: str) -> list[str]:
+        """Stored layer names of a model, in depth order, e.g. ["L0", "L1", ..., "L12"]."""
+        return list(self.model_info(model)["layers"])
+
+    def dim(self, model: str) -> int:
+        return int(self.model_info(model)["dim"])
+
+    @property
+    def settings(self) -> dict:
+        return dict(self.manifest.get("settings", {}))
+
+    # ------------------------------------------------------------------ embeddings
+    def _layer_files(self, model: str, layer: str) -> list[Path]:
+        layer = self._check_layer(model, layer)
+        single = self.folder / model / f"{layer}.npy"
+        if single.is_file():
+            return [single]
+        folder = self.folder / model / layer
+        parts = sorted(folder.glob(PART_GLOB)) if folder.is_dir() else []
+        if not parts:
+            raise InputError(single, "missing: the manifest lists this layer but its file is not there")
+        return parts
+
+    def _check_layer(self, model: str, layer: str | int) -> str:
+        layers = self.layers(model)
+        name = f"L{layer}" if isinstance(layer, (int, np.integer)) else str(layer)
+        if name not in layers:
+            raise InputError(self.folder, f"model {model!r} has no stored layer {name!r}; stored: {', '.join(layers)}")
+        return name
+
+    def _open(self, path: Path, mmap: bool) -> np.ndarray:
+        try:
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise InputError(path, f"unreadable array ({err})") from None
+        if array.ndim != 2:
+            raise InputError(path, f"expected a 2-D (rows, dim) array, found shape {array.shape}")
+        return array
+
+    def layer(self, model: str, layer: str | int, mmap: bool = True) -> np.ndarray:
+        """Embeddings of one layer, shape (rows, dim), in the stored dtype (float16 or float32).
+
+        Memory-mapped (read-only) when `mmap` and the layer is one file; a layer written in parts
+        is concatenated into memory (use `iter_blocks` to stream it instead).
+        """
+        arrays = [self._open(p, mmap) for p in self._layer_files(model, layer)]
+        array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+        if array.shape[0] != self.rows:
+            raise InputError(self._layer_files(model, layer)[0],
+                             f"{array.shape[0]} rows but frames.parquet has {self.rows}: store is inconsistent")
+        return array
+
+    def iter_blocks(
+        self, model: str, layer: str | int, rows: Sequence[int] | np.ndarray | None = None, block: int = 65536,
+    ) -> Iterator[np.ndarray]:
+        """Stream a layer as float32 arrays of shape (≤ block, dim), in row order.
+
+        `rows`: optional row numbers to read (in the order given; e.g. a boolean-mask's
+        `np.flatnonzero`); all rows when None. Memory is bounded by `block` rows whatever the store size.
+        """
+        if block <= 0:
+            raise ValueError("block must be positive")
+        parts = [self._open(p, mmap=True) for p in self._layer_files(model, layer)]
+        starts = np.cumsum([0] + [p.shape[0] for p in parts])
+        if starts[-1] != self.rows:
+            raise InputError(self.folder / model / str(layer),
+                             f"{starts[-1]} rows but frames.parquet has {self.rows}: store is inconsistent")
+        if rows is None:
+            for part in parts:
+                for begin in range(0, part.shape[0], block):
+                    yield np.asarray(part[begin:begin + block], dtype=np.float32)
+            return
+        wanted = np.asarray(rows)
+        if wanted.dtype == bool:
+            raise ValueError("rows must be row numbers, not a boolean mask (use np.flatnonzero(mask))")
+        wanted = wanted.astype(np.int64, copy=False)
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= self.rows):
+            raise IndexError(f"row numbers must lie in [0, {self.rows})")
+        for begin in range(0, wanted.size, block):
+            chunk = wanted[begin:begin + block]
+            out = np.empty((chunk.size, parts[0].shape[1]), dtype=np.float32)
+            which = np.searchsorted(starts, chunk, side="right") - 1
+            for p in np.unique(which):
+                sel = which == p
+                out[sel] = parts[p][chunk[sel] - starts[p]]
+            yield out
+
+    # ------------------------------------------------------------------ classic baselines
+    def classic_names(self) -> list[str]:
+        """Names of the stored classic baselines, e.g. ["f0_hz", "f0_semitone_z", "mfcc"]."""
+        return list(self.manifest.get("classic", []))
+
+    def classic(self, name: str) -> np.ndarray:
+        """A classic baseline, float32 of shape (rows, k); NaN where undefined (unvoiced F0)."""
+        if name not in self.classic_names():
+            known = ", ".join(self.classic_names()) or "none (extracted with --no-classic)"
+            raise InputError(self.folder, f"no classic feature {name!r} in this store; stored: {known}")
+        array = self._open(self.folder / CLASSIC_DIR / f"{name}.npy", mmap=False)
+        if array.shape[0] != self.rows:
+            raise InputError(self.folder / CLASSIC_DIR / f"{name}.npy",
+                             f"{array.shape[0]} rows but frames.parquet has {self.rows}")
+        return array.astype(np.float32, copy=False)
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.folder)!r}, rows={self.manifest.get('rows')}, models={self.models})"

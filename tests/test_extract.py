@@ -1,0 +1,234 @@
+"""phonorm extract: same rows for every model, all layers, exact batching, resume, parts, errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from transformers import Wav2Vec2Model
+
+from phonorm.corpus.store import PreparedCorpus
+from phonorm.errors import InputError, PhonormError
+from phonorm.features import extract as extract_module
+from phonorm.features.extract import ExtractSettings, extract, finish_store, plan_extraction, run_share, start_store
+from phonorm.features.selection import select_rows
+from phonorm.features.store import FeatureStore
+from phonorm.frames import FrameGeometry
+from phonorm.models.backbone import all_layers, load_backbone, make_config, normalize_waveform
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Two tiny random models: group norm (base-style) and stable layer norm (large-style)."""
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    Wav2Vec2Model(make_config("tiny")).save_pretrained(folder / "gn")
+    Wav2Vec2Model(make_config("tiny", stable_layer_norm=True)).save_pretrained(folder / "ln")
+    return {"gn": str(folder / "gn"), "ln": str(folder / "ln")}
+
+
+@pytest.fixture(scope="module")
+def two_model_store(fake_corpus, tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store") / "F"
+    extract(fake_corpus, models=tiny_models, out=out, settings=ExtractSettings())
+    return out
+
+
+def _direct_layers(source: str, wave: np.ndarray) -> list[np.ndarray]:
+    model = load_backbone(source)
+    with torch.inference_mode():
+        hidden = all_layers(model, normalize_waveform(torch.from_numpy(wave))[None])
+    return [h[0].numpy() for h in hidden]
+
+
+def test_two_models_share_rows_and_every_layer(two_model_store, fake_corpus, tiny_models):
+    store = FeatureStore(two_model_store)
+    frames = store.frames
+    assert store.models == ["gn", "ln"]
+    assert len(frames) == store.rows > 0 and list(frames["row"]) == list(range(store.rows))
+    assert set(frames["split"]) == {"test"} and (frames["phone"] != "").all()  # labelled frames only
+    for name in store.models:
+        assert store.layers(name) == [f"L{k}" for k in range(5)]  # n_layers + 1
+        for layer in store.layers(name):
+            array = store.layer(name, layer)
+            assert array.shape == (store.rows, 64) and array.dtype == np.float16
+    assert store.manifest["models"][0]["layer_convention"].startswith("L0 = input")
+    # The stored rows are the model's own frames of the utterance, at the recorded frame index.
+    first = frames["utterance_id"].iloc[0]
+    rows = frames[frames["utterance_id"] == first]
+    wave = sf.read(PreparedCorpus(fake_corpus).utterances("test").set_index("utterance_id").loc[first, "audio_path"],
+                   dtype="float32")[0]
+    for name in store.models:
+        direct = _direct_layers(tiny_models[name], wave)
+        for k in (0, 4):
+            np.testing.assert_allclose(store.layer(name, f"L{k}")[rows["row"]].astype(np.float32),
+                                       direct[k][rows["frame"]], rtol=2e-3, atol=2e-3)
+    # Classic baselines on the same rows; F0 of the female speaker higher than of the male one.
+    assert store.classic_names() == ["f0_hz", "f0_semitone_z", "mfcc"]
+    f0 = store.classic("f0_hz")[:, 0]
+    assert store.classic("mfcc").shape == (store.rows, 13)
+    assert np.isfinite(f0).sum() > store.rows // 3
+    by_sex = pd.Series(f0).groupby(frames["sex"].to_numpy()).mean()
+    assert by_sex["F"] > by_sex["M"] * 1.3
+    z = store.classic("f0_semitone_z")[:, 0]
+    for _, index in frames.groupby("speaker").indices.items():
+        assert abs(np.nanmean(z[index])) < 1e-3 and abs(np.nanstd(z[index]) - 1) < 1e-3
+
+
+def test_iter_blocks_streams_rows_in_order(two_model_store):
+    store = FeatureStore(two_model_store)
+    whole = store.layer("ln", "L2").astype(np.float32)
+    blocks = list(store.iter_blocks("ln", "L2", block=100))
+    assert all(b.dtype == np.float32 for b in blocks) and max(len(b) for b in blocks) == 100
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
+    pick = np.array([5, 3, store.rows - 1])
+    np.testing.assert_array_equal(np.concatenate(list(store.iter_blocks("ln", "L2", rows=pick, block=2))), whole[pick])
+
+
+def test_rerun_is_a_no_op_and_other_rows_are_refused(two_model_store, fake_corpus, tiny_models):
+    assert "nothing to do" in extract(fake_corpus, models=tiny_models, out=two_model_store, settings=ExtractSettings())
+    with pytest.raises(InputError, match="other rows"):
+        extract(fake_corpus, models=tiny_models, out=two_model_store, settings=ExtractSettings(frames="middle"))
+
+
+def _equal_length_corpus(fake_corpus, folder, seconds=1.2):
+    """A copy of the fake corpus whose test utterances all have the same length."""
+    shutil.copytree(fake_corpus, folder, ignore=shutil.ignore_patterns("wav"))
+    (folder / "wav").mkdir()
+    utterances = pd.read_parquet(folder / "utterances.parquet")
+    samples = int(seconds * 16000)
+    for i, row in utterances.iterrows():
+        wave, rate = sf.read(row["audio_path"], dtype="float32")
+        wave = np.pad(wave, (0, max(0, samples - len(wave))))[:samples]
+        path = folder / "wav" / f"{row['utterance_id']}.wav"
+        sf.write(path, wave, rate)
+        utterances.loc[i, ["audio_path", "duration"]] = [str(path), samples / rate]
+    utterances.to_parquet(folder / "utterances.parquet", index=False)
+    return folder
+
+
+def _one_model(store_path, name, layer):
+    return FeatureStore(store_path).layer(name, layer).astype(np.float32)
+
+
+def test_group_norm_batches_equal_single_utterances(fake_corpus, tiny_models, tmp_path):
+    corpus = _equal_length_corpus(fake_corpus, tmp_path / "equal")
+    models = {"gn": tiny_models["gn"]}
+    fast = ExtractSettings(dtype="float32", batch_seconds=100.0, classic=False)
+    single = ExtractSettings(dtype="float32", batch_seconds=0.5, classic=False)
+    extract(corpus, models=models, out=tmp_path / "batched", settings=fast)
+    extract(corpus, models=models, out=tmp_path / "single", settings=single)
+    passes = {k: FeatureStore(tmp_path / k).manifest["models"][0]["forward_passes"] for k in ("batched", "single")}
+    assert passes["batched"] == 1 and passes["single"] == 12  # one batch of 12 equal-length utterances
+    for layer in ("L0", "L2", "L4"):
+        np.testing.assert_allclose(_one_model(tmp_path / "batched", "gn", layer),
+                                   _one_model(tmp_path / "single", "gn", layer), atol=1e-4, rtol=1e-4)
+
+
+def test_layer_norm_padded_batches_with_mask_equal_single_utterances(fake_corpus, tiny_models, tmp_path):
+    models = {"ln": tiny_models["ln"]}
+    extract(fake_corpus, models=models, out=tmp_path / "batched",
+            settings=ExtractSettings(dtype="float32", batch_seconds=100.0, classic=False))
+    extract(fake_corpus, models=models, out=tmp_path / "single",
+            settings=ExtractSettings(dtype="float32", batch_seconds=0.5, classic=False))
+    passes = {k: FeatureStore(tmp_path / k).manifest["models"][0]["forward_passes"] for k in ("batched", "single")}
+    assert passes["batched"] < passes["single"] == 12
+    for layer in ("L0", "L4"):
+        np.testing.assert_allclose(_one_model(tmp_path / "batched", "ln", layer),
+                                   _one_model(tmp_path / "single", "ln", layer), atol=1e-4, rtol=1e-4)
+
+
+def test_resume_after_interruption(fake_corpus, tiny_models, two_model_store, tmp_path, monkeypatch):
+    out = tmp_path / "F"
+    settings = ExtractSettings(chunk_seconds=4.0, classic=False)
+    models = {"gn": tiny_models["gn"]}
+    real_load, calls = extract_module._load, []
+
+    def crash_after_seven(utt):
+        calls.append(utt.utterance_id)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real_load(utt)
+
+    monkeypatch.setattr(extract_module, "_load", crash_after_seven)
+    with pytest.raises(KeyboardInterrupt):
+        extract(fake_corpus, models=models, out=out, settings=settings)
+    # Nothing looks complete: no manifest, no final layer file, only hidden partial files.
+    assert not (out / "manifest.json").exists()
+    assert not list((out / "gn").glob("L*.npy")) and list((out / "gn").glob(".L*.npy.partial"))
+    with pytest.raises(InputError, match="incomplete"):
+        FeatureStore(out)
+    monkeypatch.setattr(extract_module, "_load", real_load)
+    counted = []
+    monkeypatch.setattr(extract_module, "_load", lambda utt: counted.append(1) or real_load(utt))
+    extract(fake_corpus, models=models, out=out, settings=settings)
+    assert 0 < len(counted) < 12  # finished chunks were not redone
+    for layer in ("L0", "L3"):
+        np.testing.assert_array_equal(_one_model(out, "gn", layer), _one_model(two_model_store, "gn", layer))
+
+
+def test_processes_write_row_ordered_parts(fake_corpus, tiny_models, two_model_store, tmp_path):
+    """What `accelerate launch` does with two processes, run one after the other."""
+    out = tmp_path / "F"
+    plan = plan_extraction(fake_corpus, models={"gn": tiny_models["gn"]}, out=out, settings=ExtractSettings())
+    start_store(plan)
+    for process in (0, 1):
+        run_share(plan, process, 2, progress=False)
+    finish_store(plan, 2)
+    store = FeatureStore(out)
+    parts = sorted((out / "gn" / "L2").glob("part-*.npy"))
+    assert [p.name for p in parts] == ["part-00000.npy", "part-00001.npy"]
+    assert 0 < len(np.load(parts[0])) < store.rows
+    reference = FeatureStore(two_model_store)
+    np.testing.assert_array_equal(store.layer("gn", "L2"), reference.layer("gn", "L2"))
+    np.testing.assert_array_equal(np.concatenate(list(store.iter_blocks("gn", "L2", block=50))),
+                                  reference.layer("gn", "L2").astype(np.float32))
+    np.testing.assert_allclose(store.classic("f0_semitone_z"), reference.classic("f0_semitone_z"), equal_nan=True)
+
+
+def test_selection_modes_and_caps(fake_corpus):
+    corpus, grid = PreparedCorpus(fake_corpus), FrameGeometry()
+    labelled = select_rows(corpus, "test", grid, "labelled").frames
+    middle = select_rows(corpus, "test", grid, "middle").frames
+    every = select_rows(corpus, "test", grid, "all").frames
+    assert len(middle) < len(labelled) < len(every) and (every["phone"] == "").any()
+    third = (middle["end"] - middle["start"]) / 3
+    assert ((middle["time"] >= middle["start"] + third - 1e-9) & (middle["time"] < middle["end"] - third)).all()
+    segments = select_rows(corpus, "test", grid, "labelled", pool="segment").frames
+    assert segments["segment_id"].is_unique and segments["n_frames"].sum() == len(labelled)
+    capped = select_rows(corpus, "test", grid, "labelled", max_per_speaker_label=3, seed=1).frames
+    assert capped.groupby(["speaker", "phone"]).size().max() == 3
+    again = select_rows(corpus, "test", grid, "labelled", max_per_speaker_label=3, seed=1).frames
+    other = select_rows(corpus, "test", grid, "labelled", max_per_speaker_label=3, seed=2).frames
+    pd.testing.assert_frame_equal(capped, again)
+    assert not capped["time"].equals(other["time"])
+
+
+def test_segment_pool_is_the_mean_of_the_segment_frames(fake_corpus, tiny_models, tmp_path):
+    models = {"gn": tiny_models["gn"]}
+    f32 = dict(dtype="float32", classic=False, layers="L1")
+    extract(fake_corpus, models=models, out=tmp_path / "frames", settings=ExtractSettings(**f32))
+    extract(fake_corpus, models=models, out=tmp_path / "segments", settings=ExtractSettings(pool="segment", **f32))
+    frames, segments = FeatureStore(tmp_path / "frames"), FeatureStore(tmp_path / "segments")
+    assert segments.layers("gn") == ["L1"]
+    means = pd.DataFrame(frames.layer("gn", "L1")).groupby(frames.frames["segment_id"].to_numpy()).mean()
+    expected = means.loc[segments.frames["segment_id"]].to_numpy()
+    np.testing.assert_allclose(segments.layer("gn", "L1"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_settings_and_models_give_clear_errors(fake_corpus, tiny_models, tmp_path):
+    with pytest.raises(PhonormError, match="L0..L4"):
+        extract(fake_corpus, models={"gn": tiny_models["gn"]}, out=tmp_path / "a", settings=ExtractSettings(layers="0,9"))
+    with pytest.raises(PhonormError, match="no-such-model"):
+        extract(fake_corpus, models={"x": str(tmp_path / "no-such-model")}, out=tmp_path / "b", settings=ExtractSettings())
+    with pytest.raises(PhonormError, match="--frames"):
+        extract(fake_corpus, models={"gn": tiny_models["gn"]}, out=tmp_path / "c", settings=ExtractSettings(frames="some"))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        extract(fake_corpus, models={"gn": tiny_models["gn"]}, out=tmp_path / "d", settings=ExtractSettings())
+    assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
