@@ -18,3 +18,14 @@ def fake_corpus(tmp_path_factory):
     from fakes import make_prepared_corpus
 
     return make_prepared_corpus(tmp_path_factory.mktemp("fake_corpus"), n_speakers=8, n_utterances=6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory):
+    """An eSpeak NG corpus from `phonorm synth` (8 speakers: 4 F, 4 M; × 6 utterances; seed 0):
+    the folder holding wav/, textgrid/, speakers.tsv and synth.json. Read-only for tests."""
+    from phonorm.corpus.synth import synthesize_corpus
+
+    out = tmp_path_factory.mktemp("synth_corpus")
+    synthesize_corpus(out, n_speakers=8, n_utterances=6, seed=0)
+    return out

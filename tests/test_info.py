@@ -77,3 +77,22 @@ def test_info_on_the_fake_corpus_and_a_non_corpus(fake_corpus, tmp_path):
     assert sum(info["labels"]["sex"].values()) == sum(info["labels"]["phone"].values()) > 0
     with pytest.raises(InputError, match="not a prepared corpus"):
         corpus_info(tmp_path)
+
+
+def test_prepare_and_info_on_the_synth_corpus(request, tmp_path):
+    """End to end on `phonorm synth` output (the acceptance check of issue 2, smaller)."""
+    try:
+        synth = request.getfixturevalue("synth_corpus")
+    except pytest.FixtureLookupError:
+        pytest.skip("no synth_corpus fixture in conftest.py")
+    prepare_corpus(tmp_path / "p", audio_dir=synth / "wav", alignments=synth / "textgrid",
+                   speakers_file=synth / "speakers.tsv")
+    info = corpus_info(tmp_path / "p")
+    assert info["speakers"] == 8 and info["sex"] == {"F": 4, "M": 4}
+    assert all(info["labels"]["tone"][t] > 0 for t in "12345")
+    assert sum(1 for n in info["labels"]["phone"].values() if n) >= 20
+    assert all(info["splits"][s] > 0 for s in ("train", "dev", "test"))
+    segments = PreparedCorpus(tmp_path / "p").segments
+    finals = segments[segments["is_final"]]
+    assert (finals["syllable"].str[-1] == finals["tone"].astype(str)).all()
+    assert not (tmp_path / "p" / "skipped.tsv").exists()

@@ -93,7 +93,7 @@ def test_ctm_gives_the_same_segments(corpus, tmp_path):
 def test_nested_audio_and_plain_scheme(tmp_path):
     speakers = {"anna": "F", "bob": "M"}
     corpus = make_corpus(tmp_path / "c", speakers, n_utts=2, nested=True)
-    # utterance ids are prefixed by speaker ids here, so rename the folders to prove the folder wins
+    # SPK/UTT.wav layout; test_speaker_from_folder_when_ids_do_not_share_a_prefix shows the folder decides
     run(tmp_path / "p", corpus, scheme="plain")
     prepared = PreparedCorpus(tmp_path / "p")
     assert dict(zip(prepared.all_utterances["utterance_id"].str[:3], prepared.all_utterances["speaker"])) == {"ann": "anna", "bob": "bob"}

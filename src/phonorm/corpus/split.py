@@ -59,7 +59,7 @@ def read_split_file(path: str | Path) -> dict[str, str]:
         if len(fields) < 2:
             raise InputError(path, "expected 'utterance<TAB>split'", item=f"line {number}")
         utterance, split = fields[0], fields[1].lower()
-        if number == 1 and split not in SPLITS and fields[0].lower() in ("utterance", "utterance_id", "utt", "id"):
+        if not split_of and split not in SPLITS and fields[0].lower() in ("utterance", "utterance_id", "utt", "id"):
             continue  # header
         if split not in SPLITS:
             raise InputError(path, f"split {fields[1]!r} is not one of {', '.join(SPLITS)}", item=f"line {number}")

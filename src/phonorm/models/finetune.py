@@ -159,7 +159,10 @@ def finetune(corpus: str | Path, *, model: str, out: str | Path, settings: Finet
     sampler = LengthBucketSampler(train_set.durations, settings.batch_seconds, seed=settings.seed,
                                   num_replicas=accelerator.num_processes, rank=accelerator.process_index)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=Collator(geometry, settings.tasks, crop=group_norm),
-                                         num_workers=0)
+                                         num_workers=0,
+                                         # own generator: creating an iterator must not draw from the global
+                                         # torch RNG, or a resumed run's dropout would differ from an unbroken one
+                                         generator=torch.Generator().manual_seed(settings.seed))
     steps_per_epoch = len(sampler)
     total_steps = math.ceil(settings.epochs * steps_per_epoch)
     if settings.max_steps is not None:
@@ -365,7 +368,8 @@ def _finish(out, prepared, model, label_maps, settings, settings_dict, base_mode
         "tasks": list(settings.tasks),
         "label_maps": label_maps,
         "loss_weights": {t: settings.weight(t) for t in settings.tasks},
-        "heads": {"layer": "last Transformer layer (last_hidden_state)", "type": "linear",
+        "heads": {"layer": "last Transformer layer: last_hidden_state (after the final encoder LayerNorm in "
+                           "stable-layer-norm models)", "type": "linear",
                   "n_classes": {t: len(label_maps[t]) for t in settings.tasks}},
         "base_model": str(base_model),
         "model_type": config.model_type,

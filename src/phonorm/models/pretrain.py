@@ -144,6 +144,7 @@ def pretrain(corpus: str | Path, *, out: str | Path, size: str = "tiny", steps: 
     sampler = LengthBucketSampler(np.minimum(train_set.durations, MAX_CROP_SECONDS), batch_seconds, seed=seed,
                                   num_replicas=accelerator.num_processes, rank=accelerator.process_index)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=0,
+                                         generator=torch.Generator().manual_seed(seed),  # see finetune.py
                                          collate_fn=Collator(geometry, [], crop=True, max_samples=max_samples))
     steps_per_epoch = len(sampler)
     eval_every = eval_every or max(1, steps // 10)

@@ -1,0 +1,348 @@
+"""Representational similarity (SVCCA, PWCCA, linear CKA, debiased CKA) from streamed d×d sums.
+
+No measure here ever holds the rows of a layer or an n×n Gram matrix (BRIEF trap 6): every one is
+computed from sums accumulated in float64 over row blocks, and sums of separate shards add up
+(`a + b`) to the sums of the whole.
+
+- `ViewSums`  one view X (rows, d): n, Σx (d,), XᵀX (d, d), Σ‖x‖⁴-free row-norm terms live in `CrossSums`.
+- `CrossSums` two views on the same rows: XᵀY (dx, dy) plus the O(d) terms debiased CKA needs.
+- `PairSums`  (ViewSums x, ViewSums y, CrossSums) with the measures as methods.
+
+All sums are taken about a fixed `shift` vector per view (by default zero; `analyze` uses the mean of
+the first block) so that large common offsets do not cancel catastrophically in float64. Every
+measure below is translation invariant, so the shift changes nothing but rounding.
+
+Debiased CKA (Song et al. 2012 unbiased HSIC with linear kernels on centred features, as in
+Kornblith et al. 2019's `feature_space_linear_cka(debiased=True)`) needs, besides ‖XcᵀYc‖²,
+‖Xc‖², ‖Yc‖², the one non-d×d term Σᵢ ‖xcᵢ‖²‖ycᵢ‖², with xcᵢ = xᵢ − μx. Writing aᵢ = ‖xᵢ‖²,
+bᵢ = ‖yᵢ‖² (about the shift) and expanding ‖xᵢ − μx‖² = aᵢ − 2xᵢᵀμx + ‖μx‖²:
+
+    Σ ‖xcᵢ‖²‖ycᵢ‖² = Σaᵢbᵢ − 2 μyᵀ(Σaᵢyᵢ) + ‖μy‖² Σaᵢ − 2 μxᵀ(Σbᵢxᵢ) + 4 μxᵀ(XᵀY)μy
+                     − 2‖μy‖² μxᵀΣxᵢ + ‖μx‖² Σbᵢ − 2‖μx‖² μyᵀΣyᵢ + n‖μx‖²‖μy‖²
+
+so three more accumulators suffice: the scalar Σaᵢbᵢ and the vectors Σaᵢyᵢ (dy,), Σbᵢxᵢ (dx,)
+(Σaᵢ = tr XᵀX and Σbᵢ = tr YᵀY are already there). Memory stays O(d²).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.linalg.blas import dgemm, dsyrk
+
+#: Fraction of variance (by squared singular value) the SVD step of SVCCA keeps.
+SVCCA_KEEP = 0.99
+#: Ridge added to each view's covariance eigenvalues before whitening, relative to the largest
+#: eigenvalue (scale-free, so measures stay invariant to scaling).
+EPSILON = 1e-10
+
+
+def _as64(block: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
+    block = np.asarray(block, dtype=np.float64)
+    if block.ndim != 2:
+        raise ValueError(f"expected a (rows, dim) block, got shape {block.shape}")
+    return block - shift if shift is not None else block
+
+
+def _gram(block: np.ndarray) -> np.ndarray:
+    """XᵀX (d, d) with a symmetric rank-k update: half the flops of a general product."""
+    upper = dsyrk(1.0, block, trans=1, lower=0)
+    return np.triu(upper) + np.triu(upper, 1).T
+
+
+@dataclass
+class ViewSums:
+    """Sums of one view X (rows, dim) about `shift`: `n`, `sum` = Σx (dim,), `gram` = XᵀX (dim, dim)."""
+
+    dim: int
+    shift: np.ndarray | None = None
+    n: int = 0
+    sum: np.ndarray = field(default=None)  # type: ignore[assignment]
+    gram: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.sum is None:
+            self.sum = np.zeros(self.dim)
+        if self.gram is None:
+            self.gram = np.zeros((self.dim, self.dim))
+        if self.shift is not None:
+            self.shift = np.asarray(self.shift, dtype=np.float64)
+
+    def update(self, block: np.ndarray) -> "ViewSums":
+        """Add a (rows, dim) block; returns self."""
+        x = _as64(block, self.shift)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"block has {x.shape[1]} columns, expected {self.dim}")
+        if len(x):
+            self.n += len(x)
+            self.sum += x.sum(axis=0)
+            self.gram += _gram(x)
+        return self
+
+    def __add__(self, other: "ViewSums") -> "ViewSums":
+        _same_shift(self.shift, other.shift)
+        return ViewSums(self.dim, self.shift, self.n + other.n, self.sum + other.sum, self.gram + other.gram)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Mean about the shift (dim,)."""
+        return self.sum / self.n
+
+    def scatter(self) -> np.ndarray:
+        """Centred scatter XcᵀXc (dim, dim) = (n−1) × covariance."""
+        m = self.mean
+        s = self.gram - self.n * np.outer(m, m)
+        return (s + s.T) / 2
+
+    def covariance(self) -> np.ndarray:
+        return self.scatter() / max(self.n - 1, 1)
+
+    def pca(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (descending, ≥ 0; variance per component) and eigenvectors (dim, dim) as columns."""
+        values, vectors = np.linalg.eigh(self.covariance())
+        order = np.argsort(values)[::-1]
+        return np.clip(values[order], 0, None), vectors[:, order]
+
+
+@dataclass
+class CrossSums:
+    """Sums over the same rows of two views: `xy` = XᵀY (dx, dy) and the debiased-CKA terms
+    `ab` = Σ‖xᵢ‖²‖yᵢ‖², `a_y` = Σ‖xᵢ‖² yᵢ (dy,), `b_x` = Σ‖yᵢ‖² xᵢ (dx,), all about the views' shifts."""
+
+    dx: int
+    dy: int
+    n: int = 0
+    xy: np.ndarray = field(default=None)  # type: ignore[assignment]
+    ab: float = 0.0
+    a_y: np.ndarray = field(default=None)  # type: ignore[assignment]
+    b_x: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.xy is None:
+            self.xy = np.zeros((self.dx, self.dy))
+        if self.a_y is None:
+            self.a_y = np.zeros(self.dy)
+        if self.b_x is None:
+            self.b_x = np.zeros(self.dx)
+
+    def update_shifted(self, x: np.ndarray, y: np.ndarray) -> "CrossSums":
+        """Add float64 blocks already shifted (rows, dx), (rows, dy)."""
+        if len(x) != len(y):
+            raise ValueError(f"blocks differ in rows: {len(x)} vs {len(y)}")
+        if len(x):
+            a = np.einsum("ij,ij->i", x, x)
+            b = np.einsum("ij,ij->i", y, y)
+            self.n += len(x)
+            self.xy += dgemm(1.0, x, y, trans_a=1)
+            self.ab += float(a @ b)
+            self.a_y += a @ y
+            self.b_x += b @ x
+        return self
+
+    def __add__(self, other: "CrossSums") -> "CrossSums":
+        return CrossSums(self.dx, self.dy, self.n + other.n, self.xy + other.xy, self.ab + other.ab,
+                         self.a_y + other.a_y, self.b_x + other.b_x)
+
+
+def _same_shift(a, b) -> None:
+    if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+        raise ValueError("cannot add sums taken about different shifts")
+
+
+@dataclass
+class PairSums:
+    """Everything the similarity measures need about two views X (rows, dx), Y (rows, dy) on the same rows.
+
+    Accumulate with `update(x_block, y_block)` (any row blocking gives the same sums to rounding),
+    merge shards with `+`, then read `svcca()`, `pwcca()`, `cka()`, `cka_debiased()`.
+    """
+
+    x: ViewSums
+    y: ViewSums
+    cross: CrossSums
+
+    @classmethod
+    def empty(cls, dx: int, dy: int, shift_x=None, shift_y=None) -> "PairSums":
+        return cls(ViewSums(dx, shift_x), ViewSums(dy, shift_y), CrossSums(dx, dy))
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray, block: int | None = None) -> "PairSums":
+        """Sums of two in-memory arrays (optionally in blocks of `block` rows)."""
+        pair = cls.empty(x.shape[1], y.shape[1])
+        step = block or max(len(x), 1)
+        for begin in range(0, len(x), step):
+            pair.update(x[begin:begin + step], y[begin:begin + step])
+        return pair
+
+    def update(self, x_block: np.ndarray, y_block: np.ndarray) -> "PairSums":
+        x = _as64(x_block, self.x.shift)
+        y = _as64(y_block, self.y.shift)
+        if len(x):
+            self.x.n += len(x)
+            self.x.sum += x.sum(axis=0)
+            self.x.gram += _gram(x)
+            self.y.n += len(y)
+            self.y.sum += y.sum(axis=0)
+            self.y.gram += _gram(y)
+            self.cross.update_shifted(x, y)
+        return self
+
+    def __add__(self, other: "PairSums") -> "PairSums":
+        return PairSums(self.x + other.x, self.y + other.y, self.cross + other.cross)
+
+    @property
+    def n(self) -> int:
+        return self.x.n
+
+    def cross_scatter(self) -> np.ndarray:
+        """XcᵀYc (dx, dy)."""
+        return self.cross.xy - self.n * np.outer(self.x.mean, self.y.mean)
+
+    # ------------------------------------------------------------------ CKA
+    def cka(self) -> float:
+        """Linear CKA = ‖XcᵀYc‖² / (‖XcᵀXc‖ ‖YcᵀYc‖) (Frobenius norms), in [0, 1]."""
+        num = np.sum(self.cross_scatter() ** 2)
+        den = np.linalg.norm(self.x.scatter()) * np.linalg.norm(self.y.scatter())
+        return float(num / den) if den > 0 else float("nan")
+
+    def _centred_row_norm_product(self) -> float:
+        """Σᵢ ‖xᵢ−μx‖² ‖yᵢ−μy‖² from the sums (derivation in the module docstring)."""
+        n, mx, my = self.n, self.x.mean, self.y.mean
+        sa, sb = np.trace(self.x.gram), np.trace(self.y.gram)
+        mx2, my2 = mx @ mx, my @ my
+        c = self.cross
+        return float(c.ab - 2 * my @ c.a_y + my2 * sa - 2 * mx @ c.b_x + 4 * mx @ c.xy @ my
+                     - 2 * my2 * (mx @ self.x.sum) + mx2 * sb - 2 * mx2 * (my @ self.y.sum) + n * mx2 * my2)
+
+    def cka_debiased(self) -> float:
+        """Debiased linear CKA (unbiased HSIC estimator; Kornblith et al. 2019's `debiased=True`).
+        Can be slightly negative for unrelated views. Needs n > 3."""
+        n = self.n
+        if n <= 3:
+            return float("nan")
+        sxx, syy = self.x.scatter(), self.y.scatter()
+        nx, ny = np.trace(sxx), np.trace(syy)
+        rows_xy = self._centred_row_norm_product()
+
+        def debias(dot: float, rows: float, a: float, b: float) -> float:
+            return dot - n / (n - 2.0) * rows + a * b / ((n - 1) * (n - 2))
+
+        # The view-with-itself terms need Σ‖xcᵢ‖⁴, which is the same formula with Y = X.
+        xx = PairSums(self.x, self.x, _self_cross(self.x, self.cross, "x"))
+        yy = PairSums(self.y, self.y, _self_cross(self.y, self.cross, "y"))
+        hxy = debias(float(np.sum(self.cross_scatter() ** 2)), rows_xy, nx, ny)
+        hxx = debias(float(np.sum(sxx ** 2)), xx._centred_row_norm_product(), nx, nx)
+        hyy = debias(float(np.sum(syy ** 2)), yy._centred_row_norm_product(), ny, ny)
+        den = np.sqrt(hxx * hyy)
+        return float(hxy / den) if den > 0 else float("nan")
+
+    # ------------------------------------------------------------------ CCA family
+    def svcca(self, keep: float = SVCCA_KEEP, epsilon: float = EPSILON, fit: "PairSums | None" = None) -> float:
+        """SVCCA: keep each view's top principal directions explaining `keep` of the variance (by
+        eigenvalue = s²), CCA between the kept coordinates, mean of ALL canonical correlations.
+
+        `fit`: sums of other rows to fit the directions on (held-out scoring); these sums score them.
+        """
+        return float(np.mean(self.canonical_correlations(keep, epsilon, fit)))
+
+    def canonical_correlations(self, keep: float | None = SVCCA_KEEP, epsilon: float = EPSILON,
+                               fit: "PairSums | None" = None) -> np.ndarray:
+        """Canonical correlations (descending), after the SVD step when `keep` is set (None: plain CCA)."""
+        wx, wy, _ = (fit or self).cca_directions(keep, epsilon)
+        return self._score_directions(wx, wy)
+
+    def cca_directions(self, keep: float | None = SVCCA_KEEP, epsilon: float = EPSILON):
+        """Canonical directions in each view's original coordinates, (dx, k) and (dy, k), with their
+        correlations (k,) on these sums. k = min of the kept dimensions."""
+        ux = _reduce(self.x, keep)
+        uy = _reduce(self.y, keep)
+        cxx = ux.T @ self.x.scatter() @ ux
+        cyy = uy.T @ self.y.scatter() @ uy
+        cxy = ux.T @ self.cross_scatter() @ uy
+        ix = _inv_sqrt(cxx, epsilon)
+        iy = _inv_sqrt(cyy, epsilon)
+        u, rho, vt = np.linalg.svd(ix @ cxy @ iy, full_matrices=False)
+        wx = ux @ ix @ u
+        wy = uy @ iy @ vt.T
+        return wx, wy, np.clip(rho, 0.0, 1.0)
+
+    def _score_directions(self, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
+        """Correlations of paired canonical variates Xc wx[:, i], Yc wy[:, i] on these rows."""
+        cov = np.einsum("ik,ij,jk->k", wx, self.cross_scatter(), wy)
+        vx = np.einsum("ik,ij,jk->k", wx, self.x.scatter(), wx)
+        vy = np.einsum("ik,ij,jk->k", wy, self.y.scatter(), wy)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.clip(np.abs(cov) / np.sqrt(vx * vy), 0.0, 1.0)
+
+    def pwcca(self, epsilon: float = EPSILON, keep: float | None = SVCCA_KEEP,
+              fit: "PairSums | None" = None) -> float:
+        """Projection-weighted CCA (Morcos et al. 2018): canonical correlations weighted by how much
+        of the view's neurons each canonical variate accounts for, αᵢ = Σⱼ |⟨hᵢ/‖hᵢ‖, xⱼ⟩|.
+
+        Weighted on the view with fewer kept dimensions (X on a tie), as google/svcca's `compute_pwcca`.
+        Not invariant to rotations of the neuron basis (by design: the weights refer to neurons).
+        `keep` truncates small-variance directions first (None: CCA on all directions).
+        """
+        source = fit or self
+        wx, wy, _ = source.cca_directions(keep, epsilon)
+        rho = self._score_directions(wx, wy)
+        use_x = _reduce(source.x, keep).shape[1] <= _reduce(source.y, keep).shape[1]
+        w, view = (wx, source.x) if use_x else (wy, source.y)
+        scatter = view.scatter()
+        # ⟨hᵢ, xcⱼ⟩ = (Xc wᵢ)ᵀ Xc eⱼ = (wᵢᵀ S)ⱼ; ‖hᵢ‖ = sqrt(wᵢᵀ S wᵢ). Canonical variates of one view
+        # are uncorrelated, so google's QR step only normalises them.
+        proj = w.T @ scatter
+        norms = np.sqrt(np.clip(np.einsum("ik,ij,jk->k", w, scatter, w), 1e-300, None))
+        alpha = np.abs(proj).sum(axis=1) / norms
+        return float(np.sum(alpha * rho) / np.sum(alpha))
+
+    def measures(self, fit: "PairSums | None" = None) -> dict[str, float]:
+        """All measures by name; `fit` as in `svcca` (CKA has nothing to fit: it is scored on these rows)."""
+        return {"svcca": self.svcca(fit=fit), "pwcca": self.pwcca(fit=fit), "cka": self.cka(),
+                "cka_debiased": self.cka_debiased()}
+
+
+MEASURES = ("svcca", "pwcca", "cka", "cka_debiased")
+
+
+def _self_cross(view: ViewSums, cross: CrossSums, which: str) -> CrossSums:
+    """A CrossSums of a view with itself, for the debiased self-HSIC; needs Σ‖xᵢ‖⁴ and Σ‖xᵢ‖²xᵢ,
+    which `CrossSums` carries only as `ab`/`a_y` when X = Y. Stored on the view by `ViewSums4`."""
+    extra = getattr(view, "fourth", None)
+    if extra is None:
+        raise ValueError("debiased CKA needs the views' fourth-moment sums: accumulate with PairSums.update "
+                         "or ViewSums.update (they record them)")
+    a4, a2x = extra
+    return CrossSums(view.dim, view.dim, view.n, view.gram, a4, a2x, a2x)
+
+
+# The self-HSIC of the debiased estimator needs Σ‖xᵢ‖⁴ (scalar) and Σ‖xᵢ‖²xᵢ (dim,): accumulate them
+# in ViewSums too (O(d) extra), so that every ViewSums can serve as its own cross.
+def _view_update(self: ViewSums, block: np.ndarray) -> ViewSums:
+    x = _as64(block, self.shift)
+    if x.shape[1] != self.dim:
+        raise ValueError(f"block has {x.shape[1]} columns, expected {self.dim}")
+    if len(x):
+        self._add_shifted(x)
+    return self
+
+
+def _view_add_shifted(self: ViewSums, x: np.ndarray) -> None:
+    a = np.einsum("ij,ij->i", x, x)
+    self.n += len(x)
+    self.sum += x.sum(axis=0)
+    self.gram += _gram(x)
+    a4, a2x = getattr(self, "fourth", None) or (0.0, np.zeros(self.dim))
+    self.fourth = (a4 + float(a @ a), a2x + a @ x)
+
+
+def _view_add(self: ViewSums, other: ViewSums) -> ViewSums:
+    _same_shift(self.shift, other.shift)
+    out = ViewSums(self.dim, self.shift, self.n + other.n, self.sum + other.sum, self.gram + other.gram)
+    fa, fb = getattr(self, "fourth", None), getattr(other, "fourth", None)
+    if fa is not None or fb is not None:
+        fa = fa or (0.0, np.zeros(self.dim))
+        fb = fb or (0.0, np.zeros(self.dim))
+        out.fourth = (fa[0] + fb[0], fa[1] + fb[1])
+    return out
