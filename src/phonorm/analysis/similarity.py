@@ -4,7 +4,7 @@ No measure here ever holds the rows of a layer or an n×n Gram matrix (BRIEF tra
 computed from sums accumulated in float64 over row blocks, and sums of separate shards add up
 (`a + b`) to the sums of the whole.
 
-- `ViewSums`  one view X (rows, d): n, Σx (d,), XᵀX (d, d), Σ‖x‖⁴-free row-norm terms live in `CrossSums`.
+- `ViewSums`  one view X (rows, d): n, Σx (d,), XᵀX (d, d), and Σ‖x‖⁴, Σ‖x‖²x for debiased CKA.
 - `CrossSums` two views on the same rows: XᵀY (dx, dy) plus the O(d) terms debiased CKA needs.
 - `PairSums`  (ViewSums x, ViewSums y, CrossSums) with the measures as methods.
 
@@ -21,7 +21,8 @@ bᵢ = ‖yᵢ‖² (about the shift) and expanding ‖xᵢ − μx‖² = aᵢ 
                      − 2‖μy‖² μxᵀΣxᵢ + ‖μx‖² Σbᵢ − 2‖μx‖² μyᵀΣyᵢ + n‖μx‖²‖μy‖²
 
 so three more accumulators suffice: the scalar Σaᵢbᵢ and the vectors Σaᵢyᵢ (dy,), Σbᵢxᵢ (dx,)
-(Σaᵢ = tr XᵀX and Σbᵢ = tr YᵀY are already there). Memory stays O(d²).
+(Σaᵢ = tr XᵀX and Σbᵢ = tr YᵀY are already there). The self terms HSIC(X, X) need the same with
+Y = X: Σaᵢ² and Σaᵢxᵢ, kept in `ViewSums`. Memory stays O(d²).
 """
 
 from __future__ import annotations
@@ -60,12 +61,17 @@ class ViewSums:
     n: int = 0
     sum: np.ndarray = field(default=None)  # type: ignore[assignment]
     gram: np.ndarray = field(default=None)  # type: ignore[assignment]
+    #: Σ‖xᵢ‖⁴ and Σ‖xᵢ‖² xᵢ (dim,): the O(d) extras of debiased CKA's self-HSIC.
+    norm4: float = 0.0
+    norm2_x: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self):
         if self.sum is None:
             self.sum = np.zeros(self.dim)
         if self.gram is None:
             self.gram = np.zeros((self.dim, self.dim))
+        if self.norm2_x is None:
+            self.norm2_x = np.zeros(self.dim)
         if self.shift is not None:
             self.shift = np.asarray(self.shift, dtype=np.float64)
 
@@ -74,15 +80,23 @@ class ViewSums:
         x = _as64(block, self.shift)
         if x.shape[1] != self.dim:
             raise ValueError(f"block has {x.shape[1]} columns, expected {self.dim}")
+        self.update_shifted(x)
+        return self
+
+    def update_shifted(self, x: np.ndarray) -> None:
+        """Add a float64 block already shifted."""
         if len(x):
+            a = np.einsum("ij,ij->i", x, x)
             self.n += len(x)
             self.sum += x.sum(axis=0)
             self.gram += _gram(x)
-        return self
+            self.norm4 += float(a @ a)
+            self.norm2_x += a @ x
 
     def __add__(self, other: "ViewSums") -> "ViewSums":
         _same_shift(self.shift, other.shift)
-        return ViewSums(self.dim, self.shift, self.n + other.n, self.sum + other.sum, self.gram + other.gram)
+        return ViewSums(self.dim, self.shift, self.n + other.n, self.sum + other.sum, self.gram + other.gram,
+                        self.norm4 + other.norm4, self.norm2_x + other.norm2_x)
 
     @property
     def mean(self) -> np.ndarray:
@@ -178,14 +192,9 @@ class PairSums:
     def update(self, x_block: np.ndarray, y_block: np.ndarray) -> "PairSums":
         x = _as64(x_block, self.x.shift)
         y = _as64(y_block, self.y.shift)
-        if len(x):
-            self.x.n += len(x)
-            self.x.sum += x.sum(axis=0)
-            self.x.gram += _gram(x)
-            self.y.n += len(y)
-            self.y.sum += y.sum(axis=0)
-            self.y.gram += _gram(y)
-            self.cross.update_shifted(x, y)
+        self.x.update_shifted(x)
+        self.y.update_shifted(y)
+        self.cross.update_shifted(x, y)
         return self
 
     def __add__(self, other: "PairSums") -> "PairSums":
@@ -228,9 +237,9 @@ class PairSums:
         def debias(dot: float, rows: float, a: float, b: float) -> float:
             return dot - n / (n - 2.0) * rows + a * b / ((n - 1) * (n - 2))
 
-        # The view-with-itself terms need Σ‖xcᵢ‖⁴, which is the same formula with Y = X.
-        xx = PairSums(self.x, self.x, _self_cross(self.x, self.cross, "x"))
-        yy = PairSums(self.y, self.y, _self_cross(self.y, self.cross, "y"))
+        # The view-with-itself terms need Σ‖xcᵢ‖⁴: the same formula with Y = X.
+        xx = PairSums(self.x, self.x, _self_cross(self.x))
+        yy = PairSums(self.y, self.y, _self_cross(self.y))
         hxy = debias(float(np.sum(self.cross_scatter() ** 2)), rows_xy, nx, ny)
         hxx = debias(float(np.sum(sxx ** 2)), xx._centred_row_norm_product(), nx, nx)
         hyy = debias(float(np.sum(syy ** 2)), yy._centred_row_norm_product(), ny, ny)
@@ -255,8 +264,7 @@ class PairSums:
     def cca_directions(self, keep: float | None = SVCCA_KEEP, epsilon: float = EPSILON):
         """Canonical directions in each view's original coordinates, (dx, k) and (dy, k), with their
         correlations (k,) on these sums. k = min of the kept dimensions."""
-        ux = _reduce(self.x, keep)
-        uy = _reduce(self.y, keep)
+        ux, uy = _reduce(self.x, keep), _reduce(self.y, keep)
         cxx = ux.T @ self.x.scatter() @ ux
         cyy = uy.T @ self.y.scatter() @ uy
         cxy = ux.T @ self.cross_scatter() @ uy
@@ -265,6 +273,7 @@ class PairSums:
         u, rho, vt = np.linalg.svd(ix @ cxy @ iy, full_matrices=False)
         wx = ux @ ix @ u
         wy = uy @ iy @ vt.T
+        self._kept = (ux.shape[1], uy.shape[1])
         return wx, wy, np.clip(rho, 0.0, 1.0)
 
     def _score_directions(self, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
@@ -287,7 +296,8 @@ class PairSums:
         source = fit or self
         wx, wy, _ = source.cca_directions(keep, epsilon)
         rho = self._score_directions(wx, wy)
-        use_x = _reduce(source.x, keep).shape[1] <= _reduce(source.y, keep).shape[1]
+        kept_x, kept_y = source._kept
+        use_x = kept_x <= kept_y
         w, view = (wx, source.x) if use_x else (wy, source.y)
         scatter = view.scatter()
         # ⟨hᵢ, xcⱼ⟩ = (Xc wᵢ)ᵀ Xc eⱼ = (wᵢᵀ S)ⱼ; ‖hᵢ‖ = sqrt(wᵢᵀ S wᵢ). Canonical variates of one view
@@ -306,43 +316,28 @@ class PairSums:
 MEASURES = ("svcca", "pwcca", "cka", "cka_debiased")
 
 
-def _self_cross(view: ViewSums, cross: CrossSums, which: str) -> CrossSums:
-    """A CrossSums of a view with itself, for the debiased self-HSIC; needs Σ‖xᵢ‖⁴ and Σ‖xᵢ‖²xᵢ,
-    which `CrossSums` carries only as `ab`/`a_y` when X = Y. Stored on the view by `ViewSums4`."""
-    extra = getattr(view, "fourth", None)
-    if extra is None:
-        raise ValueError("debiased CKA needs the views' fourth-moment sums: accumulate with PairSums.update "
-                         "or ViewSums.update (they record them)")
-    a4, a2x = extra
-    return CrossSums(view.dim, view.dim, view.n, view.gram, a4, a2x, a2x)
+def _self_cross(view: ViewSums) -> CrossSums:
+    """The CrossSums of a view with itself (X = Y), for the debiased self-HSIC terms."""
+    return CrossSums(view.dim, view.dim, view.n, view.gram, view.norm4, view.norm2_x, view.norm2_x)
 
 
-# The self-HSIC of the debiased estimator needs Σ‖xᵢ‖⁴ (scalar) and Σ‖xᵢ‖²xᵢ (dim,): accumulate them
-# in ViewSums too (O(d) extra), so that every ViewSums can serve as its own cross.
-def _view_update(self: ViewSums, block: np.ndarray) -> ViewSums:
-    x = _as64(block, self.shift)
-    if x.shape[1] != self.dim:
-        raise ValueError(f"block has {x.shape[1]} columns, expected {self.dim}")
-    if len(x):
-        self._add_shifted(x)
-    return self
+def _reduce(view: ViewSums, keep: float | None) -> np.ndarray:
+    """Orthonormal top principal directions (dim, k) explaining `keep` of the variance, by eigenvalue
+    (= s² of the centred data; BRIEF trap 7). `keep=None`: every direction with non-negligible variance."""
+    values, vectors = view.pca()
+    total = values.sum()
+    if total <= 0:
+        raise ValueError("a view has zero variance: similarity is undefined")
+    if keep is None:
+        k = int(np.sum(values > values[0] * 1e-12))
+    else:
+        k = int(np.searchsorted(np.cumsum(values) / total, keep - 1e-12) + 1)
+    return vectors[:, :max(1, min(k, len(values)))]
 
 
-def _view_add_shifted(self: ViewSums, x: np.ndarray) -> None:
-    a = np.einsum("ij,ij->i", x, x)
-    self.n += len(x)
-    self.sum += x.sum(axis=0)
-    self.gram += _gram(x)
-    a4, a2x = getattr(self, "fourth", None) or (0.0, np.zeros(self.dim))
-    self.fourth = (a4 + float(a @ a), a2x + a @ x)
-
-
-def _view_add(self: ViewSums, other: ViewSums) -> ViewSums:
-    _same_shift(self.shift, other.shift)
-    out = ViewSums(self.dim, self.shift, self.n + other.n, self.sum + other.sum, self.gram + other.gram)
-    fa, fb = getattr(self, "fourth", None), getattr(other, "fourth", None)
-    if fa is not None or fb is not None:
-        fa = fa or (0.0, np.zeros(self.dim))
-        fb = fb or (0.0, np.zeros(self.dim))
-        out.fourth = (fa[0] + fb[0], fa[1] + fb[1])
-    return out
+def _inv_sqrt(c: np.ndarray, epsilon: float) -> np.ndarray:
+    """(C + ε λmax I)^(-1/2) for a symmetric PSD matrix C, via its eigendecomposition."""
+    values, vectors = np.linalg.eigh((c + c.T) / 2)
+    values = np.clip(values, 0, None)
+    values = values + epsilon * max(values.max(), 1e-300)
+    return (vectors / np.sqrt(values)) @ vectors.T

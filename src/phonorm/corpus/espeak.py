@@ -1,9 +1,9 @@
 """eSpeak NG through ctypes: speech samples plus the synthesizer's own word and phoneme events.
 
 The library and its data come from the PyPI package `espeakng-loader` (no system package). We
-call the C API directly (python wrappers of espeak either need the system library or drop the
-phoneme events, and the events with their exact sample positions are what make the synthetic
-alignments exact). eSpeak keeps global state, so there is one `Espeak` object per process.
+call its C API directly because we need its phoneme events with their exact sample positions
+(they make the synthetic alignments exact), which the Python wrappers we know of (phonemizer,
+py-espeak-ng) do not expose. eSpeak keeps global state, so there is one `Espeak` object per process.
 
 API reference: espeak-ng's `speak_lib.h` (revision 12, eSpeak NG 1.5x).
 """
@@ -24,8 +24,6 @@ INITIALIZE_PHONEME_EVENTS = 0x0001
 CHARS_UTF8 = 1
 EVENT_LIST_TERMINATED = 0
 EVENT_WORD = 1
-EVENT_END = 5
-EVENT_MSG_TERMINATED = 6
 EVENT_PHONEME = 7
 PARAM_RATE = 1
 PARAM_PITCH = 3

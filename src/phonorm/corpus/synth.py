@@ -32,7 +32,7 @@ import numpy as np
 
 from phonorm.artifacts import atomic_path, provenance, read_json, write_json
 from phonorm.corpus.pinyin_table import Syllable, load_syllable_table
-from phonorm.errors import PhonormError
+from phonorm.errors import InputError, PhonormError
 from phonorm.frames import SAMPLE_RATE
 
 VOICE = "cmn-latn-pinyin"
@@ -328,7 +328,10 @@ def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int =
     }
     meta_path = out / "synth.json"
     if meta_path.exists():
-        previous = read_json(meta_path).get("settings")
+        try:
+            previous = read_json(meta_path).get("settings")
+        except (ValueError, AttributeError):
+            raise InputError(meta_path, "not a readable synth.json; use a new folder") from None
         if previous != settings:
             raise PhonormError(f"{meta_path}: this folder holds a corpus made with other settings ({previous}); use a new folder")
     elif out.exists() and any(out.iterdir()):
@@ -351,6 +354,8 @@ def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int =
             # server that never loaded eSpeak; spawn where there is no forkserver.
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             context = multiprocessing.get_context(method)
+            if method == "forkserver":  # import once in the server, not in every worker
+                context.set_forkserver_preload(["phonorm.corpus.synth", "soxr", "soundfile", "praatio.textgrid"])
             with context.Pool(processes=max(1, min(jobs, len(todo))), maxtasksperchild=1) as pool:
                 jobs_args = [(str(out), v, plan[v.speaker]) for v in todo]
                 for _ in pool.imap_unordered(_synthesize_speaker, jobs_args):

@@ -1,0 +1,144 @@
+"""Linear probes: how well a label can be read off a layer by a linear classifier.
+
+Cross-validation never puts a speaker on both sides (BRIEF trap 9): folds are grouped by speaker
+(sklearn `StratifiedGroupKFold`, which also keeps every class in every test fold when it can).
+The speaker label itself cannot be speaker-disjoint; it is probed with folds grouped by utterance
+and stratified by speaker, so every speaker is on both sides but no utterance is.
+
+Reported: pooled out-of-fold accuracy; chance = the share of the most frequent class in each test
+fold, pooled (the accuracy of always guessing the test fold's majority class: a generous chance
+level); a 95% CI by bootstrap over speakers (speakers drawn with replacement, their out-of-fold
+hits and totals summed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Labels probed, and whether their folds are speaker-disjoint.
+LABELS = ("tone", "phone", "sex", "speaker")
+
+
+@dataclass
+class ProbeResult:
+    accuracy: float
+    chance: float
+    ci_low: float
+    ci_high: float
+    n: int
+    folds: int
+    classes: int
+
+    def row(self) -> dict:
+        return dict(accuracy=self.accuracy, chance=self.chance, ci_low=self.ci_low, ci_high=self.ci_high,
+                    n=self.n, folds=self.folds, classes=self.classes)
+
+
+def probe_splits(y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, folds: int, seed: int,
+                 speaker_label: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) index pairs. Grouped by speaker, or by utterance for the speaker label.
+
+    Uses fewer folds than asked when there are fewer groups; raises ValueError below 2.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = utterances if speaker_label else speakers
+    n_groups = len(np.unique(groups))
+    k = min(folds, n_groups)
+    if k < 2:
+        raise ValueError(f"only {n_groups} {'utterance' if speaker_label else 'speaker'}(s): cannot cross-validate")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    import warnings
+
+    with warnings.catch_warnings():
+        # "The least populated class has only n members": expected for rare phones; folds stay valid.
+        warnings.simplefilter("ignore", UserWarning)
+        return [(train, test) for train, test in splitter.split(np.zeros(len(y)), y, groups)]
+
+
+def make_classifier(seed: int, max_iter: int = 300):
+    """Standardise, then multinomial logistic regression (L2, C=1): the probe."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
+
+
+def probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, *, folds: int = 5,
+          bootstrap: int = 1000, seed: int = 0, speaker_label: bool = False, max_iter: int = 300) -> ProbeResult:
+    """Cross-validated accuracy of a linear probe of labels `y` (rows,) from features `x` (rows, dim)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y)
+    speakers = np.asarray(speakers)
+    splits = probe_splits(y, speakers, np.asarray(utterances), folds, seed, speaker_label)
+    predicted = np.empty(len(y), dtype=y.dtype)
+    majority_hits = 0
+    for train, test in splits:
+        classes = np.unique(y[train])
+        if len(classes) == 1:
+            predicted[test] = classes[0]
+        else:
+            model = make_classifier(seed, max_iter)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(x[train], y[train])
+            predicted[test] = model.predict(x[test])
+        _, counts = np.unique(y[test], return_counts=True)
+        majority_hits += counts.max()
+    hits = predicted == y
+    low, high = speaker_bootstrap(hits, speakers, bootstrap, seed)
+    return ProbeResult(float(hits.mean()), float(majority_hits / len(y)), low, high, int(len(y)), len(splits),
+                       int(len(np.unique(y))))
+
+
+def speaker_bootstrap(hits: np.ndarray, speakers: np.ndarray, resamples: int, seed: int,
+                      level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of accuracy when speakers (not frames) are resampled with replacement."""
+    if resamples <= 0:
+        return float("nan"), float("nan")
+    _, codes = np.unique(speakers, return_inverse=True)
+    correct = np.bincount(codes, weights=hits.astype(np.float64))
+    total = np.bincount(codes).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(total), np.full(len(total), 1.0 / len(total)), size=resamples)
+    accuracies = (draws @ correct) / (draws @ total)
+    tail = (1 - level) / 2
+    return float(np.quantile(accuracies, tail)), float(np.quantile(accuracies, 1 - tail))
+
+
+def label_rows(frames, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (indices into `frames`) that carry `label`, and the label values there.
+
+    tone: rows with tone 1-5; phone: rows with a phone; sex and speaker: rows with a non-empty value.
+    """
+    if label == "tone":
+        values = frames["tone"].to_numpy()
+        keep = values > 0
+    else:
+        values = frames[label].astype(str).to_numpy()
+        keep = values != ""
+    return np.flatnonzero(keep), values[keep]
+
+
+def sample_rows(frames, max_rows: int | None, seed: int) -> np.ndarray:
+    """At most `max_rows` rows (sorted), the same share drawn from every speaker (so no speaker
+    dominates a probe); all rows when `max_rows` is None or not smaller than the store."""
+    n = len(frames)
+    if max_rows is None or n <= max_rows:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    speakers = frames["speaker"].to_numpy()
+    fraction = max_rows / n
+    chosen = []
+    for speaker in np.unique(speakers):
+        rows = np.flatnonzero(speakers == speaker)
+        take = max(1, int(round(len(rows) * fraction)))
+        chosen.append(rng.choice(rows, size=min(take, len(rows)), replace=False))
+    return np.sort(np.concatenate(chosen))
