@@ -8,7 +8,7 @@ On one random model and one synthetic corpus (tests/fakes.py), in one run:
 - `peak_rss_mb`: peak resident memory of an extraction (in a fresh subprocess, ru_maxrss) at two
   corpus sizes ten times apart; it must not grow with the corpus beyond the row index.
 
-Usage: .venv/bin/python bench/extract.py [--size small|base] [--utterances 10] [--repeats 2]
+Usage: .venv/bin/python bench/extract.py [--size small|base] [--utterances 10] [--repeats 3]
 Timings take the best of `--repeats` runs (the machine is shared).
 """
 
@@ -26,6 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # fakes.py: the synthetic corpus
+
+
+# torch's oneDNN keeps compiled kernels per input shape (up to 1024 entries); every utterance length
+# is a new shape, so that cache (not phonorm) would grow with the number of distinct lengths. It
+# is switched off in the memory runs so that they measure phonorm's own memory.
+MEMORY_ENV = {"OMP_NUM_THREADS": "2", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "LRU_CACHE_CAPACITY": "1"}
 
 
 def _log(message: str) -> None:
@@ -99,6 +105,24 @@ def run_floor(corpus: Path, model_dir: str) -> float:
     return time.perf_counter() - start
 
 
+def child_floor_memory(corpus: str, model: str) -> None:
+    """In a fresh process: the bare forward passes, one utterance loaded at a time (the floor's memory)."""
+    import pandas as pd
+    import torch
+
+    from phonorm.corpus.audio import load_audio
+    from phonorm.models.backbone import load_backbone, normalize_waveform
+
+    torch.set_num_threads(2)
+    reset = _reset_peak()
+    network = load_backbone(model)
+    table = pd.read_parquet(Path(corpus) / "utterances.parquet")
+    with torch.inference_mode():
+        for path in table[table["split"] == "test"]["audio_path"]:
+            network(normalize_waveform(torch.from_numpy(load_audio(path)))[None], output_hidden_states=True)
+    print(json.dumps({"peak_rss_mb": _peak_mb(), "reset": reset}))
+
+
 def child_memory(corpus: str, model: str, out: str) -> None:
     """In a fresh process: extract (all frames, every layer) and report the peak resident memory."""
     import pandas as pd
@@ -140,9 +164,10 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_memory(corpus: Path, model: str, out: Path) -> dict:
+def measure_memory(corpus: Path, model: str, out: Path | str) -> dict:
+    """Peak memory of an extraction into `out` in a fresh process; `out == "-"`: of the floor."""
     result = subprocess.run([sys.executable, __file__, "--child-memory", str(corpus), model, str(out)],
-                            capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                            capture_output=True, text=True, check=True, env={**os.environ, **MEMORY_ENV})
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -150,11 +175,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="small", choices=("tiny", "small", "base"))
     parser.add_argument("--utterances", type=int, default=10, help="per speaker (2 speakers) in the timed corpus")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child-memory", nargs=3, metavar=("CORPUS", "MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_memory:
-        child_memory(*args.child_memory)
+        if args.child_memory[2] == "-":
+            child_floor_memory(*args.child_memory[:2])
+        else:
+            child_memory(*args.child_memory)
         return
 
     import torch
@@ -181,6 +209,8 @@ def main() -> None:
         _log("peak memory at two corpus sizes (subprocesses) ...")
         memory_small = measure_memory(small, model, tmp / "mem_small")
         memory_large = measure_memory(large, model, tmp / "mem_large")
+        floor_small = measure_memory(small, model, "-")["peak_rss_mb"]
+        floor_large = measure_memory(large, model, "-")["peak_rss_mb"]
     result = {
         "bench": "extract",
         "model_size": args.size,
@@ -188,6 +218,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "audio_seconds_timed": round(audio_s, 1),
         "seconds": {k: round(v, 3) for k, v in best.items()},
+        "seconds_all_repeats": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "vs_plain_loop": round(best["phonorm_all_frames"] / best["plain_loop"], 3),
         "overhead_ratio": round(best["phonorm_all_frames"] / best["floor"], 3),
         "overhead_target": 1.25,
@@ -195,11 +226,16 @@ def main() -> None:
         "default_settings_ratio_to_floor": round(best["phonorm_default"] / best["floor"], 3),
         "memory": {"small": memory_small, "large": memory_large,
                    "rss_growth_mb": round(memory_large["peak_rss_mb"] - memory_small["peak_rss_mb"], 1),
+                   "floor_peak_rss_mb": {"small": round(floor_small, 1), "large": round(floor_large, 1)},
+                   "floor_rss_growth_mb": round(floor_large - floor_small, 1),
+                   "growth_beyond_floor_mb": round(memory_large["peak_rss_mb"] - memory_small["peak_rss_mb"]
+                                                   - (floor_large - floor_small), 1),
                    "index_growth_mb": round(memory_large["index_mb"] - memory_small["index_mb"], 1),
                    "store_growth_mb": round(memory_large["store_mb"] - memory_small["store_mb"], 1)},
         "notes": "phonorm_all_frames = frames all, float16, no classic (comparable with the plain loop, which "
                  "saves every frame in float32); phonorm_default = labelled frames + classic F0/MFCC. "
-                 "Every timing includes model loading except the floor.",
+                 "Every timing includes model loading except the floor. Memory runs with oneDNN's per-shape "
+                 "kernel cache off (MEMORY_ENV).",
     }
     print(json.dumps(result))
 

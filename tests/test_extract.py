@@ -232,3 +232,20 @@ def test_bad_settings_and_models_give_clear_errors(fake_corpus, tiny_models, tmp
     with pytest.raises(InputError, match="not empty"):
         extract(fake_corpus, models={"gn": tiny_models["gn"]}, out=tmp_path / "d", settings=ExtractSettings())
     assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
+
+
+def test_shares_cover_every_utterance_once_even_when_empty():
+    from phonorm.features.extract import share_of
+
+    table = pd.DataFrame({"utterance_id": [f"u{i}" for i in range(5)], "duration": [1.0, 3.0, 0.5, 2.0, 2.0]})
+    for n in (1, 2, 3, 7):
+        shares = [share_of(table, p, n) for p in range(n)]
+        assert list(pd.concat(shares)["utterance_id"]) == list(table["utterance_id"])
+    assert sum(len(share_of(table, p, 7)) == 0 for p in range(7)) >= 2
+
+
+def test_an_empty_share_writes_an_empty_part(tmp_path):
+    from phonorm.features.writer import RowWriter
+
+    path = RowWriter(tmp_path / "part-00003.npy", rows=0, dim=8, dtype="float16").finish()
+    assert np.load(path).shape == (0, 8)

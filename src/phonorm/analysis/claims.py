@@ -22,7 +22,8 @@ Criteria (δ = `CHANGE` = 0.05 accuracy, `TOLERANCE` = 0.02 accuracy, `SIM_DROP`
 - C4, multitask vs tone-only: the multitask top layer does NOT suppress sex (sex accuracy > the
   reference's top-layer accuracy − δ) while its tone accuracy ≥ the tone-only model's − TOLERANCE:
   good tone classification without suppressing the irrelevant factor.
-A claim whose models are missing is "not testable"; `holds` is then None.
+A claim whose models are missing is "not testable"; `holds` is then None. A comparison whose probe
+(e.g. phone, when not probed) is missing is listed with holds None and the claim is decided on the rest.
 """
 
 from __future__ import annotations
@@ -74,12 +75,17 @@ def _verdict(claim: str, statement: str, criterion: str, checks: list[dict], rea
     if not checks:
         return dict(claim=claim, statement=statement, criterion=criterion, holds=None, status="not testable",
                     measured=[], reason=reason or "the models it needs are not in the store")
-    if any(c.get("holds") is None for c in checks):
+    testable = [c for c in checks if c.get("holds") is not None]
+    if not testable:
         return dict(claim=claim, statement=statement, criterion=criterion, holds=None, status="not testable",
                     measured=checks, reason="a probe or similarity value it needs is missing")
-    holds = all(c["holds"] for c in checks)
-    return dict(claim=claim, statement=statement, criterion=criterion, holds=holds,
-                status="holds" if holds else "does not hold", measured=checks)
+    holds = all(c["holds"] for c in testable)
+    row = dict(claim=claim, statement=statement, criterion=criterion, holds=holds,
+               status="holds" if holds else "does not hold", measured=checks)
+    if len(testable) < len(checks):
+        row["reason"] = (f"decided on {len(testable)} of {len(checks)} comparisons; the others lack a probe "
+                         "or similarity value (holds: null)")
+    return row
 
 
 def check_claims(probes: pd.DataFrame, similarity: pd.DataFrame, tasks: dict[str, list[str]],

@@ -113,10 +113,17 @@ class ViewSums:
         return self.scatter() / max(self.n - 1, 1)
 
     def pca(self) -> tuple[np.ndarray, np.ndarray]:
-        """Eigenvalues (descending, ≥ 0; variance per component) and eigenvectors (dim, dim) as columns."""
+        """Eigenvalues (descending, ≥ 0; variance per component) and eigenvectors (dim, dim) as columns.
+        Memoised until the sums change (every pair measure needs it; eigh is the costly step)."""
+        key = (self.n, float(self.sum.sum()), float(np.trace(self.gram)))
+        cached = getattr(self, "_pca_memo", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         values, vectors = np.linalg.eigh(self.covariance())
         order = np.argsort(values)[::-1]
-        return np.clip(values[order], 0, None), vectors[:, order]
+        result = (np.clip(values[order], 0, None), vectors[:, order])
+        self._pca_memo = (key, result)
+        return result
 
 
 @dataclass
@@ -182,8 +189,11 @@ class PairSums:
 
     @classmethod
     def of(cls, x: np.ndarray, y: np.ndarray, block: int | None = None) -> "PairSums":
-        """Sums of two in-memory arrays (optionally in blocks of `block` rows)."""
-        pair = cls.empty(x.shape[1], y.shape[1])
+        """Sums of two in-memory arrays (optionally in blocks of `block` rows), about the mean of the
+        first rows (a shift keeps float64 exact when the data sit far from the origin)."""
+        head = slice(0, min(len(x), 1024))
+        pair = cls.empty(x.shape[1], y.shape[1], np.asarray(x[head], np.float64).mean(axis=0),
+                         np.asarray(y[head], np.float64).mean(axis=0))
         step = block or max(len(x), 1)
         for begin in range(0, len(x), step):
             pair.update(x[begin:begin + step], y[begin:begin + step])
@@ -285,7 +295,7 @@ class PairSums:
             return np.clip(np.abs(cov) / np.sqrt(vx * vy), 0.0, 1.0)
 
     def pwcca(self, epsilon: float = EPSILON, keep: float | None = SVCCA_KEEP,
-              fit: "PairSums | None" = None) -> float:
+              fit: "PairSums | None" = None, directions=None) -> float:
         """Projection-weighted CCA (Morcos et al. 2018): canonical correlations weighted by how much
         of the view's neurons each canonical variate accounts for, αᵢ = Σⱼ |⟨hᵢ/‖hᵢ‖, xⱼ⟩|.
 
@@ -294,7 +304,7 @@ class PairSums:
         `keep` truncates small-variance directions first (None: CCA on all directions).
         """
         source = fit or self
-        wx, wy, _ = source.cca_directions(keep, epsilon)
+        wx, wy, _ = directions or source.cca_directions(keep, epsilon)
         rho = self._score_directions(wx, wy)
         kept_x, kept_y = source._kept
         use_x = kept_x <= kept_y
@@ -309,7 +319,9 @@ class PairSums:
 
     def measures(self, fit: "PairSums | None" = None) -> dict[str, float]:
         """All measures by name; `fit` as in `svcca` (CKA has nothing to fit: it is scored on these rows)."""
-        return {"svcca": self.svcca(fit=fit), "pwcca": self.pwcca(fit=fit), "cka": self.cka(),
+        directions = (fit or self).cca_directions()
+        rho = self._score_directions(directions[0], directions[1])
+        return {"svcca": float(np.mean(rho)), "pwcca": self.pwcca(fit=fit, directions=directions), "cka": self.cka(),
                 "cka_debiased": self.cka_debiased()}
 
 

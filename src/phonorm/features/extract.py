@@ -36,7 +36,7 @@ from phonorm.errors import InputError, PhonormError
 from phonorm.features import store as layout
 from phonorm.features.classic import CLASSIC_DIMS, classic_features, semitone_z
 from phonorm.features.selection import FRAME_MODES, POOL_MODES, Selection, pooling_index, select_rows
-from phonorm.features.writer import RowWriter
+from phonorm.features.writer import RowWriter, partial_matches, partial_path
 from phonorm.frames import SAMPLE_RATE, FrameGeometry
 
 DTYPES = ("float16", "float32")
@@ -291,9 +291,8 @@ def share_of(utterances: pd.DataFrame, process_index: int, num_processes: int) -
         return utterances
     cumulative = np.cumsum(utterances["duration"].to_numpy(dtype=np.float64))
     edges = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, num_processes) / num_processes, side="left")
-    bounds = np.concatenate([[0], edges + 1, [len(utterances)]])
-    bounds = np.minimum.accumulate(bounds[::-1])[::-1]  # keep bounds monotone for tiny corpora
-    return utterances.iloc[bounds[process_index]:max(bounds[process_index], bounds[process_index + 1])]
+    bounds = np.clip(np.concatenate([[0], edges + 1, [len(utterances)]]), 0, len(utterances))
+    return utterances.iloc[bounds[process_index]:bounds[process_index + 1]]
 
 
 def chunks_of(share: pd.DataFrame, chunk_seconds: float) -> list[pd.DataFrame]:
@@ -357,6 +356,10 @@ def _run_chunked(
     record = read_json(progress_path) if progress_path.is_file() else {}
     resume = record.get("key") == key and record.get("chunk_plan") == chunk_plan
     done_chunks = int(record.get("chunks_done", 0)) if resume else 0
+    if resume and done_chunks < len(chunks) and not all(
+            partial_matches(partial_path(path), row_end - row_begin, dim, dtype)
+            for path, dim, dtype in outputs.values()):
+        resume, done_chunks = False, 0  # a partial file went missing or changed: start this share again
     if not resume:
         for path, _, _ in outputs.values():
             path.unlink(missing_ok=True)  # a stale file of an older run must not look complete
@@ -390,7 +393,7 @@ def _run_chunked(
             writer.finish()
         writers = {}
         for path, _, _ in outputs.values():  # finished by an earlier run that stopped right after
-            partial = path.parent / f".{path.name}.partial"
+            partial = partial_path(path)
             if partial.is_file() and not path.is_file():
                 partial.replace(path)
             if not path.is_file():

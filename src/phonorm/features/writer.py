@@ -24,23 +24,22 @@ class RowWriter:
 
     def __init__(self, path: str | Path, rows: int, dim: int, dtype: str | np.dtype, resume: bool = False):
         self.path = Path(path)
-        self.partial = self.path.parent / f".{self.path.name}.partial"
+        self.partial = partial_path(self.path)
         self.rows, self.dim, self.dtype = int(rows), int(dim), np.dtype(dtype)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not (resume and self._partial_matches()):
-            array = np.lib.format.open_memmap(self.partial, mode="w+", dtype=self.dtype, shape=(self.rows, self.dim))
-            del array
+        if not (resume and self.partial_matches()):
+            if self.rows == 0:  # a process with an empty share: numpy cannot map an empty file
+                with open(self.partial, "wb") as handle:  # a handle: np.save would append ".npy" to the name
+                    np.save(handle, np.zeros((0, self.dim), dtype=self.dtype), allow_pickle=False)
+            else:
+                array = np.lib.format.open_memmap(self.partial, mode="w+", dtype=self.dtype, shape=(self.rows, self.dim))
+                del array
         self._offset = _data_offset(self.partial)
         self._file = open(self.partial, "r+b")
 
-    def _partial_matches(self) -> bool:
-        if not self.partial.is_file():
-            return False
-        try:
-            existing = np.load(self.partial, mmap_mode="r")
-        except (ValueError, OSError):
-            return False
-        return existing.shape == (self.rows, self.dim) and existing.dtype == self.dtype
+    def partial_matches(self) -> bool:
+        """Whether a partial file of this shape and dtype exists (what a resume continues)."""
+        return partial_matches(self.partial, self.rows, self.dim, self.dtype)
 
     def write(self, row: int, block: np.ndarray) -> None:
         """Write `block` (n, dim) at rows [row, row + n), converting to the file's dtype."""
@@ -69,6 +68,23 @@ class RowWriter:
         if not self._file.closed:
             self._file.flush()
             self._file.close()
+
+
+def partial_path(path: str | Path) -> Path:
+    """The hidden name a `RowWriter` writes `path` under until it is complete."""
+    path = Path(path)
+    return path.parent / f".{path.name}.partial"
+
+
+def partial_matches(partial: Path, rows: int, dim: int, dtype: str | np.dtype) -> bool:
+    """Whether `partial` is a readable .npy file of shape (rows, dim) and `dtype`."""
+    if not Path(partial).is_file():
+        return False
+    try:
+        existing = np.load(partial, mmap_mode="r") if rows else np.load(partial)
+    except (ValueError, OSError):
+        return False
+    return existing.shape == (int(rows), int(dim)) and existing.dtype == np.dtype(dtype)
 
 
 def _data_offset(path: Path) -> int:

@@ -1,0 +1,193 @@
+"""Figures of the analysis (matplotlib, Agg backend), each written as PNG and SVG under R/figures/.
+
+- similarity_per_layer: each measure vs layer, one line per fine-tuned model (vs the reference)
+- layer_matrix_<model>__<measure>: layer × layer heatmaps against the reference
+- probes_per_layer: probe accuracy vs layer per label, one line per model, chance dotted, classic
+  baselines as horizontal dashed reference lines
+- normalization_per_layer: variance share of speaker/sex/tone/phone vs layer, per model
+- pca_variance: components needed for 90% of the variance, and PC1's share, per layer
+- umap_<model>: UMAP maps of the first, middle and last layers, coloured by tone and by sex
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from phonorm.artifacts import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, folder: Path, name: str) -> list[str]:
+    written = []
+    for ext in ("png", "svg"):
+        path = folder / f"{name}.{ext}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=110, bbox_inches="tight")
+        written.append(str(path.relative_to(folder.parent)))
+    _plt().close(fig)
+    return written
+
+
+def _layer_index(layer: str) -> int:
+    return int(layer[1:]) if layer[:1] == "L" and layer[1:].isdigit() else 0
+
+
+def draw_all(out: Path, *, similarity: pd.DataFrame, probes: pd.DataFrame, normalization: pd.DataFrame,
+             pca_variance: pd.DataFrame, matrices: dict[str, pd.DataFrame], models: list[str],
+             layers: dict[str, list[str]], reference: str, projections: Path) -> list[str]:
+    """Draw every figure; returns the written paths relative to `out`."""
+    folder = Path(out) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    if len(similarity):
+        written += similarity_figure(similarity, folder, reference)
+    for name, table in matrices.items():
+        if name.endswith("__svcca") or name.endswith("__cka"):
+            written += matrix_figure(table, folder, name)
+    if len(probes):
+        written += probes_figure(probes, folder, models)
+    if len(normalization):
+        written += normalization_figure(normalization, folder, models)
+    if len(pca_variance):
+        written += pca_figure(pca_variance, folder, models)
+    for model in models:
+        written += umap_figure(projections, folder, model, layers[model])
+    return written
+
+
+def similarity_figure(similarity: pd.DataFrame, folder: Path, reference: str) -> list[str]:
+    plt = _plt()
+    measures = list(dict.fromkeys(similarity.measure))
+    fig, axes = plt.subplots(1, len(measures), figsize=(4 * len(measures), 3.4), squeeze=False, sharey=True)
+    for ax, measure in zip(axes[0], measures):
+        part = similarity[similarity.measure == measure]
+        for model, rows in part.groupby("model", sort=False):
+            rows = rows.assign(k=rows.layer.map(_layer_index)).sort_values("k")
+            ax.plot(rows.k, rows.value, marker="o", ms=3, label=model)
+        ax.set_title(measure)
+        ax.set_xlabel("layer")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"similarity to {reference}")
+    axes[0][-1].legend(fontsize=8)
+    return _save(fig, folder, "similarity_per_layer")
+
+
+def matrix_figure(table: pd.DataFrame, folder: Path, name: str) -> list[str]:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    image = ax.imshow(table.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis", origin="lower")
+    ax.set_yticks(range(len(table.index)), table.index, fontsize=7)
+    ax.set_xticks(range(len(table.columns)), table.columns, fontsize=7, rotation=90)
+    model, _, rest = name.partition("__vs__")
+    reference, _, measure = rest.partition("__")
+    ax.set_ylabel(model)
+    ax.set_xlabel(reference)
+    ax.set_title(measure)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return _save(fig, folder, f"layer_matrix_{model}__{measure}")
+
+
+def probes_figure(probes: pd.DataFrame, folder: Path, models: list[str]) -> list[str]:
+    plt = _plt()
+    labels = list(dict.fromkeys(probes.label))
+    fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 3.4), squeeze=False)
+    classic = probes[probes.model == "classic"]
+    for ax, label in zip(axes[0], labels):
+        for model in models:
+            rows = probes[(probes.model == model) & (probes.label == label)]
+            if not len(rows):
+                continue
+            rows = rows.assign(k=rows.layer.map(_layer_index)).sort_values("k")
+            line, = ax.plot(rows.k, rows.accuracy, marker="o", ms=3, label=model)
+            ax.fill_between(rows.k, rows.ci_low, rows.ci_high, color=line.get_color(), alpha=0.15)
+        chance = probes[probes.label == label].chance.mean()
+        ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
+        for i, row in enumerate(classic[classic.label == label].itertuples()):
+            ax.axhline(row.accuracy, color=f"C{7 + i % 3}", ls="--", lw=1, label=f"classic {row.layer}")
+        ax.set_title(f"probe: {label}")
+        ax.set_xlabel("layer")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (speaker-disjoint CV)")
+    axes[0][-1].legend(fontsize=7)
+    return _save(fig, folder, "probes_per_layer")
+
+
+def normalization_figure(normalization: pd.DataFrame, folder: Path, models: list[str]) -> list[str]:
+    plt = _plt()
+    part = normalization[(normalization.measure == "variance_share") & normalization.model.isin(models)]
+    if not len(part):
+        return []
+    factors = list(dict.fromkeys(part.label))
+    fig, axes = plt.subplots(1, len(factors), figsize=(4 * len(factors), 3.4), squeeze=False, sharey=True)
+    for ax, factor in zip(axes[0], factors):
+        for model in models:
+            rows = part[(part.model == model) & (part.label == factor)]
+            rows = rows.assign(k=rows.layer.map(_layer_index)).sort_values("k")
+            ax.plot(rows.k, rows.value, marker="o", ms=3, label=model)
+        ax.set_title(f"variance share: {factor}")
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("between-group SS / total SS")
+    axes[0][-1].legend(fontsize=7)
+    return _save(fig, folder, "normalization_per_layer")
+
+
+def pca_figure(pca_variance: pd.DataFrame, folder: Path, models: list[str]) -> list[str]:
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.5, 3.4))
+    for model in models:
+        rows = pca_variance[pca_variance.model == model]
+        if not len(rows):
+            continue
+        need = rows[rows.cumulative >= 0.9].groupby("layer").component.min()
+        first = rows[rows.component == 1].set_index("layer").explained
+        order = sorted(first.index, key=_layer_index)
+        left.plot([_layer_index(k) for k in order], [need.get(k, np.nan) for k in order], marker="o", ms=3, label=model)
+        right.plot([_layer_index(k) for k in order], [first[k] for k in order], marker="o", ms=3, label=model)
+    left.set_title("components for 90% of variance")
+    right.set_title("share of variance on PC1")
+    for ax in (left, right):
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=7)
+    return _save(fig, folder, "pca_variance")
+
+
+def umap_figure(projections: Path, folder: Path, model: str, layers: list[str]) -> list[str]:
+    plt = _plt()
+    picks = list(dict.fromkeys([layers[0], layers[len(layers) // 2], layers[-1]]))
+    tables = []
+    for layer in picks:
+        path = projections / f"{model}__{layer}.parquet"
+        if path.is_file():
+            table = pd.read_parquet(path)
+            if table.umap1.notna().any():
+                tables.append((layer, table))
+    if not tables:
+        return []
+    fig, axes = plt.subplots(2, len(tables), figsize=(3.3 * len(tables), 6.4), squeeze=False)
+    for col, (layer, table) in enumerate(tables):
+        for row, (by, title) in enumerate((("tone", "tone"), ("sex", "sex"))):
+            ax = axes[row][col]
+            part = table[table.tone > 0] if by == "tone" else table
+            for i, (value, group) in enumerate(part.groupby(by)):
+                ax.scatter(group.umap1, group.umap2, s=2, alpha=0.5, color=f"C{i % 10}", label=str(value))
+            ax.set_title(f"{model} {layer}: {title}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == len(tables) - 1:
+                ax.legend(fontsize=7, markerscale=4, loc="best")
+    return _save(fig, folder, f"umap_{model}")

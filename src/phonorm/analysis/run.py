@@ -1,0 +1,392 @@
+"""`phonorm analyze F --reference NAME --out R`: every analysis of a feature store, and the claim checks.
+
+Work is organised per (model, layer) so that memory stays bounded and interrupted runs resume:
+1. one streamed pass over the layer (and, for similarity, the reference's layers on the same rows)
+   accumulates d×d sums (similarity, PCA) and per-group sums (variance shares);
+2. a row sample (at most `sample_rows`, the same share of every speaker, the same rows for every
+   model) is read into memory for probes, silhouettes, 2-D PCA coordinates and UMAP.
+Each (model, layer) result is saved under R/.parts/ with a key of the settings and the store; a
+rerun with the same key reuses it. Then the tables, claims and figures are written (atomically).
+
+Outputs (R): similarity.csv (model, reference, layer, measure, value, n, held_out), layer_matrix/
+<model>__vs__<reference>__<measure>.csv (rows: model's layers, columns: reference's layers),
+probes.csv (model, layer, label, accuracy, chance, ci_low, ci_high, n, folds, classes, dropped),
+normalization.csv (model, layer, measure, label, value, n), projections/<model>__<layer>.parquet
+(row, labels, pc1, pc2, umap1, umap2, umap_fit) and projections/pca_variance.parquet, claims.json,
+figures/, settings.json. Classic baselines appear as model "classic", layer = the feature's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+from tqdm.auto import tqdm
+
+from phonorm.analysis import claims as claims_mod
+from phonorm.analysis.normalization import GroupSums, silhouette
+from phonorm.analysis.probes import LABELS, label_rows, probe, sample_rows
+from phonorm.analysis.projection import PCA, stratified_subsample, umap_map
+from phonorm.analysis.similarity import MEASURES, PairSums, ViewSums
+from phonorm.artifacts import atomic_path, provenance, read_json, set_seed, write_json, write_parquet
+from phonorm.errors import InputError, PhonormError
+
+FACTORS = ("speaker", "sex", "tone", "phone")
+PCA_COMPONENTS_KEPT = 100
+
+
+class AnalyzeSettings(BaseModel):
+    """Settings of `analyze`; recorded in settings.json."""
+
+    reference: str
+    umap: bool = True
+    held_out: bool = False
+    folds: int = 5
+    bootstrap: int = 1000
+    seed: int = 0
+    models: Optional[list[str]] = None
+    labels: list[str] = Field(default_factory=lambda: list(LABELS))
+    layer_matrix: bool = True
+    sample_rows: Optional[int] = 20000
+    umap_fit_rows: int = 3000
+    umap_dims: int = 50
+    silhouette_rows: int = 2000
+    probe_max_iter: int = 300
+    block: int = 16384
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.folds < 2:
+            raise PhonormError("--folds must be at least 2")
+        if self.bootstrap < 0:
+            raise PhonormError("--bootstrap must be ≥ 0")
+        unknown = [label for label in self.labels if label not in LABELS]
+        if unknown:
+            raise PhonormError(f"unknown probe label(s) {', '.join(unknown)}; known: {', '.join(LABELS)}")
+
+
+# =========================================================================== entry point
+def analyze(features: str | Path, *, out: str | Path, settings: AnalyzeSettings) -> str:
+    """Run every analysis of the store `features`, write results under `out`; returns a summary line."""
+    from phonorm.features.store import FeatureStore
+
+    settings.check()
+    set_seed(settings.seed)
+    store = FeatureStore(features)
+    out = Path(out)
+    models = settings.models or store.models
+    for name in [settings.reference, *models]:
+        if name not in store.models:
+            raise InputError(store.folder / "manifest.json",
+                             f"no model {name!r} in this store; it holds: {', '.join(store.models)}")
+    models = [settings.reference] + [m for m in models if m != settings.reference]
+    frames = store.frames
+    ctx = _Context(store, frames, settings, out)
+
+    work = [(m, layer) for m in models for layer in store.layers(m)]
+    bar = tqdm(total=len(work) + len(store.classic_names()), desc="analyze", unit="layer",
+               disable=not settings.progress)
+    parts = []
+    for model, layer in work:
+        bar.set_postfix_str(f"{model} {layer}")
+        parts.append(ctx.layer_result(model, layer))
+        bar.update()
+    for name in store.classic_names():
+        bar.set_postfix_str(f"classic {name}")
+        parts.append(ctx.classic_result(name))
+        bar.update()
+    bar.close()
+
+    similarity = pd.DataFrame([r for p in parts for r in p["similarity"]],
+                              columns=["model", "reference", "layer", "measure", "value", "n", "held_out"])
+    probes = pd.DataFrame([r for p in parts for r in p["probes"]],
+                          columns=["model", "layer", "label", "accuracy", "chance", "ci_low", "ci_high", "n", "folds",
+                                   "classes", "dropped"])
+    normalization = pd.DataFrame([r for p in parts for r in p["normalization"]],
+                                 columns=["model", "layer", "measure", "label", "value", "n"])
+    pca_variance = pd.DataFrame([r for p in parts for r in p["pca"]],
+                                columns=["model", "layer", "component", "variance", "explained", "cumulative"])
+
+    _write_csv(out / "similarity.csv", similarity)
+    _write_csv(out / "probes.csv", probes)
+    _write_csv(out / "normalization.csv", normalization)
+    write_parquet(out / "projections" / "pca_variance.parquet", pca_variance)
+    matrices = ctx.write_layer_matrices(parts, models)
+
+    tasks, how = {}, {}
+    for m in models:
+        tasks[m], how[m] = claims_mod.model_tasks(m, store.model_info(m), settings.reference)
+    layers = {m: store.layers(m) for m in models}
+    claim_rows = claims_mod.check_claims(probes, similarity, tasks, layers, settings.reference)
+    write_json(out / "claims.json", {
+        "claims": claim_rows, "model_tasks": tasks, "tasks_found_from": how, "reference": settings.reference,
+        "constants": {"change": claims_mod.CHANGE, "tolerance": claims_mod.TOLERANCE,
+                      "similarity_drop": claims_mod.SIM_DROP},
+        "top_layer": {m: layers[m][-1] for m in models},
+    })
+
+    from phonorm.analysis.figures import draw_all
+
+    figures = draw_all(out, similarity=similarity, probes=probes, normalization=normalization,
+                       pca_variance=pca_variance, matrices=matrices, models=models, layers=layers,
+                       reference=settings.reference, projections=out / "projections")
+    write_json(out / "settings.json", {
+        "settings": settings.model_dump(), "features": str(store.folder.resolve()),
+        "store_rows": store.rows, "store_rows_key": store.manifest.get("rows_key"), "models": models,
+        "sample_rows_used": int(len(ctx.sample)), "held_out_split": ctx.held_out_summary(),
+        "figures": figures, "provenance": provenance(settings.model_dump()),
+    })
+    verdicts = ", ".join(f"{c['claim']} {c['status']}" for c in claim_rows)
+    return (f"analysed {len(models)} models ({sum(len(layers[m]) for m in models)} layers) on {store.rows} rows "
+            f"({len(ctx.sample)} sampled for probes/maps) → {out}; {verdicts}")
+
+
+def _write_csv(path: Path, table: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+# =========================================================================== per-layer work
+class _Context:
+    def __init__(self, store, frames: pd.DataFrame, settings: AnalyzeSettings, out: Path):
+        self.store, self.frames, self.settings, self.out = store, frames, settings, out
+        self.sample = sample_rows(frames, settings.sample_rows, settings.seed)
+        self.sample_frames = frames.iloc[self.sample].reset_index(drop=True)
+        self.codes = {f: _codes(frames, f) for f in FACTORS}
+        self.part = self._held_out_parts()
+        self.key = self._key()
+        self._umap_fit = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _held_out_parts(self) -> np.ndarray | None:
+        """Per row: 0 = fit half, 1 = score half of the speakers (held-out similarity); None otherwise."""
+        if not self.settings.held_out:
+            return None
+        speakers = np.unique(self.frames["speaker"].astype(str))
+        if len(speakers) < 2:
+            raise InputError(self.store.folder / "frames.parquet", "--held-out needs at least 2 speakers")
+        rng = np.random.default_rng(self.settings.seed)
+        fit = set(rng.permutation(speakers)[: len(speakers) // 2])
+        return np.where(self.frames["speaker"].astype(str).isin(fit).to_numpy(), 0, 1).astype(np.int8)
+
+    def held_out_summary(self) -> dict | None:
+        if self.part is None:
+            return None
+        spk = self.frames["speaker"].astype(str).to_numpy()
+        return {"fit_speakers": sorted(set(spk[self.part == 0])), "score_speakers": sorted(set(spk[self.part == 1]))}
+
+    def _key(self) -> str:
+        s = self.settings.model_dump()
+        s.pop("progress", None)
+        payload = json.dumps({"settings": s, "rows_key": self.store.manifest.get("rows_key"),
+                              "rows": self.store.rows, "store": str(self.store.folder.resolve()),
+                              "models": self.store.manifest.get("models")}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def _cached(self, name: str, compute) -> dict:
+        path = self.out / ".parts" / f"{name}.json"
+        if path.is_file():
+            try:
+                saved = read_json(path)
+                if saved.get("key") == self.key:
+                    return saved["result"]
+            except ValueError:
+                pass
+        result = compute()
+        write_json(path, {"key": self.key, "result": result})
+        return result
+
+    # ------------------------------------------------------------------ a model layer
+    def layer_result(self, model: str, layer: str) -> dict:
+        return self._cached(f"{model}__{layer}", lambda: self._compute_layer(model, layer))
+
+    def _compute_layer(self, model: str, layer: str) -> dict:
+        s = self.settings
+        ref = s.reference
+        if model == ref:
+            partners: list[str] = []
+        elif s.layer_matrix:
+            partners = self.store.layers(ref)
+        else:
+            partners = [layer] if layer in self.store.layers(ref) else []
+        sums = self._stream(model, layer, partners)
+        result: dict[str, Any] = {"similarity": [], "matrix": {}, "probes": [], "normalization": [], "pca": []}
+        for partner, pair in sums["pairs"].items():
+            score, fit = (pair[1], pair[0]) if self.part is not None else (pair[0], None)
+            values = score.measures(fit=fit)
+            result["matrix"][partner] = values
+            if partner == layer:
+                for measure, value in values.items():
+                    result["similarity"].append(dict(model=model, reference=ref, layer=layer, measure=measure,
+                                                     value=value, n=score.n, held_out=self.part is not None))
+        view = sums["view"]
+        for factor, groups in sums["groups"].items():
+            share = groups.variance_share()
+            result["normalization"].append(dict(model=model, layer=layer, measure="variance_share", label=factor,
+                                                value=share["share"], n=share["n"]))
+            result["normalization"].append(dict(model=model, layer=layer, measure="variance_share_std",
+                                                label=factor, value=share["share_std"], n=share["n"]))
+        pca = PCA.from_sums(view, k=max(s.umap_dims, 2))
+        full = PCA.from_sums(view)
+        cumulative = np.cumsum(full.explained)
+        for i in range(min(PCA_COMPONENTS_KEPT, len(full.explained))):
+            result["pca"].append(dict(model=model, layer=layer, component=i + 1, variance=float(full.variance[i]),
+                                      explained=float(full.explained[i]), cumulative=float(cumulative[i])))
+        x = self._read_sample(model, layer)
+        result["probes"] = self._probes(model, layer, x)
+        result["normalization"] += self._silhouettes(model, layer, x)
+        self._projection(model, layer, x, pca)
+        return result
+
+    def _stream(self, model: str, layer: str, partners: list[str]) -> dict:
+        """One pass over `layer` (and the reference's `partners` layers on the same rows)."""
+        store, s = self.store, self.settings
+        dim = store.dim(model)
+        first = next(store.iter_blocks(model, layer, block=min(s.block, 4096)))
+        shift = first.astype(np.float64).mean(axis=0)
+        n_parts = 1 if self.part is None else 2
+        view = ViewSums(dim, shift)
+        groups = {f: GroupSums(int(self.codes[f].max()) + 1, dim, shift) for f in FACTORS if self.codes[f].max() >= 0}
+        ref = s.reference
+        ref_shift = {p: next(store.iter_blocks(ref, p, block=min(s.block, 4096))).astype(np.float64).mean(axis=0)
+                     for p in partners}
+        pairs = {p: [PairSums.empty(dim, store.dim(ref), shift, ref_shift[p]) for _ in range(n_parts)]
+                 for p in partners}
+        streams = [store.iter_blocks(model, layer, block=s.block)] + \
+                  [store.iter_blocks(ref, p, block=s.block) for p in partners]
+        begin = 0
+        for blocks in zip(*streams):
+            x = blocks[0]
+            end = begin + len(x)
+            view.update(x)
+            for f, g in groups.items():
+                g.update(x, self.codes[f][begin:end])
+            for p, y in zip(partners, blocks[1:]):
+                if self.part is None:
+                    pairs[p][0].update(x, y)
+                else:
+                    which = self.part[begin:end]
+                    for k in range(2):
+                        pairs[p][k].update(x[which == k], y[which == k])
+            begin = end
+        return {"view": view, "groups": groups, "pairs": pairs}
+
+    def _read_sample(self, model: str, layer: str) -> np.ndarray:
+        return np.concatenate(list(self.store.iter_blocks(model, layer, rows=self.sample, block=self.settings.block)))
+
+    # ------------------------------------------------------------------ probes and silhouettes
+    def _probes(self, model: str, layer: str, x: np.ndarray, valid: np.ndarray | None = None) -> list[dict]:
+        s = self.settings
+        rows = []
+        for label in s.labels:
+            index, values = label_rows(self.sample_frames, label)
+            dropped = 0
+            if valid is not None:
+                keep = valid[index]
+                dropped = int((~keep).sum())
+                index, values = index[keep], values[keep]
+            if len(np.unique(values)) < 2:
+                continue
+            try:
+                result = probe(x[index], values, self.sample_frames["speaker"].to_numpy()[index],
+                               self.sample_frames["utterance_id"].to_numpy()[index], folds=s.folds,
+                               bootstrap=s.bootstrap, seed=s.seed, speaker_label=label == "speaker",
+                               max_iter=s.probe_max_iter)
+            except ValueError:
+                continue  # fewer than 2 speakers/utterances with this label: nothing to cross-validate
+            rows.append(dict(model=model, layer=layer, label=label, dropped=dropped, **result.row()))
+        return rows
+
+    def _silhouettes(self, model: str, layer: str, x: np.ndarray) -> list[dict]:
+        rows = []
+        for label in ("tone", "phone", "sex", "speaker"):
+            index, values = label_rows(self.sample_frames, label)
+            value = silhouette(x[index], values, self.settings.seed, self.settings.silhouette_rows)
+            rows.append(dict(model=model, layer=layer, measure="silhouette", label=label, value=value,
+                             n=int(min(len(index), self.settings.silhouette_rows))))
+        return rows
+
+    # ------------------------------------------------------------------ projections
+    def _projection(self, model: str, layer: str, x: np.ndarray, pca: PCA) -> None:
+        table = self.sample_frames[["row", "utterance_id", "speaker", "sex", "tone", "phone"]].copy()
+        coords = pca.transform(x, k=max(self.settings.umap_dims, 2))
+        table["pc1"], table["pc2"] = coords[:, 0], coords[:, 1]
+        table["umap1"] = table["umap2"] = np.float32("nan")
+        table["umap_fit"] = False
+        if self.settings.umap and len(x) >= 10:
+            fit = self.umap_fit_index()
+            mapped = umap_map(coords[:, : self.settings.umap_dims], fit, self.settings.seed)
+            table["umap1"], table["umap2"] = mapped[:, 0], mapped[:, 1]
+            table.loc[fit, "umap_fit"] = True
+        write_parquet(self.out / "projections" / f"{model}__{layer}.parquet", table)
+
+    def umap_fit_index(self) -> np.ndarray:
+        """Sample positions UMAP is fitted on: stratified by speaker and tone, the same for every layer."""
+        if self._umap_fit is None:
+            f = self.sample_frames
+            self._umap_fit = stratified_subsample(f["speaker"].astype(str).to_numpy(), f["tone"].astype(str).to_numpy(),
+                                                  self.settings.umap_fit_rows, self.settings.seed)
+        return self._umap_fit
+
+    # ------------------------------------------------------------------ classic baselines
+    def classic_result(self, name: str) -> dict:
+        return self._cached(f"classic__{name}", lambda: self._compute_classic(name))
+
+    def _compute_classic(self, name: str) -> dict:
+        values = np.asarray(self.store.classic(name), dtype=np.float64)
+        x = values[self.sample]
+        valid = np.all(np.isfinite(x), axis=1)
+        x = np.where(np.isfinite(x), x, 0.0)
+        probes = self._probes("classic", name, x, valid=valid)
+        normalization = []
+        finite = np.all(np.isfinite(values), axis=1)
+        for f in FACTORS:
+            codes = np.where(finite, self.codes[f], -1)
+            if codes.max() < 0:
+                continue
+            g = GroupSums(int(codes.max()) + 1, values.shape[1]).update(np.nan_to_num(values), codes)
+            share = g.variance_share()
+            normalization += [dict(model="classic", layer=name, measure="variance_share", label=f, value=share["share"],
+                                   n=share["n"]),
+                              dict(model="classic", layer=name, measure="variance_share_std", label=f,
+                                   value=share["share_std"], n=share["n"])]
+        return {"similarity": [], "matrix": {}, "probes": probes, "normalization": normalization, "pca": [],
+                "dropped_rows": int((~finite).sum())}
+
+    # ------------------------------------------------------------------ layer × layer matrices
+    def write_layer_matrices(self, parts: list[dict], models: list[str]) -> dict[str, pd.DataFrame]:
+        ref = self.settings.reference
+        matrices: dict[str, pd.DataFrame] = {}
+        work = [(m, layer) for m in models for layer in self.store.layers(m)]
+        by_layer = dict(zip(work, parts))
+        for m in models:
+            if m == ref or not self.settings.layer_matrix:
+                continue
+            for measure in MEASURES:
+                table = pd.DataFrame(
+                    [[by_layer[(m, a)]["matrix"].get(b, {}).get(measure, np.nan) for b in self.store.layers(ref)]
+                     for a in self.store.layers(m)],
+                    index=pd.Index(self.store.layers(m), name=m), columns=self.store.layers(ref))
+                name = f"{m}__vs__{ref}__{measure}"
+                with atomic_path(self.out / "layer_matrix" / f"{name}.csv") as tmp:
+                    table.to_csv(tmp)
+                matrices[name] = table
+        return matrices
+
+
+def _codes(frames: pd.DataFrame, factor: str) -> np.ndarray:
+    """Integer group codes (rows,) of a factor; −1 for rows without that label."""
+    if factor == "tone":
+        values = frames["tone"].to_numpy()
+        return np.where(values > 0, values, -1).astype(np.int64)
+    values = frames[factor].astype(str).to_numpy()
+    uniques, codes = np.unique(values, return_inverse=True)
+    codes = codes.astype(np.int64)
+    if "" in set(uniques):
+        codes[values == ""] = -1
+    return codes

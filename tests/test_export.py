@@ -1,0 +1,54 @@
+"""phonorm export: one layer of one model as a flat table (labels + e0..e{dim-1})."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import Wav2Vec2Model
+
+from phonorm.errors import InputError
+from phonorm.features.export import export
+from phonorm.features.extract import ExtractSettings, extract
+from phonorm.features.store import FeatureStore
+from phonorm.models.backbone import make_config
+
+
+@pytest.fixture(scope="module")
+def small_store(fake_corpus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    torch.manual_seed(1)
+    Wav2Vec2Model(make_config("tiny")).save_pretrained(folder / "m")
+    out = folder / "F"
+    extract(fake_corpus, models={"pre": str(folder / "m")}, out=out,
+            settings=ExtractSettings(pool="segment", layers="0,4", classic=False))
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_export_writes_labels_and_embedding_columns(small_store, tmp_path, suffix):
+    out = tmp_path / f"pre_L4{suffix}"
+    message = export(small_store, model="pre", layer="L4", out=out, block=7)  # several blocks
+    table = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
+    store = FeatureStore(small_store)
+    assert str(store.rows) in message and len(table) == store.rows
+    assert list(table.columns) == list(store.frames.columns) + [f"e{i}" for i in range(64)]
+    assert (table["phone"].astype(str).to_numpy() == store.frames["phone"].to_numpy()).all()
+    assert (table["tone"].to_numpy() == store.frames["tone"].to_numpy()).all()
+    embedding = table[[f"e{i}" for i in range(64)]].to_numpy(dtype=np.float32)
+    np.testing.assert_allclose(embedding, store.layer("pre", "L4").astype(np.float32), rtol=1e-5, atol=1e-6)
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed
+
+
+def test_export_errors_name_the_problem(small_store, tmp_path):
+    with pytest.raises(InputError, match="no model 'tone'.*holds: pre"):
+        export(small_store, model="tone", layer="L4", out=tmp_path / "x.csv")
+    with pytest.raises(InputError, match="no stored layer 'L2'.*L0, L4"):
+        export(small_store, model="pre", layer="L2", out=tmp_path / "x.csv")
+    with pytest.raises(InputError, match=r"\.parquet or \.csv"):
+        export(small_store, model="pre", layer="L4", out=tmp_path / "x.xlsx")
+    with pytest.raises(InputError, match="incomplete"):
+        (tmp_path / "half").mkdir()
+        export(tmp_path / "half", model="pre", layer="L4", out=tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()

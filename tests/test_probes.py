@@ -1,0 +1,82 @@
+"""Linear probes: speaker-disjoint folds, accuracy against chance, speaker bootstrap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phonorm.analysis.probes import label_rows, probe, probe_splits, sample_rows, speaker_bootstrap
+
+
+def toy(n_speakers=10, per=60, seed=0):
+    rng = np.random.default_rng(seed)
+    speakers = np.repeat([f"s{i}" for i in range(n_speakers)], per)
+    utterances = np.array([f"{s}_u{i % 4}" for i, s in enumerate(speakers)])
+    sex = np.where(np.repeat(np.arange(n_speakers) % 2, per) == 0, "F", "M")
+    tone = rng.integers(1, 5, size=len(speakers))
+    x = rng.normal(size=(len(speakers), 6))
+    x[:, 0] += 2.0 * (tone == 1) - 2.0 * (tone == 3)
+    x[:, 1] += 1.5 * (tone == 2)
+    x[:, 2] += np.where(sex == "F", 1.5, -1.5)
+    return x, tone, sex, speakers, utterances
+
+
+@pytest.mark.parametrize("labels", ["tone", "sex"])
+def test_folds_never_put_a_speaker_on_both_sides(labels):
+    x, tone, sex, speakers, utterances = toy(n_speakers=7)
+    y = tone if labels == "tone" else sex
+    splits = probe_splits(y, speakers, utterances, folds=5, seed=3)
+    assert len(splits) == 5
+    tested = []
+    for train, test in splits:
+        assert not set(speakers[train]) & set(speakers[test])
+        tested += list(test)
+    assert sorted(tested) == list(range(len(y)))  # every row is tested exactly once
+
+
+def test_speaker_label_splits_by_utterance():
+    x, tone, sex, speakers, utterances = toy()
+    for train, test in probe_splits(speakers, speakers, utterances, folds=3, seed=0, speaker_label=True):
+        assert not set(utterances[train]) & set(utterances[test])
+        assert set(speakers[test]) <= set(speakers[train])
+
+
+def test_too_few_speakers_is_an_error():
+    with pytest.raises(ValueError):
+        probe_splits(np.array([0, 1, 0, 1]), np.array(["a"] * 4), np.array(["u"] * 4), folds=5, seed=0)
+
+
+def test_probe_reads_planted_labels_and_not_random_ones():
+    x, tone, sex, speakers, utterances = toy()
+    good = probe(x, tone, speakers, utterances, folds=5, bootstrap=200, seed=0)
+    assert good.accuracy > good.chance + 0.25
+    assert good.ci_low <= good.accuracy <= good.ci_high
+    assert good.n == len(tone) and good.folds == 5 and good.classes == 4
+    sex_probe = probe(x, sex, speakers, utterances, folds=5, bootstrap=200, seed=0)
+    assert sex_probe.accuracy > 0.85
+    noise = np.random.default_rng(9).integers(0, 3, size=len(tone))
+    bad = probe(x, noise, speakers, utterances, folds=5, bootstrap=200, seed=0)
+    assert bad.accuracy < bad.chance + 0.05
+
+
+def test_speaker_bootstrap_interval():
+    speakers = np.repeat(["a", "b", "c", "d"], 10)
+    hits = np.r_[np.ones(10), np.zeros(10), np.ones(10), np.ones(10)].astype(bool)
+    low, high = speaker_bootstrap(hits, speakers, 500, seed=1)
+    assert 0.0 <= low < 0.75 < high <= 1.0
+    assert speaker_bootstrap(np.ones(40, bool), speakers, 100, 0) == (1.0, 1.0)
+
+
+def test_label_rows_and_sampling():
+    frames = pd.DataFrame({"tone": [0, 1, 2, 0, 5], "phone": ["", "a", "i", "n", "e"],
+                           "sex": ["F"] * 5, "speaker": ["a", "a", "b", "b", "c"]})
+    rows, values = label_rows(frames, "tone")
+    assert list(rows) == [1, 2, 4] and list(values) == [1, 2, 5]
+    rows, values = label_rows(frames, "phone")
+    assert list(rows) == [1, 2, 3, 4]
+    big = pd.DataFrame({"speaker": np.repeat(["a", "b", "c"], [1000, 100, 10])})
+    chosen = sample_rows(big, 111, seed=0)
+    assert set(big.speaker[chosen]) == {"a", "b", "c"}
+    assert 100 <= len(chosen) <= 115 and np.all(np.diff(chosen) > 0)
+    assert len(sample_rows(big, None, 0)) == len(big)

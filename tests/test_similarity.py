@@ -1,0 +1,156 @@
+"""Similarity measures from streamed sums: exactness, invariances, merging, held-out scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phonorm.analysis.similarity import SVCCA_KEEP, PairSums, ViewSums
+
+MEASURES = ("svcca", "pwcca", "cka", "cka_debiased")
+
+
+def related(n=2000, dx=12, dy=9, seed=0, offset=4.0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dx)) @ rng.normal(size=(dx, dx)) + offset
+    y = x[:, :dy] @ rng.normal(size=(dy, dy)) + 0.8 * rng.normal(size=(n, dy)) - offset
+    return x, y
+
+
+# ---------------------------------------------------------------- in-memory references (textbook formulas)
+def cka_in_memory(x, y):
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    return np.linalg.norm(x.T @ y) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+def cka_debiased_gram(x, y):
+    """Unbiased HSIC (Song et al. 2012) on explicit n×n Gram matrices of centred features."""
+    def hsic(k, l):
+        n = len(k)
+        k, l = k.copy(), l.copy()
+        np.fill_diagonal(k, 0)
+        np.fill_diagonal(l, 0)
+        return (np.sum(k * l) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * k.sum(0) @ l.sum(0))
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    k, l = x @ x.T, y @ y.T
+    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+
+
+def svcca_in_memory(x, y, keep=SVCCA_KEEP):
+    def reduce(a):
+        a = a - a.mean(0)
+        _, s, vt = np.linalg.svd(a, full_matrices=False)
+        k = int(np.searchsorted(np.cumsum(s ** 2) / np.sum(s ** 2), keep - 1e-12) + 1)
+        return a @ vt[:k].T
+    a, b = reduce(x), reduce(y)
+    def inv_sqrt(c):
+        w, v = np.linalg.eigh(c)
+        return (v / np.sqrt(w)) @ v.T
+    t = inv_sqrt(a.T @ a) @ (a.T @ b) @ inv_sqrt(b.T @ b)
+    return np.linalg.svd(t, compute_uv=False).mean()
+
+
+# ---------------------------------------------------------------- tests
+def test_identical_views_score_one():
+    x, _ = related()
+    values = PairSums.of(x, x.copy()).measures()
+    for name in MEASURES:
+        assert values[name] == pytest.approx(1.0, abs=1e-6), name
+
+
+def test_invariant_to_orthogonal_transform_and_isotropic_scaling():
+    x, y = related(seed=1)
+    q = np.linalg.qr(np.random.default_rng(5).normal(size=(x.shape[1], x.shape[1])))[0]
+    base = PairSums.of(x, y).measures()
+    rotated = PairSums.of(x @ q * 7.5, y * 0.01).measures()
+    for name in ("svcca", "cka", "cka_debiased"):
+        assert rotated[name] == pytest.approx(base[name], abs=1e-9), name
+    scaled = PairSums.of(x * 1e3, y * 1e-3).measures()
+    for name in MEASURES:  # PWCCA's weights refer to neurons: invariant to scaling, not to rotations
+        assert scaled[name] == pytest.approx(base[name], abs=1e-9), name
+    assert 0.3 < base["svcca"] < 1.0 and 0.1 < base["cka"] < 1.0
+
+
+def test_unrelated_views_score_near_zero_with_many_rows():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(30000, 8)), rng.normal(size=(30000, 6))
+    values = PairSums.of(x, y).measures()
+    assert values["svcca"] < 0.03 and values["pwcca"] < 0.03
+    assert values["cka"] < 0.005 and abs(values["cka_debiased"]) < 0.002
+
+
+def test_streamed_equals_in_memory():
+    x, y = related(n=1500, seed=3)
+    streamed = PairSums.of(x, y, block=37)
+    whole = PairSums.of(x, y)
+    for a, b in [(streamed.x.gram, whole.x.gram), (streamed.cross.xy, whole.cross.xy), (streamed.y.sum, whole.y.sum)]:
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    values = streamed.measures()
+    assert values["cka"] == pytest.approx(cka_in_memory(x, y), abs=1e-10)
+    assert values["svcca"] == pytest.approx(svcca_in_memory(x, y), abs=1e-8)  # ε ridge: 1e-10 of λmax
+    assert values["svcca"] == pytest.approx(whole.svcca(), abs=1e-10)
+    small_x, small_y = x[:300], y[:300]
+    assert PairSums.of(small_x, small_y, block=41).cka_debiased() == pytest.approx(
+        cka_debiased_gram(small_x, small_y), abs=1e-10)
+
+
+def test_shift_keeps_sums_exact_far_from_the_origin():
+    x, y = related(n=800, seed=4, offset=1e4)
+    centred = PairSums.of(x - x.mean(0), y - y.mean(0)).measures()
+    shifted = PairSums.empty(x.shape[1], y.shape[1], x[:50].mean(0), y[:50].mean(0)).update(x, y).measures()
+    assert shifted["cka_debiased"] == pytest.approx(cka_debiased_gram(x, y), abs=1e-9)
+    for name in MEASURES:
+        assert shifted[name] == pytest.approx(centred[name], abs=1e-9), name
+    unshifted = PairSums.empty(x.shape[1], y.shape[1]).update(x, y)
+    # Without a shift the fourth-moment terms cancel catastrophically (why `analyze` shifts).
+    assert abs(unshifted.cka_debiased() - shifted["cka_debiased"]) > 1e-6
+
+
+def test_shard_sums_merge_to_the_whole():
+    x, y = related(n=1200, seed=6)
+    cuts = [0, 100, 555, 1200]
+    sx, sy = x[:10].mean(0), y[:10].mean(0)  # shards share one shift, chosen once (as `analyze` does)
+    shards = [PairSums.empty(12, 9, sx, sy) for _ in cuts[1:]]
+    for shard, a, b in zip(shards, cuts, cuts[1:]):
+        for begin in range(a, b, 64):
+            shard.update(x[begin:min(b, begin + 64)], y[begin:min(b, begin + 64)])
+    merged = shards[0] + shards[1] + shards[2]
+    whole = PairSums.empty(12, 9, sx, sy).update(x, y)
+    assert merged.n == whole.n == 1200
+    for field in ("gram", "sum", "norm2_x"):
+        np.testing.assert_allclose(getattr(merged.x, field), getattr(whole.x, field), rtol=1e-12)
+    np.testing.assert_allclose(merged.cross.a_y, whole.cross.a_y, rtol=1e-12)
+    for name, value in whole.measures().items():
+        assert merged.measures()[name] == pytest.approx(value, abs=1e-10), name
+    with pytest.raises(ValueError):
+        ViewSums(3, np.ones(3)) + ViewSums(3)
+
+
+def test_held_out_scoring_removes_overfitting():
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(600, 25)), rng.normal(size=(600, 25))
+    fit, score = PairSums.of(x[:300], y[:300]), PairSums.of(x[300:], y[300:])
+    in_sample = score.svcca()
+    held_out = score.svcca(fit=fit)
+    assert in_sample > 0.1          # CCA overfits with 12 rows per dimension
+    assert held_out < in_sample / 2
+    xr, yr = related(n=1200, seed=8)
+    same = PairSums.of(xr[:600], yr[:600])
+    other = PairSums.of(xr[600:], yr[600:])
+    assert other.svcca(fit=same) == pytest.approx(other.svcca(), abs=0.05)  # real relation survives
+
+
+def test_store_streaming_matches_in_memory(tmp_path):
+    from fake_store import make_feature_store
+    from phonorm.features.store import FeatureStore
+
+    store = FeatureStore(make_feature_store(tmp_path / "f", models=("pretrained", "tone"), n_speakers=4,
+                                            n_utterances=2, n_frames=20, n_layers=2, parts=3))
+    pair = PairSums.empty(16, 16)
+    for a, b in zip(store.iter_blocks("tone", "L1", block=50), store.iter_blocks("pretrained", "L1", block=50)):
+        pair.update(a, b)
+    x = np.asarray(store.layer("tone", "L1"), dtype=np.float64)
+    y = np.asarray(store.layer("pretrained", "L1"), dtype=np.float64)
+    assert pair.cka() == pytest.approx(cka_in_memory(x, y), abs=1e-10)
