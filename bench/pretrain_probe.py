@@ -60,7 +60,7 @@ def probe(model, corpus, max_frames: int) -> tuple[list[float], float]:
     chance = float(np.bincount(y_test).max() / len(y_test))
     scores = []
     for a, b in zip(X_train, X_test):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
         clf.fit(a, y_train)
         scores.append(float(clf.score(b, y_test)))
     return scores, chance
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-seconds", type=float, default=16.0)
-    parser.add_argument("--max-frames", type=int, default=20000)
+    parser.add_argument("--max-frames", type=int, default=6000)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

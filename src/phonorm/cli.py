@@ -228,6 +228,8 @@ def analyze(
     folds: int = typer.Option(5, help="Speaker-disjoint cross-validation folds for probes."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples over speakers for probe CIs."),
     seed: int = typer.Option(0, help="Random seed."),
+    sample_rows: int = typer.Option(20000, help="Rows (same share per speaker) used by probes, silhouettes and maps; 0 = all."),
+    layer_matrix: bool = typer.Option(True, help="Also compare every layer with every reference layer."),
 ) -> None:
     """Similarity, projections, probes, normalization measures and the study's claim checks.
 
@@ -236,7 +238,8 @@ def analyze(
     from phonorm.analysis.run import AnalyzeSettings, analyze as run
 
     settings = AnalyzeSettings(reference=reference, umap=umap, held_out=held_out, folds=folds,
-                               bootstrap=bootstrap, seed=seed)
+                               bootstrap=bootstrap, seed=seed, sample_rows=sample_rows or None,
+                               layer_matrix=layer_matrix)
     typer.echo(run(features, out=out, settings=settings))
 
 

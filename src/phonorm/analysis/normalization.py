@@ -77,10 +77,13 @@ def silhouette(x: np.ndarray, labels: np.ndarray, seed: int = 0, max_rows: int =
     from sklearn.metrics import silhouette_score
 
     labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2 or len(labels) < 3:
+    if max_rows <= 0 or len(np.unique(labels)) < 2 or len(labels) < 3:
         return float("nan")
     rng = np.random.default_rng(seed)
     take = rng.choice(len(labels), size=min(max_rows, len(labels)), replace=False)
     if len(np.unique(labels[take])) < 2:
         return float("nan")
-    return float(silhouette_score(np.asarray(x[take], dtype=np.float64), labels[take]))
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # a few thousand rows: threads cost more than they gain
+        return float(silhouette_score(np.asarray(x[take], dtype=np.float64), labels[take]))

@@ -70,13 +70,26 @@ def make_classifier(seed: int, max_iter: int = 300):
 def probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, *, folds: int = 5,
           bootstrap: int = 1000, seed: int = 0, speaker_label: bool = False, max_iter: int = 300) -> ProbeResult:
     """Cross-validated accuracy of a linear probe of labels `y` (rows,) from features `x` (rows, dim)."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
 
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y)
     speakers = np.asarray(speakers)
+    # Small probes are dominated by BLAS thread start-up and contention (measured: 50× slower with
+    # 2 threads on a busy 2-core machine); large ones gain from threads.
+    with threadpool_limits(1 if x.size < SMALL_PROBE else None):
+        return _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, max_iter)
+
+
+#: Probes with fewer feature values (rows × dim) than this run single-threaded.
+SMALL_PROBE = 2_000_000
+
+
+def _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, max_iter) -> ProbeResult:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
     splits = probe_splits(y, speakers, np.asarray(utterances), folds, seed, speaker_label)
     predicted = np.empty(len(y), dtype=y.dtype)
     majority_hits = 0

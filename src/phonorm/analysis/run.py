@@ -41,7 +41,16 @@ PCA_COMPONENTS_KEPT = 100
 
 
 class AnalyzeSettings(BaseModel):
-    """Settings of `analyze`; recorded in settings.json."""
+    """Settings of `analyze`; recorded in settings.json.
+
+    reference: the pre-trained model every other model is compared with; models: those analysed
+    (default all); labels: probed labels; layer_matrix: every layer × every reference layer (else
+    same-named layers only); held_out: similarity fitted on half the speakers, scored on the rest;
+    sample_rows: rows (same share of every speaker, same rows for every model) for probes,
+    silhouettes and 2-D maps (None: all); umap_fit_rows: rows the UMAP map is fitted on (stratified
+    by speaker and tone; the other sampled rows are transformed); umap_dims: PCA dimensions UMAP
+    sees; block: rows per streamed block (memory ≈ 3 × block × dim × 8 bytes per layer pair).
+    """
 
     reference: str
     umap: bool = True
@@ -58,6 +67,7 @@ class AnalyzeSettings(BaseModel):
     silhouette_rows: int = 2000
     probe_max_iter: int = 300
     block: int = 16384
+    figures: bool = True
     progress: bool = True
 
     def check(self) -> None:
@@ -132,18 +142,23 @@ def analyze(features: str | Path, *, out: str | Path, settings: AnalyzeSettings)
 
     from phonorm.analysis.figures import draw_all
 
-    figures = draw_all(out, similarity=similarity, probes=probes, normalization=normalization,
+    figures = [] if not settings.figures else draw_all(out, similarity=similarity, probes=probes, normalization=normalization,
                        pca_variance=pca_variance, matrices=matrices, models=models, layers=layers,
                        reference=settings.reference, projections=out / "projections")
     write_json(out / "settings.json", {
         "settings": settings.model_dump(), "features": str(store.folder.resolve()),
         "store_rows": store.rows, "store_rows_key": store.manifest.get("rows_key"), "models": models,
         "sample_rows_used": int(len(ctx.sample)), "held_out_split": ctx.held_out_summary(),
-        "figures": figures, "provenance": provenance(settings.model_dump()),
+        "figures": figures, "skipped_probes": [k for p in parts for k in p.get("skipped", [])],
+        "classic_rows_without_value": {n: p.get("dropped_rows") for n, p in
+                                       zip(store.classic_names(), parts[len(work):])},
+        "provenance": provenance(settings.model_dump()),
     })
     verdicts = ", ".join(f"{c['claim']} {c['status']}" for c in claim_rows)
+    skipped = sum(len(p.get("skipped", [])) for p in parts)
+    note = f"; {skipped} probes skipped (see settings.json)" if skipped else ""
     return (f"analysed {len(models)} models ({sum(len(layers[m]) for m in models)} layers) on {store.rows} rows "
-            f"({len(ctx.sample)} sampled for probes/maps) → {out}; {verdicts}")
+            f"({len(ctx.sample)} sampled for probes/maps) → {out}; {verdicts}{note}")
 
 
 def _write_csv(path: Path, table: pd.DataFrame) -> None:
@@ -161,6 +176,7 @@ class _Context:
         self.part = self._held_out_parts()
         self.key = self._key()
         self._umap_fit = None
+        self.skipped: list[dict] = []  # probes that could not be run, with the reason
 
     # ------------------------------------------------------------------ bookkeeping
     def _held_out_parts(self) -> np.ndarray | None:
@@ -182,8 +198,10 @@ class _Context:
 
     def _key(self) -> str:
         s = self.settings.model_dump()
-        s.pop("progress", None)
-        payload = json.dumps({"settings": s, "rows_key": self.store.manifest.get("rows_key"),
+        for name in ("progress", "figures", "block"):  # they do not change any per-layer number
+            s.pop(name, None)
+        code = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(Path(__file__).parent.glob("*.py"))))
+        payload = json.dumps({"settings": s, "analysis_code": code.hexdigest(), "rows_key": self.store.manifest.get("rows_key"),
                               "rows": self.store.rows, "store": str(self.store.folder.resolve()),
                               "models": self.store.manifest.get("models")}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -238,7 +256,9 @@ class _Context:
             result["pca"].append(dict(model=model, layer=layer, component=i + 1, variance=float(full.variance[i]),
                                       explained=float(full.explained[i]), cumulative=float(cumulative[i])))
         x = self._read_sample(model, layer)
+        first_skip = len(self.skipped)
         result["probes"] = self._probes(model, layer, x)
+        result["skipped"] = self.skipped[first_skip:]
         result["normalization"] += self._silhouettes(model, layer, x)
         self._projection(model, layer, x, pca)
         return result
@@ -290,20 +310,32 @@ class _Context:
                 keep = valid[index]
                 dropped = int((~keep).sum())
                 index, values = index[keep], values[keep]
+            if label != "speaker":
+                # A class heard from one speaker only can never be tested speaker-disjointly.
+                speakers = self.sample_frames["speaker"].to_numpy()[index]
+                per_class = pd.Series(speakers).groupby(values).nunique()
+                keep = np.isin(values, per_class.index[per_class >= 2])
+                dropped += int((~keep).sum())
+                index, values = index[keep], values[keep]
             if len(np.unique(values)) < 2:
+                self.skipped.append(dict(model=model, layer=layer, label=label,
+                                         reason="fewer than 2 classes with at least 2 speakers each"))
                 continue
             try:
                 result = probe(x[index], values, self.sample_frames["speaker"].to_numpy()[index],
                                self.sample_frames["utterance_id"].to_numpy()[index], folds=s.folds,
                                bootstrap=s.bootstrap, seed=s.seed, speaker_label=label == "speaker",
                                max_iter=s.probe_max_iter)
-            except ValueError:
-                continue  # fewer than 2 speakers/utterances with this label: nothing to cross-validate
+            except ValueError as err:  # fewer than 2 speakers/utterances with this label
+                self.skipped.append(dict(model=model, layer=layer, label=label, reason=str(err)))
+                continue
             rows.append(dict(model=model, layer=layer, label=label, dropped=dropped, **result.row()))
         return rows
 
     def _silhouettes(self, model: str, layer: str, x: np.ndarray) -> list[dict]:
         rows = []
+        if self.settings.silhouette_rows <= 0:
+            return rows
         for label in ("tone", "phone", "sex", "speaker"):
             index, values = label_rows(self.sample_frames, label)
             value = silhouette(x[index], values, self.settings.seed, self.settings.silhouette_rows)
@@ -342,6 +374,7 @@ class _Context:
         x = values[self.sample]
         valid = np.all(np.isfinite(x), axis=1)
         x = np.where(np.isfinite(x), x, 0.0)
+        first_skip = len(self.skipped)
         probes = self._probes("classic", name, x, valid=valid)
         normalization = []
         finite = np.all(np.isfinite(values), axis=1)
@@ -356,7 +389,7 @@ class _Context:
                               dict(model="classic", layer=name, measure="variance_share_std", label=f,
                                    value=share["share_std"], n=share["n"])]
         return {"similarity": [], "matrix": {}, "probes": probes, "normalization": normalization, "pca": [],
-                "dropped_rows": int((~finite).sum())}
+                "dropped_rows": int((~finite).sum()), "skipped": self.skipped[first_skip:]}
 
     # ------------------------------------------------------------------ layer × layer matrices
     def write_layer_matrices(self, parts: list[dict], models: list[str]) -> dict[str, pd.DataFrame]:

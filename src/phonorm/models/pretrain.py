@@ -34,6 +34,7 @@ MASK_PROB = 0.65       # wav2vec 2.0 paper: p = 0.065 start probability × M = 1
 MASK_LENGTH = 10
 MAX_CROP_SECONDS = 8.0  # longer utterances are cut to a random 8 s window (memory, as fairseq's max_sample_size)
 TEMPERATURE = (2.0, 0.5)  # Gumbel softmax temperature, annealed from the first to the second value
+FEATURE_GRAD_MULT = 0.1  # wav2vec 2.0 recipe: the conv feature encoder learns at a tenth of the rate
 HELD_OUT_UTTERANCES = 64
 HELD_OUT_SEED = 1234
 
@@ -112,7 +113,8 @@ def pretrain(corpus: str | Path, *, out: str | Path, size: str = "tiny", steps: 
     prepared = PreparedCorpus(corpus)
     settings = {"size": size, "steps": steps, "seed": seed, "batch_seconds": batch_seconds, "lr": lr,
                 "warmup": warmup, "mask_prob": MASK_PROB, "mask_length": MASK_LENGTH, "temperature": TEMPERATURE,
-                "max_crop_seconds": MAX_CROP_SECONDS}
+                "max_crop_seconds": MAX_CROP_SECONDS,
+                "feature_grad_mult": FEATURE_GRAD_MULT}
     if (out / "phonorm.json").is_file():
         meta = read_json(out / "phonorm.json")
         if meta.get("complete") and meta.get("settings") == settings:
@@ -129,6 +131,9 @@ def pretrain(corpus: str | Path, *, out: str | Path, size: str = "tiny", steps: 
     config.architectures = ["Wav2Vec2ForPreTraining"]
     model = Wav2Vec2ForPreTraining(config)
     geometry = FrameGeometry.from_config(config)
+    for param in model.wav2vec2.feature_extractor.parameters():
+        # scaling each gradient is linear, so it commutes with DDP's gradient averaging
+        param.register_hook(lambda grad: grad * FEATURE_GRAD_MULT)
 
     train_set = FrameDataset(prepared, "train", [], geometry)
     held_split = "dev" if len(prepared.utterances("dev")) else "test"

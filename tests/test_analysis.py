@@ -1,0 +1,114 @@
+"""`phonorm analyze` end to end on a small designed store: every output, resumption, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phonorm.analysis.run import AnalyzeSettings, analyze
+from phonorm.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    from fake_store import make_feature_store
+
+    root = tmp_path_factory.mktemp("analysis")
+    store = make_feature_store(root / "f", models=("pretrained", "tone"), n_speakers=6, n_utterances=2,
+                               n_frames=30, n_layers=3, parts=2)
+    settings = AnalyzeSettings(reference="pretrained", umap=True, held_out=True, folds=3, bootstrap=100,
+                               umap_fit_rows=150, progress=False)
+    summary = analyze(store, out=root / "r", settings=settings)
+    return store, root / "r", settings, summary
+
+
+def test_every_output_is_written(results):
+    store, out, _, summary = results
+    assert "C1" in summary
+    for name in ("similarity.csv", "probes.csv", "normalization.csv", "claims.json", "settings.json",
+                 "projections/pca_variance.parquet", "projections/tone__L2.parquet", "projections/pretrained__L0.parquet",
+                 "layer_matrix/tone__vs__pretrained__svcca.csv", "layer_matrix/tone__vs__pretrained__cka_debiased.csv",
+                 "figures/similarity_per_layer.png", "figures/similarity_per_layer.svg", "figures/probes_per_layer.png",
+                 "figures/layer_matrix_tone__svcca.svg", "figures/umap_tone.png", "figures/pca_variance.svg",
+                 "figures/normalization_per_layer.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_tables_hold_the_planted_structure(results):
+    _, out, _, _ = results
+    sim = pd.read_csv(out / "similarity.csv")
+    assert list(sim.columns[:5]) == ["model", "reference", "layer", "measure", "value"]
+    assert set(sim.measure) == {"svcca", "pwcca", "cka", "cka_debiased"}
+    svcca = sim[sim.measure == "svcca"].set_index("layer").value
+    assert svcca["L0"] == pytest.approx(1.0, abs=1e-6) and svcca["L2"] < 0.6  # top layers changed
+    assert sim.held_out.all()
+    matrix = pd.read_csv(out / "layer_matrix" / "tone__vs__pretrained__svcca.csv", index_col=0)
+    assert matrix.shape == (3, 3) and matrix.loc["L0", "L0"] == pytest.approx(1.0, abs=1e-6)
+
+    probes = pd.read_csv(out / "probes.csv")
+    for column in ("model", "layer", "label", "accuracy", "chance", "ci_low", "ci_high", "n", "folds"):
+        assert column in probes.columns
+    assert set(probes.label) == {"tone", "phone", "sex", "speaker"}
+    sex = probes[probes.label == "sex"].set_index(["model", "layer"]).accuracy
+    assert sex["pretrained", "L2"] > sex["tone", "L2"] + 0.2
+    classic = probes[probes.model == "classic"]
+    assert set(classic.layer) == {"f0_hz", "f0_semitone_z", "mfcc"}
+    f0 = classic[classic.layer == "f0_hz"]
+    assert (f0.dropped > 0).all()  # unvoiced rows dropped and counted
+    f0_sex = f0[f0.label == "sex"].accuracy.iloc[0]
+    z_sex = classic[(classic.layer == "f0_semitone_z") & (classic.label == "sex")].accuracy.iloc[0]
+    assert f0_sex > 0.95 and z_sex < 0.75  # per-speaker z-scoring removes sex from F0
+
+    norm = pd.read_csv(out / "normalization.csv")
+    share = norm[(norm.measure == "variance_share") & (norm.label == "sex")].set_index(["model", "layer"]).value
+    assert share["pretrained", "L2"] > 5 * share["tone", "L2"]
+    assert {"silhouette", "variance_share_std"} <= set(norm.measure)
+
+    projection = pd.read_parquet(out / "projections" / "tone__L1.parquet")
+    assert {"row", "pc1", "pc2", "umap1", "umap2", "umap_fit", "sex", "tone"} <= set(projection.columns)
+    assert projection.umap1.notna().all() and 0 < projection.umap_fit.sum() <= 150
+    pca = pd.read_parquet(out / "projections" / "pca_variance.parquet")
+    last = pca.groupby(["model", "layer"]).cumulative.max()
+    np.testing.assert_allclose(last, 1.0, atol=1e-9)
+
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["settings"]["held_out"] is True and "code_version" in settings["provenance"]
+    assert set(settings["held_out_split"]["fit_speakers"]).isdisjoint(settings["held_out_split"]["score_speakers"])
+
+
+def test_rerun_resumes_from_saved_parts(results, monkeypatch):
+    store, out, settings, _ = results
+    before = pd.read_csv(out / "probes.csv")
+    import phonorm.analysis.run as run
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed a layer that was already done")
+
+    monkeypatch.setattr(run._Context, "_compute_layer", fail)
+    monkeypatch.setattr(run._Context, "_compute_classic", fail)
+    analyze(store, out=out, settings=settings.model_copy(update={"figures": False}))
+    pd.testing.assert_frame_equal(before, pd.read_csv(out / "probes.csv"))
+
+
+def test_bad_inputs_name_the_problem(results, tmp_path):
+    store, _, settings, _ = results
+    with pytest.raises(InputError, match="no model 'nope'"):
+        analyze(store, out=tmp_path / "r", settings=settings.model_copy(update={"reference": "nope"}))
+    with pytest.raises(InputError, match="manifest.json"):
+        analyze(tmp_path, out=tmp_path / "r", settings=settings)
+
+
+def test_cli_analyze(results, tmp_path):
+    from typer.testing import CliRunner
+
+    from phonorm.cli import app
+
+    store, _, _, _ = results
+    outcome = CliRunner().invoke(app, ["analyze", str(store), "--reference", "pretrained", "--out",
+                                       str(tmp_path / "r"), "--no-umap", "--folds", "2", "--bootstrap", "20"])
+    assert outcome.exit_code == 0, outcome.output
+    assert (tmp_path / "r" / "claims.json").is_file()
