@@ -81,6 +81,8 @@ class SynthCorpus(_Strict):
     utterances: int = Field(40, ge=1, description="utterances per speaker")
     seed: int = 0
     split_seed: int = 0
+    dev: float = Field(0.1, ge=0, lt=1, description="share of each sex's speakers in dev")
+    test: float = Field(0.1, ge=0, lt=1, description="share of each sex's speakers in test")
 
 
 class PrepareCorpus(_Strict):
@@ -295,6 +297,9 @@ class Experiment(_Strict):
         if reference is None and not self.pretrained_names:
             raise ValueError("analyze.reference: no pre-trained model under models or pretrain to default to; "
                              "name the reference model")
+        if self.reference not in self.store_models:
+            raise ValueError(f"extract.models: the reference model {self.reference!r} (analyze.reference) must be "
+                             "among the extracted models")
         return self
 
     @property
@@ -357,6 +362,8 @@ def _explain(error: dict, data: Any) -> str:
         return f"{where}: missing; expected a value (this field is required)"
     value = error.get("input")
     message = re.sub(r"^(Input should be|Value error,)\s*", "", message)
+    if kind == "value_error" and isinstance(value, dict):  # a check across fields: the message says it all
+        return f"{where}: expected {message}"
     return f"{where}: got {_short(value)}; expected {message}"
 
 
@@ -544,6 +551,7 @@ class Stage:
     key: str = ""
     status: str = "planned"
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     summary: str = ""
 
     def __post_init__(self) -> None:
@@ -616,8 +624,8 @@ def plan_stages(experiment: Experiment, file: Path) -> Plan:
                                                            "seed": s.seed}, _run_synth(s), workdir))
         synth = plan.synth
         plan.corpus = plan.add(Stage("corpus", "corpus", {"synth": synth.key},
-                                     {"from": "synth", "split_seed": s.split_seed},
-                                     _run_prepare_synth(synth, s.split_seed), workdir))
+                                     {"from": "synth", "split_seed": s.split_seed, "dev": s.dev, "test": s.test},
+                                     _run_prepare_synth(synth, s), workdir))
     elif corpus_cfg.prepare is not None:
         c = corpus_cfg.prepare
         inputs = {"audio": fingerprint(c.audio), "alignments": fingerprint(c.alignments),
@@ -683,15 +691,38 @@ def _run_synth(s: SynthCorpus) -> Callable[[Path], str]:
     return run
 
 
-def _run_prepare_synth(synth: Stage, split_seed: int) -> Callable[[Path], str]:
+def _run_prepare_synth(synth: Stage, s: SynthCorpus) -> Callable[[Path], str]:
     def run(folder: Path) -> str:
         from phonorm.corpus.prepare import prepare_corpus
 
         source = synth.folder
         return prepare_corpus(folder, audio_dir=source / "wav", alignments=source / "textgrid",
                               speakers_file=source / "speakers.tsv", fmt="textgrid", scheme="mandarin",
-                              tone_mode="surface", split_file=None, skip_bad=False, seed=split_seed)
+                              tone_mode="surface", split_file=_synth_split_file(source, folder, s),
+                              skip_bad=False, seed=s.split_seed)
     return run
+
+
+def _synth_split_file(source: Path, folder: Path, s: SynthCorpus) -> Optional[Path]:
+    """With other shares than prepare's default 10% dev / 10% test, a split file made by prepare's
+    own speaker split (speaker-disjoint, balanced by sex) at those shares: a small corpus needs more
+    test speakers than 10% for speaker-disjoint probes of sex to mean anything."""
+    if (s.dev, s.test) == (0.1, 0.1):
+        return None
+    from phonorm.corpus.speakers import read_speakers
+    from phonorm.corpus.split import speaker_split
+
+    table = read_speakers(source / "speakers.tsv")
+    split_of = speaker_split(table.sex, seed=s.split_seed, dev=s.dev, test=s.test)
+    lines = ["utterance\tsplit"]
+    for wav in sorted((source / "wav").glob("*.wav")):
+        speaker = table.speaker_of(wav.stem)
+        if speaker in split_of:  # others are left to prepare, which reports them
+            lines.append(f"{wav.stem}\t{split_of[speaker]}")
+    path = folder / "split.tsv"
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def _run_prepare(c: PrepareCorpus) -> Callable[[Path], str]:
@@ -727,7 +758,7 @@ def _run_finetune(corpus: Stage, base: Optional[Stage], source: str, settings: d
     def run(folder: Path) -> str:
         from phonorm.models.finetune import FinetuneSettings, finetune
 
-        model = str(base.folder) if base is not None else source
+        model = source if base is None else _source_of(base)
         return finetune(corpus.folder, model=model, out=folder, settings=FinetuneSettings(**settings))
     return run
 
@@ -747,10 +778,14 @@ def _run_extract(corpus: Stage, models: dict[str, Stage], settings: dict[str, An
     def run(folder: Path) -> str:
         from phonorm.features.extract import ExtractSettings, extract
 
-        sources = {name: str(stage.folder) if stage.external is None or stage.external.is_dir()
-                   else stage.settings["source"] for name, stage in models.items()}
+        sources = {name: _source_of(stage) for name, stage in models.items()}
         return extract(corpus.folder, models=sources, out=folder, settings=ExtractSettings(**settings))
     return run
+
+
+def _source_of(model: Stage) -> str:
+    """What to pass as `--model`: a stage's folder, or a `models:` entry as given (hub id or folder)."""
+    return model.settings["source"] if model.kind == "model" else str(model.folder)
 
 
 def _run_analyze(features: Stage, settings: dict[str, Any]) -> Callable[[Path], str]:
@@ -784,6 +819,7 @@ def execute(stage: Stage, *, force: bool = False) -> None:
         stage.status = "cached"
         marker = read_json(folder / MARKER)
         stage.seconds, stage.summary = float(marker.get("seconds", 0.0)), marker.get("summary", "")
+        stage.cpu_seconds = float(marker.get("cpu_seconds", 0.0))
         _say(f"phonorm run: {stage.title}: unchanged, reusing {folder}")
         return
     if force and folder.exists():
@@ -791,17 +827,27 @@ def execute(stage: Stage, *, force: bool = False) -> None:
     resuming = folder.exists()
     _say(f"phonorm run: {stage.title}: {'resuming' if resuming else 'running'} → {folder}")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), _cpu_seconds()
     summary = stage.run(folder)
-    stage.seconds = time.perf_counter() - tic
+    stage.seconds, stage.cpu_seconds = time.perf_counter() - tic, _cpu_seconds() - cpu
     stage.summary = str(summary)
     stage.status = "resumed" if resuming else "ran"
     write_json(folder / MARKER, {  # written last: the folder is complete from here on
         "key": stage.key, "stage": stage.kind, "name": stage.name, "inputs": stage.inputs,
         "settings": stage.settings, "code": stage_code_hash(stage.kind), "seconds": round(stage.seconds, 2),
+        "cpu_seconds": round(stage.cpu_seconds, 2),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": stage.summary,
     })
-    _say(f"phonorm run: {stage.title}: done in {stage.seconds:.1f} s")
+    _say(f"phonorm run: {stage.title}: done in {stage.seconds:.1f} s (CPU {stage.cpu_seconds:.1f} s)")
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (synth speaks in worker processes):
+    on a shared machine it tells what a stage costs better than wall time."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def run_experiment(path: str | Path, force: bool = False) -> str:
@@ -830,7 +876,7 @@ def run_experiment(path: str | Path, force: bool = False) -> str:
 
 def _stage_record(stage: Stage) -> dict[str, Any]:
     return {"stage": stage.kind, "name": stage.name, "status": stage.status, "seconds": round(stage.seconds, 2),
-            "key": stage.key[:12], "folder": str(stage.folder)}
+            "cpu_seconds": round(stage.cpu_seconds, 2), "key": stage.key[:12], "folder": str(stage.folder)}
 
 
 def write_context(plan: Plan) -> None:
@@ -869,7 +915,7 @@ def _summary(plan: Plan, report: Path) -> str:
              f"{sum(s.status == 'cached' for s in plan.stages)} unchanged)"]
     for s in plan.stages:
         took = f"{s.seconds:7.1f} s" + (" (earlier)" if s.status == "cached" else "")
-        lines.append(f"  {s.title:<22} {s.status:<8} {took:<18} {s.folder}")
+        lines.append(f"  {s.title:<18} {s.status:<7} {took:<19} CPU {s.cpu_seconds:7.1f} s   {s.folder}")
     claims = plan.analyze.folder / "claims.json"
     if claims.is_file():
         for row in read_json(claims).get("claims", []):

@@ -8,9 +8,17 @@ computed from sums accumulated in float64 over row blocks, and sums of separate 
 - `CrossSums` two views on the same rows: XᵀY (dx, dy) plus the O(d) terms debiased CKA needs.
 - `PairSums`  (ViewSums x, ViewSums y, CrossSums) with the measures as methods.
 
-All sums are taken about a fixed `shift` vector per view (by default zero; `analyze` uses the mean of
-the first block) so that large common offsets do not cancel catastrophically in float64. Every
-measure below is translation invariant, so the shift changes nothing but rounding.
+All sums are taken about a fixed `shift` vector per view (`PairSums.empty`: zero unless given;
+`PairSums.of` and `analyze`: the mean of the first rows) so that large common offsets do not cancel
+catastrophically in float64. Every measure is translation invariant, so the shift changes nothing but
+rounding; shards to be merged must share one shift (chosen once, before they are summed).
+
+Hand-written rather than taken from a library because no maintained library computes these measures
+from mergeable streamed sums (google/svcca and netrep hold the rows in memory); the heavy lifting is
+BLAS (`dsyrk`/`dgemm`) and LAPACK (`eigh`, `svd`).
+
+PWCCA is computed on the same 99%-variance subspace as SVCCA (`keep`), for numerical stability;
+`pwcca(keep=None)` gives Morcos et al.'s original CCA on every direction.
 
 Debiased CKA (Song et al. 2012 unbiased HSIC with linear kernels on centred features, as in
 Kornblith et al. 2019's `feature_space_linear_cka(debiased=True)`) needs, besides ‖XcᵀYc‖²,

@@ -112,7 +112,7 @@ def pretrain(corpus: str | Path, *, out: str | Path, size: str = "tiny", steps: 
     out = Path(out)
     prepared = PreparedCorpus(corpus)
     settings = {"size": size, "steps": steps, "seed": seed, "batch_seconds": batch_seconds, "lr": lr,
-                "warmup": warmup, "mask_prob": MASK_PROB, "mask_length": MASK_LENGTH, "temperature": TEMPERATURE,
+                "warmup": warmup, "mask_prob": MASK_PROB, "mask_length": MASK_LENGTH, "temperature": list(TEMPERATURE),
                 "max_crop_seconds": MAX_CROP_SECONDS,
                 "feature_grad_mult": FEATURE_GRAD_MULT}
     if (out / "phonorm.json").is_file():

@@ -192,6 +192,7 @@ def build_report(results: str | Path, *, out: str | Path) -> str:
     document = _document(title, experiment.get("description"), page, results)
     with atomic_path(out) as tmp:
         tmp.write_text(document, encoding="utf-8")
+        tmp.chmod(0o644)  # a page to share: readable like any file a user saves (mkstemp makes 0600)
     skipped = f"; skipped (see notes in the page): {', '.join(page.missing)}" if page.missing else ""
     return f"{out}: report with {page.figures} figures, {len(page.sections)} sections{skipped}"
 
@@ -350,13 +351,16 @@ def _section_probes(page: Page, results: Path, reference: str) -> None:
         page.add("probes", "Probe accuracy per layer", page.gap("probes: no probes.csv"))
         return
     png = figs.read_png(results / "figures" / "probes_per_layer.png") or figs.probes_fallback(probes)
-    rows = []
+    rows: dict[str, dict[str, Any]] = {}
     for (model, label), group in probes[probes.model != "classic"].groupby(["model", "label"], sort=False):
         group = group.assign(k=group.layer.map(figs._layer_index)).sort_values("k")
-        best = group.loc[group.accuracy.idxmax()]
-        top = group.iloc[-1]
-        rows.append({"model": model, "label": label, "top layer": top.layer, "top accuracy": top.accuracy,
-                     "best layer": best.layer, "best accuracy": best.accuracy, "chance": top.chance})
+        best, top = group.loc[group.accuracy.idxmax()], group.iloc[-1]
+        row = rows.setdefault(model, {"model": model})
+        row[label] = f"{top.accuracy:.3f} (best {best.accuracy:.3f} at {best.layer})"
+        rows.setdefault("chance", {"model": "chance"})[label] = f"{top.chance:.3f}"
+    chance_row = rows.pop("chance", None)
+    rows_list = list(rows.values()) + ([chance_row] if chance_row else [])
+    label_columns = list(dict.fromkeys(probes.label))
     classic = probes[probes.model == "classic"][["layer", "label", "accuracy", "chance", "ci_low", "ci_high"]]
     classic = classic.rename(columns={"layer": "baseline"})
     body = ("<p>How well each label can be read off each layer by a linear classifier trained on some speakers "
@@ -364,7 +368,8 @@ def _section_probes(page: Page, results: Path, reference: str) -> None:
             "The dashed lines are the phonetician's classic measurements on the same frames: F0 in Hz, F0 in "
             "semitones z-scored per speaker (the classic normalization) and MFCCs. A layer that decodes tone as "
             "well as z-scored F0 while sex decodes poorly has normalized away the speaker (claim C1).</p>"
-            + page.fig(png, "probe accuracy per layer") + "<h3>Top and best layer</h3>" + table(rows))
+            + page.fig(png, "probe accuracy per layer")
+            + "<h3>Top layer (and best layer) per model and label</h3>" + table(rows_list, ["model", *label_columns]))
     if len(classic):
         body += "<h3>Classic baselines</h3>" + table(classic)
     else:
@@ -483,8 +488,10 @@ def _section_methods(page: Page, results: Path, sources: Sources, settings: dict
                                            "rows sampled for probes and maps": settings.get("sample_rows_used")})
     stages = sources.context.get("stages") or []
     if stages:
-        body += ("<h3>Stages</h3><p>Seconds each stage took when it last ran (a cached stage was not redone).</p>"
-                 + table([{k: s.get(k) for k in ("stage", "name", "status", "seconds", "key", "folder")} for s in stages]))
+        body += ("<h3>Stages</h3><p>Wall-clock and CPU seconds each stage took when it last ran (a cached "
+                 "stage was not redone in this run).</p>"
+                 + table([{k: s.get(k) for k in ("stage", "name", "status", "seconds", "cpu_seconds", "key", "folder")}
+                          for s in stages], digits=1))
     provenance = settings.get("provenance") or {}
     versions = provenance.get("versions") or library_versions()
     body += ("<h3>Versions</h3>" + _kv({"phonorm (analysis)": provenance.get("code_version", "unknown"),

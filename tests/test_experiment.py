@@ -1,0 +1,346 @@
+"""`phonorm run`: config validation and the stage cache (with cheap fake stage functions)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from phonorm import experiment as ex
+from phonorm.errors import InputError
+
+# --------------------------------------------------------------------------- config validation
+BASE = {
+    "name": "t",
+    "corpus": {"synth": {"speakers": 4, "utterances": 2}},
+    "pretrain": [{"name": "pre", "steps": 5}],
+    "finetune": [
+        {"name": "tone", "base": "pre", "tasks": ["tone"], "settings": {"epochs": 1}},
+        {"name": "sex", "base": "pre", "tasks": "sex", "settings": {"epochs": 1}},
+    ],
+    "analyze": {"bootstrap": 10},
+}
+
+
+def _write(folder: Path, data, name: str = "exp.yaml") -> Path:
+    path = folder / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _with(**changes):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    for dotted, value in changes.items():
+        target = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            target = target[int(part)] if part.isdigit() else target.setdefault(part, {})
+        last = parts[-1]
+        target[int(last) if last.isdigit() else last] = value
+    return data
+
+
+def _error(tmp_path, data) -> str:
+    path = _write(tmp_path, data)
+    with pytest.raises(InputError) as err:
+        ex.load_experiment(path)
+    message = str(err.value)
+    assert str(path) in message, "the error names the YAML file"
+    return message
+
+
+def test_valid_config_loads_with_defaults_and_resolved_workdir(tmp_path):
+    experiment, base = ex.load_experiment(_write(tmp_path, BASE))
+    assert base == tmp_path.resolve()
+    assert experiment.workdir == tmp_path.resolve() / "runs" / "t"
+    assert experiment.finetune[1].tasks == ["sex"]  # "sex" as on the command line
+    assert experiment.reference == "pre" and experiment.store_models == ["pre", "tone", "sex"]
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"finetune.0.settings.lrr": 0.1}, ["finetune[0].settings.lrr", "unknown field", "lr"]),
+    ({"pretrain.0.steps": "many"}, ["pretrain[0].steps", "'many'", "expected", "integer"]),
+    ({"pretrain.0.steps": 0}, ["pretrain[0].steps", "got 0", "greater than or equal to 1"]),
+    ({"finetune.0.tasks": ["tones"]}, ["finetune[0].tasks[0]", "'tones'", "'tone', 'phone' or 'sex'"]),
+    ({"finetune.0.tasks": ["tone", "tone"]}, ["finetune[0].tasks", "each task at most once"]),
+    ({"extract.frames": "some"}, ["extract.frames", "'some'", "'labelled', 'middle' or 'all'"]),
+    ({"analyze.reference": "nope"}, ["analyze.reference", "'nope'", "pre, tone, sex"]),
+    ({"corpus.prepared": "x"}, ["corpus", "exactly one of prepared, synth, prepare, aishell"]),
+    ({"finetune.1.name": "tone"}, ["given more than once: tone"]),
+    ({"name": "my run/1"}, ["name", "'my run/1'", "letters, digits"]),
+])
+def test_wrong_config_names_field_value_and_expectation(tmp_path, changes, expected):
+    message = _error(tmp_path, _with(**changes))
+    for part in expected:
+        assert part in message, f"{part!r} missing from: {message}"
+
+
+def test_missing_field_and_top_level_unknown_field(tmp_path):
+    data = _with()
+    del data["corpus"]
+    data["pretrian"] = []
+    message = _error(tmp_path, data)
+    assert "corpus: missing" in message
+    assert "pretrian: unknown field" in message and "pretrain" in message
+
+
+def test_bad_base_and_missing_paths_are_reported(tmp_path):
+    assert "finetune[0].base" in _error(tmp_path, _with(**{"finetune.0.base": "not a model!"}))
+    message = _error(tmp_path, _with(**{"finetune.0.base": "./no/such/folder"}))
+    assert "finetune[0].base" in message and "no folder" in message
+    data = _with(corpus={"prepared": "missing_corpus"})
+    message = _error(tmp_path, data)
+    assert "corpus.prepared" in message and "missing_corpus" in message
+
+
+def test_yaml_syntax_error_gives_line(tmp_path):
+    message = _error(tmp_path, "name: t\ncorpus: {synth: {speakers: 4}\n")
+    assert "not valid YAML" in message and "line" in message
+
+
+def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
+    (tmp_path / "sub" / "corpus").mkdir(parents=True)
+    (tmp_path / "sub" / "models" / "base").mkdir(parents=True)
+    data = {"name": "t", "corpus": {"prepared": "corpus"}, "models": {"pre": "models/base"},
+            "finetune": [{"name": "tone", "base": "pre", "tasks": ["tone"]},
+                         {"name": "hub", "base": "org/some-model", "tasks": ["sex"]}],
+            "workdir": "out"}
+    experiment, _ = ex.load_experiment(_write(tmp_path / "sub", data))
+    assert experiment.corpus.prepared == (tmp_path / "sub" / "corpus").resolve()
+    assert experiment.models["pre"] == str((tmp_path / "sub" / "models" / "base").resolve())
+    assert experiment.finetune[1].base == "org/some-model"  # a hub id stays a hub id
+    assert experiment.workdir == (tmp_path / "sub" / "out").resolve()
+
+
+def test_cli_run_with_a_wrong_config_exits_2_with_one_line(tmp_path):
+    path = _write(tmp_path, _with(**{"pretrain.0.size": "huge"}))
+    done = subprocess.run([sys.executable, "-m", "phonorm.cli", "run", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "pretrain[0].size" in done.stderr and "'huge'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_settings_mirrors_match_the_stage_classes():
+    """The YAML accepts exactly the settings each stage accepts (no silent drift)."""
+    from phonorm.analysis.run import AnalyzeSettings
+    from phonorm.features.extract import ExtractSettings
+    from phonorm.models.finetune import FinetuneSettings
+
+    assert set(ex.FinetuneOptions.model_fields) == set(FinetuneSettings.model_fields) - {"tasks"}
+    assert set(ex.ExtractOptions.model_fields) - {"models"} == {f.name for f in dataclasses.fields(ExtractSettings)}
+    assert set(ex.AnalyzeOptions.model_fields) == set(AnalyzeSettings.model_fields)
+
+
+def test_demo_experiments_are_valid_and_the_example_matches_the_packaged_one(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    example = yaml.safe_load((root / "examples" / "demo.yaml").read_text())
+    packaged = yaml.safe_load(ex.demo_config_text(quick=False))
+    example.pop("workdir")
+    assert example == packaged
+    for quick in (False, True):
+        path = _write(tmp_path, ex.demo_config_text(quick), f"demo-{quick}.yaml")
+        experiment, _ = ex.load_experiment(path)
+        assert [f.tasks for f in experiment.finetune] == [["tone"], ["phone"], ["sex"], ["tone", "sex"]]
+    aishell = (root / "examples" / "aishell.yaml").read_text()
+    data = yaml.safe_load(aishell)
+    assert data["models"]["pre"] == "TencentGameMate/chinese-wav2vec2-base"
+    assert sorted(tuple(f["tasks"]) for f in data["finetune"]) == sorted(
+        [("tone",), ("phone",), ("sex",), ("tone", "sex")])
+
+
+# --------------------------------------------------------------------------- stage cache
+class FakeStages:
+    """Cheap stand-ins for every stage function, installed as the modules the stages import."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple[str, str]] = []
+        self.fail: set[str] = set()
+        self.models: dict[str, str] = {}  # fine-tuned name → the base it was given
+        self.stored: dict[str, str] = {}  # extracted name → source
+
+        def record(kind: str, out) -> Path:
+            out = Path(out)
+            self.calls.append((kind, out.name))
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "partial").write_text("started")
+            if f"{kind}:{out.name.rsplit('-', 1)[0]}" in self.fail:
+                self.fail.discard(f"{kind}:{out.name.rsplit('-', 1)[0]}")
+                raise KeyboardInterrupt("interrupted")
+            return out
+
+        def synthesize_corpus(out, n_speakers, n_utterances, seed):
+            record("synth", out)
+            return "synth"
+
+        def prepare_corpus(out, **kwargs):
+            record("corpus", out)
+            return "prepared"
+
+        def prepare_aishell(out, *, root, alignments, fmt, tone_mode, skip_bad):
+            assert Path(root).is_dir() and Path(alignments).is_dir()
+            record("corpus", out)
+            return "prepared"
+
+        def pretrain(corpus, *, out, size, steps, seed, batch_seconds, lr):
+            assert Path(corpus).is_dir()
+            record("pretrain", out)
+            return "pretrained"
+
+        @dataclasses.dataclass
+        class Settings:
+            values: dict
+
+        def settings_class(**kwargs):
+            return Settings(kwargs)
+
+        def finetune(corpus, *, model, out, settings):
+            self.models[out.name.rsplit("-", 1)[0]] = model
+            record("finetune", out)
+            return "finetuned"
+
+        def evaluate(corpus, *, model_dir, split):
+            return {"tone": {"accuracy": 0.5, "chance": 0.2}}
+
+        def extract(corpus, *, models, out, settings):
+            self.stored = dict(models)
+            record("extract", out)
+            return "extracted"
+
+        def analyze(features, *, out, settings):
+            record("analyze", out)
+            return "analysed"
+
+        def build_report(results, *, out):
+            assert (Path(results) / "context.json").is_file()
+            record("report", Path(out).parent)
+            Path(out).write_text("<html></html>")
+            return "report"
+
+        def evaluate_recorded(corpus, *, model_dir, split):
+            self.calls.append(("evaluate", Path(model_dir).name))
+            return evaluate(corpus, model_dir=model_dir, split=split)
+
+        modules = {
+            "phonorm.corpus.synth": {"synthesize_corpus": synthesize_corpus},
+            "phonorm.corpus.prepare": {"prepare_corpus": prepare_corpus},
+            "phonorm.corpus.aishell": {"prepare_aishell": prepare_aishell},
+            "phonorm.models.pretrain": {"pretrain": pretrain},
+            "phonorm.models.finetune": {"finetune": finetune, "FinetuneSettings": settings_class},
+            "phonorm.models.evaluate": {"evaluate": evaluate_recorded},
+            "phonorm.features.extract": {"extract": extract, "ExtractSettings": settings_class},
+            "phonorm.analysis.run": {"analyze": analyze, "AnalyzeSettings": settings_class},
+            "phonorm.report.html": {"build_report": build_report},
+        }
+        for name, attributes in modules.items():
+            module = types.ModuleType(name)
+            module.__dict__.update(attributes)
+            monkeypatch.setitem(sys.modules, name, module)
+
+    def kinds(self) -> list[str]:
+        return sorted(f"{kind}:{name.rsplit('-', 1)[0]}" for kind, name in self.calls)
+
+    def take(self) -> list[str]:
+        done = self.kinds()
+        self.calls.clear()
+        return done
+
+
+ALL = ["analyze:analyze", "corpus:corpus", "evaluate:sex", "evaluate:tone", "extract:extract", "finetune:sex",
+       "finetune:tone", "pretrain:pre", "report:report", "synth:synth"]
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    return FakeStages(monkeypatch)
+
+
+def test_rerun_redoes_nothing_and_a_changed_setting_redoes_only_its_dependents(tmp_path, fakes):
+    path = _write(tmp_path, BASE)
+    summary = ex.run_experiment(path)
+    assert fakes.take() == ALL
+    pre = next((tmp_path / "runs" / "t" / "pretrain").glob("pre-*"))
+    assert fakes.models == {"tone": str(pre), "sex": str(pre)}, "fine-tuned from the pretrain stage's folder"
+    assert list(fakes.stored) == ["pre", "tone", "sex"], "the reference first"
+    assert summary.strip().endswith(str(tmp_path.resolve() / "runs" / "t" / "report.html"))
+    assert (tmp_path / "runs" / "t" / "report.html").is_file()
+
+    ex.run_experiment(path)
+    assert fakes.take() == [], "nothing changed: nothing redone"
+
+    _write(tmp_path, _with(**{"finetune.1.settings.epochs": 2}))
+    ex.run_experiment(path)
+    assert fakes.take() == ["analyze:analyze", "evaluate:sex", "extract:extract", "finetune:sex", "report:report"]
+
+    _write(tmp_path, _with(**{"finetune.1.settings.epochs": 2, "analyze.bootstrap": 20}))
+    ex.run_experiment(path)
+    assert fakes.take() == ["analyze:analyze", "report:report"]
+
+    _write(tmp_path, _with(**{"finetune.1.settings.epochs": 2, "analyze.bootstrap": 20, "pretrain.0.steps": 6}))
+    ex.run_experiment(path)
+    assert fakes.take() == [k for k in ALL if k not in ("synth:synth", "corpus:corpus")]
+
+    # switching back to earlier settings finds their folders still in the cache
+    _write(tmp_path, BASE)
+    ex.run_experiment(path)
+    assert fakes.take() == []
+
+
+def test_changed_code_of_one_stage_redoes_that_stage_and_what_follows(tmp_path, fakes, monkeypatch):
+    path = _write(tmp_path, BASE)
+    ex.run_experiment(path)
+    fakes.take()
+    real = ex.stage_code_hash
+    monkeypatch.setattr(ex, "stage_code_hash", lambda stage: real(stage) + ("edited" if stage == "extract" else ""))
+    ex.run_experiment(path)
+    assert fakes.take() == ["analyze:analyze", "extract:extract", "report:report"]
+
+
+def test_interrupted_run_resumes_in_the_same_folder(tmp_path, fakes):
+    path = _write(tmp_path, BASE)
+    fakes.fail.add("finetune:sex")
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_experiment(path)
+    first = fakes.take()
+    assert "finetune:sex" in first and "extract:extract" not in first
+    interrupted = next((tmp_path / "runs" / "t" / "finetune").glob("sex-*"))
+    assert not (interrupted / ex.MARKER).exists(), "an interrupted stage is not marked complete"
+    ex.run_experiment(path)
+    again = fakes.take()
+    assert again == ["analyze:analyze", "evaluate:sex", "extract:extract", "finetune:sex", "report:report"]
+    assert (interrupted / "partial").is_file() and (interrupted / ex.MARKER).is_file(), "resumed in its folder"
+    ex.run_experiment(path, force=True)
+    assert fakes.take() == ALL
+
+
+def test_stage_code_hash_covers_what_the_stage_imports_and_nothing_else():
+    root = Path(ex.__file__).resolve().parent
+    finetune = {p.relative_to(root).as_posix() for p in ex._import_closure("phonorm.models.finetune", root)}
+    assert {"models/finetune.py", "models/backbone.py", "frames.py", "artifacts.py", "corpus/store.py",
+            "__init__.py", "models/__init__.py"} <= finetune
+    assert not any(p.startswith(("report/", "analysis/", "features/")) for p in finetune)
+    report = {p.relative_to(root).as_posix() for p in ex._import_closure("phonorm.report.html", root)}
+    assert "report/figures.py" in report and "corpus/info.py" in report
+    assert not any(p.startswith("models/") for p in report)
+
+
+def test_aishell_example_runs_with_a_hub_model_through_the_stages(tmp_path, fakes):
+    """examples/aishell.yaml with its data folders made up: the hub id reaches finetune and extract as is."""
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "examples" / "aishell.yaml").read_text())
+    for key in ("root", "alignments"):
+        (tmp_path / key).mkdir()
+        data["corpus"]["aishell"][key] = key
+    data["workdir"] = "runs"
+    ex.run_experiment(_write(tmp_path, data))
+    assert fakes.models == {name: "TencentGameMate/chinese-wav2vec2-base" for name in ("tone", "phone", "sex", "tone_sex")}
+    assert fakes.stored["pre"] == "TencentGameMate/chinese-wav2vec2-base" and list(fakes.stored)[0] == "pre"
+    assert "corpus:corpus" in fakes.take()
+    context = json.loads(next((tmp_path / "runs" / "analyze").glob("analyze-*/context.json")).read_text())
+    assert context["models"][0] == {"name": "pre", "kind": "pretrained", "trained_here": False,
+                                    "source": "TencentGameMate/chinese-wav2vec2-base", "folder": None}

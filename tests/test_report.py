@@ -1,0 +1,190 @@
+"""The HTML report: built from a small fake results folder; rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phonorm.artifacts import write_json
+from phonorm.errors import InputError
+from phonorm.report.html import build_report
+
+LAYERS = ["L0", "L1", "L2"]
+SECTIONS = ["glance", "corpus", "training", "accuracy", "similarity", "matrices", "probes", "normalization",
+            "umap", "claims", "methods"]
+
+
+def _png(path: Path, seed: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.imshow(np.random.default_rng(seed).random((4, 4)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def results(fake_corpus, tmp_path_factory):
+    """A results folder as `phonorm run` leaves it: CSVs, claims, settings, two analysis figures (the
+    similarity and probe figures are left out so that the report draws its own), context.json
+    pointing to a corpus, a pre-trained and a fine-tuned model folder and an evaluation."""
+    root = tmp_path_factory.mktemp("report")
+    pre, tone, results = root / "pre", root / "tone", root / "R"
+    for folder in (pre, tone, results):
+        folder.mkdir()
+    steps = np.arange(1, 21)
+    pd.DataFrame({"step": steps, "loss": 5 - steps / 10, "held_out_contrastive_accuracy":
+                  np.where(steps % 5 == 0, steps / 40, np.nan)}).to_csv(pre / "pretrain_log.csv", index=False)
+    pd.DataFrame({"step": steps, "loss": 2 - steps / 20, "dev_acc_tone": np.where(steps % 10 == 0, 0.6, np.nan)}
+                 ).to_csv(tone / "train_log.csv", index=False)
+    write_json(tone / "phonorm.json", {"tasks": ["tone"], "settings": {"lr": 0.000321, "epochs": 3},
+                                      "model_type": "wav2vec2", "base_model": str(pre)})
+    write_json(root / "evaluation.json", {"model": "tone", "split": "test", "tasks": {"tone": {
+        "accuracy": 0.8125, "macro_f1": 0.79, "chance": 0.25, "n_frames": 400,
+        "by_sex": {"F": {"accuracy": 0.8}, "M": {"accuracy": 0.82}}, "syllable": {"accuracy": 0.9}}}})
+    rows = []
+    for layer in LAYERS:
+        for measure in ("svcca", "cka"):
+            rows.append({"model": "tone", "reference": "pre", "layer": layer, "measure": measure,
+                         "value": 1 - int(layer[1]) * 0.2, "n": 100, "held_out": False})
+    pd.DataFrame(rows).to_csv(results / "similarity.csv", index=False)
+    probes = [{"model": m, "layer": layer, "label": label, "accuracy": 0.5 + 0.1 * i, "chance": 0.3,
+               "ci_low": 0.4, "ci_high": 0.7, "n": 100, "folds": 2, "classes": 2, "dropped": 0}
+              for m in ("pre", "tone") for i, layer in enumerate(LAYERS) for label in ("tone", "sex")]
+    probes += [{"model": "classic", "layer": "f0_semitone_z", "label": "tone", "accuracy": 0.555, "chance": 0.3,
+                "ci_low": 0.5, "ci_high": 0.6, "n": 100, "folds": 2, "classes": 5, "dropped": 3}]
+    pd.DataFrame(probes).to_csv(results / "probes.csv", index=False)
+    pd.DataFrame([{"model": "pre", "layer": "L0", "measure": "variance_share", "label": "sex", "value": 0.1, "n": 9}]
+                 ).to_csv(results / "normalization.csv", index=False)
+    write_json(results / "claims.json", {"reference": "pre", "constants": {"change": 0.05}, "claims": [
+        {"claim": "C1", "statement": "Fine-tuning normalizes.", "criterion": "sex drops by 0.05", "holds": True,
+         "status": "holds", "measured": [{"model": "tone", "sex_top": 0.51, "holds": True}]},
+        {"claim": "C3", "statement": "Multitask keeps both.", "criterion": "within 0.02", "holds": None,
+         "status": "not testable", "measured": [], "reason": "needs a tone+sex model"}]})
+    write_json(results / "settings.json", {"settings": {"reference": "pre", "bootstrap": 77, "umap": True},
+                                           "features": str(root / "F"), "models": ["pre", "tone"],
+                                           "provenance": {"code_version": "0.1.0+test", "versions": {"numpy": "1"}}})
+    _png(results / "figures" / "layer_matrix_tone__svcca.png", 0)
+    _png(results / "figures" / "umap_tone.png", 1)
+    _png(results / "figures" / "normalization_per_layer.png", 2)
+    write_json(results / "context.json", {
+        "experiment": {"name": "fake", "file": "exp.yaml", "config": {"name": "fake", "analyze": {"bootstrap": 77}}},
+        "corpus": str(fake_corpus), "features": str(root / "F"), "reference": "pre",
+        "models": [{"name": "pre", "kind": "pretrained", "folder": str(pre)},
+                   {"name": "tone", "kind": "finetuned", "folder": str(tone), "tasks": ["tone"], "base": "pre"}],
+        "evaluations": {"tone": str(root / "evaluation.json")},
+        "stages": [{"stage": "finetune", "name": "tone", "status": "ran", "seconds": 12.5, "key": "abc"}]})
+    return results
+
+
+def _images(text: str) -> list[str]:
+    return re.findall(r'<img src="([^"]*)"', text)
+
+
+def test_report_has_every_section_and_only_embedded_figures(results, tmp_path):
+    out = tmp_path / "report.html"
+    message = build_report(results, out=out)
+    text = out.read_text(encoding="utf-8")
+    for anchor in SECTIONS:
+        assert f'<section id="{anchor}">' in text
+    images = _images(text)
+    # corpus counts, training curves, similarity (drawn here), matrix, probes (drawn here), shares, umap
+    assert len(images) == 7, message
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG")
+    assert not re.search(r'(src|href)="(https?:|//|file:)', text), "no external resources"
+    assert "<script" not in text and "<link" not in text
+    # the numbers a reader looks for
+    assert "0.812 (chance 0.250)" in text            # accuracy table, from the evaluation
+    assert "0.555" in text and "f0_semitone_z" in text  # classic baseline
+    assert "needs a tone+sex model" in text and "holds" in text
+    assert "0.000321" in text and "77" in text         # model and analysis settings in methods
+    assert "12.5" in text                              # stage timing
+    assert "PCA explained variance" in message         # the one missing figure is named ...
+    assert text.count('class="missing"') == 1          # ... and shown as a note in the page
+
+
+def test_report_without_context_or_figures_says_what_is_missing(results, tmp_path):
+    bare = tmp_path / "R"
+    bare.mkdir()
+    for name in ("similarity.csv", "probes.csv", "claims.json"):
+        shutil.copy(results / name, bare / name)
+    out = tmp_path / "bare.html"
+    message = build_report(bare, out=out)
+    text = out.read_text(encoding="utf-8")
+    assert "no prepared corpus found" in text and "training curves" in text
+    assert "no evaluation of a fine-tuned model" in text
+    assert len(_images(text)) == 2  # similarity and probes, drawn from the CSVs
+    assert "skipped" in message
+
+
+def test_report_refuses_a_folder_without_results(tmp_path):
+    with pytest.raises(InputError, match="no analysis results"):
+        build_report(tmp_path, out=tmp_path / "r.html")
+    with pytest.raises(InputError, match="no such results folder"):
+        build_report(tmp_path / "absent", out=tmp_path / "r.html")
+
+
+# --------------------------------------------------------------------------- rendering
+CHECK_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var images = document.images, broken = 0;
+  for (var i = 0; i < images.length; i++) {
+    var ok = images[i].complete && images[i].naturalWidth > 0;
+    images[i].setAttribute('data-rendered', ok ? 'yes' : 'no');
+    if (!ok) broken++;
+  }
+  document.body.setAttribute('data-images', images.length);
+  document.body.setAttribute('data-broken', broken);
+});
+</script>"""
+
+
+def render_check(report: Path) -> tuple[int, int]:
+    """(images, broken images) of `report` after loading it in headless Chromium."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (make test installs Debian's chromium when it can: "
+                    "scripts/ensure-chromium.sh)")
+    checked = report.with_name("checked.html")
+    checked.write_text(report.read_text(encoding="utf-8").replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()],
+            capture_output=True, text=True, timeout=120)
+    match = re.search(r'<body[^>]*data-images="(\d+)"[^>]*data-broken="(\d+)"', done.stdout)
+    assert match, f"chromium did not render the page (rc {done.returncode}): {done.stderr[-500:]}"
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_every_figure_renders_in_headless_chromium(results, tmp_path):
+    out = tmp_path / "report.html"
+    build_report(results, out=out)
+    images, broken = render_check(out)
+    assert images == len(_images(out.read_text(encoding="utf-8"))) == 7
+    assert broken == 0
+
+
+def test_the_render_check_catches_a_broken_figure(results, tmp_path):
+    out = tmp_path / "report.html"
+    build_report(results, out=out)
+    text = out.read_text(encoding="utf-8")
+    first = _images(text)[0]
+    out.write_text(text.replace(first, "data:image/png;base64,iVBORw0KGgoAAAAA"), encoding="utf-8")
+    images, broken = render_check(out)
+    assert images == 7 and broken == 1
