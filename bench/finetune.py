@@ -77,7 +77,7 @@ def main() -> None:
         "random_padding_fraction": baseline["padding"],
         "bucketed_cropped_fraction": ours["cropped"],
         "random_cropped_fraction": baseline["cropped"],
-        "padding_target_met": ours["padding"] < 0.10,
+        "padding_target_met": bool(ours["padding"] < 0.10),
         "model": args.model, "corpus": str(args.corpus), "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
     print(json.dumps(result))

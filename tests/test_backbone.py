@@ -84,3 +84,22 @@ def test_load_backbone_reads_a_saved_folder_with_extra_files(tmp_path, tiny_mode
 def test_load_backbone_names_a_missing_folder(tmp_path):
     with pytest.raises(PhonormError, match="nothing-here"):
         load_backbone(tmp_path / "nothing-here")
+
+
+def test_loading_is_quiet_about_unused_heads_and_warns_about_missing_weights(tmp_path, capfd):
+    from safetensors.torch import load_file, save_file
+    from transformers import Wav2Vec2ForPreTraining
+
+    torch.manual_seed(0)
+    Wav2Vec2ForPreTraining(make_config("tiny")).save_pretrained(tmp_path / "pre")
+    load_backbone(tmp_path / "pre")
+    out, err = capfd.readouterr()
+    assert "UNEXPECTED" not in out + err and "warning" not in err  # the quantizer is expected to go unused
+
+    Wav2Vec2Model(make_config("tiny")).save_pretrained(tmp_path / "cut")
+    weights = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    lost = next(k for k in weights if "encoder.layers.0.attention.k_proj.weight" in k)
+    del weights[lost]
+    save_file(weights, str(tmp_path / "cut" / "model.safetensors"), metadata={"format": "pt"})
+    load_backbone(tmp_path / "cut")
+    assert "1 encoder weight(s) not in the checkpoint" in capfd.readouterr().err

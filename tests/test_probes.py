@@ -80,3 +80,13 @@ def test_label_rows_and_sampling():
     assert set(big.speaker[chosen]) == {"a", "b", "c"}
     assert 100 <= len(chosen) <= 115 and np.all(np.diff(chosen) > 0)
     assert len(sample_rows(big, None, 0)) == len(big)
+
+
+def test_chance_is_the_training_folds_majority_class_on_the_test_folds():
+    # 3 speakers of class "a", 1 of "b": when "b"'s speaker is held out the training majority "a" is
+    # wrong on all of it; when an "a" speaker is held out it is right on all of it.
+    speakers = np.repeat(["s1", "s2", "s3", "s4"], 25)
+    y = np.where(speakers == "s4", "b", "a")
+    x = np.random.default_rng(0).normal(size=(100, 3))
+    result = probe(x, y, speakers, np.repeat(np.arange(20), 5), folds=4, bootstrap=0, seed=0)
+    assert result.chance == pytest.approx(0.75)

@@ -5,10 +5,15 @@ Cross-validation never puts a speaker on both sides (BRIEF trap 9): folds are gr
 The speaker label itself cannot be speaker-disjoint; it is probed with folds grouped by utterance
 and stratified by speaker, so every speaker is on both sides but no utterance is.
 
-Reported: pooled out-of-fold accuracy; chance = the share of the most frequent class in each test
-fold, pooled (the accuracy of always guessing the test fold's majority class: a generous chance
-level); a 95% CI by bootstrap over speakers (speakers drawn with replacement, their out-of-fold
-hits and totals summed).
+Reported: pooled out-of-fold accuracy; chance = the pooled out-of-fold accuracy of always guessing
+the training fold's most frequent class (scikit-learn's `DummyClassifier(strategy="most_frequent")`
+on the very same folds), so accuracy and chance answer the same question; a 95% CI by bootstrap
+over speakers (speakers drawn with replacement, their out-of-fold hits and totals summed).
+
+With few speakers, speaker-disjoint probes of a speaker-level label (sex) can fall *below* chance:
+the held-out speaker's sex is the minority in its training fold, and a probe that has learnt the
+training speakers' voices generalises badly. That is a property of the data (too few speakers), not
+a bug; the report says how many speakers a probe saw.
 """
 
 from __future__ import annotations
@@ -94,7 +99,8 @@ def _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, ma
     predicted = np.empty(len(y), dtype=y.dtype)
     majority_hits = 0
     for train, test in splits:
-        classes = np.unique(y[train])
+        classes, counts = np.unique(y[train], return_counts=True)
+        majority_hits += int((y[test] == classes[np.argmax(counts)]).sum())  # DummyClassifier(most_frequent)
         if len(classes) == 1:
             predicted[test] = classes[0]
         else:
@@ -103,8 +109,6 @@ def _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, ma
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 model.fit(x[train], y[train])
             predicted[test] = model.predict(x[test])
-        _, counts = np.unique(y[test], return_counts=True)
-        majority_hits += counts.max()
     hits = predicted == y
     low, high = speaker_bootstrap(hits, speakers, bootstrap, seed)
     return ProbeResult(float(hits.mean()), float(majority_hits / len(y)), low, high, int(len(y)), len(splits),

@@ -10,6 +10,8 @@ pyproject.toml); `tests/test_backbone.py` checks it.
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +83,25 @@ def load_backbone(name_or_path: str | Path, *, dtype: torch.dtype | None = None)
     A folder written by `phonorm finetune` holds the backbone at its top level, so it loads here too.
     Heads for pre-training or CTC in a checkpoint are dropped by `AutoModel`.
     """
+    from transformers.utils import logging as hf_logging
+
     config = load_config(name_or_path)
+    # transformers prints a table of every checkpoint key the bare encoder does not use (the
+    # quantizer and projections of a pre-training checkpoint, a CTC head): expected, and noise in
+    # every stage's log. Weights the encoder needs but the checkpoint lacks are reported below.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
-        model = AutoModel.from_pretrained(str(name_or_path), config=config, trust_remote_code=False, dtype=dtype)
+        model, loading = AutoModel.from_pretrained(str(name_or_path), config=config, trust_remote_code=False,
+                                                   dtype=dtype, output_loading_info=True)
     except (OSError, ValueError) as err:
         raise PhonormError(f"{name_or_path}: cannot load model weights ({err})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(loading.get("missing_keys") or [])
+    if missing:
+        print(f"phonorm: warning: {name_or_path}: {len(missing)} encoder weight(s) not in the checkpoint, "
+              f"initialised at random: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
     model.eval()
     return model
 
