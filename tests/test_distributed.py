@@ -61,3 +61,36 @@ def test_two_processes_agree_with_one(fake_corpus, tmp_path):
     sex = {k: metrics[k]["dev"]["sex"] for k in ("one", "two")}
     assert all(s["accuracy"] > s["chance"] + 0.05 for s in sex.values()), sex
     assert (tmp_path / "two" / "model.safetensors").is_file() and not (tmp_path / "two" / "checkpoint").exists()
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="needs torchrun")
+def test_two_process_extraction_writes_parts_equal_to_one_process(fake_corpus, tmp_path):
+    from phonorm.features.store import FeatureStore
+
+    torch.manual_seed(0)
+    Wav2Vec2Model(make_config("tiny")).save_pretrained(tmp_path / "tiny")
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", HF_HUB_OFFLINE="1")
+    args = ["extract", str(fake_corpus), "--model", f"m={tmp_path / 'tiny'}", "--no-classic"]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    _run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+          "-m", "phonorm.cli", *args, "--out", str(tmp_path / "two")], env)
+    _run([sys.executable, "-m", "phonorm.cli", *args, "--out", str(tmp_path / "one")], env)
+    one, two = FeatureStore(tmp_path / "one"), FeatureStore(tmp_path / "two")
+    assert sorted(p.name for p in (tmp_path / "two" / "m" / "L2").glob("part-*.npy")) == ["part-00000.npy",
+                                                                                           "part-00001.npy"]
+    assert one.frames.equals(two.frames)
+    for layer in ("L0", "L4"):
+        assert (one.layer("m", layer) == two.layer("m", layer)).all()
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="needs torchrun")
+def test_several_processes_that_do_not_see_each_other_are_refused(fake_corpus, tmp_path):
+    """torchrun on CPU without ACCELERATE_USE_CPU: each process would think it runs alone."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env.pop("ACCELERATE_USE_CPU", None)
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                           str(_free_port()), "-m", "phonorm.cli", "extract", str(fake_corpus), "--model", "m=x",
+                           "--out", str(tmp_path / "F")], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode != 0 and "ACCELERATE_USE_CPU=1 torchrun" in done.stdout + done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "F").exists()

@@ -131,9 +131,9 @@ class Plan:
 def extract(corpus: str | Path, *, models: dict[str, str], out: str | Path, settings: ExtractSettings) -> str:
     """Extract every chosen layer of `models` (name → hub id or folder) on one split of `corpus`
     into the feature store `out`; resumes an interrupted run. Returns a one-paragraph summary."""
-    from accelerate import PartialState
+    from phonorm.launch import process_state
 
-    state = PartialState()
+    state = process_state()
     plan = plan_extraction(corpus, models=models, out=out, settings=settings)
     if not plan.todo_models and not plan.todo_classic and (Path(out) / layout.MANIFEST_FILE).is_file():
         return f"{out}: already complete ({summary_line(plan)}); nothing to do"

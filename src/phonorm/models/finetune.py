@@ -33,6 +33,7 @@ from phonorm.artifacts import atomic_path, provenance, read_json, write_json
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import TASKS, FrameGeometry
+from phonorm.launch import check_launch
 from phonorm.models.backbone import LAYER_CONVENTION, load_backbone, load_config, uses_group_norm
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler
 from phonorm.models.evaluate import predict_split, score_predictions
@@ -98,16 +99,6 @@ def resolve_mixed_precision(requested: str) -> str:
     if torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "no"
-
-
-def check_launch(accelerator) -> None:
-    """Refuse to run when a launcher started several processes but Accelerate sees one: each would
-    train alone and all would write the same folder. On CPU, torchrun needs ACCELERATE_USE_CPU=1."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1 and accelerator.num_processes == 1:
-        raise PhonormError(
-            f"launched as {world} processes but Accelerate sees 1; on CPU run "
-            "`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m phonorm.cli ...`, on GPUs `accelerate launch --multi_gpu ...`")
 
 
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:

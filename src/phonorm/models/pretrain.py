@@ -123,7 +123,7 @@ def pretrain(corpus: str | Path, *, out: str | Path, size: str = "tiny", steps: 
 
     accelerator = Accelerator(mixed_precision="no",
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    from phonorm.models.finetune import check_launch
+    from phonorm.launch import check_launch
 
     check_launch(accelerator)
     set_seed(seed, device_specific=False)
