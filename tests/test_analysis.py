@@ -10,6 +10,7 @@ import pytest
 
 from phonorm.analysis.run import AnalyzeSettings, analyze
 from phonorm.errors import InputError
+from phonorm.features.store import FeatureStore
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_every_output_is_written(results):
 
 
 def test_tables_hold_the_planted_structure(results):
-    _, out, _, _ = results
+    store, out, _, _ = results
     sim = pd.read_csv(out / "similarity.csv")
     assert list(sim.columns[:5]) == ["model", "reference", "layer", "measure", "value"]
     assert set(sim.measure) == {"svcca", "pwcca", "cka", "cka_debiased"}
@@ -68,9 +69,13 @@ def test_tables_hold_the_planted_structure(results):
     assert share["pretrained", "L2"] > 5 * share["tone", "L2"]
     assert {"silhouette", "variance_share_std"} <= set(norm.measure)
 
-    projection = pd.read_parquet(out / "projections" / "tone__L1.parquet")
+    layers = FeatureStore(store).layers("tone")
+    middle = layers[len(layers) // 2]
+    projection = pd.read_parquet(out / "projections" / f"tone__{middle}.parquet")
     assert {"row", "pc1", "pc2", "umap1", "umap2", "umap_fit", "sex", "tone"} <= set(projection.columns)
     assert projection.umap1.notna().all() and 0 < projection.umap_fit.sum() <= 150
+    # UMAP for the first, middle and last layer by default (here all three); PCA coordinates for every layer
+    assert all(pd.read_parquet(out / "projections" / f"tone__{layer}.parquet").umap1.notna().all() for layer in layers)
     pca = pd.read_parquet(out / "projections" / "pca_variance.parquet")
     last = pca.groupby(["model", "layer"]).cumulative.max()
     np.testing.assert_allclose(last, 1.0, atol=1e-9)
@@ -112,3 +117,10 @@ def test_cli_analyze(results, tmp_path):
                                        str(tmp_path / "r"), "--no-umap", "--folds", "2", "--bootstrap", "20"])
     assert outcome.exit_code == 0, outcome.output
     assert (tmp_path / "r" / "claims.json").is_file()
+
+
+def test_umap_layers_are_first_middle_last():
+    from phonorm.analysis.projection import umap_layers
+
+    assert umap_layers([f"L{k}" for k in range(13)]) == ["L0", "L6", "L12"]
+    assert umap_layers(["L0", "L1"]) == ["L0", "L1"] and umap_layers(["L0"]) == ["L0"]

@@ -224,6 +224,7 @@ def analyze(
     reference: str = typer.Option(..., help="Name of the reference (pre-trained) model in the store."),
     out: Path = typer.Option(..., help="Results folder to write."),
     umap: bool = typer.Option(True, help="Compute UMAP maps (the slowest analysis)."),
+    umap_all_layers: bool = typer.Option(False, help="UMAP for every layer (default: first, middle and last layer)."),
     held_out: bool = typer.Option(False, "--held-out", help="Fit similarity on half the speakers, score on the rest."),
     folds: int = typer.Option(5, help="Speaker-disjoint cross-validation folds for probes."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples over speakers for probe CIs."),
@@ -237,7 +238,7 @@ def analyze(
     """
     from phonorm.analysis.run import AnalyzeSettings, analyze as run
 
-    settings = AnalyzeSettings(reference=reference, umap=umap, held_out=held_out, folds=folds,
+    settings = AnalyzeSettings(reference=reference, umap=umap, umap_all_layers=umap_all_layers, held_out=held_out, folds=folds,
                                bootstrap=bootstrap, seed=seed, sample_rows=sample_rows or None,
                                layer_matrix=layer_matrix)
     typer.echo(run(features, out=out, settings=settings))

@@ -239,6 +239,7 @@ class AnalyzeOptions(_Strict):
     sample_rows: Optional[int] = Field(None, ge=10)
     umap_fit_rows: Optional[int] = Field(None, ge=10)
     umap_dims: Optional[int] = Field(None, ge=2)
+    umap_all_layers: Optional[bool] = None
     silhouette_rows: Optional[int] = Field(None, ge=10)
     probe_max_iter: Optional[int] = Field(None, ge=1)
     block: Optional[int] = Field(None, ge=1)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from phonorm.analysis.projection import umap_layers
 from phonorm.artifacts import atomic_path
 
 
@@ -168,7 +169,7 @@ def pca_figure(pca_variance: pd.DataFrame, folder: Path, models: list[str]) -> l
 
 def umap_figure(projections: Path, folder: Path, model: str, layers: list[str]) -> list[str]:
     plt = _plt()
-    picks = list(dict.fromkeys([layers[0], layers[len(layers) // 2], layers[-1]]))
+    picks = umap_layers(layers)
     tables = []
     for layer in picks:
         path = projections / f"{model}__{layer}.parquet"

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from phonorm.analysis import claims as claims_mod
 from phonorm.analysis.normalization import GroupSums, silhouette
 from phonorm.analysis.probes import LABELS, label_rows, probe, sample_rows
-from phonorm.analysis.projection import PCA, stratified_subsample, umap_map
+from phonorm.analysis.projection import PCA, stratified_subsample, umap_layers, umap_map
 from phonorm.analysis.similarity import MEASURES, PairSums, ViewSums
 from phonorm.artifacts import atomic_path, provenance, read_json, set_seed, write_json, write_parquet
 from phonorm.errors import InputError, PhonormError
@@ -49,7 +49,8 @@ class AnalyzeSettings(BaseModel):
     sample_rows: rows (same share of every speaker, same rows for every model) for probes,
     silhouettes and 2-D maps (None: all); umap_fit_rows: rows the UMAP map is fitted on (stratified
     by speaker and tone; the other sampled rows are transformed); umap_dims: PCA dimensions UMAP
-    sees; block: rows per streamed block (memory ≈ 3 × block × dim × 8 bytes per layer pair).
+    sees; umap_all_layers: UMAP for every layer (default: the first, middle and last layer of each
+    model, the ones the figures draw; UMAP is most of the analysis time); block: rows per streamed block (memory ≈ 3 × block × dim × 8 bytes per layer pair).
     """
 
     reference: str
@@ -64,6 +65,7 @@ class AnalyzeSettings(BaseModel):
     sample_rows: Optional[int] = 20000
     umap_fit_rows: int = 3000
     umap_dims: int = 50
+    umap_all_layers: bool = False
     silhouette_rows: int = 2000
     probe_max_iter: int = 300
     block: int = 16384
@@ -350,7 +352,8 @@ class _Context:
         table["pc1"], table["pc2"] = coords[:, 0], coords[:, 1]
         table["umap1"] = table["umap2"] = np.float32("nan")
         table["umap_fit"] = False
-        if self.settings.umap and len(x) >= 10:
+        wanted = self.settings.umap_all_layers or layer in umap_layers(self.store.layers(model))
+        if self.settings.umap and wanted and len(x) >= 10:
             fit = self.umap_fit_index()
             mapped = umap_map(coords[:, : self.settings.umap_dims], fit, self.settings.seed)
             table["umap1"], table["umap2"] = mapped[:, 0], mapped[:, 1]

@@ -30,16 +30,21 @@ class SpeakerTable:
         return max(matches, key=len) if matches else None
 
 
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text (BOM tolerated) of a small table a user hands us; `what` names it in errors."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise InputError(path, f"unreadable {what} ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"{what} is not UTF-8 text (byte {err.start})") from None
+
+
 def read_speakers(path: str | Path) -> SpeakerTable:
     """Read a speakers table: one `speaker<TAB>sex` per line (white space also separates), sex F or
     M in any case; an optional header line; blank lines and `#` comments skipped."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as err:
-        raise InputError(path, f"unreadable speakers table ({err.strerror or err})") from None
-    except UnicodeDecodeError as err:
-        raise InputError(path, f"speakers table is not UTF-8 text (byte {err.start})") from None
+    text = read_text(path, "speakers table")
     table = SpeakerTable(path)
     first = True
     for number, line in enumerate(text.splitlines(), start=1):

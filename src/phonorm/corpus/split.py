@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phonorm.corpus.speakers import read_text
 from phonorm.errors import InputError
 
 SPLITS = ("train", "dev", "test")
@@ -45,12 +46,7 @@ def speaker_split(sex_of: dict[str, str], seed: int = 0, dev: float = 0.1, test:
 def read_split_file(path: str | Path) -> dict[str, str]:
     """utterance → split from `utterance<TAB>split` lines (header optional, split train/dev/test)."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as err:
-        raise InputError(path, f"unreadable split file ({err.strerror or err})") from None
-    except UnicodeDecodeError as err:
-        raise InputError(path, f"split file is not UTF-8 text (byte {err.start})") from None
+    text = read_text(path, "split file")
     split_of: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
