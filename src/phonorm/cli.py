@@ -113,6 +113,8 @@ def pretrain(
     seed: int = typer.Option(0, help="Random seed."),
     batch_seconds: float = typer.Option(16.0, help="Seconds of audio per batch."),
     lr: float = typer.Option(5e-4, help="Peak learning rate."),
+    warmup: float = typer.Option(0.08, help="Linear warm-up, as a fraction of the steps."),
+    eval_every: Optional[int] = typer.Option(None, help="Held-out contrastive accuracy every N steps (default: 10 times)."),
 ) -> None:
     """Self-supervised wav2vec 2.0 pre-training of a small model (contrastive + diversity loss).
 
@@ -120,7 +122,8 @@ def pretrain(
     """
     from phonorm.models.pretrain import pretrain as run
 
-    typer.echo(run(corpus, out=out, size=size, steps=steps, seed=seed, batch_seconds=batch_seconds, lr=lr))
+    typer.echo(run(corpus, out=out, size=size, steps=steps, seed=seed, batch_seconds=batch_seconds, lr=lr,
+                   warmup=warmup, eval_every=eval_every))
 
 
 @app.command()

@@ -184,8 +184,15 @@ def umap_figure(projections: Path, folder: Path, model: str, layers: list[str]) 
         for row, (by, title) in enumerate((("tone", "tone"), ("sex", "sex"))):
             ax = axes[row][col]
             part = table[table.tone > 0] if by == "tone" else table
-            for i, (value, group) in enumerate(part.groupby(by)):
-                ax.scatter(group.umap1, group.umap2, s=2, alpha=0.5, color=f"C{i % 10}", label=str(value))
+            values = sorted(part[by].unique())
+            colour = {value: f"C{i % 10}" for i, value in enumerate(values)}
+            # one scatter in random order: drawing group after group would bury the first groups
+            # under the last ones wherever they overlap (all F points hidden under M points)
+            order = np.random.default_rng(0).permutation(len(part))
+            shuffled = part.iloc[order]
+            ax.scatter(shuffled.umap1, shuffled.umap2, s=2, alpha=0.5, c=[colour[v] for v in shuffled[by]])
+            for value in values:
+                ax.scatter([], [], s=2, color=colour[value], label=str(value))
             ax.set_title(f"{model} {layer}: {title}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
