@@ -308,3 +308,13 @@ def test_cli_prints_one_line_error_and_exit_2(corpus, tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"phonorm: error: {empty}: no *.TextGrid files in this folder"]
+
+
+def test_split_shares(corpus, tmp_path):
+    # 3 speakers of each sex: test 1/3 and dev 1/3 leave one of each sex in every split
+    run(tmp_path / "p", corpus, dev=1 / 3, test=1 / 3)
+    got = PreparedCorpus(tmp_path / "p").all_utterances
+    speakers = got.drop_duplicates("speaker").groupby(["split", "sex"]).size()
+    assert speakers.to_dict() == {(split, sex): 1 for split in ("dev", "test", "train") for sex in ("F", "M")}
+    with pytest.raises(PhonormError, match="--dev"):
+        run(tmp_path / "q", corpus, dev=0.6, test=0.5)

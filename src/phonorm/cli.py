@@ -56,6 +56,8 @@ def prepare(
     split_file: Optional[Path] = typer.Option(None, help="utterance<TAB>split (train/dev/test) instead of the speaker-disjoint default."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip bad utterances (listed in OUT/skipped.tsv) instead of stopping."),
     seed: int = typer.Option(0, help="Seed of the default speaker split."),
+    dev: float = typer.Option(0.1, help="Share of each sex's speakers in dev (default split)."),
+    test: float = typer.Option(0.1, help="Share of each sex's speakers in test (default split)."),
 ) -> None:
     """Turn any aligned corpus into the prepared corpus every later stage reads.
 
@@ -65,7 +67,7 @@ def prepare(
 
     report = prepare_corpus(
         out, audio_dir=audio, alignments=alignments, speakers_file=speakers, fmt=format, scheme=scheme,
-        tone_mode=tone, split_file=split_file, skip_bad=skip_bad, seed=seed,
+        tone_mode=tone, split_file=split_file, skip_bad=skip_bad, seed=seed, dev=dev, test=test,
     )
     typer.echo(report)
 

@@ -699,31 +699,9 @@ def _run_prepare_synth(synth: Stage, s: SynthCorpus) -> Callable[[Path], str]:
         source = synth.folder
         return prepare_corpus(folder, audio_dir=source / "wav", alignments=source / "textgrid",
                               speakers_file=source / "speakers.tsv", fmt="textgrid", scheme="mandarin",
-                              tone_mode="surface", split_file=_synth_split_file(source, folder, s),
-                              skip_bad=False, seed=s.split_seed)
+                              tone_mode="surface", split_file=None, skip_bad=False, seed=s.split_seed,
+                              dev=s.dev, test=s.test)
     return run
-
-
-def _synth_split_file(source: Path, folder: Path, s: SynthCorpus) -> Optional[Path]:
-    """With other shares than prepare's default 10% dev / 10% test, a split file made by prepare's
-    own speaker split (speaker-disjoint, balanced by sex) at those shares: a small corpus needs more
-    test speakers than 10% for speaker-disjoint probes of sex to mean anything."""
-    if (s.dev, s.test) == (0.1, 0.1):
-        return None
-    from phonorm.corpus.speakers import read_speakers
-    from phonorm.corpus.split import speaker_split
-
-    table = read_speakers(source / "speakers.tsv")
-    split_of = speaker_split(table.sex, seed=s.split_seed, dev=s.dev, test=s.test)
-    lines = ["utterance\tsplit"]
-    for wav in sorted((source / "wav").glob("*.wav")):
-        speaker = table.speaker_of(wav.stem)
-        if speaker in split_of:  # others are left to prepare, which reports them
-            lines.append(f"{wav.stem}\t{split_of[speaker]}")
-    path = folder / "split.tsv"
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def _run_prepare(c: PrepareCorpus) -> Callable[[Path], str]:
@@ -843,8 +821,9 @@ def execute(stage: Stage, *, force: bool = False) -> None:
 
 
 def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (synth speaks in worker processes):
-    on a shared machine it tells what a stage costs better than wall time."""
+    """CPU time of this process and its finished children: on a shared machine it tells what a
+    stage costs better than wall time. Not counted: synth's speaker workers, which are children of
+    multiprocessing's forkserver rather than of this process."""
     import resource
 
     children = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -50,7 +50,8 @@ class AnalyzeSettings(BaseModel):
     silhouettes and 2-D maps (None: all); umap_fit_rows: rows the UMAP map is fitted on (stratified
     by speaker and tone; the other sampled rows are transformed); umap_dims: PCA dimensions UMAP
     sees; umap_all_layers: UMAP for every layer (default: the first, middle and last layer of each
-    model, the ones the figures draw; UMAP is most of the analysis time); block: rows per streamed block (memory ≈ 3 × block × dim × 8 bytes per layer pair).
+    model, the ones the figures draw; UMAP is most of the analysis time); block: rows per streamed
+    block (memory ≈ 3 × block × dim × 8 bytes per layer pair).
     """
 
     reference: str

@@ -79,13 +79,18 @@ class BadUtterance(Exception):
 
 def prepare_corpus(
     out, *, audio_dir, alignments, speakers_file, fmt="textgrid", scheme="mandarin", tone_mode="surface",
-    split_file=None, skip_bad=False, seed=0,
+    split_file=None, skip_bad=False, seed=0, dev=0.1, test=0.1,
 ) -> str:
-    """Prepare a corpus; returns a summary for people. See the module docstring."""
+    """Prepare a corpus; returns a summary for people. See the module docstring.
+
+    `dev`, `test`: shares of each sex's speakers in the default speaker split (ignored with a split file).
+    """
     audio_dir, alignments, speakers_file = Path(audio_dir), Path(alignments), Path(speakers_file)
     _check_choice("--format", fmt, FORMATS)
     _check_choice("--scheme", scheme, SCHEMES)
     _check_choice("--tone", tone_mode, TONE_MODES)
+    if not (0 <= dev < 1 and 0 <= test < 1 and dev + test < 1):
+        raise PhonormError(f"--dev {dev} / --test {test}: shares of speakers, each in [0, 1), together below 1")
     if not audio_dir.is_dir():
         raise InputError(audio_dir, "no such audio folder")
     speakers = read_speakers(speakers_file)
@@ -96,11 +101,12 @@ def prepare_corpus(
         audio_dir=str(audio_dir.resolve()), alignments=str(alignments.resolve()),
         speakers_file=str(speakers_file.resolve()), format=fmt, scheme=scheme, tone_mode=tone_mode,
         split_file=str(Path(split_file).resolve()) if split_file else None, skip_bad=skip_bad, seed=seed,
+        dev=dev, test=test,
     )
     return build_prepared_corpus(
         out, sources, speakers, scheme=scheme, tone_mode=tone_mode, split_of_utterance=split_of_utterance,
         split_file=Path(split_file) if split_file else None, skip_bad=skip_bad, seed=seed, settings=settings,
-        skipped=skipped,
+        skipped=skipped, dev=dev, test=test,
     )
 
 
@@ -220,9 +226,10 @@ def build_prepared_corpus(
     out, sources: list[UtteranceSource], speakers: SpeakerTable, *, scheme: str, tone_mode: str,
     split_of_utterance: dict[str, str] | None, split_file: Path | None, skip_bad: bool, seed: int,
     settings: dict, skipped: list[Skipped] | None = None,
-    add_words: Callable[[str, Alignment], None] | None = None,
+    add_words: Callable[[str, Alignment], None] | None = None, dev: float = 0.1, test: float = 0.1,
 ) -> str:
-    """Read every source, write the prepared corpus to `out`, return the summary."""
+    """Read every source, write the prepared corpus to `out`, return the summary. `dev`, `test`:
+    shares of each sex's speakers in the default split (used when `split_of_utterance` is None)."""
     out = Path(out)
     skipped = skipped if skipped is not None else []
     label_scheme = get_scheme(scheme)
@@ -255,7 +262,8 @@ def build_prepared_corpus(
         )
     utterances = pd.DataFrame(rows)
     if split_of_utterance is None:
-        split_of_speaker = speaker_split(dict(zip(utterances["speaker"], utterances["sex"])), seed=seed)
+        split_of_speaker = speaker_split(dict(zip(utterances["speaker"], utterances["sex"])), seed=seed,
+                                         dev=dev, test=test)
         utterances["split"] = utterances["speaker"].map(split_of_speaker)
     utterances = utterances.sort_values("utterance_id").reset_index(drop=True)
     utterances["sample_rate"] = utterances["sample_rate"].astype("int64")
