@@ -13,7 +13,7 @@ over speakers (speakers drawn with replacement, their out-of-fold hits and total
 With few speakers, speaker-disjoint probes of a speaker-level label (sex) can fall *below* chance:
 the held-out speaker's sex is the minority in its training fold, and a probe that has learnt the
 training speakers' voices generalises badly. That is a property of the data (too few speakers), not
-a bug; the report says how many speakers a probe saw.
+a bug; the report's corpus section gives the number of speakers in each split.
 """
 
 from __future__ import annotations

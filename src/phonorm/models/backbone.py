@@ -11,7 +11,6 @@ pyproject.toml); `tests/test_backbone.py` checks it.
 from __future__ import annotations
 
 import sys
-
 from pathlib import Path
 from typing import Any
 
