@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.phonorm-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-all lint typecheck install clean
 
 install: $(STAMP)
 
@@ -19,9 +19,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/phonorm demo
 
+# Fast tier for everyday work (a few minutes): everything but the tests marked slow.
 test: $(STAMP)
 	@bash scripts/ensure-chromium.sh || true
+	$(PY) -m pytest -q -m "not slow"
+
+# Everything, the slow end-to-end runs included (what CI runs).
+test-all: $(STAMP)
+	@bash scripts/ensure-chromium.sh || true
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+typecheck: lint
 
 clean:
 	rm -rf $(VENV) build *.egg-info

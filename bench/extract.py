@@ -1,4 +1,4 @@
-"""Speed and memory of `phonorm extract` (issue 4). Prints one JSON object on its last line.
+"""Speed and memory of `phonorm extract`. Prints one JSON object on its last line.
 
 On one random model and one synthetic corpus (tests/fakes.py), in one run:
 - `vs_plain_loop`: phonorm's extraction against the loop a user would write (one utterance at a

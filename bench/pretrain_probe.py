@@ -2,7 +2,7 @@
 
 1. Held-out contrastive accuracy over training (from the model's phonorm.json / pretrain_log.csv).
 2. A linear phone probe (scikit-learn LogisticRegression on single frames) fitted on train-split
-   speakers and scored on test-split speakers (speaker-disjoint, BRIEF trap 9), for every layer of
+   speakers and scored on test-split speakers (speaker-disjoint, pitfall 9, docs/pitfalls.md), for every layer of
    the pre-trained model and of the very same architecture at its random initialisation (the
    weights pre-training started from: same config, same seed).
 

@@ -19,10 +19,11 @@ amplitudes. Designs:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from phonorm.features.manifest import StoreManifest, StoreModel
 import pandas as pd
 
 PRE = dict(sex=1.2, tone=0.8, phone=0.8, spk=0.6)
@@ -107,10 +108,13 @@ def make_feature_store(folder: str | Path, *, design: str = "normalizes",
                 (folder / model / f"L{k}").mkdir(exist_ok=True)
                 for i, chunk in enumerate(np.array_split(x, parts)):
                     np.save(folder / model / f"L{k}" / f"part-{i:05d}.npy", chunk)
-        entry = dict(name=model, source=f"/nonexistent/{model}", model_type="wav2vec2", n_layers=n_layers - 1,
-                     dim=dim, layers=[f"L{k}" for k in range(n_layers)], dtype=dtype, parts=parts)
+        entry = StoreModel(name=model, source=f"/nonexistent/{model}", model_type="wav2vec2", n_layers=n_layers - 1,
+                           dim=dim, layers=[f"L{k}" for k in range(n_layers)], dtype=dtype, parts=parts,
+                           layer_convention="L0 = input to the first Transformer layer", group_norm=True,
+                           normalize_waveform=True, geometry={}, kind="given")
         if tasks_in_manifest:
-            entry["tasks"] = [] if model == "pretrained" else model.split("_")
+            entry.kind = "pretrained" if model == "pretrained" else "finetuned"
+            entry.tasks = [] if model == "pretrained" else model.split("_")
         entries.append(entry)
 
     (folder / "classic").mkdir(exist_ok=True)
@@ -126,8 +130,9 @@ def make_feature_store(folder: str | Path, *, design: str = "normalizes",
     np.save(folder / "classic" / "f0_hz.npy", f0[:, None].astype(np.float32))
     np.save(folder / "classic" / "f0_semitone_z.npy", z[:, None].astype(np.float32))
     np.save(folder / "classic" / "mfcc.npy", mfcc)
-    manifest = dict(format="phonorm-feature-store/1", rows=n, row_unit="frame", models=entries,
-                    classic=["f0_hz", "f0_semitone_z", "mfcc"], rows_key=f"fake-{design}-{seed}-{n}",
-                    settings={"design": design}, provenance={})
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    StoreManifest(format="phonorm-feature-store/1", rows=n, row_unit="frame", models=entries,
+                  layer_convention="L0 = input to the first Transformer layer",
+                  classic=["f0_hz", "f0_semitone_z", "mfcc"], geometry={}, corpus="/nonexistent/corpus",
+                  rows_key=f"fake-{design}-{seed}-{n}", counts={}, settings={"design": design},
+                  provenance={}).save(folder)
     return folder

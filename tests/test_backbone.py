@@ -1,4 +1,4 @@
-"""The layer convention (BRIEF traps 1-2) and model loading, on tiny random models."""
+"""The layer convention (pitfalls 1-2, docs/pitfalls.md) and model loading, on tiny random models."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from phonorm import experiment as ex
+from phonorm.experiment import cache
 from phonorm.errors import InputError
 
 # --------------------------------------------------------------------------- config validation
@@ -126,15 +127,39 @@ def test_cli_run_with_a_wrong_config_exits_2_with_one_line(tmp_path):
     assert "pretrain[0].size" in done.stderr and "'huge'" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_settings_mirrors_match_the_stage_classes():
-    """The YAML accepts exactly the settings each stage accepts (no silent drift)."""
-    from phonorm.analysis.run import AnalyzeSettings
-    from phonorm.features.extract import ExtractSettings
-    from phonorm.models.finetune import FinetuneSettings
+def test_each_stage_declares_its_settings_once_for_api_yaml_and_cli():
+    """The YAML nests the stage's own settings class, and the CLI's options are made from its fields
+    (same names, defaults and help): nothing to drift."""
+    import typer.main
 
-    assert set(ex.FinetuneOptions.model_fields) == set(FinetuneSettings.model_fields) - {"tasks"}
-    assert set(ex.ExtractOptions.model_fields) - {"models"} == {f.name for f in dataclasses.fields(ExtractSettings)}
-    assert set(ex.AnalyzeOptions.model_fields) == set(AnalyzeSettings.model_fields)
+    from phonorm import settings as st
+    from phonorm.cli import app
+    from phonorm.experiment import config
+
+    assert issubclass(config.PretrainConfig, st.PretrainSettings)
+    assert config.FinetuneConfig.model_fields["settings"].annotation is st.FinetuneSettings
+    assert issubclass(config.ExtractConfig, st.ExtractSettings) and issubclass(config.AnalyzeConfig, st.AnalyzeSettings)
+    commands = typer.main.get_command(app).commands
+    for command, model in (("pretrain", st.PretrainSettings), ("finetune", st.FinetuneSettings),
+                           ("extract", st.ExtractSettings), ("analyze", st.AnalyzeSettings)):
+        options = {p.name: p for p in commands[command].params}
+        for name, field in model.model_fields.items():
+            assert name in options, (command, name)
+            if not field.is_required() and field.default_factory is None and not isinstance(field.default, list):
+                assert options[name].default == field.default, (command, name)
+            assert options[name].help.startswith((field.description or "")[:20]), (command, name)
+
+
+def test_yaml_settings_errors_name_the_yaml_field(tmp_path):
+    import copy
+
+    data = copy.deepcopy(BASE)
+    data["finetune"][0]["settings"] = {"lr": -1}
+    with pytest.raises(InputError, match=r"finetune\[0\]\.settings\.lr"):
+        ex.load_experiment(_write(tmp_path, data))
+    data["finetune"][0]["settings"] = {"loss_weights": {"phone": 1.0}}
+    with pytest.raises(InputError, match="loss_weights"):
+        ex.load_experiment(_write(tmp_path, data))
 
 
 def test_demo_experiments_are_valid_and_the_example_matches_the_packaged_one(tmp_path):
@@ -187,17 +212,10 @@ class FakeStages:
             record("corpus", out)
             return "prepared"
 
-        def pretrain(corpus, *, out, size, steps, seed, batch_seconds, lr):
-            assert Path(corpus).is_dir()
+        def pretrain(corpus, *, out, settings):
+            assert Path(corpus).is_dir() and settings.size
             record("pretrain", out)
             return "pretrained"
-
-        @dataclasses.dataclass
-        class Settings:
-            values: dict
-
-        def settings_class(**kwargs):
-            return Settings(kwargs)
 
         def finetune(corpus, *, model, out, settings):
             self.models[out.name.rsplit("-", 1)[0]] = model
@@ -216,8 +234,8 @@ class FakeStages:
             record("analyze", out)
             return "analysed"
 
-        def build_report(results, *, out):
-            assert (Path(results) / "context.json").is_file()
+        def build_report(results, *, out, context):
+            assert Path(context).is_file() and Path(results).is_dir()
             record("report", Path(out).parent)
             Path(out).write_text("<html></html>")
             return "report"
@@ -231,10 +249,10 @@ class FakeStages:
             "phonorm.corpus.prepare": {"prepare_corpus": prepare_corpus},
             "phonorm.corpus.aishell": {"prepare_aishell": prepare_aishell},
             "phonorm.models.pretrain": {"pretrain": pretrain},
-            "phonorm.models.finetune": {"finetune": finetune, "FinetuneSettings": settings_class},
+            "phonorm.models.finetune": {"finetune": finetune},
             "phonorm.models.evaluate": {"evaluate": evaluate_recorded},
-            "phonorm.features.extract": {"extract": extract, "ExtractSettings": settings_class},
-            "phonorm.analysis.run": {"analyze": analyze, "AnalyzeSettings": settings_class},
+            "phonorm.features.extract": {"extract": extract},
+            "phonorm.analysis.run": {"analyze": analyze},
             "phonorm.report.html": {"build_report": build_report},
         }
         for name, attributes in modules.items():
@@ -295,8 +313,8 @@ def test_changed_code_of_one_stage_redoes_that_stage_and_what_follows(tmp_path, 
     path = _write(tmp_path, BASE)
     ex.run_experiment(path)
     fakes.take()
-    real = ex.stage_code_hash
-    monkeypatch.setattr(ex, "stage_code_hash", lambda stage: real(stage) + ("edited" if stage == "extract" else ""))
+    real = cache.stage_code_hash
+    monkeypatch.setattr(cache, "stage_code_hash", lambda stage: real(stage) + ("edited" if stage == "extract" else ""))
     ex.run_experiment(path)
     assert fakes.take() == ["analyze:analyze", "extract:extract", "report:report"]
 
@@ -309,24 +327,28 @@ def test_interrupted_run_resumes_in_the_same_folder(tmp_path, fakes):
     first = fakes.take()
     assert "finetune:sex" in first and "extract:extract" not in first
     interrupted = next((tmp_path / "runs" / "t" / "finetune").glob("sex-*"))
-    assert not (interrupted / ex.MARKER).exists(), "an interrupted stage is not marked complete"
+    assert not (interrupted / cache.MARKER).exists(), "an interrupted stage is not marked complete"
     ex.run_experiment(path)
     again = fakes.take()
     assert again == ["analyze:analyze", "evaluate:sex", "extract:extract", "finetune:sex", "report:report"]
-    assert (interrupted / "partial").is_file() and (interrupted / ex.MARKER).is_file(), "resumed in its folder"
+    assert (interrupted / "partial").is_file() and (interrupted / cache.MARKER).is_file(), "resumed in its folder"
     ex.run_experiment(path, force=True)
     assert fakes.take() == ALL
 
 
 def test_stage_code_hash_covers_what_the_stage_imports_and_nothing_else():
-    root = Path(ex.__file__).resolve().parent
-    finetune = {p.relative_to(root).as_posix() for p in ex._import_closure("phonorm.models.finetune", root)}
+    import phonorm
+    from phonorm.artifacts import _import_closure
+
+    root = Path(phonorm.__file__).resolve().parent
+    finetune = {p.relative_to(root).as_posix() for p in _import_closure("phonorm.models.finetune", root)}
     assert {"models/finetune.py", "models/backbone.py", "frames.py", "artifacts.py", "corpus/store.py",
             "__init__.py", "models/__init__.py"} <= finetune
     assert not any(p.startswith(("report/", "analysis/", "features/")) for p in finetune)
-    report = {p.relative_to(root).as_posix() for p in ex._import_closure("phonorm.report.html", root)}
+    report = {p.relative_to(root).as_posix() for p in _import_closure("phonorm.report.html", root)}
     assert "report/figures.py" in report and "corpus/info.py" in report
-    assert not any(p.startswith("models/") for p in report)
+    assert not any(p.startswith("models/") and p not in ("models/__init__.py", "models/card.py") for p in report)
+    assert not any(p.startswith("features/") and p not in ("features/__init__.py", "features/store.py", "features/manifest.py") for p in report), report
 
 
 def test_aishell_example_runs_with_a_hub_model_through_the_stages(tmp_path, fakes):
@@ -341,6 +363,7 @@ def test_aishell_example_runs_with_a_hub_model_through_the_stages(tmp_path, fake
     assert fakes.models == {name: "TencentGameMate/chinese-wav2vec2-base" for name in ("tone", "phone", "sex", "tone_sex")}
     assert fakes.stored["pre"] == "TencentGameMate/chinese-wav2vec2-base" and list(fakes.stored)[0] == "pre"
     assert "corpus:corpus" in fakes.take()
-    context = json.loads(next((tmp_path / "runs" / "analyze").glob("analyze-*/context.json")).read_text())
+    context = json.loads(next((tmp_path / "runs" / "report").glob("report-*/context.json")).read_text())
     assert context["models"][0] == {"name": "pre", "kind": "pretrained", "trained_here": False,
-                                    "source": "TencentGameMate/chinese-wav2vec2-base", "folder": None}
+                                    "source": "TencentGameMate/chinese-wav2vec2-base", "folder": None,
+                                    "tasks": None, "base": None}

@@ -13,7 +13,7 @@ from transformers import Wav2Vec2Model
 
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
-from phonorm.features import extract as extract_module
+from phonorm.features import shards as extract_module
 from phonorm.features.extract import ExtractSettings, extract, finish_store, plan_extraction, run_share, start_store
 from phonorm.features.selection import select_rows
 from phonorm.features.store import FeatureStore
@@ -225,8 +225,12 @@ def test_bad_settings_and_models_give_clear_errors(fake_corpus, tiny_models, tmp
         extract(fake_corpus, models={"gn": tiny_models["gn"]}, out=tmp_path / "a", settings=ExtractSettings(layers="0,9"))
     with pytest.raises(PhonormError, match="no-such-model"):
         extract(fake_corpus, models={"x": str(tmp_path / "no-such-model")}, out=tmp_path / "b", settings=ExtractSettings())
-    with pytest.raises(PhonormError, match="--frames"):
-        extract(fake_corpus, models={"gn": tiny_models["gn"]}, out=tmp_path / "c", settings=ExtractSettings(frames="some"))
+    from phonorm.cli_settings import settings_from_options
+
+    with pytest.raises(PhonormError, match="--frames: got 'some'"):
+        settings_from_options(ExtractSettings, {"frames": "some"})
+    with pytest.raises(PhonormError, match="--layers"):
+        settings_from_options(ExtractSettings, {"layers": "first"})
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):
@@ -235,7 +239,7 @@ def test_bad_settings_and_models_give_clear_errors(fake_corpus, tiny_models, tmp
 
 
 def test_shares_cover_every_utterance_once_even_when_empty():
-    from phonorm.features.extract import share_of
+    from phonorm.features.shards import share_of
 
     table = pd.DataFrame({"utterance_id": [f"u{i}" for i in range(5)], "duration": [1.0, 3.0, 0.5, 2.0, 2.0]})
     for n in (1, 2, 3, 7):

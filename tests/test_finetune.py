@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,9 @@ def test_finetune_learns_sex_and_writes_the_model_folder(fake_corpus, tiny_dir, 
     load_backbone(out)
     meta = json.loads((out / "phonorm.json").read_text())
     assert meta["complete"] and meta["tasks"] == ["sex"] and meta["label_maps"]["sex"] == ["F", "M"]
+    from phonorm.validate import validate
+
+    assert validate(out).ok and validate(out).kind == "finetuned model folder", validate(out).text()
     assert meta["settings"]["seed"] == 0 and "code_version" in meta["provenance"]
     assert not (out / "checkpoint").exists() and not (out / "best").exists()
     # the feature encoder stayed frozen
@@ -84,11 +88,30 @@ def test_multitask_heads_and_weighted_loss(fake_corpus, tiny_dir, tmp_path):
     assert {"dev_acc_tone", "dev_acc_sex"} <= set(log.columns)
 
 
-def test_bad_settings_name_the_option(fake_corpus, tiny_dir, tmp_path):
+def test_bad_settings_name_the_option():
+    from phonorm.cli_settings import settings_from_options
+
     with pytest.raises(PhonormError, match="--tasks"):
-        finetune(fake_corpus, model=tiny_dir, out=tmp_path / "x", settings=_settings(tasks=["pitch"]))
-    with pytest.raises(PhonormError, match="--loss-weights"):
-        finetune(fake_corpus, model=tiny_dir, out=tmp_path / "x", settings=_settings(loss_weights={"tone": 1}))
+        settings_from_options(FinetuneSettings, {"tasks": "pitch"})
+    with pytest.raises(PhonormError, match="--loss-weights.*not among the tasks"):
+        settings_from_options(FinetuneSettings, {"tasks": "sex", "loss_weights": "tone=1"})
+    with pytest.raises(PhonormError, match="--lr"):
+        settings_from_options(FinetuneSettings, {"tasks": "sex", "lr": -1.0})
+    assert settings_from_options(FinetuneSettings, {"tasks": "tone,sex", "loss_weights": "sex=0.5"}).weight("sex") == 0.5
+
+
+def test_finetune_refuses_a_model_folder_of_another_corpus(fake_corpus, tiny_dir, tmp_path):
+    out = tmp_path / "sex"
+    settings = _settings(max_steps=2, eval_every=2)
+    finetune(fake_corpus, model=tiny_dir, out=out, settings=settings)
+    assert "already" in finetune(fake_corpus, model=tiny_dir, out=out, settings=settings)
+    other = tmp_path / "other_corpus"
+    shutil.copytree(fake_corpus, other)
+    labels = json.loads((other / "labels.json").read_text())
+    labels["note"] = "another corpus"
+    (other / "labels.json").write_text(json.dumps(labels))
+    with pytest.raises(PhonormError, match="other settings, base model or corpus"):
+        finetune(other, model=tiny_dir, out=out, settings=settings)
 
 
 def test_resume_after_interruption_completes_the_same_run(fake_corpus, tiny_dir, tmp_path, monkeypatch):

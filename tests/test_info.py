@@ -80,7 +80,7 @@ def test_info_on_the_fake_corpus_and_a_non_corpus(fake_corpus, tmp_path):
 
 
 def test_prepare_and_info_on_the_synth_corpus(request, tmp_path):
-    """End to end on `phonorm synth` output (the acceptance check of issue 2, smaller)."""
+    """End to end on `phonorm synth` output (the corpus layer's acceptance check, smaller)."""
     try:
         synth = request.getfixturevalue("synth_corpus")
     except pytest.FixtureLookupError:

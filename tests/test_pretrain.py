@@ -32,6 +32,9 @@ def test_pretraining_learns_on_held_out_audio_and_loads(fake_corpus, tmp_path):
     assert model.config.num_hidden_layers == 4
     load_backbone(out)
     assert not (out / "checkpoint").exists()
+    from phonorm.validate import validate
+
+    assert validate(out).ok and validate(out).kind == "pretrained model folder", validate(out).text()
     assert "already" in pretrain(fake_corpus, out=out, size="tiny", steps=120, seed=0, batch_seconds=8.0, lr=2e-3)
 
 

@@ -7,6 +7,7 @@ the library versions and the code version (`provenance()`).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
@@ -18,7 +19,7 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -74,6 +75,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def json_ready(value: Any) -> Any:
+    """`value` as a JSON round trip returns it (tuples → lists, numpy scalars → numbers), so that
+    settings compared before and after saving compare equal."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _LIBRARIES:
@@ -98,20 +105,71 @@ def code_version() -> str:
             capture_output=True, text=True, timeout=5, check=True,
         ).stdout.strip()
         if commit:
-            return f"{__version__}+g{commit}" + (f".dirty{source_hash()[:8]}" if dirty else "")
+            return f"{__version__}+g{commit}" + (f".dirty{code_hash()[:8]}" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return f"{__version__}+src{source_hash()[:12]}"
+    return f"{__version__}+src{code_hash()[:12]}"
 
 
-def source_hash() -> str:
-    """SHA-256 over every .py file of the package, in path order."""
-    src = Path(__file__).resolve().parent
+def code_hash(*modules: str, data: Sequence[str] = ()) -> str:
+    """SHA-256 over the source of phonorm code: of `modules` and every phonorm module they import
+    (also inside functions), transitively, found by reading the imports with `ast`, plus package
+    data files matching the `data` globs; of every .py file of the package when no module is named.
+    The one code hash of the project: stage cache keys, analysis resume keys, code versions."""
+    root = Path(__file__).resolve().parent
+    files: set[Path] = set()
+    if not modules:
+        files = set(root.rglob("*.py"))
+    for module in modules:
+        files |= _import_closure(module, root)
+    for pattern in data:
+        files |= set(root.glob(pattern))
     digest = hashlib.sha256()
-    for file in sorted(src.rglob("*.py")):
-        digest.update(str(file.relative_to(src)).encode())
+    for file in sorted(files):
+        digest.update(str(file.relative_to(root)).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+def _module_file(module: str, root: Path) -> Optional[Path]:
+    parts = module.split(".")[1:]
+    base = root.joinpath(*parts) if parts else root
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _import_closure(module: str, root: Path) -> set[Path]:
+    """Files of `module` and of every phonorm module it imports (also inside functions), transitively,
+    with the packages' __init__.py files."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        file = _module_file(name, root)
+        if file is None or file in seen:
+            continue
+        seen.add(file)
+        parts = name.split(".")
+        for i in range(1, len(parts)):  # importing a.b.c runs a/__init__ and a/b/__init__
+            todo.append(".".join(parts[:i]))
+        package = name if file.name == "__init__.py" else ".".join(parts[:-1])
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] == "phonorm"]
+            elif isinstance(node, ast.ImportFrom):
+                target = node.module or ""
+                if node.level:
+                    target = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([target] if target else []))
+                if target.split(".")[0] != "phonorm":
+                    continue
+                todo.append(target)
+                todo += [f"{target}.{a.name}" for a in node.names]  # `from phonorm.x import module`
+    return seen
+
+
 
 
 def provenance(settings: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -8,13 +8,16 @@ with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from phonorm.cli_settings import SETTINGS, with_settings
 from phonorm.errors import PhonormError
+from phonorm.settings import AnalyzeSettings, ExtractSettings, FinetuneSettings, PretrainSettings
 
 app = typer.Typer(
     name="phonorm",
@@ -24,6 +27,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from phonorm import __version__
+        from phonorm.artifacts import code_version
+
+        typer.echo(f"phonorm {__version__} ({code_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """How fine-tuning normalizes self-supervised speech models, layer by layer."""
 
 
 # --------------------------------------------------------------------------- corpus
@@ -107,16 +126,11 @@ def info(
 
 # --------------------------------------------------------------------------- models
 @app.command()
+@with_settings(PretrainSettings)
 def pretrain(
     corpus: Path = typer.Argument(..., help="A prepared corpus folder (its train split is used)."),
     out: Path = typer.Option(..., help="Model folder to write (Hugging Face format)."),
-    size: str = typer.Option("tiny", help="tiny, small or base."),
-    steps: int = typer.Option(2000, help="Optimizer steps."),
-    seed: int = typer.Option(0, help="Random seed."),
-    batch_seconds: float = typer.Option(16.0, help="Seconds of audio per batch."),
-    lr: float = typer.Option(5e-4, help="Peak learning rate."),
-    warmup: float = typer.Option(0.08, help="Linear warm-up, as a fraction of the steps."),
-    eval_every: Optional[int] = typer.Option(None, help="Held-out contrastive accuracy every N steps (default: 10 times)."),
+    settings: PretrainSettings = SETTINGS,
 ) -> None:
     """Self-supervised wav2vec 2.0 pre-training of a small model (contrastive + diversity loss).
 
@@ -124,39 +138,23 @@ def pretrain(
     """
     from phonorm.models.pretrain import pretrain as run
 
-    typer.echo(run(corpus, out=out, size=size, steps=steps, seed=seed, batch_seconds=batch_seconds, lr=lr,
-                   warmup=warmup, eval_every=eval_every))
+    typer.echo(run(corpus, out=out, settings=settings))
 
 
 @app.command()
+@with_settings(FinetuneSettings)
 def finetune(
     corpus: Path = typer.Argument(..., help="A prepared corpus folder."),
     model: str = typer.Option(..., help="Hub id or local folder of a wav2vec 2.0 / HuBERT / WavLM model."),
-    tasks: str = typer.Option(..., help="Comma-separated tasks: tone, phone, sex (e.g. tone,sex)."),
     out: Path = typer.Option(..., help="Model folder to write."),
-    loss_weights: Optional[str] = typer.Option(None, help="Per-task loss weights, e.g. tone=1,sex=0.5."),
-    epochs: float = typer.Option(10.0, help="Passes over the training split."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
-    lr: float = typer.Option(1e-4, help="Peak learning rate (backbone); heads use 10x."),
-    warmup: float = typer.Option(0.1, help="Warm-up, as a fraction of the steps."),
-    batch_seconds: float = typer.Option(32.0, help="Seconds of audio per batch."),
-    freeze_feature_encoder: bool = typer.Option(True, help="Keep the convolutional feature encoder frozen."),
-    eval_every: int = typer.Option(100, help="Evaluate on dev every N steps."),
-    mixed_precision: str = typer.Option("auto", help="auto, no, bf16 or fp16 (auto: bf16 on a GPU that has it)."),
-    seed: int = typer.Option(0, help="Random seed."),
+    settings: FinetuneSettings = SETTINGS,
 ) -> None:
     """Frame-wise (multi)task fine-tuning: one linear head per task on the last layer.
 
     Example: phonorm finetune /tmp/p --model /tmp/m/pre --tasks tone,sex --out /tmp/m/tone_sex
     """
-    from phonorm.models.finetune import FinetuneSettings, finetune as run
+    from phonorm.models.finetune import finetune as run
 
-    settings = FinetuneSettings(
-        tasks=[t.strip() for t in tasks.split(",") if t.strip()],
-        loss_weights=_parse_weights(loss_weights), epochs=epochs, max_steps=max_steps, lr=lr,
-        warmup=warmup, batch_seconds=batch_seconds, freeze_feature_encoder=freeze_feature_encoder,
-        eval_every=eval_every, mixed_precision=mixed_precision, seed=seed,
-    )
     typer.echo(run(corpus, model=model, out=out, settings=settings))
 
 
@@ -179,30 +177,19 @@ def evaluate(
 
 # --------------------------------------------------------------------------- features
 @app.command()
+@with_settings(ExtractSettings)
 def extract(
     corpus: Path = typer.Argument(..., help="A prepared corpus folder."),
     model: List[str] = typer.Option(..., help="NAME=MODEL (hub id or folder); repeat for several models."),
     out: Path = typer.Option(..., help="Feature store folder to write."),
-    split: str = typer.Option("test", help="Split to extract."),
-    layers: str = typer.Option("all", help="all, or a list like 0,6,12 or L0,L6."),
-    frames: str = typer.Option("labelled", help="labelled, middle (middle third of each segment) or all."),
-    pool: str = typer.Option("frame", help="frame, or segment (mean over the segment's frames)."),
-    max_per_speaker_label: Optional[int] = typer.Option(None, help="Cap rows per speaker and phone label."),
-    dtype: str = typer.Option("float16", help="float16 or float32 on disk."),
-    batch_seconds: float = typer.Option(60.0, help="Seconds of audio per forward batch."),
-    classic: bool = typer.Option(True, help="Also store classic baselines (F0 Hz, z-scored F0 in semitones, MFCC)."),
-    seed: int = typer.Option(0, help="Seed for the per-speaker caps."),
+    settings: ExtractSettings = SETTINGS,
 ) -> None:
     """Embeddings of every layer of several models, on the very same frames.
 
     Example: phonorm extract /tmp/p --model pre=/tmp/m/pre --model tone=/tmp/m/tone --out /tmp/f
     """
-    from phonorm.features.extract import ExtractSettings, extract as run
+    from phonorm.features.extract import extract as run
 
-    settings = ExtractSettings(
-        split=split, layers=layers, frames=frames, pool=pool, max_per_speaker_label=max_per_speaker_label,
-        dtype=dtype, batch_seconds=batch_seconds, classic=classic, seed=seed,
-    )
     typer.echo(run(corpus, models=_parse_models(model), out=out, settings=settings))
 
 
@@ -224,28 +211,18 @@ def export(
 
 # --------------------------------------------------------------------------- analysis, report
 @app.command()
+@with_settings(AnalyzeSettings)
 def analyze(
     features: Path = typer.Argument(..., help="A feature store folder."),
-    reference: str = typer.Option(..., help="Name of the reference (pre-trained) model in the store."),
     out: Path = typer.Option(..., help="Results folder to write."),
-    umap: bool = typer.Option(True, help="Compute UMAP maps (the slowest analysis)."),
-    umap_all_layers: bool = typer.Option(False, help="UMAP for every layer (default: first, middle and last layer)."),
-    held_out: bool = typer.Option(False, "--held-out", help="Fit similarity on half the speakers, score on the rest."),
-    folds: int = typer.Option(5, help="Speaker-disjoint cross-validation folds for probes."),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples over speakers for probe CIs."),
-    seed: int = typer.Option(0, help="Random seed."),
-    sample_rows: int = typer.Option(20000, help="Rows (same share per speaker) used by probes, silhouettes and maps; 0 = all."),
-    layer_matrix: bool = typer.Option(True, help="Also compare every layer with every reference layer."),
+    settings: AnalyzeSettings = SETTINGS,
 ) -> None:
     """Similarity, projections, probes, normalization measures and the study's claim checks.
 
     Example: phonorm analyze /tmp/f --reference pre --out /tmp/r
     """
-    from phonorm.analysis.run import AnalyzeSettings, analyze as run
+    from phonorm.analysis.run import analyze as run
 
-    settings = AnalyzeSettings(reference=reference, umap=umap, umap_all_layers=umap_all_layers, held_out=held_out, folds=folds,
-                               bootstrap=bootstrap, seed=seed, sample_rows=sample_rows or None,
-                               layer_matrix=layer_matrix)
     typer.echo(run(features, out=out, settings=settings))
 
 
@@ -261,6 +238,19 @@ def report(
     from phonorm.report.html import build_report
 
     typer.echo(build_report(results, out=out))
+
+
+@app.command()
+def validate(
+    folder: Path = typer.Argument(..., help="Any folder phonorm wrote: prepared corpus, model, feature store, results, run."),
+) -> None:
+    """Say what an artifact folder is and whether it is complete and consistent (exit status 2 if not).
+
+    Example: phonorm validate phonorm-demo/extract/extract-0123456789ab
+    """
+    from phonorm.validate import validate_or_raise
+
+    typer.echo(validate_or_raise(folder))
 
 
 @app.command()
@@ -292,17 +282,6 @@ def demo(
 
 
 # --------------------------------------------------------------------------- helpers
-def _parse_weights(text: Optional[str]) -> dict[str, float]:
-    weights: dict[str, float] = {}
-    for part in filter(None, (text or "").split(",")):
-        name, _, value = part.partition("=")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            raise PhonormError(f"--loss-weights: {part!r} is not TASK=NUMBER") from None
-    return weights
-
-
 def _parse_models(specs: List[str]) -> dict[str, str]:
     models: dict[str, str] = {}
     for spec in specs:
@@ -316,6 +295,10 @@ def _parse_models(specs: List[str]) -> dict[str, str]:
 
 
 def main() -> None:
+    # Stage milestones go to stderr through the `phonorm` logger (progress bars only on a terminal).
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "numba", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         app()
     except PhonormError as err:

@@ -1,6 +1,6 @@
 """Samples → frames, the one place it is done, and per-frame label grids derived from it.
 
-Every stage that needs a frame count or a frame time calls `FrameGeometry` (BRIEF trap 3: frame
+Every stage that needs a frame count or a frame time calls `FrameGeometry` (pitfall 3, docs/pitfalls.md: frame
 counts off by one or two between APIs and labels). The geometry comes from the model config's
 convolutional feature encoder (`conv_kernel`, `conv_stride`), so it is right for wav2vec 2.0,
 HuBERT, WavLM and data2vec-audio of any size.

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Labels probed, and whether their folds are speaker-disjoint.
-LABELS = ("tone", "phone", "sex", "speaker")
 
 
 @dataclass

@@ -25,62 +25,19 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
-from tqdm.auto import tqdm
 
 from phonorm.analysis import claims as claims_mod
 from phonorm.analysis.normalization import GroupSums, silhouette
-from phonorm.analysis.probes import LABELS, label_rows, probe, sample_rows
+from phonorm.analysis.probes import label_rows, probe, sample_rows
 from phonorm.analysis.projection import PCA, stratified_subsample, umap_layers, umap_map
 from phonorm.analysis.similarity import MEASURES, PairSums, ViewSums
-from phonorm.artifacts import atomic_path, provenance, read_json, set_seed, write_json, write_parquet
+from phonorm.artifacts import atomic_path, code_hash, provenance, read_json, set_seed, write_json, write_parquet
 from phonorm.errors import InputError, PhonormError
+from phonorm.progress import progress
+from phonorm.settings import AnalyzeSettings
 
 FACTORS = ("speaker", "sex", "tone", "phone")
 PCA_COMPONENTS_KEPT = 100
-
-
-class AnalyzeSettings(BaseModel):
-    """Settings of `analyze`; recorded in settings.json.
-
-    reference: the pre-trained model every other model is compared with; models: those analysed
-    (default all); labels: probed labels; layer_matrix: every layer × every reference layer (else
-    same-named layers only); held_out: similarity fitted on half the speakers, scored on the rest;
-    sample_rows: rows (same share of every speaker, same rows for every model) for probes,
-    silhouettes and 2-D maps (None: all); umap_fit_rows: rows the UMAP map is fitted on (stratified
-    by speaker and tone; the other sampled rows are transformed); umap_dims: PCA dimensions UMAP
-    sees; umap_all_layers: UMAP for every layer (default: the first, middle and last layer of each
-    model, the ones the figures draw; UMAP is most of the analysis time); block: rows per streamed
-    block (memory ≈ 3 × block × dim × 8 bytes per layer pair).
-    """
-
-    reference: str
-    umap: bool = True
-    held_out: bool = False
-    folds: int = 5
-    bootstrap: int = 1000
-    seed: int = 0
-    models: Optional[list[str]] = None
-    labels: list[str] = Field(default_factory=lambda: list(LABELS))
-    layer_matrix: bool = True
-    sample_rows: Optional[int] = 20000
-    umap_fit_rows: int = 3000
-    umap_dims: int = 50
-    umap_all_layers: bool = False
-    silhouette_rows: int = 2000
-    probe_max_iter: int = 300
-    block: int = 16384
-    figures: bool = True
-    progress: bool = True
-
-    def check(self) -> None:
-        if self.folds < 2:
-            raise PhonormError("--folds must be at least 2")
-        if self.bootstrap < 0:
-            raise PhonormError("--bootstrap must be ≥ 0")
-        unknown = [label for label in self.labels if label not in LABELS]
-        if unknown:
-            raise PhonormError(f"unknown probe label(s) {', '.join(unknown)}; known: {', '.join(LABELS)}")
 
 
 # =========================================================================== entry point
@@ -88,7 +45,6 @@ def analyze(features: str | Path, *, out: str | Path, settings: AnalyzeSettings)
     """Run every analysis of the store `features`, write results under `out`; returns a summary line."""
     from phonorm.features.store import FeatureStore
 
-    settings.check()
     set_seed(settings.seed)
     store = FeatureStore(features)
     out = Path(out)
@@ -102,8 +58,8 @@ def analyze(features: str | Path, *, out: str | Path, settings: AnalyzeSettings)
     ctx = _Context(store, frames, settings, out)
 
     work = [(m, layer) for m in models for layer in store.layers(m)]
-    bar = tqdm(total=len(work) + len(store.classic_names()), desc="analyze", unit="layer",
-               disable=not settings.progress)
+    bar = progress(total=len(work) + len(store.classic_names()), desc="analyze", unit="layer",
+                   enabled=settings.progress)
     parts = []
     for model, layer in work:
         bar.set_postfix_str(f"{model} {layer}")
@@ -203,8 +159,7 @@ class _Context:
         s = self.settings.model_dump()
         for name in ("progress", "figures", "block"):  # they do not change any per-layer number
             s.pop(name, None)
-        code = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(Path(__file__).parent.glob("*.py"))))
-        payload = json.dumps({"settings": s, "analysis_code": code.hexdigest(), "rows_key": self.store.manifest.get("rows_key"),
+        payload = json.dumps({"settings": s, "analysis_code": code_hash("phonorm.analysis.run"), "rows_key": self.store.manifest.get("rows_key"),
                               "rows": self.store.rows, "store": str(self.store.folder.resolve()),
                               "models": self.store.manifest.get("models")}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -9,10 +9,10 @@ import pandas as pd
 
 from phonorm.artifacts import read_json
 from phonorm.errors import InputError
+from phonorm.settings import SPLITS
 
 UTTERANCE_COLUMNS = ("utterance_id", "speaker", "sex", "split", "audio_path", "duration", "sample_rate", "channels")
 SEGMENT_COLUMNS = ("utterance_id", "segment_id", "start", "end", "phone", "tone", "syllable", "word", "is_final")
-SPLITS = ("train", "dev", "test")
 
 
 class PreparedCorpus:
@@ -23,6 +23,17 @@ class PreparedCorpus:
         for name in ("utterances.parquet", "segments.parquet", "labels.json"):
             if not (self.folder / name).is_file():
                 raise InputError(self.folder / name, "missing: not a prepared corpus (run phonorm prepare first)")
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the three files' bytes: which corpus a model or store was made from (a model
+        folder refuses to resume or to count as done on another corpus)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in ("utterances.parquet", "segments.parquet", "labels.json"):
+            digest.update((self.folder / name).read_bytes())
+        return digest.hexdigest()
 
     @cached_property
     def all_utterances(self) -> pd.DataFrame:

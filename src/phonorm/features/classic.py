@@ -36,7 +36,7 @@ def classic_features(
     `wave`: float32 (samples,) at 16 kHz; `rows`: the utterance's rows of frames.parquet; `geometry`,
     `n_frames`: the store's frame grid. Returns `{"f0_hz": (rows, 1), "mfcc": (rows, 13)}` float32.
     """
-    import parselmouth  # imported here: Praat objects never leave this function (BRIEF trap 12)
+    import parselmouth  # imported here: Praat objects never leave this function (pitfall 12, docs/pitfalls.md)
 
     frame_index, row_of = pooling_index(rows, geometry, n_frames, pool, frames_mode, what)
     times = geometry.frame_times(n_frames)[frame_index]

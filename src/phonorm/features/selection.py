@@ -1,6 +1,6 @@
 """Which frames a feature store keeps: decided once, from the corpus and one frame geometry.
 
-Every model of a store is then indexed on these very rows (BRIEF traps 3 and 10): the selection
+Every model of a store is then indexed on these very rows (pitfalls 3 and 10, docs/pitfalls.md): the selection
 is a table (`frames.parquet`), and `pooling_index` maps its rows onto any model's frame grid by
 time, which for models of the same geometry gives exactly the frames that were selected.
 

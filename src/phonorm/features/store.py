@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from phonorm.artifacts import read_json
 from phonorm.errors import InputError
+
+if TYPE_CHECKING:
+    from phonorm.features.manifest import StoreManifest
 
 FRAMES_FILE = "frames.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -59,15 +62,16 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ index and metadata
     @cached_property
+    def record(self) -> "StoreManifest":
+        """The manifest, typed (`features.manifest.StoreManifest`), checked when read."""
+        from phonorm.features.manifest import StoreManifest
+
+        return StoreManifest.load(self.folder)
+
+    @cached_property
     def manifest(self) -> dict:
-        """The parsed manifest.json (models, layers, settings, provenance)."""
-        try:
-            manifest = read_json(self.folder / MANIFEST_FILE)
-        except ValueError as err:
-            raise InputError(self.folder / MANIFEST_FILE, f"not valid JSON ({err})") from None
-        if not isinstance(manifest, dict) or "models" not in manifest:
-            raise InputError(self.folder / MANIFEST_FILE, "no 'models' entry: not a phonorm feature store manifest")
-        return manifest
+        """The manifest as a plain dict (models, layers, settings, provenance)."""
+        return self.record.model_dump(mode="json")
 
     @cached_property
     def frames(self) -> pd.DataFrame:
@@ -109,7 +113,7 @@ class FeatureStore:
         return dict(self.manifest.get("settings", {}))
 
     # ------------------------------------------------------------------ embeddings
-    def _layer_files(self, model: str, layer: str) -> list[Path]:
+    def layer_files(self, model: str, layer: str) -> list[Path]:
         layer = self._check_layer(model, layer)
         single = self.folder / model / f"{layer}.npy"
         if single.is_file():
@@ -142,10 +146,10 @@ class FeatureStore:
         Memory-mapped (read-only) when `mmap` and the layer is one file; a layer written in parts
         is concatenated into memory (use `iter_blocks` to stream it instead).
         """
-        arrays = [self._open(p, mmap) for p in self._layer_files(model, layer)]
+        arrays = [self._open(p, mmap) for p in self.layer_files(model, layer)]
         array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
         if array.shape[0] != self.rows:
-            raise InputError(self._layer_files(model, layer)[0],
+            raise InputError(self.layer_files(model, layer)[0],
                              f"{array.shape[0]} rows but frames.parquet has {self.rows}: store is inconsistent")
         return array
 
@@ -159,7 +163,7 @@ class FeatureStore:
         """
         if block <= 0:
             raise ValueError("block must be positive")
-        parts = [self._open(p, mmap=True) for p in self._layer_files(model, layer)]
+        parts = [self._open(p, mmap=True) for p in self.layer_files(model, layer)]
         starts = np.cumsum([0] + [p.shape[0] for p in parts])
         if starts[-1] != self.rows:
             raise InputError(self.folder / model / str(layer),

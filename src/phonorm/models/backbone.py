@@ -1,6 +1,6 @@
 """Loading any Hugging Face SSL speech model and reading all its layers in one forward pass.
 
-The layer convention (BRIEF trap 2), recorded in every artifact as `LAYER_CONVENTION`:
+The layer convention (pitfall 2, docs/pitfalls.md), recorded in every artifact as `LAYER_CONVENTION`:
 `L0` is the input to the first Transformer layer (after the positional convolution, and after the
 encoder LayerNorm in post-LN "base" models); `Lk` is the output of Transformer layer k, the
 residual stream *before* any final encoder LayerNorm of pre-LN ("stable layer norm", large)
@@ -53,7 +53,7 @@ def make_config(size: str = "tiny", *, stable_layer_norm: bool = False, **overri
         do_stable_layer_norm=stable_layer_norm,
         feat_extract_norm="layer" if stable_layer_norm else "group",
         feat_extract_activation="gelu",
-        # LayerDrop off for small models: extraction is in eval mode anyway (BRIEF trap 1).
+        # LayerDrop off for small models: extraction is in eval mode anyway (pitfall 1, docs/pitfalls.md).
         layerdrop=0.0,
         mask_time_length=5,
         mask_time_prob=0.05,
@@ -107,7 +107,7 @@ def load_backbone(name_or_path: str | Path, *, dtype: torch.dtype | None = None)
 
 def uses_group_norm(config: PretrainedConfig) -> bool:
     """True for base-style models whose feature encoder uses group norm: they must get no
-    attention mask and padding changes their outputs (BRIEF trap 4), so batch equal lengths."""
+    attention mask and padding changes their outputs (pitfall 4, docs/pitfalls.md), so batch equal lengths."""
     return getattr(config, "feat_extract_norm", "group") == "group"
 
 
@@ -133,7 +133,7 @@ def all_layers(
 
     `waveforms`: (batch, samples) at 16 kHz, normalised as the model's feature extractor expects.
     Returns n+1 tensors of shape (batch, frames, hidden). Raises if the model is in train mode
-    (LayerDrop would drop layers, BRIEF trap 1) or the layer count is not n+1.
+    (LayerDrop would drop layers, pitfall 1, docs/pitfalls.md) or the layer count is not n+1.
     """
     if model.training:
         raise RuntimeError("all_layers needs the model in eval mode (LayerDrop skips layers in train mode)")

@@ -1,6 +1,6 @@
 """Utterances → model batches: audio, frame label grids, length-bucketed batches.
 
-Padding policy (BRIEF trap 4), one choice per feature-encoder kind:
+Padding policy (pitfall 4, docs/pitfalls.md), one choice per feature-encoder kind:
 - **group-norm** feature encoders (wav2vec2-base, HuBERT-base; `uses_group_norm`) normalise each
   conv channel over the whole time axis, so zero padding changes every frame's output, and they
   must not get an attention mask. Training batches are therefore *cropped*, never padded: every

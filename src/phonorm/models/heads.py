@@ -1,4 +1,4 @@
-"""Our own frame-classification heads on a bare speech encoder (BRIEF trap 5).
+"""Our own frame-classification heads on a bare speech encoder (pitfall 5, docs/pitfalls.md).
 
 transformers' `Wav2Vec2ForAudioFrameClassification` wants one-hot labels and cannot ignore padded
 or unlabelled frames, so phonorm puts one linear layer per task on the last Transformer layer of
@@ -14,12 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from phonorm.artifacts import read_json
 from phonorm.errors import InputError
 from phonorm.frames import IGNORE_INDEX
 
 HEADS_FILE = "heads.safetensors"
-META_FILE = "phonorm.json"
 
 
 class MultitaskHeads(nn.Module):
@@ -80,17 +78,25 @@ def save_heads(heads: MultitaskHeads, folder: str | Path) -> None:
     save_file(state, str(Path(folder) / HEADS_FILE))
 
 
-def load_finetuned(folder: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, MultitaskHeads, dict[str, Any]]:
-    """(backbone in eval mode, heads in eval mode, phonorm.json dict) of a `phonorm finetune` folder."""
+def load_finetuned(folder: str | Path, *, device: str | torch.device = "cpu",
+                   label_maps: Mapping[str, Sequence[str]] | None = None
+                   ) -> tuple[nn.Module, MultitaskHeads, dict[str, Any]]:
+    """(backbone in eval mode, heads in eval mode, model card as a dict) of a `phonorm finetune`
+    folder. `label_maps` (task → labels) stands in for the card while the folder is being finished."""
     from phonorm.models.backbone import load_backbone
+    from phonorm.models.card import ModelCard
 
     folder = Path(folder)
-    for name in (META_FILE, HEADS_FILE, "config.json"):
+    for name in (HEADS_FILE, "config.json"):
         if not (folder / name).is_file():
             raise InputError(folder / name, "missing: not a model folder written by phonorm finetune")
-    meta = read_json(folder / META_FILE)
-    if "label_maps" not in meta or "tasks" not in meta:
-        raise InputError(folder / META_FILE, "has no tasks/label_maps: not written by phonorm finetune")
+    if label_maps is None:
+        card = ModelCard.load(folder)
+        if card.kind != "finetuned" or not card.tasks:
+            raise InputError(ModelCard.path(folder), "has no tasks/label_maps: not written by phonorm finetune")
+        meta = card.model_dump(mode="json")
+    else:
+        meta = {"tasks": list(label_maps), "label_maps": {t: list(v) for t, v in label_maps.items()}}
     backbone = load_backbone(folder).to(device)
     n_classes = {task: len(meta["label_maps"][task]) for task in meta["tasks"]}
     heads = MultitaskHeads(backbone.config.hidden_size, n_classes)

@@ -12,23 +12,23 @@ that values at different steps compare. The output folder loads with
 
 from __future__ import annotations
 
-import math
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from pydantic import ValidationError
 
-from phonorm.artifacts import atomic_path, provenance, read_json, write_json
+from phonorm.artifacts import atomic_path, provenance
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
-from phonorm.models.backbone import SIZES, make_config
+from phonorm.models.backbone import LAYER_CONVENTION, make_config
+from phonorm.models.card import ModelCard
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler, length_bucketed_batches
+from phonorm.models.training import Trainer, TrainState
+from phonorm.settings import PretrainSettings
 
 MASK_PROB = 0.65       # wav2vec 2.0 paper: p = 0.065 start probability × M = 10 ≈ 65% of frames
 MASK_LENGTH = 10
@@ -37,6 +37,9 @@ TEMPERATURE = (2.0, 0.5)  # Gumbel softmax temperature, annealed from the first 
 FEATURE_GRAD_MULT = 0.1  # wav2vec 2.0 recipe: the conv feature encoder learns at a tenth of the rate
 HELD_OUT_UTTERANCES = 64
 HELD_OUT_SEED = 1234
+RECIPE = {"mask_prob": MASK_PROB, "mask_length": MASK_LENGTH, "temperature": list(TEMPERATURE),
+          "max_crop_seconds": MAX_CROP_SECONDS, "feature_grad_mult": FEATURE_GRAD_MULT}
+"""Fixed parts of the recipe, recorded with the settings in the model card."""
 
 
 def _mask_and_negatives(batch_size: int, n_frames: int, num_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,42 +95,37 @@ def held_out_score(model, dataset: FrameDataset, batches: list[list[int]], colla
             "masked_frames": int(count)}
 
 
-def pretrain(corpus: str | Path, *, out: str | Path, size: str = "tiny", steps: int = 2000, seed: int = 0,
-             batch_seconds: float = 16.0, lr: float = 5e-4, eval_every: int | None = None,
-             warmup: float = 0.08) -> str:
-    """Pre-train a wav2vec 2.0 model of `size` (tiny, small, base) from scratch on the train split of
-    `corpus` for `steps` optimizer steps; write the model folder `out`; return a summary.
+def pretrain(corpus: str | Path, *, out: str | Path, settings: PretrainSettings | None = None, **options: Any) -> str:
+    """Pre-train a wav2vec 2.0 model of `settings.size` from scratch on the train split of `corpus`
+    for `settings.steps` optimizer steps; write the model folder `out`; return a summary.
+    Settings may also be given as keywords (`pretrain(c, out=o, size="tiny", steps=100)`).
 
     `batch_seconds`: seconds of audio per batch (after cropping). `lr`: peak learning rate after
     a linear warm-up over `warmup` of the steps, then linear decay. Resumable from `out/checkpoint`.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from transformers import Wav2Vec2ForPreTraining, get_scheduler
 
-    if size not in SIZES:
-        raise PhonormError(f"--size {size!r}: choose one of {', '.join(SIZES)}")
-    if steps < 1 or batch_seconds <= 0 or lr <= 0:
-        raise PhonormError("--steps, --batch-seconds and --lr must be positive")
+    if settings is None:
+        try:
+            settings = PretrainSettings(**options)
+        except ValidationError as err:
+            raise PhonormError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in err.errors())) from None
+    elif options:
+        raise TypeError("give either settings= or keyword settings, not both")
     out = Path(out)
     prepared = PreparedCorpus(corpus)
-    settings = {"size": size, "steps": steps, "seed": seed, "batch_seconds": batch_seconds, "lr": lr,
-                "warmup": warmup, "mask_prob": MASK_PROB, "mask_length": MASK_LENGTH, "temperature": list(TEMPERATURE),
-                "max_crop_seconds": MAX_CROP_SECONDS,
-                "feature_grad_mult": FEATURE_GRAD_MULT}
-    if (out / "phonorm.json").is_file():
-        meta = read_json(out / "phonorm.json")
-        if meta.get("complete") and meta.get("settings") == settings:
+    recorded = {**settings.as_dict(), **RECIPE}
+    if ModelCard.exists(out):
+        if ModelCard.load(out).same_run(settings=recorded, corpus_fingerprint=prepared.fingerprint, base_model=None):
             return f"{out}: already pre-trained with these settings (delete the folder to train again)"
-        raise PhonormError(f"{out}: holds a finished model with other settings; choose another --out or delete it")
+        raise PhonormError(f"{out}: holds a finished model of other settings or corpus; choose another --out or delete it")
 
-    accelerator = Accelerator(mixed_precision="no",
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    from phonorm.launch import check_launch
-
-    check_launch(accelerator)
-    set_seed(seed, device_specific=False)
-    config = make_config(size)
+    trainer = Trainer(out, seed=settings.seed, mixed_precision="no",
+                      fingerprint={"settings": {k: v for k, v in recorded.items() if k != "eval_every"},
+                                   "corpus": prepared.fingerprint})
+    accelerator = trainer.accelerator
+    steps = settings.steps
+    config = make_config(settings.size)
     config.architectures = ["Wav2Vec2ForPreTraining"]
     model = Wav2Vec2ForPreTraining(config)
     geometry = FrameGeometry.from_config(config)
@@ -144,106 +142,79 @@ def pretrain(corpus: str | Path, *, out: str | Path, size: str = "tiny", steps: 
     held_set = FrameDataset(prepared, None, [], geometry, utterances=held_table)
     max_samples = int(MAX_CROP_SECONDS * geometry.sample_rate)
     held_collator = Collator(geometry, [], crop=True, random_offset=False, max_samples=max_samples)
-    held_batches = length_bucketed_batches(held_set.durations, batch_seconds)
+    held_batches = length_bucketed_batches(held_set.durations, settings.batch_seconds)
 
-    sampler = LengthBucketSampler(np.minimum(train_set.durations, MAX_CROP_SECONDS), batch_seconds, seed=seed,
-                                  num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    sampler = LengthBucketSampler(np.minimum(train_set.durations, MAX_CROP_SECONDS), settings.batch_seconds,
+                                  seed=settings.seed, num_replicas=accelerator.num_processes,
+                                  rank=accelerator.process_index)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=0,
-                                         generator=torch.Generator().manual_seed(seed),  # see finetune.py
+                                         generator=torch.Generator().manual_seed(settings.seed),  # see finetune.py
                                          collate_fn=Collator(geometry, [], crop=True, max_samples=max_samples))
-    steps_per_epoch = len(sampler)
-    eval_every = eval_every or max(1, steps // 10)
+    eval_every = settings.eval_every or max(1, steps // 10)
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=round(warmup * steps), num_training_steps=steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-
-    checkpoint = out / "checkpoint"
-    step, log_rows = 0, []
-    if (checkpoint / "trainer_state.json").is_file():
-        state = read_json(checkpoint / "trainer_state.json")
-        if state["settings"] != settings or state["num_processes"] != accelerator.num_processes:
-            raise PhonormError(f"{checkpoint}: an interrupted run with other settings; use the same ones or delete it")
-        accelerator.load_state(str(checkpoint))
-        step, log_rows = state["step"], state["log"]
-    if step == 0:
-        first = held_out_score(unwrapped, held_set, held_batches, held_collator, accelerator.device)
-        log_rows.append({"step": 0, **{f"held_out_{k}": v for k, v in first.items()}})
+                                  lr=settings.lr, betas=(0.9, 0.98), eps=1e-6)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=round(settings.warmup * steps),
+                              num_training_steps=steps)
+    wrapped = trainer.prepare(model, optimizer, scheduler)
+    unwrapped = trainer.unwrapped
+    state = trainer.resume()
+    if state.step == 0:
+        first = held_out_score(unwrapped, held_set, held_batches, held_collator, trainer.device)
+        state.log.append({"step": 0, **{f"held_out_{k}": v for k, v in first.items()}})
 
     # Gumbel temperature: exponential decay reaching the minimum at 70% of the steps, the shape of
     # the wav2vec 2.0 recipe (factor 0.999995 over 400k updates) compressed to `steps`.
     decay_rate = (TEMPERATURE[1] / TEMPERATURE[0]) ** (1.0 / max(1.0, 0.7 * steps))
-    bar = tqdm(total=steps, initial=step, desc=f"pretrain {size}", unit="step", disable=not accelerator.is_local_main_process)
-    tic = time.perf_counter()
-    while step < steps:
-        sampler.set_epoch(step // steps_per_epoch, skip=step % steps_per_epoch)
-        for batch in loader:
-            model.train()
-            temperature = max(TEMPERATURE[1], TEMPERATURE[0] * decay_rate ** step)
-            unwrapped.set_gumbel_temperature(temperature)
-            inputs = batch["input_values"].to(accelerator.device)
-            n_frames = int(unwrapped._get_feat_extract_output_lengths(inputs.shape[1]))
-            mask, negatives = _mask_and_negatives(len(inputs), n_frames, config.num_negatives)
-            output = model(inputs, mask_time_indices=mask.to(accelerator.device),
-                           sampled_negative_indices=negatives.to(accelerator.device))
-            n_masked = mask.sum()
-            # HF's loss sums over masked frames (contrastive) and scales diversity by their count.
-            loss = output.loss / n_masked
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            row = {"step": step, "lr": scheduler.get_last_lr()[0], "loss": float(loss.detach()),
-                   "contrastive_loss": float(output.contrastive_loss.detach() / n_masked),
-                   "diversity_loss": float(output.diversity_loss.detach() / n_masked),
-                   "perplexity": float(output.codevector_perplexity.detach()), "temperature": temperature,
-                   "audio_seconds": batch["audio_seconds"] * accelerator.num_processes,
-                   "step_seconds": time.perf_counter() - tic}
-            tic = time.perf_counter()
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
-            if step % eval_every == 0 or step == steps:
-                if accelerator.is_main_process:
-                    held = held_out_score(unwrapped, held_set, held_batches, held_collator, accelerator.device)
-                    row.update({f"held_out_{k}": v for k, v in held.items()})
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", held_out_acc=f"{held['contrastive_accuracy']:.3f}")
-                log_rows.append(row)
-                _checkpoint(accelerator, checkpoint, {"step": step, "log": log_rows, "settings": settings,
-                                                      "num_processes": accelerator.num_processes})
-                tic = time.perf_counter()
-            else:
-                log_rows.append(row)
-            if step >= steps:
-                break
-    bar.close()
 
-    if accelerator.is_main_process:
+    def train_step(batch: dict[str, Any]) -> dict[str, Any]:
+        wrapped.train()
+        temperature = max(TEMPERATURE[1], TEMPERATURE[0] * decay_rate ** state.step)
+        unwrapped.set_gumbel_temperature(temperature)
+        inputs = batch["input_values"].to(trainer.device)
+        n_frames = int(unwrapped._get_feat_extract_output_lengths(inputs.shape[1]))
+        mask, negatives = _mask_and_negatives(len(inputs), n_frames, config.num_negatives)
+        output = wrapped(inputs, mask_time_indices=mask.to(trainer.device),
+                         sampled_negative_indices=negatives.to(trainer.device))
+        n_masked = mask.sum()
+        # HF's loss sums over masked frames (contrastive) and scales diversity by their count.
+        loss = output.loss / n_masked
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(wrapped.parameters(), 10.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return {"lr": scheduler.get_last_lr()[0], "loss": float(loss.detach()),
+                "contrastive_loss": float(output.contrastive_loss.detach() / n_masked),
+                "diversity_loss": float(output.diversity_loss.detach() / n_masked),
+                "perplexity": float(output.codevector_perplexity.detach()), "temperature": temperature,
+                "audio_seconds": batch["audio_seconds"] * accelerator.num_processes}
+
+    def evaluate(state: TrainState, row: dict[str, Any]) -> None:
+        if trainer.main:
+            held = held_out_score(unwrapped, held_set, held_batches, held_collator, trainer.device)
+            row.update({f"held_out_{k}": v for k, v in held.items()})
+
+    if trainer.main:
+        out.mkdir(parents=True, exist_ok=True)
+    trainer.run(loader=loader, sampler=sampler, total_steps=steps, state=state, train_step=train_step,
+                evaluate=evaluate, eval_every=eval_every, desc=f"pretrain {settings.size}")
+
+    if trainer.main:
         unwrapped.save_pretrained(out)
         with atomic_path(out / "pretrain_log.csv") as tmp:
-            pd.DataFrame(log_rows).to_csv(tmp, index=False)
-        curve = [(r["step"], r["held_out_contrastive_accuracy"]) for r in log_rows if "held_out_contrastive_accuracy" in r]
-        write_json(out / "phonorm.json", {
-            "complete": True, "kind": "pretrained", "size": size, "model_type": config.model_type,
-            "held_out_split": held_split, "held_out_contrastive_accuracy": curve,
-            "num_processes": accelerator.num_processes, "settings": settings,
-            "corpus": str(prepared.folder.resolve()), "provenance": provenance(settings),
-        })
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    meta = read_json(out / "phonorm.json")
-    start, end = meta["held_out_contrastive_accuracy"][0][1], meta["held_out_contrastive_accuracy"][-1][1]
-    return (f"{out}: pre-trained a {size} wav2vec 2.0 for {steps} steps; held-out ({held_split}) contrastive "
+            pd.DataFrame(state.log).to_csv(tmp, index=False)
+        curve = [(r["step"], r["held_out_contrastive_accuracy"]) for r in state.log
+                 if "held_out_contrastive_accuracy" in r]
+        ModelCard(complete=True, kind="pretrained", size=settings.size, model_type=config.model_type,
+                  held_out_split=held_split, held_out_contrastive_accuracy=curve,
+                  num_processes=accelerator.num_processes, settings=recorded,
+                  corpus=str(prepared.folder.resolve()), corpus_fingerprint=prepared.fingerprint,
+                  layer_convention=LAYER_CONVENTION, provenance=provenance(recorded)).save(out)
+    trainer.discard_checkpoint()
+    card = ModelCard.load(out)
+    start, end = card.held_out_contrastive_accuracy[0][1], card.held_out_contrastive_accuracy[-1][1]
+    return (f"{out}: pre-trained a {settings.size} wav2vec 2.0 for {steps} steps; held-out ({held_split}) contrastive "
             f"accuracy {start:.3f} → {end:.3f} (chance about 1/{config.num_negatives + 1})")
-
-
-def _checkpoint(accelerator, checkpoint: Path, state: dict[str, Any]) -> None:
-    from phonorm.models.finetune import _save_checkpoint
-
-    _save_checkpoint(accelerator, checkpoint, state)

@@ -30,6 +30,9 @@ import pandas as pd
 
 from phonorm.artifacts import atomic_path, code_version, library_versions, read_json
 from phonorm.errors import InputError
+from phonorm.features.manifest import StoreManifest
+from phonorm.models.card import ModelCard
+from phonorm.report.context import RunContext
 from phonorm.report import figures as figs
 
 RESULT_FILES = ("similarity.csv", "probes.csv", "normalization.csv", "claims.json", "settings.json")
@@ -49,32 +52,32 @@ class Sources:
     found_from: str = "context.json"
 
     @classmethod
-    def discover(cls, results: Path) -> "Sources":
-        context_path = results / "context.json"
-        if context_path.is_file():
-            context = _read_json(context_path) or {}
+    def discover(cls, results: Path, context_path: Optional[Path] = None) -> "Sources":
+        """From `phonorm run`'s context when given, else from the results' settings → the store's
+        manifest (corpus, each model's folder, kind and tasks) → the model cards."""
+        if context_path is not None:
+            context = RunContext.load(context_path).model_dump(mode="json")
             sources = cls(results, context)
             sources.corpus = _path(context.get("corpus"))
             sources.features = _path(context.get("features"))
             sources.models = list(context.get("models") or [])
             sources.evaluations = {k: Path(v) for k, v in (context.get("evaluations") or {}).items() if v}
             return sources
-        sources = cls(results, {}, found_from="the results' own records (no context.json)")
+        sources = cls(results, {}, found_from="the results' own records (no run context)")
         settings = _read_json(results / "settings.json") or {}
         sources.features = _path(settings.get("features"))
-        manifest = _read_json(sources.features / "manifest.json") if sources.features else None
-        for entry in (manifest or {}).get("models", []):
-            folder = _path(entry.get("source"))
-            meta = _read_json(folder / "phonorm.json") if folder and folder.is_dir() else None
-            kind = "finetuned" if meta and meta.get("tasks") else "pretrained"
-            sources.models.append({"name": entry.get("name"), "kind": kind, "source": entry.get("source"),
-                                   "folder": str(folder) if folder and folder.is_dir() else None,
-                                   "tasks": (meta or {}).get("tasks"), "base": (meta or {}).get("base_model")})
-            if sources.corpus is None and meta and meta.get("corpus"):
-                sources.corpus = _path(meta["corpus"])
-        if sources.corpus is None and sources.features:
-            state = _read_json(sources.features / ".extract.json") or {}
-            sources.corpus = _path(state.get("corpus"))
+        manifest = None
+        if sources.features:
+            try:
+                manifest = StoreManifest.load(sources.features)
+            except InputError:
+                manifest = None
+        if manifest is not None:
+            sources.corpus = _path(manifest.corpus)
+            for entry in manifest.models:
+                sources.models.append({"name": entry.name, "kind": "finetuned" if entry.kind == "finetuned" else "pretrained",
+                                       "source": entry.source, "folder": entry.folder, "tasks": entry.tasks or None,
+                                       "base": entry.base_model})
         return sources
 
 
@@ -158,16 +161,17 @@ class Page:
 
 
 # =========================================================================== entry point
-def build_report(results: str | Path, *, out: str | Path) -> str:
+def build_report(results: str | Path, *, out: str | Path, context: Optional[str | Path] = None) -> str:
     """Write the report of the results folder `results` to the HTML file `out` (atomically);
-    returns a line naming the file, its figures and the sections it had to skip."""
+    returns a line naming the file, its figures and the sections it had to skip. `context`: the
+    `context.json` of a `phonorm run` (report.context.RunContext), else found from the records."""
     results, out = Path(results), Path(out)
     if not results.is_dir():
         raise InputError(results, "no such results folder (run phonorm analyze first)")
-    if not any((results / name).exists() for name in RESULT_FILES) and not (results / "context.json").is_file():
+    if not any((results / name).exists() for name in RESULT_FILES):
         raise InputError(results, "holds no analysis results (similarity.csv, probes.csv, claims.json, ...); "
                                   "run phonorm analyze first")
-    sources = Sources.discover(results)
+    sources = Sources.discover(results, Path(context) if context is not None else None)
     page = Page()
     claims = _read_json(results / "claims.json")
     settings = _read_json(results / "settings.json") or {}
@@ -470,7 +474,8 @@ def _section_methods(page: Page, results: Path, sources: Sources, settings: dict
     model_rows = []
     for model in sources.models:
         folder = _path(model.get("folder"))
-        meta = (_read_json(folder / "phonorm.json") if folder else None) or {}
+        card = ModelCard.load_if_any(folder)
+        meta = card.model_dump(mode="json") if card else {}
         model_rows.append({"model": model.get("name"), "kind": model.get("kind"),
                            "base / source": model.get("base") or model.get("source") or meta.get("base_model") or "",
                            "tasks": ",".join(model.get("tasks") or meta.get("tasks") or []),

@@ -1,0 +1,111 @@
+"""Command-line options made from a stage's settings class (`phonorm.settings`), so that an option's
+name, default, help and constraint are declared once, on the field.
+
+`@with_settings(FinetuneSettings)` adds one `--option` per field to a typer command (the field
+`batch_seconds` becomes `--batch-seconds`); the command receives `settings=FinetuneSettings(...)`
+built from the options given. A value the settings class rejects becomes a one-line error naming
+the option (`PhonormError`, exit status 2), not a traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from typing import Any, Callable, Literal, Optional, Union
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from phonorm.errors import PhonormError
+
+SETTINGS: Any = None
+"""Placeholder default of a command's `settings` parameter (filled in by `with_settings`)."""
+
+
+def _cli_type(annotation: Any) -> Any:
+    """The type typer parses for a field: numbers, booleans and text as they are; choices, lists and
+    mappings as text that the settings class parses and checks (e.g. `tone,sex`, `tone=1,sex=0.5`)."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(inner) == 1:
+            return Optional[_cli_type(inner[0])]
+        return Optional[str]
+    if annotation in (bool, int, float, str):
+        return annotation
+    return str
+
+
+def _help(name: str, field: Any) -> str:
+    text = field.description or name.replace("_", " ")
+    annotation = field.annotation
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is Literal and "," not in text:
+        text += f" One of: {', '.join(map(str, typing.get_args(annotation)))}."
+    return text
+
+
+def _cli_default(field: Any) -> Any:
+    if field.is_required():
+        return ...
+    if field.default_factory is not None:
+        return None  # e.g. loss_weights: empty unless given
+    default = field.default
+    if isinstance(default, (list, dict)):
+        return ",".join(map(str, default)) if isinstance(default, list) else None
+    return default
+
+
+def settings_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
+    """One keyword-only typer option per field of `model`."""
+    parameters = []
+    for name, field in model.model_fields.items():
+        annotation = _cli_type(field.annotation)
+        default = _cli_default(field)
+        if default is None and typing.get_origin(annotation) is not Union:
+            annotation = Optional[annotation]
+        option = typer.Option(default, help=_help(name, field), show_default=default not in (None, ...))
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                            annotation=annotation))
+    return parameters
+
+
+def settings_from_options(model: type[BaseModel], values: dict[str, Any]) -> Any:
+    """`model(**values)` (options not given are left to the class's defaults), or a PhonormError
+    naming each rejected option."""
+    given = {name: value for name, value in values.items() if value is not None}
+    try:
+        return model(**given)
+    except ValidationError as err:
+        lines = []
+        for error in err.errors():
+            loc = error.get("loc", ())
+            message = error.get("msg", "").removeprefix("Value error, ")
+            if not loc:  # a rule across fields: its message starts with the field it is about
+                field, sep, rest = message.partition(": ")
+                lines.append(f"--{field.replace('_', '-')}: {rest}" if sep and field in model.model_fields else message)
+                continue
+            option = f"--{str(loc[0]).replace('_', '-')}"
+            lines.append(f"{option}: got {given.get(str(loc[0]))!r}; {message}")
+        raise PhonormError("; ".join(lines)) from None
+
+
+def with_settings(model: type[BaseModel]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for a typer command with a `settings` parameter: adds the options of `model`."""
+
+    def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(func, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "settings"]
+        fields = list(model.model_fields)
+
+        def command(**kwargs: Any) -> Any:
+            settings = settings_from_options(model, {name: kwargs.pop(name) for name in fields})
+            return func(**kwargs, settings=settings)
+
+        command.__name__, command.__doc__ = func.__name__, func.__doc__
+        command.__signature__ = signature.replace(parameters=own + settings_parameters(model))  # type: ignore[attr-defined]
+        return command
+
+    return wrap

@@ -1,0 +1,351 @@
+"""The experiment file: its schema (nesting each stage's settings class) and loading it.
+
+Validated at once (`extra="forbid"` everywhere: a misspelt field is an error, not a silently
+ignored line). A wrong config stops before any work with the YAML file, the field, the value given
+and what was expected. Relative paths are resolved against the YAML file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from phonorm.errors import InputError
+from phonorm.settings import AnalyzeSettings, ExtractSettings, FinetuneSettings, PretrainSettings, Split
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+# A Hugging Face hub id: `name` or `org/name` (letters, digits, - _ .).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+# =========================================================================== the YAML schema
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME.match(value) or value == "classic":
+        raise ValueError(f"a {what} name of letters, digits, '_', '-', '.', '+' (it becomes a folder), not 'classic'")
+    return value
+
+
+class SynthCorpus(_Strict):
+    """`phonorm synth` then `phonorm prepare` of its output (mandarin scheme)."""
+
+    speakers: int = Field(24, ge=2, description="speakers, half F and half M")
+    utterances: int = Field(40, ge=1, description="utterances per speaker")
+    seed: int = 0
+    split_seed: int = 0
+    dev: float = Field(0.1, ge=0, lt=1, description="share of each sex's speakers in dev")
+    test: float = Field(0.1, ge=0, lt=1, description="share of each sex's speakers in test")
+
+
+class PrepareCorpus(_Strict):
+    """`phonorm prepare` of a corpus the user brings (paths relative to the YAML file)."""
+
+    audio: Path
+    alignments: Path
+    speakers: Path
+    format: Literal["textgrid", "ctm"] = "textgrid"
+    scheme: Literal["mandarin", "plain"] = "mandarin"
+    tone: Literal["surface", "citation"] = "surface"
+    split_file: Optional[Path] = None
+    skip_bad: bool = False
+    seed: int = 0
+
+
+class AishellCorpus(_Strict):
+    """`phonorm prepare-aishell` (paths relative to the YAML file)."""
+
+    root: Path
+    alignments: Path
+    format: Literal["textgrid", "ctm"] = "textgrid"
+    tone: Literal["surface", "citation"] = "surface"
+    skip_bad: bool = False
+
+
+class CorpusConfig(_Strict):
+    """Exactly one of: a prepared folder, a synthetic corpus, a corpus to prepare, AISHELL-1."""
+
+    prepared: Optional[Path] = None
+    synth: Optional[SynthCorpus] = None
+    prepare: Optional[PrepareCorpus] = None
+    aishell: Optional[AishellCorpus] = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "CorpusConfig":
+        given = [k for k in ("prepared", "synth", "prepare", "aishell") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"exactly one of prepared, synth, prepare, aishell (got {', '.join(given) or 'none'})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("prepared", "synth", "prepare", "aishell") if getattr(self, k) is not None)
+
+
+class PretrainConfig(PretrainSettings):
+    """One small model pre-trained by `phonorm pretrain`: `name` plus `PretrainSettings`."""
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value, "model")
+
+
+class FinetuneConfig(_Strict):
+    """One fine-tuned model: `base` is a name from `models:` or `pretrain:`, a hub id, or a folder;
+    `tasks` and `settings` are the fields of `FinetuneSettings` (tasks written beside settings)."""
+
+    name: str
+    base: str
+    settings: FinetuneSettings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tasks_into_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            settings = dict(data.get("settings") or {})
+            if "tasks" in settings:
+                raise ValueError("give tasks beside settings, not inside it")
+            if "tasks" not in data:
+                raise ValueError("tasks: missing; expected a list such as [tone, sex]")
+            settings["tasks"] = data.pop("tasks")
+            data["settings"] = settings
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value, "model")
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.settings.tasks)
+
+
+class EvaluateConfig(_Strict):
+    split: Split = "test"
+
+
+class ExtractConfig(ExtractSettings):
+    """`ExtractSettings`, plus `models` (which models to store; default all)."""
+
+    models: Optional[list[str]] = None
+
+
+class AnalyzeConfig(AnalyzeSettings):
+    """`AnalyzeSettings`; `reference` defaults to the first pre-trained model."""
+
+    reference: Optional[str] = None  # type: ignore[assignment]
+
+
+class ReportConfig(_Strict):
+    title: Optional[str] = None
+
+
+class Experiment(_Strict):
+    """The whole experiment file."""
+
+    name: str
+    description: Optional[str] = None
+    workdir: Optional[Path] = None
+    corpus: CorpusConfig
+    models: dict[str, str] = Field(default_factory=dict)
+    pretrain: list[PretrainConfig] = Field(default_factory=list)
+    finetune: list[FinetuneConfig] = Field(default_factory=list)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value, "experiment")
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            _check_name(name, "model")
+        return value
+
+    @model_validator(mode="after")
+    def _names_and_references(self) -> "Experiment":
+        names = [*self.models, *(p.name for p in self.pretrain), *(f.name for f in self.finetune)]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"model names must be unique over models, pretrain and finetune; "
+                             f"given more than once: {', '.join(twice)}")
+        if not names:
+            raise ValueError("no model: give at least one of models, pretrain, finetune")
+        for listing, where in ((self.extract.models, "extract.models"), (self.analyze.models, "analyze.models")):
+            unknown = [n for n in listing or [] if n not in names]
+            if unknown:
+                raise ValueError(f"{where}: {', '.join(unknown)} not among the models ({', '.join(names)})")
+        reference = self.analyze.reference
+        if reference is not None and reference not in self.store_models:
+            raise ValueError(f"analyze.reference {reference!r} is not among the extracted models "
+                             f"({', '.join(self.store_models)})")
+        if reference is None and not self.pretrained_names:
+            raise ValueError("analyze.reference: no pre-trained model under models or pretrain to default to; "
+                             "name the reference model")
+        if self.reference not in self.store_models:
+            raise ValueError(f"extract.models: the reference model {self.reference!r} (analyze.reference) must be "
+                             "among the extracted models")
+        return self
+
+    @property
+    def pretrained_names(self) -> list[str]:
+        return [*self.models, *(p.name for p in self.pretrain)]
+
+    @property
+    def store_models(self) -> list[str]:
+        """Names of the models in the feature store, the reference first."""
+        names = self.extract.models or [*self.models, *(p.name for p in self.pretrain), *(f.name for f in self.finetune)]
+        reference = self.analyze.reference or (self.pretrained_names[0] if self.pretrained_names else None)
+        return ([reference] if reference in names else []) + [n for n in names if n != reference]
+
+    @property
+    def reference(self) -> str:
+        return self.analyze.reference or self.pretrained_names[0]
+
+    def analyze_settings(self) -> AnalyzeSettings:
+        """The analysis settings with the reference filled in."""
+        return AnalyzeSettings(**{**self.analyze.model_dump(exclude_unset=True), "reference": self.reference})
+
+
+# =========================================================================== loading
+def load_experiment(path: str | Path) -> tuple[Experiment, Path]:
+    """Read and validate an experiment file; relative paths are resolved against its folder.
+    Returns (experiment, its folder). Raises PhonormError naming the file, field, value and what
+    was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such experiment file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise InputError(path, f"not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise InputError(path, f"expected a mapping of fields (name, corpus, ...) at the top, got {type(data).__name__}")
+    try:
+        experiment = Experiment.model_validate(data)
+    except ValidationError as err:
+        raise InputError(path, "invalid experiment:\n  " + "\n  ".join(_explain(e, data) for e in err.errors())) from None
+    base = path.resolve().parent
+    _resolve_paths(experiment, base, path)
+    return experiment, base
+
+
+def _explain(error: dict, data: Any) -> str:
+    """One line per pydantic error: `field.path: got VALUE; expected WHAT`."""
+    loc = tuple(error.get("loc", ()))
+    if loc[:1] == ("finetune",) and loc[2:4] == ("settings", "tasks"):
+        loc = loc[:2] + loc[3:]  # tasks are written beside settings, not inside
+    where = ""
+    for part in loc:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    where = where or "(top level)"
+    kind = error.get("type", "")
+    message = error.get("msg", "")
+    if kind == "extra_forbidden":
+        parent = _model_at(Experiment, loc[:-1], data)
+        known = ", ".join(parent.model_fields) if parent is not None else ""
+        return f"{where}: unknown field; expected one of: {known}"
+    if kind == "missing":
+        return f"{where}: missing; expected a value (this field is required)"
+    value = error.get("input")
+    message = re.sub(r"^(Input should be|Value error,)\s*", "", message)
+    if kind == "value_error" and isinstance(value, dict):  # a check across fields: the message says it all
+        return f"{where}: expected {message}"
+    return f"{where}: got {_short(value)}; expected {message}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _model_at(model: type[BaseModel], loc: tuple, data: Any) -> Optional[type[BaseModel]]:
+    """The pydantic model class at `loc` (to list the fields it knows)."""
+    import typing
+
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        annotation = current.model_fields[part].annotation
+        while typing.get_origin(annotation) in (Union, list, getattr(__import__("types"), "UnionType", Union)):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0] if args else annotation
+            if typing.get_origin(annotation) is None:
+                break
+        current = annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
+    """Make the YAML's relative paths absolute (relative to the YAML's folder) and check inputs exist."""
+    def resolve(p: Optional[Path], field_name: str, must_exist: bool = True) -> Optional[Path]:
+        if p is None:
+            return None
+        full = (base / p.expanduser()).resolve() if not p.expanduser().is_absolute() else p.expanduser()
+        if must_exist and not full.exists():
+            raise InputError(path, f"{field_name}: got {str(p)!r}; expected an existing path (looked for {full})")
+        return full
+
+    corpus = experiment.corpus
+    if corpus.prepared is not None:
+        corpus.prepared = resolve(corpus.prepared, "corpus.prepared")
+    if corpus.prepare is not None:
+        c = corpus.prepare
+        c.audio, c.alignments = resolve(c.audio, "corpus.prepare.audio"), resolve(c.alignments, "corpus.prepare.alignments")
+        c.speakers = resolve(c.speakers, "corpus.prepare.speakers")
+        c.split_file = resolve(c.split_file, "corpus.prepare.split_file")
+    if corpus.aishell is not None:
+        c = corpus.aishell
+        c.root, c.alignments = resolve(c.root, "corpus.aishell.root"), resolve(c.alignments, "corpus.aishell.alignments")
+    experiment.workdir = resolve(experiment.workdir or Path("runs") / experiment.name, "workdir", must_exist=False)
+    for name, source in list(experiment.models.items()):
+        experiment.models[name] = _model_source(source, base, path, f"models.{name}")
+    internal = set(experiment.pretrained_names) | {f.name for f in experiment.finetune}
+    for i, entry in enumerate(experiment.finetune):
+        if entry.base == entry.name:
+            raise InputError(path, f"finetune[{i}].base: got {entry.base!r}; expected another model than itself")
+        if entry.base in {f.name for f in experiment.finetune}:
+            order = [f.name for f in experiment.finetune]
+            if order.index(entry.base) > i:
+                raise InputError(path, f"finetune[{i}].base: got {entry.base!r}; expected a model defined before it")
+        if entry.base not in internal:
+            entry.base = _model_source(entry.base, base, path, f"finetune[{i}].base")
+
+
+def _model_source(source: str, base: Path, path: Path, field_name: str) -> str:
+    """A hub id stays as is; a folder (absolute, ./ ../ ~, or existing relative to the YAML) becomes absolute."""
+    text = str(source).strip()
+    candidate = (base / Path(text).expanduser()).resolve()
+    if text.startswith(("/", "./", "../", "~")) or candidate.is_dir():
+        if not candidate.is_dir():
+            raise InputError(path, f"{field_name}: got {text!r}; expected a model folder (no folder {candidate})")
+        return str(candidate)
+    if not _HUB_ID.match(text):
+        raise InputError(path, f"{field_name}: got {text!r}; expected a model name defined in this file, "
+                               "a Hugging Face hub id (org/name) or a model folder")
+    return text
+
+

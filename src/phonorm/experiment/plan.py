@@ -1,0 +1,214 @@
+"""The stages of an experiment, in the order they run, each with its key (nothing is run here):
+
+    synth ─► corpus ─► pretrain[name] ─► finetune[name] ─► evaluate[name]
+                                   └────────────┴──► extract ─► analyze ─► report
+
+Each stage body calls one stage function of the package, imported only when the stage runs (so
+planning, and `phonorm run --help`, stay torch-free).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from phonorm.artifacts import write_json
+from phonorm.experiment.cache import Stage, _sha, fingerprint
+from phonorm.experiment.config import AishellCorpus, Experiment, PrepareCorpus, SynthCorpus
+from phonorm.settings import AnalyzeSettings, ExtractSettings, FinetuneSettings, PretrainSettings
+
+
+@dataclass
+class Plan:
+    experiment: Experiment
+    file: Path
+    stages: list[Stage] = field(default_factory=list)
+    corpus: Optional[Stage] = None
+    synth: Optional[Stage] = None
+    models: dict[str, Stage] = field(default_factory=dict)  # name → pretrain/finetune/external stage
+    evaluations: dict[str, Stage] = field(default_factory=dict)
+    extract: Optional[Stage] = None
+    analyze: Optional[Stage] = None
+    report: Optional[Stage] = None
+
+    def add(self, stage: Stage) -> Stage:
+        self.stages.append(stage)
+        return stage
+
+
+def plan_stages(experiment: Experiment, file: Path) -> Plan:
+    """Every stage of the experiment with its key, in the order they run (nothing is run here)."""
+    plan = Plan(experiment, file)
+    workdir = experiment.workdir
+    corpus_cfg = experiment.corpus
+
+    # ---- corpus
+    if corpus_cfg.prepared is not None:
+        folder = corpus_cfg.prepared
+        key = _sha([fingerprint(folder / n) for n in ("utterances.parquet", "segments.parquet", "labels.json")
+                    if (folder / n).exists()])
+        plan.corpus = Stage("corpus", "corpus", {"prepared": key}, {"prepared": str(folder)}, None, workdir,
+                            external=folder)
+    elif corpus_cfg.synth is not None:
+        s = corpus_cfg.synth
+        plan.synth = plan.add(Stage("synth", "synth", {}, {"speakers": s.speakers, "utterances": s.utterances,
+                                                           "seed": s.seed}, _run_synth(s), workdir))
+        synth = plan.synth
+        plan.corpus = plan.add(Stage("corpus", "corpus", {"synth": synth.key},
+                                     {"from": "synth", "split_seed": s.split_seed, "dev": s.dev, "test": s.test},
+                                     _run_prepare_synth(synth, s), workdir))
+    elif corpus_cfg.prepare is not None:
+        c = corpus_cfg.prepare
+        inputs = {"audio": fingerprint(c.audio), "alignments": fingerprint(c.alignments),
+                  "speakers": fingerprint(c.speakers)}
+        if c.split_file is not None:
+            inputs["split_file"] = fingerprint(c.split_file)
+        plan.corpus = plan.add(Stage("corpus", "corpus", inputs, {"prepare": c.model_dump(mode="json")},
+                                     _run_prepare(c), workdir))
+    else:
+        c = corpus_cfg.aishell
+        inputs = {"root": fingerprint(c.root), "alignments": fingerprint(c.alignments)}
+        plan.corpus = plan.add(Stage("corpus", "corpus", inputs, {"aishell": c.model_dump(mode="json")},
+                                     _run_aishell(c), workdir))
+    corpus = plan.corpus
+
+    # ---- models
+    for name, source in experiment.models.items():
+        key = fingerprint(source) if Path(source).is_dir() else f"hub:{source}"
+        plan.models[name] = Stage("model", name, {"source": key}, {"source": source}, None, workdir,
+                                  external=Path(source))
+    for p in experiment.pretrain:
+        settings = p.model_dump(exclude={"name"}, exclude_unset=True)
+        plan.models[p.name] = plan.add(Stage("pretrain", p.name, {"corpus": corpus.key}, settings,
+                                             _run_pretrain(corpus, settings), workdir))
+    for f in experiment.finetune:
+        base = plan.models.get(f.base)
+        base_key = base.key if base is not None else (fingerprint(f.base) if Path(f.base).is_dir() else f"hub:{f.base}")
+        settings = f.settings.model_dump(exclude_unset=True)
+        plan.models[f.name] = plan.add(Stage("finetune", f.name, {"corpus": corpus.key, "base": base_key}, settings,
+                                             _run_finetune(corpus, base, f.base, settings), workdir))
+        plan.evaluations[f.name] = plan.add(Stage(
+            "evaluate", f.name, {"corpus": corpus.key, "model": plan.models[f.name].key},
+            {"split": experiment.evaluate.split},
+            _run_evaluate(corpus, plan.models[f.name], experiment.evaluate.split), workdir))
+
+    # ---- extract, analyze, report
+    names = experiment.store_models
+    extract_settings = experiment.extract.model_dump(exclude_unset=True, exclude={"models"})
+    plan.extract = plan.add(Stage("extract", "extract",
+                                  {"corpus": corpus.key, **{f"model:{n}": plan.models[n].key for n in names}},
+                                  {"models": names, **extract_settings},
+                                  _run_extract(corpus, {n: plan.models[n] for n in names}, extract_settings), workdir))
+    analyze_settings = {"reference": experiment.reference,
+                        **experiment.analyze.model_dump(exclude_unset=True, exclude={"reference"})}
+    plan.analyze = plan.add(Stage("analyze", "analyze", {"features": plan.extract.key}, analyze_settings,
+                                  _run_analyze(plan.extract, analyze_settings), workdir))
+    plan.report = plan.add(Stage(
+        "report", "report",
+        {"analyze": plan.analyze.key, "corpus": corpus.key,
+         **{f"model:{n}": s.key for n, s in plan.models.items()},
+         **{f"evaluate:{n}": s.key for n, s in plan.evaluations.items()}},
+        {"experiment": experiment.model_dump(mode="json"), "file": str(file)},
+        _run_report(plan), workdir))
+    return plan
+
+
+# ---- the stage bodies: each calls one stage function of the package (imported only when it runs)
+def _run_synth(s: SynthCorpus) -> Callable[[Path], str]:
+    def run(folder: Path) -> str:
+        from phonorm.corpus.synth import synthesize_corpus
+
+        return synthesize_corpus(folder, n_speakers=s.speakers, n_utterances=s.utterances, seed=s.seed)
+    return run
+
+
+def _run_prepare_synth(synth: Stage, s: SynthCorpus) -> Callable[[Path], str]:
+    def run(folder: Path) -> str:
+        from phonorm.corpus.prepare import prepare_corpus
+
+        source = synth.folder
+        return prepare_corpus(folder, audio_dir=source / "wav", alignments=source / "textgrid",
+                              speakers_file=source / "speakers.tsv", fmt="textgrid", scheme="mandarin",
+                              tone_mode="surface", split_file=None, skip_bad=False, seed=s.split_seed,
+                              dev=s.dev, test=s.test)
+    return run
+
+
+def _run_prepare(c: PrepareCorpus) -> Callable[[Path], str]:
+    def run(folder: Path) -> str:
+        from phonorm.corpus.prepare import prepare_corpus
+
+        return prepare_corpus(folder, audio_dir=c.audio, alignments=c.alignments, speakers_file=c.speakers,
+                              fmt=c.format, scheme=c.scheme, tone_mode=c.tone, split_file=c.split_file,
+                              skip_bad=c.skip_bad, seed=c.seed)
+    return run
+
+
+def _run_aishell(c: AishellCorpus) -> Callable[[Path], str]:
+    def run(folder: Path) -> str:
+        from phonorm.corpus.aishell import prepare_aishell
+
+        return prepare_aishell(folder, root=c.root, alignments=c.alignments, fmt=c.format, tone_mode=c.tone,
+                               skip_bad=c.skip_bad)
+    return run
+
+
+def _run_pretrain(corpus: Stage, settings: dict[str, Any]) -> Callable[[Path], str]:
+    def run(folder: Path) -> str:
+        from phonorm.models.pretrain import pretrain
+
+        return pretrain(corpus.folder, out=folder, settings=PretrainSettings(**settings))
+    return run
+
+
+def _run_finetune(corpus: Stage, base: Optional[Stage], source: str, settings: dict[str, Any]) -> Callable[[Path], str]:
+    def run(folder: Path) -> str:
+        from phonorm.models.finetune import finetune
+
+        model = source if base is None else _source_of(base)
+        return finetune(corpus.folder, model=model, out=folder, settings=FinetuneSettings(**settings))
+    return run
+
+
+def _run_evaluate(corpus: Stage, model: Stage, split: str) -> Callable[[Path], str]:
+    def run(folder: Path) -> str:
+        from phonorm.models.evaluate import evaluate
+
+        result = evaluate(corpus.folder, model_dir=model.folder, split=split)
+        write_json(folder / "evaluation.json", {"model": model.name, "model_dir": str(model.folder), "split": split,
+                                                "tasks": result})
+        return "; ".join(f"{task} accuracy {r['accuracy']:.3f} (chance {r['chance']:.3f})" for task, r in result.items())
+    return run
+
+
+def _run_extract(corpus: Stage, models: dict[str, Stage], settings: dict[str, Any]) -> Callable[[Path], str]:
+    def run(folder: Path) -> str:
+        from phonorm.features.extract import extract
+
+        sources = {name: _source_of(stage) for name, stage in models.items()}
+        return extract(corpus.folder, models=sources, out=folder, settings=ExtractSettings(**settings))
+    return run
+
+
+def _source_of(model: Stage) -> str:
+    """What to pass as `--model`: a stage's folder, or a `models:` entry as given (hub id or folder)."""
+    return model.settings["source"] if model.kind == "model" else str(model.folder)
+
+
+def _run_analyze(features: Stage, settings: dict[str, Any]) -> Callable[[Path], str]:
+    def run(folder: Path) -> str:
+        from phonorm.analysis.run import analyze
+
+        return analyze(features.folder, out=folder, settings=AnalyzeSettings(**settings))
+    return run
+
+
+def _run_report(plan: Plan) -> Callable[[Path], str]:
+    def run(folder: Path) -> str:
+        from phonorm.experiment.context import write_context
+        from phonorm.report.html import build_report
+
+        context = write_context(plan, folder)
+        return build_report(plan.analyze.folder, out=folder / "report.html", context=context)
+    return run

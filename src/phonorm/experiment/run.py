@@ -1,0 +1,83 @@
+"""`phonorm run EXPERIMENT.yaml` and `phonorm demo`: every stage of a study, through the stage cache.
+
+`--force` deletes and redoes every stage's folder of this experiment. Folders of earlier settings
+stay in WORKDIR (a cache: switching a setting back costs nothing); delete WORKDIR/<stage>/ folders
+to reclaim space. The report stage writes `context.json` (corpus, model folders, evaluation files,
+stage timings) into its own folder and builds the page from it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from phonorm.artifacts import atomic_path, read_json, write_json
+from phonorm.experiment.cache import execute
+from phonorm.experiment.config import load_experiment
+from phonorm.experiment.context import stage_record
+from phonorm.experiment.plan import Plan, plan_stages
+from phonorm.progress import logger
+
+
+def run_experiment(path: str | Path, force: bool = False) -> str:
+    """Run every stage of the experiment file `path` (cached, resumable); returns a summary that
+    ends with the report's path."""
+    experiment, _ = load_experiment(path)
+    plan = plan_stages(experiment, Path(path).resolve())
+    workdir = experiment.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    logger.info(f"phonorm run: experiment {experiment.name!r} → {workdir}")
+    for stage in plan.stages:
+        execute(stage, force=force)
+    report = workdir / "report.html"
+    source = plan.report.folder / "report.html"
+    if not report.is_file() or report.read_bytes() != source.read_bytes():
+        with atomic_path(report) as tmp:
+            shutil.copyfile(source, tmp)
+    write_json(workdir / "run.json", {
+        "experiment": str(Path(path).resolve()), "report": str(report),
+        "stages": [stage_record(s) for s in plan.stages],
+    })
+    return _summary(plan, report)
+
+
+def _summary(plan: Plan, report: Path) -> str:
+    lines = [f"experiment {plan.experiment.name}: {len(plan.stages)} stages "
+             f"({sum(s.status in ('ran', 'resumed') for s in plan.stages)} run, "
+             f"{sum(s.status == 'cached' for s in plan.stages)} unchanged)"]
+    for s in plan.stages:
+        took = f"{s.seconds:7.1f} s" + (" (earlier)" if s.status == "cached" else "")
+        lines.append(f"  {s.title:<18} {s.status:<7} {took:<19} CPU {s.cpu_seconds:7.1f} s   {s.folder}")
+    claims = plan.analyze.folder / "claims.json"
+    if claims.is_file():
+        for row in read_json(claims).get("claims", []):
+            lines.append(f"  {row.get('claim')}: {row.get('status')}")
+    lines.append(f"report: {report}")
+    return "\n".join(lines)
+
+
+DEMO_FILES = {False: "demo.yaml", True: "demo-quick.yaml"}
+
+
+def demo_config_text(quick: bool = False) -> str:
+    """The demo experiment shipped inside the package (src/phonorm/data/)."""
+    return resources.files("phonorm").joinpath("data", DEMO_FILES[quick]).read_text(encoding="utf-8")
+
+
+def run_demo(out: str | Path, quick: bool = False) -> str:
+    """The whole study offline on the built-in demo experiment, in the folder `out`. The experiment
+    file is written to `out` (edit it and `phonorm run` it to vary the study)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = yaml.safe_load(demo_config_text(quick))
+    data["workdir"] = "."
+    path = out / DEMO_FILES[quick]
+    text = (f"# The built-in phonorm demo{' (quick)' if quick else ''}; re-run with: phonorm run {path}\n"
+            + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return run_experiment(path)

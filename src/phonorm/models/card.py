@@ -1,0 +1,95 @@
+"""`phonorm.json`, the model card of every model folder phonorm writes: one class writes and reads it.
+
+A folder is a finished phonorm model when its card exists with `complete: true`; the card is
+written last. It says what the model is (pre-trained or fine-tuned, its tasks and label maps),
+what it was made from (base model, corpus folder and the corpus's content fingerprint), with which
+settings, and the provenance (versions, code version, command). Torch-free: the analysis and the
+report read cards too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from phonorm.artifacts import read_json, write_json
+from phonorm.errors import InputError
+
+CARD_FILE = "phonorm.json"
+
+
+class ModelCard(BaseModel):
+    """The fields of `phonorm.json` (docs/architecture.md, "Model folder")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    complete: bool
+    kind: Literal["pretrained", "finetuned"]
+    model_type: str
+    corpus: str
+    """Absolute path of the prepared corpus the model was trained on."""
+    corpus_fingerprint: str
+    """`PreparedCorpus.fingerprint` of that corpus: a re-run on another corpus is refused."""
+    settings: dict[str, Any]
+    provenance: dict[str, Any]
+    num_processes: int = 1
+    # fine-tuned models
+    tasks: list[str] = []
+    label_maps: dict[str, list[str]] = {}
+    loss_weights: dict[str, float] = {}
+    heads: dict[str, Any] = {}
+    base_model: Optional[str] = None
+    group_norm: Optional[bool] = None
+    batching: Optional[str] = None
+    frame_geometry: dict[str, Any] = {}
+    layer_convention: Optional[str] = None
+    best_step: Optional[int] = None
+    # pre-trained models
+    size: Optional[str] = None
+    held_out_split: Optional[str] = None
+    held_out_contrastive_accuracy: list[tuple[int, float]] = []
+
+    @classmethod
+    def path(cls, folder: str | Path) -> Path:
+        return Path(folder) / CARD_FILE
+
+    @classmethod
+    def exists(cls, folder: str | Path) -> bool:
+        return cls.path(folder).is_file()
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ModelCard":
+        """The card of `folder`; InputError naming the file when it is missing or malformed."""
+        path = cls.path(folder)
+        if not path.is_file():
+            raise InputError(path, "missing: not a model folder written by phonorm pretrain or finetune")
+        try:
+            return cls.model_validate(read_json(path))
+        except (ValueError, ValidationError) as err:
+            problems = err.errors() if isinstance(err, ValidationError) else [{"loc": (), "msg": str(err)}]
+            text = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in problems[:5])
+            raise InputError(path, f"not a valid phonorm model card ({text})") from None
+
+    @classmethod
+    def load_if_any(cls, folder: str | Path | None) -> Optional["ModelCard"]:
+        """The card of `folder`, or None when the folder is a hub id, has no card or an unreadable one."""
+        if folder is None or not Path(str(folder)).is_dir() or not cls.exists(folder):
+            return None
+        try:
+            return cls.load(folder)
+        except InputError:
+            return None
+
+    def save(self, folder: str | Path) -> None:
+        write_json(self.path(folder), self.model_dump(mode="json"))
+
+    def same_run(self, *, settings: dict[str, Any], corpus_fingerprint: str, base_model: Optional[str]) -> bool:
+        """Did this finished model come from the same settings, corpus and base model?"""
+        from phonorm.artifacts import json_ready
+
+        comparable = {k: v for k, v in self.settings.items() if k != "eval_every"}
+        wanted = {k: v for k, v in json_ready(settings).items() if k != "eval_every"}
+        return (self.complete and comparable == wanted and self.corpus_fingerprint == corpus_fingerprint
+                and self.base_model == base_model)

@@ -1,0 +1,20 @@
+"""Progress bars for long work, and the package's logger.
+
+Bars are drawn only on a terminal: when stderr goes to a file or a pipe (a log, CI), tqdm would
+write a `\\r` frame per update and fill the log with them, so there the bar is off and the stages
+log one line per milestone instead (`logger`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tqdm.auto import tqdm
+
+logger = logging.getLogger("phonorm")
+
+
+def progress(*, enabled: bool = True, **kwargs: Any) -> tqdm:
+    """A tqdm bar (same keyword arguments) that draws only on a terminal and only when `enabled`."""
+    return tqdm(disable=None if enabled else True, **kwargs)

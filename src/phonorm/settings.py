@@ -1,0 +1,208 @@
+"""The settings of every stage, each declared once (torch-free, so `--help` and YAML checks are fast).
+
+One pydantic model per stage. The same class serves the Python API (`finetune(..., settings=
+FinetuneSettings(tasks=["tone"]))`), the command line (`cli.py` builds each command's options from
+the fields: name, default, constraint and help text) and the experiment YAML (`experiment/config.py`
+nests these classes). Constraints live in `Field(...)`/`Literal[...]`; `extra="forbid"` makes a
+misspelt setting an error instead of a silently ignored line (scikit-learn's per-estimator
+`_parameter_constraints` is the model: the rule is next to the parameter, checked before any work).
+
+Forms the command line writes as text are accepted as text too: `tasks="tone,sex"`,
+`loss_weights="tone=1,sex=0.5"`, `layers=[0, 4]` or `"0,4"`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Optional, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# ---------------------------------------------------------------- one list of tasks, splits, labels
+Task = Literal["tone", "phone", "sex"]
+Split = Literal["train", "dev", "test"]
+ProbeLabel = Literal["tone", "phone", "sex", "speaker"]
+TASKS: tuple[str, ...] = get_args(Task)
+"""Frame-wise tasks every prepared corpus can label."""
+SPLITS: tuple[str, ...] = get_args(Split)
+PROBE_LABELS: tuple[str, ...] = get_args(ProbeLabel)
+"""What probes decode: the tasks, plus speaker identity."""
+
+ModelSize = Literal["tiny", "small", "base"]
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+FrameMode = Literal["labelled", "middle", "all"]
+PoolMode = Literal["frame", "segment"]
+StoreDtype = Literal["float16", "float32"]
+
+_LAYERS = re.compile(r"^\s*(all|L?\d+(\s*,\s*L?\d+)*)\s*$")
+
+
+class StageSettings(BaseModel):
+    """Base of every stage's settings: unknown fields are errors; values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        """All fields, JSON-ready (what artifacts record and resume checks compare)."""
+        return self.model_dump(mode="json")
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# ---------------------------------------------------------------- pretrain
+class PretrainSettings(StageSettings):
+    """`phonorm pretrain`: self-supervised wav2vec 2.0 pre-training of a small model from scratch."""
+
+    size: ModelSize = Field("tiny", description="Model size: tiny, small or base.")
+    steps: int = Field(2000, ge=1, description="Optimizer steps.")
+    seed: int = Field(0, description="Random seed.")
+    batch_seconds: float = Field(16.0, gt=0, description="Seconds of audio per batch.")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
+    warmup: float = Field(0.08, ge=0, lt=1, description="Linear warm-up, as a fraction of the steps.")
+    eval_every: Optional[int] = Field(None, ge=1, description="Held-out contrastive accuracy every N steps "
+                                                              "(default: 10 times in the run).")
+
+
+# ---------------------------------------------------------------- finetune
+class FinetuneSettings(StageSettings):
+    """`phonorm finetune`: frame-wise (multi)task fine-tuning, one linear head per task on the last layer."""
+
+    tasks: list[Task] = Field(min_length=1, description="Comma-separated tasks: tone, phone, sex (e.g. tone,sex).")
+    loss_weights: dict[Task, float] = Field(default_factory=dict,
+                                            description="Per-task loss weights, e.g. tone=1,sex=0.5 (default 1).")
+    epochs: float = Field(10.0, gt=0, description="Passes over the training split.")
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (backbone); heads use head_lr_scale times it.")
+    head_lr_scale: float = Field(10.0, gt=0, description="Learning rate of the heads relative to --lr.")
+    warmup: float = Field(0.1, ge=0, lt=1, description="Warm-up, as a fraction of the steps.")
+    batch_seconds: float = Field(32.0, gt=0, description="Seconds of audio per batch.")
+    freeze_feature_encoder: bool = Field(True, description="Keep the convolutional feature encoder frozen.")
+    eval_every: int = Field(100, ge=1, description="Evaluate on dev every N steps.")
+    mixed_precision: MixedPrecision = Field("auto", description="auto, no, bf16 or fp16 "
+                                                                "(auto: bf16 on a GPU that has it).")
+    seed: int = Field(0, description="Random seed.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    head_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before each head.")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks_text(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each task at most once")
+        return value
+
+    @field_validator("loss_weights", mode="before")
+    @classmethod
+    def _weights_text(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, str):
+            return value
+        weights: dict[str, Any] = {}
+        for part in _comma_list(value):
+            name, sep, number = part.partition("=")
+            if not sep:
+                raise ValueError(f"{part!r} is not TASK=NUMBER")
+            weights[name.strip()] = number.strip()
+        return weights
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _weights_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in value.values()):
+            raise ValueError("weights must not be negative")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_of_tasks(self) -> "FinetuneSettings":
+        extra = [t for t in self.loss_weights if t not in self.tasks]
+        if extra:
+            raise ValueError(f"loss_weights: {', '.join(extra)} not among the tasks ({', '.join(self.tasks)})")
+        return self
+
+    def weight(self, task: str) -> float:
+        return float(self.loss_weights.get(task, 1.0))  # type: ignore[call-overload]
+
+
+# ---------------------------------------------------------------- extract
+class ExtractSettings(StageSettings):
+    """`phonorm extract`: every layer of several models on the very same frames. Times in seconds of audio."""
+
+    split: Split = Field("test", description="Split to extract: train, dev or test.")
+    layers: str = Field("all", description="all, or a list like 0,6,12 or L0,L6.")
+    frames: FrameMode = Field("labelled", description="labelled, middle (middle third of each segment) or all.")
+    pool: PoolMode = Field("frame", description="frame, or segment (mean over the segment's frames).")
+    max_per_speaker_label: Optional[int] = Field(None, ge=1, description="Cap rows per speaker and phone label.")
+    dtype: StoreDtype = Field("float16", description="float16 or float32 on disk.")
+    batch_seconds: float = Field(60.0, gt=0, description="Seconds of audio per forward batch.")
+    classic: bool = Field(True, description="Also store classic baselines (F0 Hz, z-scored F0 in semitones, MFCC).")
+    seed: int = Field(0, description="Seed for the per-speaker caps.")
+    chunk_seconds: float = Field(600.0, gt=0, description="Audio per resumable unit: progress is recorded "
+                                                          "after each chunk.")
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers_list(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(int(v)) for v in value)
+        return value
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_form(cls, value: str) -> str:
+        if not _LAYERS.match(value):
+            raise ValueError("'all' or a comma-separated list of layer indices such as 0,6,12 or L0,L6")
+        return value.strip()
+
+    def selection_settings(self) -> dict[str, Any]:
+        """The settings that decide the rows (a store resumes or grows only when they match)."""
+        return dict(split=self.split, frames=self.frames, pool=self.pool,
+                    max_per_speaker_label=self.max_per_speaker_label, seed=self.seed)
+
+
+# ---------------------------------------------------------------- analyze
+class AnalyzeSettings(StageSettings):
+    """`phonorm analyze`: similarity, projections, probes, normalization measures and claim checks."""
+
+    reference: str = Field(description="Name of the reference (pre-trained) model in the store.")
+    umap: bool = Field(True, description="Compute UMAP maps (the slowest analysis).")
+    held_out: bool = Field(False, description="Fit similarity on half the speakers, score on the rest.")
+    folds: int = Field(5, ge=2, description="Speaker-disjoint cross-validation folds for probes.")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples over speakers for probe CIs.")
+    seed: int = Field(0, description="Random seed.")
+    models: Optional[list[str]] = Field(None, description="Models to analyse (default: all in the store).")
+    labels: list[ProbeLabel] = Field(default_factory=lambda: list(PROBE_LABELS),
+                                     description="Labels to probe: tone, phone, sex, speaker.")
+    layer_matrix: bool = Field(True, description="Also compare every layer with every reference layer.")
+    sample_rows: Optional[int] = Field(20000, ge=10, description="Rows (same share per speaker) used by probes, "
+                                                                 "silhouettes and maps; 0 = all.")
+    umap_fit_rows: int = Field(3000, ge=10, description="Rows the UMAP map is fitted on (stratified by speaker "
+                                                        "and tone; the other sampled rows are transformed).")
+    umap_dims: int = Field(50, ge=2, description="PCA dimensions UMAP sees.")
+    umap_all_layers: bool = Field(False, description="UMAP for every layer (default: first, middle and last layer).")
+    silhouette_rows: int = Field(2000, ge=10, description="Rows for silhouette scores.")
+    probe_max_iter: int = Field(300, ge=1, description="Iterations of each probe's solver.")
+    block: int = Field(16384, ge=1, description="Rows per streamed block (memory ≈ 3 × block × dim × 8 bytes "
+                                                "per layer pair).")
+    figures: bool = Field(True, description="Draw the figures.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+    @field_validator("models", "labels", mode="before")
+    @classmethod
+    def _lists_text(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("sample_rows", mode="before")
+    @classmethod
+    def _zero_is_all(cls, value: Any) -> Any:
+        return None if value in (0, "0") else value
