@@ -107,6 +107,8 @@ def test_yaml_syntax_error_gives_line(tmp_path):
 
 def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
     (tmp_path / "sub" / "corpus").mkdir(parents=True)
+    for name in ("utterances.parquet", "segments.parquet", "labels.json"):
+        (tmp_path / "sub" / "corpus" / name).write_text("")
     (tmp_path / "sub" / "models" / "base").mkdir(parents=True)
     data = {"name": "t", "corpus": {"prepared": "corpus"}, "models": {"pre": "models/base"},
             "finetune": [{"name": "tone", "base": "pre", "tasks": ["tone"]},
@@ -367,3 +369,34 @@ def test_aishell_example_runs_with_a_hub_model_through_the_stages(tmp_path, fake
     assert context["models"][0] == {"name": "pre", "kind": "pretrained", "trained_here": False,
                                     "source": "TencentGameMate/chinese-wav2vec2-base", "folder": None,
                                     "tasks": None, "base": None}
+
+
+def test_errors_come_before_any_stage_and_name_the_yaml_field(tmp_path):
+    import copy
+
+    def error(data, text=None):
+        path = tmp_path / "exp.yaml"
+        path.write_text(text if text is not None else yaml.safe_dump(data), encoding="utf-8")
+        with pytest.raises(InputError) as caught:
+            ex.load_experiment(path)
+        return str(caught.value)
+
+    data = copy.deepcopy(BASE)
+    data["finetune"][0]["base"] = "pree"  # a misspelt model name is no hub id
+    assert "finetune[0].base" in error(data) and "pre" in error(data)
+    (tmp_path / "models").mkdir()
+    data["finetune"][0]["base"] = "models/pre"  # a relative folder that is not there
+    assert "expected a model folder" in error(data)
+    data = copy.deepcopy(BASE)
+    data["corpus"] = {"synth": {"speakers": 4, "dev": 0.5, "test": 0.5}}
+    assert "dev + test must be below 1" in error(data)
+    data = copy.deepcopy(BASE)
+    (tmp_path / "notacorpus").mkdir()
+    data["corpus"] = {"prepared": "notacorpus"}
+    assert "corpus.prepared" in error(data) and "labels.json" in error(data)
+    data = copy.deepcopy(BASE)
+    data["workdir"] = "afile"
+    (tmp_path / "afile").write_text("x")
+    assert "workdir" in error(data) and "it is a file" in error(data)
+    text = yaml.safe_dump(BASE) + "name: again\n"
+    assert "given twice" in error(None, text)

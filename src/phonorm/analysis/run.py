@@ -33,6 +33,7 @@ from phonorm.analysis.projection import PCA, stratified_subsample, umap_layers, 
 from phonorm.analysis.similarity import MEASURES, PairSums, ViewSums
 from phonorm.artifacts import atomic_path, code_hash, provenance, read_json, set_seed, write_json, write_parquet
 from phonorm.errors import InputError, PhonormError
+from phonorm.lock import folder_lock
 from phonorm.progress import progress
 from phonorm.settings import AnalyzeSettings
 
@@ -42,7 +43,13 @@ PCA_COMPONENTS_KEPT = 100
 
 # =========================================================================== entry point
 def analyze(features: str | Path, *, out: str | Path, settings: AnalyzeSettings) -> str:
-    """Run every analysis of the store `features`, write results under `out`; returns a summary line."""
+    """Run every analysis of the store `features`, write results under `out`; returns a summary line.
+    One writer per results folder (`lock`)."""
+    with folder_lock(out, "phonorm analyze"):
+        return _analyze(features, out=Path(out), settings=settings)
+
+
+def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> str:
     from phonorm.features.store import FeatureStore
 
     set_seed(settings.seed)

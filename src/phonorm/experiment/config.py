@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,8 +18,9 @@ from phonorm.errors import InputError
 from phonorm.settings import AnalyzeSettings, ExtractSettings, FinetuneSettings, PretrainSettings, Split
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-# A Hugging Face hub id: `name` or `org/name` (letters, digits, - _ .).
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+# A Hugging Face hub id of a speech model: `org/name` (letters, digits, - _ .). A bare `name` is far
+# more often a misspelt model name of the file than one of the few legacy hub ids without an org.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 # =========================================================================== the YAML schema
@@ -42,6 +43,12 @@ class SynthCorpus(_Strict):
     split_seed: int = 0
     dev: float = Field(0.1, ge=0, lt=1, description="share of each sex's speakers in dev")
     test: float = Field(0.1, ge=0, lt=1, description="share of each sex's speakers in test")
+
+    @model_validator(mode="after")
+    def _shares(self) -> "SynthCorpus":
+        if self.dev + self.test >= 1:
+            raise ValueError(f"dev + test must be below 1 (got {self.dev} + {self.test}): no speaker would train")
+        return self
 
 
 class PrepareCorpus(_Strict):
@@ -224,6 +231,25 @@ class Experiment(_Strict):
 
 
 # =========================================================================== loading
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def load_experiment(path: str | Path) -> tuple[Experiment, Path]:
     """Read and validate an experiment file; relative paths are resolved against its folder.
     Returns (experiment, its folder). Raises PhonormError naming the file, field, value and what
@@ -232,7 +258,7 @@ def load_experiment(path: str | Path) -> tuple[Experiment, Path]:
     if not path.is_file():
         raise InputError(path, "no such experiment file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -312,6 +338,11 @@ def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
     corpus = experiment.corpus
     if corpus.prepared is not None:
         corpus.prepared = resolve(corpus.prepared, "corpus.prepared")
+        missing = [n for n in ("utterances.parquet", "segments.parquet", "labels.json")
+                   if not (corpus.prepared / n).is_file()]
+        if missing:
+            raise InputError(path, f"corpus.prepared: got {str(corpus.prepared)!r}; expected a prepared corpus folder "
+                                   f"(it lacks {', '.join(missing)}; make one with phonorm prepare)")
     if corpus.prepare is not None:
         c = corpus.prepare
         c.audio, c.alignments = resolve(c.audio, "corpus.prepare.audio"), resolve(c.alignments, "corpus.prepare.alignments")
@@ -321,6 +352,8 @@ def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
         c = corpus.aishell
         c.root, c.alignments = resolve(c.root, "corpus.aishell.root"), resolve(c.alignments, "corpus.aishell.alignments")
     experiment.workdir = resolve(experiment.workdir or Path("runs") / experiment.name, "workdir", must_exist=False)
+    if experiment.workdir.exists() and not experiment.workdir.is_dir():
+        raise InputError(path, f"workdir: got {str(experiment.workdir)!r}; expected a folder (it is a file)")
     for name, source in list(experiment.models.items()):
         experiment.models[name] = _model_source(source, base, path, f"models.{name}")
     internal = set(experiment.pretrained_names) | {f.name for f in experiment.finetune}
@@ -332,10 +365,10 @@ def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
             if order.index(entry.base) > i:
                 raise InputError(path, f"finetune[{i}].base: got {entry.base!r}; expected a model defined before it")
         if entry.base not in internal:
-            entry.base = _model_source(entry.base, base, path, f"finetune[{i}].base")
+            entry.base = _model_source(entry.base, base, path, f"finetune[{i}].base", sorted(internal))
 
 
-def _model_source(source: str, base: Path, path: Path, field_name: str) -> str:
+def _model_source(source: str, base: Path, path: Path, field_name: str, names: Sequence[str] = ()) -> str:
     """A hub id stays as is; a folder (absolute, ./ ../ ~, or existing relative to the YAML) becomes absolute."""
     text = str(source).strip()
     candidate = (base / Path(text).expanduser()).resolve()
@@ -343,8 +376,11 @@ def _model_source(source: str, base: Path, path: Path, field_name: str) -> str:
         if not candidate.is_dir():
             raise InputError(path, f"{field_name}: got {text!r}; expected a model folder (no folder {candidate})")
         return str(candidate)
+    if _HUB_ID.match(text) and (base / text.split("/")[0]).is_dir():  # a relative path whose end is missing
+        raise InputError(path, f"{field_name}: got {text!r}; expected a model folder (no folder {candidate})")
     if not _HUB_ID.match(text):
-        raise InputError(path, f"{field_name}: got {text!r}; expected a model name defined in this file, "
+        defined = f" ({', '.join(names)})" if names else ""
+        raise InputError(path, f"{field_name}: got {text!r}; expected a model name defined in this file{defined}, "
                                "a Hugging Face hub id (org/name) or a model folder")
     return text
 

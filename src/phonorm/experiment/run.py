@@ -16,9 +16,10 @@ import yaml
 
 from phonorm.artifacts import atomic_path, read_json, write_json
 from phonorm.experiment.cache import execute
-from phonorm.experiment.config import load_experiment
+from phonorm.experiment.config import Experiment, load_experiment
 from phonorm.experiment.context import stage_record
 from phonorm.experiment.plan import Plan, plan_stages
+from phonorm.lock import folder_lock
 from phonorm.progress import logger
 
 
@@ -26,7 +27,12 @@ def run_experiment(path: str | Path, force: bool = False) -> str:
     """Run every stage of the experiment file `path` (cached, resumable); returns a summary that
     ends with the report's path."""
     experiment, _ = load_experiment(path)
-    plan = plan_stages(experiment, Path(path).resolve())
+    with folder_lock(experiment.workdir, f"phonorm run {Path(path).name}"):
+        return _run(experiment, Path(path), force)
+
+
+def _run(experiment: Experiment, path: Path, force: bool) -> str:
+    plan = plan_stages(experiment, path.resolve())
     workdir = experiment.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     logger.info(f"phonorm run: experiment {experiment.name!r} → {workdir}")

@@ -27,6 +27,7 @@ from phonorm.features.manifest import StoreManifest, StoreModel
 from phonorm.features.plan import Plan, geometry_dict, plan_extraction, start_store, summary_line
 from phonorm.features.shards import classic_part, run_share
 from phonorm.features.writer import RowWriter
+from phonorm.lock import folder_lock
 from phonorm.settings import ExtractSettings
 
 __all__ = ["ExtractSettings", "extract", "finish_store", "plan_extraction", "run_share", "start_store"]
@@ -34,7 +35,13 @@ __all__ = ["ExtractSettings", "extract", "finish_store", "plan_extraction", "run
 
 def extract(corpus: str | Path, *, models: dict[str, str], out: str | Path, settings: ExtractSettings) -> str:
     """Extract every chosen layer of `models` (name → hub id or folder) on one split of `corpus`
-    into the feature store `out`; resumes an interrupted run. Returns a one-paragraph summary."""
+    into the feature store `out`; resumes an interrupted run. Returns a one-paragraph summary.
+    One writer per store (`lock`): a second extraction into the same folder is refused at once."""
+    with folder_lock(out, "phonorm extract"):
+        return _extract(corpus, models=models, out=out, settings=settings)
+
+
+def _extract(corpus: str | Path, *, models: dict[str, str], out: str | Path, settings: ExtractSettings) -> str:
     from phonorm.launch import process_state
 
     state = process_state()

@@ -23,6 +23,7 @@ from phonorm.errors import InputError, PhonormError
 from phonorm.features import store as layout
 from phonorm.features.selection import Selection, select_rows
 from phonorm.frames import FrameGeometry
+from phonorm.lock import LOCK_FILE
 from phonorm.settings import ExtractSettings
 
 STATE_FILE = ".extract.json"
@@ -163,7 +164,7 @@ def _find_work(plan: Plan) -> None:
         if state.get("rows_key") != plan.key:
             raise InputError(out, "holds a feature store of other rows (another corpus, split or frame settings: "
                              f"{state.get('selection')}); use another --out or delete it")
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise InputError(out, "is not empty and not a phonorm feature store; use a new or empty folder")
     previous = read_json(out / layout.MANIFEST_FILE) if (out / layout.MANIFEST_FILE).is_file() else None
     requested = {spec.name for spec in plan.models}

@@ -29,6 +29,7 @@ from phonorm.artifacts import atomic_path, provenance, read_json, write_json
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
+from phonorm.lock import folder_lock
 from phonorm.models.backbone import LAYER_CONVENTION, load_backbone, load_config, uses_group_norm
 from phonorm.models.card import ModelCard
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler
@@ -51,10 +52,14 @@ def resolve_mixed_precision(requested: str) -> str:
 
 def finetune(corpus: str | Path, *, model: str, out: str | Path, settings: FinetuneSettings) -> str:
     """Fine-tune `model` (hub id or folder) on the train split of `corpus` for `settings.tasks`;
-    write the model folder `out` and return a one-paragraph summary."""
+    write the model folder `out` and return a one-paragraph summary. One writer per folder (`lock`)."""
+    with folder_lock(out, "phonorm finetune"):
+        return _finetune(corpus, model=model, out=Path(out), settings=settings)
+
+
+def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSettings) -> str:
     from transformers import get_scheduler
 
-    out = Path(out)
     prepared = PreparedCorpus(corpus)
     missing = [t for t in settings.tasks if t not in prepared.label_maps]
     if missing:

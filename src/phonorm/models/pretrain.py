@@ -24,6 +24,7 @@ from phonorm.artifacts import atomic_path, provenance
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
+from phonorm.lock import folder_lock
 from phonorm.models.backbone import LAYER_CONVENTION, make_config
 from phonorm.models.card import ModelCard
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler, length_bucketed_batches
@@ -103,8 +104,6 @@ def pretrain(corpus: str | Path, *, out: str | Path, settings: PretrainSettings 
     `batch_seconds`: seconds of audio per batch (after cropping). `lr`: peak learning rate after
     a linear warm-up over `warmup` of the steps, then linear decay. Resumable from `out/checkpoint`.
     """
-    from transformers import Wav2Vec2ForPreTraining, get_scheduler
-
     if settings is None:
         try:
             settings = PretrainSettings(**options)
@@ -112,7 +111,13 @@ def pretrain(corpus: str | Path, *, out: str | Path, settings: PretrainSettings 
             raise PhonormError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in err.errors())) from None
     elif options:
         raise TypeError("give either settings= or keyword settings, not both")
-    out = Path(out)
+    with folder_lock(out, "phonorm pretrain"):
+        return _pretrain(corpus, out=Path(out), settings=settings)
+
+
+def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> str:
+    from transformers import Wav2Vec2ForPreTraining, get_scheduler
+
     prepared = PreparedCorpus(corpus)
     recorded = {**settings.as_dict(), **RECIPE}
     if ModelCard.exists(out):
