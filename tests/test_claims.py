@@ -52,10 +52,10 @@ def test_claims_not_testable_without_their_models(tmp_path):
 @pytest.mark.parametrize("name, tasks", [("tone_sex", ["tone", "sex"]), ("ft-phone", ["phone"]),
                                          ("tone+sex", ["tone", "sex"]), ("pretrained", []), ("w2v", [])])
 def test_tasks_from_names(name, tasks):
-    assert sorted(model_tasks(name, {"source": "/no/such/folder"})[0]) == sorted(tasks)
+    assert sorted(model_tasks(name, {"source": "/no/such/folder", "kind": "given"})[0]) == sorted(tasks)
 
 
-def test_tasks_from_model_folder(tmp_path):
-    (tmp_path / "phonorm.json").write_text(json.dumps({"tasks": ["sex"]}))
-    assert model_tasks("whatever", {"source": str(tmp_path)}) == (["sex"], "phonorm.json")
-    assert model_tasks("tone", {}, reference="tone") == ([], "reference")
+def test_tasks_come_from_the_store_for_models_phonorm_trained():
+    assert model_tasks("tone", {"kind": "pretrained", "tasks": []}) == ([], "manifest")
+    assert model_tasks("mine", {"kind": "finetuned", "tasks": ["sex"]}) == (["sex"], "manifest")
+    assert model_tasks("tone", {"kind": "given", "tasks": []}) == (["tone"], "name")

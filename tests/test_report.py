@@ -15,6 +15,8 @@ import pytest
 
 from phonorm.artifacts import write_json
 from phonorm.errors import InputError
+from phonorm.models.card import ModelCard
+from phonorm.report.context import RunContext
 from phonorm.report.html import build_report
 
 LAYERS = ["L0", "L1", "L2"]
@@ -49,8 +51,9 @@ def results(fake_corpus, tmp_path_factory):
                   np.where(steps % 5 == 0, steps / 40, np.nan)}).to_csv(pre / "pretrain_log.csv", index=False)
     pd.DataFrame({"step": steps, "loss": 2 - steps / 20, "dev_acc_tone": np.where(steps % 10 == 0, 0.6, np.nan)}
                  ).to_csv(tone / "train_log.csv", index=False)
-    write_json(tone / "phonorm.json", {"tasks": ["tone"], "settings": {"lr": 0.000321, "epochs": 3},
-                                      "model_type": "wav2vec2", "base_model": str(pre)})
+    ModelCard(complete=True, kind="finetuned", tasks=["tone"], label_maps={"tone": ["1", "2", "3", "4", "5"]},
+              settings={"lr": 0.000321, "epochs": 3}, model_type="wav2vec2", base_model=str(pre),
+              corpus=str(fake_corpus), corpus_fingerprint="x", provenance={}).save(tone)
     write_json(root / "evaluation.json", {"model": "tone", "split": "test", "tasks": {"tone": {
         "accuracy": 0.8125, "macro_f1": 0.79, "chance": 0.25, "n_frames": 400,
         "by_sex": {"F": {"accuracy": 0.8}, "M": {"accuracy": 0.82}}, "syllable": {"accuracy": 0.9}}}})
@@ -79,14 +82,22 @@ def results(fake_corpus, tmp_path_factory):
     _png(results / "figures" / "layer_matrix_tone__svcca.png", 0)
     _png(results / "figures" / "umap_tone.png", 1)
     _png(results / "figures" / "normalization_per_layer.png", 2)
-    write_json(results / "context.json", {
-        "experiment": {"name": "fake", "file": "exp.yaml", "config": {"name": "fake", "analyze": {"bootstrap": 77}}},
-        "corpus": str(fake_corpus), "features": str(root / "F"), "reference": "pre",
-        "models": [{"name": "pre", "kind": "pretrained", "folder": str(pre)},
-                   {"name": "tone", "kind": "finetuned", "folder": str(tone), "tasks": ["tone"], "base": "pre"}],
-        "evaluations": {"tone": str(root / "evaluation.json")},
-        "stages": [{"stage": "finetune", "name": "tone", "status": "ran", "seconds": 12.5, "key": "abc"}]})
+    RunContext(
+        experiment={"name": "fake", "file": "exp.yaml", "config": {"name": "fake", "analyze": {"bootstrap": 77}}},
+        corpus=str(fake_corpus), features=str(root / "F"), results=str(results), reference="pre",
+        models=[{"name": "pre", "kind": "pretrained", "trained_here": True, "folder": str(pre)},
+                {"name": "tone", "kind": "finetuned", "trained_here": True, "folder": str(tone), "tasks": ["tone"],
+                 "base": "pre"}],
+        evaluations={"tone": str(root / "evaluation.json")},
+        stages=[{"stage": "finetune", "name": "tone", "status": "ran", "seconds": 12.5, "key": "abc"}],
+    ).save(_context(results))
     return results
+
+
+def _context(results):
+    """Where `phonorm run` would have put the run context: the report stage's own folder."""
+    (results.parent / "report-stage").mkdir(exist_ok=True)
+    return results.parent / "report-stage" / "context.json"
 
 
 def _images(text: str) -> list[str]:
@@ -95,7 +106,7 @@ def _images(text: str) -> list[str]:
 
 def test_report_has_every_section_and_only_embedded_figures(results, tmp_path):
     out = tmp_path / "report.html"
-    message = build_report(results, out=out)
+    message = build_report(results, out=out, context=_context(results))
     text = out.read_text(encoding="utf-8")
     for anchor in SECTIONS:
         assert f'<section id="{anchor}">' in text
@@ -174,7 +185,7 @@ def render_check(report: Path) -> tuple[int, int]:
 
 def test_every_figure_renders_in_headless_chromium(results, tmp_path):
     out = tmp_path / "report.html"
-    build_report(results, out=out)
+    build_report(results, out=out, context=_context(results))
     images, broken = render_check(out)
     assert images == len(_images(out.read_text(encoding="utf-8"))) == 7
     assert broken == 0
@@ -182,7 +193,7 @@ def test_every_figure_renders_in_headless_chromium(results, tmp_path):
 
 def test_the_render_check_catches_a_broken_figure(results, tmp_path):
     out = tmp_path / "report.html"
-    build_report(results, out=out)
+    build_report(results, out=out, context=_context(results))
     text = out.read_text(encoding="utf-8")
     first = _images(text)[0]
     out.write_text(text.replace(first, "data:image/png;base64,iVBORw0KGgoAAAAA"), encoding="utf-8")

@@ -42,23 +42,14 @@ KNOWN_TASKS = ("tone", "phone", "sex")
 
 
 def model_tasks(name: str, manifest_entry: dict | None = None, reference: str | None = None) -> tuple[list[str], str]:
-    """(tasks, how they were found) of a model in the store."""
+    """(tasks, how they were found) of a model in the store, from its manifest entry: the fine-tuning
+    tasks phonorm recorded (`kind` pretrained or finetuned). A model phonorm did not train
+    (`kind: given`, e.g. a hub id) has only its name in the store: its tokens tone/phone/sex."""
     if name == reference:
         return [], "reference"
     entry = manifest_entry or {}
-    if isinstance(entry.get("tasks"), list):
-        return [t for t in entry["tasks"] if t in KNOWN_TASKS], "manifest"
-    source = entry.get("source")
-    if source:
-        meta = Path(str(source)) / "phonorm.json"
-        try:
-            import json
-
-            tasks = json.loads(meta.read_text()).get("tasks")
-            if isinstance(tasks, list):
-                return [t for t in tasks if t in KNOWN_TASKS], "phonorm.json"
-        except (OSError, ValueError):
-            pass
+    if entry.get("kind") in ("pretrained", "finetuned"):
+        return [t for t in entry.get("tasks") or [] if t in KNOWN_TASKS], "manifest"
     tokens = [t for t in re.split(r"[^a-z]+", name.lower()) if t]
     return [t for t in KNOWN_TASKS if t in tokens], "name"
 

@@ -87,9 +87,6 @@ def load_finetuned(folder: str | Path, *, device: str | torch.device = "cpu",
     from phonorm.models.card import ModelCard
 
     folder = Path(folder)
-    for name in (HEADS_FILE, "config.json"):
-        if not (folder / name).is_file():
-            raise InputError(folder / name, "missing: not a model folder written by phonorm finetune")
     if label_maps is None:
         card = ModelCard.load(folder)
         if card.kind != "finetuned" or not card.tasks:
@@ -97,6 +94,9 @@ def load_finetuned(folder: str | Path, *, device: str | torch.device = "cpu",
         meta = card.model_dump(mode="json")
     else:
         meta = {"tasks": list(label_maps), "label_maps": {t: list(v) for t, v in label_maps.items()}}
+    for name in (HEADS_FILE, "config.json"):
+        if not (folder / name).is_file():
+            raise InputError(folder / name, "missing: not a model folder written by phonorm finetune")
     backbone = load_backbone(folder).to(device)
     n_classes = {task: len(meta["label_maps"][task]) for task in meta["tasks"]}
     heads = MultitaskHeads(backbone.config.hidden_size, n_classes)
