@@ -307,7 +307,7 @@ def test_cli_prints_one_line_error_and_exit_2(corpus, tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"phonorm: error: {empty}: no *.TextGrid files in this folder"]
+    assert result.stderr.strip().splitlines() == [f"phonorm: error: {empty}: no *.TextGrid (or Biaobei *.interval) files in this folder"]
 
 
 def test_split_shares(corpus, tmp_path):
