@@ -182,7 +182,7 @@ class FakeStages:
             record("corpus", out)
             return "prepared"
 
-        def prepare_aishell(out, *, root, alignments, fmt, tone_mode, skip_bad):
+        def prepare_aishell(out, *, root, alignments, fmt, tone_mode, skip_bad, silence=()):
             assert Path(root).is_dir() and Path(alignments).is_dir()
             record("corpus", out)
             return "prepared"

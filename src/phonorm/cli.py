@@ -51,13 +51,19 @@ def prepare(
     alignments: Path = typer.Option(..., help="Folder of TextGrids, or a CTM file / folder of CTM files."),
     speakers: Path = typer.Option(..., help="Speakers table: speaker<TAB>sex (F or M)."),
     format: str = typer.Option("textgrid", help="Alignment format: textgrid or ctm."),
-    scheme: str = typer.Option("mandarin", help="Label scheme: mandarin (phone + tone) or plain (phones as given)."),
+    scheme: str = typer.Option("mandarin", help="Label scheme: mandarin (phone + tone), tonal (any tone language: "
+                               "segment + tone digit, e.g. Jyutping wong4) or plain (phones as given)."),
     tone: str = typer.Option("surface", help="For Chinese-character words: surface (third-tone sandhi) or citation tone."),
     split_file: Optional[Path] = typer.Option(None, help="utterance<TAB>split (train/dev/test) instead of the speaker-disjoint default."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip bad utterances (listed in OUT/skipped.tsv) instead of stopping."),
     seed: int = typer.Option(0, help="Seed of the default speaker split."),
     dev: float = typer.Option(0.1, help="Share of each sex's speakers in dev (default split)."),
     test: float = typer.Option(0.1, help="Share of each sex's speakers in test (default split)."),
+    silence: List[str] = typer.Option([], help="A further silence/non-speech label (repeatable), e.g. --silence '<laugh>'."),
+    phone_map: Optional[Path] = typer.Option(None, help="TSV label<TAB>phone[<TAB>tone], applied before the scheme."),
+    tones: Optional[str] = typer.Option(None, help="Tonal scheme: the tone digits, e.g. 1,2,3,4,5,6 (default: those seen)."),
+    split_by: str = typer.Option("speaker", help="speaker (speaker-disjoint, default) or utterance (each speaker's "
+                                 "utterances split; for corpora with fewer than three speakers of a sex)."),
 ) -> None:
     """Turn any aligned corpus into the prepared corpus every later stage reads.
 
@@ -68,6 +74,7 @@ def prepare(
     report = prepare_corpus(
         out, audio_dir=audio, alignments=alignments, speakers_file=speakers, fmt=format, scheme=scheme,
         tone_mode=tone, split_file=split_file, skip_bad=skip_bad, seed=seed, dev=dev, test=test,
+        silence=silence, phone_map=phone_map, tones=_parse_tones(tones), split_by=split_by,
     )
     typer.echo(report)
 
@@ -80,6 +87,8 @@ def prepare_aishell(
     format: str = typer.Option("textgrid", help="Alignment format: textgrid or ctm."),
     tone: str = typer.Option("surface", help="surface (third-tone sandhi) or citation tone for character text."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip bad utterances instead of stopping."),
+    silence: List[str] = typer.Option([], help="A further silence/non-speech label (repeatable)."),
+    phone_map: Optional[Path] = typer.Option(None, help="TSV label<TAB>phone[<TAB>tone], applied before the scheme."),
 ) -> None:
     """AISHELL-1 with its own train/dev/test split and speaker sex.
 
@@ -87,7 +96,8 @@ def prepare_aishell(
     """
     from phonorm.corpus.aishell import prepare_aishell as run
 
-    typer.echo(run(out, root=root, alignments=alignments, fmt=format, tone_mode=tone, skip_bad=skip_bad))
+    typer.echo(run(out, root=root, alignments=alignments, fmt=format, tone_mode=tone, skip_bad=skip_bad,
+                   silence=silence, phone_map=phone_map))
 
 
 @app.command()
@@ -301,6 +311,16 @@ def _parse_weights(text: Optional[str]) -> dict[str, float]:
         except ValueError:
             raise PhonormError(f"--loss-weights: {part!r} is not TASK=NUMBER") from None
     return weights
+
+
+def _parse_tones(text: Optional[str]) -> Optional[list[int]]:
+    """`--tones 1,2,3` → [1, 2, 3]."""
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise PhonormError(f"--tones {text!r}: expected tone digits separated by commas, e.g. 1,2,3,4,5,6") from None
 
 
 def _parse_models(specs: List[str]) -> dict[str, str]:

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, List, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -92,11 +92,16 @@ class PrepareCorpus(_Strict):
     alignments: Path
     speakers: Path
     format: Literal["textgrid", "ctm"] = "textgrid"
-    scheme: Literal["mandarin", "plain"] = "mandarin"
+    scheme: Literal["mandarin", "tonal", "plain"] = "mandarin"
     tone: Literal["surface", "citation"] = "surface"
     split_file: Optional[Path] = None
     skip_bad: bool = False
     seed: int = 0
+    # label rules and split (see `phonorm prepare --help`)
+    silence: List[str] = []
+    phone_map: Optional[Path] = None
+    tones: Optional[List[int]] = None
+    split_by: Literal["speaker", "utterance"] = "speaker"
 
 
 class AishellCorpus(_Strict):
@@ -107,6 +112,7 @@ class AishellCorpus(_Strict):
     format: Literal["textgrid", "ctm"] = "textgrid"
     tone: Literal["surface", "citation"] = "surface"
     skip_bad: bool = False
+    silence: List[str] = []
 
 
 class CorpusConfig(_Strict):
@@ -411,6 +417,7 @@ def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
         c.audio, c.alignments = resolve(c.audio, "corpus.prepare.audio"), resolve(c.alignments, "corpus.prepare.alignments")
         c.speakers = resolve(c.speakers, "corpus.prepare.speakers")
         c.split_file = resolve(c.split_file, "corpus.prepare.split_file")
+        c.phone_map = resolve(c.phone_map, "corpus.prepare.phone_map")
     if corpus.aishell is not None:
         c = corpus.aishell
         c.root, c.alignments = resolve(c.root, "corpus.aishell.root"), resolve(c.alignments, "corpus.aishell.alignments")
@@ -633,6 +640,8 @@ def plan_stages(experiment: Experiment, file: Path) -> Plan:
                   "speakers": fingerprint(c.speakers)}
         if c.split_file is not None:
             inputs["split_file"] = fingerprint(c.split_file)
+        if c.phone_map is not None:
+            inputs["phone_map"] = fingerprint(c.phone_map)
         plan.corpus = plan.add(Stage("corpus", "corpus", inputs, {"prepare": c.model_dump(mode="json")},
                                      _run_prepare(c), workdir))
     else:
@@ -710,7 +719,8 @@ def _run_prepare(c: PrepareCorpus) -> Callable[[Path], str]:
 
         return prepare_corpus(folder, audio_dir=c.audio, alignments=c.alignments, speakers_file=c.speakers,
                               fmt=c.format, scheme=c.scheme, tone_mode=c.tone, split_file=c.split_file,
-                              skip_bad=c.skip_bad, seed=c.seed)
+                              skip_bad=c.skip_bad, seed=c.seed, silence=c.silence, phone_map=c.phone_map,
+                              tones=c.tones, split_by=c.split_by)
     return run
 
 
@@ -719,7 +729,7 @@ def _run_aishell(c: AishellCorpus) -> Callable[[Path], str]:
         from phonorm.corpus.aishell import prepare_aishell
 
         return prepare_aishell(folder, root=c.root, alignments=c.alignments, fmt=c.format, tone_mode=c.tone,
-                               skip_bad=c.skip_bad)
+                               skip_bad=c.skip_bad, silence=c.silence)
     return run
 
 
