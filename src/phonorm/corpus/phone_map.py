@@ -44,9 +44,10 @@ def read_phone_map(path: str | Path, scheme) -> dict[str, str | Phone]:
             raise InputError(path, f"phone {phone!r} is empty or contains white space", item=f"line {number}")
         try:
             tone = int(fields[2])
-            scheme.check_tone(tone)
         except ValueError:
             raise InputError(path, f"tone {fields[2]!r} is not a whole number", item=f"line {number}") from None
+        try:
+            scheme.check_tone(tone)
         except SchemeError as err:
             raise InputError(path, str(err), item=f"line {number}") from None
         mapping[label] = Phone(phone, tone, tone > 0)

@@ -154,12 +154,17 @@ class MandarinScheme:
     name = "mandarin"
     tone_labels = MANDARIN_TONES
 
-    def parse(self, label: str) -> Phone:
+    def parse(self, label: str, ipa: bool = False) -> Phone:
+        """`ipa`: the alignment is in MFA's IPA (it has tone letters), so a bare `y` is the vowel
+        [y] (neutral tone), not the pinyin initial y; IPA is then tried first. Case matters: upper
+        case labels (ARPAbet `L`, `K`) are not pinyin."""
         text = unicodedata.normalize("NFC", label.strip()).replace("ü", "v")
         if not text:
             raise SchemeError("empty phone label")
-        parsed = self._parse_pinyin(text.lower()) if text.isascii() or "ê" in text else None
-        if parsed is None:
+        parsed = self._parse_ipa(text) if ipa else None
+        if parsed is None and (text.isascii() or "ê" in text):
+            parsed = self._parse_pinyin(text)
+        if parsed is None and not ipa:
             parsed = self._parse_ipa(text)
         if parsed is None:
             raise SchemeError(f"phone {label!r} is neither pinyin (zh, ong1, zhong1) nor an MFA Mandarin phone (ʈʂ, u˥˥, aj˧˥)")
@@ -395,6 +400,9 @@ def label_alignment(
     phones: list[LabelledPhone] = []
     unknown: Counter = Counter()
     first_problem = ""
+    # MFA's IPA phones come with tone letters on every toned vowel: such an alignment reads as IPA
+    ipa = isinstance(scheme, MandarinScheme) and any(c in TONE_LETTERS for iv in alignment.phones for c in iv.label)
+    options = {"ipa": True} if ipa else {}
     for iv in alignment.phones:
         mapped = rules.phone_map.get(iv.label, iv.label)
         if isinstance(mapped, Phone):
@@ -403,7 +411,7 @@ def label_alignment(
             if is_silence(mapped, rules.silence):
                 continue
             try:
-                parsed = scheme.parse(mapped)
+                parsed = scheme.parse(mapped, **options)
             except SchemeError as err:
                 unknown[iv.label] += 1
                 first_problem = first_problem or f"{err} (interval {iv.start:g}-{iv.end:g} s)"
