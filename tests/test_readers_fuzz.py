@@ -6,14 +6,20 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from corpus_inputs import utterance_plan, write_textgrid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corpus_inputs import utterance_plan, write_textgrid
-from phonorm.corpus.alignment import Alignment
+from phonorm.corpus.alignment import Alignment, is_silence
 from phonorm.corpus.ctm import read_ctm
-from phonorm.corpus.alignment import is_silence
-from phonorm.corpus.schemes import MandarinScheme, Phone, PlainScheme, SchemeError, TonalScheme, label_alignment
+from phonorm.corpus.schemes import (
+    MandarinScheme,
+    Phone,
+    PlainScheme,
+    SchemeError,
+    TonalScheme,
+    label_alignment,
+)
 from phonorm.corpus.textgrid import read_textgrid
 from phonorm.errors import InputError
 

@@ -15,7 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from phonorm.corpus.alignment import Alignment, Interval, is_silence
-from phonorm.corpus.prepare import FORMATS, Skipped, _check_choice, build_prepared_corpus, label_rules, list_sources
+from phonorm.corpus.prepare import (
+    FORMATS,
+    Skipped,
+    _check_choice,
+    build_prepared_corpus,
+    label_rules,
+    list_sources,
+)
 from phonorm.corpus.schemes import TONE_MODES
 from phonorm.corpus.speakers import SEXES, SpeakerTable
 from phonorm.corpus.split import SPLITS

@@ -32,10 +32,25 @@ from phonorm.corpus.audio import AUDIO_SUFFIXES, audio_info
 from phonorm.corpus.ctm import ctm_files, read_ctm
 from phonorm.corpus.phone_map import read_phone_map
 from phonorm.corpus.schemes import (
-    REMEDY, SCHEMES, TONE_MODES, LabelNotes, LabelRules, SchemeError, UnknownLabels, get_scheme, label_alignment,
+    REMEDY,
+    SCHEMES,
+    TONE_MODES,
+    LabelNotes,
+    LabelRules,
+    SchemeError,
+    UnknownLabels,
+    get_scheme,
+    label_alignment,
 )
 from phonorm.corpus.speakers import SEXES, SpeakerTable, read_speakers
-from phonorm.corpus.split import SPLIT_BY, SPLITS, read_split_file, speaker_split, split_problems, utterance_split
+from phonorm.corpus.split import (
+    SPLIT_BY,
+    SPLITS,
+    read_split_file,
+    speaker_split,
+    split_problems,
+    utterance_split,
+)
 from phonorm.corpus.textgrid import ALIGNMENT_SUFFIXES, read_textgrid
 from phonorm.errors import InputError, PhonormError
 
