@@ -74,6 +74,11 @@ def test_every_phone_of_mfa_v3_mandarin_parses_with_its_tone():
             assert (parsed.tone, parsed.is_final) == (MFA_V3_TONES[letters], True), phone
 
 
+def test_kaldi_position_suffixes_in_textgrids():
+    assert MandarinScheme().parse("ong1_E") == MandarinScheme().parse("ong1")
+    assert MandarinScheme().parse("zh_B").phone == "zh" and TonalScheme().parse("wong4_S").phone == "wong"
+
+
 def test_mfa_v2_notation_still_parses():
     scheme = MandarinScheme()
     expected = {"ai˥˥": 1, "au˧˥": 2, "ei˨˩˦": 3, "ou˥˩": 4, "a˦": 5, "a˨": 5, "a˩": 5, "ʐ̩˥˩": 4}

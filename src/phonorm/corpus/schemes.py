@@ -32,6 +32,7 @@ inventory is the digits seen in the corpus, or the `--tones` given (then any oth
 unknown label). Tone 0 is not a tone (0 means "none" in the prepared corpus): renumber it with
 `--phone-map`.
 
+`mandarin` and `tonal` drop a Kaldi word-position suffix (`zh_B`, `ong1_E`) wherever it is left.
 `plain` keeps every label as given, with no tone: any language.
 """
 
@@ -95,6 +96,7 @@ CODA_CONSONANTS = frozenset({"ng"})
 ERHUA_CODA = "rr"
 """The phone given to the rhotic element of erhua written on its own (`rr`, `r5`)."""
 _PINYIN_LABEL = re.compile(r"^([a-zê]+?)([0-5])?$")
+_POSITION_SUFFIX = re.compile(r"_[BIES]$")
 
 
 @lru_cache(maxsize=1)
@@ -158,7 +160,8 @@ class MandarinScheme:
         """`ipa`: the alignment is in MFA's IPA (it has tone letters), so a bare `y` is the vowel
         [y] (neutral tone), not the pinyin initial y; IPA is then tried first. Case matters: upper
         case labels (ARPAbet `L`, `K`) are not pinyin."""
-        text = unicodedata.normalize("NFC", label.strip()).replace("ü", "v")
+        # Kaldi's word-position suffix (`zh_B`), as TextGrids converted from Kaldi keep it
+        text = _POSITION_SUFFIX.sub("", unicodedata.normalize("NFC", label.strip())).replace("ü", "v")
         if not text:
             raise SchemeError("empty phone label")
         parsed = self._parse_ipa(text) if ipa else None
@@ -240,7 +243,7 @@ class TonalScheme:
             self.seen.add(tone)
 
     def parse(self, label: str) -> Phone:
-        text = unicodedata.normalize("NFC", label.strip())
+        text = _POSITION_SUFFIX.sub("", unicodedata.normalize("NFC", label.strip()))
         if not text or any(c.isspace() for c in text):
             raise SchemeError(f"phone {label!r} is empty or contains white space")
         match = _TONAL_LABEL.match(text)
