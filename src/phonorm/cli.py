@@ -59,7 +59,7 @@ def prepare(
     seed: int = typer.Option(0, help="Seed of the default speaker split."),
     dev: float = typer.Option(0.1, help="Share of each sex's speakers in dev (default split)."),
     test: float = typer.Option(0.1, help="Share of each sex's speakers in test (default split)."),
-    silence: List[str] = typer.Option([], help="A further silence/non-speech label (repeatable), e.g. --silence '<laugh>'."),
+    silence: List[str] = typer.Option([], help="A further silence/non-speech label (repeatable), e.g. --silence breath."),
     phone_map: Optional[Path] = typer.Option(None, help="TSV label<TAB>phone[<TAB>tone], applied before the scheme."),
     tones: Optional[str] = typer.Option(None, help="Tonal scheme: the tone digits, e.g. 1,2,3,4,5,6 (default: those seen)."),
     split_by: str = typer.Option("speaker", help="speaker (speaker-disjoint, default) or utterance (each speaker's "
