@@ -142,13 +142,17 @@ def test_each_stage_declares_its_settings_once_for_api_yaml_and_cli():
     assert config.FinetuneConfig.model_fields["settings"].annotation is st.FinetuneSettings
     assert issubclass(config.ExtractConfig, st.ExtractSettings) and issubclass(config.AnalyzeConfig, st.AnalyzeSettings)
     commands = typer.main.get_command(app).commands
-    for command, model in (("pretrain", st.PretrainSettings), ("finetune", st.FinetuneSettings),
+    assert issubclass(config.PrepareCorpus, st.PrepareSettings) and issubclass(config.AishellCorpus, st.AishellSettings)
+    for command, model in (("prepare", st.PrepareSettings), ("prepare-aishell", st.AishellSettings),
+                           ("pretrain", st.PretrainSettings), ("finetune", st.FinetuneSettings),
                            ("extract", st.ExtractSettings), ("analyze", st.AnalyzeSettings)):
         options = {p.name: p for p in commands[command].params}
         for name, field in model.model_fields.items():
             assert name in options, (command, name)
             if not field.is_required() and field.default_factory is None and not isinstance(field.default, list):
                 assert options[name].default == field.default, (command, name)
+            if (field.json_schema_extra or {}).get("cli") == "repeat":
+                assert options[name].multiple, (command, name)
             assert options[name].help.startswith((field.description or "")[:20]), (command, name)
 
 
@@ -209,7 +213,7 @@ class FakeStages:
             record("corpus", out)
             return "prepared"
 
-        def prepare_aishell(out, *, root, alignments, fmt, tone_mode, skip_bad):
+        def prepare_aishell(out, *, root, alignments, settings):
             assert Path(root).is_dir() and Path(alignments).is_dir()
             record("corpus", out)
             return "prepared"

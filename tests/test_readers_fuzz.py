@@ -6,13 +6,20 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from corpus_inputs import utterance_plan, write_textgrid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corpus_inputs import utterance_plan, write_textgrid
-from phonorm.corpus.alignment import Alignment
+from phonorm.corpus.alignment import Alignment, is_silence
 from phonorm.corpus.ctm import read_ctm
-from phonorm.corpus.schemes import MandarinScheme, Phone, PlainScheme, SchemeError, label_alignment
+from phonorm.corpus.schemes import (
+    MandarinScheme,
+    Phone,
+    PlainScheme,
+    SchemeError,
+    TonalScheme,
+    label_alignment,
+)
 from phonorm.corpus.textgrid import read_textgrid
 from phonorm.errors import InputError
 
@@ -113,13 +120,17 @@ def test_ctm_reader_on_ctm_like_lines(lines):
 @FUZZ
 @given(st.text(max_size=8))
 def test_schemes_parse_or_raise_scheme_error(label):
-    for scheme in (MandarinScheme(), PlainScheme()):
+    for scheme in (MandarinScheme(), PlainScheme(), TonalScheme(), TonalScheme([1, 2, 3])):
         try:
             parsed = scheme.parse(label)
         except SchemeError:
             continue
-        assert isinstance(parsed, Phone) and parsed.phone and 0 <= parsed.tone <= 5
+        top = 5 if isinstance(scheme, MandarinScheme) else 9
+        assert isinstance(parsed, Phone) and parsed.phone and 0 <= parsed.tone <= top
         assert parsed.is_final == (parsed.tone > 0) or isinstance(scheme, PlainScheme)
+        if isinstance(scheme, TonalScheme) and scheme.given:
+            assert parsed.tone in (0, *scheme.given)
+    assert isinstance(is_silence(label), bool)
 
 
 @FUZZ

@@ -17,7 +17,9 @@ import typer
 
 from phonorm.cli_settings import SETTINGS, with_settings
 from phonorm.errors import PhonormError
-from phonorm.settings import AnalyzeSettings, ExtractSettings, FinetuneSettings, PretrainSettings
+from phonorm.settings import (
+    AishellSettings, AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings,
+)
 
 app = typer.Typer(
     name="phonorm",
@@ -64,19 +66,13 @@ def synth(
 
 
 @app.command()
+@with_settings(PrepareSettings)
 def prepare(
     out: Path = typer.Argument(..., help="Folder to write the prepared corpus to."),
     audio: Path = typer.Option(..., help="Folder of audio files (<utt>.wav, .flac, ...; searched recursively)."),
     alignments: Path = typer.Option(..., help="Folder of TextGrids, or a CTM file / folder of CTM files."),
     speakers: Path = typer.Option(..., help="Speakers table: speaker<TAB>sex (F or M)."),
-    format: str = typer.Option("textgrid", help="Alignment format: textgrid or ctm."),
-    scheme: str = typer.Option("mandarin", help="Label scheme: mandarin (phone + tone) or plain (phones as given)."),
-    tone: str = typer.Option("surface", help="For Chinese-character words: surface (third-tone sandhi) or citation tone."),
-    split_file: Optional[Path] = typer.Option(None, help="utterance<TAB>split (train/dev/test) instead of the speaker-disjoint default."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip bad utterances (listed in OUT/skipped.tsv) instead of stopping."),
-    seed: int = typer.Option(0, help="Seed of the default speaker split."),
-    dev: float = typer.Option(0.1, help="Share of each sex's speakers in dev (default split)."),
-    test: float = typer.Option(0.1, help="Share of each sex's speakers in test (default split)."),
+    settings: PrepareSettings = SETTINGS,
 ) -> None:
     """Turn any aligned corpus into the prepared corpus every later stage reads.
 
@@ -84,21 +80,16 @@ def prepare(
     """
     from phonorm.corpus.prepare import prepare_corpus
 
-    report = prepare_corpus(
-        out, audio_dir=audio, alignments=alignments, speakers_file=speakers, fmt=format, scheme=scheme,
-        tone_mode=tone, split_file=split_file, skip_bad=skip_bad, seed=seed, dev=dev, test=test,
-    )
-    typer.echo(report)
+    typer.echo(prepare_corpus(out, audio_dir=audio, alignments=alignments, speakers_file=speakers, settings=settings))
 
 
 @app.command("prepare-aishell")
+@with_settings(AishellSettings)
 def prepare_aishell(
     out: Path = typer.Argument(..., help="Folder to write the prepared corpus to."),
     root: Path = typer.Option(..., help="AISHELL-1 root (holds data_aishell/ and resource_aishell/)."),
     alignments: Path = typer.Option(..., help="Folder of TextGrids, or a CTM file / folder of CTM files."),
-    format: str = typer.Option("textgrid", help="Alignment format: textgrid or ctm."),
-    tone: str = typer.Option("surface", help="surface (third-tone sandhi) or citation tone for character text."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip bad utterances instead of stopping."),
+    settings: AishellSettings = SETTINGS,
 ) -> None:
     """AISHELL-1 with its own train/dev/test split and speaker sex.
 
@@ -106,7 +97,7 @@ def prepare_aishell(
     """
     from phonorm.corpus.aishell import prepare_aishell as run
 
-    typer.echo(run(out, root=root, alignments=alignments, fmt=format, tone_mode=tone, skip_bad=skip_bad))
+    typer.echo(run(out, root=root, alignments=alignments, settings=settings))
 
 
 @app.command()

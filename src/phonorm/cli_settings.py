@@ -12,18 +12,17 @@ from __future__ import annotations
 import inspect
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
 import typer
-from pydantic import BaseModel, ValidationError
-
-from phonorm.errors import PhonormError
+from pydantic import BaseModel
 
 SETTINGS: Any = None
 """Placeholder default of a command's `settings` parameter (filled in by `with_settings`)."""
 
 
-def _cli_type(annotation: Any) -> Any:
+def _cli_type(annotation: Any, repeatable: bool = False) -> Any:
     """The type typer parses for a field: numbers, booleans and text as they are; choices, lists and
     mappings as text that the settings class parses and checks (e.g. `tone,sex`, `tone=1,sex=0.5`)."""
     origin = typing.get_origin(annotation)
@@ -34,6 +33,10 @@ def _cli_type(annotation: Any) -> Any:
         return Optional[str]
     if annotation in (bool, int, float, str):
         return annotation
+    if repeatable:
+        return list[str]
+    if annotation is Path or (isinstance(annotation, type) and issubclass(annotation, Path)):
+        return Path
     return str
 
 
@@ -42,8 +45,9 @@ def _help(name: str, field: Any) -> str:
     annotation = field.annotation
     if typing.get_origin(annotation) in (Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    if typing.get_origin(annotation) is Literal and "," not in text:
-        text += f" One of: {', '.join(map(str, typing.get_args(annotation)))}."
+    choices = [str(c) for c in typing.get_args(annotation)] if typing.get_origin(annotation) is Literal else []
+    if choices and not all(c in text for c in choices):
+        text += f" One of: {', '.join(choices)}."
     return text
 
 
@@ -62,11 +66,13 @@ def settings_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
     """One keyword-only typer option per field of `model`."""
     parameters = []
     for name, field in model.model_fields.items():
-        annotation = _cli_type(field.annotation)
-        default = _cli_default(field)
-        if default is None and typing.get_origin(annotation) is not Union:
+        repeatable = (field.json_schema_extra or {}).get("cli") == "repeat"  # type: ignore[union-attr]
+        annotation = _cli_type(field.annotation, repeatable)
+        default = [] if repeatable else _cli_default(field)
+        if default is None and typing.get_origin(annotation) is not Union and not repeatable:
             annotation = Optional[annotation]
-        option = typer.Option(default, help=_help(name, field), show_default=default not in (None, ...))
+        option = typer.Option(default, help=_help(name, field), show_default=default not in (None, ..., []),
+                              metavar=name.upper().rstrip("S") if repeatable else None)
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                             annotation=annotation))
     return parameters
@@ -74,22 +80,8 @@ def settings_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
 
 def settings_from_options(model: type[BaseModel], values: dict[str, Any]) -> Any:
     """`model(**values)` (options not given are left to the class's defaults), or a PhonormError
-    naming each rejected option."""
-    given = {name: value for name, value in values.items() if value is not None}
-    try:
-        return model(**given)
-    except ValidationError as err:
-        lines = []
-        for error in err.errors():
-            loc = error.get("loc", ())
-            message = error.get("msg", "").removeprefix("Value error, ")
-            if not loc:  # a rule across fields: its message starts with the field it is about
-                field, sep, rest = message.partition(": ")
-                lines.append(f"--{field.replace('_', '-')}: {rest}" if sep and field in model.model_fields else message)
-                continue
-            option = f"--{str(loc[0]).replace('_', '-')}"
-            lines.append(f"{option}: got {given.get(str(loc[0]))!r}; {message}")
-        raise PhonormError("; ".join(lines)) from None
+    naming each rejected option (`StageSettings.parse`)."""
+    return model.parse(values)  # type: ignore[attr-defined]
 
 
 def with_settings(model: type[BaseModel]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -14,9 +14,12 @@ Forms the command line writes as text are accepted as text too: `tasks="tone,sex
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from phonorm.errors import PhonormError
 
 # ---------------------------------------------------------------- one list of tasks, splits, labels
 Task = Literal["tone", "phone", "sex"]
@@ -28,6 +31,9 @@ SPLITS: tuple[str, ...] = get_args(Split)
 PROBE_LABELS: tuple[str, ...] = get_args(ProbeLabel)
 """What probes decode: the tasks, plus speaker identity."""
 
+AlignmentFormat = Literal["textgrid", "ctm"]
+LabelScheme = Literal["mandarin", "tonal", "plain"]
+ToneMode = Literal["surface", "citation"]
 ModelSize = Literal["tiny", "small", "base"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 FrameMode = Literal["labelled", "middle", "all"]
@@ -46,11 +52,92 @@ class StageSettings(BaseModel):
         """All fields, JSON-ready (what artifacts record and resume checks compare)."""
         return self.model_dump(mode="json")
 
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> Any:
+        """`cls(**values)` (None values left to the defaults), or one PhonormError naming each
+        rejected setting as its command-line option (`--batch-seconds: got -1; ...`)."""
+        given = {name: value for name, value in values.items() if value is not None}
+        try:
+            return cls(**given)
+        except ValidationError as err:
+            lines = []
+            for error in err.errors():
+                loc = error.get("loc", ())
+                message = error.get("msg", "").removeprefix("Value error, ")
+                if not loc:  # a rule across fields: its message starts with the field it is about
+                    field, sep, rest = message.partition(": ")
+                    lines.append(f"--{field.replace('_', '-')}: {rest}" if sep and field in cls.model_fields else message)
+                    continue
+                lines.append(f"--{str(loc[0]).replace('_', '-')}: got {given.get(str(loc[0]))!r}; {message}")
+            raise PhonormError("; ".join(lines)) from None
+
 
 def _comma_list(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+# ---------------------------------------------------------------- corpus
+REPEATABLE = {"cli": "repeat"}
+"""Marks a list field whose command-line option is given once per value (`--silence a --silence b`)."""
+
+
+class LabelSettings(StageSettings):
+    """How alignment labels are read (shared by `prepare` and `prepare-aishell`)."""
+
+    format: AlignmentFormat = Field("textgrid", validation_alias=AliasChoices("format", "fmt"),
+                                    description="Alignment format: textgrid or ctm.")
+    tone: ToneMode = Field("surface", validation_alias=AliasChoices("tone", "tone_mode"),
+                           description="For Chinese-character words: surface (third-tone sandhi) or citation tone.")
+    skip_bad: bool = Field(False, description="Skip bad utterances (listed in OUT/skipped.tsv) instead of stopping.")
+    silence: list[str] = Field(default_factory=list, json_schema_extra=REPEATABLE,
+                               description="A further silence/non-speech label (repeatable), e.g. --silence breath.")
+    phone_map: Optional[Path] = Field(None, description="TSV label<TAB>phone[<TAB>tone], applied before the scheme.")
+
+    @field_validator("silence", mode="before")
+    @classmethod
+    def _silence_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else list(value or [])
+
+
+class PrepareSettings(LabelSettings):
+    """`phonorm prepare`: any aligned corpus → the prepared corpus every later stage reads."""
+
+    scheme: LabelScheme = Field("mandarin", description="Label scheme: mandarin (phone + tone), tonal (any tone "
+                                "language: segment + tone digit, e.g. Jyutping wong4) or plain (phones as given).")
+    split_file: Optional[Path] = Field(None, description="utterance<TAB>split (train/dev/test) instead of the "
+                                                         "speaker-disjoint default.")
+    seed: int = Field(0, description="Seed of the default split.")
+    dev: float = Field(0.1, ge=0, lt=1, description="Share of each sex's speakers in dev (default split).")
+    test: float = Field(0.1, ge=0, lt=1, description="Share of each sex's speakers in test (default split).")
+    tones: Optional[list[int]] = Field(None, description="Tonal scheme: the tone digits, e.g. 1,2,3,4,5,6 "
+                                                         "(default: those seen).")
+    split_by: Literal["speaker", "utterance"] = Field(
+        "speaker", description="speaker (speaker-disjoint, default) or utterance (each speaker's utterances split; "
+                               "for corpora with fewer than three speakers of a sex).")
+
+    @field_validator("tones", mode="before")
+    @classmethod
+    def _tones_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = _comma_list(value)
+            if not all(p.isdigit() for p in parts):
+                raise ValueError("expected tone digits separated by commas, e.g. 1,2,3,4,5,6")
+            return [int(p) for p in parts]
+        return value
+
+    @model_validator(mode="after")
+    def _split(self) -> "PrepareSettings":
+        if self.dev + self.test >= 1:
+            raise ValueError(f"dev: dev + test must be below 1 (got {self.dev} + {self.test})")
+        if self.split_file is not None and self.split_by != "speaker":
+            raise ValueError("split_file: give either a split file or --split-by utterance, not both")
+        return self
+
+
+class AishellSettings(LabelSettings):
+    """`phonorm prepare-aishell`: AISHELL-1 with its own split and speaker sex (mandarin scheme)."""
 
 
 # ---------------------------------------------------------------- pretrain

@@ -15,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from phonorm.corpus.alignment import Alignment, Interval, is_silence
-from phonorm.corpus.prepare import FORMATS, Skipped, _check_choice, build_prepared_corpus, list_sources
-from phonorm.corpus.schemes import TONE_MODES
+from phonorm.corpus.prepare import Skipped, build_prepared_corpus, label_rules, list_sources
 from phonorm.corpus.speakers import SEXES, SpeakerTable
 from phonorm.corpus.split import SPLITS
 from phonorm.errors import InputError
+from phonorm.settings import AishellSettings
 
 TRANSCRIPT = Path("data_aishell/transcript/aishell_transcript_v0.8.txt")
 LEXICON = Path("resource_aishell/lexicon.txt")
@@ -27,11 +27,14 @@ SPEAKER_INFO = Path("resource_aishell/speaker.info")
 WAV = Path("data_aishell/wav")
 
 
-def prepare_aishell(out, *, root, alignments, fmt="textgrid", tone_mode="surface", skip_bad=False) -> str:
-    """Prepare AISHELL-1 from its root folder and an alignment of it; returns the summary."""
+def prepare_aishell(out, *, root, alignments, settings: AishellSettings | None = None, **options) -> str:
+    """Prepare AISHELL-1 from its root folder and an alignment of it; returns the summary.
+    `settings` (`AishellSettings`) or its fields as keywords, as for `prepare_corpus`."""
+    settings = settings if settings is not None else AishellSettings.parse(options)
+    fmt, tone_mode, skip_bad = settings.format, settings.tone, settings.skip_bad
+    silence, phone_map = settings.silence, settings.phone_map
     root, alignments = Path(root), Path(alignments)
-    _check_choice("--format", fmt, FORMATS)
-    _check_choice("--tone", tone_mode, TONE_MODES)
+    label_scheme, rules = label_rules("mandarin", None, silence, phone_map)
     wav_root = root / WAV
     for needed in (wav_root, root / SPEAKER_INFO):
         if not needed.exists():
@@ -54,13 +57,15 @@ def prepare_aishell(out, *, root, alignments, fmt="textgrid", tone_mode="surface
 
         def add_words(utterance_id: str, alignment: Alignment) -> None:
             if not alignment.words and utterance_id in transcript:
-                alignment.words = words_from_lexicon(alignment, transcript[utterance_id], lexicon) or []
+                alignment.words = words_from_lexicon(alignment, transcript[utterance_id], lexicon, rules.silence) or []
 
     settings = dict(corpus="aishell-1", root=str(root.resolve()), alignments=str(alignments.resolve()), format=fmt,
-                    scheme="mandarin", tone_mode=tone_mode, skip_bad=skip_bad)
+                    scheme="mandarin", tone_mode=tone_mode, skip_bad=skip_bad, silence=sorted(rules.silence),
+                    phone_map=str(Path(phone_map).resolve()) if phone_map else None)
     return build_prepared_corpus(
         out, sources, speakers, scheme="mandarin", tone_mode=tone_mode, split_of_utterance=split_of_utterance,
         split_file=wav_root, skip_bad=skip_bad, seed=0, settings=settings, skipped=skipped, add_words=add_words,
+        label_scheme=label_scheme, rules=rules,
     )
 
 
@@ -123,10 +128,13 @@ def read_lexicon(path: Path) -> dict[str, list[list[str]]]:
     return lexicon
 
 
-def words_from_lexicon(alignment: Alignment, words: list[str], lexicon: dict[str, list[list[str]]]) -> list[Interval] | None:
+def words_from_lexicon(
+    alignment: Alignment, words: list[str], lexicon: dict[str, list[list[str]]], silence: frozenset[str] = frozenset(),
+) -> list[Interval] | None:
     """Word intervals for a phone alignment: each transcript word takes the next phones when one of
-    its lexicon pronunciations matches them exactly. None when the phones do not match the words."""
-    phones = [iv for iv in alignment.phones if not is_silence(iv.label)]
+    its lexicon pronunciations matches them exactly. None when the phones do not match the words.
+    `silence`: the user's extra silence labels."""
+    phones = [iv for iv in alignment.phones if not is_silence(iv.label, silence)]
     intervals, position = [], 0
     for word in words:
         for pronunciation in lexicon.get(word, []):

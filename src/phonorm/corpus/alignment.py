@@ -7,11 +7,32 @@ Readers (`textgrid.py`, `ctm.py`) only check that the file is well formed; the l
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
-SILENCE_LABELS = frozenset({"", "sil", "sp", "spn", "<eps>", "<sil>", "<unk>", "silence", "pau", "#"})
-"""Interval labels that mean silence or non-speech (compared case-insensitively): excluded from
-segments, but their time still counts in the alignment's extent."""
+SILENCE_LABELS = frozenset({
+    "", "sil", "sp", "spn", "nsn", "pau", "silence", "noise", "#", "h#", "epi", "<eps>", "<sil>", "<unk>",
+})
+"""Interval labels that mean silence or non-speech (compared case-insensitively, after a Kaldi
+word-position suffix `_B/_I/_E/_S` is removed: `SIL_S` is `sil`): excluded from segments, but their
+time still counts in the alignment's extent. Covers MFA (`sil`, `sp`, `spn`, `<eps>`, `<unk>`),
+Kaldi (`SIL`, `SPN`, `NSN`), Festival/HTS (`pau`), TIMIT (`h#`, `epi`), Biaobei (`sil`, `sp1`...),
+THCHS-30 (`sil`). Besides these, see `is_silence`."""
+
+_NON_SPEECH = re.compile(r"^(\[[^\[\]]*\]|<[^<>]*>|sp\d+|#\d*)$")
+"""Any label wholly in brackets (`[SIL]`, `[SPN]`, `[NOISE]`, `[laughter]` of Charsiu and MFA
+dictionaries; `<SIL>`, `<NOISE>`, `<sss>` of Kaldi recipes), numbered short pauses (`sp1`) and
+prosodic-boundary marks (`#1`...`#4`) are non-speech too: no phone set writes a phone that way."""
+
+_POSITION_SUFFIX = re.compile(r"_[BIES]$")
+
+
+def is_silence(label: str, extra: frozenset[str] = frozenset()) -> bool:
+    """True for silence and non-speech labels (see `SILENCE_LABELS`); `extra` adds the user's
+    own (`--silence LABEL`, compared case-insensitively like the built-in ones)."""
+    key = _POSITION_SUFFIX.sub("", label.strip()).lower()
+    return key in SILENCE_LABELS or key in extra or bool(_NON_SPEECH.match(key))
+
 
 OVERLAP_TOLERANCE = 0.005
 """Seconds two neighbouring intervals may overlap by before it is an error: writers round start and
@@ -20,8 +41,9 @@ aligner frame is far below the 20 ms model frame, where such an overlap cannot c
 beyond the boundary frame."""
 
 
-def is_silence(label: str) -> bool:
-    return label.strip().lower() in SILENCE_LABELS
+def silence_set(labels) -> frozenset[str]:
+    """The user's extra silence labels as `is_silence` compares them (stripped, lower case)."""
+    return frozenset(str(label).strip().lower() for label in (labels or ()))
 
 
 @dataclass(frozen=True)

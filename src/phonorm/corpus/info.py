@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phonorm.corpus.split import split_problems
 from phonorm.corpus.store import SPLITS, PreparedCorpus
 from phonorm.frames import IGNORE_INDEX, TASKS, FrameGeometry, frame_labels
 
@@ -19,7 +20,9 @@ def corpus_info(folder: str | Path) -> dict:
     """Summary of a prepared corpus as plain JSON-ready values:
     `utterances`, `speakers`, `hours`, `sex` (F/M → speakers), `splits` (split → utterances),
     `split_speakers` (split → speakers), `segments`, `labels` (task → {label → frames}),
-    `frames` (total frames on the grid), `scheme`, `tone_mode`, `skipped` (rows of skipped.tsv)."""
+    `frames` (total frames on the grid), `scheme`, `tone_mode`, `skipped` (rows of skipped.tsv),
+    `split_by` (speaker, utterance or file), `speaker_disjoint` (no speaker in two splits),
+    `split_problems` (sentences: a sex without dev/test speakers, speakers shared between splits)."""
     corpus = PreparedCorpus(folder)
     utterances = corpus.all_utterances
     geometry = FrameGeometry()
@@ -50,6 +53,9 @@ def corpus_info(folder: str | Path) -> dict:
         "scheme": corpus.labels.get("scheme"),
         "tone_mode": corpus.labels.get("tone_mode"),
         "skipped": skipped,
+        "split_by": (corpus.labels.get("split") or {}).get("by", "speaker"),
+        "speaker_disjoint": bool((utterances.groupby("speaker")["split"].nunique() <= 1).all()),
+        "split_problems": split_problems(utterances),
     }
 
 
@@ -64,6 +70,7 @@ def format_info(info: dict) -> str:
         ),
         f"scheme      {info['scheme']}   tone {info['tone_mode']}",
     ]
+    lines += [f"note        {problem}" for problem in info.get("split_problems") or []]
     if info.get("skipped"):
         lines.append(f"skipped     {info['skipped']} (see skipped.tsv)")
     for task, labels in info["labels"].items():

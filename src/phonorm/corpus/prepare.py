@@ -1,7 +1,12 @@
 """Any aligned corpus → the prepared corpus every later stage reads (docs/architecture.md).
 
 Inputs: a folder of audio files (`UTT.wav` or `SPK/UTT.wav`, any common format, rate and channel
-count), alignments (a folder of TextGrids `UTT.TextGrid`, or Kaldi CTM), a speakers table.
+count), alignments (a folder of TextGrids `UTT.TextGrid`, long or short format, or Biaobei
+`UTT.interval` files; or Kaldi CTM), a speakers table. Labels: silence and non-speech dropped
+(`alignment.is_silence`, plus `silence`), then `phone_map` (`phone_map.py`), then the scheme
+(`schemes.py`). Every label no rule can read is counted, and one error lists them all with their
+counts and the first file of each (with `skip_bad`, the summary lists them and the utterances are
+skipped).
 Outputs in OUT: `utterances.parquet`, `segments.parquet`, `labels.json`, and `skipped.tsv` when
 `skip_bad` skipped anything. Every bad utterance is an `InputError` naming the file and the problem;
 with `skip_bad` it is skipped, listed and counted instead.
@@ -22,16 +27,31 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from phonorm.artifacts import atomic_path, provenance, write_json, write_parquet
-from phonorm.corpus.alignment import Alignment
+from phonorm.corpus.alignment import Alignment, silence_set
 from phonorm.corpus.audio import AUDIO_SUFFIXES, audio_info
 from phonorm.corpus.ctm import ctm_files, read_ctm
-from phonorm.corpus.schemes import SCHEMES, TONE_MODES, LabelNotes, SchemeError, get_scheme, label_alignment
+from phonorm.corpus.phone_map import read_phone_map
+from phonorm.corpus.schemes import (
+    REMEDY,
+    LabelNotes,
+    LabelRules,
+    SchemeError,
+    UnknownLabels,
+    get_scheme,
+    label_alignment,
+)
 from phonorm.corpus.speakers import SEXES, SpeakerTable, read_speakers
-from phonorm.corpus.split import SPLITS, read_split_file, speaker_split
-from phonorm.corpus.textgrid import read_textgrid
+from phonorm.corpus.split import (
+    SPLITS,
+    read_split_file,
+    speaker_split,
+    split_problems,
+    utterance_split,
+)
+from phonorm.corpus.textgrid import ALIGNMENT_SUFFIXES, read_textgrid
 from phonorm.errors import InputError, PhonormError
+from phonorm.settings import PrepareSettings
 
-FORMATS = ("textgrid", "ctm")
 DURATION_TOLERANCE = 0.05
 """Seconds an alignment may run past the end of its audio (aligners round to frames) before it is bad."""
 
@@ -72,47 +92,76 @@ class Skipped:
 
 
 class BadUtterance(Exception):
-    def __init__(self, step: str, error: InputError):
+    def __init__(self, step: str, error: InputError, unknown: Counter | None = None):
         super().__init__(str(error))
-        self.step, self.error = step, error
+        self.step, self.error, self.unknown = step, error, unknown
 
 
-def prepare_corpus(
-    out, *, audio_dir, alignments, speakers_file, fmt="textgrid", scheme="mandarin", tone_mode="surface",
-    split_file=None, skip_bad=False, seed=0, dev=0.1, test=0.1,
-) -> str:
+class UnknownLabelTally:
+    """Labels no rule could read, over the corpus: label → [intervals, first file, first utterance]."""
+
+    def __init__(self):
+        self.seen: dict[str, list] = {}
+        self.utterances = 0
+        self.first_file: str | None = None
+        self.first_utterance: str | None = None
+
+    def add(self, counts: Counter, file, utterance: str) -> None:
+        if self.first_file is None:
+            self.first_file, self.first_utterance = file, utterance
+        for label, n in counts.items():
+            entry = self.seen.setdefault(label, [0, Path(str(file)).name, utterance])
+            entry[0] += n
+        self.utterances += 1
+
+    def describe(self) -> str:
+        ordered = sorted(self.seen.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        return ", ".join(f"{label!r} x{n} (first in {file} [{utt}])" for label, (n, file, utt) in ordered)
+
+
+def prepare_corpus(out, *, audio_dir, alignments, speakers_file, settings: PrepareSettings | None = None,
+                   **options) -> str:
     """Prepare a corpus; returns a summary for people. See the module docstring.
 
-    `dev`, `test`: shares of each sex's speakers in the default speaker split (ignored with a split file).
+    `settings` (`PrepareSettings`), or its fields as keywords (`fmt`/`tone_mode` also accepted for
+    `format`/`tone`). `dev`, `test`: shares of each sex's speakers in the default speaker split
+    (ignored with a split file); with `split_by="utterance"`, shares of each speaker's utterances
+    (not speaker-disjoint). `silence`: extra silence labels; `phone_map`: a TSV file (`phone_map.py`);
+    `tones`: the tonal scheme's tone inventory (default: the tones seen).
     """
+    settings = settings if settings is not None else PrepareSettings.parse(options)
     audio_dir, alignments, speakers_file = Path(audio_dir), Path(alignments), Path(speakers_file)
-    _check_choice("--format", fmt, FORMATS)
-    _check_choice("--scheme", scheme, SCHEMES)
-    _check_choice("--tone", tone_mode, TONE_MODES)
-    if not (0 <= dev < 1 and 0 <= test < 1 and dev + test < 1):
-        raise PhonormError(f"--dev {dev} / --test {test}: shares of speakers, each in [0, 1), together below 1")
+    split_file, phone_map = settings.split_file, settings.phone_map
+    label_scheme, rules = label_rules(settings.scheme, settings.tones, settings.silence, phone_map)
     if not audio_dir.is_dir():
         raise InputError(audio_dir, "no such audio folder")
     speakers = read_speakers(speakers_file)
     split_of_utterance = read_split_file(split_file) if split_file is not None else None
     skipped: list[Skipped] = []
-    sources = list_sources(audio_dir, alignments, fmt, skip_bad, skipped)
-    settings = dict(
+    sources = list_sources(audio_dir, alignments, settings.format, settings.skip_bad, skipped)
+    recorded = dict(
         audio_dir=str(audio_dir.resolve()), alignments=str(alignments.resolve()),
-        speakers_file=str(speakers_file.resolve()), format=fmt, scheme=scheme, tone_mode=tone_mode,
-        split_file=str(Path(split_file).resolve()) if split_file else None, skip_bad=skip_bad, seed=seed,
-        dev=dev, test=test,
+        speakers_file=str(speakers_file.resolve()), **settings.as_dict(),
     )
+    recorded.update(tone_mode=settings.tone, silence=sorted(rules.silence),
+                    split_file=str(Path(split_file).resolve()) if split_file else None,
+                    phone_map=str(Path(phone_map).resolve()) if phone_map else None)
     return build_prepared_corpus(
-        out, sources, speakers, scheme=scheme, tone_mode=tone_mode, split_of_utterance=split_of_utterance,
-        split_file=Path(split_file) if split_file else None, skip_bad=skip_bad, seed=seed, settings=settings,
-        skipped=skipped, dev=dev, test=test,
+        out, sources, speakers, scheme=settings.scheme, tone_mode=settings.tone, split_of_utterance=split_of_utterance,
+        split_file=Path(split_file) if split_file else None, skip_bad=settings.skip_bad, seed=settings.seed,
+        settings=recorded, skipped=skipped, dev=settings.dev, test=settings.test, label_scheme=label_scheme,
+        rules=rules, split_by=settings.split_by,
     )
 
 
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise PhonormError(f"{option} {value!r}: choose one of {', '.join(choices)}")
+def label_rules(scheme: str, tones, silence, phone_map) -> tuple[object, LabelRules]:
+    """The scheme object and the user's label rules (`--tones`, `--silence`, `--phone-map`)."""
+    try:
+        label_scheme = get_scheme(scheme, tones)
+    except (ValueError, SchemeError) as err:
+        raise PhonormError(str(err)) from None
+    mapping = read_phone_map(phone_map, label_scheme) if phone_map is not None else {}
+    return label_scheme, LabelRules(silence=silence_set(silence), phone_map=mapping)
 
 
 # --------------------------------------------------------------------------- listing the inputs
@@ -141,9 +190,9 @@ def list_sources(
     if fmt == "textgrid":
         if not alignments.is_dir():
             raise InputError(alignments, "no such folder of TextGrids (give a folder with --alignments)")
-        grids = sorted(p for p in alignments.rglob("*") if p.is_file() and p.suffix.lower() == ".textgrid")
+        grids = sorted(p for p in alignments.rglob("*") if p.is_file() and p.suffix.lower() in ALIGNMENT_SUFFIXES)
         if not grids:
-            raise InputError(alignments, "no *.TextGrid files in this folder")
+            raise InputError(alignments, "no *.TextGrid (or Biaobei *.interval) files in this folder")
         for path in grids:
             src = source(path.stem)
             if src.alignment_file is not None:
@@ -171,7 +220,7 @@ def list_sources(
 # --------------------------------------------------------------------------- one utterance
 def read_utterance(
     src: UtteranceSource, speakers: SpeakerTable, scheme, tone_mode: str,
-    split_of_utterance: dict[str, str] | None, split_file: Path | None,
+    split_of_utterance: dict[str, str] | None, split_file: Path | None, rules: LabelRules | None = None,
 ) -> tuple[dict, list, LabelNotes]:
     """(utterance row, labelled phones, notes) of one utterance; raises `BadUtterance`."""
     utt = src.utterance_id
@@ -209,7 +258,9 @@ def read_utterance(
         raise bad("too-long", src.alignment_file,
                   f"alignment ends at {alignment.end:.3f} s but the audio {src.audio.name} lasts {duration:.3f} s")
     try:
-        phones, notes = label_alignment(alignment, scheme, tone_mode)
+        phones, notes = label_alignment(alignment, scheme, tone_mode, rules)
+    except UnknownLabels as err:
+        raise BadUtterance("labels", InputError(src.alignment_file, str(err), item=utt), err.counts) from None
     except SchemeError as err:
         raise bad("labels", src.alignment_file, str(err)) from None
     if not phones:
@@ -227,20 +278,29 @@ def build_prepared_corpus(
     split_of_utterance: dict[str, str] | None, split_file: Path | None, skip_bad: bool, seed: int,
     settings: dict, skipped: list[Skipped] | None = None,
     add_words: Callable[[str, Alignment], None] | None = None, dev: float = 0.1, test: float = 0.1,
+    label_scheme=None, rules: LabelRules | None = None, split_by: str = "speaker",
 ) -> str:
     """Read every source, write the prepared corpus to `out`, return the summary. `dev`, `test`:
-    shares of each sex's speakers in the default split (used when `split_of_utterance` is None)."""
+    shares of each sex's speakers in the default split (used when `split_of_utterance` is None),
+    or of each speaker's utterances with `split_by="utterance"`. `label_scheme`, `rules`: from
+    `label_rules` (default: the scheme named `scheme`, no extra rules)."""
     out = Path(out)
     skipped = skipped if skipped is not None else []
-    label_scheme = get_scheme(scheme)
+    label_scheme = label_scheme if label_scheme is not None else get_scheme(scheme)
     rows, segments = [], []
     notes = LabelNotes()
+    unknown = UnknownLabelTally()
     for src in tqdm(sources, desc="prepare", unit="utt", disable=None):
         if add_words is not None and src.alignment is not None:
             add_words(src.utterance_id, src.alignment)
         try:
-            row, phones, utt_notes = read_utterance(src, speakers, label_scheme, tone_mode, split_of_utterance, split_file)
+            row, phones, utt_notes = read_utterance(src, speakers, label_scheme, tone_mode, split_of_utterance,
+                                                    split_file, rules)
         except BadUtterance as bad:
+            if bad.unknown:
+                unknown.add(bad.unknown, bad.error.path, src.utterance_id)
+                if not skip_bad:
+                    continue  # read on: one error at the end names every unknown label
             if not skip_bad:
                 raise bad.error from None
             skipped.append(Skipped(src.utterance_id, bad.error.path or "", bad.error.problem, bad.step))
@@ -253,6 +313,13 @@ def build_prepared_corpus(
                 syllable=p.syllable, word=p.word, is_final=p.is_final,
             ))
 
+    if unknown.seen and not skip_bad:  # one error for the corpus, named by its first bad file
+        raise InputError(
+            unknown.first_file,
+            f"{len(unknown.seen)} phone label(s) the {scheme} scheme cannot read, in {unknown.utterances} "
+            f"utterance(s): {unknown.describe()}; {REMEDY} (or skip those utterances with --skip-bad)",
+            item=unknown.first_utterance,
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_skipped(out, skipped)
     if not rows:
@@ -261,7 +328,11 @@ def build_prepared_corpus(
             else "no utterances found: is --audio the right folder?"
         )
     utterances = pd.DataFrame(rows)
-    if split_of_utterance is None:
+    if split_of_utterance is None and split_by == "utterance":
+        split_of = utterance_split(dict(zip(utterances["utterance_id"], utterances["speaker"])), seed=seed,
+                                   dev=dev, test=test)
+        utterances["split"] = utterances["utterance_id"].map(split_of)
+    elif split_of_utterance is None:
         split_of_speaker = speaker_split(dict(zip(utterances["speaker"], utterances["sex"])), seed=seed,
                                          dev=dev, test=test)
         utterances["split"] = utterances["speaker"].map(split_of_speaker)
@@ -272,16 +343,27 @@ def build_prepared_corpus(
     table.insert(1, "segment_id", range(len(table)))
     table["tone"] = table["tone"].astype("int8")
     table["is_final"] = table["is_final"].astype(bool)
+    tone_labels = list(label_scheme.tone_labels)
+    if scheme == "tonal" and getattr(label_scheme, "given", None) is None:  # the tones of what was kept
+        tone_labels = [str(t) for t in sorted(set(int(t) for t in table["tone"]) - {0})]
+    problems = split_problems(utterances)
     labels = {
         "scheme": scheme,
         "tone_mode": tone_mode,
-        "tasks": {"tone": list(label_scheme.tone_labels), "phone": sorted(table["phone"].unique().tolist()), "sex": list(SEXES)},
+        "tasks": {"tone": tone_labels, "phone": sorted(table["phone"].unique().tolist()), "sex": list(SEXES)},
+        # How the splits were made and whether dev/test (and the probes' held-out speakers) are
+        # speaker-disjoint: the report says so when they are not.
+        "split": {
+            "by": "file" if split_of_utterance is not None else split_by,
+            "speaker_disjoint": bool((utterances.groupby("speaker")["split"].nunique() == 1).all()),
+            "problems": problems,
+        },
         "provenance": provenance(settings),
     }
     write_parquet(out / "segments.parquet", table)
     write_parquet(out / "utterances.parquet", utterances)
     write_json(out / "labels.json", labels)  # last: a folder without it is not a prepared corpus
-    return summarize(out, utterances, table, skipped, notes)
+    return summarize(out, utterances, table, skipped, notes, problems, unknown)
 
 
 def write_skipped(out: Path, skipped: list[Skipped]) -> None:
@@ -298,7 +380,10 @@ def write_skipped(out: Path, skipped: list[Skipped]) -> None:
                 writer.writerow([s.item, s.file, s.problem.replace("\t", " ").replace("\n", " ")])
 
 
-def summarize(out: Path, utterances: pd.DataFrame, segments: pd.DataFrame, skipped: list[Skipped], notes: LabelNotes) -> str:
+def summarize(
+    out: Path, utterances: pd.DataFrame, segments: pd.DataFrame, skipped: list[Skipped], notes: LabelNotes,
+    problems: list[str] = (), unknown: UnknownLabelTally | None = None,
+) -> str:
     speakers = utterances.drop_duplicates("speaker")
     sexes = speakers["sex"].value_counts()
     splits = utterances["split"].value_counts()
@@ -308,9 +393,7 @@ def summarize(out: Path, utterances: pd.DataFrame, segments: pd.DataFrame, skipp
         f"{len(speakers)} speakers ({int(sexes.get('F', 0))} F, {int(sexes.get('M', 0))} M), {len(segments)} phone segments",
         "  splits: " + ", ".join(f"{s} {int(splits.get(s, 0))} utterances" for s in SPLITS),
     ]
-    spread = utterances.groupby("speaker")["split"].nunique()
-    if (spread > 1).any():
-        lines.append(f"  note: {int((spread > 1).sum())} speakers appear in more than one split (from the split file)")
+    lines += [f"  note: {problem}" for problem in problems]
     if notes.han_words_mismatched:
         lines.append(
             f"  note: {notes.han_words_mismatched} of {notes.han_words} character words did not have one final per "
@@ -320,4 +403,6 @@ def summarize(out: Path, utterances: pd.DataFrame, segments: pd.DataFrame, skipp
         counts = Counter(s.step for s in skipped)
         detail = ", ".join(f"{n} {STEP_NAMES.get(step, step)}" for step, n in counts.most_common())
         lines.append(f"  skipped {len(skipped)}: {detail}; listed in {out / 'skipped.tsv'}")
+    if unknown is not None and unknown.seen:
+        lines.append(f"  unknown labels ({len(unknown.seen)}): {unknown.describe()}; {REMEDY}")
     return "\n".join(lines)

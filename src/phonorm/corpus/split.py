@@ -8,8 +8,27 @@ import numpy as np
 
 from phonorm.corpus.speakers import read_text
 from phonorm.errors import InputError
+from phonorm.settings import SPLITS
 
-SPLITS = ("train", "dev", "test")
+
+
+
+
+def _shares(n: int, dev: float, test: float) -> tuple[int, int]:
+    """(n_dev, n_test) of a group of `n`: with three or more, dev and test get at least one each
+    and train keeps at least one; with two, one goes to test; a lone member goes to train."""
+    if n >= 3:
+        n_test = max(1, int(round(test * n)))
+        n_dev = max(1, int(round(dev * n)))
+        while n - n_test - n_dev < 1:  # tiny groups with large fractions: keep one for training
+            if n_dev >= n_test and n_dev > 1:
+                n_dev -= 1
+            else:
+                n_test -= 1
+        return n_dev, n_test
+    if n == 2:
+        return 0, 1
+    return 0, 0
 
 
 def speaker_split(sex_of: dict[str, str], seed: int = 0, dev: float = 0.1, test: float = 0.1) -> dict[str, str]:
@@ -25,22 +44,51 @@ def speaker_split(sex_of: dict[str, str], seed: int = 0, dev: float = 0.1, test:
     for sex in sorted(set(sex_of.values())):
         speakers = sorted(s for s, x in sex_of.items() if x == sex)
         order = [speakers[i] for i in rng.permutation(len(speakers))]
-        n = len(order)
-        if n >= 3:
-            n_test = max(1, int(round(test * n)))
-            n_dev = max(1, int(round(dev * n)))
-            while n - n_test - n_dev < 1:  # tiny groups with large fractions: keep one for training
-                if n_dev >= n_test and n_dev > 1:
-                    n_dev -= 1
-                else:
-                    n_test -= 1
-        elif n == 2:
-            n_test, n_dev = 1, 0
-        else:
-            n_test, n_dev = 0, 0
+        n_dev, n_test = _shares(len(order), dev, test)
         for i, speaker in enumerate(order):
             split_of[speaker] = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
     return split_of
+
+
+def utterance_split(speaker_of: dict[str, str], seed: int = 0, dev: float = 0.1, test: float = 0.1) -> dict[str, str]:
+    """utterance → split, about (1-dev-test)/dev/test of each speaker's utterances (the rule of
+    `speaker_split`, applied to each speaker's utterances): every speaker with three or more
+    utterances is in all three splits, so dev and test are NOT speaker-disjoint. For corpora with
+    too few speakers of a sex for a speaker-disjoint split. Deterministic for `seed`."""
+    rng = np.random.default_rng(seed)
+    split_of: dict[str, str] = {}
+    for speaker in sorted(set(speaker_of.values())):
+        utterances = sorted(u for u, s in speaker_of.items() if s == speaker)
+        order = [utterances[i] for i in rng.permutation(len(utterances))]
+        n_dev, n_test = _shares(len(order), dev, test)
+        for i, utterance in enumerate(order):
+            split_of[utterance] = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
+    return split_of
+
+
+def split_problems(utterances) -> list[str]:
+    """What a user must know about a prepared corpus's splits, in words: a sex with no speaker
+    in dev or test, and speakers shared between splits (probes then not speaker-disjoint).
+    `utterances`: a table with columns `speaker`, `sex`, `split`."""
+    problems = []
+    speakers = utterances.drop_duplicates(["speaker", "split"])
+    for sex in sorted(set(utterances["sex"])):
+        of_sex = speakers[speakers["sex"] == sex]
+        missing = [s for s in ("dev", "test") if not (of_sex["split"] == s).any()]
+        if missing:
+            n = of_sex["speaker"].nunique()
+            problems.append(
+                f"sex {sex} has {n} speaker{'s' if n != 1 else ''}: no {sex} utterance in {' or '.join(missing)} "
+                "(a speaker-disjoint split needs three speakers of each sex; --split-by utterance splits "
+                "each speaker's utterances instead)"
+            )
+    shared = int((utterances.groupby("speaker")["split"].nunique() > 1).sum())
+    if shared:
+        # Probes fold by speaker on their own, but a fine-tuned model has seen every speaker in train.
+        problems.append(f"{shared} speaker{'s' if shared != 1 else ''} appear in more than one split: dev/test "
+                        "are not speaker-disjoint from train, so evaluation and probes of fine-tuned models "
+                        "are not on speakers unseen in training")
+    return problems
 
 
 def read_split_file(path: str | Path) -> dict[str, str]:

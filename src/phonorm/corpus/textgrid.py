@@ -3,6 +3,9 @@
 praatio keeps empty intervals (`includeEmptyIntervals=True`) and renames repeated tier names
 (`duplicateNamesMode="rename"`), the two places hand-written readers go wrong (BRIEF trap 11).
 Multi-speaker MFA output names tiers `SPEAKER - words` / `SPEAKER - phones`; those are accepted too.
+Praat's short text format (Charsiu's output) reads like the long one. A file with a single interval
+tier of any name is that tier's phones: Biaobei/CSMSC `PhoneLabeling/*.interval` files are short
+TextGrids with one tier named after the utterance.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from pathlib import Path
 from phonorm.corpus.alignment import Alignment, Interval, check_intervals
 from phonorm.errors import InputError
 
+ALIGNMENT_SUFFIXES = (".textgrid", ".interval")
+"""File suffixes (lower case) read as TextGrids: Praat's, and Biaobei's `.interval` files."""
 PHONE_TIER_NAMES = ("phones", "phone")
 WORD_TIER_NAMES = ("words", "word")
 
@@ -35,6 +40,9 @@ def read_textgrid(path: str | Path) -> Alignment:
         raise InputError(path, f"not a readable TextGrid ({type(err).__name__}: {_short(err)})") from None
     try:
         phones_tier = _find_tier(grid, PHONE_TIER_NAMES)
+        interval_tiers = [n for n in grid.tierNames if type(grid.getTier(n)).__name__ == "IntervalTier"]
+        if phones_tier is None and len(interval_tiers) == 1 and _find_tier(grid, WORD_TIER_NAMES) is None:
+            phones_tier = grid.getTier(interval_tiers[0])
         if phones_tier is None:
             names = ", ".join(repr(n) for n in grid.tierNames) or "none"
             raise InputError(path, f"no 'phones' interval tier (tiers: {names})")

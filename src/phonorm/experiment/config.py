@@ -15,7 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from phonorm.errors import InputError
-from phonorm.settings import AnalyzeSettings, ExtractSettings, FinetuneSettings, PretrainSettings, Split
+from phonorm.settings import (
+    AishellSettings, AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings, Split,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # A Hugging Face hub id of a speech model: `org/name` (letters, digits, - _ .). A bare `name` is far
@@ -51,28 +53,26 @@ class SynthCorpus(_Strict):
         return self
 
 
-class PrepareCorpus(_Strict):
-    """`phonorm prepare` of a corpus the user brings (paths relative to the YAML file)."""
+class PrepareCorpus(PrepareSettings):
+    """`phonorm prepare` of a corpus the user brings: its inputs plus `PrepareSettings` (paths
+    relative to the YAML file)."""
 
     audio: Path
     alignments: Path
     speakers: Path
-    format: Literal["textgrid", "ctm"] = "textgrid"
-    scheme: Literal["mandarin", "plain"] = "mandarin"
-    tone: Literal["surface", "citation"] = "surface"
-    split_file: Optional[Path] = None
-    skip_bad: bool = False
-    seed: int = 0
+
+    def settings(self) -> PrepareSettings:
+        return PrepareSettings(**self.model_dump(exclude={"audio", "alignments", "speakers"}, exclude_unset=True))
 
 
-class AishellCorpus(_Strict):
-    """`phonorm prepare-aishell` (paths relative to the YAML file)."""
+class AishellCorpus(AishellSettings):
+    """`phonorm prepare-aishell`: its inputs plus `AishellSettings` (paths relative to the YAML file)."""
 
     root: Path
     alignments: Path
-    format: Literal["textgrid", "ctm"] = "textgrid"
-    tone: Literal["surface", "citation"] = "surface"
-    skip_bad: bool = False
+
+    def settings(self) -> AishellSettings:
+        return AishellSettings(**self.model_dump(exclude={"root", "alignments"}, exclude_unset=True))
 
 
 class CorpusConfig(_Strict):
@@ -348,9 +348,11 @@ def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
         c.audio, c.alignments = resolve(c.audio, "corpus.prepare.audio"), resolve(c.alignments, "corpus.prepare.alignments")
         c.speakers = resolve(c.speakers, "corpus.prepare.speakers")
         c.split_file = resolve(c.split_file, "corpus.prepare.split_file")
+        c.phone_map = resolve(c.phone_map, "corpus.prepare.phone_map")
     if corpus.aishell is not None:
         c = corpus.aishell
         c.root, c.alignments = resolve(c.root, "corpus.aishell.root"), resolve(c.alignments, "corpus.aishell.alignments")
+        c.phone_map = resolve(c.phone_map, "corpus.aishell.phone_map")
     experiment.workdir = resolve(experiment.workdir or Path("runs") / experiment.name, "workdir", must_exist=False)
     if experiment.workdir.exists() and not experiment.workdir.is_dir():
         raise InputError(path, f"workdir: got {str(experiment.workdir)!r}; expected a folder (it is a file)")

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from phonorm.artifacts import write_json
 from phonorm.experiment.cache import Stage, _sha, fingerprint
 from phonorm.experiment.config import AishellCorpus, Experiment, PrepareCorpus, SynthCorpus
-from phonorm.settings import AnalyzeSettings, ExtractSettings, FinetuneSettings, PretrainSettings
+from phonorm.settings import AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings
 
 
 @dataclass
@@ -62,13 +62,16 @@ def plan_stages(experiment: Experiment, file: Path) -> Plan:
         c = corpus_cfg.prepare
         inputs = {"audio": fingerprint(c.audio), "alignments": fingerprint(c.alignments),
                   "speakers": fingerprint(c.speakers)}
-        if c.split_file is not None:
-            inputs["split_file"] = fingerprint(c.split_file)
+        for name in ("split_file", "phone_map"):
+            if getattr(c, name) is not None:
+                inputs[name] = fingerprint(getattr(c, name))
         plan.corpus = plan.add(Stage("corpus", "corpus", inputs, {"prepare": c.model_dump(mode="json")},
                                      _run_prepare(c), workdir))
     else:
         c = corpus_cfg.aishell
         inputs = {"root": fingerprint(c.root), "alignments": fingerprint(c.alignments)}
+        if c.phone_map is not None:
+            inputs["phone_map"] = fingerprint(c.phone_map)
         plan.corpus = plan.add(Stage("corpus", "corpus", inputs, {"aishell": c.model_dump(mode="json")},
                                      _run_aishell(c), workdir))
     corpus = plan.corpus
@@ -129,9 +132,8 @@ def _run_prepare_synth(synth: Stage, s: SynthCorpus) -> Callable[[Path], str]:
 
         source = synth.folder
         return prepare_corpus(folder, audio_dir=source / "wav", alignments=source / "textgrid",
-                              speakers_file=source / "speakers.tsv", fmt="textgrid", scheme="mandarin",
-                              tone_mode="surface", split_file=None, skip_bad=False, seed=s.split_seed,
-                              dev=s.dev, test=s.test)
+                              speakers_file=source / "speakers.tsv",
+                              settings=PrepareSettings(seed=s.split_seed, dev=s.dev, test=s.test))
     return run
 
 
@@ -140,8 +142,7 @@ def _run_prepare(c: PrepareCorpus) -> Callable[[Path], str]:
         from phonorm.corpus.prepare import prepare_corpus
 
         return prepare_corpus(folder, audio_dir=c.audio, alignments=c.alignments, speakers_file=c.speakers,
-                              fmt=c.format, scheme=c.scheme, tone_mode=c.tone, split_file=c.split_file,
-                              skip_bad=c.skip_bad, seed=c.seed)
+                              settings=c.settings())
     return run
 
 
@@ -149,8 +150,7 @@ def _run_aishell(c: AishellCorpus) -> Callable[[Path], str]:
     def run(folder: Path) -> str:
         from phonorm.corpus.aishell import prepare_aishell
 
-        return prepare_aishell(folder, root=c.root, alignments=c.alignments, fmt=c.format, tone_mode=c.tone,
-                               skip_bad=c.skip_bad)
+        return prepare_aishell(folder, root=c.root, alignments=c.alignments, settings=c.settings())
     return run
 
 

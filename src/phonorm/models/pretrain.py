@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import ValidationError
 
 from phonorm.artifacts import atomic_path, provenance
 from phonorm.corpus.store import PreparedCorpus
@@ -105,10 +104,7 @@ def pretrain(corpus: str | Path, *, out: str | Path, settings: PretrainSettings 
     a linear warm-up over `warmup` of the steps, then linear decay. Resumable from `out/checkpoint`.
     """
     if settings is None:
-        try:
-            settings = PretrainSettings(**options)
-        except ValidationError as err:
-            raise PhonormError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in err.errors())) from None
+        settings = PretrainSettings.parse(options)
     elif options:
         raise TypeError("give either settings= or keyword settings, not both")
     with folder_lock(out, "phonorm pretrain"):

@@ -233,8 +233,12 @@ def _section_corpus(page: Page, sources: Sources) -> None:
                     for s in info["splits"]])
     tone = info["labels"].get("tone") or {}
     tone_table = table([{"tone": k, "frames": v} for k, v in tone.items()]) if tone else ""
+    # A corpus whose splits share speakers (--split-by utterance, a split file) or lack dev/test for a
+    # sex: say so plainly, since the evaluation then does not measure generalization to new speakers.
+    warning = "".join(f"<p><b>Note:</b> {esc(p)}.</p>" for p in info.get("split_problems") or [])
     body = (f"<p>Prepared corpus <code>{esc(sources.corpus)}</code>. Splits are speaker-disjoint unless a split "
-            f"file was given; every probe and evaluation below uses speakers unseen in training.</p>"
+            f"file or --split-by utterance was given; every probe and evaluation below uses speakers unseen in "
+            f"training unless a note says otherwise.</p>{warning}"
             f"{overview}<div class=\"row\">{splits}{tone_table}</div>"
             + page.fig(figs.label_counts_figure(info["labels"]), "frames per label",
                        "Frames per label on the 20 ms grid: tone on finals only, phone on every phone, sex on "
