@@ -404,3 +404,6 @@ def test_errors_come_before_any_stage_and_name_the_yaml_field(tmp_path):
     assert "workdir" in error(data) and "it is a file" in error(data)
     text = yaml.safe_dump(BASE) + "name: again\n"
     assert "given twice" in error(None, text)
+    data = copy.deepcopy(BASE)
+    data["extract"] = {"layers": [0, 9]}  # the tiny model pre-trained here has L0..L4
+    assert "extract.layers" in error(data) and "L0..L4" in error(data)

@@ -34,6 +34,17 @@ PROBE_LABELS: tuple[str, ...] = get_args(ProbeLabel)
 AlignmentFormat = Literal["textgrid", "ctm"]
 LabelScheme = Literal["mandarin", "tonal", "plain"]
 ToneMode = Literal["surface", "citation"]
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+                 conv_dim=(64,) * 7, num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=4,
+                 codevector_dim=64, proj_codevector_dim=64, num_codevector_groups=2, num_codevectors_per_group=64),
+    "small": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024,
+                  conv_dim=(256,) * 7, num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=8,
+                  codevector_dim=128, proj_codevector_dim=128, num_codevector_groups=2, num_codevectors_per_group=160),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                 conv_dim=(512,) * 7, codevector_dim=256, proj_codevector_dim=256),
+}
+"""wav2vec 2.0 configurations of the models phonorm pre-trains itself ("base" is wav2vec2-base's)."""
 ModelSize = Literal["tiny", "small", "base"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 FrameMode = Literal["labelled", "middle", "all"]

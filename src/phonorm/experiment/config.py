@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from phonorm.errors import InputError
 from phonorm.settings import (
+    MODEL_SIZES,
     AishellSettings, AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings, Split,
 )
 
@@ -368,6 +369,39 @@ def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
                 raise InputError(path, f"finetune[{i}].base: got {entry.base!r}; expected a model defined before it")
         if entry.base not in internal:
             entry.base = _model_source(entry.base, base, path, f"finetune[{i}].base", sorted(internal))
+    _check_layers(experiment, path)
+
+
+def _layer_counts(experiment: Experiment) -> dict[str, int]:
+    """Transformer layers of each model whose size is known before anything runs: pre-trained here
+    (its size), a local folder (its config.json), fine-tuned from one of those."""
+    import json
+
+    counts: dict[str, int] = {p.name: int(MODEL_SIZES[p.size]["num_hidden_layers"]) for p in experiment.pretrain}
+    for name, source in experiment.models.items():
+        config = Path(source) / "config.json"
+        if config.is_file():
+            try:
+                counts[name] = int(json.loads(config.read_text(encoding="utf-8"))["num_hidden_layers"])
+            except (ValueError, KeyError, TypeError):
+                pass
+    for entry in experiment.finetune:
+        known = counts.get(entry.base)
+        if known is None and (Path(entry.base) / "config.json").is_file():
+            known = _layer_counts(Experiment.model_construct(name="x", models={"b": entry.base})).get("b")
+        if known is not None:
+            counts[entry.name] = known
+    return counts
+
+
+def _check_layers(experiment: Experiment, path: Path) -> None:
+    layers = experiment.extract.layers
+    if layers == "all":
+        return
+    highest = max(int(token.strip().lstrip("Ll")) for token in layers.split(","))
+    for name, count in _layer_counts(experiment).items():
+        if name in experiment.store_models and highest > count:
+            raise InputError(path, f"extract.layers: got {layers!r}; model {name!r} has layers L0..L{count}")
 
 
 def _model_source(source: str, base: Path, path: Path, field_name: str, names: Sequence[str] = ()) -> str:

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from phonorm.errors import PhonormError
+from phonorm.settings import MODEL_SIZES
 from phonorm.frames import FrameGeometry
 
 SUPPORTED_MODEL_TYPES = ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "data2vec-audio")
@@ -28,17 +29,8 @@ LAYER_CONVENTION = (
     "transformers 5.x hidden_states order"
 )
 
-# Sizes for models phonorm creates itself (pre-training offline, tests). "base" is wav2vec2-base.
-SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                 conv_dim=(64,) * 7, num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=4,
-                 codevector_dim=64, proj_codevector_dim=64, num_codevector_groups=2, num_codevectors_per_group=64),
-    "small": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024,
-                  conv_dim=(256,) * 7, num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=8,
-                  codevector_dim=128, proj_codevector_dim=128, num_codevector_groups=2, num_codevectors_per_group=160),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                 conv_dim=(512,) * 7, codevector_dim=256, proj_codevector_dim=256),
-}
+# Sizes for models phonorm creates itself (pre-training offline, tests): settings.MODEL_SIZES.
+SIZES = MODEL_SIZES
 
 
 def make_config(size: str = "tiny", *, stable_layer_norm: bool = False, **overrides: Any) -> PretrainedConfig:
