@@ -16,6 +16,7 @@ from phonorm.models.pretrain import pretrain
 torch.set_num_threads(2)
 
 
+@pytest.mark.slow
 def test_pretraining_learns_on_held_out_audio_and_loads(fake_corpus, tmp_path):
     out = tmp_path / "pre"
     summary = pretrain(fake_corpus, out=out, size="tiny", steps=120, seed=0, batch_seconds=8.0, lr=2e-3, eval_every=60)

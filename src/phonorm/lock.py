@@ -39,6 +39,7 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
         yield
         return
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     handle = open(path, "a+", encoding="utf-8")
@@ -61,6 +62,9 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
         yield
     finally:
         handle.close()  # releases the lock
+        if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:  # nothing was written: leave no trace
+            path.unlink(missing_ok=True)
+            folder.rmdir()
 
 
 def _describe(text: str) -> str:
