@@ -90,12 +90,12 @@ def segment_index_per_frame(starts: Sequence[float], ends: Sequence[float], time
     `starts`/`ends` in seconds, sorted by start and not overlapping (one alignment tier).
     Returns int64, shape (len(times),).
     """
-    starts = np.asarray(starts, dtype=np.float64)
-    ends = np.asarray(ends, dtype=np.float64)
-    if starts.size == 0:
+    start = np.asarray(starts, dtype=np.float64)
+    end = np.asarray(ends, dtype=np.float64)
+    if start.size == 0:
         return np.full(len(times), -1, dtype=np.int64)
-    candidate = np.searchsorted(starts, times, side="right") - 1
-    inside = (candidate >= 0) & (times < ends[np.clip(candidate, 0, None)])
+    candidate = np.searchsorted(start, times, side="right") - 1
+    inside = (candidate >= 0) & (times < end[np.clip(candidate, 0, None)])
     return np.where(inside, candidate, -1).astype(np.int64)
 
 

@@ -90,7 +90,7 @@ def _comma_list(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- corpus
-REPEATABLE = {"cli": "repeat"}
+REPEATABLE: dict[str, Any] = {"cli": "repeat"}
 """Marks a list field whose command-line option is given once per value (`--silence a --silence b`)."""
 
 
@@ -279,7 +279,7 @@ class AnalyzeSettings(StageSettings):
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples over speakers for probe CIs.")
     seed: int = Field(0, description="Random seed.")
     models: Optional[list[str]] = Field(None, description="Models to analyse (default: all in the store).")
-    labels: list[ProbeLabel] = Field(default_factory=lambda: list(PROBE_LABELS),
+    labels: list[ProbeLabel] = Field(default_factory=lambda: list(PROBE_LABELS),  # type: ignore[arg-type]
                                      description="Labels to probe: tone, phone, sex, speaker.")
     layer_matrix: bool = Field(True, description="Also compare every layer with every reference layer.")
     sample_rows: Optional[int] = Field(20000, ge=10, description="Rows (same share per speaker) used by probes, "

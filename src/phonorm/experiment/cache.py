@@ -145,6 +145,7 @@ def execute(stage: Stage, *, force: bool = False) -> None:
     logger.info(f"phonorm run: {stage.title}: {'resuming' if resuming else 'running'} → {folder}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tic, cpu = time.perf_counter(), _cpu_seconds()
+    assert stage.run is not None  # only given folders (`external`) have no body, and they returned above
     summary = stage.run(folder)
     stage.seconds, stage.cpu_seconds = time.perf_counter() - tic, _cpu_seconds() - cpu
     stage.summary = str(summary)

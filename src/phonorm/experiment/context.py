@@ -18,6 +18,7 @@ def stage_record(stage: Stage) -> dict[str, Any]:
 def write_context(plan: Plan, folder: Path) -> Path:
     """FOLDER/context.json for the report of `plan` (FOLDER: the report stage's own folder)."""
     experiment = plan.experiment
+    assert plan.corpus is not None and plan.extract is not None and plan.analyze is not None
     models = []
     for name, stage in plan.models.items():
         entry = ContextModel(name=name, kind="finetuned" if stage.kind == "finetune" else "pretrained",

@@ -113,7 +113,7 @@ def build_manifest(plan: Plan, run_counts: dict[str, dict]) -> StoreManifest:
     from phonorm.models.backbone import LAYER_CONVENTION
     from phonorm.models.card import ModelCard
 
-    models = list(plan.kept_models)
+    models: list[Any] = list(plan.kept_models)
     for spec in plan.models:
         complete = read_json(plan.out / spec.name / ".complete.json")
         card = ModelCard.load_if_any(spec.source)

@@ -89,7 +89,7 @@ def plan_extraction(corpus: str | Path, *, models: dict[str, str], out: str | Pa
         if not _NAME_PATTERN.match(name) or name == layout.CLASSIC_DIR:
             raise PhonormError(f"--model {name}=...: a name must be letters, digits, '_', '-', '.', '+' "
                                f"(it becomes a folder), and not {layout.CLASSIC_DIR!r}")
-    corpus = PreparedCorpus(corpus)
+    prepared = PreparedCorpus(corpus)
     specs: list[ModelSpec] = []
     for name, source in models.items():
         text = str(source)
@@ -112,12 +112,12 @@ def plan_extraction(corpus: str | Path, *, models: dict[str, str], out: str | Pa
             raise PhonormError(f"--model {spec.name}: sample rate {spec.geometry.sample_rate} Hz differs from "
                                f"{specs[0].name}'s {reference.sample_rate} Hz")
     set_seed(settings.seed)
-    selection = select_rows(corpus, settings.split, reference, settings.frames, settings.pool,
+    selection = select_rows(prepared, settings.split, reference, settings.frames, settings.pool,
                             settings.max_per_speaker_label, settings.seed)
     if len(selection.frames) == 0:
-        raise InputError(corpus.folder, f"no rows to extract: split {settings.split!r} has "
+        raise InputError(prepared.folder, f"no rows to extract: split {settings.split!r} has "
                          f"{selection.counts['utterances_in_split']} utterances and none has a selected frame")
-    plan = Plan(corpus=corpus, out=Path(out), settings=settings, models=specs, geometry=reference, selection=selection)
+    plan = Plan(corpus=prepared, out=Path(out), settings=settings, models=specs, geometry=reference, selection=selection)
     for spec in specs:
         spec.key = _model_key(plan, spec)
     _find_work(plan)

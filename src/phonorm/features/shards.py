@@ -78,7 +78,7 @@ def _share_rows(share: pd.DataFrame) -> tuple[int, int]:
 
 def _run_chunked(
     *, plan: Plan, what: str, key: str, folder: Path, share: pd.DataFrame, process_index: int,
-    num_processes: int, outputs: dict[str, tuple[Path, int, str]], progress: bool,
+    num_processes: int, outputs: dict[str, tuple[Path, int, Any]], progress: bool,
     process_chunk: Callable[[pd.DataFrame, dict[str, RowWriter], int, Callable[[pd.Series], None]], dict],
 ) -> dict:
     """The resumable loop shared by models and classic baselines.

@@ -113,7 +113,8 @@ class FeatureStore:
         return dict(self.manifest.get("settings", {}))
 
     # ------------------------------------------------------------------ embeddings
-    def layer_files(self, model: str, layer: str) -> list[Path]:
+    def layer_files(self, model: str, layer: str | int) -> list[Path]:
+        """The .npy file of one layer, or its row-ordered parts."""
         layer = self._check_layer(model, layer)
         single = self.folder / model / f"{layer}.npy"
         if single.is_file():

@@ -210,16 +210,17 @@ class Collator:
         if self.crop:
             length = min(lengths) if self.max_samples is None else min(min(lengths), self.max_samples)
             n_frames = geo.num_frames(length)
-            waves, labels = [], {t: [] for t in self.tasks}
+            crops: list[np.ndarray] = []
+            label_crops: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
             for e in examples:
                 max_offset_frames = (len(e.wave) - length) // hop
                 first = int(np.random.randint(0, max_offset_frames + 1)) if self.random_offset else 0
-                waves.append(e.wave[first * hop: first * hop + length])
+                crops.append(e.wave[first * hop: first * hop + length])
                 for t in self.tasks:
-                    labels[t].append(e.labels[t][first: first + n_frames])
+                    label_crops[t].append(e.labels[t][first: first + n_frames])
             batch = {
-                "input_values": torch.from_numpy(np.stack(waves)),
-                "labels": {t: torch.from_numpy(np.stack(v)) for t, v in labels.items()},
+                "input_values": torch.from_numpy(np.stack(crops)),
+                "labels": {t: torch.from_numpy(np.stack(v)) for t, v in label_crops.items()},
             }
             batch["audio_seconds"] = len(examples) * length / SAMPLE_RATE
             batch["frames"] = len(examples) * n_frames

@@ -59,7 +59,7 @@ def predict_split(backbone: torch.nn.Module, heads: MultitaskHeads, dataset: Fra
     Group-norm models see one utterance (or equal-length batch) at a time, never padding."""
     backbone.eval()
     heads.eval()
-    group_norm = uses_group_norm(backbone.config)
+    group_norm = uses_group_norm(backbone.config)  # type: ignore[arg-type]
     result = Predictions(list(dataset.tasks))
     indices = list(range(len(dataset))) if indices is None else list(indices)
     bar = tqdm(total=len(indices), desc=desc, unit="utt", disable=not progress, leave=False)

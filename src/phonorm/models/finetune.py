@@ -64,7 +64,7 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
     missing = [t for t in settings.tasks if t not in prepared.label_maps]
     if missing:
         raise InputError(prepared.folder / "labels.json", f"has no labels for task(s) {', '.join(missing)}")
-    label_maps = {t: list(prepared.label_maps[t]) for t in settings.tasks}
+    label_maps: dict[str, list[str]] = {t: list(prepared.label_maps[t]) for t in settings.tasks}
     settings_dict = settings.as_dict()
     if ModelCard.exists(out):
         card = ModelCard.load(out)
@@ -82,7 +82,7 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
     geometry = FrameGeometry.from_config(config)
     group_norm = uses_group_norm(config)
     if settings.freeze_feature_encoder:
-        backbone.freeze_feature_encoder()
+        backbone.freeze_feature_encoder()  # type: ignore[operator]
     heads = MultitaskHeads(config.hidden_size, {t: len(label_maps[t]) for t in settings.tasks}, settings.head_dropout)
     classifier = FrameClassifier(backbone, heads)
 
@@ -103,7 +103,8 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
         total_steps = min(total_steps, settings.max_steps)
     total_steps = max(total_steps, 1)
 
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in classifier.backbone.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
@@ -121,7 +122,7 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
     if not state.extra:
         state.extra = {"best": {"mean": -1.0, "step": 0, "dev": {}}, "dev_history": [],
                        "totals": {"utterances": 0, "audio_seconds": 0.0, "frames": 0, "padded_frames": 0}}
-    weights = {t: settings.weight(t) for t in settings.tasks}
+    weights: dict[str, float] = {t: settings.weight(t) for t in settings.tasks}
 
     def train_step(batch: dict[str, Any]) -> dict[str, Any]:
         wrapped.train()
@@ -151,14 +152,14 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
                 "utterances": int(stats[-4]), "audio_seconds": float(stats[-3])}
 
     def evaluate(state: TrainState, row: dict[str, Any]) -> None:
-        dev_acc = _dev_accuracy(accelerator, trainer.unwrapped, dev_set) if dev_set is not None else {}
+        dev_acc = _dev_accuracy(accelerator, classifier_of(trainer), dev_set) if dev_set is not None else {}
         row.update({f"dev_acc_{t}": a for t, a in dev_acc.items()})
         mean = float(np.mean(list(dev_acc.values()))) if dev_acc else float(state.step)  # no dev: keep the last
         state.extra["dev_history"].append({"step": state.step, **dev_acc})
         if mean > state.extra["best"]["mean"]:
             state.extra["best"] = {"mean": mean, "step": state.step, "dev": dev_acc}
             if trainer.main:
-                _save_model(trainer.unwrapped, out / "best")
+                _save_model(classifier_of(trainer), out / "best")
 
     if trainer.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -194,11 +195,18 @@ def _dev_accuracy(accelerator, model: FrameClassifier, dev_set: FrameDataset) ->
     return {task: float(total[2 * i] / max(total[2 * i + 1], 1.0)) for i, task in enumerate(dev_set.tasks)}
 
 
+def classifier_of(trainer: Trainer) -> FrameClassifier:
+    """The trainer's model without its launch wrapper (DDP), as the classifier it is."""
+    model = trainer.unwrapped
+    assert isinstance(model, FrameClassifier)
+    return model
+
+
 def _save_model(model: FrameClassifier, folder: Path) -> None:
     """Backbone (HF format) + heads into `folder`, swapped in whole (temp folder, then rename)."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.backbone.save_pretrained(tmp)
+    model.backbone.save_pretrained(tmp)  # type: ignore[operator]
     save_heads(model.heads, tmp)
     swap_folder(tmp, folder)
 
@@ -209,7 +217,7 @@ def _finish(out: Path, prepared: PreparedCorpus, trainer: Trainer, state: TrainS
     """Best model to the top level, full dev scores of it, log, metrics, and the model card last."""
     best_dir = out / "best"
     if not best_dir.is_dir():  # cannot happen after one evaluation; keep the last model then
-        _save_model(trainer.unwrapped, best_dir)
+        _save_model(classifier_of(trainer), best_dir)
     for name in sorted(os.listdir(best_dir)):
         with atomic_path(out / name) as tmp:
             shutil.copyfile(best_dir / name, tmp)

@@ -37,7 +37,8 @@ class MultitaskHeads(nn.Module):
 class FrameClassifier(nn.Module):
     """Backbone (a bare HF speech encoder) + `MultitaskHeads` on its last Transformer layer."""
 
-    def __init__(self, backbone: nn.Module, heads: MultitaskHeads):
+    def __init__(self, backbone: Any, heads: MultitaskHeads):
+        """`backbone`: a transformers PreTrainedModel (wav2vec 2.0, HuBERT, WavLM) without heads."""
         super().__init__()
         self.backbone = backbone
         self.heads = heads
@@ -97,7 +98,7 @@ def load_finetuned(folder: str | Path, *, device: str | torch.device = "cpu",
     for name in (HEADS_FILE, "config.json"):
         if not (folder / name).is_file():
             raise InputError(folder / name, "missing: not a model folder written by phonorm finetune")
-    backbone = load_backbone(folder).to(device)
+    backbone: Any = load_backbone(folder).to(device)  # type: ignore[arg-type]
     n_classes = {task: len(meta["label_maps"][task]) for task in meta["tasks"]}
     heads = MultitaskHeads(backbone.config.hidden_size, n_classes)
     try:

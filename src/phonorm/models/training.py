@@ -139,7 +139,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         rank = self.accelerator.process_index
         python = random.getstate()
-        numpy_state = np.random.get_state()
+        numpy_state: Any = np.random.get_state()
         write_json(tmp / f"rng-{rank}.json", {
             "python": [python[0], list(python[1]), python[2]],
             "numpy": [numpy_state[0], np.asarray(numpy_state[1]).tolist(), *[_plain(v) for v in numpy_state[2:]]],
