@@ -8,6 +8,9 @@ MFCC), and the gates of a faithful miniature wav2vec 2.0:
 - tone probe at its best layer >= the raw F0-in-Hz baseline;
 - the layers differ (range of the per-layer probe accuracies, and linear CKA of each layer to L0).
 
+Each probe is phonorm's own (`analysis.probes`: speaker-disjoint folds, utterance-grouped for the
+speaker label) on the test split, with the demo's extraction settings.
+
 Usage: python bench/fidelity.py PREPARED --model NAME=FOLDER [--model random=random:tiny] --out DIR
 `random:SIZE` is the untrained architecture (phonorm's `make_config(SIZE)`, seed 0), saved to DIR.
 The last line printed is JSON.
@@ -55,6 +58,31 @@ def gates(probes: pd.DataFrame, model: str) -> dict:
     return out
 
 
+def cka_to_first_layer(features: Path, model: str, rows: int = 4000, seed: int = 0) -> dict[str, float]:
+    """Linear CKA (Kornblith et al. 2019) of each layer of `model` to its own L0, on `rows` random
+    store rows: 1.0 everywhere means the layers are the same representation up to rotation and scale."""
+    import numpy as np
+
+    from phonorm.features.store import FeatureStore
+
+    store = FeatureStore(features)
+    layers = store.layers(model)
+    n = len(store.frames)
+    pick = np.sort(np.random.default_rng(seed).choice(n, size=min(rows, n), replace=False))
+
+    def centred(layer: str) -> np.ndarray:
+        x = np.asarray(store.layer(model, layer, mmap=True)[pick], dtype=np.float64)
+        return x - x.mean(axis=0)
+
+    first = centred(layers[0])
+    out = {}
+    for layer in layers:
+        x = centred(layer)
+        cross = np.linalg.norm(first.T @ x) ** 2
+        out[layer] = round(float(cross / (np.linalg.norm(first.T @ first) * np.linalg.norm(x.T @ x))), 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", type=Path)
@@ -86,10 +114,11 @@ def main() -> None:
     print(table.round(3).to_string())
     summary = {name: gates(probes, name) for name in models}
     for name in models:
-        # how different are the layers: linear CKA of each layer to the model's own L0 is not in
-        # similarity.csv (that compares to the reference), so report the probe-accuracy spread
+        # how different are the layers: the spread of each probe over layers, and linear CKA of each
+        # layer to the model's own L0 (similarity.csv compares same-named layers of two models)
         summary[name]["spread"] = {label: round(float(max(v.values()) - min(v.values())), 3)
                                    for label, v in summary[name].items() if label in ("sex", "speaker", "phone", "tone")}
+        summary[name]["cka_to_L0"] = cka_to_first_layer(features, name)
     summary["seconds"] = round(time.perf_counter() - tic, 1)
     summary["similarity_to_reference"] = similarity[similarity.measure == "cka"][["model", "layer", "value"]].round(3).values.tolist()
     print(json.dumps(summary))
