@@ -54,6 +54,8 @@ def synth(
     speakers: int = typer.Option(24, help="Number of speakers (half F, half M)."),
     utterances: int = typer.Option(40, help="Utterances per speaker."),
     seed: int = typer.Option(0, help="Random seed; the corpus is deterministic for a seed."),
+    variation: str = typer.Option("none", help="none, or wide: speakers differ in F0 by sex, formants (vocal-tract length), "
+                                               "rate, voice quality, channel and noise (for pre-training)."),
 ) -> None:
     """Make an offline Mandarin corpus: OUT/wav, OUT/textgrid, OUT/speakers.tsv.
 
@@ -61,7 +63,7 @@ def synth(
     """
     from phonorm.corpus.synth import synthesize_corpus
 
-    summary = synthesize_corpus(out, n_speakers=speakers, n_utterances=utterances, seed=seed)
+    summary = synthesize_corpus(out, n_speakers=speakers, n_utterances=utterances, seed=seed, variation=variation)
     typer.echo(summary)
 
 

@@ -18,6 +18,19 @@ synthesised in a fresh worker process, in a fixed order, with eSpeak's noise see
 utterance: the same settings and seed give byte-identical wav, TextGrid and speakers.tsv files.
 Resuming works per speaker: a re-run over the same OUT with the same settings skips speakers
 whose files are all there and redoes the others.
+
+Speaker variation (`variation`): "none" (the default, and the corpus of earlier versions, byte for
+byte) draws each speaker's eSpeak variant, pitch, pitch range and rate within narrow ranges.
+"wide" makes speakers differ the way real speakers do, for pre-training a reference model
+(`WideVoice`): a target median F0 drawn per speaker from a log-normal distribution by sex
+(`F0_MEDIAN_HZ`, sources in its comment), pitch range, speaking rate, voice quality (eSpeak
+variants with other glottal sources: Klatt, creaky, breathy), vocal-tract length (all formants
+scaled by `formant_scale`: the synthesizer's output is read as if sampled at `rate x scale`,
+which scales every frequency by `scale` and every duration by 1/`scale`; eSpeak's pitch is set
+to target / scale beforehand so F0 lands on the target, and the TextGrid times are divided by
+the same exact factor, so boundaries stay exact), channel (zero-phase band-limiting and a
+peak/notch EQ: no delay, boundaries unmoved) and background noise (coloured Gaussian noise at a
+per-speaker SNR). It is opt-in because it changes every file of the default corpus.
 """
 
 from __future__ import annotations
@@ -49,6 +62,42 @@ RATE_WPM = (150, 210)  # eSpeak's rate; one pinyin syllable is one eSpeak word: 
 LEADING_SILENCE_S = (0.15, 0.35)
 NOISE_FLOOR = 10 ** (-66 / 20)  # a faint noise floor (about -66 dBFS) instead of digital silence
 
+VARIATIONS = ("none", "wide")
+# --- variation "wide" (see WideVoice). Speaker median F0 in Hz: log-normal per sex, median and
+# between-speaker SD in semitones. Typical adult means are about 120 Hz (men) and 210 Hz (women)
+# across languages, with a wider F0 spread in tone languages (Traunmueller & Eriksson 1995, "The
+# frequency range of the voice fundamental in the speech of male and female adults", Stockholm
+# University); Mandarin speakers' mean F0 is higher than English speakers' (Keating & Kuo 2012,
+# "Comparison of speaking fundamental frequency in English and Mandarin", JASA 132(2):1050-1060);
+# Mandarin citation tones span about 100-220 Hz in men and 140-300 Hz in women (Wu Zongji 1992,
+# as summarised in textbook accounts of Mandarin tone). Hence medians 125 / 220 Hz, and an SD of
+# 2 semitones between speakers (our choice: +-2 SD covers about 100-155 Hz and 175-275 Hz).
+F0_MEDIAN_HZ = {"M": 125.0, "F": 220.0}
+F0_SPEAKER_SD_SEMITONES = 2.0
+# eSpeak variants per sex for "wide": the plain ones plus other voice qualities (klatt*: Klatt
+# glottal source; croak: creaky; Annie, linda, steph: breathier female voices; edward, iven, max).
+WIDE_VARIANTS = {"F": ("f1", "f2", "f3", "f4", "f5", "Annie", "linda", "steph"),
+                 "M": ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "klatt", "klatt2", "klatt3", "croak", "edward", "iven", "max")}
+# Median F0 (Hz, Praat) of each variant at eSpeak pitch 0, 50 and 100 (range 55, rate 180; measured
+# with espeakng-loader 0.2.4 on a fixed 12-syllable sentence). The pitch setting for a target F0 is
+# interpolated in log F0; the population the synth really made is measured by the tests, not assumed.
+VARIANT_F0_AT_PITCH = {
+    "f1": (94.0, 157.6, 284.8), "f2": (101.0, 166.9, 295.8), "f3": (110.0, 176.5, 301.7),
+    "f4": (92.4, 158.3, 287.7), "f5": (106.1, 181.8, 326.7), "Annie": (159.9, 181.8, 288.0),
+    "linda": (116.4, 211.2, 396.5), "steph": (93.4, 171.7, 324.2),
+    "m1": (52.8, 81.3, 146.7), "m2": (50.1, 90.7, 167.2), "m3": (54.1, 89.4, 158.4), "m4": (52.5, 78.5, 138.0),
+    "m5": (52.8, 88.3, 156.4), "m6": (52.7, 88.4, 158.8), "m7": (56.6, 88.4, 151.7), "klatt": (55.4, 87.8, 156.1),
+    "klatt2": (52.6, 88.3, 156.6), "klatt3": (52.9, 87.7, 156.5), "croak": (53.6, 90.9, 164.0),
+    "edward": (52.4, 87.7, 156.3), "iven": (56.1, 84.4, 147.5), "max": (53.3, 88.0, 157.0),
+}
+WIDE_RANGE_PARAM = (35, 85)
+WIDE_RATE_WPM = (140, 240)
+FORMANT_SCALE_SD, FORMANT_SCALE_LIMITS = 0.05, (0.88, 1.12)  # vocal-tract length: about +-10% (2 SD)
+BAND_LOW_HZ, BAND_HIGH_HZ = (50.0, 300.0), (3400.0, 7800.0)  # channel pass band (log-uniform / uniform)
+EQ_CENTRE_HZ, EQ_GAIN = (300.0, 3500.0), (-0.6, 1.0)  # peak (+6 dB) or notch (-8 dB) somewhere in the band
+SNR_DB, SNR_JITTER_DB = (10.0, 35.0), 3.0  # per-speaker SNR, +- per utterance
+NOISE_LOWPASS_HZ = (500.0, 7900.0)  # noise colour: white through a first-order low-pass
+
 # The eSpeak NG phoneme (mnemonic, stress marks stripped) that each pinyin initial is spoken as.
 ESPEAK_INITIALS = {
     "b": "p", "p": "ph", "m": "m", "f": "f", "d": "t", "t": "th", "n": "n", "l": "l",
@@ -69,10 +118,63 @@ class SpeakerVoice:
     pitch: int
     pitch_range: int
     rate: int
+    wide: "WideVoice | None" = None
 
     @property
     def voice_name(self) -> str:
         return f"{VOICE}+{self.variant}"
+
+
+@dataclass(frozen=True)
+class WideVoice:
+    """What variation "wide" adds to a speaker: target median F0 (Hz), formant scale (vocal-tract
+    length: > 1 shorter tract, higher formants; also the factor speech gets faster by), channel
+    pass band (Hz), EQ centre (Hz) and gain (linear, added band-passed copy), SNR (dB) and the
+    noise's low-pass corner (Hz)."""
+
+    f0_target: float
+    formant_scale: float
+    band: tuple[float, float]
+    eq_centre: float
+    eq_gain: float
+    snr_db: float
+    noise_lowpass: float
+
+
+def pitch_setting(variant: str, f0_hz: float) -> int:
+    """eSpeak's pitch parameter (0-100) that gives `variant` a median F0 near `f0_hz`
+    (interpolated in log F0 over `VARIANT_F0_AT_PITCH`, clipped to 0-100)."""
+    table = np.log(VARIANT_F0_AT_PITCH[variant])
+    return int(np.clip(round(float(np.interp(np.log(f0_hz), table, (0.0, 50.0, 100.0), left=0.0, right=100.0))), 0, 100))
+
+
+def draw_wide_speakers(n_speakers: int, rng: np.random.Generator) -> list[SpeakerVoice]:
+    """Variation "wide": half F, half M (ids as `draw_speakers`), every speaker's voice drawn
+    independently of the others (see the module docstring and the constants above)."""
+    n_female = (n_speakers + 1) // 2
+    counts = {"F": n_female, "M": n_speakers - n_female}
+    width = max(2, len(str(max(counts.values()))))
+    voices: list[SpeakerVoice] = []
+    for sex in ("F", "M"):
+        dealt: list[str] = []
+        for i in range(counts[sex]):
+            if not dealt:
+                dealt = [str(v) for v in rng.permutation(WIDE_VARIANTS[sex])]
+            variant = dealt.pop()
+            f0 = F0_MEDIAN_HZ[sex] * 2 ** (rng.normal(0.0, F0_SPEAKER_SD_SEMITONES) / 12)
+            scale = float(np.clip(rng.normal(1.0, FORMANT_SCALE_SD), *FORMANT_SCALE_LIMITS))
+            wide = WideVoice(
+                f0_target=round(float(f0), 1), formant_scale=round(scale, 4),
+                band=(round(float(np.exp(rng.uniform(*np.log(BAND_LOW_HZ)))), 1), round(float(rng.uniform(*BAND_HIGH_HZ)), 1)),
+                eq_centre=round(float(np.exp(rng.uniform(*np.log(EQ_CENTRE_HZ)))), 1), eq_gain=round(float(rng.uniform(*EQ_GAIN)), 3),
+                snr_db=round(float(rng.uniform(*SNR_DB)), 2), noise_lowpass=round(float(np.exp(rng.uniform(*np.log(NOISE_LOWPASS_HZ)))), 1),
+            )
+            voices.append(SpeakerVoice(
+                f"{sex}{i + 1:0{width}d}", sex, variant, pitch_setting(variant, wide.f0_target / scale),
+                int(rng.integers(WIDE_RANGE_PARAM[0], WIDE_RANGE_PARAM[1] + 1)),
+                int(rng.integers(WIDE_RATE_WPM[0], WIDE_RATE_WPM[1] + 1)), wide,
+            ))
+    return voices
 
 
 @dataclass(frozen=True)
@@ -171,10 +273,11 @@ class SyllableDrawer:
         return tuple(out)
 
 
-def plan_corpus(n_speakers: int, n_utterances: int, seed: int) -> tuple[list[SpeakerVoice], dict[str, list[PlannedUtterance]]]:
+def plan_corpus(n_speakers: int, n_utterances: int, seed: int, variation: str = "none"
+                ) -> tuple[list[SpeakerVoice], dict[str, list[PlannedUtterance]]]:
     """Speakers and, per speaker, the utterances to say (ids `F01_0001`), deterministic for a seed."""
     rng = np.random.default_rng(seed)
-    voices = draw_speakers(n_speakers, rng)
+    voices = draw_wide_speakers(n_speakers, rng) if variation == "wide" else draw_speakers(n_speakers, rng)
     drawer = SyllableDrawer(load_syllable_table(), rng)
     plan: dict[str, list[PlannedUtterance]] = {}
     for voice in voices:
@@ -255,8 +358,37 @@ def _write_textgrid(path: Path, words: list[Interval], phones: list[Interval], t
         grid.save(str(tmp), format="long_textgrid", includeBlankSpaces=True, reportingMode="error")
 
 
-def synthesize_utterance(espeak, utterance: PlannedUtterance, out: Path) -> float:
-    """Say one utterance with the current voice; write its wav and TextGrid. Returns seconds."""
+def apply_channel(audio: np.ndarray, wide: WideVoice, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The speaker's channel and background noise on `audio` (float (samples,) at `sample_rate`).
+
+    Band-pass (4th-order Butterworth) and EQ are applied forwards and backwards (scipy's
+    `sosfiltfilt`, zero phase), so nothing is delayed and the alignment stays exact. Noise:
+    Gaussian through a first-order low-pass, scaled to the utterance's SNR (speaker SNR +-
+    `SNR_JITTER_DB`) relative to the mean power of the speech over the utterance.
+    """
+    from scipy import signal
+
+    nyquist = sample_rate / 2
+    low, high = wide.band[0], min(wide.band[1], 0.98 * nyquist)
+    band = signal.butter(4, [low, high], btype="bandpass", fs=sample_rate, output="sos")
+    shaped = signal.sosfiltfilt(band, audio)
+    centre = min(wide.eq_centre, 0.9 * high)
+    eq = signal.butter(1, [centre / 1.4, centre * 1.4], btype="bandpass", fs=sample_rate, output="sos")
+    shaped = shaped + wide.eq_gain * signal.sosfiltfilt(eq, shaped)
+    snr = wide.snr_db + rng.uniform(-SNR_JITTER_DB, SNR_JITTER_DB)
+    noise = signal.sosfilt(signal.butter(1, min(wide.noise_lowpass, 0.98 * nyquist), fs=sample_rate, output="sos"),
+                           rng.standard_normal(len(audio)))
+    speech_power = float(np.mean(shaped**2))
+    noise *= np.sqrt(speech_power / 10 ** (snr / 10) / max(float(np.mean(noise**2)), 1e-20))
+    mixed = shaped + noise
+    peak = float(np.max(np.abs(mixed))) if len(mixed) else 0.0
+    return mixed * (0.9 / peak) if peak > 0.9 else mixed  # no clipping; the level is normalised by models anyway
+
+
+def synthesize_utterance(espeak, utterance: PlannedUtterance, out: Path, wide: WideVoice | None = None) -> float:
+    """Say one utterance with the current voice; write its wav and TextGrid. Returns seconds.
+
+    `wide`: the speaker's variation "wide" settings (formant scale, channel, noise), else None."""
     import soundfile as sf
     import soxr
 
@@ -271,13 +403,18 @@ def synthesize_utterance(espeak, utterance: PlannedUtterance, out: Path) -> floa
     pad = int(rng.uniform(*LEADING_SILENCE_S) * espeak.sample_rate)
     words_tier, phones_tier = align_syllables(events, words, list(utterance.syllables), positions, len(samples))
     audio = np.concatenate([np.zeros(pad, np.float32), samples.astype(np.float32) / 32768.0])
-    audio = soxr.resample(audio, espeak.sample_rate, SAMPLE_RATE, quality="HQ")
+    # Variation "wide" reads the synthesizer's samples as if taken at rate x scale (formants and F0
+    # times scale, durations / scale); `rate` is that nominal rate, so sample / rate stays exact.
+    rate = espeak.sample_rate * (wide.formant_scale if wide else 1)
+    audio = soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ")
+    if wide is not None:
+        # A separate stream, so the "none" corpus keeps its bytes.
+        audio = apply_channel(audio.astype(np.float64), wide, np.random.default_rng([utterance.seed, 1]))
     audio = audio + NOISE_FLOOR * rng.standard_normal(len(audio))
     audio = np.clip(audio, -1.0, 32767 / 32768).astype(np.float32)
     duration = len(audio) / SAMPLE_RATE
     with atomic_path(out / "wav" / f"{utterance.utterance_id}.wav") as tmp:
         sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    rate = espeak.sample_rate
     _write_textgrid(out / "textgrid" / f"{utterance.utterance_id}.TextGrid", words_tier, phones_tier, lambda s: (s + pad) / rate, duration)
     return duration
 
@@ -290,7 +427,7 @@ def _synthesize_speaker(job: tuple[str, SpeakerVoice, list[PlannedUtterance]]) -
     espeak = Espeak.get()
     espeak.set_voice(voice.voice_name, pitch=voice.pitch, pitch_range=voice.pitch_range, rate=voice.rate)
     for utterance in utterances:
-        synthesize_utterance(espeak, utterance, Path(out))
+        synthesize_utterance(espeak, utterance, Path(out), voice.wide)
     return voice.speaker
 
 
@@ -302,6 +439,14 @@ def _is_complete(out: Path, utterances: list[PlannedUtterance]) -> bool:
     )
 
 
+def _voice_record(voice: SpeakerVoice) -> dict:
+    """A speaker's row of synth.json (`wide` only for variation "wide")."""
+    record = asdict(voice)
+    if record["wide"] is None:
+        del record["wide"]
+    return record
+
+
 def _espeak_version() -> str:
     try:
         return metadata.version("espeakng-loader")
@@ -309,9 +454,11 @@ def _espeak_version() -> str:
         return "unknown"
 
 
-def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int = 40, seed: int = 0, jobs: int = 1) -> str:
+def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int = 40, seed: int = 0, jobs: int = 1,
+                      variation: str = "none") -> str:
     """Write the corpus to `out` (see the module docstring); returns a one-paragraph summary.
 
+    `variation`: "none" or "wide" (how much speakers differ; see the module docstring).
     `jobs`: worker processes (each speaker is synthesised in its own fresh process anyway).
     Re-running with the same settings over the same `out` skips speakers already complete.
     """
@@ -322,10 +469,14 @@ def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int =
         raise PhonormError(f"--speakers must be at least 2 (half F, half M), got {n_speakers}")
     if n_utterances < 1:
         raise PhonormError(f"--utterances must be at least 1, got {n_utterances}")
+    if variation not in VARIATIONS:
+        raise PhonormError(f"--variation {variation!r}: choose one of {', '.join(VARIATIONS)}")
     settings = {
         "speakers": n_speakers, "utterances": n_utterances, "seed": seed, "sample_rate": SAMPLE_RATE,
         "voice": VOICE, "syllables_per_utterance": [MIN_SYLLABLES, MAX_SYLLABLES], "espeakng_loader": _espeak_version(),
     }
+    if variation != "none":  # only then: corpora made before the setting existed still resume
+        settings["variation"] = variation
     meta_path = out / "synth.json"
     if meta_path.exists():
         try:
@@ -337,7 +488,7 @@ def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int =
     elif out.exists() and any(out.iterdir()):
         raise PhonormError(f"{out}: the folder is not empty and holds no synth.json; use a new or empty folder")
 
-    voices, plan = plan_corpus(n_speakers, n_utterances, seed)
+    voices, plan = plan_corpus(n_speakers, n_utterances, seed, variation)
     write_json(meta_path, {"complete": False, "settings": settings})
     for folder in ("wav", "textgrid"):
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -355,7 +506,7 @@ def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int =
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             context = multiprocessing.get_context(method)
             if method == "forkserver":  # import once in the server, not in every worker
-                context.set_forkserver_preload(["phonorm.corpus.synth", "soxr", "soundfile", "praatio.textgrid"])
+                context.set_forkserver_preload(["phonorm.corpus.synth", "soxr", "soundfile", "praatio.textgrid", "scipy.signal"])
             with context.Pool(processes=max(1, min(jobs, len(todo))), maxtasksperchild=1) as pool:
                 jobs_args = [(str(out), v, plan[v.speaker]) for v in todo]
                 for _ in pool.imap_unordered(_synthesize_speaker, jobs_args):
@@ -379,12 +530,12 @@ def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int =
         "tones": {str(t): tones[t] for t in TONES}, "initials": dict(sorted(initials.items())), "finals": dict(sorted(finals.items())),
     }
     write_json(meta_path, {
-        "complete": True, "settings": settings, "speakers": [asdict(v) for v in voices], "counts": counts,
+        "complete": True, "settings": settings, "speakers": [_voice_record(v) for v in voices], "counts": counts,
         "provenance": provenance(settings),
     })
     n_female = sum(v.sex == "F" for v in voices)
     return (
-        f"Wrote {total} utterances of {n_speakers} speakers ({n_female} F, {n_speakers - n_female} M), "
+        f"Wrote {total} utterances of {n_speakers} speakers ({n_female} F, {n_speakers - n_female} M{'; variation ' + variation if variation != 'none' else ''}), "
         f"{seconds / 60:.1f} min of speech, to {out} ({len(todo)} speakers synthesised, {skipped} already complete). "
         f"Syllables per tone 1-5: {' '.join(str(tones[t]) for t in TONES)}; {len(initials)} initials (incl. zero), "
         f"{len(finals)} finals. Next: phonorm prepare OUT_PREPARED --audio {out / 'wav'} "

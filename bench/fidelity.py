@@ -1,0 +1,128 @@
+"""Fidelity of a pre-trained reference: per-layer speaker-disjoint probes of sex, speaker, phone and
+tone (phonorm's own `extract` + `analyze`), next to the classic baselines (F0 in Hz, z-scored F0,
+MFCC), and the gates of a faithful miniature wav2vec 2.0:
+
+- sex probe >= 0.90 at every layer;
+- speaker probe at its peak layer > the MFCC baseline;
+- phone probe at its best layer >= the MFCC baseline;
+- tone probe at its best layer >= the raw F0-in-Hz baseline;
+- the layers differ (range of the per-layer probe accuracies, and linear CKA of each layer to L0).
+
+Each probe is phonorm's own (`analysis.probes`: speaker-disjoint folds, utterance-grouped for the
+speaker label) on the test split, with the demo's extraction settings.
+
+Usage: python bench/fidelity.py PREPARED --model NAME=FOLDER [--model random=random:tiny] --out DIR
+`random:SIZE` is the untrained architecture (phonorm's `make_config(SIZE)`, seed 0), saved to DIR.
+The last line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+
+def save_random(size: str, out: Path, seed: int = 0) -> Path:
+    """The untrained `Wav2Vec2ForPreTraining` of `size` (the initialisation pre-training starts from)."""
+    from accelerate.utils import set_seed
+    from transformers import Wav2Vec2ForPreTraining
+
+    from phonorm.models.backbone import make_config
+
+    if not (out / "config.json").is_file():
+        set_seed(seed, device_specific=False)
+        config = make_config(size)
+        config.architectures = ["Wav2Vec2ForPreTraining"]
+        Wav2Vec2ForPreTraining(config).save_pretrained(out)
+    return out
+
+
+def gates(probes: pd.DataFrame, model: str) -> dict:
+    """The gate table of one model from analyze's probes.csv."""
+    mine = probes[probes.model == model]
+    classic = probes[probes.model == "classic"].set_index(["layer", "label"]).accuracy
+    by = {label: mine[mine.label == label].set_index("layer").accuracy for label in ("sex", "speaker", "phone", "tone")}
+    out = {label: {k: round(float(v), 3) for k, v in s.items()} for label, s in by.items()}
+    out["baselines"] = {f"{n}/{l}": round(float(v), 3) for (n, l), v in classic.items()}
+    out["gates"] = {
+        "sex_min>=0.90": bool(by["sex"].min() >= 0.90),
+        "speaker_peak>mfcc": bool(by["speaker"].max() > classic[("mfcc", "speaker")]),
+        "phone_best>=mfcc": bool(by["phone"].max() >= classic[("mfcc", "phone")]),
+        "tone_best>=f0_hz": bool(by["tone"].max() >= classic[("f0_hz", "tone")]),
+    }
+    return out
+
+
+def cka_to_first_layer(features: Path, model: str, rows: int = 4000, seed: int = 0) -> dict[str, float]:
+    """Linear CKA (Kornblith et al. 2019) of each layer of `model` to its own L0, on `rows` random
+    store rows: 1.0 everywhere means the layers are the same representation up to rotation and scale."""
+    import numpy as np
+
+    from phonorm.features.store import FeatureStore
+
+    store = FeatureStore(features)
+    layers = store.layers(model)
+    n = len(store.frames)
+    pick = np.sort(np.random.default_rng(seed).choice(n, size=min(rows, n), replace=False))
+
+    def centred(layer: str) -> np.ndarray:
+        x = np.asarray(store.layer(model, layer, mmap=True)[pick], dtype=np.float64)
+        return x - x.mean(axis=0)
+
+    first = centred(layers[0])
+    out = {}
+    for layer in layers:
+        x = centred(layer)
+        cross = np.linalg.norm(first.T @ x) ** 2
+        out[layer] = round(float(cross / (np.linalg.norm(first.T @ first) * np.linalg.norm(x.T @ x))), 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", type=Path)
+    parser.add_argument("--model", action="append", required=True, help="NAME=FOLDER or NAME=random:SIZE")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sample-rows", type=int, default=8000)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from phonorm.analysis.run import AnalyzeSettings, analyze
+    from phonorm.features.extract import ExtractSettings, extract
+
+    models = {}
+    for spec in args.model:
+        name, source = spec.split("=", 1)
+        if source.startswith("random:"):
+            source = str(save_random(source.split(":", 1)[1], args.out / f"random-{name}"))
+        models[name] = source
+    tic = time.perf_counter()
+    features, results = args.out / "features", args.out / "results"
+    # the demo's extraction settings (examples/demo.yaml): middle third of each phone, 40 per speaker and phone
+    extract(args.corpus, models=models, out=features,
+            settings=ExtractSettings(split="test", layers="all", frames="middle", max_per_speaker_label=40, dtype="float16"))
+    analyze(features, out=results, settings=AnalyzeSettings(reference=next(iter(models)), umap=False, folds=4, bootstrap=0,
+                                                           sample_rows=args.sample_rows, layer_matrix=False))
+    probes = pd.read_csv(results / "probes.csv")
+    similarity = pd.read_csv(results / "similarity.csv")
+    table = probes.pivot_table(index=["model", "layer"], columns="label", values="accuracy")
+    print(table.round(3).to_string())
+    summary = {name: gates(probes, name) for name in models}
+    for name in models:
+        # how different are the layers: the spread of each probe over layers, and linear CKA of each
+        # layer to the model's own L0 (similarity.csv compares same-named layers of two models)
+        summary[name]["spread"] = {label: round(float(max(v.values()) - min(v.values())), 3)
+                                   for label, v in summary[name].items() if label in ("sex", "speaker", "phone", "tone")}
+        summary[name]["cka_to_L0"] = cka_to_first_layer(features, name)
+    summary["seconds"] = round(time.perf_counter() - tic, 1)
+    summary["similarity_to_reference"] = similarity[similarity.measure == "cka"][["model", "layer", "value"]].round(3).values.tolist()
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
