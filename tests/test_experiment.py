@@ -143,7 +143,8 @@ def test_each_stage_declares_its_settings_once_for_api_yaml_and_cli():
     assert issubclass(config.ExtractConfig, st.ExtractSettings) and issubclass(config.AnalyzeConfig, st.AnalyzeSettings)
     commands = typer.main.get_command(app).commands
     assert issubclass(config.PrepareCorpus, st.PrepareSettings) and issubclass(config.AishellCorpus, st.AishellSettings)
-    for command, model in (("prepare", st.PrepareSettings), ("prepare-aishell", st.AishellSettings),
+    assert issubclass(config.SynthCorpus, st.SynthSettings)
+    for command, model in (("synth", st.SynthSettings), ("prepare", st.PrepareSettings), ("prepare-aishell", st.AishellSettings),
                            ("pretrain", st.PretrainSettings), ("finetune", st.FinetuneSettings),
                            ("extract", st.ExtractSettings), ("analyze", st.AnalyzeSettings)):
         options = {p.name: p for p in commands[command].params}
@@ -205,7 +206,7 @@ class FakeStages:
                 raise KeyboardInterrupt("interrupted")
             return out
 
-        def synthesize_corpus(out, n_speakers, n_utterances, seed):
+        def synthesize_corpus(out, n_speakers, n_utterances, seed, variation="none"):
             record("synth", out)
             return "synth"
 

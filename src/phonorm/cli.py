@@ -19,6 +19,7 @@ from phonorm.cli_settings import SETTINGS, with_settings
 from phonorm.errors import PhonormError
 from phonorm.settings import (
     AishellSettings, AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings,
+    SynthSettings,
 )
 
 app = typer.Typer(
@@ -49,13 +50,10 @@ def _main(
 
 # --------------------------------------------------------------------------- corpus
 @app.command()
+@with_settings(SynthSettings)
 def synth(
     out: Path = typer.Argument(..., help="Folder to write the corpus to."),
-    speakers: int = typer.Option(24, help="Number of speakers (half F, half M)."),
-    utterances: int = typer.Option(40, help="Utterances per speaker."),
-    seed: int = typer.Option(0, help="Random seed; the corpus is deterministic for a seed."),
-    variation: str = typer.Option("none", help="none, or wide: speakers differ in F0 by sex, formants (vocal-tract length), "
-                                               "rate, voice quality, channel and noise (for pre-training)."),
+    settings: SynthSettings = SETTINGS,
 ) -> None:
     """Make an offline Mandarin corpus: OUT/wav, OUT/textgrid, OUT/speakers.tsv.
 
@@ -63,8 +61,8 @@ def synth(
     """
     from phonorm.corpus.synth import synthesize_corpus
 
-    summary = synthesize_corpus(out, n_speakers=speakers, n_utterances=utterances, seed=seed, variation=variation)
-    typer.echo(summary)
+    typer.echo(synthesize_corpus(out, n_speakers=settings.speakers, n_utterances=settings.utterances,
+                                 seed=settings.seed, variation=settings.variation))
 
 
 @app.command()

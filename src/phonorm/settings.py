@@ -90,6 +90,17 @@ def _comma_list(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- corpus
+class SynthSettings(StageSettings):
+    """`phonorm synth`: an offline Mandarin corpus (eSpeak NG) with exact alignments."""
+
+    speakers: int = Field(24, ge=2, description="Number of speakers (half F, half M).")
+    utterances: int = Field(40, ge=1, description="Utterances per speaker.")
+    seed: int = Field(0, description="Random seed; the corpus is deterministic for a seed.")
+    variation: Literal["none", "wide"] = Field(
+        "none", description="none, or wide: speakers differ in F0 by sex, formants (vocal-tract length), rate, "
+                            "voice quality, channel and noise (for pre-training).")
+
+
 REPEATABLE: dict[str, Any] = {"cli": "repeat"}
 """Marks a list field whose command-line option is given once per value (`--silence a --silence b`)."""
 

@@ -18,6 +18,7 @@ from phonorm.errors import InputError
 from phonorm.settings import (
     MODEL_SIZES,
     AishellSettings, AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings, Split,
+    SynthSettings,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -37,12 +38,10 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
-class SynthCorpus(_Strict):
-    """`phonorm synth` then `phonorm prepare` of its output (mandarin scheme)."""
+class SynthCorpus(SynthSettings):
+    """`phonorm synth` (`SynthSettings`) then `phonorm prepare` of its output (mandarin scheme) with
+    its own split settings."""
 
-    speakers: int = Field(24, ge=2, description="speakers, half F and half M")
-    utterances: int = Field(40, ge=1, description="utterances per speaker")
-    seed: int = 0
     split_seed: int = 0
     dev: float = Field(0.1, ge=0, lt=1, description="share of each sex's speakers in dev")
     test: float = Field(0.1, ge=0, lt=1, description="share of each sex's speakers in test")

@@ -16,7 +16,9 @@ from typing import Any, Callable, Optional
 from phonorm.artifacts import write_json
 from phonorm.experiment.cache import Stage, _sha, fingerprint
 from phonorm.experiment.config import AishellCorpus, Experiment, PrepareCorpus, SynthCorpus
-from phonorm.settings import AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings
+from phonorm.settings import (
+    AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings, SynthSettings,
+)
 
 
 @dataclass
@@ -52,8 +54,9 @@ def plan_stages(experiment: Experiment, file: Path) -> Plan:
                             external=folder)
     elif corpus_cfg.synth is not None:
         s = corpus_cfg.synth
-        plan.synth = plan.add(Stage("synth", "synth", {}, {"speakers": s.speakers, "utterances": s.utterances,
-                                                           "seed": s.seed}, _run_synth(s), workdir))
+        plan.synth = plan.add(Stage("synth", "synth", {},
+                                    s.model_dump(include=set(SynthSettings.model_fields), exclude_unset=True),
+                                    _run_synth(s), workdir))
         synth = plan.synth
         plan.corpus = plan.add(Stage("corpus", "corpus", {"synth": synth.key},
                                      {"from": "synth", "split_seed": s.split_seed, "dev": s.dev, "test": s.test},
@@ -122,7 +125,8 @@ def _run_synth(s: SynthCorpus) -> Callable[[Path], str]:
     def run(folder: Path) -> str:
         from phonorm.corpus.synth import synthesize_corpus
 
-        return synthesize_corpus(folder, n_speakers=s.speakers, n_utterances=s.utterances, seed=s.seed)
+        return synthesize_corpus(folder, n_speakers=s.speakers, n_utterances=s.utterances, seed=s.seed,
+                                 variation=s.variation)
     return run
 
 
