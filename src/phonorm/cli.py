@@ -232,10 +232,14 @@ def analyze(
     umap_all_layers: bool = typer.Option(False, help="UMAP for every layer (default: first, middle and last layer)."),
     held_out: bool = typer.Option(False, "--held-out", help="Fit similarity on half the speakers, score on the rest."),
     folds: int = typer.Option(5, help="Speaker-disjoint cross-validation folds for probes."),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples over speakers for probe CIs."),
+    bootstrap: int = typer.Option(2000, help="Bootstrap resamples over speakers for probe CIs."),
     seed: int = typer.Option(0, help="Random seed."),
     sample_rows: int = typer.Option(20000, help="Rows (same share per speaker) used by probes, silhouettes and maps; 0 = all."),
     layer_matrix: bool = typer.Option(True, help="Also compare every layer with every reference layer."),
+    evaluation: list[str] = typer.Option([], help="MODEL=PATH of an evaluation.json (the model's own task accuracy, "
+                                         "primary evidence of claims C3/C4); repeatable."),
+    claim_bootstrap: int = typer.Option(2000, help="Paired speaker-bootstrap resamples of the claim checks."),
+    erasure: bool = typer.Option(True, help="Linear concept erasure (LEACE) of sex and tone, then probes (causal test of C4)."),
 ) -> None:
     """Similarity, projections, probes, normalization measures and the study's claim checks.
 
@@ -243,9 +247,16 @@ def analyze(
     """
     from phonorm.analysis.run import AnalyzeSettings, analyze as run
 
+    evaluations = {}
+    for item in evaluation:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"--evaluation expects MODEL=PATH, got {item!r}")
+        evaluations[name] = path
     settings = AnalyzeSettings(reference=reference, umap=umap, umap_all_layers=umap_all_layers, held_out=held_out, folds=folds,
                                bootstrap=bootstrap, seed=seed, sample_rows=sample_rows or None,
-                               layer_matrix=layer_matrix)
+                               layer_matrix=layer_matrix, evaluations=evaluations or None,
+                               claim_bootstrap=claim_bootstrap, erasure=erasure)
     typer.echo(run(features, out=out, settings=settings))
 
 

@@ -196,7 +196,7 @@ def analyze(features: str | Path, *, out: str | Path, settings: AnalyzeSettings)
 
     figures = [] if not settings.figures else draw_all(out, similarity=similarity, probes=probes, normalization=normalization,
                        pca_variance=pca_variance, matrices=matrices, models=models, layers=layers,
-                       reference=settings.reference, projections=out / "projections")
+                       reference=settings.reference, projections=out / "projections", erasure=erasure)
     write_json(out / "settings.json", {
         "settings": settings.model_dump(), "features": str(store.folder.resolve()),
         "store_rows": store.rows, "store_rows_key": store.manifest.get("rows_key"), "models": models,
