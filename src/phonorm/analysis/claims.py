@@ -292,9 +292,10 @@ def _c2(ev: Evidence, tuned: list[str]) -> dict:
             share = float("nan")
         where = HOLDS if share >= 0.95 else FAILS if share <= 0.05 else INCONCLUSIVE if np.isfinite(share) else UNTESTABLE
         comparisons.append(dict(name="least similar layer in the upper half", evidence="similarity (linear CKA)",
-                                a=order[lowest], b=None, primary=True, estimate=share, ci_low=None, ci_high=None,
-                                margin=0.95, direction="share of resamples ≥ 0.95 (≤ 0.05: does not hold)",
-                                verdict=where))
+                                a=order[lowest], b=None, a_value=order[lowest], b_value=None, primary=True,
+                                estimate=share, ci_low=None, ci_high=None, margin=0.95, direction="≥", verdict=where,
+                                reason="estimate: share of resamples whose least similar layer is in the upper "
+                                       "half (≤ 0.05: does not hold); value: the least similar layer"))
         sec = [ev.secondary.get((m, layer), {}).get("svcca_fixed_held_out") for layer in order]
         if all(v is not None and np.isfinite(v) for v in sec):
             sec_arr = np.array(sec, dtype=float)

@@ -8,12 +8,18 @@ Work is organised per (model, layer) so that memory stays bounded and interrupte
 Each (model, layer) result is saved under R/.parts/ with a key of the settings and the store; a
 rerun with the same key reuses it. Then the tables, claims and figures are written (atomically).
 
-Outputs (R): similarity.csv (model, reference, layer, measure, value, n, held_out), layer_matrix/
-<model>__vs__<reference>__<measure>.csv (rows: model's layers, columns: reference's layers),
-probes.csv (model, layer, label, accuracy, chance, ci_low, ci_high, n, folds, classes, dropped),
-normalization.csv (model, layer, measure, label, value, n), projections/<model>__<layer>.parquet
-(row, labels, pc1, pc2, umap1, umap2, umap_fit) and projections/pca_variance.parquet, claims.json,
-figures/, settings.json. Classic baselines appear as model "classic", layer = the feature's name.
+The streamed pass also keeps, for the same-named reference layer, the fit/score halves of the
+speakers (held-out values; their sum is the in-sample value), the reference read in within-speaker
+permuted order (the permutation floor) and per-speaker sums (speaker-bootstrap CI of linear CKA).
+For models fine-tuned on tone, the sampled rows also go through LEACE erasure (erasure.py).
+
+Outputs (R): similarity.csv (SIMILARITY_COLUMNS), layer_matrix/<model>__vs__<reference>__<measure>.csv
+(rows: model's layers, columns: reference's layers), probes.csv (PROBE_COLUMNS), erasure.csv
+(ERASURE_COLUMNS), normalization.csv (model, layer, measure, label, value, n),
+projections/<model>__<layer>.parquet (row, labels, pc1, pc2, umap1, umap2, umap_fit) and
+projections/pca_variance.parquet, claims.json (claims.py), figures/, settings.json. Classic
+baselines appear as model "classic", layer = the feature's name. docs/statistics.md explains
+the statistics.
 """
 
 from __future__ import annotations
