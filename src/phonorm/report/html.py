@@ -180,7 +180,7 @@ def build_report(results: str | Path, *, out: str | Path) -> str:
     _section_corpus(page, sources)
     _section_training(page, sources)
     _section_accuracy(page, sources)
-    _section_similarity(page, results, reference)
+    _section_similarity(page, results, reference, settings.get("settings") or {})
     _section_matrices(page, results)
     _section_probes(page, results, reference)
     _section_normalization(page, results)
@@ -314,7 +314,7 @@ def _section_accuracy(page: Page, sources: Sources) -> None:
     page.add("accuracy", "Accuracy per model and task", body)
 
 
-def _section_similarity(page: Page, results: Path, reference: str) -> None:
+def _section_similarity(page: Page, results: Path, reference: str, settings: dict[str, Any]) -> None:
     similarity = _read_csv(results / "similarity.csv")
     if similarity is None or not len(similarity):
         page.add("similarity", f"Similarity to {reference} per layer", page.gap("similarity: no similarity.csv"))
@@ -341,8 +341,10 @@ def _section_similarity(page: Page, results: Path, reference: str) -> None:
             "linear CKA with its 95% speaker-bootstrap CI), the <i>permutation floor</i> (the same measure after "
             "shuffling the reference's rows within each speaker: what unrelated frames of the same speakers "
             "score) and the <i>held-out</i> value (directions fitted on half the speakers, scored on the other "
-            "half). A value near its floor says nothing. SVCCA keeps the directions explaining a share of the "
-            "variance (so a different number per layer); svcca_fixed keeps a fixed number; PWCCA weights the "
+            "half). A value near its floor says nothing. SVCCA keeps the directions explaining "
+            f"{esc(settings.get('svcca_keep', 0.99))} of the variance counted by "
+            f"{esc(settings.get('svcca_rule', 'eigenvalue'))} (so a different number per layer); svcca_fixed keeps "
+            f"{esc(settings.get('svcca_dims', 20))} directions per layer; PWCCA weights the "
             "canonical correlations by the model's neurons (Morcos et al. 2018). Claim C2 is decided on linear "
             "CKA, comparable across layers (docs/statistics.md).</p>"
             + page.fig(png, "similarity to the pre-trained model per layer")
