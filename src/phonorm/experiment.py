@@ -245,6 +245,16 @@ class AnalyzeOptions(_Strict):
     block: Optional[int] = Field(None, ge=1)
     figures: Optional[bool] = None
     progress: Optional[bool] = None
+    # ---- issue 13 (claims with uncertainty, similarity floors, erasure); `evaluations` is not here:
+    # `phonorm run` passes its evaluate stages' files itself
+    claim_bootstrap: Optional[int] = Field(None, ge=0)
+    svcca_keep: Optional[float] = Field(None, gt=0, le=1)
+    svcca_rule: Optional[Literal["eigenvalue", "singular_value"]] = None
+    svcca_dims: Optional[int] = Field(None, ge=1)
+    similarity_floor: Optional[bool] = None
+    erasure: Optional[bool] = None
+    erasure_models: Optional[list[str]] = None
+    speaker_sums_max_bytes: Optional[int] = Field(None, ge=0)
 
 
 class ReportConfig(_Strict):
