@@ -294,7 +294,7 @@ class _Context:
 
     def _key(self) -> str:
         s = self.settings.model_dump()
-        for name in ("progress", "figures", "block"):  # they do not change any per-layer number
+        for name in ("progress", "figures", "block", "evaluations"):  # they do not change any per-layer number
             s.pop(name, None)
         code = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(Path(__file__).parent.glob("*.py"))))
         payload = json.dumps({"settings": s, "analysis_code": code.hexdigest(), "rows_key": self.store.manifest.get("rows_key"),
