@@ -34,7 +34,7 @@ def test_every_output_is_written(results):
                  "layer_matrix/tone__vs__pretrained__svcca.csv", "layer_matrix/tone__vs__pretrained__cka_debiased.csv",
                  "figures/similarity_per_layer.png", "figures/similarity_per_layer.svg", "figures/probes_per_layer.png",
                  "figures/layer_matrix_tone__svcca.svg", "figures/umap_tone.png", "figures/pca_variance.svg",
-                 "figures/normalization_per_layer.png"):
+                 "figures/normalization_per_layer.png", "erasure.csv", "figures/erasure_per_layer.png"):
         assert (out / name).is_file(), name
     assert not list(out.rglob(".*.tmp"))
 
@@ -43,15 +43,21 @@ def test_tables_hold_the_planted_structure(results):
     store, out, _, _ = results
     sim = pd.read_csv(out / "similarity.csv")
     assert list(sim.columns[:5]) == ["model", "reference", "layer", "measure", "value"]
-    assert set(sim.measure) == {"svcca", "pwcca", "cka", "cka_debiased"}
+    assert set(sim.measure) == {"svcca", "svcca_fixed", "pwcca", "cka", "cka_debiased"}
     svcca = sim[sim.measure == "svcca"].set_index("layer").value
     assert svcca["L0"] == pytest.approx(1.0, abs=1e-6) and svcca["L2"] < 0.6  # top layers changed
-    assert sim.held_out.all()
+    assert sim.held_out_value.notna().all() and sim.floor.notna().all()
+    assert (sim.n_fit + sim.n_score == sim.n).all() and (sim.n_fit > 0).all()
+    same = sim[sim.layer == "L0"].set_index("measure")
+    assert (same.value > same.floor + 0.2).all()  # identical layers stand far above the floor
+    cka = sim[sim.measure == "cka"]
+    assert (cka.ci_low <= cka.value + 1e-9).all() and (cka.value <= cka.ci_high + 1e-9).all()
     matrix = pd.read_csv(out / "layer_matrix" / "tone__vs__pretrained__svcca.csv", index_col=0)
     assert matrix.shape == (3, 3) and matrix.loc["L0", "L0"] == pytest.approx(1.0, abs=1e-6)
 
     probes = pd.read_csv(out / "probes.csv")
-    for column in ("model", "layer", "label", "accuracy", "chance", "ci_low", "ci_high", "n", "folds"):
+    for column in ("model", "layer", "label", "accuracy", "chance", "ci_low", "ci_high", "n", "folds", "iterations",
+                   "converged"):
         assert column in probes.columns
     assert set(probes.label) == {"tone", "phone", "sex", "speaker"}
     sex = probes[probes.label == "sex"].set_index(["model", "layer"]).accuracy
@@ -83,6 +89,58 @@ def test_tables_hold_the_planted_structure(results):
     settings = json.loads((out / "settings.json").read_text())
     assert settings["settings"]["held_out"] is True and "code_version" in settings["provenance"]
     assert set(settings["held_out_split"]["fit_speakers"]).isdisjoint(settings["held_out_split"]["score_speakers"])
+
+
+def test_erasure_table(results):
+    _, out, _, _ = results
+    erasure = pd.read_csv(out / "erasure.csv")
+    assert set(erasure.model) == {"tone"}  # the models fine-tuned on tone (the reference is not erased)
+    assert set(zip(erasure.erased, erasure.probed)) == {(e, p) for e in ("none", "sex", "tone") for p in ("tone", "sex")}
+    sex_gone = erasure[(erasure.erased == "sex") & (erasure.probed == "sex")]
+    assert (sex_gone.above_chance_ci_high <= 0.05).all()
+
+
+def test_independent_views_score_at_the_permutation_floor(tmp_path):
+    from fake_store import make_feature_store
+
+    store = make_feature_store(tmp_path / "f", models=("pretrained", "tone"), n_speakers=8, n_utterances=3,
+                               n_frames=40, n_layers=2, dtype="float32")
+    rng = np.random.default_rng(5)
+    for layer in ("L0", "L1"):  # the "model" becomes noise unrelated to the reference
+        shape = np.load(store / "tone" / f"{layer}.npy").shape
+        np.save(store / "tone" / f"{layer}.npy", rng.normal(size=shape).astype(np.float32))
+    analyze(store, out=tmp_path / "r", settings=AnalyzeSettings(reference="pretrained", umap=False, folds=2,
+                                                                 bootstrap=20, claim_bootstrap=200, labels=["sex"],
+                                                                 erasure=False, figures=False, progress=False))
+    sim = pd.read_csv(tmp_path / "r" / "similarity.csv")
+    assert len(sim) == 10
+    for row in sim.itertuples():
+        # in-sample values of unrelated data are far from 0 (SVCCA/PWCCA overfit) but sit at their floor
+        assert abs(row.value - row.floor) < 0.05 + 0.15 * abs(row.floor), row
+        assert abs(row.held_out_value) < 0.2, row
+    svcca = sim[sim.measure == "svcca"]
+    assert (svcca.value > 0.08).all() and (svcca.held_out_value < svcca.value / 2).all()  # the bias the floor exposes
+
+
+def test_evaluations_are_the_primary_evidence(results, tmp_path):
+    from typer.testing import CliRunner
+
+    from phonorm.cli import app
+
+    store, _, _, _ = results
+    frames = pd.read_parquet(store / "frames.parquet")
+    by = {s: {"correct": 90, "n_frames": 100} for s in sorted(set(frames.speaker))}
+    (tmp_path / "tone.json").write_text(json.dumps({"model": "tone", "split": "test", "tasks": {
+        "tone": {"accuracy": 0.9, "by_speaker": by}}}))
+    base = ["analyze", str(store), "--reference", "pretrained", "--no-umap", "--folds", "2", "--bootstrap", "10",
+            "--claim-bootstrap", "100", "--no-erasure", "--no-layer-matrix"]
+    outcome = CliRunner().invoke(app, base + ["--out", str(tmp_path / "r"), "--evaluation", f"tone={tmp_path / 'tone.json'}"])
+    assert outcome.exit_code == 0, outcome.output
+    claims = json.loads((tmp_path / "r" / "claims.json").read_text())
+    assert claims["evaluations"]["tone"]["per_speaker"] is True and claims["evaluations_missing"] == []
+    assert not (tmp_path / "r" / "erasure.csv").read_text().strip().splitlines()[1:]
+    outcome = CliRunner().invoke(app, base + ["--out", str(tmp_path / "r2"), "--evaluation", "tone=/no/such.json"])
+    assert isinstance(outcome.exception, InputError) and "/no/such.json: cannot read" in str(outcome.exception)
 
 
 def test_rerun_resumes_from_saved_parts(results, monkeypatch):

@@ -105,3 +105,18 @@ def test_scores_and_syllable_majority_vote_by_hand():
     assert scores["syllable"]["n_syllables"] == 2
     assert scores["syllable"]["accuracy"] == pytest.approx(0.5)
     assert scores["confusion"][0] == [2, 1, 0, 0, 0]
+
+
+def test_per_speaker_counts_for_speaker_bootstraps():
+    p = Predictions(["sex"])
+    p.add(0, "F", {"sex": np.array([0, 0, 0, IGNORE_INDEX])}, {"sex": np.array([0, 1, 0, 1])}, np.zeros(4, int),
+          speaker="F01")
+    p.add(1, "M", {"sex": np.array([1, 1])}, {"sex": np.array([1, 1])}, np.zeros(2, int), speaker="M02")
+    p.add(2, "F", {"sex": np.array([0])}, {"sex": np.array([1])}, np.zeros(1, int), speaker="F01")
+    scores = score_predictions(p, {"sex": ["F", "M"]})["sex"]
+    assert scores["by_speaker"] == {"F01": {"correct": 2, "n_frames": 4}, "M02": {"correct": 2, "n_frames": 2}}
+    assert sum(v["correct"] for v in scores["by_speaker"].values()) / scores["n_frames"] == scores["accuracy"]
+    # without speakers (older callers) there are no per-speaker counts rather than one anonymous speaker
+    q = Predictions(["sex"])
+    q.add(0, "F", {"sex": np.array([0])}, {"sex": np.array([0])}, np.zeros(1, int))
+    assert "by_speaker" not in score_predictions(q, {"sex": ["F", "M"]})["sex"]

@@ -150,7 +150,8 @@ def test_each_stage_declares_its_settings_once_for_api_yaml_and_cli():
         options = {p.name: p for p in commands[command].params}
         for name, field in model.model_fields.items():
             assert name in options, (command, name)
-            if not field.is_required() and field.default_factory is None and not isinstance(field.default, list):
+            repeatable = (field.json_schema_extra or {}).get("cli") == "repeat"
+            if not field.is_required() and field.default_factory is None and not repeatable:
                 assert options[name].default == field.default, (command, name)
             if (field.json_schema_extra or {}).get("cli") == "repeat":
                 assert options[name].multiple, (command, name)

@@ -90,3 +90,24 @@ def test_chance_is_the_training_folds_majority_class_on_the_test_folds():
     x = np.random.default_rng(0).normal(size=(100, 3))
     result = probe(x, y, speakers, np.repeat(np.arange(20), 5), folds=4, bootstrap=0, seed=0)
     assert result.chance == pytest.approx(0.75)
+
+
+def test_convergence_is_recorded_per_probe_not_silenced_or_printed():
+    import warnings
+
+    x, tone, sex, speakers, utterances = toy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ConvergenceWarning escapes: it is recorded instead
+        stopped = probe(x * 50, tone, speakers, utterances, folds=3, bootstrap=10, max_iter=2)
+        done = probe(x, tone, speakers, utterances, folds=3, bootstrap=10, max_iter=500)
+    assert stopped.converged is False and stopped.iterations == 2
+    assert done.converged is True and 0 < done.iterations < 500
+    assert {"iterations", "converged"} <= set(done.row())
+
+
+def test_per_speaker_hits_add_up_to_the_accuracy():
+    x, tone, sex, speakers, utterances = toy()
+    result = probe(x, tone, speakers, utterances, folds=3, bootstrap=10)
+    hits, rows, baseline = np.array(list(result.by_speaker.values())).sum(axis=0)
+    assert set(result.by_speaker) == set(speakers) and rows == len(tone)
+    assert hits / rows == pytest.approx(result.accuracy) and baseline / rows == pytest.approx(result.chance)

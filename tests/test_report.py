@@ -21,7 +21,7 @@ from phonorm.report.html import build_report
 
 LAYERS = ["L0", "L1", "L2"]
 SECTIONS = ["glance", "corpus", "training", "accuracy", "similarity", "matrices", "probes", "normalization",
-            "umap", "claims", "methods"]
+            "umap", "erasure", "claims", "methods"]
 
 
 def _png(path: Path, seed: int) -> None:
@@ -61,20 +61,38 @@ def results(fake_corpus, tmp_path_factory):
     for layer in LAYERS:
         for measure in ("svcca", "cka"):
             rows.append({"model": "tone", "reference": "pre", "layer": layer, "measure": measure,
-                         "value": 1 - int(layer[1]) * 0.2, "n": 100, "held_out": False})
+                         "value": 1 - int(layer[1]) * 0.2, "ci_low": 0.5, "ci_high": 0.9, "floor": 0.0123,
+                         "held_out_value": 0.4567, "held_out_floor": 0.01, "n": 100, "n_fit": 50, "n_score": 50})
     pd.DataFrame(rows).to_csv(results / "similarity.csv", index=False)
     probes = [{"model": m, "layer": layer, "label": label, "accuracy": 0.5 + 0.1 * i, "chance": 0.3,
-               "ci_low": 0.4, "ci_high": 0.7, "n": 100, "folds": 2, "classes": 2, "dropped": 0}
+               "ci_low": 0.4, "ci_high": 0.7, "n": 100, "folds": 2, "classes": 2, "dropped": 0,
+               "iterations": 300 if (m, layer, label) == ("tone", "L2", "sex") else 17,
+               "converged": (m, layer, label) != ("tone", "L2", "sex")}
               for m in ("pre", "tone") for i, layer in enumerate(LAYERS) for label in ("tone", "sex")]
     probes += [{"model": "classic", "layer": "f0_semitone_z", "label": "tone", "accuracy": 0.555, "chance": 0.3,
                 "ci_low": 0.5, "ci_high": 0.6, "n": 100, "folds": 2, "classes": 5, "dropped": 3}]
     pd.DataFrame(probes).to_csv(results / "probes.csv", index=False)
     pd.DataFrame([{"model": "pre", "layer": "L0", "measure": "variance_share", "label": "sex", "value": 0.1, "n": 9}]
                  ).to_csv(results / "normalization.csv", index=False)
-    write_json(results / "claims.json", {"reference": "pre", "constants": {"change": 0.05}, "claims": [
+    pd.DataFrame([{"model": "tone", "layer": layer, "erased": erased, "probed": probed, "accuracy": 0.6, "chance": 0.3,
+                   "ci_low": 0.5, "ci_high": 0.7, "change": -0.0111, "change_ci_low": -0.03, "change_ci_high": 0.01,
+                   "above_chance": 0.3, "above_chance_ci_low": 0.2, "above_chance_ci_high": 0.4, "n": 90, "folds": 2,
+                   "iterations": 10, "converged": True}
+                  for layer in LAYERS for erased in ("none", "sex", "tone") for probed in ("tone", "sex")]
+                 ).to_csv(results / "erasure.csv", index=False)
+    comparison = {"name": "sex suppressed", "evidence": "probe", "a": "tone", "b": "pre", "primary": True,
+                  "a_value": 0.51, "b_value": 0.9, "estimate": -0.39, "ci_low": -0.6123, "ci_high": -0.2, "margin": -0.05,
+                  "direction": "<", "verdict": "holds"}
+    straddle = {**comparison, "name": "tone: ts − tone", "evidence": "task accuracy", "estimate": -0.02,
+                "ci_low": -0.0456, "ci_high": 0.01, "margin": -0.02, "direction": ">", "verdict": "inconclusive"}
+    write_json(results / "claims.json", {"reference": "pre", "constants": {"change": 0.05},
+                                         "bootstrap": {"resamples": 2000}, "claims": [
         {"claim": "C1", "statement": "Fine-tuning normalizes.", "criterion": "sex drops by 0.05", "holds": True,
-         "status": "holds", "measured": [{"model": "tone", "sex_top": 0.51, "holds": True}]},
+         "status": "holds", "measured": [{"model": "tone", "comparisons": [comparison], "verdict": "holds"}]},
         {"claim": "C3", "statement": "Multitask keeps both.", "criterion": "within 0.02", "holds": None,
+         "status": "inconclusive", "measured": [{"model": "ts", "comparisons": [straddle], "verdict": "inconclusive"}],
+         "reason": "a confidence interval contains its margin"},
+        {"claim": "C4", "statement": "Suppression not needed.", "criterion": "within 0.02", "holds": None,
          "status": "not testable", "measured": [], "reason": "needs a tone+sex model"}]})
     write_json(results / "settings.json", {"settings": {"reference": "pre", "bootstrap": 77, "umap": True},
                                            "features": str(root / "F"), "models": ["pre", "tone"],
@@ -82,6 +100,7 @@ def results(fake_corpus, tmp_path_factory):
     _png(results / "figures" / "layer_matrix_tone__svcca.png", 0)
     _png(results / "figures" / "umap_tone.png", 1)
     _png(results / "figures" / "normalization_per_layer.png", 2)
+    _png(results / "figures" / "erasure_per_layer.png", 3)
     RunContext(
         experiment={"name": "fake", "file": "exp.yaml", "config": {"name": "fake", "analyze": {"bootstrap": 77}}},
         corpus=str(fake_corpus), features=str(root / "F"), results=str(results), reference="pre",
@@ -111,8 +130,8 @@ def test_report_has_every_section_and_only_embedded_figures(results, tmp_path):
     for anchor in SECTIONS:
         assert f'<section id="{anchor}">' in text
     images = _images(text)
-    # corpus counts, training curves, similarity (drawn here), matrix, probes (drawn here), shares, umap
-    assert len(images) == 7, message
+    # corpus counts, training curves, similarity (drawn here), matrix, probes (drawn here), shares, umap, erasure
+    assert len(images) == 8, message
     for src in images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG")
@@ -122,6 +141,12 @@ def test_report_has_every_section_and_only_embedded_figures(results, tmp_path):
     assert "0.812 (chance 0.250)" in text            # accuracy table, from the evaluation
     assert "0.555" in text and "f0_semitone_z" in text  # classic baseline
     assert "needs a tone+sex model" in text and "holds" in text
+    # claims: estimate, CI, margin and verdict of each comparison; inconclusive has its own colour
+    assert "[-0.612, -0.200]" in text and "&lt; -0.05" in text and "[-0.046, +0.010]" in text
+    assert 'class="status unsure">inconclusive' in text and "task accuracy" in text and "2000 resamples" in text
+    assert "floor 0.012" in text and "held out 0.457" in text  # similarity with its noise floor
+    assert "-0.011 [-0.030, +0.010]" in text                   # erasure change with its CI
+    assert "stopped at the iteration limit" in text
     assert "0.000321" in text and "77" in text         # model and analysis settings in methods
     assert "12.5" in text                              # stage timing
     assert "PCA explained variance" in message         # the one missing figure is named ...
@@ -187,7 +212,7 @@ def test_every_figure_renders_in_headless_chromium(results, tmp_path):
     out = tmp_path / "report.html"
     build_report(results, out=out, context=_context(results))
     images, broken = render_check(out)
-    assert images == len(_images(out.read_text(encoding="utf-8"))) == 7
+    assert images == len(_images(out.read_text(encoding="utf-8"))) == 8
     assert broken == 0
 
 
@@ -198,4 +223,4 @@ def test_the_render_check_catches_a_broken_figure(results, tmp_path):
     first = _images(text)[0]
     out.write_text(text.replace(first, "data:image/png;base64,iVBORw0KGgoAAAAA"), encoding="utf-8")
     images, broken = render_check(out)
-    assert images == 7 and broken == 1
+    assert images == 8 and broken == 1

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phonorm.analysis.similarity import SVCCA_KEEP, PairSums, ViewSums
+import warnings
 
-MEASURES = ("svcca", "pwcca", "cka", "cka_debiased")
+from phonorm.analysis.similarity import SVCCA_KEEP, IllPosedWarning, PairSums, SpeakerSums, ViewSums
+
+MEASURES = ("svcca", "svcca_fixed", "pwcca", "cka", "cka_debiased")
 
 
 def related(n=2000, dx=12, dy=9, seed=0, offset=4.0):
@@ -52,7 +54,71 @@ def svcca_in_memory(x, y, keep=SVCCA_KEEP):
     return np.linalg.svd(t, compute_uv=False).mean()
 
 
+def pwcca_paper(x, y):
+    """PWCCA written from Morcos et al. 2018 (§2, "projection weighting") on rows in memory: CCA on
+    every direction (QR of each centred view, SVD of Qxᵀ Qy: canonical correlations ρ and the
+    canonical variates H = Qx U of X, orthonormal columns), weights α̃ᵢ = Σⱼ |⟨hᵢ, xⱼ⟩| over X's
+    centred neurons xⱼ, PWCCA = Σ α̃ᵢρᵢ / Σ α̃ᵢ."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    qx, qy = np.linalg.qr(xc)[0], np.linalg.qr(yc)[0]
+    u, rho, _ = np.linalg.svd(qx.T @ qy, full_matrices=False)
+    alpha = np.abs((qx @ u).T @ xc).sum(axis=1)
+    return float(np.sum(alpha * rho) / np.sum(alpha))
+
+
 # ---------------------------------------------------------------- tests
+def test_pwcca_is_the_published_one():
+    # centred, full rank, dx + dy < n: where google/svcca's compute_pwcca is the paper's formula when X
+    # is also whitened (docs/statistics.md); our PWCCA equals the formula on any such data
+    for seed in range(3):
+        x, y = related(n=700, seed=seed)
+        assert PairSums.of(x, y).pwcca() == pytest.approx(pwcca_paper(x, y), abs=1e-6)
+        white = np.linalg.qr(x - x.mean(0))[0] * np.sqrt(len(x))
+        assert PairSums.of(white, y).pwcca() == pytest.approx(pwcca_paper(white, y), abs=1e-6)
+    # translation invariant (google's adds the means back: it is not), fixed side X: not symmetric
+    x, y = related(n=700, seed=5)
+    assert PairSums.of(x + 100, y - 7).pwcca() == pytest.approx(PairSums.of(x, y).pwcca(), abs=1e-9)
+    assert PairSums.of(y, x).pwcca() == pytest.approx(pwcca_paper(y, x), abs=1e-6)
+
+
+def test_pwcca_warns_when_cca_on_every_direction_is_degenerate():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 20)), rng.normal(size=(30, 15))
+    with pytest.warns(IllPosedWarning, match="dx \\+ dy = 35 > 30"):
+        PairSums.of(x, y).pwcca()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PairSums.of(x[:, :10], y[:, :10]).pwcca()
+
+
+def test_svcca_truncation_rule_and_fixed_directions():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(3000, 30)) * np.geomspace(10, 0.01, 30)
+    y = x @ rng.normal(size=(30, 30)) + rng.normal(size=(3000, 30))
+    pair = PairSums.of(x, y)
+    pair.svcca(rule="eigenvalue")
+    by_variance = pair._kept[0]
+    pair.svcca(rule="singular_value")
+    by_singular = pair._kept[0]
+    assert by_singular > by_variance  # s decays more slowly than s²: more directions for 99%
+    pair.svcca_fixed(dims=7)
+    assert pair._kept == (7, 7)
+    with pytest.raises(ValueError, match="unknown SVCCA rule"):
+        pair.svcca(rule="bogus")
+
+
+def test_speaker_resampled_cka_from_per_speaker_sums():
+    x, y = related(n=900, seed=11)
+    speaker = np.random.default_rng(0).integers(0, 5, len(x))
+    sums = SpeakerSums.empty(5, x.shape[1], y.shape[1], x[:20].mean(0), y[:20].mean(0))
+    for begin in range(0, len(x), 128):
+        sums.update(x[begin:begin + 128], y[begin:begin + 128], speaker[begin:begin + 128])
+    assert sums.cka(np.ones((1, 5)))[0] == pytest.approx(cka_in_memory(x, y), abs=1e-10)
+    weights = np.array([[2, 0, 1, 0, 2]])  # speakers 0 and 4 twice, speaker 2 once
+    rows = np.concatenate([np.flatnonzero(speaker == s) for s, w in enumerate(weights[0]) for _ in range(w)])
+    assert sums.cka(weights)[0] == pytest.approx(cka_in_memory(x[rows], y[rows]), abs=1e-10)
+
+
 def test_identical_views_score_one():
     x, _ = related()
     values = PairSums.of(x, x.copy()).measures()

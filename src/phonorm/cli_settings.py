@@ -29,7 +29,7 @@ def _cli_type(annotation: Any, repeatable: bool = False) -> Any:
     if origin in (Union, types.UnionType):
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(inner) == 1:
-            return Optional[_cli_type(inner[0])]
+            return _cli_type(inner[0], repeatable) if repeatable else Optional[_cli_type(inner[0])]
         return Optional[str]
     if annotation in (bool, int, float, str):
         return annotation
@@ -71,7 +71,9 @@ def settings_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
         default = [] if repeatable else _cli_default(field)
         if default is None and typing.get_origin(annotation) is not Union and not repeatable:
             annotation = Optional[annotation]
-        option = typer.Option(default, help=_help(name, field), show_default=default not in (None, ..., []),
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        flags = ["--" + str(extra["cli_name"]).replace("_", "-")] if extra.get("cli_name") else []
+        option = typer.Option(default, *flags, help=_help(name, field), show_default=default not in (None, ..., []),
                               metavar=name.upper().rstrip("S") if repeatable else None)
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                             annotation=annotation))

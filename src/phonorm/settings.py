@@ -287,7 +287,7 @@ class AnalyzeSettings(StageSettings):
     umap: bool = Field(True, description="Compute UMAP maps (the slowest analysis).")
     held_out: bool = Field(False, description="Fit similarity on half the speakers, score on the rest.")
     folds: int = Field(5, ge=2, description="Speaker-disjoint cross-validation folds for probes.")
-    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples over speakers for probe CIs.")
+    bootstrap: int = Field(2000, ge=0, description="Bootstrap resamples over speakers for probe CIs.")
     seed: int = Field(0, description="Random seed.")
     models: Optional[list[str]] = Field(None, description="Models to analyse (default: all in the store).")
     labels: list[ProbeLabel] = Field(default_factory=lambda: list(PROBE_LABELS),  # type: ignore[arg-type]
@@ -305,8 +305,41 @@ class AnalyzeSettings(StageSettings):
                                                 "per layer pair).")
     figures: bool = Field(True, description="Draw the figures.")
     progress: bool = Field(True, description="Show a progress bar.")
+    # claims with uncertainty, similarity floors, erasure (docs/statistics.md)
+    claim_bootstrap: int = Field(2000, ge=0, description="Paired speaker-bootstrap resamples of the claim checks.")
+    svcca_keep: float = Field(0.99, gt=0, le=1, description="SVCCA keeps the top directions explaining this share "
+                                                            "of the variance (counted by --svcca-rule).")
+    svcca_rule: Literal["eigenvalue", "singular_value"] = Field(
+        "eigenvalue", description="How SVCCA counts the variance it keeps: eigenvalue (s², the variance) or "
+                                  "singular_value (s).")
+    svcca_dims: int = Field(20, ge=1, description="Directions kept by svcca_fixed (comparable across layers).")
+    similarity_floor: bool = Field(True, description="Permutation floor of every similarity measure (the "
+                                                     "reference's rows shuffled within speaker).")
+    erasure: bool = Field(True, description="Linear concept erasure (LEACE) of sex and of tone, then tone and sex "
+                                            "probes, per layer (the causal test of C4).")
+    erasure_models: Optional[list[str]] = Field(None, description="Models to erase from (default: every model "
+                                                                  "fine-tuned on tone).")
+    evaluations: Optional[dict[str, str]] = Field(
+        None, json_schema_extra={"cli": "repeat", "cli_name": "evaluation"},
+        description="MODEL=PATH of an evaluation.json (the model's own task accuracy, primary evidence of claims "
+                    "C3/C4); repeatable. phonorm run passes its evaluate stages' files.")
+    speaker_sums_max_bytes: int = Field(1_000_000_000, ge=0, description="Memory cap of the per-speaker similarity "
+                                                                         "sums (CKA bootstrap) per layer pair.")
 
-    @field_validator("models", "labels", mode="before")
+    @field_validator("evaluations", mode="before")
+    @classmethod
+    def _evaluations_text(cls, value: Any) -> Any:
+        if isinstance(value, (str, list, tuple)):
+            if not value:
+                return None
+            pairs = [part.partition("=") for part in (_comma_list(value) if isinstance(value, str) else value)]
+            bad = [a for a, sep, b in pairs if not sep or not a or not b]
+            if bad:
+                raise ValueError(f"expected MODEL=PATH, got {bad[0]!r}")
+            return {a: b for a, _, b in pairs}
+        return value
+
+    @field_validator("models", "labels", "erasure_models", mode="before")
     @classmethod
     def _lists_text(cls, value: Any) -> Any:
         return _comma_list(value)

@@ -1,6 +1,9 @@
 """Figures of the analysis (matplotlib, Agg backend), each written as PNG and SVG under R/figures/.
 
-- similarity_per_layer: each measure vs layer, one line per fine-tuned model (vs the reference)
+- similarity_per_layer: each measure vs layer, one line per fine-tuned model (vs the reference):
+  in-sample (solid), held out (dotted), permutation floor (dashed, same colour)
+- erasure_per_layer: tone and sex probe accuracy per layer before and after LEACE erasure of sex
+  (and of tone), per erased model, chance dotted
 - layer_matrix_<model>__<measure>: layer × layer heatmaps against the reference
 - probes_per_layer: probe accuracy vs layer per label, one line per model, chance dotted, classic
   baselines as horizontal dashed reference lines
@@ -46,7 +49,8 @@ def _layer_index(layer: str) -> int:
 
 def draw_all(out: Path, *, similarity: pd.DataFrame, probes: pd.DataFrame, normalization: pd.DataFrame,
              pca_variance: pd.DataFrame, matrices: dict[str, pd.DataFrame], models: list[str],
-             layers: dict[str, list[str]], reference: str, projections: Path) -> list[str]:
+             layers: dict[str, list[str]], reference: str, projections: Path,
+             erasure: pd.DataFrame | None = None) -> list[str]:
     """Draw every figure; returns the written paths relative to `out`."""
     folder = Path(out) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,6 +62,8 @@ def draw_all(out: Path, *, similarity: pd.DataFrame, probes: pd.DataFrame, norma
             written += matrix_figure(table, folder, name)
     if len(probes):
         written += probes_figure(probes, folder, models)
+    if erasure is not None and len(erasure):
+        written += erasure_figure(erasure, folder)
     if len(normalization):
         written += normalization_figure(normalization, folder, models)
     if len(pca_variance):
@@ -70,19 +76,55 @@ def draw_all(out: Path, *, similarity: pd.DataFrame, probes: pd.DataFrame, norma
 def similarity_figure(similarity: pd.DataFrame, folder: Path, reference: str) -> list[str]:
     plt = _plt()
     measures = list(dict.fromkeys(similarity.measure))
-    fig, axes = plt.subplots(1, len(measures), figsize=(4 * len(measures), 3.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(measures), figsize=(3.6 * len(measures), 3.4), squeeze=False, sharey=True)
     for ax, measure in zip(axes[0], measures):
         part = similarity[similarity.measure == measure]
         for model, rows in part.groupby("model", sort=False):
             rows = rows.assign(k=rows.layer.map(_layer_index)).sort_values("k")
-            ax.plot(rows.k, rows.value, marker="o", ms=3, label=model)
+            line, = ax.plot(rows.k, rows.value, marker="o", ms=3, label=model)
+            if "ci_low" in rows and rows.ci_low.notna().any():
+                ax.fill_between(rows.k, rows.ci_low, rows.ci_high, color=line.get_color(), alpha=0.15)
+            if "held_out_value" in rows and rows.held_out_value.notna().any():
+                ax.plot(rows.k, rows.held_out_value, ls=":", color=line.get_color(), lw=1)
+            if "floor" in rows and rows.floor.notna().any():
+                ax.plot(rows.k, rows.floor, ls="--", color=line.get_color(), lw=1, alpha=0.7)
         ax.set_title(measure)
         ax.set_xlabel("layer")
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"similarity to {reference}")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][-1].plot([], [], color="grey", ls=":", label="held out")
+    axes[0][-1].plot([], [], color="grey", ls="--", label="permutation floor")
+    axes[0][-1].legend(fontsize=7)
     return _save(fig, folder, "similarity_per_layer")
+
+
+def erasure_figure(erasure: pd.DataFrame, folder: Path) -> list[str]:
+    """Per erased model: tone and sex probe accuracy per layer, before and after erasing each factor."""
+    plt = _plt()
+    models = list(dict.fromkeys(erasure.model))
+    fig, axes = plt.subplots(len(models), 2, figsize=(8, 3 * len(models)), squeeze=False, sharey=True)
+    styles = {"none": ("-", "no erasure"), "sex": ("--", "sex erased"), "tone": (":", "tone erased")}
+    for row, model in enumerate(models):
+        for col, probed in enumerate(("tone", "sex")):
+            ax = axes[row][col]
+            part = erasure[(erasure.model == model) & (erasure.probed == probed)]
+            for i, (erased, (ls, label)) in enumerate(styles.items()):
+                rows = part[part.erased == erased]
+                rows = rows.assign(k=rows.layer.map(_layer_index)).sort_values("k")
+                if not len(rows):
+                    continue
+                ax.plot(rows.k, rows.accuracy, ls=ls, marker="o", ms=3, color=f"C{i}", label=label)
+                ax.fill_between(rows.k, rows.ci_low, rows.ci_high, color=f"C{i}", alpha=0.12)
+            if len(part):
+                ax.axhline(part.chance.mean(), color="grey", ls=":", lw=1, label="chance")
+            ax.set_title(f"{model}: {probed} probe", fontsize=9)
+            ax.set_xlabel("layer")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+        axes[row][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7)
+    return _save(fig, folder, "erasure_per_layer")
 
 
 def matrix_figure(table: pd.DataFrame, folder: Path, name: str) -> list[str]:

@@ -8,7 +8,10 @@ and stratified by speaker, so every speaker is on both sides but no utterance is
 Reported: pooled out-of-fold accuracy; chance = the pooled out-of-fold accuracy of always guessing
 the training fold's most frequent class (scikit-learn's `DummyClassifier(strategy="most_frequent")`
 on the very same folds), so accuracy and chance answer the same question; a 95% CI by bootstrap
-over speakers (speakers drawn with replacement, their out-of-fold hits and totals summed).
+over speakers (speakers drawn with replacement, their out-of-fold hits and totals summed); the
+per-speaker hits and totals (`by_speaker`) for paired comparisons between models; and convergence:
+the most iterations any fold's solver used and whether every fold converged (a fold that stops at
+`max_iter` is recorded, not silenced; its accuracy is still reported).
 
 With few speakers, speaker-disjoint probes of a speaker-level label (sex) can fall *below* chance:
 the held-out speaker's sex is the minority in its training fold, and a probe that has learnt the
@@ -18,7 +21,7 @@ a bug; the report's corpus section gives the number of speakers in each split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,10 +37,16 @@ class ProbeResult:
     n: int
     folds: int
     classes: int
+    #: most solver iterations used by a fold, and whether every fold converged before `max_iter`
+    iterations: int = 0
+    converged: bool = True
+    #: speaker → [out-of-fold hits, rows, hits of the majority-class baseline]
+    by_speaker: dict = field(default_factory=dict)
 
     def row(self) -> dict:
         return dict(accuracy=self.accuracy, chance=self.chance, ci_low=self.ci_low, ci_high=self.ci_high,
-                    n=self.n, folds=self.folds, classes=self.classes)
+                    n=self.n, folds=self.folds, classes=self.classes, iterations=self.iterations,
+                    converged=self.converged)
 
 
 def probe_splits(y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, folds: int, seed: int,
@@ -72,7 +81,7 @@ def make_classifier(seed: int, max_iter: int = 300):
 
 
 def probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, *, folds: int = 5,
-          bootstrap: int = 1000, seed: int = 0, speaker_label: bool = False, max_iter: int = 300) -> ProbeResult:
+          bootstrap: int = 2000, seed: int = 0, speaker_label: bool = False, max_iter: int = 300) -> ProbeResult:
     """Cross-validated accuracy of a linear probe of labels `y` (rows,) from features `x` (rows, dim)."""
     from threadpoolctl import threadpool_limits
 
@@ -89,29 +98,53 @@ def probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.nda
 SMALL_PROBE = 2_000_000
 
 
-def _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, max_iter) -> ProbeResult:
+def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int,
+                max_iter: int) -> tuple[np.ndarray, int, bool]:
+    """Fit the probe on one fold and predict the test rows: (predictions, iterations, converged).
+    A single-class training fold predicts that class (0 iterations)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
 
+    classes = np.unique(y_train)
+    if len(classes) == 1:
+        return np.full(len(x_test), classes[0], dtype=y_train.dtype), 0, True
+    model = make_classifier(seed, max_iter)
+    with warnings.catch_warnings(record=True) as caught:
+        # Recorded per probe (probes.csv: iterations, converged) instead of printed once per fold.
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(x_train, y_train)
+    for w in caught:
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    iterations = int(np.max(model[-1].n_iter_))
+    converged = iterations < max_iter and not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return model.predict(x_test), iterations, converged
+
+
+def per_speaker(hits: np.ndarray, speakers: np.ndarray, baseline: np.ndarray) -> dict[str, list[int]]:
+    """{speaker: [hits, rows, baseline hits]} of boolean hits and baseline (majority-class) hits (rows,)."""
+    names, codes = np.unique(np.asarray(speakers).astype(str), return_inverse=True)
+    correct = np.bincount(codes, weights=hits.astype(np.float64), minlength=len(names))
+    base = np.bincount(codes, weights=baseline.astype(np.float64), minlength=len(names))
+    total = np.bincount(codes, minlength=len(names))
+    return {str(n): [int(c), int(t), int(b)] for n, c, t, b in zip(names, correct, total, base)}
+
+
+def _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, max_iter) -> ProbeResult:
     splits = probe_splits(y, speakers, np.asarray(utterances), folds, seed, speaker_label)
     predicted = np.empty(len(y), dtype=y.dtype)
-    majority_hits = 0
+    majority = np.zeros(len(y), dtype=bool)
+    iterations, converged = 0, True
     for train, test in splits:
         classes, counts = np.unique(y[train], return_counts=True)
-        majority_hits += int((y[test] == classes[np.argmax(counts)]).sum())  # DummyClassifier(most_frequent)
-        if len(classes) == 1:
-            predicted[test] = classes[0]
-        else:
-            model = make_classifier(seed, max_iter)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                model.fit(x[train], y[train])
-            predicted[test] = model.predict(x[test])
+        majority[test] = y[test] == classes[np.argmax(counts)]  # DummyClassifier(most_frequent)
+        predicted[test], used, ok = fit_predict(x[train], y[train], x[test], seed, max_iter)
+        iterations, converged = max(iterations, used), converged and ok
     hits = predicted == y
     low, high = speaker_bootstrap(hits, speakers, bootstrap, seed)
-    return ProbeResult(float(hits.mean()), float(majority_hits / len(y)), low, high, int(len(y)), len(splits),
-                       int(len(np.unique(y))))
+    return ProbeResult(float(hits.mean()), float(majority.mean()), low, high, int(len(y)), len(splits),
+                       int(len(np.unique(y))), iterations, bool(converged), per_speaker(hits, speakers, majority))
 
 
 def speaker_bootstrap(hits: np.ndarray, speakers: np.ndarray, resamples: int, seed: int,

@@ -8,12 +8,18 @@ Work is organised per (model, layer) so that memory stays bounded and interrupte
 Each (model, layer) result is saved under R/.parts/ with a key of the settings and the store; a
 rerun with the same key reuses it. Then the tables, claims and figures are written (atomically).
 
-Outputs (R): similarity.csv (model, reference, layer, measure, value, n, held_out), layer_matrix/
-<model>__vs__<reference>__<measure>.csv (rows: model's layers, columns: reference's layers),
-probes.csv (model, layer, label, accuracy, chance, ci_low, ci_high, n, folds, classes, dropped),
-normalization.csv (model, layer, measure, label, value, n), projections/<model>__<layer>.parquet
-(row, labels, pc1, pc2, umap1, umap2, umap_fit) and projections/pca_variance.parquet, claims.json,
-figures/, settings.json. Classic baselines appear as model "classic", layer = the feature's name.
+The streamed pass also keeps, for the same-named reference layer, the fit/score halves of the
+speakers (held-out values; their sum is the in-sample value), the reference read in within-speaker
+permuted order (the permutation floor) and per-speaker sums (speaker-bootstrap CI of linear CKA).
+For models fine-tuned on tone, the sampled rows also go through LEACE erasure (erasure.py).
+
+Outputs (R): similarity.csv (SIMILARITY_COLUMNS), layer_matrix/<model>__vs__<reference>__<measure>.csv
+(rows: model's layers, columns: reference's layers), probes.csv (PROBE_COLUMNS), erasure.csv
+(ERASURE_COLUMNS), normalization.csv (model, layer, measure, label, value, n),
+projections/<model>__<layer>.parquet (row, labels, pc1, pc2, umap1, umap2, umap_fit) and
+projections/pca_variance.parquet, claims.json (claims.py), figures/, settings.json. Classic
+baselines appear as model "classic", layer = the feature's name. docs/statistics.md explains
+the statistics.
 """
 
 from __future__ import annotations
@@ -21,16 +27,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import pandas as pd
 
 from phonorm.analysis import claims as claims_mod
+from phonorm.analysis.bootstrap import SpeakerDraws, interval
+from phonorm.analysis.erasure import erasure_probes
 from phonorm.analysis.normalization import GroupSums, silhouette
 from phonorm.analysis.probes import label_rows, probe, sample_rows
 from phonorm.analysis.projection import PCA, stratified_subsample, umap_layers, umap_map
-from phonorm.analysis.similarity import MEASURES, PairSums, ViewSums
+from phonorm.analysis.similarity import MEASURES, PairSums, SpeakerSums, ViewSums
 from phonorm.artifacts import atomic_path, code_hash, provenance, read_json, set_seed, write_json, write_parquet
 from phonorm.errors import InputError, PhonormError
 from phonorm.lock import folder_lock
@@ -62,7 +70,13 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
                              f"no model {name!r} in this store; it holds: {', '.join(store.models)}")
     models = [settings.reference] + [m for m in models if m != settings.reference]
     frames = store.frames
-    ctx = _Context(store, frames, settings, out)
+    tasks, how = {}, {}
+    for m in models:
+        tasks[m], how[m] = claims_mod.model_tasks(m, store.model_info(m), settings.reference)
+    evaluations = _read_evaluations(settings.evaluations)
+    erasure_models = ([] if not settings.erasure else
+                      [m for m in (settings.erasure_models or [m for m in models if "tone" in tasks[m]]) if m in models])
+    ctx = _Context(store, frames, settings, out, erasure_models)
 
     work = [(m, layer) for m in models for layer in store.layers(m)]
     bar = progress(total=len(work) + len(store.classic_names()), desc="analyze", unit="layer",
@@ -78,11 +92,13 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
         bar.update()
     bar.close()
 
-    similarity = pd.DataFrame([r for p in parts for r in p["similarity"]],
-                              columns=["model", "reference", "layer", "measure", "value", "n", "held_out"])
-    probes = pd.DataFrame([r for p in parts for r in p["probes"]],
-                          columns=["model", "layer", "label", "accuracy", "chance", "ci_low", "ci_high", "n", "folds",
-                                   "classes", "dropped"])
+    similarity = pd.DataFrame([r for p in parts for r in p["similarity"]], columns=SIMILARITY_COLUMNS)
+    probe_rows = [r for p in parts for r in p["probes"]]
+    probes = pd.DataFrame([{k: v for k, v in r.items() if k != "by_speaker"} for r in probe_rows],
+                          columns=PROBE_COLUMNS)
+    erasure_rows = [r for p in parts for r in p.get("erasure", [])]
+    erasure = pd.DataFrame([{k: v for k, v in r.items() if k != "by_speaker"} for r in erasure_rows],
+                           columns=ERASURE_COLUMNS)
     normalization = pd.DataFrame([r for p in parts for r in p["normalization"]],
                                  columns=["model", "layer", "measure", "label", "value", "n"])
     pca_variance = pd.DataFrame([r for p in parts for r in p["pca"]],
@@ -90,32 +106,47 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
 
     _write_csv(out / "similarity.csv", similarity)
     _write_csv(out / "probes.csv", probes)
+    _write_csv(out / "erasure.csv", erasure)
     _write_csv(out / "normalization.csv", normalization)
     write_parquet(out / "projections" / "pca_variance.parquet", pca_variance)
     matrices = ctx.write_layer_matrices(parts, models)
 
-    tasks, how = {}, {}
-    for m in models:
-        tasks[m], how[m] = claims_mod.model_tasks(m, store.model_info(m), settings.reference)
     layers = {m: store.layers(m) for m in models}
-    claim_rows = claims_mod.check_claims(probes, similarity, tasks, layers, settings.reference)
+    evidence = claims_mod.Evidence(
+        probes={(r["model"], r["layer"], r["label"]): r for r in probe_rows}, layers=layers,
+        reference=settings.reference, tasks=tasks, evaluations={m: e["tasks"] for m, e in evaluations.items()},
+        evaluation_sources={m: e["file"] for m, e in evaluations.items()},
+        cka={(m, layer): (p["cka"][0], np.asarray(p["cka"][1], dtype=float)) for (m, layer), p in zip(work, parts)
+             if p.get("cka")},
+        secondary={(r["model"], r["layer"]): {"svcca_fixed_held_out": r["held_out_value"]}
+                   for r in similarity.to_dict("records") if r["measure"] == "svcca_fixed"},
+        erasure={(r["model"], r["layer"], r["erased"], r["probed"]): r for r in erasure_rows},
+        resamples=settings.claim_bootstrap, seed=settings.seed)
+    claim_rows = claims_mod.check_claims(evidence)
     write_json(out / "claims.json", {
         "claims": claim_rows, "model_tasks": tasks, "tasks_found_from": how, "reference": settings.reference,
-        "constants": {"change": claims_mod.CHANGE, "tolerance": claims_mod.TOLERANCE,
-                      "similarity_drop": claims_mod.SIM_DROP},
-        "top_layer": {m: layers[m][-1] for m in models},
+        "constants": claims_mod.constants(), "top_layer": {m: layers[m][-1] for m in models},
+        "bootstrap": {"resamples": settings.claim_bootstrap, "unit": "speaker", "paired": True, "level": 0.95,
+                      "probe_speakers": len(evidence.probe_draws.speakers),
+                      "task_speakers": len(evidence.task_draws.speakers)},
+        "evaluations": {m: {"file": e["file"], "split": e.get("split"),
+                            "per_speaker": all(isinstance(t, dict) and bool(t.get("by_speaker"))
+                                               for t in e["tasks"].values())} for m, e in evaluations.items()},
+        "evaluations_missing": [m for m in models if tasks[m] and m not in evaluations],
     })
 
     from phonorm.analysis.figures import draw_all
 
     figures = [] if not settings.figures else draw_all(out, similarity=similarity, probes=probes, normalization=normalization,
                        pca_variance=pca_variance, matrices=matrices, models=models, layers=layers,
-                       reference=settings.reference, projections=out / "projections")
+                       reference=settings.reference, projections=out / "projections", erasure=erasure)
     write_json(out / "settings.json", {
         "settings": settings.model_dump(), "features": str(store.folder.resolve()),
         "store_rows": store.rows, "store_rows_key": store.manifest.get("rows_key"), "models": models,
         "sample_rows_used": int(len(ctx.sample)), "held_out_split": ctx.held_out_summary(),
         "figures": figures, "skipped_probes": [k for p in parts for k in p.get("skipped", [])],
+        "notes": [k for p in parts for k in p.get("notes", [])], "erasure_models": erasure_models,
+        "probes_not_converged": int((~probes.converged.astype(bool)).sum()) if len(probes) else 0,
         "classic_rows_without_value": {n: p.get("dropped_rows") for n, p in
                                        zip(store.classic_names(), parts[len(work):])},
         "provenance": provenance(settings.model_dump()),
@@ -127,6 +158,33 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
             f"({len(ctx.sample)} sampled for probes/maps) → {out}; {verdicts}{note}")
 
 
+SIMILARITY_COLUMNS = ["model", "reference", "layer", "measure", "value", "ci_low", "ci_high", "floor", "held_out_value",
+                      "held_out_floor", "n", "n_fit", "n_score"]
+PROBE_COLUMNS = ["model", "layer", "label", "accuracy", "chance", "ci_low", "ci_high", "n", "folds", "classes", "dropped",
+                 "iterations", "converged"]
+ERASURE_COLUMNS = ["model", "layer", "erased", "probed", "accuracy", "chance", "ci_low", "ci_high", "change",
+                   "change_ci_low", "change_ci_high", "above_chance", "above_chance_ci_low", "above_chance_ci_high",
+                   "n", "folds", "iterations", "converged"]
+
+
+def _read_evaluations(files: Optional[dict[str, str]]) -> dict[str, dict]:
+    """model → {file, split, tasks} from evaluation.json files (`evaluate`'s dict under `tasks`)."""
+    result = {}
+    for model, file in (files or {}).items():
+        path = Path(file)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as err:
+            raise InputError(path, f"cannot read the evaluation of model {model!r}: {err.strerror or err}") from None
+        except ValueError as err:
+            raise InputError(path, f"is not valid JSON: {err}") from None
+        tasks = data.get("tasks") if isinstance(data, dict) else None
+        if not isinstance(tasks, dict):
+            raise InputError(path, "has no `tasks` object (expected the evaluation.json that `phonorm run` writes)")
+        result[model] = {"file": str(path), "split": data.get("split"), "tasks": tasks}
+    return result
+
+
 def _write_csv(path: Path, table: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
@@ -134,24 +192,33 @@ def _write_csv(path: Path, table: pd.DataFrame) -> None:
 
 # =========================================================================== per-layer work
 class _Context:
-    def __init__(self, store, frames: pd.DataFrame, settings: AnalyzeSettings, out: Path):
+    def __init__(self, store, frames: pd.DataFrame, settings: AnalyzeSettings, out: Path,
+                 erasure_models: list[str] | None = None):
         self.store, self.frames, self.settings, self.out = store, frames, settings, out
+        self.erasure_models = list(erasure_models or [])
         self.sample = sample_rows(frames, settings.sample_rows, settings.seed)
         self.sample_frames = frames.iloc[self.sample].reset_index(drop=True)
         self.codes = {f: _codes(frames, f) for f in FACTORS}
         self.part = self._held_out_parts()
+        speakers = frames["speaker"].astype(str).to_numpy()
+        self.speaker_names, self.speaker_codes = np.unique(speakers, return_inverse=True)
+        # The permutation floor pairs each row with another row of the same speaker (seeded, fixed).
+        self.permutation = _within_speaker_permutation(self.speaker_codes, settings.seed) \
+            if settings.similarity_floor else None
+        self.cka_draws = SpeakerDraws(self.speaker_names, settings.claim_bootstrap, settings.seed)
         self.key = self._key()
         self._umap_fit = None
         self.skipped: list[dict] = []  # probes that could not be run, with the reason
 
     # ------------------------------------------------------------------ bookkeeping
     def _held_out_parts(self) -> np.ndarray | None:
-        """Per row: 0 = fit half, 1 = score half of the speakers (held-out similarity); None otherwise."""
-        if not self.settings.held_out:
-            return None
+        """Per row: 0 = fit half, 1 = score half of the speakers (held-out similarity); None with
+        fewer than 2 speakers (held-out values are then NaN; an error when --held-out asked for them)."""
         speakers = np.unique(self.frames["speaker"].astype(str))
         if len(speakers) < 2:
-            raise InputError(self.store.folder / "frames.parquet", "--held-out needs at least 2 speakers")
+            if self.settings.held_out:
+                raise InputError(self.store.folder / "frames.parquet", "--held-out needs at least 2 speakers")
+            return None
         rng = np.random.default_rng(self.settings.seed)
         fit = set(rng.permutation(speakers)[: len(speakers) // 2])
         return np.where(self.frames["speaker"].astype(str).isin(fit).to_numpy(), 0, 1).astype(np.int8)
@@ -164,7 +231,7 @@ class _Context:
 
     def _key(self) -> str:
         s = self.settings.model_dump()
-        for name in ("progress", "figures", "block"):  # they do not change any per-layer number
+        for name in ("progress", "figures", "block", "evaluations"):  # they do not change any per-layer number
             s.pop(name, None)
         payload = json.dumps({"settings": s, "analysis_code": code_hash("phonorm.analysis.run"), "rows_key": self.store.manifest.get("rows_key"),
                               "rows": self.store.rows, "store": str(self.store.folder.resolve()),
@@ -198,15 +265,44 @@ class _Context:
         else:
             partners = [layer] if layer in self.store.layers(ref) else []
         sums = self._stream(model, layer, partners)
-        result: dict[str, Any] = {"similarity": [], "matrix": {}, "probes": [], "normalization": [], "pca": []}
+        result: dict[str, Any] = {"similarity": [], "matrix": {}, "probes": [], "normalization": [], "pca": [],
+                                  "notes": []}
+        kw = dict(keep=s.svcca_keep, rule=s.svcca_rule, dims=s.svcca_dims)
         for partner, pair in sums["pairs"].items():
-            score, fit = (pair[1], pair[0]) if self.part is not None else (pair[0], None)
-            values = score.measures(fit=fit)
-            result["matrix"][partner] = values
-            if partner == layer:
-                for measure, value in values.items():
-                    result["similarity"].append(dict(model=model, reference=ref, layer=layer, measure=measure,
-                                                     value=value, n=score.n, held_out=self.part is not None))
+            whole = pair[0] if len(pair) == 1 else pair[0] + pair[1]
+            held = len(pair) == 2
+            if partner != layer:  # layer matrix: one value per cell
+                result["matrix"][partner] = pair[1].measures(fit=pair[0], **kw) if s.held_out and held \
+                    else whole.measures(**kw)
+                continue
+            in_sample = whole.measures(**kw)
+            held_out = pair[1].measures(fit=pair[0], **kw) if held else {}
+            result["matrix"][partner] = held_out if s.held_out and held else in_sample
+            floor, held_floor = {}, {}
+            if sums["permuted"] is not None:
+                perm = sums["permuted"]
+                floor = (perm[0] if len(perm) == 1 else perm[0] + perm[1]).measures(**kw)
+                held_floor = perm[1].measures(fit=perm[0], **kw) if held else {}
+            ci = (float("nan"), float("nan"))
+            if sums["speakers"] is not None and len(self.cka_draws.weights):
+                boot = sums["speakers"].cka(self.cka_draws.weights)
+                result["cka"] = [in_sample["cka"], [float(v) for v in boot]]
+                ci = interval(boot)
+            elif sums["speakers"] is None:
+                result["notes"].append(dict(model=model, layer=layer, note="no CKA bootstrap: per-speaker sums "
+                                            "would exceed speaker_sums_max_bytes"))
+            dims = whole.x.dim + whole.y.dim
+            if dims > whole.n or (held and dims > pair[0].n):
+                result["notes"].append(dict(model=model, layer=layer, note=f"pwcca ill-posed: dx + dy = {dims} > "
+                                            f"rows ({whole.n} in sample, {pair[0].n if held else '-'} fitting)"))
+            nan = float("nan")
+            for measure, value in in_sample.items():
+                result["similarity"].append(dict(
+                    model=model, reference=ref, layer=layer, measure=measure, value=value,
+                    ci_low=ci[0] if measure == "cka" else nan, ci_high=ci[1] if measure == "cka" else nan,
+                    floor=floor.get(measure, nan), held_out_value=held_out.get(measure, nan),
+                    held_out_floor=held_floor.get(measure, nan), n=whole.n, n_fit=pair[0].n if held else 0,
+                    n_score=pair[1].n if held else 0))
         view = sums["view"]
         for factor, groups in sums["groups"].items():
             share = groups.variance_share()
@@ -225,11 +321,26 @@ class _Context:
         result["probes"] = self._probes(model, layer, x)
         result["skipped"] = self.skipped[first_skip:]
         result["normalization"] += self._silhouettes(model, layer, x)
+        if model in self.erasure_models:
+            result["erasure"] = self._erasure(model, layer, x)
         self._projection(model, layer, x, pca)
         return result
 
+    def _erasure(self, model: str, layer: str, x: np.ndarray) -> list[dict]:
+        s, f = self.settings, self.sample_frames
+        try:
+            rows = erasure_probes(x, f["tone"].to_numpy(), f["sex"].astype(str).to_numpy(),
+                                  f["speaker"].astype(str).to_numpy(), f["utterance_id"].astype(str).to_numpy(),
+                                  folds=s.folds, seed=s.seed, max_iter=s.probe_max_iter, bootstrap=s.claim_bootstrap)
+        except ValueError as err:
+            self.skipped.append(dict(model=model, layer=layer, label="erasure", reason=str(err)))
+            return []
+        return [dict(model=model, layer=layer, **r) for r in rows]
+
     def _stream(self, model: str, layer: str, partners: list[str]) -> dict:
-        """One pass over `layer` (and the reference's `partners` layers on the same rows)."""
+        """One pass over `layer` (and the reference's `partners` layers on the same rows). For the
+        same-named partner also: the reference read in within-speaker permuted order (floor) and
+        per-speaker sums (CKA bootstrap)."""
         store, s = self.store, self.settings
         dim = store.dim(model)
         first = next(store.iter_blocks(model, layer, block=min(s.block, 4096)))
@@ -242,6 +353,13 @@ class _Context:
                      for p in partners}
         pairs = {p: [PairSums.empty(dim, store.dim(ref), shift, ref_shift[p]) for _ in range(n_parts)]
                  for p in partners}
+        same = layer if layer in partners else None
+        permuted = None
+        if same is not None and self.permutation is not None:
+            permuted = [PairSums.empty(dim, store.dim(ref), shift, ref_shift[same]) for _ in range(n_parts)]
+        speaker_sums = None
+        if same is not None and SpeakerSums.nbytes(len(self.speaker_names), dim, store.dim(ref)) <= s.speaker_sums_max_bytes:
+            speaker_sums = SpeakerSums.empty(len(self.speaker_names), dim, store.dim(ref), shift, ref_shift[same])
         streams = [store.iter_blocks(model, layer, block=s.block)] + \
                   [store.iter_blocks(ref, p, block=s.block) for p in partners]
         begin = 0
@@ -252,14 +370,15 @@ class _Context:
             for f, g in groups.items():
                 g.update(x, self.codes[f][begin:end])
             for p, y in zip(partners, blocks[1:]):
-                if self.part is None:
-                    pairs[p][0].update(x, y)
-                else:
-                    which = self.part[begin:end]
-                    for k in range(2):
-                        pairs[p][k].update(x[which == k], y[which == k])
+                _add_parts(pairs[p], x, y, None if self.part is None else self.part[begin:end])
+                if p == same and speaker_sums is not None:
+                    speaker_sums.update(x, y, self.speaker_codes[begin:end])
+            if permuted is not None:
+                rows = self.permutation[begin:end]
+                y_perm = next(store.iter_blocks(ref, same, rows=rows, block=max(1, len(rows))))
+                _add_parts(permuted, x, y_perm, None if self.part is None else self.part[begin:end])
             begin = end
-        return {"view": view, "groups": groups, "pairs": pairs}
+        return {"view": view, "groups": groups, "pairs": pairs, "permuted": permuted, "speakers": speaker_sums}
 
     def _read_sample(self, model: str, layer: str) -> np.ndarray:
         return np.concatenate(list(self.store.iter_blocks(model, layer, rows=self.sample, block=self.settings.block)))
@@ -294,7 +413,8 @@ class _Context:
             except ValueError as err:  # fewer than 2 speakers/utterances with this label
                 self.skipped.append(dict(model=model, layer=layer, label=label, reason=str(err)))
                 continue
-            rows.append(dict(model=model, layer=layer, label=label, dropped=dropped, **result.row()))
+            rows.append(dict(model=model, layer=layer, label=label, dropped=dropped, **result.row(),
+                             by_speaker=result.by_speaker))
         return rows
 
     def _silhouettes(self, model: str, layer: str, x: np.ndarray) -> list[dict]:
@@ -376,6 +496,26 @@ class _Context:
                     table.to_csv(tmp)
                 matrices[name] = table
         return matrices
+
+
+def _add_parts(parts: list[PairSums], x: np.ndarray, y: np.ndarray, which: np.ndarray | None) -> None:
+    """Add a block pair to the whole (one part) or to the fit (0) / score (1) halves."""
+    if which is None:
+        parts[0].update(x, y)
+    else:
+        for k in range(2):
+            parts[k].update(x[which == k], y[which == k])
+
+
+def _within_speaker_permutation(codes: np.ndarray, seed: int) -> np.ndarray:
+    """Row order (rows,) that maps every row to a random row of the same speaker (codes (rows,))."""
+    rng = np.random.default_rng([seed, 13])
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    perm = np.empty_like(order)
+    for group in np.split(order, bounds):
+        perm[group] = rng.permutation(group)
+    return perm
 
 
 def _codes(frames: pd.DataFrame, factor: str) -> np.ndarray:

@@ -17,8 +17,19 @@ Hand-written rather than taken from a library because no maintained library comp
 from mergeable streamed sums (google/svcca and netrep hold the rows in memory); the heavy lifting is
 BLAS (`dsyrk`/`dgemm`) and LAPACK (`eigh`, `svd`).
 
-PWCCA is computed on the same 99%-variance subspace as SVCCA (`keep`), for numerical stability;
-`pwcca(keep=None)` gives Morcos et al.'s original CCA on every direction.
+PWCCA is Morcos et al. (2018)'s: CCA on every direction of both views, each canonical correlation
+weighted by how much of the weighted view's neurons its canonical variate accounts for; the weighted
+view is always X (the model compared, not the reference), never chosen per layer. CCA on every
+direction overfits when dx + dy approaches the number of rows: `pwcca` warns (`IllPosedWarning`)
+when dx + dy > n. docs/statistics.md compares it with google/svcca's `compute_pwcca`.
+
+SVCCA keeps each view's top principal directions explaining `keep` of the variance; `rule` says what
+"variance" means: "eigenvalue" (s², the variance, default) or "singular_value" (s, as some SVCCA
+code sums). `svcca_fixed` keeps a fixed number of directions instead, so that every layer averages
+the same number of canonical correlations (comparable across layers).
+
+`cka_bootstrap` resamples speakers (weights per speaker) for linear CKA from per-speaker sums in
+O(S²) per resample (S = speakers), never touching the rows again.
 
 Debiased CKA (Song et al. 2012 unbiased HSIC with linear kernels on centred features, as in
 Kornblith et al. 2019's `feature_space_linear_cka(debiased=True)`) needs, besides ‖XcᵀYc‖²,
@@ -35,6 +46,7 @@ Y = X: Σaᵢ² and Σaᵢxᵢ, kept in `ViewSums`. Memory stays O(d²).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +54,14 @@ from scipy.linalg.blas import dgemm, dsyrk
 
 #: Fraction of variance (by squared singular value) the SVD step of SVCCA keeps.
 SVCCA_KEEP = 0.99
+#: What SVCCA's `keep` fraction is a fraction of: "eigenvalue" (s², variance) or "singular_value" (s).
+SVCCA_RULES = ("eigenvalue", "singular_value")
+#: Directions `svcca_fixed` keeps per view (fewer when a view has fewer dimensions).
+SVCCA_DIMS = 20
+
+
+class IllPosedWarning(UserWarning):
+    """A similarity value is computed where it is not well defined (e.g. full CCA with dx + dy > n)."""
 #: Ridge added to each view's covariance eigenvalues before whitening, relative to the largest
 #: eigenvalue (scale-free, so measures stay invariant to scaling).
 EPSILON = 1e-10
@@ -265,24 +285,33 @@ class PairSums:
         return float(hxy / den) if den > 0 else float("nan")
 
     # ------------------------------------------------------------------ CCA family
-    def svcca(self, keep: float = SVCCA_KEEP, epsilon: float = EPSILON, fit: "PairSums | None" = None) -> float:
-        """SVCCA: keep each view's top principal directions explaining `keep` of the variance (by
-        eigenvalue = s²), CCA between the kept coordinates, mean of ALL canonical correlations.
+    def svcca(self, keep: float = SVCCA_KEEP, epsilon: float = EPSILON, fit: "PairSums | None" = None,
+              rule: str = "eigenvalue") -> float:
+        """SVCCA: keep each view's top principal directions explaining `keep` of the variance (`rule`:
+        by eigenvalue = s², or by singular value s), CCA between the kept coordinates, mean of ALL
+        canonical correlations.
 
         `fit`: sums of other rows to fit the directions on (held-out scoring); these sums score them.
         """
-        return float(np.mean(self.canonical_correlations(keep, epsilon, fit)))
+        return float(np.mean(self.canonical_correlations(keep, epsilon, fit, rule=rule)))
+
+    def svcca_fixed(self, dims: int = SVCCA_DIMS, epsilon: float = EPSILON, fit: "PairSums | None" = None) -> float:
+        """SVCCA with a fixed number of top principal directions per view (`dims`, capped by the views'
+        dimensions): every layer averages the same number of canonical correlations."""
+        wx, wy, _ = (fit or self).cca_directions(epsilon=epsilon, dims=dims)
+        return float(np.mean(self._score_directions(wx, wy)))
 
     def canonical_correlations(self, keep: float | None = SVCCA_KEEP, epsilon: float = EPSILON,
-                               fit: "PairSums | None" = None) -> np.ndarray:
+                               fit: "PairSums | None" = None, rule: str = "eigenvalue") -> np.ndarray:
         """Canonical correlations (descending), after the SVD step when `keep` is set (None: plain CCA)."""
-        wx, wy, _ = (fit or self).cca_directions(keep, epsilon)
+        wx, wy, _ = (fit or self).cca_directions(keep, epsilon, rule=rule)
         return self._score_directions(wx, wy)
 
-    def cca_directions(self, keep: float | None = SVCCA_KEEP, epsilon: float = EPSILON):
+    def cca_directions(self, keep: float | None = SVCCA_KEEP, epsilon: float = EPSILON, rule: str = "eigenvalue",
+                       dims: int | None = None):
         """Canonical directions in each view's original coordinates, (dx, k) and (dy, k), with their
-        correlations (k,) on these sums. k = min of the kept dimensions."""
-        ux, uy = _reduce(self.x, keep), _reduce(self.y, keep)
+        correlations (k,) on these sums. k = min of the kept dimensions (`dims`: a fixed number kept)."""
+        ux, uy = _reduce(self.x, keep, rule, dims), _reduce(self.y, keep, rule, dims)
         cxx = ux.T @ self.x.scatter() @ ux
         cyy = uy.T @ self.y.scatter() @ uy
         cxy = ux.T @ self.cross_scatter() @ uy
@@ -302,38 +331,41 @@ class PairSums:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.clip(np.abs(cov) / np.sqrt(vx * vy), 0.0, 1.0)
 
-    def pwcca(self, epsilon: float = EPSILON, keep: float | None = SVCCA_KEEP,
-              fit: "PairSums | None" = None, directions=None) -> float:
-        """Projection-weighted CCA (Morcos et al. 2018): canonical correlations weighted by how much
-        of the view's neurons each canonical variate accounts for, αᵢ = Σⱼ |⟨hᵢ/‖hᵢ‖, xⱼ⟩|.
+    def pwcca(self, epsilon: float = EPSILON, fit: "PairSums | None" = None) -> float:
+        """Projection-weighted CCA as published (Morcos et al. 2018, "Insights on representational
+        similarity in neural networks with canonical correlation", eq. for α̃ᵢ): CCA on every direction
+        of both views; canonical correlation ρᵢ weighted by α̃ᵢ = Σⱼ |⟨hᵢ/‖hᵢ‖, xⱼ⟩|, hᵢ = Xc wᵢ the
+        i-th canonical variate of X (rows,) and xⱼ neuron j's centred activations (rows,);
+        PWCCA = Σ α̃ᵢρᵢ / Σ α̃ᵢ. Weighted on X (the first view, fixed). Not invariant to rotations of
+        X's neuron basis (the weights refer to neurons), invariant to translation and scaling.
 
-        Weighted on the view with fewer kept dimensions (X on a tie), as google/svcca's `compute_pwcca`.
-        Not invariant to rotations of the neuron basis (by design: the weights refer to neurons).
-        `keep` truncates small-variance directions first (None: CCA on all directions).
+        `fit`: sums of other rows to fit the directions and weights on; these sums score ρᵢ.
+        Warns (IllPosedWarning) when dx + dy > n of the fitting rows: full CCA is then degenerate.
         """
         source = fit or self
-        wx, wy, _ = directions or source.cca_directions(keep, epsilon)
+        if source.x.dim + source.y.dim > source.n:
+            warnings.warn(f"PWCCA: dx + dy = {source.x.dim + source.y.dim} > {source.n} rows; CCA on every direction "
+                          "is degenerate (canonical correlations of 1 by construction)", IllPosedWarning, stacklevel=2)
+        wx, wy, _ = source.cca_directions(None, epsilon)
         rho = self._score_directions(wx, wy)
-        kept_x, kept_y = source._kept
-        use_x = kept_x <= kept_y
-        w, view = (wx, source.x) if use_x else (wy, source.y)
-        scatter = view.scatter()
-        # ⟨hᵢ, xcⱼ⟩ = (Xc wᵢ)ᵀ Xc eⱼ = (wᵢᵀ S)ⱼ; ‖hᵢ‖ = sqrt(wᵢᵀ S wᵢ). Canonical variates of one view
-        # are uncorrelated, so google's QR step only normalises them.
-        proj = w.T @ scatter
-        norms = np.sqrt(np.clip(np.einsum("ik,ij,jk->k", w, scatter, w), 1e-300, None))
+        scatter = source.x.scatter()
+        # ⟨hᵢ, xcⱼ⟩ = (Xc wᵢ)ᵀ Xc eⱼ = (wᵢᵀ S)ⱼ; ‖hᵢ‖ = sqrt(wᵢᵀ S wᵢ), S = XcᵀXc.
+        proj = wx.T @ scatter
+        norms = np.sqrt(np.clip(np.einsum("ik,ij,jk->k", wx, scatter, wx), 1e-300, None))
         alpha = np.abs(proj).sum(axis=1) / norms
         return float(np.sum(alpha * rho) / np.sum(alpha))
 
-    def measures(self, fit: "PairSums | None" = None) -> dict[str, float]:
+    def measures(self, fit: "PairSums | None" = None, keep: float = SVCCA_KEEP, rule: str = "eigenvalue",
+                 dims: int = SVCCA_DIMS) -> dict[str, float]:
         """All measures by name; `fit` as in `svcca` (CKA has nothing to fit: it is scored on these rows)."""
-        directions = (fit or self).cca_directions()
-        rho = self._score_directions(directions[0], directions[1])
-        return {"svcca": float(np.mean(rho)), "pwcca": self.pwcca(fit=fit, directions=directions), "cka": self.cka(),
-                "cka_debiased": self.cka_debiased()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IllPosedWarning)  # the caller checks dx + dy > n itself
+            pwcca = self.pwcca(fit=fit)
+        return {"svcca": self.svcca(keep, fit=fit, rule=rule), "svcca_fixed": self.svcca_fixed(dims, fit=fit),
+                "pwcca": pwcca, "cka": self.cka(), "cka_debiased": self.cka_debiased()}
 
 
-MEASURES = ("svcca", "pwcca", "cka", "cka_debiased")
+MEASURES = ("svcca", "svcca_fixed", "pwcca", "cka", "cka_debiased")
 
 
 def _self_cross(view: ViewSums) -> CrossSums:
@@ -341,17 +373,23 @@ def _self_cross(view: ViewSums) -> CrossSums:
     return CrossSums(view.dim, view.dim, view.n, view.gram, view.norm4, view.norm2_x, view.norm2_x)
 
 
-def _reduce(view: ViewSums, keep: float | None) -> np.ndarray:
-    """Orthonormal top principal directions (dim, k) explaining `keep` of the variance, by eigenvalue
-    (= s² of the centred data; BRIEF trap 7). `keep=None`: every direction with non-negligible variance."""
+def _reduce(view: ViewSums, keep: float | None, rule: str = "eigenvalue", dims: int | None = None) -> np.ndarray:
+    """Orthonormal top principal directions (dim, k): `dims` of them when given, else those explaining
+    `keep` of the variance, counted by eigenvalue (= s² of the centred data; BRIEF trap 7) or, with
+    rule="singular_value", by s. `keep=None`: every direction with non-negligible variance."""
     values, vectors = view.pca()
     total = values.sum()
     if total <= 0:
         raise ValueError("a view has zero variance: similarity is undefined")
-    if keep is None:
+    if dims is not None:
+        k = min(int(dims), int(np.sum(values > values[0] * 1e-12)))
+    elif keep is None:
         k = int(np.sum(values > values[0] * 1e-12))
     else:
-        k = int(np.searchsorted(np.cumsum(values) / total, keep - 1e-12) + 1)
+        if rule not in SVCCA_RULES:
+            raise ValueError(f"unknown SVCCA rule {rule!r}; known: {', '.join(SVCCA_RULES)}")
+        mass = values if rule == "eigenvalue" else np.sqrt(values)
+        k = int(np.searchsorted(np.cumsum(mass) / mass.sum(), keep - 1e-12) + 1)
     return vectors[:, :max(1, min(k, len(values)))]
 
 
@@ -361,3 +399,70 @@ def _inv_sqrt(c: np.ndarray, epsilon: float) -> np.ndarray:
     values = np.clip(values, 0, None)
     values = values + epsilon * max(values.max(), 1e-300)
     return (vectors / np.sqrt(values)) @ vectors.T
+
+
+@dataclass
+class SpeakerSums:
+    """Per-speaker sums of two views on the same rows, about fixed shifts, for resampling speakers:
+    `n` (S,), `sx` (S, dx), `sy` (S, dy), `xx` (S, dx, dx), `yy` (S, dy, dy), `xy` (S, dx, dy).
+    Memory S·(dx² + dy² + dx·dy)·8 bytes."""
+
+    n: np.ndarray
+    sx: np.ndarray
+    sy: np.ndarray
+    xx: np.ndarray
+    yy: np.ndarray
+    xy: np.ndarray
+    shift_x: np.ndarray | None = None
+    shift_y: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls, speakers: int, dx: int, dy: int, shift_x=None, shift_y=None) -> "SpeakerSums":
+        return cls(np.zeros(speakers), np.zeros((speakers, dx)), np.zeros((speakers, dy)),
+                   np.zeros((speakers, dx, dx)), np.zeros((speakers, dy, dy)), np.zeros((speakers, dx, dy)),
+                   None if shift_x is None else np.asarray(shift_x, np.float64),
+                   None if shift_y is None else np.asarray(shift_y, np.float64))
+
+    @staticmethod
+    def nbytes(speakers: int, dx: int, dy: int) -> int:
+        return 8 * speakers * (dx * dx + dy * dy + dx * dy + dx + dy + 1)
+
+    def update(self, x_block: np.ndarray, y_block: np.ndarray, speaker: np.ndarray) -> "SpeakerSums":
+        """Add blocks (rows, dx), (rows, dy) whose rows belong to speakers `speaker` (rows,) in 0..S-1."""
+        x = _as64(x_block, self.shift_x)
+        y = _as64(y_block, self.shift_y)
+        for s in np.unique(speaker):
+            rows = speaker == s
+            xs, ys = x[rows], y[rows]
+            self.n[s] += len(xs)
+            self.sx[s] += xs.sum(axis=0)
+            self.sy[s] += ys.sum(axis=0)
+            self.xx[s] += _gram(xs)
+            self.yy[s] += _gram(ys)
+            self.xy[s] += dgemm(1.0, xs, ys, trans_a=1)
+        return self
+
+    def cka(self, weights: np.ndarray) -> np.ndarray:
+        """Linear CKA (resamples,) of the data in which speaker s appears `weights[b, s]` times
+        (weights (resamples, S), e.g. multinomial bootstrap counts; all ones = the data itself).
+        ‖Σ w_s M_s − a bᵀ/N‖² expands into quadratic and cubic forms in w of per-speaker inner
+        products, so each resample costs O(S³) instead of a pass over the rows."""
+        w = np.asarray(weights, dtype=np.float64)
+        big_n = w @ self.n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            xy = _centred_sq_norm(self.xy, self.sx, self.sy, w, big_n)
+            xx = _centred_sq_norm(self.xx, self.sx, self.sx, w, big_n)
+            yy = _centred_sq_norm(self.yy, self.sy, self.sy, w, big_n)
+            return xy / np.sqrt(xx * yy)
+
+
+def _centred_sq_norm(m: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray, big_n: np.ndarray) -> np.ndarray:
+    """‖A − a bᵀ/N‖²_F per resample, with A = Σ w_s m_s, a = Σ w_s a_s, b = Σ w_s b_s, N = Σ w_s n_s."""
+    flat = m.reshape(len(m), -1)
+    k = flat @ flat.T                                   # ⟨m_s, m_t⟩ (S, S)
+    t1 = np.einsum("bs,st,bt->b", w, k, w)
+    q = np.einsum("ta,sab->stb", a, m)                  # a_tᵀ m_s (S, S, db)
+    cube = np.einsum("stb,rb->str", q, b)               # a_tᵀ m_s b_r (S, S, S)
+    t2 = np.einsum("bs,bt,br,str->b", w, w, w, cube, optimize=True)
+    t3 = np.einsum("bs,st,bt->b", w, a @ a.T, w) * np.einsum("bs,st,bt->b", w, b @ b.T, w)
+    return t1 - 2 * t2 / big_n + t3 / big_n ** 2

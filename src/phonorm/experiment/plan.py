@@ -108,8 +108,13 @@ def plan_stages(experiment: Experiment, file: Path) -> Plan:
                                   _run_extract(corpus, {n: plan.models[n] for n in names}, extract_settings), workdir))
     analyze_settings = {"reference": experiment.reference,
                         **experiment.analyze.model_dump(exclude_unset=True, exclude={"reference"})}
-    plan.analyze = plan.add(Stage("analyze", "analyze", {"features": plan.extract.key}, analyze_settings,
-                                  _run_analyze(plan.extract, analyze_settings), workdir))
+    # The evaluations are the claims' primary evidence: inputs by key, their files given at run time
+    # (so that the key does not depend on where the workdir is).
+    plan.analyze = plan.add(Stage("analyze", "analyze",
+                                  {"features": plan.extract.key,
+                                   **{f"evaluate:{n}": s.key for n, s in plan.evaluations.items()}},
+                                  analyze_settings, _run_analyze(plan.extract, analyze_settings, plan.evaluations),
+                                  workdir))
     plan.report = plan.add(Stage(
         "report", "report",
         {"analyze": plan.analyze.key, "corpus": corpus.key,
@@ -200,11 +205,13 @@ def _source_of(model: Stage) -> str:
     return model.settings["source"] if model.kind == "model" else str(model.folder)
 
 
-def _run_analyze(features: Stage, settings: dict[str, Any]) -> Callable[[Path], str]:
+def _run_analyze(features: Stage, settings: dict[str, Any], evaluations: dict[str, Stage]) -> Callable[[Path], str]:
     def run(folder: Path) -> str:
         from phonorm.analysis.run import analyze
 
-        return analyze(features.folder, out=folder, settings=AnalyzeSettings(**settings))
+        files = {name: str(stage.folder / "evaluation.json") for name, stage in evaluations.items()}
+        files.update(settings.get("evaluations") or {})  # those written in the YAML (models not evaluated here)
+        return analyze(features.folder, out=folder, settings=AnalyzeSettings(**{**settings, "evaluations": files or None}))
     return run
 
 

@@ -31,10 +31,12 @@ class Predictions:
     pred: dict[str, list[np.ndarray]] = field(default_factory=dict)
     sex: dict[str, list[np.ndarray]] = field(default_factory=dict)
     unit: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    #: speaker of each scored frame (for per-speaker counts: paired speaker bootstraps in the claims)
+    speaker: dict[str, list[np.ndarray]] = field(default_factory=dict)
     n_utterances: int = 0
 
     def add(self, utterance_number: int, sex: str, labels: dict[str, np.ndarray], predicted: dict[str, np.ndarray],
-            segment: np.ndarray) -> None:
+            segment: np.ndarray, speaker: str = "") -> None:
         for task in self.tasks:
             truth = labels[task]
             guess = predicted[task][: len(truth)]
@@ -44,6 +46,7 @@ class Predictions:
             self.sex.setdefault(task, []).append(np.full(int(scored.sum()), sex, dtype=object))
             unit = utterance_number * 1_000_000 + segment[: len(truth)][scored]
             self.unit.setdefault(task, []).append(unit.astype(np.int64))
+            self.speaker.setdefault(task, []).append(np.full(int(scored.sum()), speaker, dtype=object))
         self.n_utterances += 1
 
     def arrays(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -69,7 +72,7 @@ def predict_split(backbone: torch.nn.Module, heads: MultitaskHeads, dataset: Fra
         predicted = predict_tasks(backbone, heads, inputs, dataset.tasks)
         for row, e in enumerate(examples):
             result.add(result.n_utterances, e.sex, e.labels,
-                       {t: p[row].cpu().numpy() for t, p in predicted.items()}, e.segment)
+                       {t: p[row].cpu().numpy() for t, p in predicted.items()}, e.segment, speaker=e.speaker)
         bar.update(len(examples))
     bar.close()
     return result
@@ -110,6 +113,10 @@ def score_predictions(predictions: Predictions, label_maps: dict[str, list[str]]
         entry["confusion_axes"] = "rows: true label, columns: predicted label, in the order of `labels`"
         entry["by_sex"] = {s: _scores(truth[sex == s], guess[sex == s], names) for s in sorted(set(sex.tolist()))}
         entry["n_utterances"] = predictions.n_utterances
+        speakers = np.concatenate(predictions.speaker[task]) if predictions.speaker.get(task) else np.zeros(0, object)
+        if len(speakers) == len(truth) and all(speakers):
+            entry["by_speaker"] = {str(s): {"correct": int((truth[speakers == s] == guess[speakers == s]).sum()),
+                                            "n_frames": int((speakers == s).sum())} for s in sorted(set(speakers.tolist()))}
         if task == "tone":
             entry["syllable"] = _syllable_scores(truth, guess, unit, names)
         out[task] = entry
@@ -141,8 +148,9 @@ def evaluate(corpus: str | Path, *, model_dir: str | Path, split: str = "test") 
 
     Each task has `accuracy` and `macro_f1` (frames), `chance` (frequency of the split's majority
     class), `majority_label`, `n_frames`, `labels`, `confusion` (rows true, columns predicted),
-    `by_sex` ({"F": {...}, "M": {...}}), `n_utterances`; tone also `syllable` (majority vote over
-    each final's frames).
+    `by_sex` ({"F": {...}, "M": {...}}), `by_speaker` ({speaker: {correct, n_frames}}: frame hits
+    per speaker, for speaker-level bootstraps), `n_utterances`; tone also `syllable` (majority vote
+    over each final's frames).
     """
     prepared = PreparedCorpus(corpus)
     device = "cuda" if torch.cuda.is_available() else "cpu"

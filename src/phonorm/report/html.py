@@ -1,10 +1,12 @@
 """`phonorm report R --out report.html`: one self-contained page for a phonetician, top to bottom.
 
 Sections: the claims at a glance; corpus; training curves; accuracy per model and task (the
-study's table); similarity to the pre-trained model per layer (SVCCA, CKA); layer × layer
-heatmaps; probe accuracy per layer with the classic baselines (the central picture of
-normalization); variance shares and PCA; UMAP maps coloured by tone and by sex; the claim checks;
-methods (every setting and version; stage timings).
+study's table); similarity to the pre-trained model per layer (every measure with its permutation
+floor and held-out value); layer × layer heatmaps; probe accuracy per layer with the classic
+baselines (the central picture of normalization) and any probe that did not converge; variance
+shares and PCA; UMAP maps coloured by tone and by sex; concept erasure (LEACE) per layer; the claim
+checks (estimate, CI, margin and verdict of every comparison); methods (every setting and version;
+stage timings).
 
 Where things are: R/context.json (written by `phonorm run`) names the corpus, the model folders
 and the evaluation files. Without it the report finds them from R/settings.json → the feature
@@ -182,11 +184,12 @@ def build_report(results: str | Path, *, out: str | Path, context: Optional[str 
     _section_corpus(page, sources)
     _section_training(page, sources)
     _section_accuracy(page, sources)
-    _section_similarity(page, results, reference)
+    _section_similarity(page, results, reference, settings.get("settings") or {})
     _section_matrices(page, results)
     _section_probes(page, results, reference)
     _section_normalization(page, results)
     _section_umap(page, results, settings, sources)
+    _section_erasure(page, results)
     _section_claims(page, claims)
     _section_methods(page, results, sources, settings, claims)
 
@@ -308,7 +311,9 @@ def _section_accuracy(page: Page, sources: Sources) -> None:
         return
     body = ("<p>Frame accuracy of each fine-tuned model's own heads on held-out speakers, with the chance "
             "level (share of the majority class). The study's table: the multitask tone+sex model should "
-            "match the single-task models on each task (claim C3).</p>"
+            "match the single-task models on each task. These task accuracies are the primary evidence of "
+            "claims C3 and C4 (differences with speaker-bootstrap CIs in the claim checks below); probe "
+            "accuracies are shown there beside them.</p>"
             + table(rows, ["model", "tasks", "split", "tone", "phone", "sex"], cls="study")
             + "<h3>Details</h3><p>Macro-F1, accuracy by speaker sex, and for tone the syllable accuracy "
               "(majority vote over the final's frames).</p>" + table(details))
@@ -317,23 +322,41 @@ def _section_accuracy(page: Page, sources: Sources) -> None:
     page.add("accuracy", "Accuracy per model and task", body)
 
 
-def _section_similarity(page: Page, results: Path, reference: str) -> None:
+def _section_similarity(page: Page, results: Path, reference: str, settings: dict[str, Any]) -> None:
     similarity = _read_csv(results / "similarity.csv")
     if similarity is None or not len(similarity):
         page.add("similarity", f"Similarity to {reference} per layer", page.gap("similarity: no similarity.csv"))
         return
     png = figs.read_png(results / "figures" / "similarity_per_layer.png") or figs.similarity_fallback(similarity, reference)
-    part = similarity[similarity.measure.isin(["svcca", "cka"])]
-    pivot = part.pivot_table(index="layer", columns=["model", "measure"], values="value", aggfunc="first")
-    pivot = pivot.loc[sorted(pivot.index, key=figs._layer_index)]
-    pivot.columns = [f"{m} {s}" for m, s in pivot.columns]
+    rows = []
+    for (model, layer), group in similarity.groupby(["model", "layer"], sort=False):
+        by = group.set_index("measure")
+        row: dict[str, Any] = {"model": model, "layer": layer}
+        for measure in by.index:
+            r = by.loc[measure]
+            value = f"{r.value:.3f}"
+            if measure == "cka" and "ci_low" in r and r.ci_low == r.ci_low:
+                value += f" [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+            for column, tag in (("floor", "floor"), ("held_out_value", "held out")):
+                if column in r and r[column] == r[column]:
+                    value += f"; {tag} {r[column]:.3f}"
+            row[measure] = value
+        rows.append(row)
+    rows.sort(key=lambda r: (r["model"], figs._layer_index(r["layer"])))
+    measures = list(dict.fromkeys(similarity.measure))
     body = (f"<p>Each fine-tuned model's layer against the same layer of the pre-trained model "
-            f"<b>{esc(reference)}</b>, on the same frames. SVCCA: mean canonical correlation after keeping the "
-            "directions that explain 99% of the variance; CKA: linear centred kernel alignment. 1 = the same "
-            "representation up to a linear (SVCCA) or orthogonal and scale (CKA) change. Claim C2 expects high "
-            "values low down and a drop near the top.</p>"
-            + page.fig(png, "SVCCA and CKA to the pre-trained model per layer")
-            + table(pivot.reset_index()))
+            f"<b>{esc(reference)}</b>, on the same frames. Each cell: the in-sample value (all stored rows; for "
+            "linear CKA with its 95% speaker-bootstrap CI), the <i>permutation floor</i> (the same measure after "
+            "shuffling the reference's rows within each speaker: what unrelated frames of the same speakers "
+            "score) and the <i>held-out</i> value (directions fitted on half the speakers, scored on the other "
+            "half). A value near its floor says nothing. SVCCA keeps the directions explaining "
+            f"{esc(settings.get('svcca_keep', 0.99))} of the variance counted by "
+            f"{esc(settings.get('svcca_rule', 'eigenvalue'))} (so a different number per layer); svcca_fixed keeps "
+            f"{esc(settings.get('svcca_dims', 20))} directions per layer; PWCCA weights the "
+            "canonical correlations by the model's neurons (Morcos et al. 2018). Claim C2 is decided on linear "
+            "CKA, comparable across layers (docs/statistics.md).</p>"
+            + page.fig(png, "similarity to the pre-trained model per layer")
+            + table(rows, ["model", "layer", *measures]))
     page.add("similarity", f"Similarity to {reference} per layer", body)
 
 
@@ -382,7 +405,38 @@ def _section_probes(page: Page, results: Path, reference: str) -> None:
         body += "<h3>Classic baselines</h3>" + table(classic)
     else:
         body += page.gap("classic baselines: none in probes.csv (extraction without classic features)")
+    if "converged" in probes.columns:
+        stopped = probes[~probes.converged.astype(str).str.lower().isin(["true", "1"])]
+        if len(stopped):
+            body += ("<h3>Probes that stopped at the iteration limit</h3><p>The solver reached its iteration "
+                     "limit before converging on at least one fold; the accuracy is that of the unfinished fit.</p>"
+                     + table(stopped, ["model", "layer", "label", "accuracy", "iterations"]))
     page.add("probes", "Probe accuracy per layer", body)
+
+
+def _section_erasure(page: Page, results: Path) -> None:
+    erasure = _read_csv(results / "erasure.csv")
+    if erasure is None or not len(erasure):
+        page.add("erasure", "Concept erasure (causal test of C4)",
+                 page.gap("concept erasure: no erasure.csv (analysis ran without erasure, or no tone model)"))
+        return
+    png = figs.read_png(results / "figures" / "erasure_per_layer.png")
+    rows = erasure[erasure.erased != "none"].copy()
+    rows["change [95% CI]"] = [f"{r.change:+.3f} [{r.change_ci_low:+.3f}, {r.change_ci_high:+.3f}]"
+                               for r in rows.itertuples()]
+    rows["above chance [95% CI]"] = [f"{r.above_chance:+.3f} [{r.above_chance_ci_low:+.3f}, {r.above_chance_ci_high:+.3f}]"
+                                     for r in rows.itertuples()]
+    body = ("<p>Linear concept erasure (LEACE, Belrose et al. 2023) removes every linearly decodable trace of one "
+            "factor from a layer (fitted on the training speakers of each fold); then the tone and sex probes are "
+            "trained again on the edited features. If tone accuracy is unchanged once sex is no longer decodable, "
+            "the model's tone information does not depend on the sex information a suppression would remove: "
+            "suppression was not needed (claim C4). Erasing tone and probing sex is the converse check. Change: "
+            "accuracy after − before erasure on the same rows and folds; above chance: accuracy − the majority "
+            "baseline; both with paired speaker-bootstrap CIs.</p>"
+            + page.fig(png, "probe accuracy per layer before and after erasure")
+            + table(rows, ["model", "layer", "erased", "probed", "accuracy", "chance", "change [95% CI]",
+                           "above chance [95% CI]"]))
+    page.add("erasure", "Concept erasure (causal test of C4)", body)
 
 
 def _section_normalization(page: Page, results: Path) -> None:
@@ -418,37 +472,62 @@ def _section_umap(page: Page, results: Path, settings: dict, sources: Sources) -
 
 
 def _status_class(status: Any) -> str:
-    return {"holds": "ok", "does not hold": "bad"}.get(str(status), "na")
+    return {"holds": "ok", "does not hold": "bad", "inconclusive": "unsure"}.get(str(status), "na")
 
 
-def _measured(items: list[dict]) -> str:
-    if not items:
+def _ci(c: dict) -> str:
+    if c.get("ci_low") is None or c.get("ci_high") is None:
         return "–"
-    parts = []
-    for item in items:
-        pairs = ", ".join(f"{k} {_fmt(v)}" for k, v in item.items() if k != "holds")
-        verdict = {True: "✔", False: "✘", None: "?"}.get(item.get("holds"), "")
-        parts.append(f"<li>{esc(verdict)} {esc(pairs)}</li>")
-    return f"<ul>{''.join(parts)}</ul>"
+    return f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+
+
+def _comparisons(check: dict) -> list[dict[str, Any]]:
+    out = []
+    for c in check.get("comparisons") or []:
+        estimate = c.get("estimate")
+        out.append({
+            "model": check.get("model"), "comparison": c.get("name"),
+            "evidence": c.get("evidence") + ("" if c.get("primary") else " (beside)"),
+            "values": f"{_fmt(c.get('a_value'))} vs {_fmt(c.get('b_value'))}",
+            "estimate": f"{estimate:+.3f}" if isinstance(estimate, (int, float)) else "–",
+            "95% CI": _ci(c), "claimed": f"{c.get('direction')} {c.get('margin')}",
+            "verdict": c.get("verdict"), "note": c.get("reason", ""),
+        })
+    return out
 
 
 def _section_claims(page: Page, claims: Optional[dict]) -> None:
     if not claims or not claims.get("claims"):
         page.add("claims", "Claim checks", page.gap("claim checks: no claims.json"))
         return
-    rows = "".join(
+    boot = claims.get("bootstrap") or {}
+    summary = "".join(
         f"<tr><td><b>{esc(c.get('claim'))}</b></td><td>{esc(c.get('statement', ''))}</td>"
-        f"<td>{esc(c.get('criterion', ''))}</td><td>{_measured(c.get('measured') or [])}"
+        f"<td>{esc(c.get('criterion', ''))}</td>"
+        f"<td><span class=\"status {_status_class(c.get('status'))}\">{esc(c.get('status'))}</span>"
         + (f"<p class=\"reason\">{esc(c['reason'])}</p>" if c.get("reason") else "")
-        + f"</td><td><span class=\"status {_status_class(c.get('status'))}\">{esc(c.get('status'))}</span></td></tr>"
-        for c in claims["claims"])
-    constants = claims.get("constants") or {}
-    body = ("<p>Each claim with the quantities measured, the criterion (fixed in advance, not tuned to the data) "
-            "and whether it holds on this data. Top layer = the last stored layer of each model.</p>"
+        + "".join(f"<p class=\"reason\">{esc(f)}</p>" for f in c.get("fallback") or [])
+        + "</td></tr>" for c in claims["claims"])
+    body = ("<p>Each claim is decided from estimates with 95% confidence intervals against a margin fixed in "
+            "advance: it <b>holds</b> when every interval lies on the claimed side of its margin, <b>does not "
+            f"hold</b> when one lies wholly on the other side, and is <b>inconclusive</b> otherwise. Intervals: "
+            f"paired bootstrap over speakers ({esc(boot.get('resamples', '?'))} resamples; the same resampled "
+            "speakers on both sides of a difference). Primary evidence decides; evidence marked <i>beside</i> is "
+            "shown for comparison. Top layer = the last stored layer of each model.</p>"
             "<table class=\"claims\"><thead><tr><th>claim</th><th>statement</th><th>criterion</th>"
-            f"<th>measured</th><th>on this data</th></tr></thead><tbody>{rows}</tbody></table>")
+            f"<th>on this data</th></tr></thead><tbody>{summary}</tbody></table>")
+    for c in claims["claims"]:
+        rows = [r for check in c.get("measured") or [] for r in _comparisons(check)]
+        if rows:
+            body += (f"<h3>{esc(c.get('claim'))}: the comparisons</h3>"
+                     + table(rows, ["model", "comparison", "evidence", "values", "estimate", "95% CI", "claimed",
+                                    "verdict", "note"]))
+    missing = claims.get("evaluations_missing") or []
+    if missing:
+        body += note(f"no evaluation (task accuracy) for {', '.join(missing)}: where it was needed the probes decided")
+    constants = claims.get("constants") or {}
     if constants:
-        body += "<p>Thresholds: " + esc(", ".join(f"{k} = {v}" for k, v in constants.items())) + "</p>"
+        body += "<p>Margins: " + esc(", ".join(f"{k} = {v}" for k, v in constants.items())) + "</p>"
     page.add("claims", "Claim checks", body)
 
 
@@ -525,6 +604,7 @@ figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee} figcaption
 .missing{background:#fff6dd;border-left:4px solid #e0b000;padding:.4em .7em;font-family:Helvetica,Arial,sans-serif;font-size:.9em}
 .status{font-family:Helvetica,Arial,sans-serif;font-weight:bold;padding:1px 6px;border-radius:3px;white-space:nowrap}
 .status.ok{background:#dff3df;color:#185c18} .status.bad{background:#fbe1e1;color:#8a1c1c} .status.na{background:#eee;color:#555}
+.status.unsure{background:#fdf3d0;color:#6b5200}
 .reason{font-size:.85em;color:#666;margin:.3em 0 0} pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
 code{font-size:.9em}
 """

@@ -1,0 +1,109 @@
+"""A causal test of C4: erase one factor linearly from a layer and probe the other.
+
+LEACE (LEAst-squares Concept Erasure; Belrose et al. 2023, "LEACE: Perfect linear concept erasure in
+closed form", NeurIPS) is the smallest (in the whitened least-squares sense) affine edit of the
+features after which no linear classifier can predict the concept better than a constant. We use
+the authors' package `concept-erasure` (`LeaceEraser`).
+
+Protocol, for one layer, on the sampled rows that carry a tone (1-5) and a sex:
+- folds grouped by speaker (`probe_splits`, stratified on tone × sex) are shared by every condition;
+- in each fold the eraser is fitted on the training rows only (one-hot concept) and applied to the
+  training and test rows, so no test speaker informs the edit;
+- conditions `erased` ∈ {none, sex, tone}; in each, the tone probe and the sex probe (the standard
+  probe of `probes.py`) are trained on the (edited) training rows and scored out of fold.
+If sex becomes undecodable (near chance) while tone accuracy is unchanged, the layer's tone
+information does not depend on the sex information a suppression would remove: suppression was not
+needed for tone. The converse (erase tone, probe sex) checks the erasure is specific.
+
+Per condition: accuracy, chance (training-fold majority class, out of fold), 95% CI over speakers,
+the change from `erased = none` on the very same rows and folds, and the accuracy above chance
+(probe − majority baseline on the same resampled speakers), both with a paired speaker bootstrap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from phonorm.analysis.bootstrap import SpeakerDraws, interval
+from phonorm.analysis.probes import fit_predict, per_speaker, probe_splits
+
+CONDITIONS = ("none", "sex", "tone")
+PROBED = ("tone", "sex")
+
+
+def leace_eraser(x: np.ndarray, concept: np.ndarray):
+    """A fitted LEACE eraser for features `x` (rows, dim) and class labels `concept` (rows,):
+    returns a function (rows, dim) → (rows, dim) float64."""
+    import torch
+    from concept_erasure import LeaceEraser
+
+    classes, codes = np.unique(concept, return_inverse=True)
+    onehot = np.eye(len(classes))[codes]
+    if len(classes) == 2:  # one column carries a binary concept; the package expects k-1 or k columns alike
+        onehot = onehot[:, :1]
+    eraser = LeaceEraser.fit(torch.from_numpy(np.asarray(x, dtype=np.float64)), torch.from_numpy(onehot))
+
+    def erase(rows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return eraser(torch.from_numpy(np.asarray(rows, dtype=np.float64))).numpy()
+    return erase
+
+
+def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: np.ndarray,
+                   utterances: np.ndarray, *, folds: int = 5, seed: int = 0, max_iter: int = 300,
+                   bootstrap: int = 2000) -> list[dict]:
+    """Rows (one per erased × probed) for features `x` (rows, dim) and per-row `tone` (1-5; 0 = none),
+    `sex`, `speakers`, `utterances` (rows,). Only rows with a tone and a sex are used.
+    Raises ValueError when fewer than 2 speakers or 2 classes of either factor remain."""
+    from threadpoolctl import threadpool_limits
+
+    tone, sex = np.asarray(tone), np.asarray(sex).astype(str)
+    keep = (tone > 0) & (sex != "")
+    x, tone, sex = np.asarray(x, dtype=np.float64)[keep], tone[keep], sex[keep]
+    speakers, utterances = np.asarray(speakers).astype(str)[keep], np.asarray(utterances)[keep]
+    if len(np.unique(tone)) < 2 or len(np.unique(sex)) < 2:
+        raise ValueError("erasure needs at least 2 tones and 2 sexes among the rows")
+    strata = np.char.add(np.char.add(tone.astype(str), "_"), sex)
+    splits = probe_splits(strata, speakers, utterances, folds, seed)
+    labels = {"tone": tone, "sex": sex}
+    predicted = {(e, p): np.empty(len(x), dtype=labels[p].dtype) for e in CONDITIONS for p in PROBED}
+    iterations = {k: 0 for k in predicted}
+    converged = {k: True for k in predicted}
+    majority = {p: np.zeros(len(x), dtype=bool) for p in PROBED}
+    with threadpool_limits(1 if x.size < 2_000_000 else None):
+        for train, test in splits:
+            for p in PROBED:
+                classes, counts = np.unique(labels[p][train], return_counts=True)
+                majority[p][test] = labels[p][test] == classes[np.argmax(counts)]
+            for erased in CONDITIONS:
+                if erased == "none":
+                    x_train, x_test = x[train], x[test]
+                else:
+                    erase = leace_eraser(x[train], labels[erased][train])
+                    x_train, x_test = erase(x[train]), erase(x[test])
+                for p in PROBED:
+                    pred, used, ok = fit_predict(x_train, labels[p][train], x_test, seed, max_iter)
+                    predicted[(erased, p)][test] = pred
+                    iterations[(erased, p)] = max(iterations[(erased, p)], used)
+                    converged[(erased, p)] = converged[(erased, p)] and ok
+    draws = SpeakerDraws(speakers, bootstrap, seed)
+    rows = []
+    baseline = {}
+    for erased in CONDITIONS:
+        for p in PROBED:
+            hits = predicted[(erased, p)] == labels[p]
+            counts = per_speaker(hits, speakers, majority[p])
+            point, samples = draws.accuracy({s: (c, t) for s, (c, t, _) in counts.items()})
+            _, chance = draws.accuracy({s: (b, t) for s, (_, t, b) in counts.items()})
+            if erased == "none":
+                baseline[p] = (point, samples)
+            low, high = interval(samples)
+            c_low, c_high = interval(samples - baseline[p][1])
+            a_low, a_high = interval(samples - chance)
+            rows.append(dict(erased=erased, probed=p, accuracy=point, chance=float(majority[p].mean()),
+                             ci_low=low, ci_high=high, change=point - baseline[p][0],
+                             change_ci_low=c_low, change_ci_high=c_high, above_chance=point - float(majority[p].mean()),
+                             above_chance_ci_low=a_low, above_chance_ci_high=a_high, n=int(len(x)),
+                             folds=len(splits), iterations=iterations[(erased, p)],
+                             converged=bool(converged[(erased, p)]), by_speaker=counts))
+    return rows
