@@ -252,8 +252,11 @@ BAC009S0002W0123 1 0.80 0.20 sil
 def test_kaldi_ctm_with_position_suffixes(tmp_path):
     (tmp_path / "ali.ctm").write_text(KALDI_CTM)
     corpus = _corpus(tmp_path, {"BAC009S0002W0122": ("S0002", 1.2), "BAC009S0002W0123": ("S0002", 1.0)},
-                     {"BAC009S0002": "F"})
-    report = _prepare(tmp_path / "p", corpus, tmp_path / "ali.ctm", fmt="ctm", split_by="utterance")
+                     {"S0002": "F"})
+    # Kaldi's utterance ids hold the speaker id inside: a regex rule finds it
+    report = _prepare(tmp_path / "p", corpus, tmp_path / "ali.ctm", fmt="ctm", split_by="utterance",
+                      speaker_from=r"regex:BAC009(S\d{4})W")
+    assert set(PreparedCorpus(tmp_path / "p").all_utterances["speaker"]) == {"S0002"}
     segs = _segments(tmp_path / "p")
     assert segs["phone"].tolist() == ["zh", "ong", "g", "uo", "sh", "ix", "ii", "i", "s", "iy"]
     assert segs["syllable"].tolist() == ["zhong1"] * 2 + ["guo2"] * 2 + ["shi4"] * 2 + ["yi1"] * 2 + ["si4"] * 2
