@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 
 from corpus_inputs import SIX_SPEAKERS, ctm_text, make_corpus, write_textgrid, write_wav
 from phonorm.corpus.prepare import prepare_corpus
@@ -285,6 +287,16 @@ def _break(kind: str, root: Path, plan: dict) -> tuple[str, str, str]:
     if kind == "empty audio":
         write_wav(wav, 0.0)
         return utt, wav.name, "empty audio"
+    if kind == "nan audio":  # float WAV: the only kind that can hold NaN
+        samples, rate = sf.read(wav, dtype="float32")
+        samples[1000:1010] = np.nan
+        samples[2000] = np.inf
+        sf.write(wav, samples, rate, subtype="FLOAT")
+        return utt, wav.name, f"11 NaN or infinite sample(s) in the audio (first at {1000 / rate:.3f} s)"
+    if kind == "short audio":  # 20 ms: less than one model frame (25 ms); the alignment still fits it
+        write_wav(wav, 0.02)
+        write_textgrid(grid, [(0.0, 0.02, "a1")], [(0.0, 0.02, "a1")], 0.02)
+        return utt, wav.name, "audio too short: 20.0 ms (320 samples at 16 kHz), shorter than one model frame"
     if kind == "too long":
         write_wav(wav, info["end"] - 0.2)
         return utt, grid.name, "alignment ends at"
@@ -318,7 +330,7 @@ def _break(kind: str, root: Path, plan: dict) -> tuple[str, str, str]:
     raise AssertionError(kind)
 
 
-BAD_KINDS = ["unreadable audio", "empty audio", "too long", "no alignment", "no audio", "unknown speaker",
+BAD_KINDS = ["unreadable audio", "empty audio", "nan audio", "short audio", "too long", "no alignment", "no audio", "unknown speaker",
              "bad sex", "bad phone", "duplicate", "broken textgrid"]
 
 
