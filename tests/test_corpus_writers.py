@@ -13,8 +13,8 @@ import termios
 import textwrap
 
 import pytest
-from corpus_inputs import make_corpus
 
+from corpus_inputs import make_corpus
 from phonorm.corpus.prepare import prepare_corpus
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.corpus.synth import synthesize_corpus

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 
 from corpus_inputs import SIX_SPEAKERS, ctm_text, make_corpus, write_textgrid, write_wav
+from phonorm.corpus.info import corpus_info, format_info
 from phonorm.corpus.prepare import prepare_corpus
 from phonorm.corpus.schemes import MandarinScheme, PlainScheme, SchemeError, contour_tone, pinyin_syllable
-from phonorm.corpus.info import corpus_info, format_info
 from phonorm.corpus.speakers import SpeakerMismatch, read_speakers
 from phonorm.corpus.split import read_split_file, speaker_split
 from phonorm.corpus.store import PreparedCorpus

@@ -130,13 +130,13 @@ class PrepareSettings(LabelSettings):
         if value in SPEAKER_RULES:
             return value
         if not value.startswith("regex:"):
-            raise ValueError(f"expected one of {', '.join(SPEAKER_RULES)} or regex:PATTERN")
+            raise ValueError(f"one of {', '.join(SPEAKER_RULES)} or regex:PATTERN")
         try:
             pattern = re.compile(value[len("regex:"):])
         except re.error as err:
-            raise ValueError(f"not a valid regular expression ({err})") from None
+            raise ValueError(f"a valid regular expression after regex: ({err})") from None
         if pattern.groups < 1:
-            raise ValueError(r"the regular expression needs a group for the speaker id, e.g. regex:([A-Z]+\d+)_")
+            raise ValueError(r"a regular expression with a group for the speaker id, e.g. regex:([A-Z]+\d+)_")
         return value
 
     @field_validator("tones", mode="before")

@@ -47,12 +47,12 @@ def check_audio(path: str | Path, geometry: FrameGeometry = FrameGeometry()) -> 
         raise InputError(path, f"audio too short: {duration * 1000:.1f} ms ({samples} samples at 16 kHz), shorter than "
                                f"one model frame ({need} samples, {need * 1000 // SAMPLE_RATE} ms)")
     if info.subtype in FLOAT_SUBTYPES:
-        bad, first = 0, None
+        bad, first = 0, 0
         try:
             for start, block in _blocks(path):
                 finite = np.isfinite(block).all(axis=1)
                 if not finite.all():
-                    if first is None:
+                    if not bad:
                         first = start + int(np.argmin(finite))
                     bad += int((~finite).sum())
         except Exception as err:  # soundfile's errors on a file that breaks while reading

@@ -222,9 +222,9 @@ def list_sources(
                     raise
                 skipped.append(Skipped(err.item or path.name, str(path), err.problem, "file"))
                 continue
-            for utt, err in problems.items():  # a bad line spoils only its utterance
+            for utt, line_error in problems.items():  # a bad line spoils only its utterance
                 src = source(utt)
-                src.problem = src.problem or ("alignment", path, err.problem)
+                src.problem = src.problem or ("alignment", path, line_error.problem)
             for utt, alignment in by_utterance.items():
                 src = source(utt)
                 if src.alignment is not None:
