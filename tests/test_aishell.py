@@ -9,7 +9,8 @@ import pytest
 from corpus_inputs import write_textgrid, write_wav
 from phonorm.corpus.aishell import prepare_aishell, speaker_id
 from phonorm.corpus.store import PreparedCorpus
-from phonorm.errors import InputError
+from phonorm.errors import InputError, PhonormError
+from phonorm.lock import folder_lock
 
 SPEAKERS = {"S0002": ("F", "train"), "S0003": ("M", "train"), "S0724": ("F", "dev"), "S0764": ("M", "test")}
 # word → lexicon pronunciation (initials + tonal finals, citation tones)
@@ -63,6 +64,26 @@ def test_split_and_sex_come_from_the_corpus(aishell, tmp_path):
         sex, split = SPEAKERS[row.speaker]
         assert (row.sex, row.split) == (sex, split)
         assert plan[row.utterance_id]["speaker"] == row.speaker
+    # the speaker is the wav folder's name (the utterance id only contains it)
+    assert PreparedCorpus(tmp_path / "p").labels["speakers"] == {"rule": "folder", "matched": {"folder": len(plan)}}
+
+
+def test_a_second_writer_is_refused(aishell, tmp_path):
+    root, _ = aishell
+    with folder_lock(tmp_path / "p", "phonorm prepare-aishell"):
+        with pytest.raises(PhonormError, match="already being written by phonorm prepare-aishell"):
+            prepare_aishell(tmp_path / "p", root=root, alignments=root / "mfa")
+    assert not (tmp_path / "p" / "labels.json").exists()
+
+
+def test_speaker_info_in_utf16(aishell, tmp_path):
+    from phonorm.corpus.aishell import read_speaker_info
+
+    root, _ = aishell
+    text = (root / "resource_aishell" / "speaker.info").read_text(encoding="utf-8")
+    (tmp_path / "speaker.info").write_text(text, encoding="utf-16")
+    utf8 = read_speaker_info(root / "resource_aishell" / "speaker.info").sex
+    assert read_speaker_info(tmp_path / "speaker.info").sex == utf8 and set(SPEAKERS) <= set(utf8)
 
 
 @pytest.mark.parametrize("fmt", ["textgrid", "ctm"])

@@ -252,8 +252,11 @@ BAC009S0002W0123 1 0.80 0.20 sil
 def test_kaldi_ctm_with_position_suffixes(tmp_path):
     (tmp_path / "ali.ctm").write_text(KALDI_CTM)
     corpus = _corpus(tmp_path, {"BAC009S0002W0122": ("S0002", 1.2), "BAC009S0002W0123": ("S0002", 1.0)},
-                     {"BAC009S0002": "F"})
-    report = _prepare(tmp_path / "p", corpus, tmp_path / "ali.ctm", fmt="ctm", split_by="utterance")
+                     {"S0002": "F"})
+    # Kaldi's utterance ids hold the speaker id inside: a regex rule finds it
+    report = _prepare(tmp_path / "p", corpus, tmp_path / "ali.ctm", fmt="ctm", split_by="utterance",
+                      speaker_from=r"regex:BAC009(S\d{4})W")
+    assert set(PreparedCorpus(tmp_path / "p").all_utterances["speaker"]) == {"S0002"}
     segs = _segments(tmp_path / "p")
     assert segs["phone"].tolist() == ["zh", "ong", "g", "uo", "sh", "ix", "ii", "i", "s", "iy"]
     assert segs["syllable"].tolist() == ["zhong1"] * 2 + ["guo2"] * 2 + ["shi4"] * 2 + ["yi1"] * 2 + ["si4"] * 2
@@ -429,3 +432,60 @@ def test_cli_takes_the_new_options(tmp_path):
     result = subprocess.run([sys.executable, "-m", "phonorm.cli", "info", str(tmp_path / "p")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "not speaker-disjoint" in result.stdout
+
+
+# ----------------------------------------------------------------------------- speakers' tiers, encodings
+def _grid(path: Path, tiers: list[tuple[str, list]], end: float = 0.5) -> Path:
+    from praatio import textgrid
+    from praatio.data_classes.interval_tier import IntervalTier
+
+    grid = textgrid.Textgrid()
+    for name, entries in tiers:
+        grid.addTier(IntervalTier(name, entries, 0, end))
+    grid.save(str(path), format="long_textgrid", includeBlankSpaces=True)
+    return path
+
+
+SPK1 = [("spk1 - words", [(0.1, 0.3, "zhong1")]), ("spk1 - phones", [(0.1, 0.16, "zh"), (0.16, 0.3, "ong1")])]
+SPK2 = [("spk2 - words", [(0.3, 0.5, "guo2")]), ("spk2 - phones", [(0.3, 0.35, "g"), (0.35, 0.5, "uo2")])]
+
+
+def test_several_speakers_tiers_are_refused_not_reduced_to_the_first(tmp_path):
+    from phonorm.corpus.textgrid import read_textgrid
+
+    two = _grid(tmp_path / "two.TextGrid", SPK1 + SPK2)
+    with pytest.raises(InputError, match=r"2 phone tiers \('spk1 - phones', 'spk2 - phones'\): several speakers"):
+        read_textgrid(two)
+    # two tiers both named `phones` (praatio renames the second `phones_2`)
+    same = tmp_path / "same.TextGrid"
+    same.write_text(two.read_text(encoding="utf-8").replace("spk1 - ", "").replace("spk2 - ", ""), encoding="utf-8")
+    with pytest.raises(InputError, match=r"2 phone tiers \('phones', 'phones_2'\)"):
+        read_textgrid(same)
+    # one speaker's MFA tiers are read, with that speaker's words
+    one = read_textgrid(_grid(tmp_path / "one.TextGrid", SPK2 + [("notes", [(0.0, 0.5, "x")])]))
+    assert [iv.label for iv in one.phones if iv.label] == ["g", "uo2"]
+    assert [iv.label for iv in one.words if iv.label] == ["guo2"]
+    # in `prepare`, the file's utterance is named and skippable like any bad alignment
+    write_wav(tmp_path / "wav" / "spk1_001.wav", 0.5)
+    write_wav(tmp_path / "wav" / "spk1_002.wav", 0.5)
+    (tmp_path / "tg").mkdir()
+    _grid(tmp_path / "tg" / "spk1_001.TextGrid", SPK1 + SPK2)
+    _grid(tmp_path / "tg" / "spk1_002.TextGrid", SPK1)
+    (tmp_path / "spk.tsv").write_text("spk1\tF\n")
+    corpus = dict(audio=tmp_path / "wav", speakers=tmp_path / "spk.tsv")
+    with pytest.raises(InputError, match="several speakers") as err:
+        _prepare(tmp_path / "p", corpus, tmp_path / "tg", split_by="utterance", dev=0, test=0)
+    assert err.value.item == "spk1_001"
+    report = _prepare(tmp_path / "p", corpus, tmp_path / "tg", split_by="utterance", dev=0, test=0, skip_bad=True)
+    assert "skipped 1" in report and _segments(tmp_path / "p")["utterance_id"].unique().tolist() == ["spk1_002"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-8-sig"])
+def test_textgrids_in_utf16_with_or_without_bom(encoding, tmp_path):
+    from phonorm.corpus.textgrid import read_textgrid
+
+    text = _grid(tmp_path / "utf8.TextGrid", SPK1).read_text(encoding="utf-8")
+    path = tmp_path / "x.TextGrid"
+    path.write_bytes(text.encode(encoding))  # utf-16: with a BOM; -le / -be: without one
+    alignment = read_textgrid(path)
+    assert [iv.label for iv in alignment.phones if iv.label] == ["zh", "ong1"]

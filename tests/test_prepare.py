@@ -6,13 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 
 from corpus_inputs import SIX_SPEAKERS, ctm_text, make_corpus, write_textgrid, write_wav
+from phonorm.corpus.info import corpus_info, format_info
 from phonorm.corpus.prepare import prepare_corpus
 from phonorm.corpus.schemes import MandarinScheme, PlainScheme, SchemeError, contour_tone, pinyin_syllable
-from phonorm.corpus.speakers import read_speakers
+from phonorm.corpus.speakers import SpeakerMismatch, read_speakers
 from phonorm.corpus.split import read_split_file, speaker_split
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
@@ -122,7 +125,8 @@ def test_mfa_ipa_phones_with_character_words_and_tone_modes(tmp_path):
     write_wav(tmp_path / "wav" / "u1.wav", 1.0)
     write_textgrid(tmp_path / "tg" / "u1.TextGrid", words, phones, 1.0)
     (tmp_path / "spk.tsv").write_text("speaker\tsex\nu\tM\n")
-    args = dict(audio_dir=tmp_path / "wav", alignments=tmp_path / "tg", speakers_file=tmp_path / "spk.tsv")
+    args = dict(audio_dir=tmp_path / "wav", alignments=tmp_path / "tg", speakers_file=tmp_path / "spk.tsv",
+                speaker_from="prefix")  # speaker "u", utterance "u1": no separator
     prepare_corpus(tmp_path / "surface", tone_mode="surface", **args)
     prepare_corpus(tmp_path / "citation", tone_mode="citation", **args)
     surface = PreparedCorpus(tmp_path / "surface").segments
@@ -200,12 +204,74 @@ def test_speakers_table(tmp_path):
     table = read_speakers(path)
     assert table.sex == {"A": "F", "B": "M"}
     assert set(table.problems) == {"C", "D"}
-    assert table.speaker_of("AB_001") == "A"
+    assert table.speaker_of("A_001") == "A"
     path.write_text("A\tF\nAB\tM\n")
-    assert read_speakers(path).speaker_of("AB_001") == "AB"  # the longest prefix
+    assert read_speakers(path).speaker_of("AB_001") == "AB"  # "A" is not followed by a separator
     path.write_text("")
     with pytest.raises(InputError, match="no rows"):
         read_speakers(path)
+
+
+def test_speakers_tables_in_utf16(tmp_path):
+    text = "speaker\tsex\nF01\tF\nM01\tM\n"
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-8-sig"):  # utf-16: with BOM; -le/-be: without
+        path = tmp_path / f"{encoding}.tsv"
+        path.write_bytes(text.encode(encoding))
+        assert read_speakers(path).sex == {"F01": "F", "M01": "M"}, encoding
+    path.write_bytes(b"speaker\tsex\n\xff\xfeF01\tF\n")
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        read_speakers(path)
+
+
+@pytest.mark.parametrize("rule, table, utterance, folder, expected", [
+    # a speaker id that only starts another id is no match: F0 is not F01 (was: F0, silently)
+    ("auto", ["F0", "M01"], "F01_0001", None, "'F0' starts it but is not followed by a separator"),
+    ("auto", ["S1", "S2"], "S10_001", None, "'S1' starts it but is not followed by a separator"),
+    ("auto", ["F0", "F01"], "F01_0001", None, "F01"),
+    ("auto", ["F01"], "F01-0001", None, "F01"),
+    ("auto", ["F01"], "F01", None, "F01"),
+    ("auto", ["A", "A_b"], "A_b_001", None, "ambiguous: speakers 'A', 'A_b'"),
+    ("auto", ["S1", "anna"], "S1_001", "anna", "anna"),  # the folder decides when it is a speaker
+    ("folder", ["F01"], "F01_0001", None, "not in a speaker folder"),
+    ("folder", ["F01"], "F01_0001", "wav", "its folder 'wav' is not a speaker"),
+    ("folder", ["F01"], "x", "F01", "F01"),
+    ("prefix", ["SSB0005"], "SSB00050001", None, "SSB0005"),
+    ("prefix", ["F0", "F01"], "F01_0001", None, "ambiguous: speakers 'F0', 'F01'"),
+    ("prefix", ["F01"], "M01_0001", None, "no speaker id of the table starts"),
+    (r"regex:BAC009(S\d{4})", ["S0002"], "BAC009S0002W0122", None, "S0002"),
+    (r"regex:(?P<speaker>S\d+)", ["S0002"], "BAC009S0002W0122", None, "does not match"),
+    (r"regex:.*?(S\d{4})", ["S0003"], "BAC009S0002W0122", None, "gives speaker 'S0002', not in the table"),
+])
+def test_speaker_rules_match_exactly(rule, table, utterance, folder, expected, tmp_path):
+    path = tmp_path / "s.tsv"
+    path.write_text("".join(f"{spk}\tF\n" for spk in table))
+    speakers = read_speakers(path)
+    speakers.rule = rule
+    if expected in table:
+        assert speakers.speaker_of(utterance, folder) == expected
+    else:
+        with pytest.raises(SpeakerMismatch) as err:
+            speakers.speaker_of(utterance, folder)
+        assert expected in str(err.value)
+
+
+def test_prefix_mislabel_is_refused_and_the_rule_is_recorded(tmp_path, capsys):
+    # F01's utterances with a table that has F0 (M) but no F01: no longer silently speaker F0, sex M
+    corpus = make_corpus(tmp_path / "c", {"F01": "F", "M01": "M"}, n_utts=2)
+    (tmp_path / "c" / "speakers.tsv").write_text("speaker\tsex\nF0\tM\nM01\tM\n")
+    with pytest.raises(InputError, match="'F0' starts it but is not followed by a separator") as err:
+        run(tmp_path / "p", corpus)
+    assert err.value.item == "F01_000" and err.value.path.endswith("speakers.tsv")
+    report = run(tmp_path / "p", corpus, skip_bad=True, split_by="utterance")
+    assert "skipped 2" in report and set(PreparedCorpus(tmp_path / "p").all_utterances["speaker"]) == {"M01"}
+    # the rule and how each utterance matched are in labels.json and `phonorm info`
+    (tmp_path / "c" / "speakers.tsv").write_text("speaker\tsex\nF01\tF\nM01\tM\n")
+    run(tmp_path / "q", corpus, split_by="utterance")
+    assert PreparedCorpus(tmp_path / "q").labels["speakers"] == {"rule": "auto", "matched": {"prefix": 4}}
+    info = format_info(corpus_info(tmp_path / "q"))
+    assert "speakers by auto rule: id prefix 4 utterances" in info
+    with pytest.raises(PhonormError, match="--speaker-from"):
+        run(tmp_path / "r", corpus, speaker_from="regex:no-group")
 
 
 # --------------------------------------------------------------------------- bad input
@@ -221,6 +287,16 @@ def _break(kind: str, root: Path, plan: dict) -> tuple[str, str, str]:
     if kind == "empty audio":
         write_wav(wav, 0.0)
         return utt, wav.name, "empty audio"
+    if kind == "nan audio":  # float WAV: the only kind that can hold NaN
+        samples, rate = sf.read(wav, dtype="float32")
+        samples[1000:1010] = np.nan
+        samples[2000] = np.inf
+        sf.write(wav, samples, rate, subtype="FLOAT")
+        return utt, wav.name, f"11 NaN or infinite sample(s) in the audio (first at {1000 / rate:.3f} s)"
+    if kind == "short audio":  # 20 ms: less than one model frame (25 ms); the alignment still fits it
+        write_wav(wav, 0.02)
+        write_textgrid(grid, [(0.0, 0.02, "a1")], [(0.0, 0.02, "a1")], 0.02)
+        return utt, wav.name, "audio too short: 20.0 ms (320 samples at 16 kHz), shorter than one model frame"
     if kind == "too long":
         write_wav(wav, info["end"] - 0.2)
         return utt, grid.name, "alignment ends at"
@@ -254,7 +330,7 @@ def _break(kind: str, root: Path, plan: dict) -> tuple[str, str, str]:
     raise AssertionError(kind)
 
 
-BAD_KINDS = ["unreadable audio", "empty audio", "too long", "no alignment", "no audio", "unknown speaker",
+BAD_KINDS = ["unreadable audio", "empty audio", "nan audio", "short audio", "too long", "no alignment", "no audio", "unknown speaker",
              "bad sex", "bad phone", "duplicate", "broken textgrid"]
 
 
@@ -286,12 +362,29 @@ def test_bad_input_is_named_and_skippable(kind, tmp_path):
         assert not (tmp_path / "p" / "skipped.tsv").exists()
 
 
-def test_bad_ctm_file_and_options(corpus, tmp_path):
+def test_a_bad_ctm_line_loses_only_its_utterance(corpus, tmp_path):
+    lines = ctm_text(corpus["plan"]).splitlines()
+    utts = sorted(corpus["plan"])
+    bad = next(n for n, line in enumerate(lines) if line.startswith(utts[3]))  # a line of the 4th utterance
+    fields = lines[bad].split()
+    lines[bad] = " ".join(fields[:2] + ["zero"] + fields[3:])
     ctm = tmp_path / "x.ctm"
-    ctm.write_text("utt 1 0.0 0.1 zh\nutt 1 zero 0.1 ong1\n")
-    with pytest.raises(InputError, match="not a number") as err:
+    ctm.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=f"line {bad + 1}: start 'zero' .* is not a number") as err:
         run(tmp_path / "p", {**corpus, "ctm": ctm}, fmt="ctm")
-    assert err.value.path == str(ctm) and err.value.item == "line 2"
+    assert err.value.path == str(ctm) and err.value.item == utts[3]
+    report = run(tmp_path / "p", {**corpus, "ctm": ctm}, fmt="ctm", skip_bad=True)
+    kept = PreparedCorpus(tmp_path / "p").all_utterances["utterance_id"].tolist()
+    assert kept == utts[:3] + utts[4:] and "skipped 1: 1 unreadable alignment" in report
+    skipped = pd.read_csv(tmp_path / "p" / "skipped.tsv", sep="\t", dtype=str)
+    assert skipped["item"].tolist() == [utts[3]] and f"line {bad + 1}" in skipped["problem"][0]
+    # a file that is no CTM at all is still one error for the file
+    ctm.write_bytes(b"utt 1 0.0 0.1 \xc3\x28\n")
+    with pytest.raises(InputError, match="CTM file is not valid"):
+        run(tmp_path / "q", {**corpus, "ctm": ctm}, fmt="ctm")
+
+
+def test_bad_options(corpus, tmp_path):
     with pytest.raises(PhonormError, match="--scheme"):
         run(tmp_path / "p", corpus, scheme="klingon")
     with pytest.raises(InputError, match="no such audio folder"):

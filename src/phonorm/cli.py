@@ -293,6 +293,9 @@ def main() -> None:
     try:
         app()
     except PhonormError as err:
+        from phonorm.progress import close_bars
+
+        close_bars()  # the error starts on its own line, not after a half-drawn bar
         typer.echo(f"phonorm: error: {err}", err=True)
         sys.exit(2)
 

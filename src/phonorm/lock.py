@@ -39,10 +39,18 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
         yield
         return
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PhonormError(f"{folder}: exists and is not a folder; give a folder (new or existing) to write to")
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a parent is a file, no permission, read-only file system
+        raise PhonormError(f"{folder}: cannot create the folder ({err.strerror or err})") from None
     path = folder / LOCK_FILE
-    handle = open(path, "a+", encoding="utf-8")
+    try:
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as err:
+        raise PhonormError(f"{folder}: cannot write into the folder ({err.strerror or err})") from None
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

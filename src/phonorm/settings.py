@@ -102,6 +102,8 @@ class SynthSettings(StageSettings):
 
 
 REPEATABLE: dict[str, Any] = {"cli": "repeat"}
+SPEAKER_RULES = ("auto", "folder", "prefix")
+"""`PrepareSettings.speaker_from` rules besides `regex:PATTERN` (`corpus/speakers.py` applies them)."""
 """Marks a list field whose command-line option is given once per value (`--silence a --silence b`)."""
 
 
@@ -138,6 +140,26 @@ class PrepareSettings(LabelSettings):
     split_by: Literal["speaker", "utterance"] = Field(
         "speaker", description="speaker (speaker-disjoint, default) or utterance (each speaker's utterances split; "
                                "for corpora with fewer than three speakers of a sex).")
+    speaker_from: str = Field(
+        "auto", description="How an utterance finds its speaker in the table: auto (the audio's folder when it is a "
+                            "speaker id, else the speaker id that starts the utterance id followed by _ - or .), "
+                            "folder, prefix (the one speaker id the utterance id starts with) or regex:PATTERN "
+                            "(PATTERN's first group, matched at the start of the utterance id).")
+
+    @field_validator("speaker_from")
+    @classmethod
+    def _speaker_rule(cls, value: str) -> str:
+        if value in SPEAKER_RULES:
+            return value
+        if not value.startswith("regex:"):
+            raise ValueError(f"one of {', '.join(SPEAKER_RULES)} or regex:PATTERN")
+        try:
+            pattern = re.compile(value[len("regex:"):])
+        except re.error as err:
+            raise ValueError(f"a valid regular expression after regex: ({err})") from None
+        if pattern.groups < 1:
+            raise ValueError(r"a regular expression with a group for the speaker id, e.g. regex:([A-Z]+\d+)_")
+        return value
 
     @field_validator("tones", mode="before")
     @classmethod

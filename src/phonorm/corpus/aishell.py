@@ -18,7 +18,9 @@ from phonorm.corpus.alignment import Alignment, Interval, is_silence
 from phonorm.corpus.prepare import Skipped, build_prepared_corpus, label_rules, list_sources
 from phonorm.corpus.speakers import SEXES, SpeakerTable
 from phonorm.corpus.split import SPLITS
+from phonorm.corpus.text import read_text
 from phonorm.errors import InputError
+from phonorm.lock import folder_lock
 from phonorm.settings import AishellSettings
 
 TRANSCRIPT = Path("data_aishell/transcript/aishell_transcript_v0.8.txt")
@@ -31,15 +33,20 @@ def prepare_aishell(out, *, root, alignments, settings: AishellSettings | None =
     """Prepare AISHELL-1 from its root folder and an alignment of it; returns the summary.
     `settings` (`AishellSettings`) or its fields as keywords, as for `prepare_corpus`."""
     settings = settings if settings is not None else AishellSettings.parse(options)
+    with folder_lock(out, "phonorm prepare-aishell"):
+        return _prepare_aishell(out, Path(root), Path(alignments), settings)
+
+
+def _prepare_aishell(out, root: Path, alignments: Path, settings: AishellSettings) -> str:
     fmt, tone_mode, skip_bad = settings.format, settings.tone, settings.skip_bad
     silence, phone_map = settings.silence, settings.phone_map
-    root, alignments = Path(root), Path(alignments)
     label_scheme, rules = label_rules("mandarin", None, silence, phone_map)
     wav_root = root / WAV
     for needed in (wav_root, root / SPEAKER_INFO):
         if not needed.exists():
             raise InputError(needed, "missing: is --root the AISHELL-1 folder that holds data_aishell/ and resource_aishell/?")
     speakers = read_speaker_info(root / SPEAKER_INFO)
+    speakers.rule = "folder"  # data_aishell/wav/SPLIT/S0002/BAC009S0002W0122.wav
     audio_files, split_of_utterance = [], {}
     for split in SPLITS:
         for path in sorted((wav_root / split).glob("*/*.wav")):
@@ -79,10 +86,7 @@ def speaker_id(text: str) -> str:
 
 def read_speaker_info(path: Path) -> SpeakerTable:
     """speaker.info: one `NUMBER SEX` per line (white space separated; extra columns ignored)."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(path, f"unreadable speaker info ({err})") from None
+    text = read_text(path, "speaker info")
     table = SpeakerTable(path)
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()

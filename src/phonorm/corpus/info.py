@@ -15,6 +15,9 @@ from phonorm.corpus.split import split_problems
 from phonorm.corpus.store import SPLITS, PreparedCorpus
 from phonorm.frames import IGNORE_INDEX, TASKS, FrameGeometry, frame_labels
 
+MATCH_WAYS = {"folder": "folder name", "prefix": "id prefix", "regex": "regex"}
+"""How utterances found their speaker (`labels.json` speakers.matched), in words."""
+
 
 def corpus_info(folder: str | Path) -> dict:
     """Summary of a prepared corpus as plain JSON-ready values:
@@ -22,7 +25,9 @@ def corpus_info(folder: str | Path) -> dict:
     `split_speakers` (split → speakers), `segments`, `labels` (task → {label → frames}),
     `frames` (total frames on the grid), `scheme`, `tone_mode`, `skipped` (rows of skipped.tsv),
     `split_by` (speaker, utterance or file), `speaker_disjoint` (no speaker in two splits),
-    `split_problems` (sentences: a sex without dev/test speakers, speakers shared between splits)."""
+    `split_problems` (sentences: a sex without dev/test speakers, speakers shared between splits),
+    `speaker_match` ({"rule": the `--speaker-from` rule, "matched": {folder|prefix|regex: utterances}};
+    None for a corpus prepared before it was recorded)."""
     corpus = PreparedCorpus(folder)
     utterances = corpus.all_utterances
     geometry = FrameGeometry()
@@ -56,6 +61,7 @@ def corpus_info(folder: str | Path) -> dict:
         "split_by": (corpus.labels.get("split") or {}).get("by", "speaker"),
         "speaker_disjoint": bool((utterances.groupby("speaker")["split"].nunique() <= 1).all()),
         "split_problems": split_problems(utterances),
+        "speaker_match": corpus.labels.get("speakers"),
     }
 
 
@@ -70,6 +76,10 @@ def format_info(info: dict) -> str:
         ),
         f"scheme      {info['scheme']}   tone {info['tone_mode']}",
     ]
+    match = info.get("speaker_match")
+    if match:
+        ways = ", ".join(f"{MATCH_WAYS.get(way, way)} {n} utterances" for way, n in match["matched"].items())
+        lines.append(f"matched     speakers by {match['rule']} rule: {ways or 'none'}")
     lines += [f"note        {problem}" for problem in info.get("split_problems") or []]
     if info.get("skipped"):
         lines.append(f"skipped     {info['skipped']} (see skipped.tsv)")

@@ -11,8 +11,12 @@ Outputs in OUT: `utterances.parquet`, `segments.parquet`, `labels.json`, and `sk
 `skip_bad` skipped anything. Every bad utterance is an `InputError` naming the file and the problem;
 with `skip_bad` it is skipped, listed and counted instead.
 
-Utterance → speaker: the folder an audio file sits in when that folder is a speaker of the table
-(`SPK/UTT.wav`), else the longest speaker id of the table that prefixes the utterance id.
+Utterance → speaker: by the rule `speaker_from` (`corpus/speakers.py`): by default the folder an
+audio file sits in when that folder is a speaker of the table (`SPK/UTT.wav`), else the speaker id
+that starts the utterance id followed by a separator (`F01_0001`); never a guess. `labels.json`
+records the rule and how many utterances matched each way (`phonorm info` shows them).
+Audio a model cannot read is bad input: shorter than one model frame (400 samples at 16 kHz), or
+NaN/infinite samples (`audio.check_audio`). A bad CTM line spoils only its utterance.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from tqdm.auto import tqdm
 
 from phonorm.artifacts import atomic_path, provenance, write_json, write_parquet
 from phonorm.corpus.alignment import Alignment, silence_set
-from phonorm.corpus.audio import AUDIO_SUFFIXES, audio_info
-from phonorm.corpus.ctm import ctm_files, read_ctm
+from phonorm.corpus.audio import AUDIO_SUFFIXES, check_audio
+from phonorm.corpus.ctm import ctm_files, read_ctm_utterances
 from phonorm.corpus.phone_map import read_phone_map
 from phonorm.corpus.schemes import (
     REMEDY,
@@ -40,7 +44,7 @@ from phonorm.corpus.schemes import (
     get_scheme,
     label_alignment,
 )
-from phonorm.corpus.speakers import SEXES, SpeakerTable, read_speakers
+from phonorm.corpus.speakers import SEXES, SpeakerMismatch, SpeakerTable, read_speakers
 from phonorm.corpus.split import (
     SPLITS,
     read_split_file,
@@ -50,6 +54,7 @@ from phonorm.corpus.split import (
 )
 from phonorm.corpus.textgrid import ALIGNMENT_SUFFIXES, read_textgrid
 from phonorm.errors import InputError, PhonormError
+from phonorm.lock import folder_lock
 from phonorm.settings import PrepareSettings
 
 DURATION_TOLERANCE = 0.05
@@ -60,8 +65,8 @@ STEP_NAMES = {
     "duplicate": "duplicate utterance id",
     "no-audio": "alignment without audio",
     "no-alignment": "audio without alignment",
-    "audio": "unreadable or empty audio",
-    "speaker": "speaker missing or sex not F/M",
+    "audio": "unreadable, empty, too short or non-finite audio",
+    "speaker": "speaker missing, ambiguous or sex not F/M",
     "alignment": "unreadable alignment",
     "too-long": "alignment longer than audio",
     "labels": "phone the scheme cannot parse",
@@ -69,6 +74,10 @@ STEP_NAMES = {
     "split": "no split in split file",
     "file": "unreadable alignment file",
 }
+
+
+SPEAKER_BY = "_speaker_by"
+"""Key of an utterance row (dropped before writing) saying how its speaker was matched."""
 
 
 @dataclass
@@ -130,12 +139,17 @@ def prepare_corpus(out, *, audio_dir, alignments, speakers_file, settings: Prepa
     `tones`: the tonal scheme's tone inventory (default: the tones seen).
     """
     settings = settings if settings is not None else PrepareSettings.parse(options)
-    audio_dir, alignments, speakers_file = Path(audio_dir), Path(alignments), Path(speakers_file)
+    with folder_lock(out, "phonorm prepare"):
+        return _prepare_corpus(out, Path(audio_dir), Path(alignments), Path(speakers_file), settings)
+
+
+def _prepare_corpus(out, audio_dir: Path, alignments: Path, speakers_file: Path, settings: PrepareSettings) -> str:
     split_file, phone_map = settings.split_file, settings.phone_map
     label_scheme, rules = label_rules(settings.scheme, settings.tones, settings.silence, phone_map)
     if not audio_dir.is_dir():
         raise InputError(audio_dir, "no such audio folder")
     speakers = read_speakers(speakers_file)
+    speakers.rule = settings.speaker_from
     split_of_utterance = read_split_file(split_file) if split_file is not None else None
     skipped: list[Skipped] = []
     sources = list_sources(audio_dir, alignments, settings.format, settings.skip_bad, skipped)
@@ -202,12 +216,15 @@ def list_sources(
     else:
         for path in ctm_files(alignments):
             try:
-                by_utterance = read_ctm(path)
+                by_utterance, problems = read_ctm_utterances(path)
             except InputError as err:
                 if not skip_bad:
                     raise
                 skipped.append(Skipped(err.item or path.name, str(path), err.problem, "file"))
                 continue
+            for utt, line_error in problems.items():  # a bad line spoils only its utterance
+                src = source(utt)
+                src.problem = src.problem or ("alignment", path, line_error.problem)
             for utt, alignment in by_utterance.items():
                 src = source(utt)
                 if src.alignment is not None:
@@ -236,13 +253,13 @@ def read_utterance(
     if src.alignment_file is None:
         raise bad("no-alignment", src.audio, "no alignment for this audio file")
     try:
-        duration, rate, channels = audio_info(src.audio)
+        duration, rate, channels = check_audio(src.audio)
     except InputError as err:
         raise BadUtterance("audio", InputError(err.path, err.problem, item=utt)) from None
-    speaker = speakers.speaker_of(utt, src.folder_speaker)
-    if speaker is None:
-        where = f"folder {src.folder_speaker!r} and " if src.folder_speaker else ""
-        raise bad("speaker", speakers.path, f"no speaker of this table matches the utterance ({where}no speaker id prefixes {utt!r})")
+    try:
+        speaker, speaker_by = speakers.match(utt, src.folder_speaker)
+    except SpeakerMismatch as err:
+        raise bad("speaker", speakers.path, str(err)) from None
     if speaker in speakers.problems:
         raise bad("speaker", speakers.path, speakers.problems[speaker])
     split = None
@@ -269,6 +286,7 @@ def read_utterance(
         utterance_id=utt, speaker=speaker, sex=speakers.sex[speaker], split=split,
         audio_path=str(src.audio), duration=float(duration), sample_rate=int(rate), channels=int(channels),
     )
+    row[SPEAKER_BY] = speaker_by  # not a column: counted into labels.json
     return row, phones, notes
 
 
@@ -290,28 +308,32 @@ def build_prepared_corpus(
     rows, segments = [], []
     notes = LabelNotes()
     unknown = UnknownLabelTally()
-    for src in tqdm(sources, desc="prepare", unit="utt", disable=None):
-        if add_words is not None and src.alignment is not None:
-            add_words(src.utterance_id, src.alignment)
-        try:
-            row, phones, utt_notes = read_utterance(src, speakers, label_scheme, tone_mode, split_of_utterance,
-                                                    split_file, rules)
-        except BadUtterance as bad:
-            if bad.unknown:
-                unknown.add(bad.unknown, bad.error.path, src.utterance_id)
+    matched: Counter = Counter()  # how utterances found their speaker (folder, prefix, regex)
+    # `with`: an error closes the bar first, so that its message starts on a line of its own
+    with tqdm(sources, desc="prepare", unit="utt", disable=None) as bar:
+        for src in bar:
+            if add_words is not None and src.alignment is not None:
+                add_words(src.utterance_id, src.alignment)
+            try:
+                row, phones, utt_notes = read_utterance(src, speakers, label_scheme, tone_mode, split_of_utterance,
+                                                        split_file, rules)
+            except BadUtterance as bad:
+                if bad.unknown:
+                    unknown.add(bad.unknown, bad.error.path, src.utterance_id)
+                    if not skip_bad:
+                        continue  # read on: one error at the end names every unknown label
                 if not skip_bad:
-                    continue  # read on: one error at the end names every unknown label
-            if not skip_bad:
-                raise bad.error from None
-            skipped.append(Skipped(src.utterance_id, bad.error.path or "", bad.error.problem, bad.step))
-            continue
-        rows.append(row)
-        notes.add(utt_notes)
-        for p in phones:
-            segments.append(dict(
-                utterance_id=src.utterance_id, start=p.start, end=p.end, phone=p.phone, tone=p.tone,
-                syllable=p.syllable, word=p.word, is_final=p.is_final,
-            ))
+                    raise bad.error from None
+                skipped.append(Skipped(src.utterance_id, bad.error.path or "", bad.error.problem, bad.step))
+                continue
+            matched[row.pop(SPEAKER_BY)] += 1
+            rows.append(row)
+            notes.add(utt_notes)
+            for p in phones:
+                segments.append(dict(
+                    utterance_id=src.utterance_id, start=p.start, end=p.end, phone=p.phone, tone=p.tone,
+                    syllable=p.syllable, word=p.word, is_final=p.is_final,
+                ))
 
     if unknown.seen and not skip_bad:  # one error for the corpus, named by its first bad file
         raise InputError(
@@ -358,6 +380,8 @@ def build_prepared_corpus(
             "speaker_disjoint": bool((utterances.groupby("speaker")["split"].nunique() == 1).all()),
             "problems": problems,
         },
+        # How utterances were matched to the speakers table (`phonorm info` says it).
+        "speakers": {"rule": speakers.rule, "matched": dict(sorted(matched.items()))},
         "provenance": provenance(settings),
     }
     write_parquet(out / "segments.parquet", table)

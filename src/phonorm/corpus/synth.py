@@ -47,6 +47,7 @@ from phonorm.artifacts import atomic_path, provenance, read_json, write_json
 from phonorm.corpus.pinyin_table import Syllable, load_syllable_table
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import SAMPLE_RATE
+from phonorm.lock import LOCK_FILE, folder_lock
 
 VOICE = "cmn-latn-pinyin"
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
@@ -462,8 +463,6 @@ def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int =
     `jobs`: worker processes (each speaker is synthesised in its own fresh process anyway).
     Re-running with the same settings over the same `out` skips speakers already complete.
     """
-    from tqdm import tqdm
-
     out = Path(out)
     if n_speakers < 2:
         raise PhonormError(f"--speakers must be at least 2 (half F, half M), got {n_speakers}")
@@ -471,6 +470,13 @@ def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int =
         raise PhonormError(f"--utterances must be at least 1, got {n_utterances}")
     if variation not in VARIATIONS:
         raise PhonormError(f"--variation {variation!r}: choose one of {', '.join(VARIATIONS)}")
+    with folder_lock(out, "phonorm synth"):
+        return _synthesize_corpus(out, n_speakers, n_utterances, seed, jobs, variation)
+
+
+def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int, jobs: int, variation: str) -> str:
+    from tqdm import tqdm
+
     settings = {
         "speakers": n_speakers, "utterances": n_utterances, "seed": seed, "sample_rate": SAMPLE_RATE,
         "voice": VOICE, "syllables_per_utterance": [MIN_SYLLABLES, MAX_SYLLABLES], "espeakng_loader": _espeak_version(),
@@ -485,7 +491,7 @@ def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int =
             raise InputError(meta_path, "not a readable synth.json; use a new folder") from None
         if previous != settings:
             raise PhonormError(f"{meta_path}: this folder holds a corpus made with other settings ({previous}); use a new folder")
-    elif out.exists() and any(out.iterdir()):
+    elif any(p.name != LOCK_FILE for p in out.iterdir()):  # our own lock file is no content
         raise PhonormError(f"{out}: the folder is not empty and holds no synth.json; use a new or empty folder")
 
     voices, plan = plan_corpus(n_speakers, n_utterances, seed, variation)
