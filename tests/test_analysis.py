@@ -182,3 +182,18 @@ def test_umap_layers_are_first_middle_last():
 
     assert umap_layers([f"L{k}" for k in range(13)]) == ["L0", "L6", "L12"]
     assert umap_layers(["L0", "L1"]) == ["L0", "L1"] and umap_layers(["L0"]) == ["L0"]
+
+
+def test_a_rerun_with_other_settings_leaves_no_stale_outputs(tmp_path):
+    from fake_store import make_feature_store
+
+    store = make_feature_store(tmp_path / "F", n_speakers=8, n_utterances=3, n_frames=30, n_layers=3)
+    fast = dict(reference="pretrained", folds=3, bootstrap=20, claim_bootstrap=50, labels=["sex"], progress=False,
+                erasure=False, umap_fit_rows=50, sample_rows=400)
+    analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(umap=True, **fast))
+    assert list((tmp_path / "R" / "figures").glob("umap_*"))
+    analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(umap=False, layer_matrix=False, **fast))
+    assert not list((tmp_path / "R" / "figures").glob("umap_*"))
+    assert not list((tmp_path / "R" / "layer_matrix").glob("*.csv"))
+    listed = json.loads((tmp_path / "R" / "settings.json").read_text())["figures"]
+    assert sorted(f"figures/{p.name}" for p in (tmp_path / "R" / "figures").iterdir()) == sorted(listed)

@@ -96,6 +96,9 @@ def results(fake_corpus, tmp_path_factory):
          "status": "not testable", "measured": [], "reason": "needs a tone+sex model"}]})
     write_json(results / "settings.json", {"settings": {"reference": "pre", "bootstrap": 77, "umap": True},
                                            "features": str(root / "F"), "models": ["pre", "tone"],
+                                           "figures": [f"figures/{name}.png" for name in (
+                                               "layer_matrix_tone__svcca", "umap_tone", "normalization_per_layer",
+                                               "erasure_per_layer")],
                                            "provenance": {"code_version": "0.1.0+test", "versions": {"numpy": "1"}}})
     _png(results / "figures" / "layer_matrix_tone__svcca.png", 0)
     _png(results / "figures" / "umap_tone.png", 1)
@@ -158,6 +161,7 @@ def test_report_without_context_or_figures_says_what_is_missing(results, tmp_pat
     bare.mkdir()
     for name in ("similarity.csv", "probes.csv", "claims.json"):
         shutil.copy(results / name, bare / name)
+    (bare / "settings.json").write_text('{"settings": {"reference": "pre"}}')
     out = tmp_path / "bare.html"
     message = build_report(bare, out=out)
     text = out.read_text(encoding="utf-8")
@@ -165,6 +169,19 @@ def test_report_without_context_or_figures_says_what_is_missing(results, tmp_pat
     assert "no evaluation of a fine-tuned model" in text
     assert len(_images(text)) == 2  # similarity and probes, drawn from the CSVs
     assert "skipped" in message
+
+
+def test_report_shows_only_this_analysis_and_refuses_an_unfinished_one(results, tmp_path):
+    shutil.copytree(results, tmp_path / "R")
+    _png(tmp_path / "R" / "figures" / "umap_stale.png", 5)  # left by an earlier run, not in settings.json
+    out = tmp_path / "r.html"
+    build_report(tmp_path / "R", out=out, context=_context(results))
+    assert "umap_stale" not in out.read_text(encoding="utf-8")
+    with pytest.raises(InputError, match="is a folder"):
+        build_report(tmp_path / "R", out=tmp_path, context=_context(results))
+    (tmp_path / "R" / "settings.json").unlink()  # analysis killed before its last file
+    with pytest.raises(InputError, match="did not finish"):
+        build_report(tmp_path / "R", out=out)
 
 
 def test_report_refuses_a_folder_without_results(tmp_path):

@@ -140,6 +140,8 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
     figures = [] if not settings.figures else draw_all(out, similarity=similarity, probes=probes, normalization=normalization,
                        pca_variance=pca_variance, matrices=matrices, models=models, layers=layers,
                        reference=settings.reference, projections=out / "projections", erasure=erasure)
+    _remove_stale(out / "figures", {(out / f).resolve() for f in figures})
+    _remove_stale(out / "layer_matrix", {(out / "layer_matrix" / f"{name}.csv").resolve() for name in matrices})
     write_json(out / "settings.json", {
         "settings": settings.model_dump(), "features": str(store.folder.resolve()),
         "store_rows": store.rows, "store_rows_key": store.manifest.get("rows_key"), "models": models,
@@ -183,6 +185,15 @@ def _read_evaluations(files: Optional[dict[str, str]]) -> dict[str, dict]:
             raise InputError(path, "has no `tasks` object (expected the evaluation.json that `phonorm run` writes)")
         result[model] = {"file": str(path), "split": data.get("split"), "tasks": tasks}
     return result
+
+
+def _remove_stale(folder: Path, keep: set[Path]) -> None:
+    """Delete what an earlier run with other settings left in `folder` (e.g. UMAP maps after a re-run
+    with --no-umap), so the folder holds exactly this run's outputs."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_file() and not path.name.startswith(".") and path.resolve() not in keep:
+                path.unlink()
 
 
 def _write_csv(path: Path, table: pd.DataFrame) -> None:

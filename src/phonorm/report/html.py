@@ -146,6 +146,15 @@ class Page:
     sections: list[tuple[str, str, str]] = field(default_factory=list)  # (id, title, body)
     missing: list[str] = field(default_factory=list)
     figures: int = 0
+    listed: set[Path] = field(default_factory=set)  # the figures this analysis drew (settings.json)
+
+    def png(self, path: Path) -> Optional[bytes]:
+        """A figure of the results, only if the analysis that wrote settings.json drew it (a file
+        left over from an earlier run with other settings is not shown)."""
+        return figs.read_png(path) if path.resolve() in self.listed else None
+
+    def pngs(self, folder: Path, pattern: str) -> list[Path]:
+        return sorted(p for p in folder.glob(pattern) if p.resolve() in self.listed) if folder.is_dir() else []
 
     def add(self, anchor: str, title: str, body: str) -> None:
         self.sections.append((anchor, title, body))
@@ -173,10 +182,15 @@ def build_report(results: str | Path, *, out: str | Path, context: Optional[str 
     if not any((results / name).exists() for name in RESULT_FILES):
         raise InputError(results, "holds no analysis results (similarity.csv, probes.csv, claims.json, ...); "
                                   "run phonorm analyze first")
+    if not (results / "settings.json").is_file():
+        raise InputError(results / "settings.json", "missing: phonorm analyze writes it last, so this analysis did "
+                                                    "not finish; run it again with the same options to complete it")
+    if out.is_dir():
+        raise InputError(out, "is a folder; --out names the HTML file to write (e.g. report.html)")
     sources = Sources.discover(results, Path(context) if context is not None else None)
-    page = Page()
     claims = _read_json(results / "claims.json")
     settings = _read_json(results / "settings.json") or {}
+    page = Page(listed={(results / name).resolve() for name in settings.get("figures") or []})
     reference = (claims or {}).get("reference") or sources.context.get("reference") \
         or (settings.get("settings") or {}).get("reference") or "the reference"
 
@@ -327,7 +341,7 @@ def _section_similarity(page: Page, results: Path, reference: str, settings: dic
     if similarity is None or not len(similarity):
         page.add("similarity", f"Similarity to {reference} per layer", page.gap("similarity: no similarity.csv"))
         return
-    png = figs.read_png(results / "figures" / "similarity_per_layer.png") or figs.similarity_fallback(similarity, reference)
+    png = page.png(results / "figures" / "similarity_per_layer.png") or figs.similarity_fallback(similarity, reference)
     rows = []
     for (model, layer), group in similarity.groupby(["model", "layer"], sort=False):
         by = group.set_index("measure")
@@ -361,7 +375,7 @@ def _section_similarity(page: Page, results: Path, reference: str, settings: dic
 
 
 def _section_matrices(page: Page, results: Path) -> None:
-    pngs = sorted((results / "figures").glob("layer_matrix_*.png")) if (results / "figures").is_dir() else []
+    pngs = page.pngs(results / "figures", "layer_matrix_*.png")
     if not pngs:
         available = sorted(p.name for p in (results / "layer_matrix").glob("*.csv")) if (results / "layer_matrix").is_dir() else []
         text = "layer × layer heatmaps: no figures under figures/layer_matrix_*.png"
@@ -372,7 +386,7 @@ def _section_matrices(page: Page, results: Path) -> None:
             "(columns). A bright diagonal means layer k still represents what layer k did before fine-tuning; "
             "a dark top-right corner means the upper layers were rewritten.</p><div class=\"grid\">")
     for path in pngs:
-        body += page.fig(figs.read_png(path), path.stem, esc(path.stem.replace("layer_matrix_", "").replace("__", " · ")))
+        body += page.fig(page.png(path), path.stem, esc(path.stem.replace("layer_matrix_", "").replace("__", " · ")))
     page.add("matrices", "Layer × layer similarity", body + "</div>")
 
 
@@ -381,7 +395,7 @@ def _section_probes(page: Page, results: Path, reference: str) -> None:
     if probes is None or not len(probes):
         page.add("probes", "Probe accuracy per layer", page.gap("probes: no probes.csv"))
         return
-    png = figs.read_png(results / "figures" / "probes_per_layer.png") or figs.probes_fallback(probes)
+    png = page.png(results / "figures" / "probes_per_layer.png") or figs.probes_fallback(probes)
     rows: dict[str, dict[str, Any]] = {}
     for (model, label), group in probes[probes.model != "classic"].groupby(["model", "label"], sort=False):
         group = group.assign(k=group.layer.map(figs._layer_index)).sort_values("k")
@@ -420,7 +434,7 @@ def _section_erasure(page: Page, results: Path) -> None:
         page.add("erasure", "Concept erasure (causal test of C4)",
                  page.gap("concept erasure: no erasure.csv (analysis ran without erasure, or no tone model)"))
         return
-    png = figs.read_png(results / "figures" / "erasure_per_layer.png")
+    png = page.png(results / "figures" / "erasure_per_layer.png")
     rows = erasure[erasure.erased != "none"].copy()
     rows["change [95% CI]"] = [f"{r.change:+.3f} [{r.change_ci_low:+.3f}, {r.change_ci_high:+.3f}]"
                                for r in rows.itertuples()]
@@ -441,8 +455,8 @@ def _section_erasure(page: Page, results: Path) -> None:
 
 def _section_normalization(page: Page, results: Path) -> None:
     folder = results / "figures"
-    shares = figs.read_png(folder / "normalization_per_layer.png")
-    pca = figs.read_png(folder / "pca_variance.png")
+    shares = page.png(folder / "normalization_per_layer.png")
+    pca = page.png(folder / "pca_variance.png")
     if not shares and not pca:
         page.add("normalization", "Variance shares and PCA",
                  page.gap("normalization figures: no normalization_per_layer.png or pca_variance.png"))
@@ -457,7 +471,7 @@ def _section_normalization(page: Page, results: Path) -> None:
 def _section_umap(page: Page, results: Path, settings: dict, sources: Sources) -> None:
     folder = results / "figures"
     order = list(settings.get("models") or [m.get("name") for m in sources.models])
-    pngs = sorted(folder.glob("umap_*.png")) if folder.is_dir() else []
+    pngs = page.pngs(folder, "umap_*.png")
     pngs.sort(key=lambda p: order.index(p.stem[5:]) if p.stem[5:] in order else len(order))
     if not pngs:
         umap_on = (settings.get("settings") or {}).get("umap", True)
@@ -467,7 +481,7 @@ def _section_umap(page: Page, results: Path, settings: dict, sources: Sources) -
             "tone (finals only) and by speaker sex. Separate sex clusters in the top layer of a tone model would "
             "mean it kept the speaker; tone clusters that do not split by sex mean it normalized.</p>")
     for path in pngs:
-        body += page.fig(figs.read_png(path), path.stem, esc(path.stem[5:]))
+        body += page.fig(page.png(path), path.stem, esc(path.stem[5:]))
     page.add("umap", "UMAP maps", body)
 
 
