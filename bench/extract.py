@@ -127,8 +127,8 @@ def child_memory(corpus: str, model: str, out: str) -> None:
     """In a fresh process: extract (all frames, every layer) and report the peak resident memory."""
     import pandas as pd
     import torch
-
     import transformers  # noqa: F401  (imports are not the extraction's memory)
+
     from phonorm.features import extract  # noqa: F401
 
     torch.set_num_threads(2)

@@ -48,7 +48,7 @@ def gates(probes: pd.DataFrame, model: str) -> dict:
     classic = probes[probes.model == "classic"].set_index(["layer", "label"]).accuracy
     by = {label: mine[mine.label == label].set_index("layer").accuracy for label in ("sex", "speaker", "phone", "tone")}
     out = {label: {k: round(float(v), 3) for k, v in s.items()} for label, s in by.items()}
-    out["baselines"] = {f"{n}/{l}": round(float(v), 3) for (n, l), v in classic.items()}
+    out["baselines"] = {f"{n}/{lab}": round(float(v), 3) for (n, lab), v in classic.items()}
     out["gates"] = {
         "sex_min>=0.90": bool(by["sex"].min() >= 0.90),
         "speaker_peak>mfcc": bool(by["speaker"].max() > classic[("mfcc", "speaker")]),

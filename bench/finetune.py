@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from phonorm.artifacts import read_json  # noqa: E402
-from phonorm.corpus.store import PreparedCorpus  # noqa: E402
-from phonorm.models.data import length_bucketed_batches, random_batches, wasted_fraction  # noqa: E402
-from phonorm.models.finetune import FinetuneSettings, finetune  # noqa: E402
+from phonorm.artifacts import read_json
+from phonorm.corpus.store import PreparedCorpus
+from phonorm.models.data import length_bucketed_batches, random_batches, wasted_fraction
+from phonorm.models.finetune import FinetuneSettings, finetune
 
 
 def main() -> None:

@@ -27,12 +27,12 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from phonorm.artifacts import read_json  # noqa: E402
-from phonorm.corpus.store import PreparedCorpus  # noqa: E402
-from phonorm.frames import IGNORE_INDEX, FrameGeometry  # noqa: E402
-from phonorm.models.backbone import all_layers, load_backbone, make_config, uses_group_norm  # noqa: E402
-from phonorm.models.data import FrameDataset, inference_batches  # noqa: E402
-from phonorm.models.pretrain import pretrain  # noqa: E402
+from phonorm.artifacts import read_json
+from phonorm.corpus.store import PreparedCorpus
+from phonorm.frames import IGNORE_INDEX, FrameGeometry
+from phonorm.models.backbone import all_layers, load_backbone, make_config, uses_group_norm
+from phonorm.models.data import FrameDataset, inference_batches
+from phonorm.models.pretrain import pretrain
 
 
 def layer_frames(model, corpus: PreparedCorpus, split: str, max_frames: int, seed: int = 0):

@@ -22,9 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from phonorm.features.manifest import StoreManifest, StoreModel
-import pandas as pd
 
 PRE = dict(sex=1.2, tone=0.8, phone=0.8, spk=0.6)
 TASK_GAIN = 3.5

@@ -8,7 +8,13 @@ from transformers import Wav2Vec2Model
 
 from phonorm.errors import PhonormError
 from phonorm.models.backbone import (
-    LAYER_CONVENTION, all_layers, geometry, layer_names, load_backbone, make_config, uses_group_norm,
+    LAYER_CONVENTION,
+    all_layers,
+    geometry,
+    layer_names,
+    load_backbone,
+    make_config,
+    uses_group_norm,
 )
 
 

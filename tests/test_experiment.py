@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -13,8 +12,8 @@ import pytest
 import yaml
 
 from phonorm import experiment as ex
-from phonorm.experiment import cache
 from phonorm.errors import InputError
+from phonorm.experiment import cache
 
 # --------------------------------------------------------------------------- config validation
 BASE = {

@@ -17,7 +17,12 @@ from phonorm.frames import IGNORE_INDEX, FrameGeometry
 from phonorm.models import finetune as finetune_module
 from phonorm.models.backbone import load_backbone, make_config
 from phonorm.models.data import (
-    Collator, FrameDataset, LengthBucketSampler, inference_batches, length_bucketed_batches, random_batches,
+    Collator,
+    FrameDataset,
+    LengthBucketSampler,
+    inference_batches,
+    length_bucketed_batches,
+    random_batches,
     wasted_fraction,
 )
 from phonorm.models.finetune import FinetuneSettings, finetune

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from corpus_inputs import write_textgrid, write_wav
 
+from corpus_inputs import write_textgrid, write_wav
 from phonorm.corpus.alignment import Alignment, Interval, is_silence
 from phonorm.corpus.info import corpus_info, format_info
 from phonorm.corpus.prepare import prepare_corpus

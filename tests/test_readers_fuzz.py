@@ -6,10 +6,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from corpus_inputs import utterance_plan, write_textgrid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from corpus_inputs import utterance_plan, write_textgrid
 from phonorm.corpus.alignment import Alignment, is_silence
 from phonorm.corpus.ctm import read_ctm
 from phonorm.corpus.schemes import (

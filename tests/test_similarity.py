@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
-
-import warnings
 
 from phonorm.analysis.similarity import SVCCA_KEEP, IllPosedWarning, PairSums, SpeakerSums, ViewSums
 
@@ -28,16 +28,16 @@ def cka_in_memory(x, y):
 
 def cka_debiased_gram(x, y):
     """Unbiased HSIC (Song et al. 2012) on explicit n×n Gram matrices of centred features."""
-    def hsic(k, l):
+    def hsic(k, m):
         n = len(k)
-        k, l = k.copy(), l.copy()
+        k, m = k.copy(), m.copy()
         np.fill_diagonal(k, 0)
-        np.fill_diagonal(l, 0)
-        return (np.sum(k * l) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * k.sum(0) @ l.sum(0))
+        np.fill_diagonal(m, 0)
+        return (np.sum(k * m) + k.sum() * m.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * k.sum(0) @ m.sum(0))
     x = x - x.mean(0)
     y = y - y.mean(0)
-    k, l = x @ x.T, y @ y.T
-    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+    k, m = x @ x.T, y @ y.T
+    return hsic(k, m) / np.sqrt(hsic(k, k) * hsic(m, m))
 
 
 def svcca_in_memory(x, y, keep=SVCCA_KEEP):

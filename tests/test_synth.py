@@ -140,7 +140,7 @@ def test_tone_contours_measured(measured):
     """F0 rises along most tone-2 finals and falls along most tone-4 finals (Praat pitch,
     slope of a line fitted to semitones)."""
     slopes = collections.defaultdict(list)
-    for sound, pitch, grid in measured.values():
+    for _sound, pitch, grid in measured.values():
         for entry in grid.getTier("phones").entries:
             if entry.label[-1:] in ("2", "4"):
                 times, f0 = _f0_in(pitch, entry.start, entry.end)
@@ -158,7 +158,7 @@ def test_initials_finals_and_silence_measured(measured):
     initial/final and speech/silence boundaries sit where the audio changes."""
     voiced_share = collections.defaultdict(list)
     rms = collections.defaultdict(list)
-    for sound, pitch, grid in measured.values():
+    for _sound, pitch, grid in measured.values():
         samples, rate = sound.values[0], sound.sampling_frequency
         for entry in grid.getTier("phones").entries:
             kind = "silence" if not entry.label else "final" if entry.label[-1].isdigit() else (
@@ -176,7 +176,7 @@ def test_initials_finals_and_silence_measured(measured):
 def test_female_speakers_higher_than_male(measured, synth_corpus):
     sexes = _speakers(synth_corpus)
     f0_by_speaker = collections.defaultdict(list)
-    for utt, (sound, pitch, grid) in measured.items():
+    for utt, (_sound, pitch, _grid) in measured.items():
         f0 = pitch.selected_array["frequency"]
         f0_by_speaker[utt.split("_")[0]].extend(f0[f0 > 0])
     medians = {spk: np.median(v) for spk, v in f0_by_speaker.items()}

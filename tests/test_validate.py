@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from fake_store import make_feature_store
 
+from fake_store import make_feature_store
 from phonorm.errors import InputError, PhonormError
 from phonorm.validate import validate, validate_or_raise
 

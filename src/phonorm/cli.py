@@ -11,14 +11,19 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 
 from phonorm.cli_settings import SETTINGS, with_settings
 from phonorm.errors import PhonormError
 from phonorm.settings import (
-    AishellSettings, AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings,
+    AishellSettings,
+    AnalyzeSettings,
+    ExtractSettings,
+    FinetuneSettings,
+    PrepareSettings,
+    PretrainSettings,
     SynthSettings,
 )
 
@@ -160,7 +165,8 @@ def evaluate(
 
     Example: phonorm evaluate /tmp/p --model /tmp/m/tone_sex --split test --json
     """
-    from phonorm.models.evaluate import evaluate as run, format_evaluation
+    from phonorm.models.evaluate import evaluate as run
+    from phonorm.models.evaluate import format_evaluation
 
     result = run(corpus, model_dir=model, split=split)
     typer.echo(json.dumps(result, ensure_ascii=False) if as_json else format_evaluation(result))

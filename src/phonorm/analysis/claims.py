@@ -53,13 +53,21 @@ A claim whose models are missing is "not testable" (holds null) with the reason.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from phonorm.analysis.bootstrap import (FAILS, HOLDS, INCONCLUSIVE, UNTESTABLE, SpeakerDraws, combine, decide,
-                                        difference, interval)
+from phonorm.analysis.bootstrap import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    UNTESTABLE,
+    SpeakerDraws,
+    combine,
+    decide,
+    difference,
+    interval,
+)
 
 CHANGE = 0.05
 TOLERANCE = 0.02

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,7 @@ from phonorm.analysis.probes import label_rows, probe, sample_rows
 from phonorm.analysis.projection import PCA, stratified_subsample, umap_layers, umap_map
 from phonorm.analysis.similarity import MEASURES, PairSums, SpeakerSums, ViewSums
 from phonorm.artifacts import atomic_path, code_hash, provenance, read_json, set_seed, write_json, write_parquet
-from phonorm.errors import InputError, PhonormError
+from phonorm.errors import InputError
 from phonorm.lock import folder_lock
 from phonorm.progress import progress
 from phonorm.settings import AnalyzeSettings

@@ -11,7 +11,20 @@ API reference: espeak-ng's `speak_lib.h` (revision 12, eSpeak NG 1.5x).
 from __future__ import annotations
 
 import ctypes
-from ctypes import CFUNCTYPE, POINTER, Structure, Union, c_char, c_char_p, c_int, c_long, c_short, c_size_t, c_uint, c_void_p
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    Union,
+    c_char,
+    c_char_p,
+    c_int,
+    c_long,
+    c_short,
+    c_size_t,
+    c_uint,
+    c_void_p,
+)
 from dataclasses import dataclass
 
 import numpy as np

@@ -11,9 +11,6 @@ from phonorm.errors import InputError
 from phonorm.settings import SPLITS
 
 
-
-
-
 def _shares(n: int, dev: float, test: float) -> tuple[int, int]:
     """(n_dev, n_test) of a group of `n`: with three or more, dev and test get at least one each
     and train keeps at least one; with two, one goes to test; a lone member goes to train."""

@@ -40,7 +40,7 @@ def read_textgrid(path: str | Path) -> Alignment:
         grid = _open(path)
     # praatio raises many types (ValueError, IndexError, KeyError, UnicodeError, its own errors) on
     # malformed files; at this boundary every one of them means "not a readable TextGrid".
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise InputError(path, f"not a readable TextGrid ({type(err).__name__}: {_short(err)})") from None
     try:
         interval_tiers = [n for n in grid.tierNames if type(grid.getTier(n)).__name__ == "IntervalTier"]
@@ -68,7 +68,7 @@ def read_textgrid(path: str | Path) -> Alignment:
         end = max([float(grid.maxTimestamp)] + [iv.end for iv in phones + words])
     except InputError:
         raise
-    except Exception as err:  # noqa: BLE001  (odd objects praatio accepted but we cannot use)
+    except Exception as err:
         raise InputError(path, f"malformed TextGrid ({type(err).__name__}: {_short(err)})") from None
     return Alignment(phones=phones, words=words, end=end)
 

@@ -80,7 +80,8 @@ def plan_extraction(corpus: str | Path, *, models: dict[str, str], out: str | Pa
                     settings: ExtractSettings) -> Plan:
     """Check everything that can be checked before heavy work, decide the rows, and find what is
     left to do in `out` (reads only; every process computes the same plan)."""
-    from phonorm.models.backbone import geometry as geometry_of, load_config, num_layers, uses_group_norm
+    from phonorm.models.backbone import geometry as geometry_of
+    from phonorm.models.backbone import load_config, num_layers, uses_group_norm
     from phonorm.models.upstream import wants_normalized_input
 
     if not models:

@@ -131,7 +131,7 @@ def _run_chunked(
                 writer.sync()
             write_json(progress_path, dict(key=key, chunk_plan=chunk_plan, chunks_done=index + 1,
                                            chunks=len(chunks), counters=counters))
-        for name, writer in writers.items():
+        for writer in writers.values():
             writer.finish()
         writers = {}
         for path, _, _ in outputs.values():  # finished by an earlier run that stopped right after

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from phonorm.artifacts import read_json
 from phonorm.errors import InputError
 
 if TYPE_CHECKING:

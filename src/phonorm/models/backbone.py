@@ -18,8 +18,8 @@ import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from phonorm.errors import PhonormError
-from phonorm.settings import MODEL_SIZES
 from phonorm.frames import FrameGeometry
+from phonorm.settings import MODEL_SIZES
 
 SUPPORTED_MODEL_TYPES = ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "data2vec-audio")
 

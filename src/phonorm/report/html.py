@@ -34,8 +34,8 @@ from phonorm.artifacts import atomic_path, code_version, library_versions, read_
 from phonorm.errors import InputError
 from phonorm.features.manifest import StoreManifest
 from phonorm.models.card import ModelCard
-from phonorm.report.context import RunContext
 from phonorm.report import figures as figs
+from phonorm.report.context import RunContext
 
 RESULT_FILES = ("similarity.csv", "probes.csv", "normalization.csv", "claims.json", "settings.json")
 
@@ -561,7 +561,7 @@ def _section_methods(page: Page, results: Path, sources: Sources, settings: dict
     if sources.corpus is not None:
         labels = _read_json(sources.corpus / "labels.json") or {}
         corpus_settings = (labels.get("provenance") or {}).get("settings") or {}
-        body += f"<h3>Corpus preparation</h3>" + _kv({"scheme": labels.get("scheme"), "tone_mode": labels.get("tone_mode"),
+        body += "<h3>Corpus preparation</h3>" + _kv({"scheme": labels.get("scheme"), "tone_mode": labels.get("tone_mode"),
                                                      **corpus_settings})
         synth = _path(sources.context.get("synth"))
         synth_meta = _read_json(synth / "synth.json") if synth else None
