@@ -158,7 +158,7 @@ def test_initials_finals_and_silence_measured(measured):
     initial/final and speech/silence boundaries sit where the audio changes."""
     voiced_share = collections.defaultdict(list)
     rms = collections.defaultdict(list)
-    for _sound, pitch, grid in measured.values():
+    for sound, pitch, grid in measured.values():
         samples, rate = sound.values[0], sound.sampling_frequency
         for entry in grid.getTier("phones").entries:
             kind = "silence" if not entry.label else "final" if entry.label[-1].isdigit() else (
