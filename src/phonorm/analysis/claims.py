@@ -119,7 +119,8 @@ class Evidence:
         self.task_draws = SpeakerDraws(task_speakers, resamples, seed)
 
     def top(self, model: str) -> str | None:
-        return (self.layers.get(model) or [None])[-1]
+        layers = self.layers.get(model)
+        return layers[-1] if layers else None
 
     def probe(self, model: str, label: str, layer: str | None = None) -> dict | None:
         return self.probes.get((model, layer or self.top(model), label))

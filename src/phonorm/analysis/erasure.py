@@ -92,9 +92,9 @@ def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: n
     for erased in CONDITIONS:
         for p in PROBED:
             hits = predicted[(erased, p)] == labels[p]
-            counts = per_speaker(hits, speakers, majority[p])
-            point, samples = draws.accuracy({s: (c, t) for s, (c, t, _) in counts.items()})
-            _, chance = draws.accuracy({s: (b, t) for s, (_, t, b) in counts.items()})
+            tallies = per_speaker(hits, speakers, majority[p])
+            point, samples = draws.accuracy({s: (c, t) for s, (c, t, _) in tallies.items()})
+            _, chance = draws.accuracy({s: (b, t) for s, (_, t, b) in tallies.items()})
             if erased == "none":
                 baseline[p] = (point, samples)
             low, high = interval(samples)

@@ -218,7 +218,7 @@ class _Context:
             if settings.similarity_floor else None
         self.cka_draws = SpeakerDraws(self.speaker_names, settings.claim_bootstrap, settings.seed)
         self.key = self._key()
-        self._umap_fit = None
+        self._umap_fit: Optional[np.ndarray] = None
         self.skipped: list[dict] = []  # probes that could not be run, with the reason
 
     # ------------------------------------------------------------------ bookkeeping
@@ -289,7 +289,8 @@ class _Context:
             in_sample = whole.measures(**kw)
             held_out = pair[1].measures(fit=pair[0], **kw) if held else {}
             result["matrix"][partner] = held_out if s.held_out and held else in_sample
-            floor, held_floor = {}, {}
+            floor: dict[str, Any] = {}
+            held_floor: dict[str, Any] = {}
             if sums["permuted"] is not None:
                 perm = sums["permuted"]
                 floor = (perm[0] if len(perm) == 1 else perm[0] + perm[1]).measures(**kw)
@@ -384,7 +385,7 @@ class _Context:
                 _add_parts(pairs[p], x, y, None if self.part is None else self.part[begin:end])
                 if p == same and speaker_sums is not None:
                     speaker_sums.update(x, y, self.speaker_codes[begin:end])
-            if permuted is not None:
+            if permuted is not None and self.permutation is not None:
                 rows = self.permutation[begin:end]
                 y_perm = next(store.iter_blocks(ref, same, rows=rows, block=max(1, len(rows))))
                 _add_parts(permuted, x, y_perm, None if self.part is None else self.part[begin:end])
@@ -429,7 +430,7 @@ class _Context:
         return rows
 
     def _silhouettes(self, model: str, layer: str, x: np.ndarray) -> list[dict]:
-        rows = []
+        rows: list[dict] = []
         if self.settings.silhouette_rows <= 0:
             return rows
         for label in ("tone", "phone", "sex", "speaker"):

@@ -87,11 +87,11 @@ class ViewSums:
     dim: int
     shift: np.ndarray | None = None
     n: int = 0
-    sum: np.ndarray = field(default=None)  # type: ignore[assignment]
-    gram: np.ndarray = field(default=None)  # type: ignore[assignment]
+    sum: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    gram: np.ndarray = field(default=None)  # type: ignore[arg-type]
     #: Σ‖xᵢ‖⁴ and Σ‖xᵢ‖² xᵢ (dim,): the O(d) extras of debiased CKA's self-HSIC.
     norm4: float = 0.0
-    norm2_x: np.ndarray = field(default=None)  # type: ignore[assignment]
+    norm2_x: np.ndarray = field(default=None)  # type: ignore[arg-type]
 
     def __post_init__(self):
         if self.sum is None:
@@ -162,10 +162,10 @@ class CrossSums:
     dx: int
     dy: int
     n: int = 0
-    xy: np.ndarray = field(default=None)  # type: ignore[assignment]
+    xy: np.ndarray = field(default=None)  # type: ignore[arg-type]
     ab: float = 0.0
-    a_y: np.ndarray = field(default=None)  # type: ignore[assignment]
-    b_x: np.ndarray = field(default=None)  # type: ignore[assignment]
+    a_y: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    b_x: np.ndarray = field(default=None)  # type: ignore[arg-type]
 
     def __post_init__(self):
         if self.xy is None:

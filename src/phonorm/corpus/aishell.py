@@ -66,12 +66,12 @@ def _prepare_aishell(out, root: Path, alignments: Path, settings: AishellSetting
             if not alignment.words and utterance_id in transcript:
                 alignment.words = words_from_lexicon(alignment, transcript[utterance_id], lexicon, rules.silence) or []
 
-    settings = dict(corpus="aishell-1", root=str(root.resolve()), alignments=str(alignments.resolve()), format=fmt,
+    recorded = dict(corpus="aishell-1", root=str(root.resolve()), alignments=str(alignments.resolve()), format=fmt,
                     scheme="mandarin", tone_mode=tone_mode, skip_bad=skip_bad, silence=sorted(rules.silence),
                     phone_map=str(Path(phone_map).resolve()) if phone_map else None)
     return build_prepared_corpus(
         out, sources, speakers, scheme="mandarin", tone_mode=tone_mode, split_of_utterance=split_of_utterance,
-        split_file=wav_root, skip_bad=skip_bad, seed=0, settings=settings, skipped=skipped, add_words=add_words,
+        split_file=wav_root, skip_bad=skip_bad, seed=0, settings=recorded, skipped=skipped, add_words=add_words,
         label_scheme=label_scheme, rules=rules,
     )
 

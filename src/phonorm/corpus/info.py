@@ -32,7 +32,7 @@ def corpus_info(folder: str | Path) -> dict:
     utterances = corpus.all_utterances
     geometry = FrameGeometry()
     label_maps = corpus.label_maps
-    counts = {task: Counter() for task in TASKS}
+    counts: dict[str, Counter[str]] = {task: Counter() for task in TASKS}
     total_frames = 0
     for row in utterances.itertuples(index=False):
         n_frames = geometry.frames_for_duration(row.duration)

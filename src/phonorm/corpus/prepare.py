@@ -25,7 +25,7 @@ import csv
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -406,7 +406,7 @@ def write_skipped(out: Path, skipped: list[Skipped]) -> None:
 
 def summarize(
     out: Path, utterances: pd.DataFrame, segments: pd.DataFrame, skipped: list[Skipped], notes: LabelNotes,
-    problems: list[str] = (), unknown: UnknownLabelTally | None = None,
+    problems: Sequence[str] = (), unknown: UnknownLabelTally | None = None,
 ) -> str:
     speakers = utterances.drop_duplicates("speaker")
     sexes = speakers["sex"].value_counts()

@@ -524,7 +524,9 @@ def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int,
     import soundfile as sf
 
     seconds = sum(sf.info(str(out / "wav" / f"{u.utterance_id}.wav")).duration for us in plan.values() for u in us)
-    tones, initials, finals = collections.Counter(), collections.Counter(), collections.Counter()
+    tones: collections.Counter[int] = collections.Counter()
+    initials: collections.Counter[str] = collections.Counter()
+    finals: collections.Counter[str] = collections.Counter()
     for us in plan.values():
         for u in us:
             for syllable, tone in u.syllables:

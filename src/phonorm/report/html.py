@@ -281,7 +281,7 @@ def _section_training(page: Page, sources: Sources) -> None:
         if log is None:
             absent.append(model.get("name"))
         else:
-            logs.append((model.get("name"), kind, log))
+            logs.append((str(model.get("name")), kind, log))
     body = ("<p>Loss per optimizer step and the held-out score: dev frame accuracy per task for the fine-tuned "
             "models (the best dev checkpoint is the one kept), held-out contrastive accuracy (masked frame "
             "against distractors) for models pre-trained here.</p>")
@@ -332,7 +332,8 @@ def _section_accuracy(page: Page, sources: Sources) -> None:
             + "<h3>Details</h3><p>Macro-F1, accuracy by speaker sex, and for tone the syllable accuracy "
               "(majority vote over the final's frames).</p>" + table(details))
     if used_dev:
-        body += note(f"no test evaluation found for {', '.join(used_dev)}: dev-set scores from metrics.json shown")
+        body += note(f"no test evaluation found for {', '.join(map(str, used_dev))}: dev-set scores from metrics.json "
+                     "shown")
     page.add("accuracy", "Accuracy per model and task", body)
 
 
