@@ -48,6 +48,7 @@ def _settings(**kw):
     return FinetuneSettings(**base)
 
 
+@pytest.mark.slow
 def test_finetune_learns_sex_and_writes_the_model_folder(fake_corpus, tiny_dir, tmp_path):
     out = tmp_path / "sex"
     summary = finetune(fake_corpus, model=tiny_dir, out=out, settings=_settings(epochs=8))
@@ -119,6 +120,7 @@ def test_finetune_refuses_a_model_folder_of_another_corpus(fake_corpus, tiny_dir
         finetune(other, model=tiny_dir, out=out, settings=settings)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_completes_the_same_run(fake_corpus, tiny_dir, tmp_path, monkeypatch):
     settings = _settings(tasks=["tone", "sex"], max_steps=12, eval_every=4)
     full = tmp_path / "full"
