@@ -135,7 +135,7 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
         "evaluations_missing": [m for m in models if tasks[m] and m not in evaluations],
     })
 
-    from phonorm.analysis.figures import draw_all
+    from phonorm.figures import draw_all
 
     figures = [] if not settings.figures else draw_all(out, similarity=similarity, probes=probes, normalization=normalization,
                        pca_variance=pca_variance, matrices=matrices, models=models, layers=layers,

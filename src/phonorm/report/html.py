@@ -30,11 +30,11 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from phonorm import figures as figs
 from phonorm.artifacts import atomic_path, code_version, library_versions, read_json
 from phonorm.errors import InputError
 from phonorm.features.manifest import StoreManifest
 from phonorm.models.card import ModelCard
-from phonorm.report import figures as figs
 from phonorm.report.context import RunContext
 
 RESULT_FILES = ("similarity.csv", "probes.csv", "normalization.csv", "claims.json", "settings.json")
@@ -342,7 +342,7 @@ def _section_similarity(page: Page, results: Path, reference: str, settings: dic
     if similarity is None or not len(similarity):
         page.add("similarity", f"Similarity to {reference} per layer", page.gap("similarity: no similarity.csv"))
         return
-    png = page.png(results / "figures" / "similarity_per_layer.png") or figs.similarity_fallback(similarity, reference)
+    png = page.png(results / "figures" / "similarity_per_layer.png") or figs.similarity_png(similarity, reference)
     rows = []
     for (model, layer), group in similarity.groupby(["model", "layer"], sort=False):
         by = group.set_index("measure")
@@ -357,7 +357,7 @@ def _section_similarity(page: Page, results: Path, reference: str, settings: dic
                     value += f"; {tag} {r[column]:.3f}"
             row[measure] = value
         rows.append(row)
-    rows.sort(key=lambda r: (r["model"], figs._layer_index(r["layer"])))
+    rows.sort(key=lambda r: (r["model"], figs.layer_index(r["layer"])))
     measures = list(dict.fromkeys(similarity.measure))
     body = (f"<p>Each fine-tuned model's layer against the same layer of the pre-trained model "
             f"<b>{esc(reference)}</b>, on the same frames. Each cell: the in-sample value (all stored rows; for "
@@ -396,10 +396,10 @@ def _section_probes(page: Page, results: Path, reference: str) -> None:
     if probes is None or not len(probes):
         page.add("probes", "Probe accuracy per layer", page.gap("probes: no probes.csv"))
         return
-    png = page.png(results / "figures" / "probes_per_layer.png") or figs.probes_fallback(probes)
+    png = page.png(results / "figures" / "probes_per_layer.png") or figs.probes_png(probes)
     rows: dict[str, dict[str, Any]] = {}
     for (model, label), group in probes[probes.model != "classic"].groupby(["model", "label"], sort=False):
-        group = group.assign(k=group.layer.map(figs._layer_index)).sort_values("k")
+        group = group.assign(k=group.layer.map(figs.layer_index)).sort_values("k")
         best, top = group.loc[group.accuracy.idxmax()], group.iloc[-1]
         row = rows.setdefault(model, {"model": model})
         row[label] = f"{top.accuracy:.3f} (best {best.accuracy:.3f} at {best.layer})"

@@ -1,4 +1,8 @@
-"""Figures of the analysis (matplotlib, Agg backend), each written as PNG and SVG under R/figures/.
+"""Every figure of phonorm (matplotlib, Agg backend): one module draws them all.
+
+The analysis writes its figures as PNG and SVG under R/figures/ (`draw_all`); the report embeds
+them, draws the corpus's label counts and the training curves itself (as PNG bytes), and draws
+the similarity and probe figures from the tables when R/figures/ lacks them (`figures: false`).
 
 - similarity_per_layer: each measure vs layer, one line per fine-tuned model (vs the reference):
   in-sample (solid), held out (dotted), permutation floor (dashed, same colour)
@@ -43,7 +47,9 @@ def _save(fig, folder: Path, name: str) -> list[str]:
     return written
 
 
-def _layer_index(layer: str) -> int:
+def layer_index(layer: str) -> int:
+    """`L7` → 7 (0 for anything else, e.g. a classic baseline's name)."""
+    layer = str(layer)
     return int(layer[1:]) if layer[:1] == "L" and layer[1:].isdigit() else 0
 
 
@@ -74,13 +80,19 @@ def draw_all(out: Path, *, similarity: pd.DataFrame, probes: pd.DataFrame, norma
 
 
 def similarity_figure(similarity: pd.DataFrame, folder: Path, reference: str) -> list[str]:
+    return _save(similarity_plot(similarity, reference), folder, "similarity_per_layer")
+
+
+def similarity_plot(similarity: pd.DataFrame, reference: str):
+    """Each measure vs layer, one line per model: in-sample (solid, with its CI band when given),
+    held out (dotted), permutation floor (dashed)."""
     plt = _plt()
     measures = list(dict.fromkeys(similarity.measure))
     fig, axes = plt.subplots(1, len(measures), figsize=(3.6 * len(measures), 3.4), squeeze=False, sharey=True)
     for ax, measure in zip(axes[0], measures):
         part = similarity[similarity.measure == measure]
         for model, rows in part.groupby("model", sort=False):
-            rows = rows.assign(k=rows.layer.map(_layer_index)).sort_values("k")
+            rows = rows.assign(k=rows.layer.map(layer_index)).sort_values("k")
             line, = ax.plot(rows.k, rows.value, marker="o", ms=3, label=model)
             if "ci_low" in rows and rows.ci_low.notna().any():
                 ax.fill_between(rows.k, rows.ci_low, rows.ci_high, color=line.get_color(), alpha=0.15)
@@ -96,7 +108,7 @@ def similarity_figure(similarity: pd.DataFrame, folder: Path, reference: str) ->
     axes[0][-1].plot([], [], color="grey", ls=":", label="held out")
     axes[0][-1].plot([], [], color="grey", ls="--", label="permutation floor")
     axes[0][-1].legend(fontsize=7)
-    return _save(fig, folder, "similarity_per_layer")
+    return fig
 
 
 def erasure_figure(erasure: pd.DataFrame, folder: Path) -> list[str]:
@@ -111,7 +123,7 @@ def erasure_figure(erasure: pd.DataFrame, folder: Path) -> list[str]:
             part = erasure[(erasure.model == model) & (erasure.probed == probed)]
             for i, (erased, (ls, label)) in enumerate(styles.items()):
                 rows = part[part.erased == erased]
-                rows = rows.assign(k=rows.layer.map(_layer_index)).sort_values("k")
+                rows = rows.assign(k=rows.layer.map(layer_index)).sort_values("k")
                 if not len(rows):
                     continue
                 ax.plot(rows.k, rows.accuracy, ls=ls, marker="o", ms=3, color=f"C{i}", label=label)
@@ -143,6 +155,12 @@ def matrix_figure(table: pd.DataFrame, folder: Path, name: str) -> list[str]:
 
 
 def probes_figure(probes: pd.DataFrame, folder: Path, models: list[str]) -> list[str]:
+    return _save(probes_plot(probes, models), folder, "probes_per_layer")
+
+
+def probes_plot(probes: pd.DataFrame, models: list[str]):
+    """Probe accuracy vs layer per label, one line per model with its CI band, chance dotted,
+    classic baselines dashed."""
     plt = _plt()
     labels = list(dict.fromkeys(probes.label))
     fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 3.4), squeeze=False)
@@ -152,7 +170,7 @@ def probes_figure(probes: pd.DataFrame, folder: Path, models: list[str]) -> list
             rows = probes[(probes.model == model) & (probes.label == label)]
             if not len(rows):
                 continue
-            rows = rows.assign(k=rows.layer.map(_layer_index)).sort_values("k")
+            rows = rows.assign(k=rows.layer.map(layer_index)).sort_values("k")
             line, = ax.plot(rows.k, rows.accuracy, marker="o", ms=3, label=model)
             ax.fill_between(rows.k, rows.ci_low, rows.ci_high, color=line.get_color(), alpha=0.15)
         chance = probes[probes.label == label].chance.mean()
@@ -165,7 +183,7 @@ def probes_figure(probes: pd.DataFrame, folder: Path, models: list[str]) -> list
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (speaker-disjoint CV)")
     axes[0][-1].legend(fontsize=7)
-    return _save(fig, folder, "probes_per_layer")
+    return fig
 
 
 def normalization_figure(normalization: pd.DataFrame, folder: Path, models: list[str]) -> list[str]:
@@ -178,7 +196,7 @@ def normalization_figure(normalization: pd.DataFrame, folder: Path, models: list
     for ax, factor in zip(axes[0], factors):
         for model in models:
             rows = part[(part.model == model) & (part.label == factor)]
-            rows = rows.assign(k=rows.layer.map(_layer_index)).sort_values("k")
+            rows = rows.assign(k=rows.layer.map(layer_index)).sort_values("k")
             ax.plot(rows.k, rows.value, marker="o", ms=3, label=model)
         ax.set_title(f"variance share: {factor}")
         ax.set_xlabel("layer")
@@ -197,9 +215,9 @@ def pca_figure(pca_variance: pd.DataFrame, folder: Path, models: list[str]) -> l
             continue
         need = rows[rows.cumulative >= 0.9].groupby("layer").component.min()
         first = rows[rows.component == 1].set_index("layer").explained
-        order = sorted(first.index, key=_layer_index)
-        left.plot([_layer_index(k) for k in order], [need.get(k, np.nan) for k in order], marker="o", ms=3, label=model)
-        right.plot([_layer_index(k) for k in order], [first[k] for k in order], marker="o", ms=3, label=model)
+        order = sorted(first.index, key=layer_index)
+        left.plot([layer_index(k) for k in order], [need.get(k, np.nan) for k in order], marker="o", ms=3, label=model)
+        right.plot([layer_index(k) for k in order], [first[k] for k in order], marker="o", ms=3, label=model)
     left.set_title("components for 90% of variance")
     right.set_title("share of variance on PC1")
     for ax in (left, right):
@@ -241,3 +259,88 @@ def umap_figure(projections: Path, folder: Path, model: str, layers: list[str]) 
             if col == len(tables) - 1:
                 ax.legend(fontsize=7, markerscale=4, loc="best")
     return _save(fig, folder, f"umap_{model}")
+
+
+# =========================================================================== the report's own figures (PNG bytes)
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (to embed in a page); closes it."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    return buffer.getvalue()
+
+
+def similarity_png(similarity: pd.DataFrame, reference: str) -> bytes | None:
+    return png_bytes(similarity_plot(similarity, reference)) if len(similarity) else None
+
+
+def probes_png(probes: pd.DataFrame) -> bytes | None:
+    models = [m for m in dict.fromkeys(probes.model) if m != "classic"]
+    return png_bytes(probes_plot(probes, models)) if len(probes) else None
+
+
+def label_counts_figure(labels: dict[str, dict[str, int]]) -> bytes | None:
+    """Bar charts of frames per label, one panel per task (tone, phone, sex)."""
+    tasks = [t for t in ("tone", "sex", "phone") if labels.get(t)]
+    if not tasks:
+        return None
+    plt = _plt()
+    widths = [1.0 if t != "phone" else 3.0 for t in tasks]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.2 * sum(widths) + 1, 2.6), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, task in zip(axes[0], tasks):
+        names, counts = list(labels[task]), list(labels[task].values())
+        ax.bar(range(len(names)), counts, color="C0" if task != "sex" else "C1")
+        ax.set_xticks(range(len(names)), names, fontsize=6 if task == "phone" else 8,
+                      rotation=90 if task == "phone" else 0)
+        ax.set_title(f"{task}: frames per label", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    return png_bytes(fig)
+
+
+def training_curves_figure(logs: list[tuple[str, str, pd.DataFrame]]) -> bytes | None:
+    """One row per model: training loss by optimizer step, and the held-out score by step
+    (dev frame accuracy per task for fine-tuned models, held-out contrastive accuracy for
+    pre-trained ones). `logs`: (model name, "finetune" or "pretrain", its log table)."""
+    if not logs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(logs), 2, figsize=(9, 2.4 * len(logs)), squeeze=False)
+    for row, (name, kind, log) in enumerate(logs):
+        loss_ax, score_ax = axes[row]
+        if "loss" in log and "step" in log:
+            part = log[["step", "loss"]].dropna()
+            loss_ax.plot(part.step, part.loss, lw=0.8, color="C0", alpha=0.5, label="per step")
+            if len(part) >= 10:
+                smooth = part.loss.rolling(max(2, len(part) // 20), min_periods=1).mean()
+                loss_ax.plot(part.step, smooth, lw=1.5, color="C0", label="running mean")
+            loss_ax.legend(fontsize=7)
+        loss_ax.set_title(f"{name}: training loss", fontsize=9)
+        loss_ax.set_xlabel("step", fontsize=8)
+        score_columns = ([c for c in log.columns if c.startswith("dev_acc_")] if kind == "finetune"
+                         else [c for c in log.columns if c == "held_out_contrastive_accuracy"])
+        for i, column in enumerate(score_columns):
+            part = log[["step", column]].dropna()
+            label = column.replace("dev_acc_", "dev accuracy: ").replace("held_out_contrastive_accuracy",
+                                                                          "held-out contrastive accuracy")
+            score_ax.plot(part.step, part[column], marker="o", ms=3, color=f"C{i + 1}", label=label)
+        if score_columns:
+            score_ax.legend(fontsize=7)
+            score_ax.set_ylim(0, 1.02)
+        score_ax.set_title(f"{name}: {'dev frame accuracy' if kind == 'finetune' else 'held-out score'}", fontsize=9)
+        score_ax.set_xlabel("step", fontsize=8)
+        for ax in (loss_ax, score_ax):
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def read_png(path: Path) -> bytes | None:
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    return data if data.startswith(b"\x89PNG") else None
