@@ -112,7 +112,7 @@ def results(fake_corpus, tmp_path_factory):
                  "base": "pre"}],
         evaluations={"tone": str(root / "evaluation.json")},
         stages=[{"stage": "finetune", "name": "tone", "status": "ran", "seconds": 12.5, "key": "abc"}],
-    ).save(_context(results))
+    ).save(_context(results).parent)
     return results
 
 

@@ -19,9 +19,10 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, ClassVar, Iterator, Optional, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from phonorm import __version__
 
@@ -198,3 +199,47 @@ def set_seed(seed: int) -> None:
         import torch
 
         torch.manual_seed(seed)
+
+
+class JsonRecord(BaseModel):
+    """A typed JSON artifact file: one class writes it (`save`) and reads it (`load`, which checks every
+    field and names the file and the fields that are wrong). Subclasses set `FILE` (its name in the
+    folder it describes) and `WHAT` (what it is, for messages); unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+    FILE: ClassVar[str] = ""
+    WHAT: ClassVar[str] = "record"
+
+    @classmethod
+    def path(cls, folder: str | Path) -> Path:
+        return Path(folder) / cls.FILE
+
+    @classmethod
+    def exists(cls, folder: str | Path) -> bool:
+        return cls.path(folder).is_file()
+
+    @classmethod
+    def load(cls, folder: str | Path):  # type: ignore[no-untyped-def]
+        return cls.load_file(cls.path(folder))
+
+    @classmethod
+    def load_file(cls, path: str | Path):  # type: ignore[no-untyped-def]
+        from phonorm.errors import InputError
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, f"missing: {cls.MISSING}" if cls.MISSING else "missing")
+        try:
+            return cls.model_validate(read_json(path))
+        except ValidationError as err:
+            text = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in err.errors()[:5])
+            raise InputError(path, f"not a valid {cls.WHAT} ({text})") from None
+        except ValueError as err:
+            raise InputError(path, f"not a valid {cls.WHAT} (not valid JSON: {err})") from None
+
+    MISSING: ClassVar[str] = ""
+
+    def save(self, folder: str | Path) -> Path:
+        path = self.path(folder)
+        write_json(path, self.model_dump(mode="json"))
+        return path

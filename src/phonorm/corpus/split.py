@@ -36,15 +36,7 @@ def speaker_split(sex_of: dict[str, str], seed: int = 0, dev: float = 0.1, test:
     with two, one goes to train and one to test; a lone speaker goes to train. Deterministic for
     `seed` (speakers are sorted before shuffling).
     """
-    rng = np.random.default_rng(seed)
-    split_of: dict[str, str] = {}
-    for sex in sorted(set(sex_of.values())):
-        speakers = sorted(s for s, x in sex_of.items() if x == sex)
-        order = [speakers[i] for i in rng.permutation(len(speakers))]
-        n_dev, n_test = _shares(len(order), dev, test)
-        for i, speaker in enumerate(order):
-            split_of[speaker] = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
-    return split_of
+    return _split_groups(sex_of, seed, dev, test)
 
 
 def utterance_split(speaker_of: dict[str, str], seed: int = 0, dev: float = 0.1, test: float = 0.1) -> dict[str, str]:
@@ -52,14 +44,20 @@ def utterance_split(speaker_of: dict[str, str], seed: int = 0, dev: float = 0.1,
     `speaker_split`, applied to each speaker's utterances): every speaker with three or more
     utterances is in all three splits, so dev and test are NOT speaker-disjoint. For corpora with
     too few speakers of a sex for a speaker-disjoint split. Deterministic for `seed`."""
+    return _split_groups(speaker_of, seed, dev, test)
+
+
+def _split_groups(group_of: dict[str, str], seed: int, dev: float, test: float) -> dict[str, str]:
+    """item → split: within each group (sorted), the items in a seeded random order get `_shares` of
+    test, then dev, the rest train."""
     rng = np.random.default_rng(seed)
     split_of: dict[str, str] = {}
-    for speaker in sorted(set(speaker_of.values())):
-        utterances = sorted(u for u, s in speaker_of.items() if s == speaker)
-        order = [utterances[i] for i in rng.permutation(len(utterances))]
+    for group in sorted(set(group_of.values())):
+        items = sorted(item for item, g in group_of.items() if g == group)
+        order = [items[i] for i in rng.permutation(len(items))]
         n_dev, n_test = _shares(len(order), dev, test)
-        for i, utterance in enumerate(order):
-            split_of[utterance] = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
+        for i, item in enumerate(order):
+            split_of[item] = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
     return split_of
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from phonorm.experiment.cache import Stage
 from phonorm.experiment.plan import Plan
-from phonorm.report.context import CONTEXT_FILE, ContextExperiment, ContextModel, RunContext
+from phonorm.report.context import ContextExperiment, ContextModel, RunContext
 
 
 def stage_record(stage: Stage) -> dict[str, Any]:
@@ -42,4 +42,4 @@ def write_context(plan: Plan, folder: Path) -> Path:
         stages=[stage_record(s) for s in plan.stages if s is not plan.report],
     )
     folder.mkdir(parents=True, exist_ok=True)
-    return context.save(folder / CONTEXT_FILE)
+    return context.save(folder)

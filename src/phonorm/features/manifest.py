@@ -9,13 +9,11 @@ the corpus and its fingerprint, provenance. The manifest is written last (by
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from phonorm.artifacts import read_json, write_json
-from phonorm.errors import InputError
+from phonorm.artifacts import JsonRecord
 from phonorm.features import store as layout
 
 
@@ -47,10 +45,13 @@ class StoreModel(BaseModel):
     forward_passes: Optional[int] = None
 
 
-class StoreManifest(BaseModel):
+class StoreManifest(JsonRecord):
     """`F/manifest.json`."""
 
-    model_config = ConfigDict(extra="forbid")
+    FILE: ClassVar[str] = layout.MANIFEST_FILE
+    WHAT: ClassVar[str] = "feature store manifest"
+    MISSING: ClassVar[str] = ("the feature store is incomplete (extraction unfinished? run phonorm extract again with "
+                              "the same options to resume)")
 
     format: str
     rows: int
@@ -66,29 +67,6 @@ class StoreManifest(BaseModel):
     counts: dict[str, Any]
     settings: dict[str, Any]
     provenance: dict[str, Any]
-
-    @classmethod
-    def path(cls, folder: str | Path) -> Path:
-        return Path(folder) / layout.MANIFEST_FILE
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "StoreManifest":
-        """The manifest of store `folder`; InputError naming the file and the fields that are wrong."""
-        path = cls.path(folder)
-        if not path.is_file():
-            raise InputError(path, "missing: the feature store is incomplete (extraction unfinished? run phonorm "
-                                   "extract again with the same options to resume)")
-        try:
-            return cls.model_validate(read_json(path))
-        except ValueError as err:
-            if isinstance(err, ValidationError):
-                text = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in err.errors()[:5])
-            else:
-                text = f"not valid JSON ({err})"
-            raise InputError(path, f"not a valid feature store manifest ({text})") from None
-
-    def save(self, folder: str | Path) -> None:
-        write_json(self.path(folder), self.model_dump(mode="json"))
 
     def model(self, name: str) -> StoreModel:
         for entry in self.models:

@@ -10,20 +10,20 @@ report read cards too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from phonorm.artifacts import read_json, write_json
+from phonorm.artifacts import JsonRecord
 from phonorm.errors import InputError
 
 CARD_FILE = "phonorm.json"
 
 
-class ModelCard(BaseModel):
+class ModelCard(JsonRecord):
     """The fields of `phonorm.json` (docs/architecture.md, "Model folder")."""
 
-    model_config = ConfigDict(extra="forbid")
+    FILE: ClassVar[str] = CARD_FILE
+    WHAT: ClassVar[str] = "phonorm model card"
+    MISSING: ClassVar[str] = "not a model folder written by phonorm pretrain or finetune"
 
     complete: bool
     kind: Literal["pretrained", "finetuned"]
@@ -52,27 +52,6 @@ class ModelCard(BaseModel):
     held_out_contrastive_accuracy: list[tuple[int, float]] = []
 
     @classmethod
-    def path(cls, folder: str | Path) -> Path:
-        return Path(folder) / CARD_FILE
-
-    @classmethod
-    def exists(cls, folder: str | Path) -> bool:
-        return cls.path(folder).is_file()
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "ModelCard":
-        """The card of `folder`; InputError naming the file when it is missing or malformed."""
-        path = cls.path(folder)
-        if not path.is_file():
-            raise InputError(path, "missing: not a model folder written by phonorm pretrain or finetune")
-        try:
-            return cls.model_validate(read_json(path))
-        except (ValueError, ValidationError) as err:
-            problems = err.errors() if isinstance(err, ValidationError) else [{"loc": (), "msg": str(err)}]
-            text = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in problems[:5])
-            raise InputError(path, f"not a valid phonorm model card ({text})") from None
-
-    @classmethod
     def load_if_any(cls, folder: str | Path | None) -> Optional["ModelCard"]:
         """The card of `folder`, or None when the folder is a hub id, has no card or an unreadable one."""
         if folder is None or not Path(str(folder)).is_dir() or not cls.exists(folder):
@@ -81,9 +60,6 @@ class ModelCard(BaseModel):
             return cls.load(folder)
         except InputError:
             return None
-
-    def save(self, folder: str | Path) -> None:
-        write_json(self.path(folder), self.model_dump(mode="json"))
 
     def same_run(self, *, settings: dict[str, Any], corpus_fingerprint: str, base_model: Optional[str]) -> bool:
         """Did this finished model come from the same settings, corpus and base model?"""

@@ -8,13 +8,11 @@ feature store, whose manifest names the corpus and each model's folder, kind and
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from phonorm.artifacts import read_json, write_json
-from phonorm.errors import InputError
+from phonorm.artifacts import JsonRecord
 
 CONTEXT_FILE = "context.json"
 
@@ -41,10 +39,11 @@ class ContextExperiment(BaseModel):
     config: dict[str, Any]
 
 
-class RunContext(BaseModel):
+class RunContext(JsonRecord):
     """Where the corpus, models, store and evaluations of one `phonorm run` are."""
 
-    model_config = ConfigDict(extra="forbid")
+    FILE: ClassVar[str] = CONTEXT_FILE
+    WHAT: ClassVar[str] = "run context"
 
     experiment: ContextExperiment
     corpus: str
@@ -57,19 +56,3 @@ class RunContext(BaseModel):
     """model → its evaluation.json."""
     stages: list[dict[str, Any]]
     """stage, name, status, seconds, cpu_seconds, key, folder (every stage before the report)."""
-
-    @classmethod
-    def load(cls, path: str | Path) -> "RunContext":
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "missing: no run context")
-        try:
-            return cls.model_validate(read_json(path))
-        except ValueError as err:
-            text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5]) \
-                if isinstance(err, ValidationError) else str(err)
-            raise InputError(path, f"not a valid run context ({text})") from None
-
-    def save(self, path: str | Path) -> Path:
-        write_json(path, self.model_dump(mode="json"))
-        return Path(path)

@@ -58,7 +58,7 @@ class Sources:
         """From `phonorm run`'s context when given, else from the results' settings → the store's
         manifest (corpus, each model's folder, kind and tasks) → the model cards."""
         if context_path is not None:
-            context = RunContext.load(context_path).model_dump(mode="json")
+            context = RunContext.load_file(context_path).model_dump(mode="json")
             sources = cls(results, context)
             sources.corpus = _path(context.get("corpus"))
             sources.features = _path(context.get("features"))
