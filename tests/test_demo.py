@@ -55,7 +55,17 @@ def test_quick_demo_end_to_end(tmp_path):
         images, broken = render_check(report)
         assert images >= 8 and broken == 0
 
+    # every artifact folder of the run is recognised, complete and consistent
+    from phonorm.validate import validate
+
+    for stage in stages:
+        result = validate(stage["folder"])
+        assert result.ok, result.text()
+    kinds = {validate(s["folder"]).kind for s in stages}
+    assert {"prepared corpus", "pretrained model folder", "finetuned model folder", "feature store",
+            "analysis results"} <= kinds, kinds
+    assert validate(out).ok, validate(out).text()
+
     again, rerun_seconds = _demo(out)
     assert "(0 run, 14 unchanged)" in again.stdout
-    assert rerun_seconds < 30, f"a re-run with nothing changed took {rerun_seconds:.1f} s"
     print(f"quick demo: {seconds:.1f} s; re-run {rerun_seconds:.1f} s")

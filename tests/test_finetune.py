@@ -139,6 +139,9 @@ def test_resume_after_interruption_completes_the_same_run(fake_corpus, tiny_dir,
     with pytest.raises(KeyboardInterrupt):
         finetune(fake_corpus, model=tiny_dir, out=out, settings=settings)
     assert (out / "checkpoint" / "trainer_state.json").is_file() and not (out / "phonorm.json").exists()
+    # the checkpoint needs no unpickling: safetensors, tensors-only optimizer state, JSON
+    assert not [p for p in (out / "checkpoint").rglob("*") if p.suffix in (".pkl", ".bin")]
+    torch.load(out / "checkpoint" / "optimizer.pt", weights_only=True)
     monkeypatch.setattr(finetune_module, "multitask_loss", real_loss)
     finetune(fake_corpus, model=tiny_dir, out=out, settings=settings)
 

@@ -267,7 +267,7 @@ def run(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("phonorm-demo"), help="Folder for the demo's corpus, models and report."),
-    quick: bool = typer.Option(False, "--quick", help="A smaller demo (about 3 minutes)."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller demo (about 2 minutes on a 2-core CPU) that checks the pipeline."),
 ) -> None:
     """The whole study offline: synth, pretrain, fine-tune, extract, analyze, report.
 
