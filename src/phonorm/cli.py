@@ -248,6 +248,8 @@ def validate(
 def run(
     experiment: Path = typer.Argument(..., help="An experiment YAML file (see examples/)."),
     force: bool = typer.Option(False, help="Redo every stage even when cached."),
+    point: Optional[list[str]] = typer.Option(None, help="Sweeps: run only this point (repeatable; ids as in "
+                                                         "the run's summary), e.g. to share points out among machines."),
 ) -> None:
     """Run every stage of an experiment, skipping those whose inputs, settings and code are unchanged.
 
@@ -255,7 +257,7 @@ def run(
     """
     from phonorm.experiment import run_experiment
 
-    typer.echo(run_experiment(experiment, force=force))
+    typer.echo(run_experiment(experiment, force=force, points=point or ()))
 
 
 @app.command()

@@ -39,6 +39,7 @@ class Plan:
     report: Optional[Stage] = None
     point: Optional[SweepPoint] = None
     specific: set[str] = field(default_factory=set)  # keys of the stages that belong to `point`
+    run: Optional[Stage] = None  # under a sweep point: the swept pre-training run
 
     def add(self, stage: Stage, own: bool = False) -> Stage:
         """Append `stage`; under a sweep point, a stage that is the point's `own` or takes an input
@@ -108,8 +109,8 @@ def plan_stages(experiment: Experiment, file: Path, point: Optional[SweepPoint] 
         if checkpoints:
             settings["keep_steps"] = sorted(set(settings.get("keep_steps", [])) | set(checkpoints))
         run_name = ".".join(n for n in (p.name, point.run) if n)
-        stage = plan.add(Stage("pretrain", run_name, {"corpus": corpus.key}, settings,
-                               _run_pretrain(corpus, settings), workdir), own=True)
+        stage = plan.run = plan.add(Stage("pretrain", run_name, {"corpus": corpus.key}, settings,
+                                          _run_pretrain(corpus, settings), workdir), own=True)
         if point.step is not None:
             # The snapshot's key leaves out which other steps the run keeps (saving snapshots does
             # not change training), so adding a checkpoint re-runs the pre-training but no other point.
