@@ -145,9 +145,17 @@ def plan_stages(experiment: Experiment, file: Path, point: Optional[SweepPoint] 
         {"analyze": plan.analyze.key, "corpus": corpus.key,
          **{f"model:{n}": s.key for n, s in plan.models.items()},
          **{f"evaluate:{n}": s.key for n, s in plan.evaluations.items()}},
-        {"experiment": experiment.model_dump(mode="json"), "file": str(file)},
-        _run_report(plan), workdir))
+        _report_settings(experiment, file, point), _run_report(plan), workdir))
     return plan
+
+
+def _report_settings(experiment: Experiment, file: Path, point: Optional[SweepPoint]) -> dict[str, Any]:
+    """What the report shows of the experiment file; a sweep point's report leaves out the sweep
+    section (adding a point must not redo the other points' reports) and names its point."""
+    if point is None:
+        return {"experiment": experiment.model_dump(mode="json"), "file": str(file)}
+    return {"experiment": experiment.model_dump(mode="json", exclude={"sweep"}), "file": str(file),
+            "point": point.model_dump(mode="json")}
 
 
 # ---- the stage bodies: each calls one stage function of the package (imported only when it runs)

@@ -71,10 +71,9 @@ def plan_sweep(experiment: Experiment, file: Path, only: Sequence[str] = ()) -> 
     for point, plan in zip(points, plans):
         for i, stage in enumerate(plan.stages):
             if stage.folder in canonical:  # a stage shared with an earlier point: one object, run once
-                plan.stages[i] = canonical[stage.folder]
-                continue
+                plan.stages[i] = stage = canonical[stage.folder]
             canonical[stage.folder] = stage
-            if point.id in sweep.selected:
+            if point.id in sweep.selected and not any(s is stage for s in sweep.stages):
                 sweep.stages.append(stage)
     entries = [sweep.point_entry(p, plan) for p, plan in zip(points, plans)]
     analyze = experiment.analyze

@@ -11,6 +11,8 @@ resources) drawn from a sweep summary folder (`experiment/summary.py`: sweep.csv
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 import math
 import os
@@ -24,7 +26,6 @@ import pandas as pd
 
 from phonorm.artifacts import atomic_path
 from phonorm.errors import InputError
-from phonorm.report.html import esc, image, note
 
 CLAIMS = ("C1", "C2", "C3", "C4")
 _STATUS = {"holds": "ok", "does not hold": "bad"}
@@ -40,6 +41,23 @@ figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;colo
 .status.ok{background:#dff3df;color:#185c18} .status.bad{background:#fbe1e1;color:#8a1c1c} .status.na{background:#eee;color:#555}
 td.num{font-family:monospace;white-space:nowrap}
 """
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def note(text: str) -> str:
+    return f'<p class="missing">{esc(text)}</p>'
+
+
+def image(png: Optional[bytes], alt: str, caption: str = "") -> str:
+    """An embedded PNG figure (`caption` is HTML), or a note that it is missing."""
+    if not png:
+        return note(f"no value to draw: {alt}")
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+            + (f"<figcaption>{caption}</figcaption>" if caption else "") + "</figure>")
 
 
 def _plt():
