@@ -282,3 +282,64 @@ def test_speaker_share_matches_the_analysis_and_its_ci_covers_it(tmp_path):
     expected = GroupSums(int(codes.max()) + 1, x.shape[1]).update(x, codes).variance_share()["share"]
     assert value == pytest.approx(expected, rel=1e-9)
     assert low <= value <= high and low < high and speakers == int(codes.max()) + 1
+
+
+# --------------------------------------------------------------------------- end to end (real stages)
+@pytest.mark.slow
+def test_a_checkpoint_sweep_end_to_end(tmp_path):
+    """Three checkpoints of one tiny pre-training run → fine-tune tone and sex → extract → analyze,
+    the table (with feature-store speaker CIs), the page in Chromium; a fourth checkpoint runs only
+    the pre-training again and its own point."""
+    import torch
+
+    from fakes import make_prepared_corpus
+
+    torch.set_num_threads(1)
+    speakers = {f"S{i:02d}": "test" if i >= 6 else "dev" if i >= 4 else "train" for i in range(10)}
+    corpus = make_prepared_corpus(tmp_path / "corpus", n_speakers=10, n_utterances=4, seed=1, splits=speakers)
+    finetune = {"max_steps": 6, "batch_seconds": 8, "lr": 0.0005, "eval_every": 6, "freeze_feature_encoder": False}
+    data = {
+        "name": "e2e", "workdir": "runs",
+        "corpus": {"prepared": str(corpus)},
+        "pretrain": [{"name": "pre", "size": "tiny", "steps": 12, "batch_seconds": 4, "lr": 0.002, "eval_every": 4}],
+        "finetune": [{"name": "tone", "base": "pre", "tasks": ["tone"], "settings": finetune},
+                     {"name": "sex", "base": "pre", "tasks": ["sex"], "settings": finetune}],
+        "extract": {"split": "test", "frames": "middle", "max_per_speaker_label": 10},
+        "analyze": {"folds": 2, "bootstrap": 20, "umap": False, "layer_matrix": False, "sample_rows": 1000,
+                    "silhouette_rows": 200, "probe_max_iter": 50, "figures": False, "progress": False},
+        "sweep": {"checkpoints": [4, 8, 12]},
+    }
+    path = _write(tmp_path, data)
+    ex.run_experiment(path)
+    workdir = tmp_path / "runs"
+    table = pd.read_csv(workdir / "sweep.csv")
+    assert sorted(table["checkpoint"].unique()) == [4, 8, 12]
+    for quantity in ("sex_probe_top_tone_minus_reference", "tone_probe_top_tone_minus_reference",
+                     "cka_drop_lower_to_upper", "speaker_variance_share_top", "held_out_contrastive_accuracy"):
+        values = table[table.quantity == quantity]
+        assert len(values) == 3 and np.isfinite(values["value"]).all(), quantity
+    share = table[table.quantity == "speaker_variance_share_top"]
+    # (4 test speakers: a percentile interval need not contain the point estimate; it must exist)
+    assert (share.ci_low < share.ci_high).all() and np.isfinite(share[["ci_low", "ci_high"]]).all().all()
+    assert share.ci_from.str.contains("feature store").all()
+    assert set(table[table.quantity.isin(["C1", "C2", "C3", "C4"])]["verdict"].dropna()) <= {
+        "holds", "does not hold", "inconclusive", "not testable"}
+    held = table[table.quantity == "held_out_contrastive_accuracy"].sort_values("checkpoint")["value"].to_numpy()
+    assert len(set(held)) == 3, "each checkpoint is its own model"
+    page = workdir / "sweep.html"
+    images = re.findall(r'<img src="([^"]*)"', page.read_text(encoding="utf-8"))
+    assert render_check(page) == (len(images), 0) and len(images) >= 5
+
+    # unchanged: nothing runs; a fourth checkpoint: the pre-training run and that point only
+    ex.run_experiment(path)
+    ran = [s for s in json.loads((workdir / "run.json").read_text())["stages"] if s["status"] in ("ran", "resumed")]
+    assert [s["stage"] for s in ran] == []
+    data["sweep"]["checkpoints"] = [4, 8, 12, 10]
+    _write(tmp_path, data)
+    ex.run_experiment(path)
+    ran = [f"{s['stage']}:{s['name']}" for s in json.loads((workdir / "run.json").read_text())["stages"]
+           if s["status"] in ("ran", "resumed")]
+    assert sorted(ran) == sorted(["pretrain:pre", "snapshot:pre.step-10", "finetune:tone.step-10",
+                                  "finetune:sex.step-10", "evaluate:tone.step-10", "evaluate:sex.step-10",
+                                  "extract:extract.step-10", "analyze:analyze.step-10", "report:report.step-10",
+                                  "sweep:sweep"])
