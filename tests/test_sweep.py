@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_experiment import FakeStages
-from test_report import render_check
 
 from phonorm import experiment as ex
 from phonorm.errors import InputError
+from test_experiment import FakeStages
+from test_report import render_check
 
 SWEEP = {
     "name": "s",
@@ -267,7 +267,6 @@ def test_the_sweep_page_renders_in_chromium(tmp_path, fakes):
 # --------------------------------------------------------------------------- the speaker bootstrap
 def test_speaker_share_matches_the_analysis_and_its_ci_covers_it(tmp_path):
     from fake_store import make_feature_store
-
     from phonorm.analysis.normalization import GroupSums
     from phonorm.experiment.summary import speaker_share
     from phonorm.features.store import FeatureStore

@@ -265,7 +265,7 @@ def summarize_point(point: dict[str, Any], resamples: int = 1000, seed: int = 0)
         try:
             value, low, high, speakers = speaker_share(Path(point["features"]), model, layer, resamples, seed)
             rows.append(_row(quantity, value, low, high, f"speaker bootstrap ({speakers} speakers, feature store)"))
-        except Exception as err:  # noqa: BLE001 - any unreadable store: fall back to the table, say why
+        except Exception as err:
             hit = None
             if normalization is not None:
                 hit = normalization[(normalization["model"] == model) & (normalization["layer"].astype(str) == layer)
