@@ -215,6 +215,11 @@ def test_points_share_stages_and_adding_a_point_runs_only_that_point(tmp_path, f
     summary = ex.run_experiment(path)
     assert fakes.take() == [] and "1 not needed" in summary
     assert len(pd.read_csv(workdir / "sweep.csv").query("quantity == 'C1'")) == 2
+    from phonorm.validate import validate
+
+    checked = validate(workdir)
+    assert checked.ok and checked.kind == "phonorm run folder", checked.text()
+    assert json.loads((workdir / "run.json").read_text())["not_needed"][0]["stage"] == "pretrain"
 
 
 def test_a_grid_point_added_runs_only_that_point_and_points_run_apart_then_merge(tmp_path, fakes):

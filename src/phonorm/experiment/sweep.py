@@ -132,11 +132,13 @@ def run_sweep(experiment: Experiment, path: Path, force: bool = False, only: Seq
         build_sweep_page(sweep.summary.folder, out=workdir / PAGE, title=experiment.report.title,
                          name=experiment.name, description=experiment.description)
     write_json(workdir / "run.json", {
-        "experiment": str(path.resolve()), "sweep": str(workdir / PAGE) if not only else None,
+        "experiment": str(path.resolve()), "report": str(workdir / PAGE) if not only else None,
         "points": [{**p.model_dump(mode="json"), "report": str(plan.report.folder / "report.html"),
                     "results": str(plan.analyze.folder)} for p, plan in zip(sweep.points, sweep.plans)
                    if p.id in sweep.selected],
-        "stages": [stage_record(s) for s in sweep.stages + ([] if only else [sweep.summary])],
+        "stages": [stage_record(s) for s in sweep.stages + ([] if only else [sweep.summary])
+                   if s.status != "not needed"],
+        "not_needed": [stage_record(s) for s in sweep.stages if s.status == "not needed"],
     })
     return "\n".join(lines + [_summary(sweep, bool(only))])
 
