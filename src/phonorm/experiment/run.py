@@ -32,6 +32,11 @@ def run_experiment(path: str | Path, force: bool = False, points: Sequence[str] 
     experiment, _ = load_experiment(path)
     if points and experiment.sweep is None:
         raise InputError(Path(path), "--point: this experiment has no sweep: section")
+    ids = [p.id for p in experiment.sweep_points()]
+    unknown = [p for p in points if p not in ids]
+    if unknown:  # before taking the work folder's lock: a typo needs no wait
+        raise InputError(Path(path), f"--point {', '.join(unknown)}: no such point of the sweep; its points are "
+                                     f"{', '.join(ids)}")
     with folder_lock(experiment.workdir, f"phonorm run {Path(path).name}"):
         if experiment.sweep is not None:
             from phonorm.experiment.sweep import run_sweep
