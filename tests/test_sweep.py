@@ -347,3 +347,35 @@ def test_a_checkpoint_sweep_end_to_end(tmp_path):
                                   "finetune:sex.step-10", "evaluate:tone.step-10", "evaluate:sex.step-10",
                                   "extract:extract.step-10", "analyze:analyze.step-10", "report:report.step-10",
                                   "sweep:sweep"])
+
+
+def test_paired_cis_are_taken_from_claims_json_when_the_analysis_wrote_them(tmp_path):
+    """claims.json with per-comparison estimates and CIs (verdicts holds / does not hold /
+    inconclusive): the differences take their paired CI from it; without them, no CI is made up."""
+    from phonorm.experiment.summary import summarize_point
+
+    _fake_results(tmp_path, 20)
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    claims["claims"][0]["status"] = "inconclusive"
+    claims["claims"][0]["measured"] = [{"model": "tone", "comparisons": [
+        {"name": "sex suppressed", "estimate": -0.081, "ci_low": -0.12, "ci_high": -0.03, "verdict": "holds"},
+        {"name": "tone enhanced (relative error reduction)", "estimate": 0.25, "ci_low": -0.01, "ci_high": 0.5}]}]
+    claims["claims"][1]["measured"] = [{"model": "tone", "comparisons": [
+        {"name": "CKA lower half − top third", "estimate": 0.3, "ci_low": 0.2, "ci_high": 0.4}]}]
+    (tmp_path / "claims.json").write_text(json.dumps(claims))
+    point = {"id": "p", "results": str(tmp_path), "features": str(tmp_path / "no-store"), "reference": "pre",
+             "tone_model": "tone", "pretrained": None}
+    with_cis = {r["quantity"]: r for r in summarize_point(point)[0]}
+    (tmp_path / "claims.json").write_text(json.dumps({"claims": [{"claim": "C1", "status": "holds"}]}))
+    without, notes = summarize_point(point)
+    without = {r["quantity"]: r for r in without}
+
+    sex = with_cis["sex_probe_top_tone_minus_reference"]
+    assert (sex["value"], sex["ci_low"], sex["ci_high"]) == (-0.081, -0.12, -0.03) and "claims.json C1" in sex["ci_from"]
+    assert with_cis["tone_relative_error_reduction"]["ci_low"] == -0.01
+    assert with_cis["cka_drop_lower_to_upper"]["ci_high"] == 0.4
+    assert with_cis["C1"]["verdict"] == "inconclusive"
+    sex = without["sex_probe_top_tone_minus_reference"]
+    assert sex["value"] == pytest.approx(-0.08) and np.isnan(sex["ci_low"]) and sex["ci_from"].startswith("none")
+    assert "tone_relative_error_reduction" not in without
+    assert any("feature store not read" in n for n in notes)
