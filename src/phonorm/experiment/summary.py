@@ -20,8 +20,8 @@ pre-trained model):
 - `speaker_variance_share_top`, `reference_speaker_variance_share_top`: η² of speaker identity at the
   top layer (between-speaker / total sum of squares over all stored rows, as normalization.csv's
   `variance_share`), computed here from the feature store with a speaker bootstrap (speakers drawn
-  with replacement; a speaker drawn twice counts as two groups); without the store, normalization.csv's
-  value and no CI.
+  with replacement; a speaker drawn twice counts as two groups; bias-corrected percentile interval);
+  without the store, normalization.csv's value and no CI.
 - `held_out_contrastive_accuracy`: the pre-trained model's last held-out contrastive accuracy
   (its model card); no CI.
 - `C1` … `C4`: the claim verdicts of claims.json (`verdict` column; `value` empty).
@@ -157,8 +157,8 @@ def _drop(similarity: Optional[pd.DataFrame], model: str, reference: str, measur
 def speaker_share(features: Path, model: str, layer: str, resamples: int, seed: int = 0
                   ) -> tuple[float, float, float, int]:
     """(η² of speaker identity, CI low, CI high, speakers) of one stored layer: between-speaker over
-    total sum of squares summed over dimensions, over all rows; CI: percentile bootstrap over
-    speakers (`resamples` draws with replacement; NaN when there are fewer than 2 speakers)."""
+    total sum of squares summed over dimensions, over all rows; CI: bias-corrected percentile
+    bootstrap over speakers (`resamples` draws with replacement; NaN with fewer than 2 speakers)."""
     from phonorm.features.store import FeatureStore
 
     store = FeatureStore(features)
@@ -193,7 +193,17 @@ def speaker_share(features: Path, model: str, layer: str, resamples: int, seed: 
         return point, float("nan"), float("nan"), k
     draws = np.random.default_rng(seed).multinomial(k, np.full(k, 1.0 / k), size=resamples).astype(np.float64)
     values = share(draws)
-    low, high = np.nanpercentile(values, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return point, float("nan"), float("nan"), k
+    # Bias-corrected percentile interval (Efron's BC): resampling speakers repeats some of them, so
+    # the between-speaker share of a resample is biased low (by about 1/speakers); BC shifts the
+    # percentiles by the share of resamples below the estimate instead of centring on a biased median.
+    from scipy.stats import norm
+
+    below = np.clip(np.mean(values < point) + 0.5 * np.mean(values == point), 0.5 / len(values), 1 - 0.5 / len(values))
+    z0, z = norm.ppf(below), norm.ppf((1 + LEVEL) / 2)
+    low, high = np.percentile(values, [100 * norm.cdf(2 * z0 - z), 100 * norm.cdf(2 * z0 + z)])
     return point, float(low), float(high), k
 
 
