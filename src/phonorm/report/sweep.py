@@ -134,6 +134,10 @@ def quantity_figure(rows: pd.DataFrame, quantity: str, title: str, x: Optional[s
     if x is not None:
         labels = {p: v for v, p in positions.items()}
         ticks = sorted(labels)
+        numeric = pd.to_numeric(rows[x], errors="coerce").notna().all()
+        if numeric and ticks[0] > 0 and ticks[-1] / ticks[0] >= 8:  # log-spaced steps or hours
+            ax.set_xscale("log")
+            ax.minorticks_off()
         if len(ticks) <= 12:
             ax.set_xticks(ticks, [str(labels[t]) for t in ticks], fontsize=8)
         ax.set_xlabel("pre-training steps (checkpoint)" if x == "checkpoint" else x, fontsize=9)
@@ -203,14 +207,16 @@ def build_sweep_page(summary: str | Path, *, out: str | Path, title: Optional[st
                      f"<tbody>{''.join(verdicts)}</tbody></table>")
 
     shown = [q for q in quantities if q in set(numbers["quantity"])]
-    head = "".join(f"<th>{esc(q)}</th>" for q in shown)
+    head = "".join(f"<th>{esc(p['id'])}</th>" for p in points)
     body = []
-    for p in points:
-        mine = numbers[numbers["point"] == p["id"]].set_index("quantity")
-        cells = "".join(f'<td class="num">{esc(_cell(*(float(mine.loc[q, c]) for c in ("value", "ci_low", "ci_high"))))}'
-                        "</td>" if q in mine.index else "<td>–</td>" for q in shown)
-        body.append(f"<tr><td>{esc(p['id'])}</td>{cells}</tr>")
-    number_table = f"<table><thead><tr><th>point</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    for q in shown:  # a row per quantity, a column per point (points are fewer than quantities' width)
+        mine = numbers[numbers["quantity"] == q].drop_duplicates("point").set_index("point")
+        cells = "".join(
+            f'<td class="num">{esc(_cell(*(float(mine.loc[p["id"], c]) for c in ("value", "ci_low", "ci_high"))))}'
+            "</td>" if p["id"] in mine.index else "<td>–</td>" for p in points)
+        body.append(f"<tr><td><code>{esc(q)}</code></td>{cells}</tr>")
+    number_table = (f'<div style="overflow-x:auto"><table><thead><tr><th>quantity</th>{head}</tr></thead>'
+                    f"<tbody>{''.join(body)}</tbody></table></div>")
     sources = numbers.groupby("quantity", sort=False)["ci_from"].agg(lambda s: "; ".join(sorted(set(map(str, s)))))
     source_rows = "".join(f"<tr><td><code>{esc(q)}</code></td><td>{esc(quantities.get(q, ''))}</td>"
                           f"<td>{esc(sources.get(q, ''))}</td></tr>" for q in shown)
@@ -224,8 +230,9 @@ def build_sweep_page(summary: str | Path, *, out: str | Path, title: Optional[st
         ("numbers", "Every number (value [95% CI])", number_table),
         ("sources", "What each quantity is and where its CI comes from",
          f"<table><thead><tr><th>quantity</th><th>meaning</th><th>CI</th></tr></thead><tbody>{source_rows}</tbody>"
-         f"</table><p>Speaker bootstrap: {esc(meta.get('resamples', ''))} resamples, 95% percentile intervals."
-         "</p>" + notes),
+         f"</table><p>Probe CIs are those of each point's probes.csv; speaker shares: "
+         f"{esc(meta.get('resamples', ''))} speaker resamples, bias-corrected percentile intervals (see "
+         "<code>phonorm.experiment.summary</code>).</p>" + notes),
     ]
     nav = "".join(f'<li><a href="#{a}">{esc(t)}</a></li>' for a, t, _ in sections)
     html_text = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
