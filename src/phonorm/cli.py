@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -254,6 +254,8 @@ def validate(
 def run(
     experiment: Path = typer.Argument(..., help="An experiment YAML file (see examples/)."),
     force: bool = typer.Option(False, help="Redo every stage even when cached."),
+    point: Optional[list[str]] = typer.Option(None, help="Sweeps: run only this point (repeatable; ids as in "
+                                                         "the run's summary), e.g. to share points out among machines."),
 ) -> None:
     """Run every stage of an experiment, skipping those whose inputs, settings and code are unchanged.
 
@@ -261,7 +263,7 @@ def run(
     """
     from phonorm.experiment import run_experiment
 
-    typer.echo(run_experiment(experiment, force=force))
+    typer.echo(run_experiment(experiment, force=force, points=point or ()))
 
 
 @app.command()

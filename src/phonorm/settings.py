@@ -196,6 +196,29 @@ class PretrainSettings(StageSettings):
     warmup: float = Field(0.08, ge=0, lt=1, description="Linear warm-up, as a fraction of the steps.")
     eval_every: Optional[int] = Field(None, ge=1, description="Held-out contrastive accuracy every N steps "
                                                               "(default: 10 times in the run).")
+    keep_steps: list[int] = Field(default_factory=list, description="Also save the model at these steps "
+                                  "(comma-separated), each as a loadable folder OUT/snapshots/step-<N>.")
+    max_hours: Optional[float] = Field(None, gt=0, description="Pre-train on at most this many hours of the train "
+                                       "split (whole utterances in a fixed random order; default: all).")
+
+    @field_validator("keep_steps", mode="before")
+    @classmethod
+    def _steps_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [int(v) for v in _comma_list(value)] if isinstance(value, str) else value
+
+    @field_validator("keep_steps")
+    @classmethod
+    def _sorted_steps(cls, value: list[int]) -> list[int]:
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _steps_within_run(self) -> "PretrainSettings":
+        outside = [s for s in self.keep_steps if not 1 <= s <= self.steps]
+        if outside:
+            raise ValueError(f"keep_steps: {', '.join(map(str, outside))} outside the run's steps 1..{self.steps}")
+        return self
 
 
 # ---------------------------------------------------------------- finetune

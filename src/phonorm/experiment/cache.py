@@ -60,11 +60,13 @@ STAGE_MODULES = {
     "synth": ["phonorm.corpus.synth"],
     "corpus": ["phonorm.corpus.prepare", "phonorm.corpus.aishell"],
     "pretrain": ["phonorm.models.pretrain"],
+    "snapshot": ["phonorm.models.pretrain"],  # a kept step of a pre-training run: the code that made it
     "finetune": ["phonorm.models.finetune"],
     "evaluate": ["phonorm.models.evaluate"],
     "extract": ["phonorm.features.extract"],
     "analyze": ["phonorm.analysis.run"],
     "report": ["phonorm.report.html"],
+    "sweep": ["phonorm.experiment.summary"],
 }
 # Package data the stage's code reads (not found by the import scan).
 STAGE_DATA = {"synth": ["data/*.tsv"], "corpus": ["data/*.tsv"]}

@@ -158,6 +158,86 @@ class ReportConfig(_Strict):
     title: Optional[str] = None
 
 
+class SweepPoint(BaseModel):
+    """One point of a sweep: `settings` (the grid's values for the swept pre-training entry) and
+    `step` (the checkpoint taken, or None for the run's final model). `run` names the pre-training
+    run (shared by the checkpoints of one grid point), `id` the point: both become folder names."""
+
+    id: str
+    run: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+    step: Optional[int] = None
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The swept settings of this point as table columns (`checkpoint` for the step)."""
+        return {**self.settings, **({"checkpoint": self.step} if self.step is not None else {})}
+
+
+def pretrain_fields(entry: PretrainSettings) -> dict[str, Any]:
+    """The pre-training settings written for a pretrain entry (its name left out)."""
+    return {k: v for k, v in entry.model_dump(exclude_unset=True).items() if k in PretrainSettings.model_fields}
+
+
+def _value_text(value: Any) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+class SweepConfig(_Strict):
+    """`sweep:` runs the experiment once per point. `grid`: pre-training settings (fields of
+    `pretrain`, e.g. size, steps, seed, max_hours) and their values; every combination is one
+    pre-training run. `checkpoints`: steps of each of those runs whose snapshot is taken as the
+    pre-trained model (the amount of pre-training without retraining). Points = runs × checkpoints."""
+
+    pretrain: Optional[str] = Field(None, description="the pretrain entry swept (default: the only one)")
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    checkpoints: list[int] = Field(default_factory=list)
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_fields(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if key not in PretrainSettings.model_fields or key == "keep_steps":
+                known = ", ".join(k for k in PretrainSettings.model_fields if k != "keep_steps")
+                raise ValueError(f"grid: {key!r} is no pre-training setting; expected one of {known} "
+                                 "(for steps of one run use checkpoints)")
+            if not values:
+                raise ValueError(f"grid.{key}: no values")
+            if len({_value_text(v) for v in values}) != len(values):
+                raise ValueError(f"grid.{key}: a value given twice ({values})")
+        return value
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _checkpoints(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value) or len(set(value)) != len(value):
+            raise ValueError(f"checkpoints: distinct steps ≥ 1 (got {value})")
+        return sorted(value)
+
+    def points(self, base: PretrainSettings) -> list[SweepPoint]:
+        """Every point in order (grid in the order written, checkpoints innermost); ValueError
+        naming the combination whose pre-training settings are invalid."""
+        import itertools
+
+        keys = list(self.grid)
+        points = []
+        for combination in itertools.product(*(self.grid[k] for k in keys)):
+            values = dict(zip(keys, combination))
+            run = "_".join(f"{k}-{_value_text(v)}" for k, v in values.items())
+            try:
+                PretrainSettings(**{**pretrain_fields(base), **values, "keep_steps": self.checkpoints})
+            except ValidationError as err:
+                problems = "; ".join(e.get("msg", "").removeprefix("Value error, ") for e in err.errors())
+                raise ValueError(f"sweep point {run or 'checkpoints'}: {problems}") from None
+            for step in self.checkpoints or [None]:
+                point_id = "_".join(p for p in (run, f"step-{step}" if step is not None else "") if p)
+                if not _NAME.match(point_id):
+                    raise ValueError(f"sweep point {point_id!r}: values must make a folder name "
+                                     "(letters, digits, '_', '-', '.', '+')")
+                points.append(SweepPoint(id=point_id, run=run, settings=values, step=step))
+        return points
+
+
 class Experiment(_Strict):
     """The whole experiment file."""
 
@@ -172,6 +252,7 @@ class Experiment(_Strict):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    sweep: Optional[SweepConfig] = None
 
     @field_validator("name")
     @classmethod
@@ -209,6 +290,33 @@ class Experiment(_Strict):
             raise ValueError(f"extract.models: the reference model {self.reference!r} (analyze.reference) must be "
                              "among the extracted models")
         return self
+
+    @model_validator(mode="after")
+    def _sweep_points(self) -> "Experiment":
+        if self.sweep is None:
+            return self
+        names = [p.name for p in self.pretrain]
+        if self.sweep.pretrain is None and len(names) != 1:
+            raise ValueError(f"sweep.pretrain: name the pretrain entry to sweep (entries: {', '.join(names) or 'none'})")
+        if self.sweep.pretrain is not None and self.sweep.pretrain not in names:
+            raise ValueError(f"sweep.pretrain: {self.sweep.pretrain!r} is not among the pretrain entries "
+                             f"({', '.join(names) or 'none'})")
+        if not self.sweep.grid and not self.sweep.checkpoints:
+            raise ValueError("sweep: give a grid of pre-training settings, checkpoints, or both")
+        self.sweep_points()  # every combination must be valid pre-training settings
+        return self
+
+    @property
+    def swept(self) -> Optional["PretrainConfig"]:
+        """The pretrain entry the sweep varies (None without a sweep)."""
+        if self.sweep is None:
+            return None
+        name = self.sweep.pretrain or self.pretrain[0].name
+        return next(p for p in self.pretrain if p.name == name)
+
+    def sweep_points(self) -> list[SweepPoint]:
+        swept = self.swept
+        return [] if swept is None or self.sweep is None else self.sweep.points(swept)
 
     @property
     def pretrained_names(self) -> list[str]:

@@ -3,6 +3,11 @@
     synth ─► corpus ─► pretrain[name] ─► finetune[name] ─► evaluate[name]
                                    └────────────┴──► extract ─► analyze ─► report
 
+For one point of a sweep (`point`), the swept pretrain entry takes the point's settings (and keeps
+snapshots at the sweep's checkpoints; a `snapshot` stage then takes the point's one as the
+pre-trained model), and every stage that depends on it is named `<name>.<point id>`; the stages
+that do not (synth, corpus, other models) keep their names and keys, so every point shares them.
+
 Each stage body calls one stage function of the package, imported only when the stage runs (so
 planning, and `phonorm run --help`, stay torch-free).
 """
@@ -14,8 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from phonorm.artifacts import write_json
+from phonorm.errors import PhonormError
 from phonorm.experiment.cache import Stage, _sha, fingerprint
-from phonorm.experiment.config import AishellCorpus, Experiment, PrepareCorpus, SynthCorpus
+from phonorm.experiment.config import AishellCorpus, Experiment, PrepareCorpus, SweepPoint, SynthCorpus
 from phonorm.settings import (
     AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings, SynthSettings,
 )
@@ -33,15 +39,26 @@ class Plan:
     extract: Optional[Stage] = None
     analyze: Optional[Stage] = None
     report: Optional[Stage] = None
+    point: Optional[SweepPoint] = None
+    specific: set[str] = field(default_factory=set)  # keys of the stages that belong to `point`
+    run: Optional[Stage] = None  # under a sweep point: the swept pre-training run
 
-    def add(self, stage: Stage) -> Stage:
+    def add(self, stage: Stage, own: bool = False) -> Stage:
+        """Append `stage`; under a sweep point, a stage that is the point's `own` or takes an input
+        from one of the point's stages is named after the point."""
+        if self.point is not None and (own or any(v in self.specific for v in stage.inputs.values())):
+            if not own:
+                stage.name = f"{stage.name}.{self.point.id}"
+            self.specific.add(stage.key)
         self.stages.append(stage)
         return stage
 
 
-def plan_stages(experiment: Experiment, file: Path) -> Plan:
-    """Every stage of the experiment with its key, in the order they run (nothing is run here)."""
-    plan = Plan(experiment, file)
+def plan_stages(experiment: Experiment, file: Path, point: Optional[SweepPoint] = None) -> Plan:
+    """Every stage of the experiment with its key, in the order they run (nothing is run here);
+    with `point`, those of that point of the experiment's sweep."""
+    plan = Plan(experiment, file, point=point)
+    swept = experiment.swept.name if point is not None and experiment.swept is not None else None
     workdir = experiment.workdir
     corpus_cfg = experiment.corpus
 
@@ -86,8 +103,24 @@ def plan_stages(experiment: Experiment, file: Path) -> Plan:
                                   external=Path(source))
     for p in experiment.pretrain:
         settings = p.model_dump(exclude={"name"}, exclude_unset=True)
-        plan.models[p.name] = plan.add(Stage("pretrain", p.name, {"corpus": corpus.key}, settings,
-                                             _run_pretrain(corpus, settings), workdir))
+        if point is None or p.name != swept:
+            plan.models[p.name] = plan.add(Stage("pretrain", p.name, {"corpus": corpus.key}, settings,
+                                                 _run_pretrain(corpus, settings), workdir))
+            continue
+        checkpoints = experiment.sweep.checkpoints if experiment.sweep is not None else []
+        settings = {**settings, **point.settings}
+        if checkpoints:
+            settings["keep_steps"] = sorted(set(settings.get("keep_steps", [])) | set(checkpoints))
+        run_name = ".".join(n for n in (p.name, point.run) if n)
+        stage = plan.run = plan.add(Stage("pretrain", run_name, {"corpus": corpus.key}, settings,
+                                          _run_pretrain(corpus, settings), workdir), own=True)
+        if point.step is not None:
+            # The snapshot's key leaves out which other steps the run keeps (saving snapshots does
+            # not change training), so adding a checkpoint re-runs the pre-training but no other point.
+            run_key = _sha({k: v for k, v in settings.items() if k != "keep_steps"})
+            stage = plan.add(Stage("snapshot", f"{p.name}.{point.id}", {"corpus": corpus.key, "run": run_key},
+                                   {"step": point.step}, _run_snapshot(stage, point.step), workdir), own=True)
+        plan.models[p.name] = stage
     for f in experiment.finetune:
         base = plan.models.get(f.base)
         base_key = base.key if base is not None else (fingerprint(f.base) if Path(f.base).is_dir() else f"hub:{f.base}")
@@ -120,9 +153,17 @@ def plan_stages(experiment: Experiment, file: Path) -> Plan:
         {"analyze": plan.analyze.key, "corpus": corpus.key,
          **{f"model:{n}": s.key for n, s in plan.models.items()},
          **{f"evaluate:{n}": s.key for n, s in plan.evaluations.items()}},
-        {"experiment": experiment.model_dump(mode="json"), "file": str(file)},
-        _run_report(plan), workdir))
+        _report_settings(experiment, file, point), _run_report(plan), workdir))
     return plan
+
+
+def _report_settings(experiment: Experiment, file: Path, point: Optional[SweepPoint]) -> dict[str, Any]:
+    """What the report shows of the experiment file; a sweep point's report leaves out the sweep
+    section (adding a point must not redo the other points' reports) and names its point."""
+    if point is None:
+        return {"experiment": experiment.model_dump(mode="json"), "file": str(file)}
+    return {"experiment": experiment.model_dump(mode="json", exclude={"sweep"}), "file": str(file),
+            "point": point.model_dump(mode="json")}
 
 
 # ---- the stage bodies: each calls one stage function of the package (imported only when it runs)
@@ -169,6 +210,33 @@ def _run_pretrain(corpus: Stage, settings: dict[str, Any]) -> Callable[[Path], s
 
         return pretrain(corpus.folder, out=folder, settings=PretrainSettings(**settings))
     return run
+
+
+def _run_snapshot(pretrain: Stage, step: int) -> Callable[[Path], str]:
+    def run(folder: Path) -> str:
+        from phonorm.models.pretrain import snapshot_folder
+
+        source = snapshot_folder(pretrain.folder, step)
+        if not (source / "phonorm.json").is_file():
+            raise PhonormError(f"{source}: no snapshot of step {step} in the pre-training folder")
+        _link_tree(source, folder)
+        return f"the model of {pretrain.folder.name} after {step} steps"
+    return run
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Copy the folder `source` into `target`, as hard links where the file system allows (no
+    second copy of the weights), else as copies."""
+    import os
+    import shutil
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link, dirs_exist_ok=True)
 
 
 def _run_finetune(corpus: Stage, base: Optional[Stage], source: str, settings: dict[str, Any]) -> Callable[[Path], str]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import shutil
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
 from phonorm.artifacts import atomic_path, read_json, write_json
+from phonorm.errors import InputError
 from phonorm.experiment.cache import execute
 from phonorm.experiment.config import Experiment, load_experiment
 from phonorm.experiment.context import stage_record
@@ -23,11 +25,23 @@ from phonorm.lock import folder_lock
 from phonorm.progress import logger
 
 
-def run_experiment(path: str | Path, force: bool = False) -> str:
+def run_experiment(path: str | Path, force: bool = False, points: Sequence[str] = ()) -> str:
     """Run every stage of the experiment file `path` (cached, resumable); returns a summary that
-    ends with the report's path."""
+    ends with the report's path. A file with `sweep:` runs every point (only `points`, when
+    given) and the sweep's table and page (experiment/sweep.py)."""
     experiment, _ = load_experiment(path)
+    if points and experiment.sweep is None:
+        raise InputError(Path(path), "--point: this experiment has no sweep: section")
+    ids = [p.id for p in experiment.sweep_points()]
+    unknown = [p for p in points if p not in ids]
+    if unknown:  # before taking the work folder's lock: a typo needs no wait
+        raise InputError(Path(path), f"--point {', '.join(unknown)}: no such point of the sweep; its points are "
+                                     f"{', '.join(ids)}")
     with folder_lock(experiment.workdir, f"phonorm run {Path(path).name}"):
+        if experiment.sweep is not None:
+            from phonorm.experiment.sweep import run_sweep
+
+            return run_sweep(experiment, Path(path), force=force, only=points)
         return _run(experiment, Path(path), force)
 
 

@@ -50,6 +50,10 @@ class ModelCard(JsonRecord):
     size: Optional[str] = None
     held_out_split: Optional[str] = None
     held_out_contrastive_accuracy: list[tuple[int, float]] = []
+    trained_steps: Optional[int] = None
+    """Optimizer steps behind the weights (a snapshot's step; the run's steps for its final model)."""
+    train_hours: Optional[float] = None
+    """Hours of train-split audio the run drew its batches from (after `max_hours`)."""
 
     @classmethod
     def load_if_any(cls, folder: str | Path | None) -> Optional["ModelCard"]:

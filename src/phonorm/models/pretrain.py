@@ -12,6 +12,7 @@ that values at different steps compare. The output folder loads with
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from phonorm.lock import folder_lock
 from phonorm.models.backbone import LAYER_CONVENTION, make_config
 from phonorm.models.card import ModelCard
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler, length_bucketed_batches
-from phonorm.models.training import Trainer, TrainState
+from phonorm.models.training import Trainer, TrainState, swap_folder
 from phonorm.settings import PretrainSettings
 
 MASK_PROB = 0.65       # wav2vec 2.0 paper: p = 0.065 start probability × M = 10 ≈ 65% of frames
@@ -134,7 +135,9 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
         # scaling each gradient is linear, so it commutes with DDP's gradient averaging
         param.register_hook(lambda grad: grad * FEATURE_GRAD_MULT)
 
-    train_set = FrameDataset(prepared, "train", [], geometry)
+    train_table = _train_utterances(prepared, settings.max_hours)
+    train_set = FrameDataset(prepared, None, [], geometry, utterances=train_table)
+    train_hours = float(train_table["duration"].sum()) / 3600
     held_split = "dev" if len(prepared.utterances("dev")) else "test"
     held_table = prepared.utterances(held_split)
     if len(held_table) == 0:
@@ -200,22 +203,67 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
 
     if trainer.main:
         out.mkdir(parents=True, exist_ok=True)
-    trainer.run(loader=loader, sampler=sampler, total_steps=steps, state=state, train_step=train_step,
-                evaluate=evaluate, eval_every=eval_every, desc=f"pretrain {settings.size}")
-
-    if trainer.main:
-        unwrapped.save_pretrained(out)
-        with atomic_path(out / "pretrain_log.csv") as tmp:
+    def save_model(folder: Path, state: TrainState) -> None:
+        """The model folder of the weights at `state.step`: backbone, log and card (the card last)."""
+        unwrapped.save_pretrained(folder)
+        with atomic_path(folder / "pretrain_log.csv") as tmp:
             pd.DataFrame(state.log).to_csv(tmp, index=False)
         curve = [(r["step"], r["held_out_contrastive_accuracy"]) for r in state.log
                  if "held_out_contrastive_accuracy" in r]
         ModelCard(complete=True, kind="pretrained", size=settings.size, model_type=config.model_type,
                   held_out_split=held_split, held_out_contrastive_accuracy=curve,
-                  num_processes=accelerator.num_processes, settings=recorded,
+                  num_processes=accelerator.num_processes, settings=recorded, trained_steps=state.step,
+                  train_hours=round(train_hours, 4),
                   corpus=str(prepared.folder.resolve()), corpus_fingerprint=prepared.fingerprint,
-                  layer_convention=LAYER_CONVENTION, provenance=provenance(recorded)).save(out)
+                  layer_convention=LAYER_CONVENTION, provenance=provenance(recorded)).save(folder)
+
+    def keep(state: TrainState) -> None:
+        # Written whole into a hidden folder, then renamed: a snapshot folder is always complete.
+        if trainer.main:
+            target = snapshot_folder(out, state.step)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_model(tmp, state)
+            swap_folder(tmp, target)
+        accelerator.wait_for_everyone()
+
+    trainer.run(loader=loader, sampler=sampler, total_steps=steps, state=state, train_step=train_step,
+                evaluate=evaluate, eval_every=eval_every, desc=f"pretrain {settings.size}",
+                keep_steps=settings.keep_steps, keep=keep)
+
+    if trainer.main:
+        save_model(out, state)
     trainer.discard_checkpoint()
     card = ModelCard.load(out)
     start, end = card.held_out_contrastive_accuracy[0][1], card.held_out_contrastive_accuracy[-1][1]
-    return (f"{out}: pre-trained a {settings.size} wav2vec 2.0 for {steps} steps; held-out ({held_split}) contrastive "
-            f"accuracy {start:.3f} → {end:.3f} (chance about 1/{config.num_negatives + 1})")
+    kept = f"; snapshots at steps {', '.join(map(str, settings.keep_steps))}" if settings.keep_steps else ""
+    return (f"{out}: pre-trained a {settings.size} wav2vec 2.0 for {steps} steps on {train_hours:.2f} h; held-out "
+            f"({held_split}) contrastive accuracy {start:.3f} → {end:.3f} (chance about 1/{config.num_negatives + 1})"
+            f"{kept}")
+
+
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_folder(out: str | Path, step: int) -> Path:
+    """The model folder `keep_steps` leaves for `step` inside the pre-training folder `out`."""
+    return Path(out) / SNAPSHOTS / f"step-{step}"
+
+
+def _train_utterances(prepared: PreparedCorpus, max_hours: float | None) -> pd.DataFrame:
+    """The train utterances pre-training draws from: all, or under `max_hours` the longest prefix of
+    one fixed random order (seed 0, independent of the run's seed) that fits, so that runs with
+    more hours see a superset of the audio of runs with fewer, and seeds repeat on the same audio."""
+    table = prepared.utterances("train")
+    if len(table) == 0:
+        raise InputError(prepared.folder / "utterances.parquet", "no train utterances to pre-train on")
+    if max_hours is None:
+        return table
+    table = table.sample(frac=1.0, random_state=0)
+    fits = table["duration"].cumsum() <= max_hours * 3600
+    if not fits.any():
+        raise InputError(prepared.folder / "utterances.parquet",
+                         f"max_hours {max_hours} is shorter than any train utterance "
+                         f"({table['duration'].min():.1f} s)")
+    return table[fits.to_numpy()]

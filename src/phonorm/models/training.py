@@ -167,12 +167,16 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def run(self, *, loader: Iterable[Any], sampler: Any, total_steps: int, state: TrainState,
             train_step: Callable[[Any], dict[str, Any]], evaluate: Callable[[TrainState, dict[str, Any]], None],
-            eval_every: int, desc: str) -> TrainState:
+            eval_every: int, desc: str, keep_steps: Iterable[int] = (),
+            keep: Optional[Callable[[TrainState], None]] = None) -> TrainState:
         """Optimizer steps from `state.step` to `total_steps`. `train_step(batch)` does one step
         (forward, backward, optimizer and scheduler) and returns its log row; `evaluate(state, row)`
-        runs every `eval_every` steps and at the last step, may add to the row and to
-        `state.extra`, and is followed by a checkpoint. `sampler.set_epoch(epoch, skip=k)` makes a
-        resumed run see the batches an unbroken one would."""
+        runs every `eval_every` steps, at each of `keep_steps` and at the last step, may add to the
+        row and to `state.extra`, and is followed by a checkpoint; at `keep_steps`, `keep(state)`
+        (e.g. save a snapshot of the model) runs after `evaluate` and before the checkpoint, so a
+        resumed run never misses one. `sampler.set_epoch(epoch, skip=k)` makes a resumed run see
+        the batches an unbroken one would."""
+        keep_at = set(keep_steps)
         steps_per_epoch = len(sampler)
         bar = progress(total=total_steps, initial=state.step, desc=desc, unit="step",
                        enabled=self.accelerator.is_local_main_process)
@@ -185,9 +189,11 @@ class Trainer:
                 row = {"step": state.step, **row, "step_seconds": time.perf_counter() - tic}
                 bar.update(1)
                 bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
-                if state.step % eval_every == 0 or state.step == total_steps:
+                if state.step % eval_every == 0 or state.step == total_steps or state.step in keep_at:
                     evaluate(state, row)
                     state.log.append(row)
+                    if keep is not None and state.step in keep_at:
+                        keep(state)
                     self.save_checkpoint(state)
                 else:
                     state.log.append(row)

@@ -1,0 +1,323 @@
+"""The normalization summary of a sweep: per point, the quantities that carry the study's argument,
+read from that point's analysis outputs, with 95% speaker-bootstrap CIs where they can be had.
+
+Quantities (accuracies and shares in [0, 1]; "top" = the model's last stored layer; the "tone
+model" is the first fine-tuned model whose only task is tone; the reference is the point's
+pre-trained model):
+
+- `sex_probe_top_tone_minus_reference`: top-layer sex probe accuracy, tone model − reference
+  (negative: sex suppressed). CI: the paired speaker bootstrap of claims.json's C1 comparison when
+  the analysis wrote one; else no CI (the two accuracies' own CIs are the rows
+  `tone_model_top_sex_probe`, `reference_top_sex_probe`): probes.csv holds no per-speaker results
+  to pair.
+- `tone_probe_top_tone_minus_reference` (tone gain): the same for the tone probe; no paired CI.
+  `tone_relative_error_reduction`: claims.json's C1 comparison (its CI), when present.
+- `tone_model_top_{sex,tone}_probe`, `reference_top_{sex,tone}_probe`: probes.csv's accuracy and
+  its CI (`ci_low`, `ci_high`: bootstrap over speakers) when the columns are there.
+- `cka_drop_lower_to_upper`, `svcca_drop_lower_to_upper`: the tone model's similarity to the
+  reference (same layer), mean over the lower half of the layers − mean over the top third (the
+  split of claim C2). CI: claims.json's C2 comparison for CKA when present; else none.
+- `speaker_variance_share_top`, `reference_speaker_variance_share_top`: η² of speaker identity at the
+  top layer (between-speaker / total sum of squares over all stored rows, as normalization.csv's
+  `variance_share`), computed here from the feature store with a speaker bootstrap (speakers drawn
+  with replacement; a speaker drawn twice counts as two groups; bias-corrected percentile interval);
+  without the store, normalization.csv's value and no CI.
+- `held_out_contrastive_accuracy`: the pre-trained model's last held-out contrastive accuracy
+  (its model card); no CI.
+- `C1` … `C4`: the claim verdicts of claims.json (`verdict` column; `value` empty).
+
+`ci_from` says where each CI came from, or why there is none.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import pandas as pd
+
+from phonorm.artifacts import atomic_path, read_json, write_json
+
+TABLE = "sweep.csv"
+POINTS = "points.json"
+LEVEL = 0.95
+COLUMNS = ["point", "quantity", "value", "ci_low", "ci_high", "ci_from", "verdict"]
+QUANTITIES = {
+    "sex_probe_top_tone_minus_reference": "top-layer sex probe, tone model − reference",
+    "tone_probe_top_tone_minus_reference": "tone gain: top-layer tone probe, tone model − reference",
+    "tone_relative_error_reduction": "tone gain as relative error reduction (claims.json C1)",
+    "tone_model_top_sex_probe": "tone model: top-layer sex probe accuracy",
+    "reference_top_sex_probe": "reference: top-layer sex probe accuracy",
+    "tone_model_top_tone_probe": "tone model: top-layer tone probe accuracy",
+    "reference_top_tone_probe": "reference: top-layer tone probe accuracy",
+    "cka_drop_lower_to_upper": "linear CKA to the reference: lower half − top third of the layers",
+    "svcca_drop_lower_to_upper": "SVCCA to the reference: lower half − top third of the layers",
+    "speaker_variance_share_top": "tone model: speaker share of variance at the top layer",
+    "reference_speaker_variance_share_top": "reference: speaker share of variance at the top layer",
+    "held_out_contrastive_accuracy": "pre-trained model: held-out contrastive accuracy",
+}
+CLAIMS = ("C1", "C2", "C3", "C4")
+NO_PAIRED = "none: probes.csv has no per-speaker results to pair"
+
+
+def _row(quantity: str, value: Any, low: Any = None, high: Any = None, ci_from: str = "none",
+         verdict: Optional[str] = None) -> dict[str, Any]:
+    def num(v: Any) -> float:
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return float("nan")
+        return v
+
+    value, low, high = num(value), num(low), num(high)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        low = high = float("nan")
+        ci_from = ci_from if ci_from.startswith("none") else "none"
+    return {"quantity": quantity, "value": value, "ci_low": low, "ci_high": high, "ci_from": ci_from,
+            "verdict": verdict}
+
+
+def _layer_index(layer: Any) -> int:
+    text = str(layer)
+    return int(text[1:]) if text[:1] == "L" and text[1:].isdigit() else -1
+
+
+def _read_csv(path: Path) -> Optional[pd.DataFrame]:
+    try:
+        return pd.read_csv(path) if path.is_file() else None
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+
+
+def _read_json(path: Optional[Path]) -> Optional[dict]:
+    try:
+        data = read_json(path) if path is not None and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# =========================================================================== from the tables
+def _top_layer(model: str, claims: Optional[dict], probes: Optional[pd.DataFrame]) -> Optional[str]:
+    top = ((claims or {}).get("top_layer") or {}).get(model)
+    if top:
+        return str(top)
+    if probes is None or "layer" not in probes:
+        return None
+    layers = [str(x) for x in probes.loc[probes["model"] == model, "layer"].unique()]
+    return max(layers, key=_layer_index) if layers else None
+
+
+def _probe(probes: Optional[pd.DataFrame], model: str, layer: Optional[str], label: str) -> Optional[dict]:
+    if probes is None or layer is None or not {"model", "layer", "label", "accuracy"} <= set(probes.columns):
+        return None
+    hit = probes[(probes["model"] == model) & (probes["layer"].astype(str) == layer) & (probes["label"] == label)]
+    return hit.iloc[0].to_dict() if len(hit) else None
+
+
+def _comparisons(claims: Optional[dict], claim: str, model: str) -> Iterator[dict]:
+    """The comparisons claims.json lists for `model` under `claim` (the format with CIs; none in
+    the older format of bare checks)."""
+    for row in (claims or {}).get("claims", []):
+        if row.get("claim") != claim:
+            continue
+        for check in row.get("measured") or []:
+            if isinstance(check, dict) and check.get("model") == model:
+                yield from (c for c in check.get("comparisons") or [] if isinstance(c, dict))
+
+
+def _claimed(claims: Optional[dict], claim: str, model: str, prefix: str) -> Optional[dict]:
+    for c in _comparisons(claims, claim, model):
+        if str(c.get("name", "")).startswith(prefix) and c.get("estimate") is not None:
+            return c
+    return None
+
+
+def _drop(similarity: Optional[pd.DataFrame], model: str, reference: str, measure: str) -> Optional[float]:
+    """Mean over the lower half of the layers − mean over the top third (claim C2's split)."""
+    if similarity is None or not {"model", "reference", "layer", "measure", "value"} <= set(similarity.columns):
+        return None
+    rows = similarity[(similarity["model"] == model) & (similarity["reference"] == reference)
+                      & (similarity["measure"] == measure)]
+    if "held_out" in rows:
+        rows = rows[~rows["held_out"].astype(bool)] if (~rows["held_out"].astype(bool)).any() else rows
+    values = rows.drop_duplicates("layer").assign(i=lambda t: t["layer"].map(_layer_index)).sort_values("i")
+    v = values["value"].to_numpy(dtype=float)
+    n = len(v)
+    if n < 3:
+        return None
+    top_start = int(np.ceil(2 * n / 3))
+    top = v[top_start:] if top_start < n else v[-1:]
+    return float(v[: (n + 1) // 2].mean() - top.mean())
+
+
+# =========================================================================== from the feature store
+def speaker_share(features: Path, model: str, layer: str, resamples: int, seed: int = 0
+                  ) -> tuple[float, float, float, int]:
+    """(η² of speaker identity, CI low, CI high, speakers) of one stored layer: between-speaker over
+    total sum of squares summed over dimensions, over all rows; CI: bias-corrected percentile
+    bootstrap over speakers (`resamples` draws with replacement; NaN with fewer than 2 speakers)."""
+    from phonorm.features.store import FeatureStore
+
+    store = FeatureStore(features)
+    speakers = store.frames["speaker"].astype(str).to_numpy()
+    names, codes = np.unique(speakers, return_inverse=True)
+    k = len(names)
+    counts = np.bincount(codes, minlength=k).astype(np.float64)
+    sums = squares = shift = None
+    begin = 0
+    for block in store.iter_blocks(model, layer):
+        x = np.asarray(block, dtype=np.float64)
+        if shift is None:  # shifting by a typical row keeps the sums of squares well conditioned
+            shift = x.mean(axis=0)
+            sums, squares = np.zeros((k, x.shape[1])), np.zeros(k)
+        x = x - shift
+        c = codes[begin:begin + len(x)]
+        begin += len(x)
+        for s in np.unique(c):  # a few speakers per block: one vectorised sum each
+            sums[s] += x[c == s].sum(axis=0)
+        squares += np.bincount(c, weights=np.einsum("ij,ij->i", x, x), minlength=k)
+    if sums is None:
+        return float("nan"), float("nan"), float("nan"), k
+    within_groups = (sums ** 2).sum(axis=1) / np.maximum(counts, 1)  # Σ_dims S_s² / n_s per speaker
+
+    def share(weights: np.ndarray) -> np.ndarray:
+        n = weights @ counts
+        grand = ((weights @ sums) ** 2).sum(axis=-1) / n
+        return (weights @ within_groups - grand) / (weights @ squares - grand)
+
+    point = float(share(np.ones(k)))
+    if k < 2 or resamples <= 0:
+        return point, float("nan"), float("nan"), k
+    draws = np.random.default_rng(seed).multinomial(k, np.full(k, 1.0 / k), size=resamples).astype(np.float64)
+    values = share(draws)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return point, float("nan"), float("nan"), k
+    # Bias-corrected percentile interval (Efron's BC): resampling speakers repeats some of them, so
+    # the between-speaker share of a resample is biased low (by about 1/speakers); BC shifts the
+    # percentiles by the share of resamples below the estimate instead of centring on a biased median.
+    from scipy.stats import norm
+
+    below = np.clip(np.mean(values < point) + 0.5 * np.mean(values == point), 0.5 / len(values), 1 - 0.5 / len(values))
+    z0, z = norm.ppf(below), norm.ppf((1 + LEVEL) / 2)
+    low, high = np.percentile(values, [100 * norm.cdf(2 * z0 - z), 100 * norm.cdf(2 * z0 + z)])
+    return point, float(low), float(high), k
+
+
+# =========================================================================== one point
+def summarize_point(point: dict[str, Any], resamples: int = 1000, seed: int = 0) -> tuple[list[dict], list[str]]:
+    """The summary rows of one point (see the module docstring) and notes on what was missing.
+    `point`: {results, features, reference, tone_model, pretrained} (folders and model names)."""
+    results = Path(point["results"])
+    reference, tone = point["reference"], point.get("tone_model")
+    claims = _read_json(results / "claims.json")
+    probes = _read_csv(results / "probes.csv")
+    similarity = _read_csv(results / "similarity.csv")
+    normalization = _read_csv(results / "normalization.csv")
+    has_ci = probes is not None and {"ci_low", "ci_high"} <= set(probes.columns)
+    rows: list[dict] = []
+    notes: list[str] = []
+    if claims is None:
+        notes.append(f"{results / 'claims.json'} missing or unreadable: no claim verdicts")
+    if probes is None:
+        notes.append(f"{results / 'probes.csv'} missing or unreadable: no probe quantities")
+    top_ref = _top_layer(reference, claims, probes)
+    top_tone = _top_layer(tone, claims, probes) if tone else None
+    if tone is None:
+        notes.append("no fine-tuned model with the single task tone: the tone-model quantities are left out")
+
+    def accuracy(model: str, layer: Optional[str], label: str, quantity: str) -> Optional[float]:
+        hit = _probe(probes, model, layer, label)
+        if hit is None:
+            return None
+        if has_ci:
+            rows.append(_row(quantity, hit["accuracy"], hit.get("ci_low"), hit.get("ci_high"),
+                             "speaker bootstrap (probes.csv)"))
+        else:
+            rows.append(_row(quantity, hit["accuracy"], ci_from="none: probes.csv has no CI columns"))
+        return float(hit["accuracy"])
+
+    ref_sex = accuracy(reference, top_ref, "sex", "reference_top_sex_probe")
+    ref_tone = accuracy(reference, top_ref, "tone", "reference_top_tone_probe")
+    if tone:
+        tone_sex = accuracy(tone, top_tone, "sex", "tone_model_top_sex_probe")
+        tone_tone = accuracy(tone, top_tone, "tone", "tone_model_top_tone_probe")
+        claimed = _claimed(claims, "C1", tone, "sex suppressed")
+        if claimed is not None:
+            rows.append(_row("sex_probe_top_tone_minus_reference", claimed["estimate"], claimed.get("ci_low"),
+                             claimed.get("ci_high"), "paired speaker bootstrap (claims.json C1)"))
+        elif tone_sex is not None and ref_sex is not None:
+            rows.append(_row("sex_probe_top_tone_minus_reference", tone_sex - ref_sex, ci_from=NO_PAIRED))
+        if tone_tone is not None and ref_tone is not None:
+            rows.append(_row("tone_probe_top_tone_minus_reference", tone_tone - ref_tone, ci_from=NO_PAIRED))
+        claimed = _claimed(claims, "C1", tone, "tone enhanced")
+        if claimed is not None:
+            rows.append(_row("tone_relative_error_reduction", claimed["estimate"], claimed.get("ci_low"),
+                             claimed.get("ci_high"), "paired speaker bootstrap (claims.json C1)"))
+        claimed = _claimed(claims, "C2", tone, "CKA lower half")
+        cka = _drop(similarity, tone, reference, "cka")
+        if claimed is not None:
+            rows.append(_row("cka_drop_lower_to_upper", claimed["estimate"], claimed.get("ci_low"),
+                             claimed.get("ci_high"), "speaker bootstrap (claims.json C2)"))
+        elif cka is not None:
+            rows.append(_row("cka_drop_lower_to_upper", cka, ci_from="none: similarity.csv has no per-speaker sums"))
+        svcca = _drop(similarity, tone, reference, "svcca")
+        if svcca is not None:
+            rows.append(_row("svcca_drop_lower_to_upper", svcca,
+                             ci_from="none: similarity.csv has no per-speaker sums"))
+    for model, layer, quantity in ((tone, top_tone, "speaker_variance_share_top"),
+                                   (reference, top_ref, "reference_speaker_variance_share_top")):
+        if not model or not layer:
+            continue
+        try:
+            value, low, high, speakers = speaker_share(Path(point["features"]), model, layer, resamples, seed)
+            rows.append(_row(quantity, value, low, high, f"speaker bootstrap ({speakers} speakers, feature store)"))
+        except Exception as err:
+            hit = None
+            if normalization is not None:
+                hit = normalization[(normalization["model"] == model) & (normalization["layer"].astype(str) == layer)
+                                    & (normalization["measure"] == "variance_share")
+                                    & (normalization["label"] == "speaker")]
+            if hit is not None and len(hit):
+                rows.append(_row(quantity, hit["value"].iloc[0], ci_from="none: feature store unreadable"))
+            notes.append(f"speaker share of {model} {layer}: feature store not read ({err})")
+    card = _read_json(Path(point["pretrained"]) / "phonorm.json") if point.get("pretrained") else None
+    curve = (card or {}).get("held_out_contrastive_accuracy") or []
+    if curve:
+        rows.append(_row("held_out_contrastive_accuracy", curve[-1][1], ci_from="none: one fixed held-out set"))
+    for row in (claims or {}).get("claims", []):
+        if row.get("claim") in CLAIMS:
+            rows.append(_row(row["claim"], None, ci_from="none", verdict=str(row.get("status", "unknown"))))
+    return [{"point": point["id"], **r} for r in rows], notes
+
+
+def summarize(points: list[dict[str, Any]], out: str | Path, resamples: int = 1000, seed: int = 0) -> str:
+    """Write OUT/sweep.csv (one column per swept setting, then `COLUMNS`: a row per point and
+    quantity) and OUT/points.json (the points: settings, folders, notes); return a summary line.
+    `points`: [{id, values: {setting: value}, results, features, report, reference, tone_model,
+    pretrained}] in sweep order."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = list(dict.fromkeys(k for p in points for k in p["values"]))
+    rows, notes = [], {}
+    for point in points:
+        point_rows, point_notes = summarize_point(point, resamples=resamples, seed=seed)
+        rows += [{**{k: point["values"].get(k) for k in settings}, **r} for r in point_rows]
+        notes[point["id"]] = point_notes
+    table = pd.DataFrame(rows, columns=settings + COLUMNS)
+    with atomic_path(out / TABLE) as tmp:
+        table.to_csv(tmp, index=False)
+    write_json(out / POINTS, {"settings": settings, "quantities": QUANTITIES, "level": LEVEL,
+                              "resamples": resamples, "points": [{**p, "notes": notes[p["id"]]} for p in points]})
+    missing = sum(len(n) for n in notes.values())
+    return (f"{len(points)} points × {table['quantity'].nunique() if len(table) else 0} quantities → {out / TABLE}"
+            + (f" ({missing} notes on missing inputs in {POINTS})" if missing else ""))
+
+
+def load_points(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(sweep.csv, points.json) of a summary folder."""
+    folder = Path(folder)
+    return pd.read_csv(folder / TABLE, keep_default_na=True), json.loads((folder / POINTS).read_text(encoding="utf-8"))
