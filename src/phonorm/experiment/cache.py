@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -72,7 +72,7 @@ STAGE_MODULES = {
 STAGE_DATA = {"synth": ["data/*.tsv"], "corpus": ["data/*.tsv"]}
 
 
-@lru_cache(maxsize=None)
+@cache
 def stage_code_hash(stage: str) -> str:
     """SHA-256 over the source of the phonorm modules `stage` runs (see the module docstring)."""
     return code_hash(*STAGE_MODULES[stage], data=STAGE_DATA.get(stage, ()))

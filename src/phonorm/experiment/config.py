@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,7 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from phonorm.errors import InputError
 from phonorm.settings import (
     MODEL_SIZES,
-    AishellSettings, AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings, Split,
+    AishellSettings,
+    AnalyzeSettings,
+    ExtractSettings,
+    FinetuneSettings,
+    PrepareSettings,
+    PretrainSettings,
+    Split,
     SynthSettings,
 )
 
@@ -366,7 +372,7 @@ def load_experiment(path: str | Path) -> tuple[Experiment, Path]:
     if not path.is_file():
         raise InputError(path, "no such experiment file")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

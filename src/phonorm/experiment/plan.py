@@ -23,7 +23,12 @@ from phonorm.errors import PhonormError
 from phonorm.experiment.cache import Stage, _sha, fingerprint
 from phonorm.experiment.config import AishellCorpus, Experiment, PrepareCorpus, SweepPoint, SynthCorpus
 from phonorm.settings import (
-    AnalyzeSettings, ExtractSettings, FinetuneSettings, PrepareSettings, PretrainSettings, SynthSettings,
+    AnalyzeSettings,
+    ExtractSettings,
+    FinetuneSettings,
+    PrepareSettings,
+    PretrainSettings,
+    SynthSettings,
 )
 
 

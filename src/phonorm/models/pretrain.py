@@ -88,8 +88,8 @@ def held_out_score(model, dataset: FrameDataset, batches: list[list[int]], colla
             inputs = collator([dataset[i] for i in batch])["input_values"].to(device)
             n_frames = int(model._get_feat_extract_output_lengths(inputs.shape[1]))
             mask, negatives = _mask_and_negatives(len(inputs), n_frames, model.config.num_negatives)
-            c, l, n = contrastive_accuracy(model, inputs, mask.to(device), negatives.to(device))
-            correct, loss, count = correct + c, loss + l, count + n
+            c, batch_loss, n = contrastive_accuracy(model, inputs, mask.to(device), negatives.to(device))
+            correct, loss, count = correct + c, loss + batch_loss, count + n
     np.random.set_state(state)
     model.train(was_training)
     return {"contrastive_accuracy": correct / max(count, 1), "contrastive_loss": loss / max(count, 1),
@@ -129,7 +129,7 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
     steps = settings.steps
     config = make_config(settings.size)
     config.architectures = ["Wav2Vec2ForPreTraining"]
-    model = Wav2Vec2ForPreTraining(config)
+    model = Wav2Vec2ForPreTraining(config)  # type: ignore[arg-type]
     geometry = FrameGeometry.from_config(config)
     for param in model.wav2vec2.feature_extractor.parameters():
         # scaling each gradient is linear, so it commutes with DDP's gradient averaging
@@ -176,9 +176,9 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
     def train_step(batch: dict[str, Any]) -> dict[str, Any]:
         wrapped.train()
         temperature = max(TEMPERATURE[1], TEMPERATURE[0] * decay_rate ** state.step)
-        unwrapped.set_gumbel_temperature(temperature)
+        unwrapped.set_gumbel_temperature(temperature)  # type: ignore[operator]
         inputs = batch["input_values"].to(trainer.device)
-        n_frames = int(unwrapped._get_feat_extract_output_lengths(inputs.shape[1]))
+        n_frames = int(unwrapped._get_feat_extract_output_lengths(inputs.shape[1]))  # type: ignore[operator]
         mask, negatives = _mask_and_negatives(len(inputs), n_frames, config.num_negatives)
         output = wrapped(inputs, mask_time_indices=mask.to(trainer.device),
                          sampled_negative_indices=negatives.to(trainer.device))
@@ -205,7 +205,7 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
         out.mkdir(parents=True, exist_ok=True)
     def save_model(folder: Path, state: TrainState) -> None:
         """The model folder of the weights at `state.step`: backbone, log and card (the card last)."""
-        unwrapped.save_pretrained(folder)
+        unwrapped.save_pretrained(folder)  # type: ignore[operator]
         with atomic_path(folder / "pretrain_log.csv") as tmp:
             pd.DataFrame(state.log).to_csv(tmp, index=False)
         curve = [(r["step"], r["held_out_contrastive_accuracy"]) for r in state.log

@@ -83,7 +83,7 @@ def axes_of(settings: list[str], table: pd.DataFrame) -> tuple[Optional[str], li
     if "checkpoint" in varying:
         x = "checkpoint"
     else:
-        x = next((s for s in varying if s != "seed"), "seed" if "seed" in varying else None)
+        x = next((s for s in varying if s != "seed"), "seed" if "seed" in varying else None)  # type: ignore[assignment]
     return x, [s for s in varying if s not in (x, "seed")]
 
 
