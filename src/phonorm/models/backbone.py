@@ -82,6 +82,8 @@ def load_backbone(name_or_path: str | Path, *, dtype: torch.dtype | None = None)
     # every stage's log. Weights the encoder needs but the checkpoint lacks are reported below.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    if not sys.stderr.isatty():  # its "Loading weights" bar would write \r frames into a log
+        hf_logging.disable_progress_bar()
     try:
         model, loading = AutoModel.from_pretrained(str(name_or_path), config=config, trust_remote_code=False,
                                                    dtype=dtype, output_loading_info=True)

@@ -11,7 +11,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-from tqdm.auto import tqdm
 
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError
@@ -19,6 +18,7 @@ from phonorm.frames import IGNORE_INDEX, FrameGeometry
 from phonorm.models.backbone import uses_group_norm
 from phonorm.models.data import FrameDataset, inference_batches
 from phonorm.models.heads import MultitaskHeads, load_finetuned, predict_tasks
+from phonorm.progress import progress as progress_bar
 
 
 @dataclass
@@ -65,7 +65,7 @@ def predict_split(backbone: torch.nn.Module, heads: MultitaskHeads, dataset: Fra
     group_norm = uses_group_norm(backbone.config)  # type: ignore[arg-type]
     result = Predictions(list(dataset.tasks))
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    bar = tqdm(total=len(indices), desc=desc, unit="utt", disable=not progress, leave=False)
+    bar = progress_bar(total=len(indices), desc=desc, unit="utt", enabled=progress, leave=False)
     dtype = next(backbone.parameters()).dtype
     for examples, inputs in inference_batches(dataset, group_norm, batch_seconds, indices):
         inputs = {k: (v.to(device, dtype) if k == "input_values" else v.to(device)) for k, v in inputs.items()}
