@@ -323,9 +323,11 @@ def test_a_checkpoint_sweep_end_to_end(tmp_path):
         values = table[table.quantity == quantity]
         assert len(values) == 3 and np.isfinite(values["value"]).all(), quantity
     share = table[table.quantity == "speaker_variance_share_top"]
-    # (4 test speakers: a percentile interval need not contain the point estimate; it must exist)
-    assert (share.ci_low < share.ci_high).all() and np.isfinite(share[["ci_low", "ci_high"]]).all().all()
-    assert share.ci_from.str.contains("feature store").all()
+    # 4 test speakers: a CI where the bootstrap can give one, else none with the reason
+    with_ci = share[np.isfinite(share.ci_low)]
+    assert (with_ci.ci_low <= with_ci.value).all() and (with_ci.value <= with_ci.ci_high).all()
+    assert with_ci.ci_from.str.contains("feature store").all()
+    assert share[~np.isfinite(share.ci_low)].ci_from.str.contains("too few for a bootstrap CI").all()
     assert set(table[table.quantity.isin(["C1", "C2", "C3", "C4"])]["verdict"].dropna()) <= {
         "holds", "does not hold", "inconclusive", "not testable"}
     held = table[table.quantity == "held_out_contrastive_accuracy"].sort_values("checkpoint")["value"].to_numpy()

@@ -201,7 +201,9 @@ def speaker_share(features: Path, model: str, layer: str, resamples: int, seed: 
     # percentiles by the share of resamples below the estimate instead of centring on a biased median.
     from scipy.stats import norm
 
-    below = np.clip(np.mean(values < point) + 0.5 * np.mean(values == point), 0.5 / len(values), 1 - 0.5 / len(values))
+    below = np.mean(values < point) + 0.5 * np.mean(values == point)
+    if not 0 < below < 1:  # the estimate lies outside its bootstrap distribution: too few speakers for a CI
+        return point, float("nan"), float("nan"), k
     z0, z = norm.ppf(below), norm.ppf((1 + LEVEL) / 2)
     low, high = np.percentile(values, [100 * norm.cdf(2 * z0 - z), 100 * norm.cdf(2 * z0 + z)])
     return point, float(low), float(high), k
@@ -274,7 +276,9 @@ def summarize_point(point: dict[str, Any], resamples: int = 1000, seed: int = 0)
             continue
         try:
             value, low, high, speakers = speaker_share(Path(point["features"]), model, layer, resamples, seed)
-            rows.append(_row(quantity, value, low, high, f"speaker bootstrap ({speakers} speakers, feature store)"))
+            source = (f"speaker bootstrap ({speakers} speakers, feature store)" if np.isfinite(low) else
+                      f"none: {speakers} speakers are too few for a bootstrap CI of this share")
+            rows.append(_row(quantity, value, low, high, source))
         except Exception as err:
             hit = None
             if normalization is not None:
