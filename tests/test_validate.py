@@ -55,3 +55,14 @@ def test_cli_exit_status(tmp_path):
     (store / "frames.parquet").unlink()
     bad = subprocess.run([sys.executable, "-m", "phonorm.cli", "validate", str(store)], capture_output=True, text=True)
     assert bad.returncode == 2 and "frames.parquet" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_results_folder_lists_its_figures(tmp_path):
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.png").write_bytes(b"\x89PNG")
+    for name in ("similarity.csv", "probes.csv", "normalization.csv", "claims.json"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "settings.json").write_text(json.dumps({"settings": {}, "figures": ["figures/a.png"]}))
+    assert validate(tmp_path).ok, validate(tmp_path).text()
+    (tmp_path / "figures" / "a.png").unlink()
+    assert "figures/a.png: listed in settings.json but missing" in validate(tmp_path).problems

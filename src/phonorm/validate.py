@@ -171,9 +171,9 @@ def _results(folder: Path) -> Validation:
     for name in ("similarity.csv", "probes.csv", "normalization.csv", "claims.json"):
         if not (folder / name).is_file():
             result.problems.append(f"{name}: missing")
-    for figure in record.get("figures") or []:
-        if not (folder / "figures" / figure).is_file():
-            result.problems.append(f"figures/{figure}: listed in settings.json but missing")
+    for figure in record.get("figures") or []:  # paths relative to the results folder
+        if not (folder / figure).is_file():
+            result.problems.append(f"{figure}: listed in settings.json but missing")
     return result
 
 
