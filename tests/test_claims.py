@@ -187,3 +187,17 @@ def test_tasks_come_from_the_store_for_models_phonorm_trained():
     assert model_tasks("tone", {"kind": "pretrained", "tasks": []}) == ([], "manifest")
     assert model_tasks("mine", {"kind": "finetuned", "tasks": ["sex"]}) == (["sex"], "manifest")
     assert model_tasks("tone", {"kind": "given", "tasks": []}) == (["tone"], "name")
+
+
+def test_c4_is_not_testable_when_the_reference_carries_no_sex_information():
+    """Tone as good in the multitask model, but the reference decodes sex at chance: nothing could have
+    been suppressed, so C4 must not pass by default."""
+    single = np.linspace(0.5, 0.7, 8)
+    chance_sex = {"by_speaker": {s: [50, 100, 50] for s in SPEAKERS}}  # hits, frames, majority-class hits
+    probes = {(m, "L0", "sex"): chance_sex for m in ("pre", "tone", "ts")}
+    tasks = {"pre": [], "tone": ["tone"], "ts": ["tone", "sex"]}
+    ev = Evidence(probes=probes, layers={m: ["L0"] for m in tasks}, reference="pre", tasks=tasks,
+                  evaluations={"tone": {"tone": evaluation(single)}, "ts": {"tone": evaluation(single + 0.001)}})
+    c4 = check_claims(ev)[3]
+    assert c4["status"] == "not testable" and c4["holds"] is None
+    assert "decodes sex" in c4["reason"]

@@ -355,8 +355,12 @@ def _c4(ev: Evidence, tuned: list[str]) -> dict:
             else:
                 comparisons.append(_untestable("sex not suppressed", "probe", why, -CHANGE, ">"))
             comparisons.append(_causal(ev, multi))
-            checks.append(dict(model=multi, compared_with=single, comparisons=comparisons,
-                               verdict=_decided(comparisons)))
+            check = dict(model=multi, compared_with=single, comparisons=comparisons, verdict=_decided(comparisons))
+            if not clear:
+                # With no sex information in the reference there is nothing suppression could remove, so
+                # "suppression is not needed" cannot be observed: not testable, never a pass by default.
+                check.update(verdict=UNTESTABLE, reason=f"C4 needs a reference that decodes sex: {why}")
+            checks.append(check)
     return _claim("C4", "Suppressing irrelevant information is not needed for good classification.",
                   f"(a) tone task accuracy of the tone+sex model − the tone-only model's > −{TOLERANCE}; (b) its "
                   f"top-layer sex probe − the reference's > −{CHANGE} (testable when the reference decodes sex above "
