@@ -1,4 +1,4 @@
-"""The study's claims C1-C4 (BRIEF §1), each decided from an estimate with a 95% confidence interval
+"""The claims C1-C4 of Wang, Yang & Yuan 2025 (arXiv 2503.04814), each decided from an estimate with a 95% confidence interval
 against a margin fixed here, before any data is seen. Nothing is tuned to make a claim hold.
 
 Models are identified by their fine-tuning tasks (`model_tasks`): the manifest entry's `tasks` list

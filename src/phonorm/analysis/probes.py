@@ -1,6 +1,6 @@
 """Linear probes: how well a label can be read off a layer by a linear classifier.
 
-Cross-validation never puts a speaker on both sides (BRIEF trap 9): folds are grouped by speaker
+Cross-validation never puts a speaker on both sides (pitfall 9, docs/pitfalls.md): folds are grouped by speaker
 (sklearn `StratifiedGroupKFold`, which also keeps every class in every test fold when it can).
 The speaker label itself cannot be speaker-disjoint; it is probed with folds grouped by utterance
 and stratified by speaker, so every speaker is on both sides but no utterance is.

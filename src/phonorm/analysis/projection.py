@@ -1,7 +1,7 @@
 """Low-dimensional views of a layer: PCA (from the streamed sums) and UMAP (on a PCA reduction).
 
 PCA needs only the d×d sums of `similarity.ViewSums`; coordinates are then one streamed pass.
-UMAP does not scale to millions of points (BRIEF trap 8): rows are first reduced to about 50 PCA
+UMAP does not scale to millions of points (pitfall 8, docs/pitfalls.md): rows are first reduced to about 50 PCA
 dimensions, the map is fitted on a subsample stratified by speaker and label, and the other rows
 are placed with `UMAP.transform`. A fixed `random_state` makes UMAP reproducible but single-threaded.
 """

@@ -1,6 +1,6 @@
 """Representational similarity (SVCCA, PWCCA, linear CKA, debiased CKA) from streamed d×d sums.
 
-No measure here ever holds the rows of a layer or an n×n Gram matrix (BRIEF trap 6): every one is
+No measure here ever holds the rows of a layer or an n×n Gram matrix (pitfall 6, docs/pitfalls.md): every one is
 computed from sums accumulated in float64 over row blocks, and sums of separate shards add up
 (`a + b`) to the sums of the whole.
 
@@ -375,7 +375,7 @@ def _self_cross(view: ViewSums) -> CrossSums:
 
 def _reduce(view: ViewSums, keep: float | None, rule: str = "eigenvalue", dims: int | None = None) -> np.ndarray:
     """Orthonormal top principal directions (dim, k): `dims` of them when given, else those explaining
-    `keep` of the variance, counted by eigenvalue (= s² of the centred data; BRIEF trap 7) or, with
+    `keep` of the variance, counted by eigenvalue (= s² of the centred data; pitfall 7, docs/pitfalls.md) or, with
     rule="singular_value", by s. `keep=None`: every direction with non-negligible variance."""
     values, vectors = view.pca()
     total = values.sum()

@@ -1,7 +1,7 @@
 """Reading MFA-style Praat TextGrids (tiers `words` and `phones`) with praatio.
 
 praatio keeps empty intervals (`includeEmptyIntervals=True`) and renames repeated tier names
-(`duplicateNamesMode="rename"`), the two places hand-written readers go wrong (BRIEF trap 11).
+(`duplicateNamesMode="rename"`), the two places hand-written readers go wrong (pitfall 11, docs/pitfalls.md).
 Multi-speaker MFA output names tiers `SPEAKER - words` / `SPEAKER - phones`; those are accepted when
 the file holds one speaker (several speakers' phone tiers are refused, never reduced to the first).
 Praat's short text format (Charsiu's output) reads like the long one. A file with a single interval
