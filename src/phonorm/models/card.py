@@ -67,9 +67,13 @@ class ModelCard(JsonRecord):
 
     def same_run(self, *, settings: dict[str, Any], corpus_fingerprint: str, base_model: Optional[str]) -> bool:
         """Did this finished model come from the same settings, corpus and base model?"""
-        from phonorm.artifacts import json_ready
+        return (self.complete and binding_settings(self.settings) == binding_settings(settings)
+                and self.corpus_fingerprint == corpus_fingerprint and self.base_model == base_model)
 
-        comparable = {k: v for k, v in self.settings.items() if k != "eval_every"}
-        wanted = {k: v for k, v in json_ready(settings).items() if k != "eval_every"}
-        return (self.complete and comparable == wanted and self.corpus_fingerprint == corpus_fingerprint
-                and self.base_model == base_model)
+
+def binding_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a model folder is bound to: a finished or interrupted run is reused only with
+    these (as a JSON round trip gives them); the evaluation cadence may change."""
+    from phonorm.artifacts import json_ready
+
+    return {k: v for k, v in json_ready(settings).items() if k != "eval_every"}

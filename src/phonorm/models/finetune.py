@@ -31,7 +31,7 @@ from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
 from phonorm.lock import folder_lock
 from phonorm.models.backbone import LAYER_CONVENTION, load_backbone, load_config, uses_group_norm
-from phonorm.models.card import ModelCard
+from phonorm.models.card import ModelCard, binding_settings
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler
 from phonorm.models.evaluate import predict_split, score_predictions
 from phonorm.models.heads import FrameClassifier, MultitaskHeads, load_finetuned, multitask_loss, save_heads
@@ -74,7 +74,7 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
                            "--out or delete it")
 
     trainer = Trainer(out, seed=settings.seed, mixed_precision=resolve_mixed_precision(settings.mixed_precision),
-                      fingerprint={"settings": {k: v for k, v in settings_dict.items() if k != "eval_every"},
+                      fingerprint={"settings": binding_settings(settings_dict),
                                    "base_model": str(model), "corpus": prepared.fingerprint})
     accelerator = trainer.accelerator
     config = load_config(model)

@@ -26,7 +26,7 @@ from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
 from phonorm.lock import folder_lock
 from phonorm.models.backbone import LAYER_CONVENTION, make_config
-from phonorm.models.card import ModelCard
+from phonorm.models.card import ModelCard, binding_settings
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler, length_bucketed_batches
 from phonorm.models.training import Trainer, TrainState, swap_folder
 from phonorm.settings import PretrainSettings
@@ -123,7 +123,7 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
         raise PhonormError(f"{out}: holds a finished model of other settings or corpus; choose another --out or delete it")
 
     trainer = Trainer(out, seed=settings.seed, mixed_precision="no",
-                      fingerprint={"settings": {k: v for k, v in recorded.items() if k != "eval_every"},
+                      fingerprint={"settings": binding_settings(recorded),
                                    "corpus": prepared.fingerprint})
     accelerator = trainer.accelerator
     steps = settings.steps

@@ -68,12 +68,7 @@ class Sources:
         sources = cls(results, {}, found_from="the results' own records (no run context)")
         settings = _read_json(results / "settings.json") or {}
         sources.features = _path(settings.get("features"))
-        manifest = None
-        if sources.features:
-            try:
-                manifest = StoreManifest.load(sources.features)
-            except InputError:
-                manifest = None
+        manifest = _store_manifest(sources.features)
         if manifest is not None:
             sources.corpus = _path(manifest.corpus)
             for entry in manifest.models:
@@ -81,6 +76,16 @@ class Sources:
                                        "source": entry.source, "folder": entry.folder, "tasks": entry.tasks or None,
                                        "base": entry.base_model})
         return sources
+
+
+def _store_manifest(features: Optional[Path]) -> Optional[StoreManifest]:
+    """The store's manifest, or None when there is no (readable) store: the report says what is missing."""
+    if features is None:
+        return None
+    try:
+        return StoreManifest.load(features)
+    except InputError:
+        return None
 
 
 def _path(value: Any) -> Optional[Path]:
@@ -581,11 +586,12 @@ def _section_methods(page: Page, results: Path, sources: Sources, settings: dict
                            "settings": json.dumps(meta.get("settings") or {}, ensure_ascii=False)})
     if model_rows:
         body += "<h3>Models</h3>" + table(model_rows, cls="kv")
-    manifest = _read_json(sources.features / "manifest.json") if sources.features else None
-    if manifest:
-        body += "<h3>Extraction</h3>" + _kv({"rows": manifest.get("rows"), **(manifest.get("settings") or {})})
-        body += table([{k: m.get(k) for k in ("name", "source", "model_type", "n_layers", "dim", "dtype",
-                                               "layer_convention", "group_norm")} for m in manifest.get("models", [])])
+    manifest = _store_manifest(sources.features)
+    if manifest is not None:
+        body += "<h3>Extraction</h3>" + _kv({"rows": manifest.rows, **manifest.settings})
+        body += table([m.model_dump(include={"name", "source", "model_type", "n_layers", "dim", "dtype",
+                                             "layer_convention", "group_norm"}) for m in manifest.models],
+                      ["name", "source", "model_type", "n_layers", "dim", "dtype", "layer_convention", "group_norm"])
     if settings.get("settings"):
         body += "<h3>Analysis</h3>" + _kv({**settings["settings"], "rows in store": settings.get("store_rows"),
                                            "rows sampled for probes and maps": settings.get("sample_rows_used")})
