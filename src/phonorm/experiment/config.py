@@ -488,23 +488,28 @@ def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
 def _layer_counts(experiment: Experiment) -> dict[str, int]:
     """Transformer layers of each model whose size is known before anything runs: pre-trained here
     (its size), a local folder (its config.json), fine-tuned from one of those."""
-    import json
-
     counts: dict[str, int] = {p.name: int(MODEL_SIZES[p.size]["num_hidden_layers"]) for p in experiment.pretrain}
     for name, source in experiment.models.items():
-        config = Path(source) / "config.json"
-        if config.is_file():
-            try:
-                counts[name] = int(json.loads(config.read_text(encoding="utf-8"))["num_hidden_layers"])
-            except (ValueError, KeyError, TypeError):
-                pass
+        if (known := _folder_layers(source)) is not None:
+            counts[name] = known
     for entry in experiment.finetune:
-        known = counts.get(entry.base)
-        if known is None and (Path(entry.base) / "config.json").is_file():
-            known = _layer_counts(Experiment.model_construct(name="x", models={"b": entry.base})).get("b")
+        known = counts[entry.base] if entry.base in counts else _folder_layers(entry.base)
         if known is not None:
             counts[entry.name] = known
     return counts
+
+
+def _folder_layers(source: str) -> Optional[int]:
+    """`num_hidden_layers` of a model folder's config.json; None for a hub id or an unreadable config."""
+    import json
+
+    config = Path(source) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return int(json.loads(config.read_text(encoding="utf-8"))["num_hidden_layers"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_layers(experiment: Experiment, path: Path) -> None:
