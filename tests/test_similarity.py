@@ -220,3 +220,40 @@ def test_store_streaming_matches_in_memory(tmp_path):
     x = np.asarray(store.layer("tone", "L1"), dtype=np.float64)
     y = np.asarray(store.layer("pretrained", "L1"), dtype=np.float64)
     assert pair.cka() == pytest.approx(cka_in_memory(x, y), abs=1e-10)
+
+
+def test_speaker_sums_give_the_pair_sums_of_any_set_of_speakers():
+    x, y = related(n=700, seed=12)
+    speaker = np.random.default_rng(1).integers(0, 4, len(x))
+    sums = SpeakerSums.empty(4, x.shape[1], y.shape[1], x[:20].mean(0), y[:20].mean(0))
+    for begin in range(0, len(x), 100):
+        sums.update(x[begin:begin + 100], y[begin:begin + 100], speaker[begin:begin + 100])
+    for mask in (None, np.array([True, False, True, False])):
+        rows = np.ones(len(x), bool) if mask is None else np.isin(speaker, np.flatnonzero(mask))
+        expected = PairSums.of(x[rows], y[rows]).measures()
+        got = sums.pair(mask).measures()
+        for name in MEASURES:
+            assert got[name] == pytest.approx(expected[name], abs=1e-8), name
+
+
+def test_torch_blocks_give_the_numpy_sums():
+    """The device path (torch tensors, here on the CPU) accumulates the same float64 sums."""
+    torch = pytest.importorskip("torch")
+    x, y = related(n=600, seed=13)
+    speaker = np.random.default_rng(2).integers(0, 3, len(x))
+    on_numpy = PairSums.empty(x.shape[1], y.shape[1], x[:10].mean(0), y[:10].mean(0))
+    on_torch = PairSums.empty(x.shape[1], y.shape[1], x[:10].mean(0), y[:10].mean(0))
+    by_speaker = [SpeakerSums.empty(3, x.shape[1], y.shape[1], x[:10].mean(0), y[:10].mean(0)) for _ in range(2)]
+    for begin in range(0, len(x), 128):
+        xb, yb, sb = x[begin:begin + 128], y[begin:begin + 128], speaker[begin:begin + 128]
+        on_numpy.update(xb, yb)
+        on_torch.update(torch.from_numpy(xb), torch.from_numpy(yb))
+        by_speaker[0].update(xb, yb, sb)
+        by_speaker[1].update(torch.from_numpy(xb), torch.from_numpy(yb), sb)
+    for a, b in ((on_numpy.x.gram, on_torch.x.gram), (on_numpy.cross.xy, on_torch.cross.xy),
+                 (on_numpy.cross.a_y, on_torch.cross.a_y), (by_speaker[0].cross.xy, by_speaker[1].cross.xy),
+                 (by_speaker[0].y.gram, by_speaker[1].y.gram)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+    numpy_values, torch_values = on_numpy.measures(), on_torch.measures()
+    for name in MEASURES:
+        assert torch_values[name] == pytest.approx(numpy_values[name], abs=1e-6), name

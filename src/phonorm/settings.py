@@ -370,6 +370,11 @@ class AnalyzeSettings(StageSettings):
                     "C3/C4); repeatable. phonorm run passes its evaluate stages' files.")
     speaker_sums_max_bytes: int = Field(1_000_000_000, ge=0, description="Memory cap of the per-speaker similarity "
                                                                          "sums (CKA bootstrap) per layer pair.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the streamed d×d sums run: auto (a CUDA GPU when torch sees one), cpu or cuda; "
+                            "float64 everywhere, so the numbers agree to rounding.")
+    workers: int = Field(0, ge=0, description="Threads for the per-layer similarity measures and probe folds "
+                                              "(0 = one per CPU core).")
 
     @field_validator("evaluations", mode="before")
     @classmethod

@@ -24,8 +24,12 @@ the statistics.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,9 +42,20 @@ from phonorm.analysis.erasure import erasure_probes
 from phonorm.analysis.normalization import GroupSums, silhouette
 from phonorm.analysis.probes import label_rows, probe, sample_rows
 from phonorm.analysis.projection import PCA, stratified_subsample, umap_layers, umap_map
-from phonorm.analysis.similarity import MEASURES, PairSums, SpeakerSums, ViewSums
+from phonorm.analysis.similarity import (
+    MEASURES,
+    CrossSums,
+    GroupedCrossSums,
+    GroupedViewSums,
+    PairSums,
+    SpeakerSums,
+    ViewSums,
+    _as64,
+    _row_norms,
+    group_runs,
+)
 from phonorm.artifacts import atomic_path, code_hash, provenance, read_json, set_seed, write_json, write_parquet
-from phonorm.errors import InputError
+from phonorm.errors import InputError, PhonormError
 from phonorm.lock import folder_lock
 from phonorm.progress import progress
 from phonorm.settings import AnalyzeSettings
@@ -78,7 +93,10 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
                       [m for m in (settings.erasure_models or [m for m in models if "tone" in tasks[m]]) if m in models])
     ctx = _Context(store, frames, settings, out, erasure_models)
 
-    work = [(m, layer) for m in models for layer in store.layers(m)]
+    # Layer by layer (every model's L0, then every model's L1, ...): the reference layer's per-speaker
+    # sums are computed once per layer and shared by the models compared with it.
+    work = sorted(((m, layer) for m in models for layer in store.layers(m)),
+                  key=lambda ml: (store.layers(ml[0]).index(ml[1]), models.index(ml[0])))
     bar = progress(total=len(work) + len(store.classic_names()), desc="analyze", unit="layer",
                    enabled=settings.progress)
     parts = []
@@ -88,7 +106,8 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
         bar.update()
     for name in store.classic_names():
         bar.set_postfix_str(f"classic {name}")
-        parts.append(ctx.classic_result(name))
+        with ctx.timed("classic baselines"):
+            parts.append(ctx.classic_result(name))
         bar.update()
     bar.close()
 
@@ -109,7 +128,7 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
     _write_csv(out / "erasure.csv", erasure)
     _write_csv(out / "normalization.csv", normalization)
     write_parquet(out / "projections" / "pca_variance.parquet", pca_variance)
-    matrices = ctx.write_layer_matrices(parts, models)
+    matrices = ctx.write_layer_matrices(dict(zip(work, parts)), models)
 
     layers = {m: store.layers(m) for m in models}
     evidence = claims_mod.Evidence(
@@ -122,7 +141,8 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
                    for r in similarity.to_dict("records") if r["measure"] == "svcca_fixed"},
         erasure={(r["model"], r["layer"], r["erased"], r["probed"]): r for r in erasure_rows},
         resamples=settings.claim_bootstrap, seed=settings.seed)
-    claim_rows = claims_mod.check_claims(evidence)
+    with ctx.timed("claims"):
+        claim_rows = claims_mod.check_claims(evidence)
     write_json(out / "claims.json", {
         "claims": claim_rows, "model_tasks": tasks, "tasks_found_from": how, "reference": settings.reference,
         "constants": claims_mod.constants(), "top_layer": {m: layers[m][-1] for m in models},
@@ -137,9 +157,10 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
 
     from phonorm.figures import draw_all
 
-    figures = [] if not settings.figures else draw_all(out, similarity=similarity, probes=probes, normalization=normalization,
+    with ctx.timed("figures"):
+        figures = [] if not settings.figures else draw_all(out, similarity=similarity, probes=probes, normalization=normalization,
                        pca_variance=pca_variance, matrices=matrices, models=models, layers=layers,
-                       reference=settings.reference, projections=out / "projections", erasure=erasure)
+                           reference=settings.reference, projections=out / "projections", erasure=erasure)
     _remove_stale(out / "figures", {(out / f).resolve() for f in figures})
     _remove_stale(out / "layer_matrix", {(out / "layer_matrix" / f"{name}.csv").resolve() for name in matrices})
     write_json(out / "settings.json", {
@@ -151,6 +172,8 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
         "probes_not_converged": int((~probes.converged.astype(bool)).sum()) if len(probes) else 0,
         "classic_rows_without_value": {n: p.get("dropped_rows") for n, p in
                                        zip(store.classic_names(), parts[len(work):])},
+        "seconds": {part: round(value, 2) for part, value in sorted(ctx.seconds.items())},
+        "device": ctx.device, "workers": ctx.workers,
         "provenance": provenance(settings.model_dump()),
     })
     verdicts = ", ".join(f"{c['claim']} {c['status']}" for c in claim_rows)
@@ -217,9 +240,41 @@ class _Context:
         self.permutation = _within_speaker_permutation(self.speaker_codes, settings.seed) \
             if settings.similarity_floor else None
         self.cka_draws = SpeakerDraws(self.speaker_names, settings.claim_bootstrap, settings.seed)
+        # Pair sums are kept per speaker (CKA bootstrap; any set of speakers, e.g. the held-out
+        # halves, is then a sum) when that fits in speaker_sums_max_bytes, else per half.
+        dim = max(store.dim(m) for m in store.models)
+        n_speakers = len(self.speaker_names)
+        self.groups_are_speakers = (SpeakerSums.nbytes(n_speakers, dim, dim) + 8 * n_speakers * dim * dim
+                                    <= settings.speaker_sums_max_bytes)
+        if self.groups_are_speakers:
+            self.group_codes, self.n_groups = self.speaker_codes.astype(np.int64), n_speakers
+            half_of = np.zeros(n_speakers, dtype=np.int8)
+            if self.part is not None:
+                half_of[self.speaker_codes] = self.part
+            self.half_masks = None if self.part is None else [half_of == 0, half_of == 1]
+        elif self.part is not None:
+            self.group_codes, self.n_groups = self.part.astype(np.int64), 2
+            self.half_masks = [np.array([True, False]), np.array([False, True])]
+        else:
+            self.group_codes, self.n_groups = np.zeros(len(frames), dtype=np.int64), 1
+            self.half_masks = None
+        self.device = _device(settings.device)
+        self.workers = settings.workers or os.cpu_count() or 1
+        self._ref_groups: Optional[tuple[str, GroupedViewSums]] = None
+        self._ref_samples: dict[str, tuple] = {}
         self.key = self._key()
         self._umap_fit: Optional[np.ndarray] = None
         self.skipped: list[dict] = []  # probes that could not be run, with the reason
+        self.seconds: collections.Counter[str] = collections.Counter()  # wall time per part (settings.json)
+
+    @contextlib.contextmanager
+    def timed(self, part: str):
+        """Add the wall time of the block to `self.seconds[part]` (where an analysis spends its time)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.perf_counter() - start
 
     # ------------------------------------------------------------------ bookkeeping
     def _held_out_parts(self) -> np.ndarray | None:
@@ -242,7 +297,8 @@ class _Context:
 
     def _key(self) -> str:
         s = self.settings.model_dump()
-        for name in ("progress", "figures", "block", "evaluations"):  # they do not change any per-layer number
+        # They do not change any per-layer number (the device and the thread count change only rounding).
+        for name in ("progress", "figures", "block", "evaluations", "device", "workers"):
             s.pop(name, None)
         payload = json.dumps({"settings": s, "analysis_code": code_hash("phonorm.analysis.run"), "rows_key": self.store.manifest.get("rows_key"),
                               "rows": self.store.rows, "store": str(self.store.folder.resolve()),
@@ -269,52 +325,60 @@ class _Context:
     def _compute_layer(self, model: str, layer: str) -> dict:
         s = self.settings
         ref = s.reference
-        if model == ref:
-            partners: list[str] = []
-        elif s.layer_matrix:
-            partners = self.store.layers(ref)
-        else:
-            partners = [layer] if layer in self.store.layers(ref) else []
-        sums = self._stream(model, layer, partners)
+        same = layer if model != ref and layer in self.store.layers(ref) else None
+        with self.timed("similarity sums (all rows)"):
+            sums = self._stream(model, layer, same)
         result: dict[str, Any] = {"similarity": [], "matrix": {}, "probes": [], "normalization": [], "pca": [],
                                   "notes": []}
         kw = dict(keep=s.svcca_keep, rule=s.svcca_rule, dims=s.svcca_dims)
-        for partner, pair in sums["pairs"].items():
-            whole = pair[0] if len(pair) == 1 else pair[0] + pair[1]
-            held = len(pair) == 2
-            if partner != layer:  # layer matrix: one value per cell
-                result["matrix"][partner] = pair[1].measures(fit=pair[0], **kw) if s.held_out and held \
-                    else whole.measures(**kw)
-                continue
-            in_sample = whole.measures(**kw)
-            held_out = pair[1].measures(fit=pair[0], **kw) if held else {}
-            result["matrix"][partner] = held_out if s.held_out and held else in_sample
-            floor: dict[str, Any] = {}
-            held_floor: dict[str, Any] = {}
-            if sums["permuted"] is not None:
-                perm = sums["permuted"]
-                floor = (perm[0] if len(perm) == 1 else perm[0] + perm[1]).measures(**kw)
-                held_floor = perm[1].measures(fit=perm[0], **kw) if held else {}
+        with self.timed("read sample rows"):
+            x = self._read_sample(model, layer)
+        # Every measure evaluation of this layer (LAPACK on d×d matrices) as one job list, run in
+        # parallel threads (numpy releases the GIL in LAPACK; one BLAS thread per job).
+        jobs: dict[Any, Any] = {}
+        pairs = sums["pairs"]
+        if same is not None:
+            jobs["in_sample"] = lambda: pairs["whole"].measures(**kw)
+            if pairs["fit"] is not None:
+                jobs["held_out"] = lambda: pairs["score"].measures(fit=pairs["fit"], **kw)
+            if pairs["floor"] is not None:
+                jobs["floor"] = lambda: pairs["floor"].measures(**kw)
+                if pairs["fit"] is not None:
+                    jobs["held_floor"] = lambda: pairs["floor_score"].measures(fit=pairs["floor_fit"], **kw)
+        if model != ref and s.layer_matrix:
+            with self.timed("layer matrix sums (sample rows)"):
+                cells = self._matrix_pairs(x, model, layer)
+            for partner, (fit, score) in cells.items():
+                jobs[("matrix", partner)] = lambda f=fit, c=score: c.measures(fit=f, **kw)
+        with self.timed("similarity measures"):
+            values = self._run_jobs(jobs)
+        for partner in self.store.layers(ref) if model != ref and s.layer_matrix else []:
+            result["matrix"][partner] = values[("matrix", partner)]
+        if same is not None:
+            in_sample = values["in_sample"]
+            held_out, floor, held_floor = (values.get(k, {}) for k in ("held_out", "floor", "held_floor"))
+            whole, fit = pairs["whole"], pairs["fit"]
             ci = (float("nan"), float("nan"))
-            if sums["speakers"] is not None and len(self.cka_draws.weights):
-                boot = sums["speakers"].cka(self.cka_draws.weights)
+            if pairs["speakers"] is not None and len(self.cka_draws.weights):
+                with self.timed("similarity bootstrap"):
+                    boot = pairs["speakers"].cka(self.cka_draws.weights)
                 result["cka"] = [in_sample["cka"], [float(v) for v in boot]]
                 ci = interval(boot)
-            elif sums["speakers"] is None:
+            elif pairs["speakers"] is None:
                 result["notes"].append(dict(model=model, layer=layer, note="no CKA bootstrap: per-speaker sums "
                                             "would exceed speaker_sums_max_bytes"))
             dims = whole.x.dim + whole.y.dim
-            if dims > whole.n or (held and dims > pair[0].n):
+            if dims > whole.n or (fit is not None and dims > fit.n):
                 result["notes"].append(dict(model=model, layer=layer, note=f"pwcca ill-posed: dx + dy = {dims} > "
-                                            f"rows ({whole.n} in sample, {pair[0].n if held else '-'} fitting)"))
+                                            f"rows ({whole.n} in sample, {fit.n if fit is not None else '-'} fitting)"))
             nan = float("nan")
             for measure, value in in_sample.items():
                 result["similarity"].append(dict(
                     model=model, reference=ref, layer=layer, measure=measure, value=value,
                     ci_low=ci[0] if measure == "cka" else nan, ci_high=ci[1] if measure == "cka" else nan,
                     floor=floor.get(measure, nan), held_out_value=held_out.get(measure, nan),
-                    held_out_floor=held_floor.get(measure, nan), n=whole.n, n_fit=pair[0].n if held else 0,
-                    n_score=pair[1].n if held else 0))
+                    held_out_floor=held_floor.get(measure, nan), n=whole.n, n_fit=fit.n if fit is not None else 0,
+                    n_score=pairs["score"].n if fit is not None else 0))
         view = sums["view"]
         for factor, groups in sums["groups"].items():
             share = groups.variance_share()
@@ -322,21 +386,39 @@ class _Context:
                                                 value=share["share"], n=share["n"]))
             result["normalization"].append(dict(model=model, layer=layer, measure="variance_share_std",
                                                 label=factor, value=share["share_std"], n=share["n"]))
-        pca = PCA.from_sums(view, k=max(s.umap_dims, 2))
-        full = PCA.from_sums(view)
+        with self.timed("pca"):
+            pca = PCA.from_sums(view, k=max(s.umap_dims, 2))
+            full = PCA.from_sums(view)
         cumulative = np.cumsum(full.explained)
         for i in range(min(PCA_COMPONENTS_KEPT, len(full.explained))):
             result["pca"].append(dict(model=model, layer=layer, component=i + 1, variance=float(full.variance[i]),
                                       explained=float(full.explained[i]), cumulative=float(cumulative[i])))
-        x = self._read_sample(model, layer)
         first_skip = len(self.skipped)
-        result["probes"] = self._probes(model, layer, x)
+        with self.timed("probes"):
+            result["probes"] = self._probes(model, layer, x)
         result["skipped"] = self.skipped[first_skip:]
-        result["normalization"] += self._silhouettes(model, layer, x)
+        with self.timed("silhouettes"):
+            result["normalization"] += self._silhouettes(model, layer, x)
         if model in self.erasure_models:
-            result["erasure"] = self._erasure(model, layer, x)
-        self._projection(model, layer, x, pca)
+            with self.timed("erasure"):
+                result["erasure"] = self._erasure(model, layer, x)
+        with self.timed("projections (PCA, UMAP)"):
+            self._projection(model, layer, x, pca)
         return result
+
+    def _run_jobs(self, jobs: dict) -> dict:
+        """Run the callables of `jobs` (name → () → value) on `self.workers` threads, one BLAS thread
+        each (d×d eigen/singular value decompositions do not scale with BLAS threads, and 2 threads per
+        call on a busy 2-core machine were measured 5-15× slower than one)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        if not jobs:
+            return {}
+        with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(jobs)))) as pool:
+            futures = {name: pool.submit(job) for name, job in jobs.items()}
+            return {name: future.result() for name, future in futures.items()}
 
     def _erasure(self, model: str, layer: str, x: np.ndarray) -> list[dict]:
         s, f = self.settings, self.sample_frames
@@ -349,48 +431,124 @@ class _Context:
             return []
         return [dict(model=model, layer=layer, **r) for r in rows]
 
-    def _stream(self, model: str, layer: str, partners: list[str]) -> dict:
-        """One pass over `layer` (and the reference's `partners` layers on the same rows). For the
-        same-named partner also: the reference read in within-speaker permuted order (floor) and
-        per-speaker sums (CKA bootstrap)."""
+    def _shift(self, model: str, layer: str) -> np.ndarray:
+        """The fixed shift of a layer's sums: the mean of its first rows (float64 (dim,))."""
+        return next(self.store.iter_blocks(model, layer, block=min(self.settings.block, 4096))).astype(np.float64).mean(axis=0)
+
+    def _put(self, block: np.ndarray):
+        """A block where its products are taken: as is (CPU), or a float64 tensor on the device."""
+        if self.device == "cpu":
+            return block
+        import torch
+
+        return torch.from_numpy(np.asarray(block, dtype=np.float64)).to(self.device)
+
+    def _reference_groups(self, layer: str) -> GroupedViewSums:
+        """The reference layer's per-group sums over all rows (kept for the current layer only: the
+        work runs layer by layer, so every model of a layer reuses them)."""
+        if self._ref_groups is not None and self._ref_groups[0] == layer:
+            return self._ref_groups[1]
+        ref = self.settings.reference
+        grouped = GroupedViewSums(self.n_groups, self.store.dim(ref), self._shift(ref, layer))
+        begin = 0
+        for block in self.store.iter_blocks(ref, layer, block=self.settings.block):
+            end = begin + len(block)
+            y = _as64(self._put(block), grouped.shift)
+            grouped.update_shifted(y, _row_norms(y), group_runs(self.group_codes[begin:end], like=y))
+            begin = end
+        self._ref_groups = (layer, grouped)
+        return grouped
+
+    def _stream(self, model: str, layer: str, same: str | None) -> dict:
+        """One pass over all rows of `layer`: its view sums and factor group sums, and, when the
+        reference has a layer of the same name (`same`), the pair sums kept per group (speaker, or
+        fit/score half), the reference read in within-speaker permuted order (the floor) and the
+        pair sums of the whole, the fit and score halves and the floor."""
         store, s = self.store, self.settings
         dim = store.dim(model)
-        first = next(store.iter_blocks(model, layer, block=min(s.block, 4096)))
-        shift = first.astype(np.float64).mean(axis=0)
-        n_parts = 1 if self.part is None else 2
-        view = ViewSums(dim, shift)
+        shift = self._shift(model, layer)
         groups = {f: GroupSums(int(self.codes[f].max()) + 1, dim, shift) for f in FACTORS if self.codes[f].max() >= 0}
-        ref = s.reference
-        ref_shift = {p: next(store.iter_blocks(ref, p, block=min(s.block, 4096))).astype(np.float64).mean(axis=0)
-                     for p in partners}
-        pairs = {p: [PairSums.empty(dim, store.dim(ref), shift, ref_shift[p]) for _ in range(n_parts)]
-                 for p in partners}
-        same = layer if layer in partners else None
-        permuted = None
-        if same is not None and self.permutation is not None:
-            permuted = [PairSums.empty(dim, store.dim(ref), shift, ref_shift[same]) for _ in range(n_parts)]
-        speaker_sums = None
-        if same is not None and SpeakerSums.nbytes(len(self.speaker_names), dim, store.dim(ref)) <= s.speaker_sums_max_bytes:
-            speaker_sums = SpeakerSums.empty(len(self.speaker_names), dim, store.dim(ref), shift, ref_shift[same])
-        streams = [store.iter_blocks(model, layer, block=s.block)] + \
-                  [store.iter_blocks(ref, p, block=s.block) for p in partners]
+        x_groups = GroupedViewSums(self.n_groups, dim, shift)
+        sums = permuted = None
+        if same is not None:
+            y_groups = self._reference_groups(same)
+            sums = SpeakerSums(x_groups, y_groups, GroupedCrossSums(self.n_groups, dim, y_groups.dim))
+            if self.permutation is not None:
+                permuted = GroupedCrossSums(self.n_groups, dim, y_groups.dim)
+        streams = [store.iter_blocks(model, layer, block=s.block)]
+        if same is not None:
+            streams.append(store.iter_blocks(s.reference, same, block=s.block))
         begin = 0
         for blocks in zip(*streams):
-            x = blocks[0]
-            end = begin + len(x)
-            view.update(x)
+            end = begin + len(blocks[0])
             for f, g in groups.items():
-                g.update(x, self.codes[f][begin:end])
-            for p, y in zip(partners, blocks[1:]):
-                _add_parts(pairs[p], x, y, None if self.part is None else self.part[begin:end])
-                if p == same and speaker_sums is not None:
-                    speaker_sums.update(x, y, self.speaker_codes[begin:end])
-            if permuted is not None and self.permutation is not None:
+                g.update(blocks[0], self.codes[f][begin:end])
+            x = _as64(self._put(blocks[0]), shift)
+            a = _row_norms(x)
+            runs = group_runs(self.group_codes[begin:end], like=x)
+            x_groups.update_shifted(x, a, runs)
+            if sums is not None:
+                y = _as64(self._put(blocks[1]), sums.y.shift)
+                sums.cross.update_shifted(x, y, a, _row_norms(y), runs)
+            if permuted is not None and self.permutation is not None and same is not None:
                 rows = self.permutation[begin:end]
-                y_perm = next(store.iter_blocks(ref, same, rows=rows, block=max(1, len(rows))))
-                _add_parts(permuted, x, y_perm, None if self.part is None else self.part[begin:end])
+                y_perm = next(store.iter_blocks(s.reference, same, rows=rows, block=max(1, len(rows))))
+                y = _as64(self._put(y_perm), sums.y.shift)
+                permuted.update_shifted(x, y, a, _row_norms(y), runs)
             begin = end
-        return {"view": view, "groups": groups, "pairs": pairs, "permuted": permuted, "speakers": speaker_sums}
+        pairs: dict[str, Any] = {"whole": None, "fit": None, "score": None, "floor": None, "floor_fit": None,
+                                 "floor_score": None, "speakers": None}
+        if sums is not None:
+            pairs["whole"] = sums.pair()
+            if self.half_masks is not None:
+                pairs["fit"], pairs["score"] = (sums.pair(m) for m in self.half_masks)
+            if permuted is not None:
+                def floor(mask=None):
+                    return PairSums(sums.x.view(mask), sums.y.view(mask), permuted.cross(mask))
+                pairs["floor"] = floor()
+                if self.half_masks is not None:
+                    pairs["floor_fit"], pairs["floor_score"] = (floor(m) for m in self.half_masks)
+            if self.groups_are_speakers:
+                pairs["speakers"] = sums
+        return {"view": x_groups.view(), "groups": groups, "pairs": pairs}
+
+    def _matrix_pairs(self, x: np.ndarray, model: str, layer: str) -> dict[str, tuple]:
+        """Pair sums of the sampled rows `x` (sample, dim) of this layer with every reference layer's
+        sampled rows: (fit, score) per reference layer (fit None unless --held-out). The layer × layer
+        matrix is computed on the sample rows (the same rows for every cell), so that its cost does
+        not grow with the store: 13 × 13 cells of 768-dim products over 300,000 rows would take
+        longer than all the rest of the analysis."""
+        ref = self.settings.reference
+        parts = self._sample_part_masks()
+        shift = np.asarray(x[: min(len(x), 1024)], np.float64).mean(axis=0)
+        xs = _as64(x, shift)
+        x_views = [ViewSums(xs.shape[1], shift).update(x[m]) for m in parts]
+        cells = {}
+        for partner in self.store.layers(ref):
+            y_shift, y, y_views = self._reference_sample(partner)
+            ys = _as64(y, y_shift)
+            pairs = [PairSums(xv, yv, CrossSums(xs.shape[1], ys.shape[1]).update_shifted(xs[m], ys[m]))
+                     for xv, yv, m in zip(x_views, y_views, parts)]
+            cells[partner] = (pairs[0], pairs[1]) if len(pairs) == 2 else (None, pairs[0])
+        return cells
+
+    def _sample_part_masks(self) -> list[np.ndarray]:
+        """Row masks over the sample: [fit, score] with --held-out (and two speaker halves), else [all]."""
+        if self.settings.held_out and self.part is not None:
+            part = self.part[self.sample]
+            return [part == 0, part == 1]
+        return [np.ones(len(self.sample), bool)]
+
+    def _reference_sample(self, layer: str) -> tuple[np.ndarray, np.ndarray, list[ViewSums]]:
+        """The reference layer's sampled rows (in the store's dtype: float16 stores keep half the
+        memory), their shift and view sums per sample part; cached for every reference layer."""
+        if layer not in self._ref_samples:
+            y = self._read_sample(self.settings.reference, layer)
+            shift = np.asarray(y[: min(len(y), 1024)], np.float64).mean(axis=0)
+            views = [ViewSums(y.shape[1], shift).update(y[m]) for m in self._sample_part_masks()]
+            dtype = self.store.model_info(self.settings.reference).get("dtype", "float32")
+            self._ref_samples[layer] = (shift, y.astype(dtype, copy=False), views)
+        return self._ref_samples[layer]
 
     def _read_sample(self, model: str, layer: str) -> np.ndarray:
         return np.concatenate(list(self.store.iter_blocks(model, layer, rows=self.sample, block=self.settings.block)))
@@ -490,11 +648,10 @@ class _Context:
                 "dropped_rows": int((~finite).sum()), "skipped": self.skipped[first_skip:]}
 
     # ------------------------------------------------------------------ layer × layer matrices
-    def write_layer_matrices(self, parts: list[dict], models: list[str]) -> dict[str, pd.DataFrame]:
+    def write_layer_matrices(self, by_layer: dict[tuple[str, str], dict], models: list[str]) -> dict[str, pd.DataFrame]:
+        """layer_matrix/<model>__vs__<reference>__<measure>.csv from the per-layer results `by_layer`."""
         ref = self.settings.reference
         matrices: dict[str, pd.DataFrame] = {}
-        work = [(m, layer) for m in models for layer in self.store.layers(m)]
-        by_layer = dict(zip(work, parts))
         for m in models:
             if m == ref or not self.settings.layer_matrix:
                 continue
@@ -510,13 +667,18 @@ class _Context:
         return matrices
 
 
-def _add_parts(parts: list[PairSums], x: np.ndarray, y: np.ndarray, which: np.ndarray | None) -> None:
-    """Add a block pair to the whole (one part) or to the fit (0) / score (1) halves."""
-    if which is None:
-        parts[0].update(x, y)
-    else:
-        for k in range(2):
-            parts[k].update(x[which == k], y[which == k])
+def _device(setting: str) -> str:
+    """Where the streamed d×d products run: "cpu", or "cuda" (torch, float64) when asked or, with
+    "auto", when torch sees a CUDA device."""
+    if setting == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if setting == "cuda":
+        raise PhonormError("--device cuda: torch sees no CUDA device (use --device auto or cpu)")
+    return "cpu"
 
 
 def _within_speaker_permutation(codes: np.ndarray, seed: int) -> np.ndarray:
