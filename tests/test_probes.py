@@ -111,3 +111,25 @@ def test_per_speaker_hits_add_up_to_the_accuracy():
     hits, rows, baseline = np.array(list(result.by_speaker.values())).sum(axis=0)
     assert set(result.by_speaker) == set(speakers) and rows == len(tone)
     assert hits / rows == pytest.approx(result.accuracy) and baseline / rows == pytest.approx(result.chance)
+
+
+def test_torch_probe_reaches_scikit_learns_optimum():
+    """The GPU probe (here on the CPU) minimises scikit-learn's objective: at a tight tolerance both
+    give the same decision values to 1e-6, hence the same predictions; binary and multinomial."""
+    pytest.importorskip("torch")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from phonorm.analysis.probes import TorchLogisticProbe
+
+    rng = np.random.default_rng(3)
+    for classes in (2, 4):
+        y = rng.integers(0, classes, 300)
+        x = rng.normal(size=(300, 6)) + 0.8 * np.eye(classes, 6)[y] + 5.0
+        scaler = StandardScaler().fit(x[:200])
+        reference = LogisticRegression(tol=1e-12, max_iter=10_000).fit(scaler.transform(x[:200]), y[:200])
+        ours = TorchLogisticProbe(max_iter=10_000, tol=1e-8, device="cpu").fit(x[:200], y[:200])
+        assert ours.converged_ and ours.n_iter_ > 0
+        np.testing.assert_allclose(ours.decision_function(x[200:]), reference.decision_function(scaler.transform(x[200:])),
+                                   atol=1e-6)
+        np.testing.assert_array_equal(ours.predict(x[200:]), reference.predict(scaler.transform(x[200:])))

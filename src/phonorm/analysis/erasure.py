@@ -51,10 +51,13 @@ def leace_eraser(x: np.ndarray, concept: np.ndarray):
 
 def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: np.ndarray,
                    utterances: np.ndarray, *, folds: int = 5, seed: int = 0, max_iter: int = 300,
-                   bootstrap: int = 2000) -> list[dict]:
+                   bootstrap: int = 2000, workers: int = 1, device: str = "cpu") -> list[dict]:
     """Rows (one per erased × probed) for features `x` (rows, dim) and per-row `tone` (1-5; 0 = none),
     `sex`, `speakers`, `utterances` (rows,). Only rows with a tone and a sex are used.
-    Raises ValueError when fewer than 2 speakers or 2 classes of either factor remain."""
+    Raises ValueError when fewer than 2 speakers or 2 classes of either factor remain.
+    `workers`, `device`: as `probes.probe` (each fold × erased concept is one parallel job)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from threadpoolctl import threadpool_limits
 
     tone, sex = np.asarray(tone), np.asarray(sex).astype(str)
@@ -70,22 +73,26 @@ def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: n
     iterations = {k: 0 for k in predicted}
     converged = {k: True for k in predicted}
     majority = {p: np.zeros(len(x), dtype=bool) for p in PROBED}
-    with threadpool_limits(1 if x.size < 2_000_000 else None):
-        for train, test in splits:
-            for p in PROBED:
-                classes, counts = np.unique(labels[p][train], return_counts=True)
-                majority[p][test] = labels[p][test] == classes[np.argmax(counts)]
-            for erased in CONDITIONS:
-                if erased == "none":
-                    x_train, x_test = x[train], x[test]
-                else:
-                    erase = leace_eraser(x[train], labels[erased][train])
-                    x_train, x_test = erase(x[train]), erase(x[test])
-                for p in PROBED:
-                    pred, used, ok = fit_predict(x_train, labels[p][train], x_test, seed, max_iter)
-                    predicted[(erased, p)][test] = pred
-                    iterations[(erased, p)] = max(iterations[(erased, p)], used)
-                    converged[(erased, p)] = converged[(erased, p)] and ok
+    for train, test in splits:
+        for p in PROBED:
+            classes, counts = np.unique(labels[p][train], return_counts=True)
+            majority[p][test] = labels[p][test] == classes[np.argmax(counts)]
+
+    def fold(train: np.ndarray, test: np.ndarray, erased: str) -> dict:
+        if erased == "none":
+            x_train, x_test = x[train], x[test]
+        else:
+            erase = leace_eraser(x[train], labels[erased][train])
+            x_train, x_test = erase(x[train]), erase(x[test])
+        return {p: fit_predict(x_train, labels[p][train], x_test, seed, max_iter, device) for p in PROBED}
+
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        jobs = [(test, erased, pool.submit(fold, train, test, erased)) for train, test in splits for erased in CONDITIONS]
+        for test, erased, job in jobs:
+            for p, (pred, used, ok) in job.result().items():
+                predicted[(erased, p)][test] = pred
+                iterations[(erased, p)] = max(iterations[(erased, p)], used)
+                converged[(erased, p)] = converged[(erased, p)] and ok
     draws = SpeakerDraws(speakers, bootstrap, seed)
     rows = []
     baseline = {}

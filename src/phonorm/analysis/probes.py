@@ -81,25 +81,21 @@ def make_classifier(seed: int, max_iter: int = 300):
 
 
 def probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, *, folds: int = 5,
-          bootstrap: int = 2000, seed: int = 0, speaker_label: bool = False, max_iter: int = 300) -> ProbeResult:
-    """Cross-validated accuracy of a linear probe of labels `y` (rows,) from features `x` (rows, dim)."""
-    from threadpoolctl import threadpool_limits
+          bootstrap: int = 2000, seed: int = 0, speaker_label: bool = False, max_iter: int = 300,
+          workers: int = 1, device: str = "cpu") -> ProbeResult:
+    """Cross-validated accuracy of a linear probe of labels `y` (rows,) from features `x` (rows, dim).
 
+    `workers`: folds fitted at once (threads with one BLAS thread each: scikit-learn's solver runs
+    in numpy/Cython code that releases the GIL). `device`: "cpu" (scikit-learn), or a torch device
+    such as "cuda" (`fit_predict_torch`: the same objective)."""
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y)
     speakers = np.asarray(speakers)
-    # Small probes are dominated by BLAS thread start-up and contention (measured: 50× slower with
-    # 2 threads on a busy 2-core machine); large ones gain from threads.
-    with threadpool_limits(1 if x.size < SMALL_PROBE else None):
-        return _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, max_iter)
-
-
-#: Probes with fewer feature values (rows × dim) than this run single-threaded.
-SMALL_PROBE = 2_000_000
+    return _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, max_iter, workers, device)
 
 
 def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int,
-                max_iter: int) -> tuple[np.ndarray, int, bool]:
+                max_iter: int, device: str = "cpu") -> tuple[np.ndarray, int, bool]:
     """Fit the probe on one fold and predict the test rows: (predictions, iterations, converged).
     A single-class training fold predicts that class (0 iterations)."""
     import warnings
@@ -109,6 +105,8 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, se
     classes = np.unique(y_train)
     if len(classes) == 1:
         return np.full(len(x_test), classes[0], dtype=y_train.dtype), 0, True
+    if device != "cpu":
+        return fit_predict_torch(x_train, y_train, x_test, max_iter, device)
     model = make_classifier(seed, max_iter)
     with warnings.catch_warnings(record=True) as caught:
         # Recorded per probe (probes.csv: iterations, converged) instead of printed once per fold.
@@ -122,6 +120,76 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, se
     return model.predict(x_test), iterations, converged
 
 
+class TorchLogisticProbe:
+    """`make_classifier`'s probe fitted with torch (float64) on `device` (e.g. "cuda"): standardise
+    with the training rows' mean and population standard deviation, then minimise scikit-learn's
+    LogisticRegression(C=1) objective, (Σᵢ logloss + ½‖W‖²)/n (intercept not penalised; binomial for
+    two classes, multinomial above), by L-BFGS (history 10, strong Wolfe line search, as
+    scikit-learn's lbfgs) until the largest gradient entry is below `tol` (scikit-learn's stopping
+    rule) or `max_iter` iterations. Hand-written because scikit-learn has no GPU solver; tests check
+    that it reaches scikit-learn's optimum.
+
+    After `fit(x (rows, dim), y (rows,))`: `classes_`, `n_iter_`, `converged_`;
+    `decision_function(x)` ((rows,) for two classes, else (rows, classes)) and `predict(x)`."""
+
+    def __init__(self, max_iter: int = 300, tol: float = 1e-4, device: str = "cuda"):
+        self.max_iter, self.tol, self.device = max_iter, tol, device
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "TorchLogisticProbe":
+        import torch
+
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        data = torch.as_tensor(np.asarray(x), dtype=torch.float64, device=self.device)
+        self._mean, std = data.mean(0), data.std(0, unbiased=False)
+        self._std = torch.where(std > 0, std, torch.ones_like(std))
+        data = (data - self._mean) / self._std
+        target = torch.as_tensor(codes, device=self.device)
+        n, dim = data.shape
+        binary = len(self.classes_) == 2
+        weights = torch.zeros(dim, 1 if binary else len(self.classes_), dtype=torch.float64, device=self.device,
+                              requires_grad=True)
+        bias = torch.zeros(weights.shape[1], dtype=torch.float64, device=self.device, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weights, bias], lr=1, max_iter=self.max_iter, history_size=10,
+                                      tolerance_grad=self.tol, tolerance_change=0.0, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            logits = data @ weights + bias
+            if binary:
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits[:, 0], target.to(torch.float64), reduction="sum")
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+            value = (loss + 0.5 * (weights * weights).sum()) / n
+            value.backward()
+            return value
+
+        optimizer.step(closure)
+        self.n_iter_ = int(optimizer.state[weights].get("n_iter", 0))
+        grad_max = max(float(weights.grad.abs().max()), float(bias.grad.abs().max()))
+        self.converged_ = bool(grad_max <= self.tol and self.n_iter_ < self.max_iter)
+        self._weights, self._bias = weights.detach(), bias.detach()
+        return self
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        data = (torch.as_tensor(np.asarray(x), dtype=torch.float64, device=self.device) - self._mean) / self._std
+        logits = data @ self._weights + self._bias
+        return (logits[:, 0] if logits.shape[1] == 1 else logits).cpu().numpy()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        values = self.decision_function(x)
+        return self.classes_[(values > 0).astype(int) if values.ndim == 1 else values.argmax(1)]
+
+
+def fit_predict_torch(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, max_iter: int,
+                      device: str = "cuda") -> tuple[np.ndarray, int, bool]:
+    """`fit_predict` with `TorchLogisticProbe` on `device`."""
+    model = TorchLogisticProbe(max_iter=max_iter, device=device).fit(x_train, y_train)
+    return model.predict(x_test), model.n_iter_, model.converged_
+
+
 def per_speaker(hits: np.ndarray, speakers: np.ndarray, baseline: np.ndarray) -> dict[str, list[int]]:
     """{speaker: [hits, rows, baseline hits]} of boolean hits and baseline (majority-class) hits (rows,)."""
     names, codes = np.unique(np.asarray(speakers).astype(str), return_inverse=True)
@@ -131,7 +199,12 @@ def per_speaker(hits: np.ndarray, speakers: np.ndarray, baseline: np.ndarray) ->
     return {str(n): [int(c), int(t), int(b)] for n, c, t, b in zip(names, correct, total, base)}
 
 
-def _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, max_iter) -> ProbeResult:
+def _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, max_iter, workers=1,
+           device="cpu") -> ProbeResult:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
     splits = probe_splits(y, speakers, np.asarray(utterances), folds, seed, speaker_label)
     predicted = np.empty(len(y), dtype=y.dtype)
     majority = np.zeros(len(y), dtype=bool)
@@ -139,8 +212,13 @@ def _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, ma
     for train, test in splits:
         classes, counts = np.unique(y[train], return_counts=True)
         majority[test] = y[test] == classes[np.argmax(counts)]  # DummyClassifier(most_frequent)
-        predicted[test], used, ok = fit_predict(x[train], y[train], x[test], seed, max_iter)
-        iterations, converged = max(iterations, used), converged and ok
+    # Folds in parallel threads, one BLAS/OpenMP thread each: more BLAS threads per fit gained little
+    # and, on a busy 2-core machine, were measured up to 50× slower (thread contention).
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, min(workers, len(splits)))) as pool:
+        fitted = [pool.submit(fit_predict, x[train], y[train], x[test], seed, max_iter, device) for train, test in splits]
+        for (_, test), future in zip(splits, fitted):
+            predicted[test], used, ok = future.result()
+            iterations, converged = max(iterations, used), converged and ok
     hits = predicted == y
     low, high = speaker_bootstrap(hits, speakers, bootstrap, seed)
     return ProbeResult(float(hits.mean()), float(majority.mean()), low, high, int(len(y)), len(splits),

@@ -425,7 +425,8 @@ class _Context:
         try:
             rows = erasure_probes(x, f["tone"].to_numpy(), f["sex"].astype(str).to_numpy(),
                                   f["speaker"].astype(str).to_numpy(), f["utterance_id"].astype(str).to_numpy(),
-                                  folds=s.folds, seed=s.seed, max_iter=s.probe_max_iter, bootstrap=s.claim_bootstrap)
+                                  folds=s.folds, seed=s.seed, max_iter=s.probe_max_iter, bootstrap=s.claim_bootstrap,
+                                  workers=self.workers, device=self.device)
         except ValueError as err:
             self.skipped.append(dict(model=model, layer=layer, label="erasure", reason=str(err)))
             return []
@@ -579,7 +580,7 @@ class _Context:
                 result = probe(x[index], values, self.sample_frames["speaker"].to_numpy()[index],
                                self.sample_frames["utterance_id"].to_numpy()[index], folds=s.folds,
                                bootstrap=s.bootstrap, seed=s.seed, speaker_label=label == "speaker",
-                               max_iter=s.probe_max_iter)
+                               max_iter=s.probe_max_iter, workers=self.workers, device=self.device)
             except ValueError as err:  # fewer than 2 speakers/utterances with this label
                 self.skipped.append(dict(model=model, layer=layer, label=label, reason=str(err)))
                 continue
