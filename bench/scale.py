@@ -245,7 +245,7 @@ def main() -> None:
                   f"{os.cpu_count()} cores", "analyze_args": args.analyze_args,
                   "src": str(args.src), "analyze": bench_analyze(store, out, args.analyze_args, args.src)}
         if args.extract:
-            from scale_extract import bench_extraction  # noqa: E402 (bench/ is on sys.path when run as a script)
+            from scale_extract import bench_extraction  # bench/ is on sys.path when run as a script
 
             result["extract"] = bench_extraction()
     finally:

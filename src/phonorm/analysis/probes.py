@@ -166,7 +166,7 @@ class TorchLogisticProbe:
 
         optimizer.step(closure)
         self.n_iter_ = int(optimizer.state[weights].get("n_iter", 0))
-        grad_max = max(float(weights.grad.abs().max()), float(bias.grad.abs().max()))
+        grad_max = max(float(p.grad.abs().max()) for p in (weights, bias) if p.grad is not None)
         self.converged_ = bool(grad_max <= self.tol and self.n_iter_ < self.max_iter)
         self._weights, self._bias = weights.detach(), bias.detach()
         return self

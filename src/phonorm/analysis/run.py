@@ -267,7 +267,7 @@ class _Context:
         self.key = self._key()
         self._umap_fit: Optional[np.ndarray] = None
         self.skipped: list[dict] = []  # probes that could not be run, with the reason
-        self.seconds: collections.Counter[str] = collections.Counter()  # wall time per part (settings.json)
+        self.seconds: dict[str, float] = collections.defaultdict(float)  # wall time per part (settings.json)
 
     @contextlib.contextmanager
     def timed(self, part: str):
@@ -502,7 +502,7 @@ class _Context:
             if sums is not None:
                 y = _as64(self._put(blocks[1]), sums.y.shift)
                 sums.cross.update_shifted(x, y, a, _row_norms(y), runs)
-            if permuted is not None and self.permutation is not None and same is not None:
+            if permuted is not None and sums is not None and self.permutation is not None and same is not None:
                 rows = self.permutation[begin:end]
                 y_perm = next(store.iter_blocks(s.reference, same, rows=rows, block=max(1, len(rows))))
                 y = _as64(self._put(y_perm), sums.y.shift)

@@ -515,15 +515,15 @@ def group_runs(codes: np.ndarray, like=None) -> list[tuple[int, object]]:
     order = np.argsort(codes, kind="stable")
     present, starts = np.unique(codes[order], return_index=True)
     bounds = list(starts[1:]) + [len(order)]
-    runs = []
+    runs: list[tuple[int, object]] = []
     for g, begin, end in zip(present, starts, bounds):
         if g < 0:
             continue
-        rows = order[begin:end]
+        rows: object = order[begin:end]
         if like is not None and _is_torch(like):
             import torch
 
-            rows = torch.as_tensor(rows, device=like.device)
+            rows = torch.as_tensor(order[begin:end], device=like.device)
         runs.append((int(g), rows))
     return runs
 
