@@ -50,9 +50,9 @@ from phonorm.analysis.similarity import (
     PairSums,
     SpeakerSums,
     ViewSums,
-    _as64,
-    _row_norms,
+    as_float64,
     group_runs,
+    row_norms,
 )
 from phonorm.artifacts import atomic_path, code_hash, provenance, read_json, set_seed, write_json, write_parquet
 from phonorm.errors import InputError, PhonormError
@@ -465,8 +465,8 @@ class _Context:
         begin = 0
         for block in self.store.iter_blocks(ref, layer, block=self.settings.block):
             end = begin + len(block)
-            y = _as64(self._put(block), grouped.shift)
-            grouped.update_shifted(y, _row_norms(y), group_runs(self.group_codes[begin:end], like=y))
+            y = as_float64(self._put(block), grouped.shift)
+            grouped.update_shifted(y, row_norms(y), group_runs(self.group_codes[begin:end], like=y))
             begin = end
         self._ref_groups = (layer, grouped)
         return grouped
@@ -495,18 +495,18 @@ class _Context:
             end = begin + len(blocks[0])
             for f, g in groups.items():
                 g.update(blocks[0], self.codes[f][begin:end])
-            x = _as64(self._put(blocks[0]), shift)
-            a = _row_norms(x)
+            x = as_float64(self._put(blocks[0]), shift)
+            a = row_norms(x)
             runs = group_runs(self.group_codes[begin:end], like=x)
             x_groups.update_shifted(x, a, runs)
             if sums is not None:
-                y = _as64(self._put(blocks[1]), sums.y.shift)
-                sums.cross.update_shifted(x, y, a, _row_norms(y), runs)
+                y = as_float64(self._put(blocks[1]), sums.y.shift)
+                sums.cross.update_shifted(x, y, a, row_norms(y), runs)
             if permuted is not None and sums is not None and self.permutation is not None and same is not None:
                 rows = self.permutation[begin:end]
                 y_perm = next(store.iter_blocks(s.reference, same, rows=rows, block=max(1, len(rows))))
-                y = _as64(self._put(y_perm), sums.y.shift)
-                permuted.update_shifted(x, y, a, _row_norms(y), runs)
+                y = as_float64(self._put(y_perm), sums.y.shift)
+                permuted.update_shifted(x, y, a, row_norms(y), runs)
             begin = end
         pairs: dict[str, Any] = {"whole": None, "fit": None, "score": None, "floor": None, "floor_fit": None,
                                  "floor_score": None, "speakers": None}
@@ -533,12 +533,12 @@ class _Context:
         ref = self.settings.reference
         parts = self._sample_part_masks()
         shift = np.asarray(x[: min(len(x), 1024)], np.float64).mean(axis=0)
-        xs = _as64(x, shift)
+        xs = as_float64(x, shift)
         x_views = [ViewSums(xs.shape[1], shift).update(x[m]) for m in parts]
         cells = {}
         for partner in self.store.layers(ref):
             y_shift, y, y_views = self._reference_sample(partner)
-            ys = _as64(y, y_shift)
+            ys = as_float64(y, y_shift)
             pairs = [PairSums(xv, yv, CrossSums(xs.shape[1], ys.shape[1]).update_shifted(xs[m], ys[m]))
                      for xv, yv, m in zip(x_views, y_views, parts)]
             cells[partner] = (pairs[0], pairs[1]) if len(pairs) == 2 else (None, pairs[0])

@@ -68,7 +68,7 @@ class IllPosedWarning(UserWarning):
 EPSILON = 1e-10
 
 
-def _as64(block, shift: np.ndarray | None):
+def as_float64(block, shift: np.ndarray | None):
     """`block` (rows, dim) as float64 minus `shift` (dim,); a torch tensor stays one, on its device."""
     if _is_torch(block):
         import torch
@@ -92,7 +92,7 @@ def _host(value) -> np.ndarray:
     return value.detach().cpu().numpy() if _is_torch(value) else value
 
 
-def _row_norms(x):
+def row_norms(x):
     """‖xᵢ‖² per row (rows,)."""
     return (x * x).sum(1)
 
@@ -133,7 +133,7 @@ class ViewSums:
 
     def update(self, block: np.ndarray) -> "ViewSums":
         """Add a (rows, dim) block; returns self."""
-        x = _as64(block, self.shift)
+        x = as_float64(block, self.shift)
         if x.shape[1] != self.dim:
             raise ValueError(f"block has {x.shape[1]} columns, expected {self.dim}")
         self.update_shifted(x)
@@ -142,7 +142,7 @@ class ViewSums:
     def update_shifted(self, x: np.ndarray) -> None:
         """Add a float64 block already shifted."""
         if len(x):
-            a = _row_norms(x)
+            a = row_norms(x)
             self.n += len(x)
             self.sum += _host(x.sum(0))
             self.gram += _gram(x)
@@ -218,7 +218,7 @@ class CrossSums:
         if len(x) != len(y):
             raise ValueError(f"blocks differ in rows: {len(x)} vs {len(y)}")
         if len(x):
-            self.add_products(x, y, _row_norms(x), _row_norms(y))
+            self.add_products(x, y, row_norms(x), row_norms(y))
         return self
 
     def add_products(self, x, y, a, b) -> None:
@@ -269,8 +269,8 @@ class PairSums:
         return pair
 
     def update(self, x_block: np.ndarray, y_block: np.ndarray) -> "PairSums":
-        x = _as64(x_block, self.x.shift)
-        y = _as64(y_block, self.y.shift)
+        x = as_float64(x_block, self.x.shift)
+        y = as_float64(y_block, self.y.shift)
         self.x.update_shifted(x)
         self.y.update_shifted(y)
         self.cross.update_shifted(x, y)
@@ -550,9 +550,9 @@ class SpeakerSums:
     def update(self, x_block, y_block, speaker: np.ndarray, y_too: bool = True) -> "SpeakerSums":
         """Add blocks (rows, dx), (rows, dy) whose rows belong to speakers `speaker` (rows,) in 0..S-1.
         `y_too=False`: `y` is kept by someone else (shared); only x and the cross sums are added."""
-        x = _as64(x_block, self.x.shift)
-        y = _as64(y_block, self.y.shift)
-        a, b = _row_norms(x), _row_norms(y)
+        x = as_float64(x_block, self.x.shift)
+        y = as_float64(y_block, self.y.shift)
+        a, b = row_norms(x), row_norms(y)
         runs = group_runs(speaker, like=x)
         self.x.update_shifted(x, a, runs)
         if y_too:
