@@ -1,16 +1,20 @@
-"""`phonorm synth`: an offline Mandarin corpus in the formats a real user brings.
+"""`phonorm synth`: an offline Mandarin (or Cantonese) corpus in the formats a real user brings.
 
 Writes OUT/wav/<utt>.wav (16 kHz mono, 16-bit), OUT/textgrid/<utt>.TextGrid (long format, tiers
 `words` = one interval per syllable labelled `zhong1`, and `phones` = initial `zh` + tonal final
 `ong1`; silence is left as empty intervals), OUT/speakers.tsv (`speaker<TAB>sex`) and
 OUT/synth.json (settings, each speaker's voice, counts, provenance).
 
-Speech comes from eSpeak NG's `cmn-latn-pinyin` voice (pinyin with tone digits in). The
-boundaries are eSpeak's own phoneme events (exact sample positions), split into pinyin initial
-and final: in eSpeak's Mandarin phoneme set every pinyin initial is exactly one phoneme
-(`ESPEAK_INITIALS`), and everything after it - medial glides `j`/`w` included - is the final;
-zero-initial syllables are all final. Each syllable's phonemes are checked against that table
-while synthesising, so a wrong alignment stops the run instead of being written.
+Languages (`languages.SynthLanguage`, one small object each: voice, syllable table, initial →
+eSpeak phonemes, tones and tone rules): `cmn` Mandarin, eSpeak NG's `cmn-latn-pinyin` voice
+(pinyin with tone digits in, tones 1-5), and `yue` Cantonese, its `yue-Latn-jyutping` voice
+(Jyutping with tone digits in, tones 1-6, labels `gw ong2`). The boundaries are eSpeak's own
+phoneme events (exact sample positions), split into initial and final: in eSpeak's phoneme sets
+every initial is a fixed sequence of phonemes (Mandarin: exactly one, `ESPEAK_INITIALS`;
+Cantonese: one, or `g w` / `k w` for `gw` / `kw`), and everything after it - Mandarin medial
+glides `j`/`w` included - is the final; zero-initial syllables are all final. Each syllable's
+phonemes are checked against that table while synthesising, so a wrong alignment stops the run
+instead of being written.
 
 Determinism: eSpeak keeps hidden state between utterances (its pitch-flutter phase), so its
 output depends on what it said before in the same process. Each speaker is therefore
@@ -30,22 +34,33 @@ which scales every frequency by `scale` and every duration by 1/`scale`; eSpeak'
 to target / scale beforehand so F0 lands on the target, and the TextGrid times are divided by
 the same exact factor, so boundaries stay exact), channel (zero-phase band-limiting and a
 peak/notch EQ: no delay, boundaries unmoved) and background noise (coloured Gaussian noise at a
-per-speaker SNR). It is opt-in because it changes every file of the default corpus.
+per-speaker SNR). It is opt-in because it changes every file of the default corpus. Each language
+sets pitch from its own voice's measured F0 per variant (`SynthLanguage.variant_f0`, made by
+`measure_variant_f0`).
 """
 
 from __future__ import annotations
 
 import collections
 import multiprocessing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from phonorm.artifacts import atomic_path, provenance, read_json, write_json
-from phonorm.corpus import jyutping_table, pinyin_table
+from phonorm.corpus.languages import (  # noqa: F401 (ESPEAK_INITIALS, VARIANT_F0_AT_PITCH: re-exported)
+    CMN,
+    ESPEAK_INITIALS,
+    LANGUAGES,
+    VARIANT_F0_AT_PITCH,
+    YUE,
+    Syllable,
+    SynthLanguage,
+    get_language,
+)
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import SAMPLE_RATE
 from phonorm.lock import LOCK_FILE, folder_lock
@@ -78,18 +93,6 @@ F0_SPEAKER_SD_SEMITONES = 2.0
 # glottal source; croak: creaky; Annie, linda, steph: breathier female voices; edward, iven, max).
 WIDE_VARIANTS = {"F": ("f1", "f2", "f3", "f4", "f5", "Annie", "linda", "steph"),
                  "M": ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "klatt", "klatt2", "klatt3", "croak", "edward", "iven", "max")}
-# Median F0 (Hz, Praat) of each variant at eSpeak pitch 0, 50 and 100 (range 55, rate 180; measured
-# with espeakng-loader 0.2.4 on a fixed 12-syllable sentence). The pitch setting for a target F0 is
-# interpolated in log F0; the population the synth really made is measured by the tests, not assumed.
-VARIANT_F0_AT_PITCH = {
-    "f1": (94.0, 157.6, 284.8), "f2": (101.0, 166.9, 295.8), "f3": (110.0, 176.5, 301.7),
-    "f4": (92.4, 158.3, 287.7), "f5": (106.1, 181.8, 326.7), "Annie": (159.9, 181.8, 288.0),
-    "linda": (116.4, 211.2, 396.5), "steph": (93.4, 171.7, 324.2),
-    "m1": (52.8, 81.3, 146.7), "m2": (50.1, 90.7, 167.2), "m3": (54.1, 89.4, 158.4), "m4": (52.5, 78.5, 138.0),
-    "m5": (52.8, 88.3, 156.4), "m6": (52.7, 88.4, 158.8), "m7": (56.6, 88.4, 151.7), "klatt": (55.4, 87.8, 156.1),
-    "klatt2": (52.6, 88.3, 156.6), "klatt3": (52.9, 87.7, 156.5), "croak": (53.6, 90.9, 164.0),
-    "edward": (52.4, 87.7, 156.3), "iven": (56.1, 84.4, 147.5), "max": (53.3, 88.0, 157.0),
-}
 WIDE_RANGE_PARAM = (35, 85)
 WIDE_RATE_WPM = (140, 240)
 FORMANT_SCALE_SD, FORMANT_SCALE_LIMITS = 0.05, (0.88, 1.12)  # vocal-tract length: about +-10% (2 SD)
@@ -98,95 +101,8 @@ EQ_CENTRE_HZ, EQ_GAIN = (300.0, 3500.0), (-0.6, 1.0)  # peak (+6 dB) or notch (-
 SNR_DB, SNR_JITTER_DB = (10.0, 35.0), 3.0  # per-speaker SNR, +- per utterance
 NOISE_LOWPASS_HZ = (500.0, 7900.0)  # noise colour: white through a first-order low-pass
 
-# The eSpeak NG phoneme (mnemonic, stress marks stripped) that each pinyin initial is spoken as.
-ESPEAK_INITIALS = {
-    "b": "p", "p": "ph", "m": "m", "f": "f", "d": "t", "t": "th", "n": "n", "l": "l",
-    "g": "k", "k": "kh", "h": "X", "j": "tS;", "q": "tS;h", "x": "S;",
-    "zh": "ts.", "ch": "ts.h", "sh": "s.", "r": "z.", "z": "ts", "c": "tsh", "s": "s",
-}
 _STRESS_MARKS = "',%="
 
-
-class Syllable(Protocol):
-    """A toneless syllable of a language's table (`pinyin_table.Syllable`,
-    `jyutping_table.JyutpingSyllable`): its `spelling` (`zhong`, `gwong`), `initial` ("" for none)
-    and `final`."""
-
-    @property
-    def spelling(self) -> str: ...
-    @property
-    def initial(self) -> str: ...
-    @property
-    def final(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class SynthLanguage:
-    """What `phonorm synth` needs to know about one language; the rest of the module is the same
-    for every language.
-
-    `voice`: eSpeak NG's voice reading the romanisation with tone digits; `table`: loads the
-    syllables; `initials`: each initial → the eSpeak phonemes it is spoken as (everything after
-    them is the final, so an alignment is exact only if this holds for every syllable; checked
-    while synthesising); `tones`: the inventory; `checked_tones`: the only tones of checked
-    syllables (final in -p/-t/-k), None when the language has no such rule; `no_repeat_tone`: a
-    tone never drawn twice in a row (Mandarin 3: eSpeak applies third-tone sandhi, so the written
-    tone would differ from the spoken one); `not_first_tone`: a tone never drawn first (Mandarin's
-    neutral tone 5); `scheme`/`prepare_tones`: how `phonorm prepare` reads the TextGrids;
-    `variant_f0`: eSpeak variant → median F0 (Hz) at pitch 0, 50, 100 with this voice (variation "wide")."""
-
-    code: str
-    name: str
-    voice: str
-    table: Callable[[], Sequence[Syllable]]
-    initials: Mapping[str, tuple[str, ...]]
-    tones: tuple[int, ...]
-    scheme: str
-    variant_f0: Mapping[str, tuple[float, float, float]]
-    checked_tones: tuple[int, ...] | None = None
-    no_repeat_tone: int | None = None
-    not_first_tone: int | None = None
-    prepare_tones: tuple[int, ...] | None = field(default=None)
-
-    def tones_of(self, syllable: Syllable) -> tuple[int, ...]:
-        """The tones `syllable` may carry."""
-        if self.checked_tones is not None and syllable.final.endswith(jyutping_table.CHECKED_CODAS):
-            return self.checked_tones
-        return self.tones
-
-    def allows(self, tone: int, previous_tone: int | None, position: int) -> bool:
-        """Whether `tone` may follow `previous_tone` (None at the start) at `position` (0-based)."""
-        if self.no_repeat_tone is not None and tone == self.no_repeat_tone == previous_tone:
-            return False
-        return not (position == 0 and tone == self.not_first_tone)
-
-
-# Median F0 (Hz, Praat) of each eSpeak variant with the Cantonese voice at pitch 0, 50 and 100,
-# measured as VARIANT_F0_AT_PITCH (`measure_variant_f0`, 12 syllables of the table).
-YUE_VARIANT_F0_AT_PITCH: dict[str, tuple[float, float, float]] = {}
-
-CMN = SynthLanguage(
-    code="cmn", name="Mandarin", voice="cmn-latn-pinyin", table=pinyin_table.load_syllable_table,
-    initials={initial: (phoneme,) for initial, phoneme in ESPEAK_INITIALS.items()}, tones=(1, 2, 3, 4, 5),
-    scheme="mandarin", variant_f0=VARIANT_F0_AT_PITCH, no_repeat_tone=3, not_first_tone=5,
-)
-# eSpeak NG's Cantonese phonemes carry the Jyutping letters (`c`, `z`, `j`: `z` + `'eoi` for
-# zeoi), except `ng` = `N`; the labialised `gw`, `kw` are two phonemes, `g`/`k` then `w`.
-YUE = SynthLanguage(
-    code="yue", name="Cantonese", voice="yue-Latn-jyutping", table=jyutping_table.load_syllable_table,
-    initials={**{i: (i,) for i in ("b", "p", "m", "f", "d", "t", "n", "l", "g", "k", "h", "z", "c", "s", "j", "w")},
-              "ng": ("N",), "gw": ("g", "w"), "kw": ("k", "w")},
-    tones=(1, 2, 3, 4, 5, 6), checked_tones=(1, 3, 6), scheme="tonal", prepare_tones=(1, 2, 3, 4, 5, 6),
-    variant_f0=YUE_VARIANT_F0_AT_PITCH,
-)
-LANGUAGES = {language.code: language for language in (CMN, YUE)}
-
-
-def get_language(code: str) -> SynthLanguage:
-    try:
-        return LANGUAGES[code]
-    except KeyError:
-        raise PhonormError(f"--language {code!r}: choose one of {', '.join(LANGUAGES)}") from None
 
 
 @dataclass(frozen=True)
@@ -229,6 +145,32 @@ def pitch_setting(variant: str, f0_hz: float, language: SynthLanguage | None = N
     (interpolated in log F0 over the language's `variant_f0`, Mandarin's by default, clipped to 0-100)."""
     table = np.log((language or CMN).variant_f0[variant])
     return int(np.clip(round(float(np.interp(np.log(f0_hz), table, (0.0, 50.0, 100.0), left=0.0, right=100.0))), 0, 100))
+
+
+def measure_variant_f0(language: SynthLanguage, pitches: tuple[int, ...] = (0, 50, 100), pitch_range: int = 55,
+                       rate: int = 180, seed: int = 0) -> dict[str, tuple[float, ...]]:
+    """Median F0 (Hz, Praat pitch) of every `WIDE_VARIANTS` variant with `language`'s
+    voice at each eSpeak pitch setting, saying 12 syllables drawn from its table with `seed` (pitch
+    floor 40 Hz: the low male variants reach about 50 Hz at pitch 0):
+    how a language's `variant_f0` table is made (printed by `python -m phonorm.corpus.synth LANG`)."""
+    import parselmouth
+
+    from phonorm.corpus.espeak import Espeak
+
+    drawer = SyllableDrawer(language.table(), np.random.default_rng(seed), language=language)
+    text = " ".join(f"{s.spelling}{tone}" for s, tone in drawer.draw(12))
+    espeak = Espeak.get()
+    table = {}
+    for variant in (*WIDE_VARIANTS["F"], *WIDE_VARIANTS["M"]):
+        medians = []
+        for pitch in pitches:
+            espeak.set_voice(f"{language.voice}+{variant}", pitch=pitch, pitch_range=pitch_range, rate=rate)
+            samples, _ = espeak.synthesize(text, seed=seed)
+            sound = parselmouth.Sound(samples.astype(np.float64) / 32768.0, espeak.sample_rate)
+            f0 = sound.to_pitch(pitch_floor=40, pitch_ceiling=600).selected_array["frequency"]
+            medians.append(round(float(np.median(f0[f0 > 0])), 1))
+        table[variant] = tuple(medians)
+    return table
 
 
 def draw_wide_speakers(n_speakers: int, rng: np.random.Generator, language: SynthLanguage | None = None) -> list[SpeakerVoice]:
@@ -659,3 +601,10 @@ def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int,
         f"{len(initials)} initials (incl. zero), {len(finals)} finals. Next: phonorm prepare OUT_PREPARED --audio {out / 'wav'} "
         f"--alignments {out / 'textgrid'} --speakers {out / 'speakers.tsv'}{scheme}"
     )
+
+
+if __name__ == "__main__":  # the measurement behind a language's `variant_f0` table
+    import sys
+
+    for name, values in measure_variant_f0(get_language(sys.argv[1] if len(sys.argv) > 1 else "yue")).items():
+        print(f"{name!r}: {values},")
