@@ -311,3 +311,31 @@ def test_cantonese_study_runs_to_a_report_with_six_tones(tmp_path):
     tone = json.loads(next((run / "evaluate").glob("tone-*/evaluation.json")).read_text())["tasks"]["tone"]
     assert tone["labels"] == ["1", "2", "3", "4", "5", "6"] and np.array(tone["confusion"]).shape == (6, 6)
     print(f"cantonese study: {seconds:.1f} s")
+
+
+def test_experiment_synthesises_yue_and_prepares_it_with_the_tonal_scheme(tmp_path, monkeypatch):
+    """`corpus: synth: {language: yue}` reaches synth, and the corpus stage prepares with the tonal
+    scheme, tones 1-6 (cheap stand-in stages, as in test_experiment.py)."""
+    from phonorm import experiment as ex
+    from test_experiment import BASE, FakeStages, _write
+
+    fakes = FakeStages(monkeypatch)
+    seen: dict[str, object] = {}
+    synth_module, prepare_module = sys.modules["phonorm.corpus.synth"], sys.modules["phonorm.corpus.prepare"]
+    fake_synth, fake_prepare = synth_module.synthesize_corpus, prepare_module.prepare_corpus
+
+    def synthesize_corpus(out, **kwargs):
+        seen["language"] = kwargs["language"]
+        return fake_synth(out, **kwargs)
+
+    def prepare_corpus(out, **kwargs):
+        seen["settings"] = kwargs["settings"]
+        return fake_prepare(out, **kwargs)
+
+    monkeypatch.setattr(synth_module, "synthesize_corpus", synthesize_corpus)
+    monkeypatch.setattr(prepare_module, "prepare_corpus", prepare_corpus)
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["corpus"]["synth"]["language"] = "yue"
+    ex.run_experiment(_write(tmp_path, data))
+    assert seen["language"] == "yue" and "synth:synth" in fakes.kinds()
+    assert (seen["settings"].scheme, seen["settings"].tones) == ("tonal", [1, 2, 3, 4, 5, 6])
