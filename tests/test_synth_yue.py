@@ -167,7 +167,7 @@ def test_deterministic_resumes_and_differs_from_mandarin(tmp_path):
 
 def test_wide_variation_lands_on_target_f0(tmp_path):
     """Variation "wide" sets pitch from the Cantonese voice's own measured F0 per variant: each
-    speaker's median F0 (Praat) is within 2 semitones of its drawn target."""
+    speaker's median F0 (Praat) is within 1.5 semitones of its drawn target (as for Mandarin)."""
     out = tmp_path / "wide"
     synthesize_corpus(out, n_speakers=4, n_utterances=2, seed=1, jobs=2, variation="wide", language="yue")
     voices = {v["speaker"]: v for v in json.loads((out / "synth.json").read_text())["speakers"]}
@@ -177,7 +177,7 @@ def test_wide_variation_lands_on_target_f0(tmp_path):
         f0[wav.stem.split("_")[0]].extend(values[values > 0])
     for speaker, values in f0.items():
         off = 12 * np.log2(np.median(values) / voices[speaker]["wide"]["f0_target"])
-        assert abs(off) < 2.0, (speaker, off, voices[speaker])
+        assert abs(off) < 1.5, (speaker, off, voices[speaker])
 
 
 # --------------------------------------------------------------------------- the tones, measured

@@ -48,8 +48,8 @@ class Syllable(Protocol):
 
 @dataclass(frozen=True)
 class SynthLanguage:
-    """What `phonorm synth` needs to know about one language; the rest of the module is the same
-    for every language.
+    """What `phonorm synth` needs to know about one language; the rest of synth.py is the same for
+    every language.
 
     `voice`: eSpeak NG's voice reading the romanisation with tone digits; `table`: loads the
     syllables; `initials`: each initial → the eSpeak phonemes it is spoken as (everything after
