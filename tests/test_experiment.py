@@ -206,7 +206,7 @@ class FakeStages:
                 raise KeyboardInterrupt("interrupted")
             return out
 
-        def synthesize_corpus(out, n_speakers, n_utterances, seed, variation="none"):
+        def synthesize_corpus(out, n_speakers, n_utterances, seed, variation="none", language="cmn"):
             record("synth", out)
             return "synth"
 

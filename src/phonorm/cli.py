@@ -60,14 +60,14 @@ def synth(
     out: Path = typer.Argument(..., help="Folder to write the corpus to."),
     settings: SynthSettings = SETTINGS,
 ) -> None:
-    """Make an offline Mandarin corpus: OUT/wav, OUT/textgrid, OUT/speakers.tsv.
+    """Make an offline Mandarin (or Cantonese) corpus: OUT/wav, OUT/textgrid, OUT/speakers.tsv.
 
-    Example: phonorm synth /tmp/c --speakers 8 --utterances 10 --seed 3
+    Example: phonorm synth /tmp/c --speakers 8 --utterances 10 --seed 3 [--language yue]
     """
     from phonorm.corpus.synth import synthesize_corpus
 
     typer.echo(synthesize_corpus(out, n_speakers=settings.speakers, n_utterances=settings.utterances,
-                                 seed=settings.seed, variation=settings.variation))
+                                 seed=settings.seed, variation=settings.variation, language=settings.language))
 
 
 @app.command()

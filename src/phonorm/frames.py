@@ -111,7 +111,7 @@ def frame_labels(
 
     `segments`: the utterance's rows of segments.parquet (columns `start`, `end` in s, `phone`,
     `tone` with 0 for none), sorted by start. `label_maps[task]` lists the task's labels; the index
-    in that list is the class id. Tone labels frames of finals only (tone 1-5), phone every phone
+    in that list is the class id. Tone labels frames of finals only (tone > 0), phone every phone
     frame, sex every speech frame; everything else is `IGNORE_INDEX`.
     Returns task → int64 array of shape (n_frames,), plus `"segment"` → segment row position or -1.
     """

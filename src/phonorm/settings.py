@@ -91,7 +91,7 @@ def _comma_list(value: Any) -> Any:
 
 # ---------------------------------------------------------------- corpus
 class SynthSettings(StageSettings):
-    """`phonorm synth`: an offline Mandarin corpus (eSpeak NG) with exact alignments."""
+    """`phonorm synth`: an offline Mandarin or Cantonese corpus (eSpeak NG) with exact alignments."""
 
     speakers: int = Field(24, ge=2, description="Number of speakers (half F, half M).")
     utterances: int = Field(40, ge=1, description="Utterances per speaker.")
@@ -99,6 +99,9 @@ class SynthSettings(StageSettings):
     variation: Literal["none", "wide"] = Field(
         "none", description="none, or wide: speakers differ in F0 by sex, formants (vocal-tract length), rate, "
                             "voice quality, channel and noise (for pre-training).")
+    language: Literal["cmn", "yue"] = Field(
+        "cmn", description="cmn: Mandarin (pinyin, tones 1-5; prepared with the mandarin scheme) or yue: Cantonese "
+                           "(Jyutping, tones 1-6; prepared with --scheme tonal --tones 1,2,3,4,5,6).")
 
 
 REPEATABLE: dict[str, Any] = {"cli": "repeat"}

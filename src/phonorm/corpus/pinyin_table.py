@@ -37,6 +37,10 @@ class Syllable:
     final: str
     characters: int
 
+    @property
+    def spelling(self) -> str:
+        return self.pinyin
+
 
 def derive_syllable_table() -> list[Syllable]:
     """All syllables of pypinyin's character dictionary, less interjections, rarities and the

@@ -27,7 +27,8 @@ where the tone changes of 一 and 不 are lexical (一百 yi4 bai3, 不对 bu2 d
 
 `tonal` is any tone language written segment + tone digit (Cantonese Jyutping `g wong4` or
 `s i1`, Vietnamese, Thai, Yoruba with numbered tones): a label ending in a digit 1-9 is a tone
-bearer (phone = the label less its digit), any other label a segment without tone. The tone
+bearer (phone = the label less its digit), any other label a segment without tone; a word
+interval holding one tone bearer and spelled with its digit (`gwong2`) is its syllable. The tone
 inventory is the digits seen in the corpus, or the `--tones` given (then any other digit is an
 unknown label). Tone 0 is not a tone (0 means "none" in the prepared corpus): renumber it with
 `--phone-map`.
@@ -428,8 +429,13 @@ def label_alignment(
     groups = _group_by_word(phones, words)
     if not isinstance(scheme, MandarinScheme):
         for word, members in groups:
+            bearers = [p for p in members if p.tone]
+            # A word that is one syllable written with its tone digit (Jyutping `gwong2` over `gw ong2`,
+            # as `phonorm synth --language yue` writes) names the syllable; otherwise it stays unknown.
+            syllable = word if len(bearers) == 1 and word.endswith(str(bearers[0].tone)) else ""
             for p in members:
                 p.word = word
+                p.syllable = syllable
         return phones, notes
 
     han = [word for word, _ in groups if is_han(word)]

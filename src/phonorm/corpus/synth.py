@@ -1,16 +1,20 @@
-"""`phonorm synth`: an offline Mandarin corpus in the formats a real user brings.
+"""`phonorm synth`: an offline Mandarin (or Cantonese) corpus in the formats a real user brings.
 
 Writes OUT/wav/<utt>.wav (16 kHz mono, 16-bit), OUT/textgrid/<utt>.TextGrid (long format, tiers
 `words` = one interval per syllable labelled `zhong1`, and `phones` = initial `zh` + tonal final
 `ong1`; silence is left as empty intervals), OUT/speakers.tsv (`speaker<TAB>sex`) and
 OUT/synth.json (settings, each speaker's voice, counts, provenance).
 
-Speech comes from eSpeak NG's `cmn-latn-pinyin` voice (pinyin with tone digits in). The
-boundaries are eSpeak's own phoneme events (exact sample positions), split into pinyin initial
-and final: in eSpeak's Mandarin phoneme set every pinyin initial is exactly one phoneme
-(`ESPEAK_INITIALS`), and everything after it - medial glides `j`/`w` included - is the final;
-zero-initial syllables are all final. Each syllable's phonemes are checked against that table
-while synthesising, so a wrong alignment stops the run instead of being written.
+Languages (`languages.SynthLanguage`, one small object each: voice, syllable table, initial →
+eSpeak phonemes, tones and tone rules): `cmn` Mandarin, eSpeak NG's `cmn-latn-pinyin` voice
+(pinyin with tone digits in, tones 1-5), and `yue` Cantonese, its `yue-Latn-jyutping` voice
+(Jyutping with tone digits in, tones 1-6, labels `gw ong2`). The boundaries are eSpeak's own
+phoneme events (exact sample positions), split into initial and final: in eSpeak's phoneme sets
+every initial is a fixed sequence of phonemes (Mandarin: exactly one, `ESPEAK_INITIALS`;
+Cantonese: one, or `g w` / `k w` for `gw` / `kw`), and everything after it - Mandarin medial
+glides `j`/`w` included - is the final; zero-initial syllables are all final. Each syllable's
+phonemes are checked against that table while synthesising, so a wrong alignment stops the run
+instead of being written.
 
 Determinism: eSpeak keeps hidden state between utterances (its pitch-flutter phase), so its
 output depends on what it said before in the same process. Each speaker is therefore
@@ -30,7 +34,9 @@ which scales every frequency by `scale` and every duration by 1/`scale`; eSpeak'
 to target / scale beforehand so F0 lands on the target, and the TextGrid times are divided by
 the same exact factor, so boundaries stay exact), channel (zero-phase band-limiting and a
 peak/notch EQ: no delay, boundaries unmoved) and background noise (coloured Gaussian noise at a
-per-speaker SNR). It is opt-in because it changes every file of the default corpus.
+per-speaker SNR). It is opt-in because it changes every file of the default corpus. Each language
+sets pitch from its own voice's measured F0 per variant (`SynthLanguage.variant_f0`, made by
+`measure_variant_f0`).
 """
 
 from __future__ import annotations
@@ -40,19 +46,27 @@ import multiprocessing
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from phonorm.artifacts import atomic_path, provenance, read_json, write_json
-from phonorm.corpus.pinyin_table import Syllable, load_syllable_table
+from phonorm.corpus.languages import (  # noqa: F401 (ESPEAK_INITIALS, VARIANT_F0_AT_PITCH: re-exported)
+    CMN,
+    ESPEAK_INITIALS,
+    LANGUAGES,
+    VARIANT_F0_AT_PITCH,
+    YUE,
+    Syllable,
+    SynthLanguage,
+    get_language,
+)
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import SAMPLE_RATE
 from phonorm.lock import LOCK_FILE, folder_lock
 
-VOICE = "cmn-latn-pinyin"
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
 MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
-TONES = (1, 2, 3, 4, 5)
 MIN_SYLLABLES, MAX_SYLLABLES = 4, 12
 # eSpeak's pitch parameter (0-100, 50 = the variant's own pitch) per sex. With the variants'
 # own pitches these give speaker median F0 of about 150-260 Hz (F) and 90-170 Hz (M), measured
@@ -79,18 +93,6 @@ F0_SPEAKER_SD_SEMITONES = 2.0
 # glottal source; croak: creaky; Annie, linda, steph: breathier female voices; edward, iven, max).
 WIDE_VARIANTS = {"F": ("f1", "f2", "f3", "f4", "f5", "Annie", "linda", "steph"),
                  "M": ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "klatt", "klatt2", "klatt3", "croak", "edward", "iven", "max")}
-# Median F0 (Hz, Praat) of each variant at eSpeak pitch 0, 50 and 100 (range 55, rate 180; measured
-# with espeakng-loader 0.2.4 on a fixed 12-syllable sentence). The pitch setting for a target F0 is
-# interpolated in log F0; the population the synth really made is measured by the tests, not assumed.
-VARIANT_F0_AT_PITCH = {
-    "f1": (94.0, 157.6, 284.8), "f2": (101.0, 166.9, 295.8), "f3": (110.0, 176.5, 301.7),
-    "f4": (92.4, 158.3, 287.7), "f5": (106.1, 181.8, 326.7), "Annie": (159.9, 181.8, 288.0),
-    "linda": (116.4, 211.2, 396.5), "steph": (93.4, 171.7, 324.2),
-    "m1": (52.8, 81.3, 146.7), "m2": (50.1, 90.7, 167.2), "m3": (54.1, 89.4, 158.4), "m4": (52.5, 78.5, 138.0),
-    "m5": (52.8, 88.3, 156.4), "m6": (52.7, 88.4, 158.8), "m7": (56.6, 88.4, 151.7), "klatt": (55.4, 87.8, 156.1),
-    "klatt2": (52.6, 88.3, 156.6), "klatt3": (52.9, 87.7, 156.5), "croak": (53.6, 90.9, 164.0),
-    "edward": (52.4, 87.7, 156.3), "iven": (56.1, 84.4, 147.5), "max": (53.3, 88.0, 157.0),
-}
 WIDE_RANGE_PARAM = (35, 85)
 WIDE_RATE_WPM = (140, 240)
 FORMANT_SCALE_SD, FORMANT_SCALE_LIMITS = 0.05, (0.88, 1.12)  # vocal-tract length: about +-10% (2 SD)
@@ -99,13 +101,8 @@ EQ_CENTRE_HZ, EQ_GAIN = (300.0, 3500.0), (-0.6, 1.0)  # peak (+6 dB) or notch (-
 SNR_DB, SNR_JITTER_DB = (10.0, 35.0), 3.0  # per-speaker SNR, +- per utterance
 NOISE_LOWPASS_HZ = (500.0, 7900.0)  # noise colour: white through a first-order low-pass
 
-# The eSpeak NG phoneme (mnemonic, stress marks stripped) that each pinyin initial is spoken as.
-ESPEAK_INITIALS = {
-    "b": "p", "p": "ph", "m": "m", "f": "f", "d": "t", "t": "th", "n": "n", "l": "l",
-    "g": "k", "k": "kh", "h": "X", "j": "tS;", "q": "tS;h", "x": "S;",
-    "zh": "ts.", "ch": "ts.h", "sh": "s.", "r": "z.", "z": "ts", "c": "tsh", "s": "s",
-}
 _STRESS_MARKS = "',%="
+
 
 
 @dataclass(frozen=True)
@@ -120,10 +117,11 @@ class SpeakerVoice:
     pitch_range: int
     rate: int
     wide: "WideVoice | None" = None
+    language: str = "cmn"
 
     @property
     def voice_name(self) -> str:
-        return f"{VOICE}+{self.variant}"
+        return f"{LANGUAGES[self.language].voice}+{self.variant}"
 
 
 @dataclass(frozen=True)
@@ -142,19 +140,46 @@ class WideVoice:
     noise_lowpass: float
 
 
-def pitch_setting(variant: str, f0_hz: float) -> int:
+def pitch_setting(variant: str, f0_hz: float, language: SynthLanguage | None = None) -> int:
     """eSpeak's pitch parameter (0-100) that gives `variant` a median F0 near `f0_hz`
-    (interpolated in log F0 over `VARIANT_F0_AT_PITCH`, clipped to 0-100)."""
-    table = np.log(VARIANT_F0_AT_PITCH[variant])
+    (interpolated in log F0 over the language's `variant_f0`, Mandarin's by default, clipped to 0-100)."""
+    table = np.log((language or CMN).variant_f0[variant])
     return int(np.clip(round(float(np.interp(np.log(f0_hz), table, (0.0, 50.0, 100.0), left=0.0, right=100.0))), 0, 100))
 
 
-def draw_wide_speakers(n_speakers: int, rng: np.random.Generator) -> list[SpeakerVoice]:
+def measure_variant_f0(language: SynthLanguage, pitches: tuple[int, ...] = (0, 50, 100), pitch_range: int = 55,
+                       rate: int = 180, seed: int = 0) -> dict[str, tuple[float, ...]]:
+    """Median F0 (Hz, Praat pitch) of every `WIDE_VARIANTS` variant with `language`'s
+    voice at each eSpeak pitch setting, saying 12 syllables drawn from its table with `seed` (pitch
+    floor 40 Hz: the low male variants reach about 50 Hz at pitch 0):
+    how a language's `variant_f0` table is made (printed by `python -m phonorm.corpus.synth LANG`)."""
+    import parselmouth
+
+    from phonorm.corpus.espeak import Espeak
+
+    drawer = SyllableDrawer(language.table(), np.random.default_rng(seed), language=language)
+    text = " ".join(f"{s.spelling}{tone}" for s, tone in drawer.draw(12))
+    espeak = Espeak.get()
+    table = {}
+    for variant in (*WIDE_VARIANTS["F"], *WIDE_VARIANTS["M"]):
+        medians = []
+        for pitch in pitches:
+            espeak.set_voice(f"{language.voice}+{variant}", pitch=pitch, pitch_range=pitch_range, rate=rate)
+            samples, _ = espeak.synthesize(text, seed=seed)
+            sound = parselmouth.Sound(samples.astype(np.float64) / 32768.0, espeak.sample_rate)
+            f0 = sound.to_pitch(pitch_floor=40, pitch_ceiling=600).selected_array["frequency"]
+            medians.append(round(float(np.median(f0[f0 > 0])), 1))
+        table[variant] = tuple(medians)
+    return table
+
+
+def draw_wide_speakers(n_speakers: int, rng: np.random.Generator, language: SynthLanguage | None = None) -> list[SpeakerVoice]:
     """Variation "wide": half F, half M (ids as `draw_speakers`), every speaker's voice drawn
     independently of the others (see the module docstring and the constants above)."""
     n_female = (n_speakers + 1) // 2
     counts = {"F": n_female, "M": n_speakers - n_female}
     width = max(2, len(str(max(counts.values()))))
+    language = language or CMN
     voices: list[SpeakerVoice] = []
     for sex in ("F", "M"):
         dealt: list[str] = []
@@ -171,9 +196,9 @@ def draw_wide_speakers(n_speakers: int, rng: np.random.Generator) -> list[Speake
                 snr_db=round(float(rng.uniform(*SNR_DB)), 2), noise_lowpass=round(float(np.exp(rng.uniform(*np.log(NOISE_LOWPASS_HZ)))), 1),
             )
             voices.append(SpeakerVoice(
-                f"{sex}{i + 1:0{width}d}", sex, variant, pitch_setting(variant, wide.f0_target / scale),
+                f"{sex}{i + 1:0{width}d}", sex, variant, pitch_setting(variant, wide.f0_target / scale, language),
                 int(rng.integers(WIDE_RANGE_PARAM[0], WIDE_RANGE_PARAM[1] + 1)),
-                int(rng.integers(WIDE_RATE_WPM[0], WIDE_RATE_WPM[1] + 1)), wide,
+                int(rng.integers(WIDE_RATE_WPM[0], WIDE_RATE_WPM[1] + 1)), wide, language.code,
             ))
     return voices
 
@@ -181,16 +206,16 @@ def draw_wide_speakers(n_speakers: int, rng: np.random.Generator) -> list[Speake
 @dataclass(frozen=True)
 class PlannedUtterance:
     utterance_id: str
-    syllables: tuple[tuple[Syllable, int], ...]  # (syllable, tone 1-5)
+    syllables: tuple[tuple[Syllable, int], ...]  # (syllable, tone)
     seed: int  # seeds eSpeak's noise, the leading silence and the noise floor
 
     @property
     def words(self) -> list[str]:
-        return [f"{s.pinyin}{tone}" for s, tone in self.syllables]
+        return [f"{s.spelling}{tone}" for s, tone in self.syllables]
 
 
 # --------------------------------------------------------------------------- planning
-def draw_speakers(n_speakers: int, rng: np.random.Generator) -> list[SpeakerVoice]:
+def draw_speakers(n_speakers: int, rng: np.random.Generator, language: SynthLanguage | None = None) -> list[SpeakerVoice]:
     """Half the speakers F (ids F01, F02 ...), half M (the odd one out is F); each a distinct
     (variant, pitch, rate): variants are dealt out in a shuffled cycle, pitch and rate drawn."""
     n_female = (n_speakers + 1) // 2
@@ -211,7 +236,8 @@ def draw_speakers(n_speakers: int, rng: np.random.Generator) -> list[SpeakerVoic
                     break
             taken.add((variant, pitch, rate))
             pitch_range = int(rng.integers(RANGE_PARAM[0], RANGE_PARAM[1] + 1))
-            voices.append(SpeakerVoice(f"{sex}{i + 1:0{width}d}", sex, variant, pitch, pitch_range, rate))
+            voices.append(SpeakerVoice(f"{sex}{i + 1:0{width}d}", sex, variant, pitch, pitch_range, rate,
+                                       language=(language or CMN).code))
     return voices
 
 
@@ -220,15 +246,17 @@ class SyllableDrawer:
 
     Randomised greedy: for each position a random subset of the allowed (syllable, tone) pairs
     is scored by how far its tone, initial and final already are above their target shares
-    (count / share), and the least represented one is taken. Targets: the five tones equal;
-    the 21 initials and the zero initial equal; every common final (in at least
-    `common_final_min` syllables) equal, and the rare ones (`er`, `ueng`, `iong`) at the share
-    a uniform syllable draw would give them. Two tone-3 syllables are never adjacent (eSpeak
-    applies third-tone sandhi, which would make the written tone differ from the spoken one),
-    and an utterance never starts with the neutral tone.
+    (count / share), and the least represented one is taken. Targets: the language's tones
+    equal; the initials and the zero initial equal; every common final (in at least
+    `common_final_min` syllables) equal, and the rare ones (Mandarin `er`, `ueng`, `iong`) at the
+    share a uniform syllable draw would give them. A syllable carries only the tones it may carry
+    (Cantonese checked syllables 1, 3, 6) and the language's sequence rules hold (Mandarin: two
+    tone-3 syllables never adjacent, eSpeak would apply third-tone sandhi; no neutral tone first).
     """
 
-    def __init__(self, table: list[Syllable], rng: np.random.Generator, candidates: int = 48, common_final_min: int = 3):
+    def __init__(self, table: Sequence[Syllable], rng: np.random.Generator, candidates: int = 48, common_final_min: int = 3,
+                 language: SynthLanguage | None = None):
+        self.language = language = language or CMN
         self.table = table
         self.rng = rng
         self.candidates = candidates
@@ -239,11 +267,11 @@ class SyllableDrawer:
         common_share = (1 - sum(rare_share.values())) / len(common)
         self.final_share = {f: rare_share.get(f, common_share) for f in finals_syllables}
         self.initial_share = {i: 1 / len(initials) for i in initials}
-        self.tone_share = {t: 1 / len(TONES) for t in TONES}
-        self.tone_count = collections.Counter({t: 0 for t in TONES})
+        self.tone_share = {t: 1 / len(language.tones) for t in language.tones}
+        self.tone_count = collections.Counter({t: 0 for t in language.tones})
         self.initial_count = collections.Counter({i: 0 for i in initials})
         self.final_count = collections.Counter({f: 0 for f in finals_syllables})
-        self.pairs = [(s, t) for s in table for t in TONES]
+        self.pairs = [(s, t) for s in table for t in language.tones_of(s)]
 
     def _score(self, syllable: Syllable, tone: int) -> float:
         return (
@@ -259,13 +287,14 @@ class SyllableDrawer:
             best, best_score = None, float("inf")
             for index in self.rng.choice(len(self.pairs), size=self.candidates, replace=False):
                 syllable, tone = self.pairs[int(index)]
-                if (tone == 3 and previous_tone == 3) or (tone == 5 and position == 0):
+                if not self.language.allows(tone, previous_tone, position):
                     continue
                 score = self._score(syllable, tone)
                 if score < best_score:
                     best, best_score = (syllable, tone), score
-            if best is None:  # every candidate was excluded (vanishingly rare): any tone-1 syllable
-                best = (self.table[int(self.rng.integers(len(self.table)))], 1)
+            if best is None:  # every candidate was excluded (vanishingly rare): any syllable in its first tone
+                syllable = self.table[int(self.rng.integers(len(self.table)))]
+                best = (syllable, self.language.tones_of(syllable)[0])
             syllable, tone = best
             self.tone_count[tone] += 1
             self.initial_count[syllable.initial] += 1
@@ -274,12 +303,13 @@ class SyllableDrawer:
         return tuple(out)
 
 
-def plan_corpus(n_speakers: int, n_utterances: int, seed: int, variation: str = "none"
+def plan_corpus(n_speakers: int, n_utterances: int, seed: int, variation: str = "none", language: str = "cmn"
                 ) -> tuple[list[SpeakerVoice], dict[str, list[PlannedUtterance]]]:
     """Speakers and, per speaker, the utterances to say (ids `F01_0001`), deterministic for a seed."""
+    lang = get_language(language)
     rng = np.random.default_rng(seed)
-    voices = draw_wide_speakers(n_speakers, rng) if variation == "wide" else draw_speakers(n_speakers, rng)
-    drawer = SyllableDrawer(load_syllable_table(), rng)
+    voices = draw_wide_speakers(n_speakers, rng, lang) if variation == "wide" else draw_speakers(n_speakers, rng, lang)
+    drawer = SyllableDrawer(lang.table(), rng, language=lang)
     plan: dict[str, list[PlannedUtterance]] = {}
     for voice in voices:
         utterances = []
@@ -298,11 +328,13 @@ class Interval:
     label: str
 
 
-def align_syllables(events, words: list[str], syllables: list[tuple[Syllable, int]], text_positions: list[int], n_samples: int) -> tuple[list[Interval], list[Interval]]:
+def align_syllables(events, words: list[str], syllables: Sequence[tuple[Syllable, int]], text_positions: list[int], n_samples: int,
+                    language: SynthLanguage | None = None) -> tuple[list[Interval], list[Interval]]:
     """Word and phone intervals (in samples) from eSpeak's events for one utterance.
 
     `events`: eSpeak's word and phoneme events in time order; `text_positions`: the 1-based
-    character position of each syllable in the text given to eSpeak. A phoneme lasts until the
+    character position of each syllable in the text given to eSpeak; `language`: whose
+    initial → phoneme table applies (Mandarin by default). A phoneme lasts until the
     next phoneme event (the last until `n_samples`); pauses (`_`, `_|`, `_:`) are silence.
     Raises PhonormError when the events do not match the syllables (never expected: it means
     the phoneme mapping is wrong for this eSpeak version).
@@ -315,7 +347,8 @@ def align_syllables(events, words: list[str], syllables: list[tuple[Syllable, in
     if any(b < a for a, b in zip(starts, starts[1:])) or (starts and starts[-1] > n_samples):
         raise PhonormError(f"eSpeak's phoneme events are out of order in {' '.join(words)!r}")
     ends = starts[1:] + [n_samples]
-    initial_phonemes = set(ESPEAK_INITIALS.values())
+    table = (language or CMN).initials
+    initial_phonemes = {phonemes[0] for phonemes in table.values()}
     word_tier: list[Interval] = []
     phone_tier: list[Interval] = []
     for word, (syllable, tone), position in zip(words, syllables, text_positions):
@@ -328,12 +361,13 @@ def align_syllables(events, words: list[str], syllables: list[tuple[Syllable, in
             problem = "a pause inside the syllable"
         elif any("(" in name for name in names):
             problem = "a language switch (eSpeak does not know the syllable)"
-        elif syllable.initial and (len(mine) < 2 or names[0] != ESPEAK_INITIALS[syllable.initial]):
-            problem = f"initial {syllable.initial!r} should be eSpeak's {ESPEAK_INITIALS[syllable.initial]!r} followed by the final"
+        elif syllable.initial and (len(mine) <= len(expected := table[syllable.initial])
+                                   or tuple(names[: len(expected)]) != expected):
+            problem = f"initial {syllable.initial!r} should be eSpeak's {' '.join(table[syllable.initial])!r} followed by the final"
         elif not syllable.initial and names[0] in initial_phonemes:
             problem = "a zero-initial syllable starts with an initial consonant"
         if problem is None:
-            first_final = mine[1] if syllable.initial else mine[0]
+            first_final = mine[len(table[syllable.initial])] if syllable.initial else mine[0]
             start, final_start, end = starts[mine[0]], starts[first_final], ends[mine[-1]]
             if (syllable.initial and not start < final_start) or not final_start < end:
                 problem = "an empty initial or final"
@@ -386,10 +420,12 @@ def apply_channel(audio: np.ndarray, wide: WideVoice, rng: np.random.Generator, 
     return mixed * (0.9 / peak) if peak > 0.9 else mixed  # no clipping; the level is normalised by models anyway
 
 
-def synthesize_utterance(espeak, utterance: PlannedUtterance, out: Path, wide: WideVoice | None = None) -> float:
+def synthesize_utterance(espeak, utterance: PlannedUtterance, out: Path, wide: WideVoice | None = None,
+                         language: SynthLanguage | None = None) -> float:
     """Say one utterance with the current voice; write its wav and TextGrid. Returns seconds.
 
-    `wide`: the speaker's variation "wide" settings (formant scale, channel, noise), else None."""
+    `wide`: the speaker's variation "wide" settings (formant scale, channel, noise), else None;
+    `language`: the utterance's language (Mandarin by default; the current voice must speak it)."""
     import soundfile as sf
     import soxr
 
@@ -402,7 +438,7 @@ def synthesize_utterance(espeak, utterance: PlannedUtterance, out: Path, wide: W
     samples, events = espeak.synthesize(text, seed=utterance.seed)
     rng = np.random.default_rng(utterance.seed)
     pad = int(rng.uniform(*LEADING_SILENCE_S) * espeak.sample_rate)
-    words_tier, phones_tier = align_syllables(events, words, list(utterance.syllables), positions, len(samples))
+    words_tier, phones_tier = align_syllables(events, words, utterance.syllables, positions, len(samples), language)
     audio = np.concatenate([np.zeros(pad, np.float32), samples.astype(np.float32) / 32768.0])
     # Variation "wide" reads the synthesizer's samples as if taken at rate x scale (formants and F0
     # times scale, durations / scale); `rate` is that nominal rate, so sample / rate stays exact.
@@ -428,7 +464,7 @@ def _synthesize_speaker(job: tuple[str, SpeakerVoice, list[PlannedUtterance]]) -
     espeak = Espeak.get()
     espeak.set_voice(voice.voice_name, pitch=voice.pitch, pitch_range=voice.pitch_range, rate=voice.rate)
     for utterance in utterances:
-        synthesize_utterance(espeak, utterance, Path(out), voice.wide)
+        synthesize_utterance(espeak, utterance, Path(out), voice.wide, LANGUAGES[voice.language])
     return voice.speaker
 
 
@@ -441,10 +477,13 @@ def _is_complete(out: Path, utterances: list[PlannedUtterance]) -> bool:
 
 
 def _voice_record(voice: SpeakerVoice) -> dict:
-    """A speaker's row of synth.json (`wide` only for variation "wide")."""
+    """A speaker's row of synth.json (`wide` only for variation "wide", `language` only when not
+    Mandarin: the rows of earlier corpora stay as they were)."""
     record = asdict(voice)
     if record["wide"] is None:
         del record["wide"]
+    if record["language"] == CMN.code:
+        del record["language"]
     return record
 
 
@@ -456,10 +495,11 @@ def _espeak_version() -> str:
 
 
 def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int = 40, seed: int = 0, jobs: int = 1,
-                      variation: str = "none") -> str:
+                      variation: str = "none", language: str = "cmn") -> str:
     """Write the corpus to `out` (see the module docstring); returns a one-paragraph summary.
 
     `variation`: "none" or "wide" (how much speakers differ; see the module docstring).
+    `language`: "cmn" (Mandarin, pinyin) or "yue" (Cantonese, Jyutping); see `LANGUAGES`.
     `jobs`: worker processes (each speaker is synthesised in its own fresh process anyway).
     Re-running with the same settings over the same `out` skips speakers already complete.
     """
@@ -470,19 +510,27 @@ def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int =
         raise PhonormError(f"--utterances must be at least 1, got {n_utterances}")
     if variation not in VARIATIONS:
         raise PhonormError(f"--variation {variation!r}: choose one of {', '.join(VARIATIONS)}")
+    lang = get_language(language)
+    if variation == "wide" and not lang.variant_f0:
+        raise PhonormError(f"--variation wide is not available for --language {language}: "
+                           "its voices' F0 at each pitch setting has not been measured")
     with folder_lock(out, "phonorm synth"):
-        return _synthesize_corpus(out, n_speakers, n_utterances, seed, jobs, variation)
+        return _synthesize_corpus(out, n_speakers, n_utterances, seed, jobs, variation, lang)
 
 
-def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int, jobs: int, variation: str) -> str:
+def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int, jobs: int, variation: str,
+                       language: SynthLanguage) -> str:
     from tqdm import tqdm
 
     settings = {
         "speakers": n_speakers, "utterances": n_utterances, "seed": seed, "sample_rate": SAMPLE_RATE,
-        "voice": VOICE, "syllables_per_utterance": [MIN_SYLLABLES, MAX_SYLLABLES], "espeakng_loader": _espeak_version(),
+        "voice": language.voice, "syllables_per_utterance": [MIN_SYLLABLES, MAX_SYLLABLES], "espeakng_loader": _espeak_version(),
     }
-    if variation != "none":  # only then: corpora made before the setting existed still resume
+    # Recorded only when not the default: corpora made before the setting existed still resume.
+    if variation != "none":
         settings["variation"] = variation
+    if language is not CMN:
+        settings["language"] = language.code
     meta_path = out / "synth.json"
     if meta_path.exists():
         try:
@@ -494,7 +542,7 @@ def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int,
     elif any(p.name != LOCK_FILE for p in out.iterdir()):  # our own lock file is no content
         raise PhonormError(f"{out}: the folder is not empty and holds no synth.json; use a new or empty folder")
 
-    voices, plan = plan_corpus(n_speakers, n_utterances, seed, variation)
+    voices, plan = plan_corpus(n_speakers, n_utterances, seed, variation, language.code)
     write_json(meta_path, {"complete": False, "settings": settings})
     for folder in ("wav", "textgrid"):
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -535,17 +583,28 @@ def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int,
                 finals[syllable.final] += 1
     counts = {
         "utterances": total, "syllables": sum(tones.values()), "seconds": round(seconds, 3),
-        "tones": {str(t): tones[t] for t in TONES}, "initials": dict(sorted(initials.items())), "finals": dict(sorted(finals.items())),
+        "tones": {str(t): tones[t] for t in language.tones}, "initials": dict(sorted(initials.items())), "finals": dict(sorted(finals.items())),
     }
     write_json(meta_path, {
         "complete": True, "settings": settings, "speakers": [_voice_record(v) for v in voices], "counts": counts,
         "provenance": provenance(settings),
     })
     n_female = sum(v.sex == "F" for v in voices)
+    scheme = f" --scheme {language.scheme}" if language.scheme != "mandarin" else ""
+    if language.prepare_tones:
+        scheme += f" --tones {','.join(map(str, language.prepare_tones))}"
     return (
-        f"Wrote {total} utterances of {n_speakers} speakers ({n_female} F, {n_speakers - n_female} M{'; variation ' + variation if variation != 'none' else ''}), "
+        f"Wrote {total} {language.name} utterances of {n_speakers} speakers ({n_female} F, {n_speakers - n_female} M"
+        f"{'; variation ' + variation if variation != 'none' else ''}), "
         f"{seconds / 60:.1f} min of speech, to {out} ({len(todo)} speakers synthesised, {skipped} already complete). "
-        f"Syllables per tone 1-5: {' '.join(str(tones[t]) for t in TONES)}; {len(initials)} initials (incl. zero), "
-        f"{len(finals)} finals. Next: phonorm prepare OUT_PREPARED --audio {out / 'wav'} "
-        f"--alignments {out / 'textgrid'} --speakers {out / 'speakers.tsv'}"
+        f"Syllables per tone {language.tones[0]}-{language.tones[-1]}: {' '.join(str(tones[t]) for t in language.tones)}; "
+        f"{len(initials)} initials (incl. zero), {len(finals)} finals. Next: phonorm prepare OUT_PREPARED --audio {out / 'wav'} "
+        f"--alignments {out / 'textgrid'} --speakers {out / 'speakers.tsv'}{scheme}"
     )
+
+
+if __name__ == "__main__":  # the measurement behind a language's `variant_f0` table
+    import sys
+
+    for name, values in measure_variant_f0(get_language(sys.argv[1] if len(sys.argv) > 1 else "yue")).items():
+        print(f"{name!r}: {values},")

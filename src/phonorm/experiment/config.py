@@ -45,8 +45,8 @@ def _check_name(value: str, what: str) -> str:
 
 
 class SynthCorpus(SynthSettings):
-    """`phonorm synth` (`SynthSettings`) then `phonorm prepare` of its output (mandarin scheme) with
-    its own split settings."""
+    """`phonorm synth` (`SynthSettings`) then `phonorm prepare` of its output with its own split
+    settings and the language's scheme (Mandarin: mandarin; Cantonese: tonal, tones 1-6)."""
 
     split_seed: int = 0
     dev: float = Field(0.1, ge=0, lt=1, description="share of each sex's speakers in dev")
@@ -57,6 +57,14 @@ class SynthCorpus(SynthSettings):
         if self.dev + self.test >= 1:
             raise ValueError(f"dev + test must be below 1 (got {self.dev} + {self.test}): no speaker would train")
         return self
+
+    def prepare_settings(self) -> PrepareSettings:
+        """How the corpus stage prepares the synthesised corpus (scheme and tones from the language)."""
+        from phonorm.corpus.languages import get_language
+
+        language = get_language(self.language)
+        tones = list(language.prepare_tones) if language.prepare_tones else None
+        return PrepareSettings(seed=self.split_seed, dev=self.dev, test=self.test, scheme=language.scheme, tones=tones)
 
 
 class PrepareCorpus(PrepareSettings):

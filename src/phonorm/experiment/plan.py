@@ -26,7 +26,6 @@ from phonorm.settings import (
     AnalyzeSettings,
     ExtractSettings,
     FinetuneSettings,
-    PrepareSettings,
     PretrainSettings,
     SynthSettings,
 )
@@ -177,7 +176,7 @@ def _run_synth(s: SynthCorpus) -> Callable[[Path], str]:
         from phonorm.corpus.synth import synthesize_corpus
 
         return synthesize_corpus(folder, n_speakers=s.speakers, n_utterances=s.utterances, seed=s.seed,
-                                 variation=s.variation)
+                                 variation=s.variation, language=s.language)
     return run
 
 
@@ -188,7 +187,7 @@ def _run_prepare_synth(synth: Stage, s: SynthCorpus) -> Callable[[Path], str]:
         source = synth.folder
         return prepare_corpus(folder, audio_dir=source / "wav", alignments=source / "textgrid",
                               speakers_file=source / "speakers.tsv",
-                              settings=PrepareSettings(seed=s.split_seed, dev=s.dev, test=s.test))
+                              settings=s.prepare_settings())
     return run
 
 
