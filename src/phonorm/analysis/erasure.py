@@ -5,7 +5,7 @@ closed form", NeurIPS) is the smallest (in the whitened least-squares sense) aff
 features after which no linear classifier can predict the concept better than a constant. We use
 the authors' package `concept-erasure` (`LeaceEraser`).
 
-Protocol, for one layer, on the sampled rows that carry a tone (1-5) and a sex:
+Protocol, for one layer, on the sampled rows that carry a tone (> 0) and a sex:
 - folds grouped by speaker (`probe_splits`, stratified on tone × sex) are shared by every condition;
 - in each fold the eraser is fitted on the training rows only (one-hot concept) and applied to the
   training and test rows, so no test speaker informs the edit;
@@ -52,7 +52,7 @@ def leace_eraser(x: np.ndarray, concept: np.ndarray):
 def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: np.ndarray,
                    utterances: np.ndarray, *, folds: int = 5, seed: int = 0, max_iter: int = 300,
                    bootstrap: int = 2000, workers: int = 1, device: str = "cpu") -> list[dict]:
-    """Rows (one per erased × probed) for features `x` (rows, dim) and per-row `tone` (1-5; 0 = none),
+    """Rows (one per erased × probed) for features `x` (rows, dim) and per-row `tone` (> 0; 0 = none),
     `sex`, `speakers`, `utterances` (rows,). Only rows with a tone and a sex are used.
     Raises ValueError when fewer than 2 speakers or 2 classes of either factor remain.
     `workers`, `device`: as `probes.probe` (each fold × erased concept is one parallel job)."""

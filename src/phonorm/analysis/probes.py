@@ -243,7 +243,7 @@ def speaker_bootstrap(hits: np.ndarray, speakers: np.ndarray, resamples: int, se
 def label_rows(frames, label: str) -> tuple[np.ndarray, np.ndarray]:
     """Rows (indices into `frames`) that carry `label`, and the label values there.
 
-    tone: rows with tone 1-5; phone: rows with a phone; sex and speaker: rows with a non-empty value.
+    tone: rows with a tone (> 0); phone: rows with a phone; sex and speaker: rows with a non-empty value.
     """
     if label == "tone":
         values = frames["tone"].to_numpy()
