@@ -57,6 +57,7 @@ from phonorm.analysis.similarity import (
 from phonorm.artifacts import atomic_path, code_hash, provenance, read_json, set_seed, write_json, write_parquet
 from phonorm.errors import InputError, PhonormError
 from phonorm.lock import folder_lock
+from phonorm.memory import limit_arenas, release_free_memory
 from phonorm.progress import progress
 from phonorm.settings import AnalyzeSettings
 
@@ -100,9 +101,11 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
     bar = progress(total=len(work) + len(store.classic_names()), desc="analyze", unit="layer",
                    enabled=settings.progress)
     done = {}
+    limit_arenas()
     for model, layer in work:
         bar.set_postfix_str(f"{model} {layer}")
         done[(model, layer)] = ctx.layer_result(model, layer)
+        release_free_memory()
         bar.update()
     work = [(m, layer) for m in models for layer in store.layers(m)]  # tables list model by model
     parts = [done[w] for w in work]
