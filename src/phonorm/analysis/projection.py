@@ -63,14 +63,25 @@ def stratified_subsample(speakers: np.ndarray, labels: np.ndarray, size: int, se
     return np.sort(chosen)
 
 
-def fit_umap(fit_points: np.ndarray, seed: int, n_neighbors: int = 15, min_dist: float = 0.1):
-    """A UMAP model (2-D) fitted on (rows, k) points; `random_state=seed` (forces one thread)."""
+#: Above this many (transformed × fitted) point pairs, UMAP uses its nearest-neighbour index.
+EXACT_TRANSFORM_PAIRS = 5_000_000
+
+
+def fit_umap(fit_points: np.ndarray, seed: int, n_neighbors: int = 15, min_dist: float = 0.1, to_transform: int = 0):
+    """A UMAP model (2-D) fitted on (rows, k) points; `random_state=seed` (forces one thread).
+    `to_transform`: how many points will be transformed into the map afterwards."""
     import warnings
 
     import umap
 
+    # Below 4,096 fitted points umap-learn transforms new points through scikit-learn's
+    # pairwise_distances with its numba metric as a Python callable, one call per pair (measured:
+    # minutes for 17,000 × 3,000 points). With many points to transform, force its nearest-neighbour
+    # descent index instead (seeded, so maps stay reproducible); small maps keep the exact path.
+    approximate = to_transform * len(fit_points) > EXACT_TRANSFORM_PAIRS
     model = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, max(2, len(fit_points) - 1)),
-                      min_dist=min_dist, random_state=seed, transform_seed=seed)
+                      min_dist=min_dist, random_state=seed, transform_seed=seed,
+                      force_approximation_algorithm=approximate)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden to 1 by setting random_state": intended
         model.fit(fit_points)
@@ -82,7 +93,7 @@ def umap_map(points: np.ndarray, fit_index: np.ndarray, seed: int) -> np.ndarray
     rest transformed into that map."""
     import warnings
 
-    model = fit_umap(points[fit_index], seed)
+    model = fit_umap(points[fit_index], seed, to_transform=len(points) - len(fit_index))
     out = np.empty((len(points), 2), dtype=np.float32)
     out[fit_index] = model.embedding_
     rest = np.setdiff1d(np.arange(len(points)), fit_index)
