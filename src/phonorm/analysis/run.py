@@ -100,13 +100,17 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
                   key=lambda ml: (store.layers(ml[0]).index(ml[1]), models.index(ml[0])))
     bar = progress(total=len(work) + len(store.classic_names()), desc="analyze", unit="layer",
                    enabled=settings.progress)
+    from threadpoolctl import threadpool_limits
+
     done = {}
     limit_arenas()
-    for model, layer in work:
-        bar.set_postfix_str(f"{model} {layer}")
-        done[(model, layer)] = ctx.layer_result(model, layer)
-        release_free_memory()
-        bar.update()
+    with threadpool_limits(1):  # parallel work runs on ctx.pool's threads (see _Context.__init__)
+        for model, layer in work:
+            bar.set_postfix_str(f"{model} {layer}")
+            done[(model, layer)] = ctx.layer_result(model, layer)
+            release_free_memory()
+            bar.update()
+    ctx.pool.shutdown()
     work = [(m, layer) for m in models for layer in store.layers(m)]  # tables list model by model
     parts = [done[w] for w in work]
     for name in store.classic_names():
@@ -265,6 +269,12 @@ class _Context:
             self.half_masks = None
         self.device = _device(settings.device)
         self.workers = settings.workers or os.cpu_count() or 1
+        # Worker threads for independent d×d products and decompositions. BLAS itself runs with one
+        # thread (`analyze`): OpenBLAS's own threads were measured 100-1000× slower on small and
+        # skinny products when the machine's cores are busy (a 20 × 590,000 product: 18 s vs 0.02 s).
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=self.workers)
         self._ref_groups: Optional[tuple[str, GroupedViewSums]] = None
         self._ref_samples: dict[str, tuple] = {}
         self.key = self._key()
@@ -331,7 +341,7 @@ class _Context:
         s = self.settings
         ref = s.reference
         same = layer if model != ref and layer in self.store.layers(ref) else None
-        with self.timed("similarity sums (all rows)"), self._blas_threads(min(s.block, self.store.rows)):
+        with self.timed("similarity sums (all rows)"):
             sums = self._stream(model, layer, same)
         result: dict[str, Any] = {"similarity": [], "matrix": {}, "probes": [], "normalization": [], "pca": [],
                                   "notes": []}
@@ -351,7 +361,7 @@ class _Context:
                 if pairs["fit"] is not None:
                     jobs["held_floor"] = lambda: pairs["floor_score"].measures(fit=pairs["floor_fit"], **kw)
         if model != ref and s.layer_matrix:
-            with self.timed("layer matrix sums (sample rows)"), self._blas_threads(len(x)):
+            with self.timed("layer matrix sums (sample rows)"):
                 cells = self._matrix_pairs(x, model, layer)
             for partner, (fit, score) in cells.items():
                 jobs[("matrix", partner)] = lambda f=fit, c=score: c.measures(fit=f, **kw)
@@ -411,28 +421,10 @@ class _Context:
             self._projection(model, layer, x, pca)
         return result
 
-    def _blas_threads(self, rows: int):
-        """BLAS threads for products of `rows` rows at the store's width: every core for large
-        products, one for small ones (OpenBLAS's threads cost more than they gain there: a 1,280 ×
-        24 product was measured at 20 ms with 2 threads on a busy 2-core machine, 100× its cost)."""
-        from threadpoolctl import threadpool_limits
-
-        dim = max(self.store.dim(m) for m in self.store.models)
-        return threadpool_limits(None if rows * dim * dim >= 2e9 else 1)
-
     def _run_jobs(self, jobs: dict) -> dict:
-        """Run the callables of `jobs` (name → () → value) on `self.workers` threads, one BLAS thread
-        each (d×d eigen/singular value decompositions do not scale with BLAS threads, and 2 threads per
-        call on a busy 2-core machine were measured 5-15× slower than one)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from threadpoolctl import threadpool_limits
-
-        if not jobs:
-            return {}
-        with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(jobs)))) as pool:
-            futures = {name: pool.submit(job) for name, job in jobs.items()}
-            return {name: future.result() for name, future in futures.items()}
+        """Run the callables of `jobs` (name → () → value) on the worker threads; {name: value}."""
+        futures = {name: self.pool.submit(job) for name, job in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
     def _erasure(self, model: str, layer: str, x: np.ndarray) -> list[dict]:
         s, f = self.settings, self.sample_frames
@@ -501,15 +493,17 @@ class _Context:
             x = as_float64(self._put(blocks[0]), shift)
             a = row_norms(x)
             runs = group_runs(self.group_codes[begin:end], like=x)
-            x_groups.update_shifted(x, a, runs)
+            # The block's three products are independent: one worker thread each.
+            jobs: dict[str, Any] = {"view": lambda x=x, a=a, runs=runs: x_groups.update_shifted(x, a, runs)}
             if sums is not None:
                 y = as_float64(self._put(blocks[1]), sums.y.shift)
-                sums.cross.update_shifted(x, y, a, row_norms(y), runs)
+                jobs["cross"] = lambda x=x, y=y, a=a, runs=runs: sums.cross.update_shifted(x, y, a, row_norms(y), runs)
             if permuted is not None and sums is not None and self.permutation is not None and same is not None:
                 rows = self.permutation[begin:end]
                 y_perm = next(store.iter_blocks(s.reference, same, rows=rows, block=max(1, len(rows))))
-                y = as_float64(self._put(y_perm), sums.y.shift)
-                permuted.update_shifted(x, y, a, row_norms(y), runs)
+                yp = as_float64(self._put(y_perm), sums.y.shift)
+                jobs["floor"] = lambda x=x, yp=yp, a=a, runs=runs: permuted.update_shifted(x, yp, a, row_norms(yp), runs)
+            self._run_jobs(jobs)
             begin = end
         pairs: dict[str, Any] = {"whole": None, "fit": None, "score": None, "floor": None, "floor_fit": None,
                                  "floor_score": None, "speakers": None}
@@ -538,14 +532,16 @@ class _Context:
         shift = np.asarray(x[: min(len(x), 1024)], np.float64).mean(axis=0)
         xs = as_float64(x, shift)
         x_views = [ViewSums(xs.shape[1], shift).update(x[m]) for m in parts]
-        cells = {}
-        for partner in self.store.layers(ref):
+        def cell(partner: str) -> tuple:
             y_shift, y, y_views = self._reference_sample(partner)
             ys = as_float64(y, y_shift)
             pairs = [PairSums(xv, yv, CrossSums(xs.shape[1], ys.shape[1]).update_shifted(xs[m], ys[m]))
                      for xv, yv, m in zip(x_views, y_views, parts)]
-            cells[partner] = (pairs[0], pairs[1]) if len(pairs) == 2 else (None, pairs[0])
-        return cells
+            return (pairs[0], pairs[1]) if len(pairs) == 2 else (None, pairs[0])
+
+        for partner in self.store.layers(ref):  # read (and cache) in order, then the products in parallel
+            self._reference_sample(partner)
+        return self._run_jobs({partner: lambda p=partner: cell(p) for partner in self.store.layers(ref)})
 
     def _sample_part_masks(self) -> list[np.ndarray]:
         """Row masks over the sample: [fit, score] with --held-out (and two speaker halves), else [all]."""
