@@ -334,13 +334,38 @@ class PairSums:
 
         `fit`: sums of other rows to fit the directions on (held-out scoring); these sums score them.
         """
+        if fit is None:
+            return float(np.mean(self._in_sample_correlations(keep, epsilon, rule=rule)))
         return float(np.mean(self.canonical_correlations(keep, epsilon, fit, rule=rule)))
 
     def svcca_fixed(self, dims: int = SVCCA_DIMS, epsilon: float = EPSILON, fit: "PairSums | None" = None) -> float:
         """SVCCA with a fixed number of top principal directions per view (`dims`, capped by the views'
         dimensions): every layer averages the same number of canonical correlations."""
-        wx, wy, _ = (fit or self).cca_directions(epsilon=epsilon, dims=dims)
+        if fit is None:
+            return float(np.mean(self._in_sample_correlations(None, epsilon, dims=dims)))
+        wx, wy, _ = fit.cca_directions(epsilon=epsilon, dims=dims)
         return float(np.mean(self._score_directions(wx, wy)))
+
+    def _in_sample_correlations(self, keep: float | None, epsilon: float, rule: str = "eigenvalue",
+                                dims: int | None = None) -> np.ndarray:
+        """Canonical correlations fitted and scored on these sums: the singular values of the whitened
+        cross-covariance (what scoring the directions on the same rows returns, to the ridge's 1e-10),
+        from the eigenvalues of M Mᵀ: about 5× faster than the full SVD at 768 dimensions."""
+        m = self._whitened_cross(keep, epsilon, rule, dims)[0]
+        small = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+        values = np.linalg.eigvalsh((small + small.T) / 2)[::-1]
+        return np.clip(np.sqrt(np.clip(values, 0.0, None)), 0.0, 1.0)
+
+    def _whitened_cross(self, keep: float | None, epsilon: float, rule: str, dims: int | None):
+        """The whitened cross-covariance M (kx, ky) of the kept principal coordinates, with each view's
+        whitening scale (k,) and directions (dim, k)."""
+        # The kept directions are eigenvectors of the view's covariance, so the scatter of the kept
+        # coordinates is diagonal, (n − 1)·λ: whitening needs no further decomposition (the ridge
+        # ε·λmax is added to those eigenvalues).
+        ix, ux = _whitener(self.x, keep, rule, dims, epsilon)
+        iy, uy = _whitener(self.y, keep, rule, dims, epsilon)
+        self._kept = (ux.shape[1], uy.shape[1])
+        return ix[:, None] * (ux.T @ self.cross_scatter() @ uy) * iy[None, :], ix, ux, iy, uy
 
     def canonical_correlations(self, keep: float | None = SVCCA_KEEP, epsilon: float = EPSILON,
                                fit: "PairSums | None" = None, rule: str = "eigenvalue") -> np.ndarray:
@@ -352,16 +377,10 @@ class PairSums:
                        dims: int | None = None):
         """Canonical directions in each view's original coordinates, (dx, k) and (dy, k), with their
         correlations (k,) on these sums. k = min of the kept dimensions (`dims`: a fixed number kept)."""
-        # The kept directions are eigenvectors of the view's covariance, so the scatter of the kept
-        # coordinates is diagonal, (n − 1)·λ: whitening needs no further decomposition (the ridge
-        # ε·λmax is added to those eigenvalues).
-        ix, ux = _whitener(self.x, keep, rule, dims, epsilon)
-        iy, uy = _whitener(self.y, keep, rule, dims, epsilon)
-        cxy = ux.T @ self.cross_scatter() @ uy
-        u, rho, vt = np.linalg.svd(ix[:, None] * cxy * iy[None, :], full_matrices=False)
+        m, ix, ux, iy, uy = self._whitened_cross(keep, epsilon, rule, dims)
+        u, rho, vt = np.linalg.svd(m, full_matrices=False)
         wx = ux @ (ix[:, None] * u)
         wy = uy @ (iy[:, None] * vt.T)
-        self._kept = (ux.shape[1], uy.shape[1])
         return wx, wy, np.clip(rho, 0.0, 1.0)
 
     def _score_directions(self, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
@@ -387,8 +406,17 @@ class PairSums:
         if source.x.dim + source.y.dim > source.n:
             warnings.warn(f"PWCCA: dx + dy = {source.x.dim + source.y.dim} > {source.n} rows; CCA on every direction "
                           "is degenerate (canonical correlations of 1 by construction)", IllPosedWarning, stacklevel=2)
-        wx, wy, _ = source.cca_directions(None, epsilon)
-        rho = self._score_directions(wx, wy)
+        if fit is None:
+            # In sample only X's directions and the correlations are needed: the eigenvectors of
+            # M Mᵀ (M the whitened cross-covariance) instead of a full SVD, about 2× faster.
+            m, ix, ux, _, _ = self._whitened_cross(None, epsilon, "eigenvalue", None)
+            values, vectors = np.linalg.eigh((m @ m.T + (m @ m.T).T) / 2)
+            top = np.argsort(values)[::-1][: min(m.shape)]
+            wx = ux @ (ix[:, None] * vectors[:, top])
+            rho = np.clip(np.sqrt(np.clip(values[top], 0.0, None)), 0.0, 1.0)
+        else:
+            wx, wy, _ = source.cca_directions(None, epsilon)
+            rho = self._score_directions(wx, wy)
         scatter = source.x.scatter()
         # ⟨hᵢ, xcⱼ⟩ = (Xc wᵢ)ᵀ Xc eⱼ = (wᵢᵀ S)ⱼ; ‖hᵢ‖ = sqrt(wᵢᵀ S wᵢ), S = XcᵀXc.
         proj = wx.T @ scatter
