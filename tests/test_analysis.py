@@ -197,3 +197,45 @@ def test_a_rerun_with_other_settings_leaves_no_stale_outputs(tmp_path):
     assert not list((tmp_path / "R" / "layer_matrix").glob("*.csv"))
     listed = json.loads((tmp_path / "R" / "settings.json").read_text())["figures"]
     assert sorted(f"figures/{p.name}" for p in (tmp_path / "R" / "figures").iterdir()) == sorted(listed)
+
+
+def test_matrix_on_sample_rows_and_sums_per_half_agree(tmp_path):
+    """The layer matrix is computed on the sampled rows; keeping the pair sums per half instead of per
+    speaker (memory cap) changes no value, only drops the CKA bootstrap; the parts are timed."""
+    from fake_store import make_feature_store
+    from phonorm.analysis.probes import sample_rows
+    from phonorm.analysis.similarity import PairSums
+
+    store = make_feature_store(tmp_path / "f", models=("pretrained", "tone"), n_speakers=6, n_utterances=2,
+                               n_frames=30, n_layers=2)
+    common = dict(reference="pretrained", umap=False, figures=False, bootstrap=0, claim_bootstrap=20, folds=2,
+                  sample_rows=200, erasure=False, labels=["sex"], progress=False)
+    analyze(store, out=tmp_path / "speakers", settings=AnalyzeSettings(**common))
+    analyze(store, out=tmp_path / "halves", settings=AnalyzeSettings(**common, speaker_sums_max_bytes=0))
+    by_speaker = pd.read_csv(tmp_path / "speakers" / "similarity.csv")
+    by_half = pd.read_csv(tmp_path / "halves" / "similarity.csv")
+    for column in ("value", "floor", "held_out_value", "held_out_floor"):
+        np.testing.assert_allclose(by_half[column], by_speaker[column], atol=1e-9, err_msg=column)
+    assert by_speaker[by_speaker.measure == "cka"].ci_low.notna().all() and by_half.ci_low.isna().all()
+
+    features = FeatureStore(store)
+    sample = sample_rows(features.frames, 200, 0)
+    assert 0 < len(sample) < features.rows
+    x = np.concatenate(list(features.iter_blocks("tone", "L1", rows=sample)))
+    y = np.concatenate(list(features.iter_blocks("pretrained", "L0", rows=sample)))
+    matrix = pd.read_csv(tmp_path / "speakers" / "layer_matrix" / "tone__vs__pretrained__cka.csv", index_col=0)
+    assert matrix.loc["L1", "L0"] == pytest.approx(PairSums.of(x, y).cka(), abs=1e-9)
+    seconds = json.loads((tmp_path / "speakers" / "settings.json").read_text())["seconds"]
+    assert {"similarity sums (all rows)", "similarity measures", "probes"} <= set(seconds)
+
+
+def test_cuda_asked_without_a_gpu_is_a_clear_error():
+    torch = pytest.importorskip("torch")
+    from phonorm.analysis.run import _device
+    from phonorm.errors import PhonormError
+
+    assert _device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        assert _device("auto") == "cpu"
+        with pytest.raises(PhonormError, match="--device cuda"):
+            _device("cuda")
