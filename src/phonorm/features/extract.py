@@ -51,6 +51,9 @@ def _extract(corpus: str | Path, *, models: dict[str, str], out: str | Path, set
     state.wait_for_everyone()
     if state.is_main_process:
         start_store(plan)
+    # From here on only the rows' times and speakers are read: the labels, in frames.parquet now,
+    # leave memory, so that resident memory stays near flat in the number of rows.
+    plan.selection.keep_row_index()
     run_share(plan, state.process_index, state.num_processes, device=state.device,
               progress=state.is_local_main_process)
     state.wait_for_everyone()
