@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -253,7 +254,7 @@ def _split_segments(segments: pd.DataFrame, utterance_ids: pd.Series) -> tuple[d
     return arrays, bounds
 
 
-def _rows_of_utterance(segments: dict[str, np.ndarray], geometry: FrameGeometry, n_frames: int,
+def _rows_of_utterance(segments: dict[str, Any], geometry: FrameGeometry, n_frames: int,
                        frames_mode: str, pool: str) -> dict[str, np.ndarray]:
     """The rows of one utterance from its segments (`_split_segments` arrays, sliced)."""
     starts = segments["start"]

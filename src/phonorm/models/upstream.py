@@ -14,23 +14,31 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+import torch
+
+from phonorm.errors import PhonormError
+from phonorm.frames import FrameGeometry
+from phonorm.models.backbone import all_layers, load_backbone, normalize_waveform, num_layers, uses_group_norm
+
 # Extraction runs one forward pass per utterance length, and on CPU torch's oneDNN keeps the
 # kernels it builds for each input shape: in its primitive cache and in ideep's computation cache,
 # up to 1024 shapes each by default. Every distinct utterance length is a new shape, so over a
 # corpus resident memory grew with the number of utterances (~100 KB per distinct length for a
 # tiny model) until those caches filled. A forward pass re-uses a few shapes (layers of one size),
 # so 64 entries keep its speed (measured by bench/scale_extract.py) and bound that memory. Both
-# are read once, when oneDNN first runs, so they are set here, before any forward pass of this
-# process; a value the user exported is kept.
-for _variable in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
-    os.environ.setdefault(_variable, "64")
+# are read once, when oneDNN first runs, so they are set when this module is imported (importing
+# torch does not run oneDNN), before any forward pass of this process; a value the user exported
+# is kept.
+SHAPE_CACHE_CAPACITY = "64"
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from phonorm.errors import PhonormError
-from phonorm.frames import FrameGeometry
-from phonorm.models.backbone import all_layers, load_backbone, normalize_waveform, num_layers, uses_group_norm
+def _bound_shape_caches() -> None:
+    for variable in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(variable, SHAPE_CACHE_CAPACITY)
+
+
+_bound_shape_caches()
 
 
 def wants_normalized_input(source: str | Path) -> bool:
