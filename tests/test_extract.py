@@ -294,7 +294,7 @@ def test_onednn_shape_caches_are_bounded_unless_the_user_chose(tmp_path):
             "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
     env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
     bounded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert bounded.stdout.split() == ["64", "64"]
+    assert bounded.stdout.split() == ["16", "16"]
     chosen = subprocess.run([sys.executable, "-c", code], env={**env, "LRU_CACHE_CAPACITY": "8"},
                             capture_output=True, text=True, check=True)
-    assert chosen.stdout.split() == ["64", "8"]
+    assert chosen.stdout.split() == ["16", "8"]

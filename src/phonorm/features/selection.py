@@ -65,7 +65,7 @@ class Selection:
         self.frames = self.frames[[c for c in ROW_INDEX_COLUMNS if c in self.frames.columns]]
 
 
-def write_frames(path: str | Path, frames: pd.DataFrame, block: int = 65536) -> None:
+def write_frames(path: str | Path, frames: pd.DataFrame, block: int = 16384) -> None:
     """Write the row index to `path` (parquet, atomically), its string columns as plain strings.
 
     Written `block` rows at a time, so the strings exist only for one block at once; the file is
@@ -166,7 +166,7 @@ def select_rows(
     """Decide the rows of a store from the corpus's segments and one frame geometry.
 
     The frame count of each utterance comes from its duration at 16 kHz (`FrameGeometry.num_frames`).
-    Rows are ordered by utterance (corpus order) then time. Memory is O(rows), ~100 bytes per row
+    Rows are ordered by utterance (corpus order) then time. Memory is O(rows), ~70 bytes per row
     (string columns as categoricals, `STRING_COLUMNS`).
     """
     if frames_mode not in FRAME_MODES:
@@ -174,6 +174,9 @@ def select_rows(
     if pool not in POOL_MODES:
         raise ValueError(f"pool must be one of {', '.join(POOL_MODES)}, not {pool!r}")
     utterances = corpus.utterances(split)
+    # Built column by column, each array once: the per-utterance pieces are consumed as they are
+    # joined and the table wraps the arrays without copying, so the peak stays near the table's
+    # own ~70 bytes per row (copies of a whole table per step made it several hundred).
     pieces: list[dict[str, np.ndarray]] = []
     no_rows: list[str] = []
     segments, bounds = _split_segments(corpus.segments, utterances["utterance_id"])
@@ -186,40 +189,40 @@ def select_rows(
         if n == 0:
             no_rows.append(utt.utterance_id)
             continue
-        piece["utterance_id"] = np.full(n, utt.utterance_id, dtype=object)
+        piece["utterance"] = np.full(n, position, dtype=np.int64)  # position in `utterances`
         pieces.append(piece)
-    if pieces:
-        columns: dict[str, object] = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
-        for key in ("utterance_id", "phone", "syllable"):
-            columns[key] = pd.Categorical(columns[key])  # see STRING_COLUMNS
-        table = pd.DataFrame(columns)
-    else:
-        table = pd.DataFrame({key: [] for key in ("utterance_id", "time", "frame", "n_frames", "segment_id",
-                                                   "start", "end", "phone", "tone", "syllable")})
-        for key in ("utterance_id", "phone", "syllable"):
-            table[key] = pd.Categorical(table[key].astype(str))
+    columns: dict[str, np.ndarray] = {
+        key: np.concatenate([p.pop(key) for p in pieces]) if pieces else np.zeros(0, dtype=dtype)
+        for key, dtype in _PIECE_DTYPES.items()
+    }
+    del pieces
+    utterance = columns.pop("utterance")
     # speaker, sex, split: one code per row through the row's utterance (a join would copy strings).
-    meta = utterances.set_index("utterance_id")[["speaker", "sex", "split"]]
-    utt_codes = table["utterance_id"].cat.codes.to_numpy()
-    for column in ("speaker", "sex", "split"):
-        per_utterance = pd.Categorical(meta[column].reindex(table["utterance_id"].cat.categories).astype(str))
-        table[column] = pd.Categorical.from_codes(per_utterance.codes[utt_codes], dtype=per_utterance.dtype)
-    candidates = len(table)
-    if max_per_speaker_label is not None and len(table):
-        table = _cap(table, int(max_per_speaker_label), seed)
-    table = table.reset_index(drop=True)
-    table.insert(0, "row", np.arange(len(table), dtype=np.int64))
-    table = table[list(FRAME_COLUMNS)]
-    table = table.astype({"row": "int64", "time": "float64", "frame": "int64", "n_frames": "int64",
-                          "segment_id": "int64", "start": "float64", "end": "float64", "tone": "int16"})
-    for column in STRING_COLUMNS:  # categories that lost all their rows to the caps go
-        table[column] = table[column].cat.remove_unused_categories()
+    per_utterance = {c: pd.Categorical(utterances[c].astype(str)) for c in ("utterance_id", "speaker", "sex", "split")}
+    candidates = len(utterance)
+    if max_per_speaker_label is not None and candidates:
+        phone = pd.Categorical(columns["phone"])
+        keep = _cap(per_utterance["speaker"].codes[utterance], phone.codes, len(phone.categories),
+                    int(max_per_speaker_label), seed)
+        utterance = utterance[keep]
+        for key in list(columns):
+            columns[key] = columns[key][keep]
+    n_rows = len(utterance)
+    data: dict[str, Any] = {"row": np.arange(n_rows, dtype=np.int64)}
+    for column, categorical in per_utterance.items():
+        data[column] = pd.Categorical.from_codes(categorical.codes[utterance], dtype=categorical.dtype)
+    for column in FRAME_COLUMNS:
+        if column in columns:
+            data[column] = columns.pop(column)
+    for column in STRING_COLUMNS:  # categories without rows (utterances without rows, caps) go
+        data[column] = pd.Categorical(data[column]).remove_unused_categories()
+    data["tone"] = data["tone"].astype(np.int16)
+    table = pd.DataFrame({c: data.pop(c) for c in FRAME_COLUMNS}, copy=False)
 
-    kept_ids = set(table["utterance_id"].cat.categories)
-    kept = utterances[utterances["utterance_id"].isin(kept_ids)].reset_index(drop=True)
-    bounds = table.groupby("utterance_id", sort=False, observed=True)["row"].agg(["min", "max"])
-    kept["row_begin"] = bounds.loc[kept["utterance_id"], "min"].to_numpy()
-    kept["row_end"] = bounds.loc[kept["utterance_id"], "max"].to_numpy() + 1
+    positions = np.unique(utterance)
+    kept = utterances.iloc[positions].reset_index(drop=True)
+    kept["row_begin"] = np.searchsorted(utterance, positions, side="left")
+    kept["row_end"] = np.searchsorted(utterance, positions, side="right")
     counts = {
         "utterances_in_split": int(len(utterances)),
         "utterances_with_rows": int(len(kept)),
@@ -230,6 +233,13 @@ def select_rows(
         "rows_dropped_by_cap": int(candidates - len(table)),
     }
     return Selection(frames=table, utterances=kept, counts=counts)
+
+
+# The columns `_rows_of_utterance` returns (plus `utterance`, the utterance's position) and their
+# dtypes when there is no row at all.
+_PIECE_DTYPES = {"utterance": np.int64, "time": np.float64, "frame": np.int64, "n_frames": np.int64,
+                 "segment_id": np.int64, "start": np.float64, "end": np.float64, "phone": object,
+                 "tone": np.int64, "syllable": object}
 
 
 def _split_segments(segments: pd.DataFrame, utterance_ids: pd.Series) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -302,13 +312,18 @@ def _rows_of_utterance(segments: dict[str, Any], geometry: FrameGeometry, n_fram
     )
 
 
-def _cap(table: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
-    """At most `cap` rows per (speaker, phone), drawn without replacement, order kept."""
+def _cap(speaker: np.ndarray, phone: np.ndarray, n_phones: int, cap: int, seed: int) -> np.ndarray:
+    """Keep-mask: at most `cap` rows per (speaker, phone), drawn without replacement, order kept.
+
+    `speaker`, `phone`: per-row codes of categories sorted as strings, so groups are visited in
+    (speaker, phone) order and the draws depend only on `seed` and the rows."""
     rng = np.random.default_rng(seed)
-    keep = np.ones(len(table), dtype=bool)
-    positions = np.arange(len(table))
-    for _, index in sorted(table.groupby(["speaker", "phone"], sort=True, observed=True).indices.items()):
+    keep = np.ones(len(speaker), dtype=bool)
+    group = speaker.astype(np.int64) * max(n_phones, 1) + phone.astype(np.int64)
+    order = np.argsort(group, kind="stable")  # rows of a group stay in row order
+    edges = np.flatnonzero(np.diff(group[order])) + 1
+    for index in np.split(order, edges):
         if index.size > cap:
             drop = np.setdiff1d(index, rng.choice(index, size=cap, replace=False))
-            keep[positions[drop]] = False
-    return table[keep]
+            keep[drop] = False
+    return keep

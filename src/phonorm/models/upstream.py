@@ -25,12 +25,13 @@ from phonorm.models.backbone import all_layers, load_backbone, normalize_wavefor
 # kernels it builds for each input shape: in its primitive cache and in ideep's computation cache,
 # up to 1024 shapes each by default. Every distinct utterance length is a new shape, so over a
 # corpus resident memory grew with the number of utterances (~100 KB per distinct length for a
-# tiny model) until those caches filled. A forward pass re-uses a few shapes (layers of one size),
-# so 64 entries keep its speed (measured by bench/scale_extract.py) and bound that memory. Both
+# tiny model) until those caches filled. Kernels are rarely re-used across utterances (lengths
+# differ), so 16 entries (what one forward pass builds, about) keep the speed and bound that
+# memory (~10 MB for a tiny model, measured with bench/scale_extract.py). Both
 # are read once, when oneDNN first runs, so they are set when this module is imported (importing
 # torch does not run oneDNN), before any forward pass of this process; a value the user exported
 # is kept.
-SHAPE_CACHE_CAPACITY = "64"
+SHAPE_CACHE_CAPACITY = "16"
 
 
 def _bound_shape_caches() -> None:
