@@ -9,8 +9,8 @@ before the extraction and its peak, and VmHWM (peak resident memory of the whole
 pages such as shared libraries included).
 
 - memory: extraction at each of `--rows` (default 10000,300000) with a `--memory-size` model
-  (default tiny: a base model over 300k rows is ~100 min of audio, hours on 2 CPU cores; memory
-  growth per row does not depend on the model's width). `growth_mb` = peak RssAnon at the largest
+  (default tiny: 300k rows are ~100 min of audio, hours for a base model on 2 CPU cores; what
+  extraction keeps per row, the row index, does not depend on the model). `growth_mb` = peak RssAnon at the largest
   minus at the smallest row count; `growth_bytes_per_row` divides it by the extra rows.
 - speed: `--speed-rows` (default 10000, ~200 s of audio) with a `--size` model (default base).
 

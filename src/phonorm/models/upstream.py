@@ -26,8 +26,8 @@ from phonorm.models.backbone import all_layers, load_backbone, normalize_wavefor
 # up to 1024 shapes each by default. Every distinct utterance length is a new shape, so over a
 # corpus resident memory grew with the number of utterances (~100 KB per distinct length for a
 # tiny model) until those caches filled. Kernels are rarely re-used across utterances (lengths
-# differ), so 16 entries (what one forward pass builds, about) keep the speed and bound that
-# memory (~10 MB for a tiny model, measured with bench/scale_extract.py). Both
+# differ), so 16 entries (about what one forward pass builds) bound that memory (~10 MB for a
+# tiny model; bench/scale_extract.py saw no speed difference against 64 or 1024). Both
 # are read once, when oneDNN first runs, so they are set when this module is imported (importing
 # torch does not run oneDNN), before any forward pass of this process; a value the user exported
 # is kept.
