@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # fakes.py: the synthetic corpus
 
 
 # torch's oneDNN keeps compiled kernels per input shape (up to 1024 entries); every utterance length
-# is a new shape, so that cache (not phonorm) would grow with the number of distinct lengths. It
-# is switched off in the memory runs so that they measure phonorm's own memory.
+# is a new shape, so that cache would grow with the number of distinct lengths. phonorm bounds it
+# (models/upstream.py, 16 entries); the memory runs switch it off to measure phonorm's own memory.
 MEMORY_ENV = {"OMP_NUM_THREADS": "2", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "LRU_CACHE_CAPACITY": "1"}
 
 

@@ -253,3 +253,48 @@ def test_an_empty_share_writes_an_empty_part(tmp_path):
 
     path = RowWriter(tmp_path / "part-00003.npy", rows=0, dim=8, dtype="float16").finish()
     assert np.load(path).shape == (0, 8)
+
+
+# ----------------------------------------------------------------- memory per stored row
+def test_row_index_memory_is_small_per_row_and_the_file_is_unchanged(fake_corpus, tmp_path, monkeypatch):
+    """Extraction's resident memory must not grow by hundreds of bytes per stored row: the labels are
+    categorical codes in memory (not one string per row), the segments are not kept as one small
+    table per utterance, and once frames.parquet is written only the times and speakers stay."""
+    from phonorm.features.selection import frames_hash, write_frames
+
+    # One small table per utterance (PreparedCorpus.segments_of) cost tens of KB each: not used.
+    monkeypatch.setattr(PreparedCorpus, "segments_of", lambda self, utt: pytest.fail("segments_of called"))
+    corpus, grid = PreparedCorpus(fake_corpus), FrameGeometry()
+    selection = select_rows(corpus, "test", grid, "all")
+    frames, rows = selection.frames, len(selection.frames)
+    # 8 numeric columns (62 bytes) + 6 label codes; one string per row and label was ~130 bytes a row.
+    assert frames.memory_usage(deep=True).sum() / rows < 80
+    # The file holds plain strings, written in blocks, and hashes to the key computed in memory
+    # (so stores written before keep resuming).
+    write_frames(tmp_path / "frames.parquet", frames, block=37)
+    written = pd.read_parquet(tmp_path / "frames.parquet")
+    assert len(written) == rows and str(written["phone"].dtype) == "str"
+    pd.testing.assert_frame_equal(written, frames.astype({c: "str" for c in ("utterance_id", "speaker", "sex",
+                                                                                  "split", "phone", "syllable")}))
+    assert frames_hash(written) == selection.key
+    key = selection.key
+    selection.keep_row_index()
+    assert selection.key == key and list(selection.frames.columns) == ["time", "start", "end", "speaker"]
+    assert selection.frames.memory_usage(deep=True).sum() / rows < 30
+
+
+def test_onednn_shape_caches_are_bounded_unless_the_user_chose(tmp_path):
+    """Every utterance length is a new input shape; oneDNN's per-shape caches (1024 by default)
+    would grow with the number of distinct lengths, so importing the upstream bounds them."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, phonorm.models.upstream; "
+            "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    bounded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert bounded.stdout.split() == ["16", "16"]
+    chosen = subprocess.run([sys.executable, "-c", code], env={**env, "LRU_CACHE_CAPACITY": "8"},
+                            capture_output=True, text=True, check=True)
+    assert chosen.stdout.split() == ["16", "8"]

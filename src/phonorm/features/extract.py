@@ -25,7 +25,7 @@ from phonorm.features import store as layout
 from phonorm.features.classic import CLASSIC_DIMS, semitone_z
 from phonorm.features.manifest import StoreManifest, StoreModel
 from phonorm.features.plan import Plan, geometry_dict, plan_extraction, start_store, summary_line
-from phonorm.features.shards import classic_part, run_share
+from phonorm.features.shards import classic_part, release_free_memory, run_share
 from phonorm.features.writer import RowWriter
 from phonorm.lock import folder_lock
 from phonorm.settings import ExtractSettings
@@ -51,6 +51,10 @@ def _extract(corpus: str | Path, *, models: dict[str, str], out: str | Path, set
     state.wait_for_everyone()
     if state.is_main_process:
         start_store(plan)
+    # From here on only the rows' times and speakers are read: the labels, in frames.parquet now,
+    # leave memory, so that resident memory stays near flat in the number of rows.
+    plan.selection.keep_row_index()
+    release_free_memory()
     run_share(plan, state.process_index, state.num_processes, device=state.device,
               progress=state.is_local_main_process)
     state.wait_for_everyone()

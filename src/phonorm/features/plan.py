@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phonorm.artifacts import read_json, set_seed, write_json, write_parquet
+from phonorm.artifacts import read_json, set_seed, write_json
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.features import store as layout
-from phonorm.features.selection import Selection, select_rows
+from phonorm.features.selection import Selection, select_rows, write_frames
 from phonorm.frames import FrameGeometry
 from phonorm.lock import LOCK_FILE
 from phonorm.settings import ExtractSettings
@@ -193,7 +193,7 @@ def start_store(plan: Plan) -> None:
                                        "corpus": str(plan.corpus.folder.resolve())})
     frames_path = plan.out / layout.FRAMES_FILE
     if not frames_path.is_file():
-        write_parquet(frames_path, plan.selection.frames)
+        write_frames(frames_path, plan.selection.frames)
 
 
 def summary_line(plan: Plan) -> str:

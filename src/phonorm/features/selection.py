@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from phonorm.artifacts import atomic_path
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.frames import SAMPLE_RATE, FrameGeometry, segment_index_per_frame
 
@@ -30,20 +33,60 @@ FRAME_COLUMNS = ("row", "utterance_id", "speaker", "sex", "split", "time", "fram
                  "segment_id", "start", "end", "phone", "tone", "syllable")
 
 
+# String columns of frames.parquet. In memory they are pandas categoricals (a small integer code
+# per row): as one Python/Arrow string per row they cost several hundred bytes per row, and the
+# transient copies made while building them left the heap fragmented, so an extraction's resident
+# memory grew by ~0.5-1 KB per stored row. They become plain strings only in `write_frames`.
+STRING_COLUMNS = ("utterance_id", "speaker", "sex", "split", "phone", "syllable")
+# What extraction reads per row once frames.parquet is written (`pooling_index`: time, and start/end
+# for segment pooling; the classic baselines' per-speaker z-scores: speaker).
+ROW_INDEX_COLUMNS = ("time", "start", "end", "speaker")
+
+
 @dataclass
 class Selection:
-    """The rows of a store (`frames`, columns `FRAME_COLUMNS`) and the utterances they come from
-    (`utterances`: the corpus rows of utterances with at least one selected row, in row order, with
-    `row_begin`/`row_end` added)."""
+    """The rows of a store (`frames`, columns `FRAME_COLUMNS`, string columns as categoricals) and
+    the utterances they come from (`utterances`: the corpus rows of utterances with at least one
+    selected row, in row order, with `row_begin`/`row_end` added). `key`: content hash of the rows
+    (`frames_hash`): two runs resume into one store only when it matches."""
 
     frames: pd.DataFrame
     utterances: pd.DataFrame
     counts: dict
+    key: str = ""
 
-    @property
-    def key(self) -> str:
-        """Content hash of the selection: two runs resume into one store only when it matches."""
-        return frames_hash(self.frames)
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = frames_hash(self.frames)
+
+    def keep_row_index(self) -> None:
+        """Drop every column extraction no longer reads (`ROW_INDEX_COLUMNS` stay), once
+        frames.parquet is written: the index then costs ~25 bytes per row. `key` is kept."""
+        self.frames = self.frames[[c for c in ROW_INDEX_COLUMNS if c in self.frames.columns]]
+
+
+def write_frames(path: str | Path, frames: pd.DataFrame, block: int = 16384) -> None:
+    """Write the row index to `path` (parquet, atomically), its string columns as plain strings.
+
+    Written `block` rows at a time, so the strings exist only for one block at once; the file is
+    the same as `frames.astype(str columns).to_parquet(path, index=False)`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    strings = {c: "str" for c in STRING_COLUMNS if c in frames.columns}
+    with atomic_path(path) as tmp:
+        writer = None
+        try:
+            for begin in range(0, max(len(frames), 1), block):
+                part = frames.iloc[begin:begin + block].astype(strings)
+                table = pa.Table.from_pandas(part, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def frames_hash(frames: pd.DataFrame) -> str:
@@ -123,48 +166,63 @@ def select_rows(
     """Decide the rows of a store from the corpus's segments and one frame geometry.
 
     The frame count of each utterance comes from its duration at 16 kHz (`FrameGeometry.num_frames`).
-    Rows are ordered by utterance (corpus order) then time. Memory is O(rows).
+    Rows are ordered by utterance (corpus order) then time. Memory is O(rows), ~70 bytes per row
+    (string columns as categoricals, `STRING_COLUMNS`).
     """
     if frames_mode not in FRAME_MODES:
         raise ValueError(f"frames must be one of {', '.join(FRAME_MODES)}, not {frames_mode!r}")
     if pool not in POOL_MODES:
         raise ValueError(f"pool must be one of {', '.join(POOL_MODES)}, not {pool!r}")
     utterances = corpus.utterances(split)
+    # Built column by column, each array once: the per-utterance pieces are consumed as they are
+    # joined and the table wraps the arrays without copying, so the peak stays near the table's
+    # own ~70 bytes per row (copies of a whole table per step made it several hundred).
     pieces: list[dict[str, np.ndarray]] = []
     no_rows: list[str] = []
-    for utt in utterances.itertuples(index=False):
+    segments, bounds = _split_segments(corpus.segments, utterances["utterance_id"])
+    for position, utt in enumerate(utterances.itertuples(index=False)):
         n_frames = geometry.num_frames(int(round(float(utt.duration) * SAMPLE_RATE)))
-        segments = corpus.segments_of(utt.utterance_id)
-        piece = _rows_of_utterance(segments, geometry, n_frames, frames_mode, pool)
+        begin, end = bounds[position], bounds[position + 1]
+        piece = _rows_of_utterance({k: v[begin:end] for k, v in segments.items()}, geometry, n_frames, frames_mode,
+                                   pool)
         n = len(piece["time"])
         if n == 0:
             no_rows.append(utt.utterance_id)
             continue
-        piece["utterance_id"] = np.full(n, utt.utterance_id, dtype=object)
+        piece["utterance"] = np.full(n, position, dtype=np.int64)  # position in `utterances`
         pieces.append(piece)
-    if pieces:
-        columns = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
-        table = pd.DataFrame(columns)
-    else:
-        table = pd.DataFrame({key: [] for key in ("utterance_id", "time", "frame", "n_frames", "segment_id",
-                                                   "start", "end", "phone", "tone", "syllable")})
-    meta = utterances.set_index("utterance_id")[["speaker", "sex", "split"]]
-    table = table.join(meta, on="utterance_id")
-    candidates = len(table)
-    if max_per_speaker_label is not None and len(table):
-        table = _cap(table, int(max_per_speaker_label), seed)
-    table = table.reset_index(drop=True)
-    table.insert(0, "row", np.arange(len(table), dtype=np.int64))
-    table = table[list(FRAME_COLUMNS)]
-    table = table.astype({"row": "int64", "time": "float64", "frame": "int64", "n_frames": "int64",
-                          "segment_id": "int64", "start": "float64", "end": "float64", "tone": "int16"})
-    for column in ("utterance_id", "speaker", "sex", "split", "phone", "syllable"):
-        table[column] = table[column].astype(str)
+    columns: dict[str, np.ndarray] = {
+        key: np.concatenate([p.pop(key) for p in pieces]) if pieces else np.zeros(0, dtype=dtype)
+        for key, dtype in _PIECE_DTYPES.items()
+    }
+    del pieces
+    utterance = columns.pop("utterance")
+    # speaker, sex, split: one code per row through the row's utterance (a join would copy strings).
+    per_utterance = {c: pd.Categorical(utterances[c].astype(str)) for c in ("utterance_id", "speaker", "sex", "split")}
+    candidates = len(utterance)
+    if max_per_speaker_label is not None and candidates:
+        phone = pd.Categorical(columns["phone"])
+        keep = _cap(per_utterance["speaker"].codes[utterance], phone.codes, len(phone.categories),
+                    int(max_per_speaker_label), seed)
+        utterance = utterance[keep]
+        for key in list(columns):
+            columns[key] = columns[key][keep]
+    n_rows = len(utterance)
+    data: dict[str, Any] = {"row": np.arange(n_rows, dtype=np.int64)}
+    for column, categorical in per_utterance.items():
+        data[column] = pd.Categorical.from_codes(categorical.codes[utterance], dtype=categorical.dtype)
+    for column in FRAME_COLUMNS:
+        if column in columns:
+            data[column] = columns.pop(column)
+    for column in STRING_COLUMNS:  # categories without rows (utterances without rows, caps) go
+        data[column] = pd.Categorical(data[column]).remove_unused_categories()
+    data["tone"] = data["tone"].astype(np.int16)
+    table = pd.DataFrame({c: data.pop(c) for c in FRAME_COLUMNS}, copy=False)
 
-    kept = utterances[utterances["utterance_id"].isin(set(table["utterance_id"]))].reset_index(drop=True)
-    bounds = table.groupby("utterance_id", sort=False)["row"].agg(["min", "max"])
-    kept["row_begin"] = bounds.loc[kept["utterance_id"], "min"].to_numpy()
-    kept["row_end"] = bounds.loc[kept["utterance_id"], "max"].to_numpy() + 1
+    positions = np.unique(utterance)
+    kept = utterances.iloc[positions].reset_index(drop=True)
+    kept["row_begin"] = np.searchsorted(utterance, positions, side="left")
+    kept["row_end"] = np.searchsorted(utterance, positions, side="right")
     counts = {
         "utterances_in_split": int(len(utterances)),
         "utterances_with_rows": int(len(kept)),
@@ -177,10 +235,40 @@ def select_rows(
     return Selection(frames=table, utterances=kept, counts=counts)
 
 
-def _rows_of_utterance(segments: pd.DataFrame, geometry: FrameGeometry, n_frames: int,
+# The columns `_rows_of_utterance` returns (plus `utterance`, the utterance's position) and their
+# dtypes when there is no row at all.
+_PIECE_DTYPES = {"utterance": np.int64, "time": np.float64, "frame": np.int64, "n_frames": np.int64,
+                 "segment_id": np.int64, "start": np.float64, "end": np.float64, "phone": object,
+                 "tone": np.int64, "syllable": object}
+
+
+def _split_segments(segments: pd.DataFrame, utterance_ids: pd.Series) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The segments of `utterance_ids` as flat arrays (start, end float64; segment_id, tone int64;
+    phone, syllable str objects), grouped by utterance in the order of `utterance_ids` (each
+    utterance's segments in their stored order), and the bounds: utterance i's segments are
+    `[bounds[i], bounds[i + 1])`. Flat arrays rather than one small table per utterance (as
+    `PreparedCorpus.segments_of` keeps them), whose overhead of tens of KB each made the resident
+    memory of an extraction grow with the number of utterances."""
+    codes = pd.Index(utterance_ids).get_indexer(segments["utterance_id"])  # -1: another split's
+    order = np.flatnonzero(codes >= 0)
+    order = order[np.argsort(codes[order], kind="stable")]
+    bounds = np.searchsorted(codes[order], np.arange(len(utterance_ids) + 1), side="left")
+    arrays = {
+        "start": segments["start"].to_numpy(dtype=np.float64)[order],
+        "end": segments["end"].to_numpy(dtype=np.float64)[order],
+        "segment_id": segments["segment_id"].to_numpy(dtype=np.int64)[order],
+        "tone": segments["tone"].to_numpy().astype(np.int64)[order],
+        "phone": segments["phone"].to_numpy().astype(str).astype(object)[order],
+        "syllable": segments["syllable"].to_numpy().astype(str).astype(object)[order],
+    }
+    return arrays, bounds
+
+
+def _rows_of_utterance(segments: dict[str, Any], geometry: FrameGeometry, n_frames: int,
                        frames_mode: str, pool: str) -> dict[str, np.ndarray]:
-    starts = segments["start"].to_numpy(dtype=np.float64)
-    ends = segments["end"].to_numpy(dtype=np.float64)
+    """The rows of one utterance from its segments (`_split_segments` arrays, sliced)."""
+    starts = segments["start"]
+    ends = segments["end"]
     centres = geometry.frame_times(max(n_frames, 0))
     seg_of_frame = segment_index_per_frame(starts, ends, centres)
     window_start, window_end = segment_windows(starts, ends, frames_mode)
@@ -194,11 +282,11 @@ def _rows_of_utterance(segments: pd.DataFrame, geometry: FrameGeometry, n_frames
         keep = inside & (centres >= window_start[seg_safe]) & (centres < window_end[seg_safe])
     # Per-segment labels; one dummy entry when there are no segments, so that indexing with
     # `np.clip(seg, 0, None)` stays valid (those frames are masked out by `has` below).
-    pad = [] if len(segments) else [0]
-    seg_ids = np.concatenate([segments["segment_id"].to_numpy(dtype=np.int64), np.full(len(pad), -1)])
-    phones = np.concatenate([segments["phone"].to_numpy().astype(str).astype(object), np.full(len(pad), "", dtype=object)])
-    tones = np.concatenate([segments["tone"].to_numpy().astype(np.int64), np.zeros(len(pad), dtype=np.int64)])
-    syllables = np.concatenate([segments["syllable"].to_numpy().astype(str).astype(object),
+    pad = [] if len(starts) else [0]
+    seg_ids = np.concatenate([segments["segment_id"], np.full(len(pad), -1)])
+    phones = np.concatenate([segments["phone"], np.full(len(pad), "", dtype=object)])
+    tones = np.concatenate([segments["tone"], np.zeros(len(pad), dtype=np.int64)])
+    syllables = np.concatenate([segments["syllable"],
                                 np.full(len(pad), "", dtype=object)])
     bounds_start = np.concatenate([starts, np.full(len(pad), np.nan)])
     bounds_end = np.concatenate([ends, np.full(len(pad), np.nan)])
@@ -215,7 +303,7 @@ def _rows_of_utterance(segments: pd.DataFrame, geometry: FrameGeometry, n_frames
             syllable=np.where(has, syllables[pick], "").astype(object),
         )
     # pool == "segment": one row per segment with at least one selected frame.
-    counts = np.bincount(seg_of_frame[keep & inside], minlength=len(segments))
+    counts = np.bincount(seg_of_frame[keep & inside], minlength=len(starts))
     chosen = np.flatnonzero(counts > 0)
     return dict(
         time=(window_start[chosen] + window_end[chosen]) / 2.0, frame=np.full(chosen.size, -1, dtype=np.int64),
@@ -224,13 +312,18 @@ def _rows_of_utterance(segments: pd.DataFrame, geometry: FrameGeometry, n_frames
     )
 
 
-def _cap(table: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
-    """At most `cap` rows per (speaker, phone), drawn without replacement, order kept."""
+def _cap(speaker: np.ndarray, phone: np.ndarray, n_phones: int, cap: int, seed: int) -> np.ndarray:
+    """Keep-mask: at most `cap` rows per (speaker, phone), drawn without replacement, order kept.
+
+    `speaker`, `phone`: per-row codes of categories sorted as strings, so groups are visited in
+    (speaker, phone) order and the draws depend only on `seed` and the rows."""
     rng = np.random.default_rng(seed)
-    keep = np.ones(len(table), dtype=bool)
-    positions = np.arange(len(table))
-    for _, index in sorted(table.groupby(["speaker", "phone"], sort=True).indices.items()):
+    keep = np.ones(len(speaker), dtype=bool)
+    group = speaker.astype(np.int64) * max(n_phones, 1) + phone.astype(np.int64)
+    order = np.argsort(group, kind="stable")  # rows of a group stay in row order
+    edges = np.flatnonzero(np.diff(group[order])) + 1
+    for index in np.split(order, edges):
         if index.size > cap:
             drop = np.setdiff1d(index, rng.choice(index, size=cap, replace=False))
-            keep[positions[drop]] = False
-    return table[keep]
+            keep[drop] = False
+    return keep

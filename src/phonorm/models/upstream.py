@@ -10,6 +10,7 @@ samples → frames formula (`frames.FrameGeometry`), checked against what the mo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +20,26 @@ import torch
 from phonorm.errors import PhonormError
 from phonorm.frames import FrameGeometry
 from phonorm.models.backbone import all_layers, load_backbone, normalize_waveform, num_layers, uses_group_norm
+
+# Extraction runs one forward pass per utterance length, and on CPU torch's oneDNN keeps the
+# kernels it builds for each input shape: in its primitive cache and in ideep's computation cache,
+# up to 1024 shapes each by default. Every distinct utterance length is a new shape, so over a
+# corpus resident memory grew with the number of utterances (~100 KB per distinct length for a
+# tiny model) until those caches filled. Kernels are rarely re-used across utterances (lengths
+# differ), so 16 entries (about what one forward pass builds) bound that memory (~10 MB for a
+# tiny model; bench/scale_extract.py saw no speed difference against 64 or 1024). Both
+# are read once, when oneDNN first runs, so they are set when this module is imported (importing
+# torch does not run oneDNN), before any forward pass of this process; a value the user exported
+# is kept.
+SHAPE_CACHE_CAPACITY = "16"
+
+
+def _bound_shape_caches() -> None:
+    for variable in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(variable, SHAPE_CACHE_CAPACITY)
+
+
+_bound_shape_caches()
 
 
 def wants_normalized_input(source: str | Path) -> bool:
