@@ -1,11 +1,13 @@
 """Giving freed memory back to the operating system (glibc's malloc; elsewhere these do nothing).
 
 glibc keeps freed pages in its heaps, fragmented between blocks still in use, and gives each thread
-that allocates its own heap ("arena", up to 8 per core). Long stages that allocate and free arrays of
-changing sizes (extraction: one activation size per utterance length; analysis: per-layer blocks,
-probe folds in worker threads) then hold far more resident memory than they use: measured 2.3 GB
-instead of about 1 GB for an analysis with two threads. `limit_arenas` caps the heaps threads get,
-and `release_free_memory` returns the free pages (and Arrow's pool) after each unit of work.
+that allocates its own heap ("arena", up to 8 per core); Arrow's memory pool keeps what writing a
+parquet file used. Long stages that allocate and free arrays of changing sizes (extraction: planning,
+and one activation size per utterance length; analysis: per-layer blocks, probe folds in worker
+threads) then hold far more resident memory than they use: measured 2.3 GB instead of about 1 GB for
+an analysis with two threads, and extraction's memory grew with the rows stored (bench/scale_extract.py).
+`limit_arenas` caps the heaps threads get; `release_free_memory` returns the free pages (and Arrow's
+pool) after each unit of work (milliseconds).
 """
 
 from __future__ import annotations

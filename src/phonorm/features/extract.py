@@ -25,9 +25,10 @@ from phonorm.features import store as layout
 from phonorm.features.classic import CLASSIC_DIMS, semitone_z
 from phonorm.features.manifest import StoreManifest, StoreModel
 from phonorm.features.plan import Plan, geometry_dict, plan_extraction, start_store, summary_line
-from phonorm.features.shards import classic_part, release_free_memory, run_share
+from phonorm.features.shards import classic_part, run_share
 from phonorm.features.writer import RowWriter
 from phonorm.lock import folder_lock
+from phonorm.memory import release_free_memory
 from phonorm.settings import ExtractSettings
 
 __all__ = ["ExtractSettings", "extract", "finish_store", "plan_extraction", "run_share", "start_store"]

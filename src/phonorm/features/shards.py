@@ -9,9 +9,6 @@ run resumes at the next chunk. Group-norm models get only utterances of equal le
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -28,6 +25,7 @@ from phonorm.features.plan import ModelSpec, Plan
 from phonorm.features.selection import pooling_index
 from phonorm.features.writer import RowWriter, partial_matches, partial_path
 from phonorm.frames import SAMPLE_RATE
+from phonorm.memory import release_free_memory
 from phonorm.progress import progress as progress_bar
 
 
@@ -152,32 +150,6 @@ def _run_chunked(
     write_json(done_path, result)
     progress_path.unlink(missing_ok=True)
     return result
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
-def release_free_memory() -> None:
-    """Give freed memory back to the operating system: after planning, and after each forward batch.
-
-    Deciding the rows builds and frees many small per-utterance arrays, and every forward pass
-    allocates and frees activations of a new size (one per utterance length); glibc's malloc keeps
-    such freed pages in its heap, fragmented between blocks still in use, and Arrow's memory pool
-    keeps what writing frames.parquet used. Without this the resident memory of an extraction grew
-    with the number of rows and utterances (bench/scale_extract.py). `malloc_trim(0)` returns the
-    free pages of the heap (glibc only; elsewhere nothing happens); it takes milliseconds."""
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _load(utt) -> np.ndarray:
