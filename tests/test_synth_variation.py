@@ -15,10 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import parselmouth
 import pytest
 from praatio import textgrid
 
+from acoustics import speaker_f0, tonal_finals
 from phonorm.corpus.synth import F0_MEDIAN_HZ, plan_corpus, synthesize_corpus, synthesize_utterance
 from phonorm.errors import PhonormError
 
@@ -30,22 +30,13 @@ def wide_corpus(tmp_path_factory):
     return out
 
 
-def _speaker_f0(corpus: Path) -> dict[str, np.ndarray]:
-    f0 = collections.defaultdict(list)
-    for wav in sorted((corpus / "wav").glob("*.wav")):
-        pitch = parselmouth.Sound(str(wav)).to_pitch(time_step=0.01, pitch_floor=60, pitch_ceiling=450)
-        values = pitch.selected_array["frequency"]
-        f0[wav.stem.split("_")[0]].extend(values[values > 0])
-    return {speaker: np.array(v) for speaker, v in f0.items()}
-
-
 def test_f0_by_sex_measured(wide_corpus):
     """Speaker median F0 (Praat) is on its target within 1.5 semitones, and the sexes' medians sit
     near the published centres (125 / 220 Hz) with speakers spread around them."""
     meta = json.loads((wide_corpus / "synth.json").read_text())
     assert meta["settings"]["variation"] == "wide"
     voices = {v["speaker"]: v for v in meta["speakers"]}
-    medians = {speaker: float(np.median(v)) for speaker, v in _speaker_f0(wide_corpus).items()}
+    medians = {speaker: float(np.median(v)) for speaker, v in speaker_f0(wide_corpus).items()}
     assert set(medians) == set(voices)
     for speaker, median in medians.items():
         off = 12 * np.log2(median / voices[speaker]["wide"]["f0_target"])
@@ -70,19 +61,11 @@ def test_voices_vary_beyond_pitch(wide_corpus):
 def test_tones_and_voicing_still_inside_the_intervals(wide_corpus):
     """After time scaling, channel and noise: tone-2 finals rise and tone-4 finals fall, finals are voiced."""
     slopes, voiced = collections.defaultdict(list), []
-    for grid_path in sorted((wide_corpus / "textgrid").glob("*.TextGrid")):
-        grid = textgrid.openTextgrid(str(grid_path), includeEmptyIntervals=False)
-        pitch = parselmouth.Sound(str(wide_corpus / "wav" / f"{grid_path.stem}.wav")).to_pitch(
-            time_step=0.005, pitch_floor=60, pitch_ceiling=450)
-        for entry in grid.getTier("phones").entries:
-            if not entry.label[-1].isdigit():
-                continue
-            times = np.arange(entry.start + 0.0025, entry.end, 0.005)
-            f0 = np.array([pitch.get_value_at_time(t) for t in times])
-            ok = ~np.isnan(f0)
-            voiced.append(ok.mean() if len(ok) else 0.0)
-            if entry.label[-1] in "24" and ok.sum() >= 5:
-                slopes[entry.label[-1]].append(np.polyfit(times[ok], 12 * np.log2(f0[ok]), 1)[0])
+    for _, entry, times, f0 in tonal_finals(wide_corpus):
+        ok = ~np.isnan(f0)
+        voiced.append(ok.mean() if len(ok) else 0.0)
+        if entry.label[-1] in "24" and ok.sum() >= 5:
+            slopes[entry.label[-1]].append(np.polyfit(times[ok], 12 * np.log2(f0[ok]), 1)[0])
     assert np.mean(np.array(voiced) > 0.8) > 0.85
     assert (np.array(slopes["2"]) > 0).mean() > 0.7 and (np.array(slopes["4"]) < 0).mean() > 0.7
 

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import parselmouth
 import pytest
 import soundfile as sf
 import yaml
 from praatio import textgrid
 
+from acoustics import speaker_f0, tonal_finals
 from phonorm.corpus.jyutping_table import load_syllable_table
 from phonorm.corpus.synth import YUE, SyllableDrawer, align_syllables, plan_corpus, synthesize_corpus
 from phonorm.errors import PhonormError
@@ -171,11 +171,7 @@ def test_wide_variation_lands_on_target_f0(tmp_path):
     out = tmp_path / "wide"
     synthesize_corpus(out, n_speakers=4, n_utterances=2, seed=1, jobs=2, variation="wide", language="yue")
     voices = {v["speaker"]: v for v in json.loads((out / "synth.json").read_text())["speakers"]}
-    f0 = collections.defaultdict(list)
-    for wav in sorted((out / "wav").glob("*.wav")):
-        values = parselmouth.Sound(str(wav)).to_pitch(time_step=0.01, pitch_floor=60, pitch_ceiling=450).selected_array["frequency"]
-        f0[wav.stem.split("_")[0]].extend(values[values > 0])
-    for speaker, values in f0.items():
+    for speaker, values in speaker_f0(out).items():
         off = 12 * np.log2(np.median(values) / voices[speaker]["wide"]["f0_target"])
         assert abs(off) < 1.5, (speaker, off, voices[speaker])
 
@@ -185,21 +181,13 @@ def _tone_contours(corpus: Path) -> dict[int, np.ndarray]:
     """tone → (finals, 3): F0 at 10 %, 50 % and 90 % of each final (linear interpolation over its
     voiced 5 ms Praat frames), in semitones relative to the speaker's median over all its finals."""
     rows = []
-    for tg in sorted((corpus / "textgrid").glob("*.TextGrid")):
-        grid = textgrid.openTextgrid(str(tg), includeEmptyIntervals=False)
-        pitch = parselmouth.Sound(str(corpus / "wav" / f"{tg.stem}.wav")).to_pitch(
-            time_step=0.005, pitch_floor=60, pitch_ceiling=450)
-        for entry in grid.getTier("phones").entries:
-            if not entry.label[-1].isdigit():
-                continue
-            times = np.arange(entry.start + 0.0025, entry.end, 0.005)
-            f0 = np.array([pitch.get_value_at_time(t) for t in times])
-            voiced = ~np.isnan(f0)
-            if voiced.sum() < 5:
-                continue
-            where = (times[voiced] - entry.start) / (entry.end - entry.start)
-            semitones = 12 * np.log2(f0[voiced] / 100)
-            rows.append((tg.stem.split("_")[0], int(entry.label[-1]), np.interp([0.1, 0.5, 0.9], where, semitones)))
+    for utterance, entry, times, f0 in tonal_finals(corpus):
+        voiced = ~np.isnan(f0)
+        if voiced.sum() < 5:
+            continue
+        where = (times[voiced] - entry.start) / (entry.end - entry.start)
+        semitones = 12 * np.log2(f0[voiced] / 100)
+        rows.append((utterance.split("_")[0], int(entry.label[-1]), np.interp([0.1, 0.5, 0.9], where, semitones)))
     by_speaker = collections.defaultdict(list)
     for speaker, _, values in rows:
         by_speaker[speaker].extend(values)
