@@ -231,6 +231,19 @@ def bench_analyze(store: Path, out: Path, extra: list[str], src: Path = ROOT / "
     return result
 
 
+def seconds_from_parts(results: Path) -> dict:
+    """Seconds per part summed over the per-layer results saved so far (R/.parts/*.json): the
+    breakdown of an analysis stopped before its end, with the layers done."""
+    total: dict[str, float] = {}
+    layers = 0
+    for path in sorted((results / ".parts").glob("*.json")):
+        saved = json.loads(path.read_text())["result"].get("seconds", {})
+        layers += 1
+        for part, value in saved.items():
+            total[part] = round(total.get(part, 0.0) + value, 1)
+    return {"layers_done": layers, "seconds": total}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=300_000)
@@ -239,8 +252,14 @@ def main() -> None:
     parser.add_argument("--extract", action="store_true", help="also time extraction (bench/scale_extract.py)")
     parser.add_argument("--src", type=Path, default=ROOT / "src",
                         help="the phonorm source tree whose `analyze` is timed (e.g. an older checkout's src/)")
+    parser.add_argument("--parts", type=Path, help="only sum the per-part seconds of a results folder's saved "
+                        "layers (an analysis stopped early), then exit")
+    parser.add_argument("--out", type=Path, help="results folder (default: a temporary one, removed)")
     parser.add_argument("analyze_args", nargs="*", help="extra `phonorm analyze` options, after --")
     args = parser.parse_args()
+    if args.parts:
+        print(json.dumps(seconds_from_parts(args.parts)))
+        return
 
     store = args.store or Path(tempfile.mkdtemp(prefix="phonorm-scale-")) / "store"
     store_seconds = None
@@ -252,7 +271,7 @@ def main() -> None:
     else:
         store_seconds = round(build_store(store, args.rows), 1)
         _log(f"store built in {store_seconds} s")
-    out = Path(tempfile.mkdtemp(prefix="phonorm-scale-results-"))
+    out = args.out or Path(tempfile.mkdtemp(prefix="phonorm-scale-results-"))
     try:
         result = {"rows": args.rows, "models": len(MODELS), "layers": N_LAYERS, "dim": DIM,
                   "store_seconds": store_seconds, "machine": f"{platform.processor() or platform.machine()}, "
@@ -263,7 +282,8 @@ def main() -> None:
 
             result["extract"] = bench_extraction()
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        if args.out is None:
+            shutil.rmtree(out, ignore_errors=True)
         if args.store is None and not args.keep_store:
             shutil.rmtree(store.parent, ignore_errors=True)
     for part, seconds in sorted(result["analyze"]["parts"].items(), key=lambda kv: -kv[1]):

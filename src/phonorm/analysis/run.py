@@ -335,7 +335,16 @@ class _Context:
 
     # ------------------------------------------------------------------ a model layer
     def layer_result(self, model: str, layer: str) -> dict:
-        return self._cached(f"{model}__{layer}", lambda: self._compute_layer(model, layer))
+        return self._cached(f"{model}__{layer}", lambda: self._timed_layer(model, layer))
+
+    def _timed_layer(self, model: str, layer: str) -> dict:
+        """`_compute_layer` with its seconds per part in the result (`seconds`: an interrupted run's
+        saved parts still tell where the time went)."""
+        before = dict(self.seconds)
+        result = self._compute_layer(model, layer)
+        result["seconds"] = {part: round(value - before.get(part, 0.0), 3) for part, value in self.seconds.items()
+                             if value - before.get(part, 0.0) > 0}
+        return result
 
     def _compute_layer(self, model: str, layer: str) -> dict:
         s = self.settings
