@@ -50,7 +50,7 @@ def test_synth_refuses_a_second_writer_and_ignores_the_lock_file(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / LOCK_FILE).write_text("")
     # a folder holding only a lock file is empty for synth (other content is still refused)
-    assert "Wrote 2 utterances" in synthesize_corpus(tmp_path / "s", n_speakers=2, n_utterances=1)
+    assert "Wrote 2 Mandarin utterances" in synthesize_corpus(tmp_path / "s", n_speakers=2, n_utterances=1)
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "notes.txt").write_text("mine")
     with pytest.raises(PhonormError, match="not empty"):
