@@ -552,12 +552,13 @@ class _Context:
             self._reference_sample(partner)
         return self._run_jobs({partner: lambda p=partner: cell(p) for partner in self.store.layers(ref)})
 
-    def _sample_part_masks(self) -> list[np.ndarray]:
-        """Row masks over the sample: [fit, score] with --held-out (and two speaker halves), else [all]."""
+    def _sample_part_masks(self) -> list[Any]:
+        """Rows of the sample per part: [fit mask, score mask] with --held-out (and two speaker halves),
+        else [every row] (a slice: a view, no copy)."""
         if self.settings.held_out and self.part is not None:
             part = self.part[self.sample]
             return [part == 0, part == 1]
-        return [np.ones(len(self.sample), bool)]
+        return [slice(None)]
 
     def _reference_sample(self, layer: str) -> tuple[np.ndarray, np.ndarray, list[ViewSums]]:
         """The reference layer's sampled rows (in the store's dtype: float16 stores keep half the

@@ -537,8 +537,9 @@ class GroupedCrossSums:
 
 
 def group_runs(codes: np.ndarray, like=None) -> list[tuple[int, object]]:
-    """(group, row indices) for each group present in `codes` (rows,) (negative codes skipped);
-    indices as a torch tensor on `like`'s device when `like` is one."""
+    """(group, rows) for each group present in `codes` (rows,) (negative codes skipped): a slice when
+    the group's rows are consecutive, else row indices (a torch tensor on `like`'s device when `like`
+    is one)."""
     codes = np.asarray(codes)
     order = np.argsort(codes, kind="stable")
     present, starts = np.unique(codes[order], return_index=True)
@@ -548,7 +549,11 @@ def group_runs(codes: np.ndarray, like=None) -> list[tuple[int, object]]:
         if g < 0:
             continue
         rows: object = order[begin:end]
-        if like is not None and _is_torch(like):
+        if order[end - 1] - order[begin] == end - begin - 1 and np.all(np.diff(order[begin:end]) == 1):
+            # The group's rows are one run (a store's rows come speaker by speaker): a slice is a view,
+            # where fancy indexing would copy the block once per product.
+            rows = slice(int(order[begin]), int(order[end - 1]) + 1)
+        elif like is not None and _is_torch(like):
             import torch
 
             rows = torch.as_tensor(order[begin:end], device=like.device)
