@@ -50,6 +50,20 @@ class GroupSums:
         self.squares += np.einsum("ij,ij->j", x, x)
         return self
 
+    def update_shifted(self, x: np.ndarray, codes: np.ndarray) -> "GroupSums":
+        """`update` for a float64 block already taken about `shift` (rows, dim): no conversion, and no
+        copy when every row has a group."""
+        keep = codes >= 0
+        if not keep.all():
+            x, codes = x[keep], codes[keep]
+        self.counts += np.bincount(codes, minlength=self.n_groups)
+        if len(codes):
+            order = np.argsort(codes, kind="stable")
+            present, starts = np.unique(codes[order], return_index=True)
+            self.sums[present] += np.add.reduceat(x[order], starts, axis=0)
+        self.squares += np.einsum("ij,ij->j", x, x)
+        return self
+
     def __add__(self, other: "GroupSums") -> "GroupSums":
         return GroupSums(self.n_groups, self.dim, self.shift, self.counts + other.counts,
                          self.sums + other.sums, self.squares + other.squares)

@@ -497,13 +497,14 @@ class _Context:
         begin = 0
         for blocks in zip(*streams):
             end = begin + len(blocks[0])
-            for f, g in groups.items():
-                g.update(blocks[0], self.codes[f][begin:end])
             x = as_float64(self._put(blocks[0]), shift)
             a = row_norms(x)
             runs = group_runs(self.group_codes[begin:end], like=x)
-            # The block's three products are independent: one worker thread each.
+            # The block's products and factor sums are independent: one worker thread each.
             jobs: dict[str, Any] = {"view": lambda x=x, a=a, runs=runs: x_groups.update_shifted(x, a, runs)}
+            host = x if isinstance(x, np.ndarray) else as_float64(blocks[0], shift)
+            jobs["factors"] = lambda host=host, begin=begin, end=end: [
+                g.update_shifted(host, self.codes[f][begin:end]) for f, g in groups.items()]
             if sums is not None:
                 y = as_float64(self._put(blocks[1]), sums.y.shift)
                 jobs["cross"] = lambda x=x, y=y, a=a, runs=runs: sums.cross.update_shifted(x, y, a, row_norms(y), runs)
@@ -514,6 +515,8 @@ class _Context:
                 jobs["floor"] = lambda x=x, yp=yp, a=a, runs=runs: permuted.update_shifted(x, yp, a, row_norms(yp), runs)
             self._run_jobs(jobs)
             begin = end
+        if model == s.reference:  # the models compared with this layer next reuse its per-group sums
+            self._ref_groups = (layer, x_groups)
         pairs: dict[str, Any] = {"whole": None, "fit": None, "score": None, "floor": None, "floor_fit": None,
                                  "floor_score": None, "speakers": None}
         if sums is not None:
