@@ -38,17 +38,7 @@ class GroupSums:
         """Add a (rows, dim) block whose rows belong to groups `codes` (rows,) (−1: none)."""
         keep = codes >= 0
         x = np.asarray(block[keep], dtype=np.float64)
-        if self.shift is not None:
-            x = x - self.shift
-        c = codes[keep]
-        self.counts += np.bincount(c, minlength=self.n_groups)
-        if len(c):
-            # Sort once and sum runs (np.add.reduceat): much faster than np.add.at's scatter.
-            order = np.argsort(c, kind="stable")
-            present, starts = np.unique(c[order], return_index=True)
-            self.sums[present] += np.add.reduceat(x[order], starts, axis=0)
-        self.squares += np.einsum("ij,ij->j", x, x)
-        return self
+        return self.update_shifted(x - self.shift if self.shift is not None else x, codes[keep])
 
     def update_shifted(self, x: np.ndarray, codes: np.ndarray) -> "GroupSums":
         """`update` for a float64 block already taken about `shift` (rows, dim): no conversion, and no
@@ -58,6 +48,7 @@ class GroupSums:
             x, codes = x[keep], codes[keep]
         self.counts += np.bincount(codes, minlength=self.n_groups)
         if len(codes):
+            # Sort once and sum runs (np.add.reduceat): much faster than np.add.at's scatter.
             order = np.argsort(codes, kind="stable")
             present, starts = np.unique(codes[order], return_index=True)
             self.sums[present] += np.add.reduceat(x[order], starts, axis=0)

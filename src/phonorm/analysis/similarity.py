@@ -218,17 +218,13 @@ class CrossSums:
         if len(x) != len(y):
             raise ValueError(f"blocks differ in rows: {len(x)} vs {len(y)}")
         if len(x):
-            self.add_products(x, y, row_norms(x), row_norms(y))
+            a, b = row_norms(x), row_norms(y)
+            self.n += len(x)
+            self.xy += _cross(x, y)
+            self.ab += float(a @ b)
+            self.a_y += _host(a @ y)
+            self.b_x += _host(b @ x)
         return self
-
-    def add_products(self, x, y, a, b) -> None:
-        """Add shifted blocks x (rows, dx), y (rows, dy) whose row norms ‖xᵢ‖², ‖yᵢ‖² are `a`, `b` (rows,)
-        (computed once when one block meets several partners)."""
-        self.n += len(x)
-        self.xy += _cross(x, y)
-        self.ab += float(a @ b)
-        self.a_y += _host(a @ y)
-        self.b_x += _host(b @ x)
 
     def __add__(self, other: "CrossSums") -> "CrossSums":
         return CrossSums(self.dx, self.dy, self.n + other.n, self.xy + other.xy, self.ab + other.ab,
@@ -549,9 +545,10 @@ def group_runs(codes: np.ndarray, like=None) -> list[tuple[int, object]]:
         if g < 0:
             continue
         rows: object = order[begin:end]
-        if order[end - 1] - order[begin] == end - begin - 1 and np.all(np.diff(order[begin:end]) == 1):
+        if order[end - 1] - order[begin] == end - begin - 1:
             # The group's rows are one run (a store's rows come speaker by speaker): a slice is a view,
-            # where fancy indexing would copy the block once per product.
+            # where fancy indexing would copy the block once per product. (The stable sort keeps a
+            # group's rows increasing, so a span of exactly end - begin rows means consecutive.)
             rows = slice(int(order[begin]), int(order[end - 1]) + 1)
         elif like is not None and _is_torch(like):
             import torch
