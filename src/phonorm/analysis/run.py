@@ -104,13 +104,13 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
 
     done = {}
     limit_arenas()
-    with threadpool_limits(1):  # parallel work runs on ctx.pool's threads (see _Context.__init__)
+    # Parallel work runs on ctx.pool's threads (see _Context.__init__), closed even on an error.
+    with threadpool_limits(1), ctx.pool:
         for model, layer in work:
             bar.set_postfix_str(f"{model} {layer}")
             done[(model, layer)] = ctx.layer_result(model, layer)
             release_free_memory()
             bar.update()
-    ctx.pool.shutdown()
     work = [(m, layer) for m in models for layer in store.layers(m)]  # tables list model by model
     parts = [done[w] for w in work]
     for name in store.classic_names():
