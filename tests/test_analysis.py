@@ -226,7 +226,7 @@ def test_matrix_on_sample_rows_and_sums_per_half_agree(tmp_path):
     matrix = pd.read_csv(tmp_path / "speakers" / "layer_matrix" / "tone__vs__pretrained__cka.csv", index_col=0)
     assert matrix.loc["L1", "L0"] == pytest.approx(PairSums.of(x, y).cka(), abs=1e-9)
     seconds = json.loads((tmp_path / "speakers" / "settings.json").read_text())["seconds"]
-    assert {"similarity sums (all rows)", "similarity measures", "probes"} <= set(seconds)
+    assert {"similarity sums (all rows)", "similarity measures", "probes and erasure"} <= set(seconds)
 
 
 def test_cuda_asked_without_a_gpu_is_a_clear_error():

@@ -22,6 +22,8 @@ the change from `erased = none` on the very same rows and folds, and the accurac
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from phonorm.analysis.bootstrap import SpeakerDraws, interval
@@ -60,6 +62,16 @@ def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: n
 
     from threadpoolctl import threadpool_limits
 
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return start_erasure_probes(x, tone, sex, speakers, utterances, pool.submit, folds=folds, seed=seed,
+                                    max_iter=max_iter, bootstrap=bootstrap, device=device)()
+
+
+def start_erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: np.ndarray,
+                         utterances: np.ndarray, submit, *, folds: int = 5, seed: int = 0, max_iter: int = 300,
+                         bootstrap: int = 2000, device: str = "cpu") -> Callable[[], list[dict]]:
+    """`erasure_probes` with its jobs handed to `submit` (an executor's `submit`) at once; returns a
+    function that waits for them and gives the rows (as `probes.start_probe`)."""
     tone, sex = np.asarray(tone), np.asarray(sex).astype(str)
     keep = (tone > 0) & (sex != "")
     x, tone, sex = np.asarray(x, dtype=np.float64)[keep], tone[keep], sex[keep]
@@ -69,9 +81,6 @@ def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: n
     strata = np.char.add(np.char.add(tone.astype(str), "_"), sex)
     splits = probe_splits(strata, speakers, utterances, folds, seed)
     labels = {"tone": tone, "sex": sex}
-    predicted = {(e, p): np.empty(len(x), dtype=labels[p].dtype) for e in CONDITIONS for p in PROBED}
-    iterations = {k: 0 for k in predicted}
-    converged = {k: True for k in predicted}
     majority = {p: np.zeros(len(x), dtype=bool) for p in PROBED}
     for train, test in splits:
         for p in PROBED:
@@ -84,15 +93,25 @@ def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: n
         else:
             erase = leace_eraser(x[train], labels[erased][train])
             x_train, x_test = erase(x[train]), erase(x[test])
+        # In float32, as the standard probe (`probes.probe`) fits: the erased and unerased fits compare alike.
+        x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
         return {p: fit_predict(x_train, labels[p][train], x_test, seed, max_iter, device) for p in PROBED}
 
-    with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        jobs = [(test, erased, pool.submit(fold, train, test, erased)) for train, test in splits for erased in CONDITIONS]
-        for test, erased, job in jobs:
-            for p, (pred, used, ok) in job.result().items():
-                predicted[(erased, p)][test] = pred
-                iterations[(erased, p)] = max(iterations[(erased, p)], used)
-                converged[(erased, p)] = converged[(erased, p)] and ok
+    jobs = [(test, erased, submit(fold, train, test, erased)) for train, test in splits for erased in CONDITIONS]
+    return lambda: _erasure_rows(jobs, x, labels, majority, speakers, len(splits), seed, bootstrap)
+
+
+def _erasure_rows(jobs: list, x: np.ndarray, labels: dict, majority: dict, speakers: np.ndarray, folds: int,
+                  seed: int, bootstrap: int) -> list[dict]:
+    """The rows of `erasure_probes` from its finished fold `jobs` ((test rows, erased, future))."""
+    predicted = {(e, p): np.empty(len(x), dtype=labels[p].dtype) for e in CONDITIONS for p in PROBED}
+    iterations = {k: 0 for k in predicted}
+    converged = {k: True for k in predicted}
+    for test, erased, job in jobs:
+        for p, (pred, used, ok) in job.result().items():
+            predicted[(erased, p)][test] = pred
+            iterations[(erased, p)] = max(iterations[(erased, p)], used)
+            converged[(erased, p)] = converged[(erased, p)] and ok
     draws = SpeakerDraws(speakers, bootstrap, seed)
     rows = []
     baseline = {}
@@ -111,6 +130,6 @@ def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: n
                              ci_low=low, ci_high=high, change=point - baseline[p][0],
                              change_ci_low=c_low, change_ci_high=c_high, above_chance=point - float(majority[p].mean()),
                              above_chance_ci_low=a_low, above_chance_ci_high=a_high, n=int(len(x)),
-                             folds=len(splits), iterations=iterations[(erased, p)],
-                             converged=bool(converged[(erased, p)]), by_speaker=counts))
+                             folds=folds, iterations=iterations[(erased, p)],
+                             converged=bool(converged[(erased, p)]), by_speaker=tallies))
     return rows

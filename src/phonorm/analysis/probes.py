@@ -22,11 +22,9 @@ a bug; the report's corpus section gives the number of speakers in each split.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
-
-#: Labels probed, and whether their folds are speaker-disjoint.
-
 
 @dataclass
 class ProbeResult:
@@ -58,6 +56,9 @@ def probe_splits(y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, fo
     from sklearn.model_selection import StratifiedGroupKFold
 
     groups = utterances if speaker_label else speakers
+    key = _digest(y, groups, folds, seed)
+    if key in _SPLITS:
+        return _SPLITS[key]
     n_groups = len(np.unique(groups))
     k = min(folds, n_groups)
     if k < 2:
@@ -68,7 +69,26 @@ def probe_splits(y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, fo
     with warnings.catch_warnings():
         # "The least populated class has only n members": expected for rare phones; folds stay valid.
         warnings.simplefilter("ignore", UserWarning)
-        return [(train, test) for train, test in splitter.split(np.zeros(len(y)), y, groups)]
+        splits = [(train, test) for train, test in splitter.split(np.zeros(len(y)), y, groups)]
+    _SPLITS[key] = splits
+    while len(_SPLITS) > 32:
+        del _SPLITS[next(iter(_SPLITS))]
+    return splits
+
+
+#: probe_splits' recent results by content: every layer of every model probes the same sampled rows,
+#: and StratifiedGroupKFold took 2 s per label there (speaker label, 20,000 rows), as long as the fits.
+_SPLITS: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def _digest(*parts) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(np.asarray(part).astype(str).tobytes() if isinstance(part, np.ndarray) else repr(part).encode())
+        h.update(b"|")
+    return h.hexdigest()
 
 
 def make_classifier(seed: int, max_iter: int = 300):
@@ -88,10 +108,46 @@ def probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.nda
     `workers`: folds fitted at once (threads with one BLAS thread each: scikit-learn's solver runs
     in numpy/Cython code that releases the GIL). `device`: "cpu" (scikit-learn), or a torch device
     such as "cuda" (`fit_predict_torch`: the same objective)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS/OpenMP thread per fit: more BLAS threads per fit gained little and, on a busy 2-core
+    # machine, were measured up to 50× slower (thread contention).
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, min(workers, folds))) as pool:
+        return start_probe(x, y, speakers, utterances, pool.submit, folds=folds, bootstrap=bootstrap, seed=seed,
+                           speaker_label=speaker_label, max_iter=max_iter, device=device)()
+
+
+def start_probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, submit, *,
+                folds: int = 5, bootstrap: int = 2000, seed: int = 0, speaker_label: bool = False,
+                max_iter: int = 300, device: str = "cpu") -> Callable[[], ProbeResult]:
+    """`probe`, with its fold fits handed to `submit` (an executor's `submit`) at once; returns a
+    function that waits for them and gives the `ProbeResult`. Starting every label's probe before
+    waiting for any keeps all workers busy (one label's five folds leave a worker idle).
+    Raises ValueError (at the start) when the labels cannot be cross-validated."""
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y)
     speakers = np.asarray(speakers)
-    return _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, max_iter, workers, device)
+    splits = probe_splits(y, speakers, np.asarray(utterances), folds, seed, speaker_label)
+    # The fold's rows are taken in the job: copies made at submission would all be alive at once.
+    fitted = [submit(lambda train=train, test=test: fit_predict(x[train], y[train], x[test], seed, max_iter, device))
+              for train, test in splits]
+
+    def finish() -> ProbeResult:
+        predicted = np.empty(len(y), dtype=y.dtype)
+        majority = np.zeros(len(y), dtype=bool)
+        iterations, converged = 0, True
+        for (train, test), future in zip(splits, fitted):
+            classes, counts = np.unique(y[train], return_counts=True)
+            majority[test] = y[test] == classes[np.argmax(counts)]  # DummyClassifier(most_frequent)
+            predicted[test], used, ok = future.result()
+            iterations, converged = max(iterations, used), converged and ok
+        hits = predicted == y
+        low, high = speaker_bootstrap(hits, speakers, bootstrap, seed)
+        return ProbeResult(float(hits.mean()), float(majority.mean()), low, high, int(len(y)), len(splits),
+                           int(len(np.unique(y))), iterations, bool(converged), per_speaker(hits, speakers, majority))
+    return finish
 
 
 def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int,
@@ -197,32 +253,6 @@ def per_speaker(hits: np.ndarray, speakers: np.ndarray, baseline: np.ndarray) ->
     base = np.bincount(codes, weights=baseline.astype(np.float64), minlength=len(names))
     total = np.bincount(codes, minlength=len(names))
     return {str(n): [int(c), int(t), int(b)] for n, c, t, b in zip(names, correct, total, base)}
-
-
-def _probe(x, y, speakers, utterances, folds, bootstrap, seed, speaker_label, max_iter, workers=1,
-           device="cpu") -> ProbeResult:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
-    splits = probe_splits(y, speakers, np.asarray(utterances), folds, seed, speaker_label)
-    predicted = np.empty(len(y), dtype=y.dtype)
-    majority = np.zeros(len(y), dtype=bool)
-    iterations, converged = 0, True
-    for train, test in splits:
-        classes, counts = np.unique(y[train], return_counts=True)
-        majority[test] = y[test] == classes[np.argmax(counts)]  # DummyClassifier(most_frequent)
-    # Folds in parallel threads, one BLAS/OpenMP thread each: more BLAS threads per fit gained little
-    # and, on a busy 2-core machine, were measured up to 50× slower (thread contention).
-    with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, min(workers, len(splits)))) as pool:
-        fitted = [pool.submit(fit_predict, x[train], y[train], x[test], seed, max_iter, device) for train, test in splits]
-        for (_, test), future in zip(splits, fitted):
-            predicted[test], used, ok = future.result()
-            iterations, converged = max(iterations, used), converged and ok
-    hits = predicted == y
-    low, high = speaker_bootstrap(hits, speakers, bootstrap, seed)
-    return ProbeResult(float(hits.mean()), float(majority.mean()), low, high, int(len(y)), len(splits),
-                       int(len(np.unique(y))), iterations, bool(converged), per_speaker(hits, speakers, majority))
 
 
 def speaker_bootstrap(hits: np.ndarray, speakers: np.ndarray, resamples: int, seed: int,

@@ -31,16 +31,16 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
 
 from phonorm.analysis import claims as claims_mod
 from phonorm.analysis.bootstrap import SpeakerDraws, interval
-from phonorm.analysis.erasure import erasure_probes
+from phonorm.analysis.erasure import start_erasure_probes
 from phonorm.analysis.normalization import GroupSums, silhouette
-from phonorm.analysis.probes import label_rows, probe, sample_rows
+from phonorm.analysis.probes import label_rows, sample_rows, start_probe
 from phonorm.analysis.projection import PCA, stratified_subsample, umap_layers, umap_map
 from phonorm.analysis.similarity import (
     MEASURES,
@@ -105,19 +105,19 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
     done = {}
     limit_arenas()
     # Parallel work runs on ctx.pool's threads (see _Context.__init__), closed even on an error.
-    with threadpool_limits(1), ctx.pool:
+    with threadpool_limits(1), ctx.pool, contextlib.closing(ctx):
         for model, layer in work:
             bar.set_postfix_str(f"{model} {layer}")
             done[(model, layer)] = ctx.layer_result(model, layer)
             release_free_memory()
             bar.update()
-    work = [(m, layer) for m in models for layer in store.layers(m)]  # tables list model by model
-    parts = [done[w] for w in work]
-    for name in store.classic_names():
-        bar.set_postfix_str(f"classic {name}")
-        with ctx.timed("classic baselines"):
-            parts.append(ctx.classic_result(name))
-        bar.update()
+        work = [(m, layer) for m in models for layer in store.layers(m)]  # tables list model by model
+        parts = [done[w] for w in work]
+        for name in store.classic_names():
+            bar.set_postfix_str(f"classic {name}")
+            with ctx.timed("classic baselines"):
+                parts.append(ctx.classic_result(name))
+            bar.update()
     bar.close()
 
     similarity = pd.DataFrame([r for p in parts for r in p["similarity"]], columns=SIMILARITY_COLUMNS)
@@ -276,6 +276,7 @@ class _Context:
 
         self.pool = ThreadPoolExecutor(max_workers=self.workers)
         self._ref_groups: Optional[tuple[str, GroupedViewSums]] = None
+        self._ref_views: dict[str, ViewSums] = {}  # the current reference layer's views per part
         self._ref_samples: dict[str, tuple] = {}
         self.key = self._key()
         self._umap_fit: Optional[np.ndarray] = None
@@ -417,17 +418,21 @@ class _Context:
         for i in range(min(PCA_COMPONENTS_KEPT, len(full.explained))):
             result["pca"].append(dict(model=model, layer=layer, component=i + 1, variance=float(full.variance[i]),
                                       explained=float(full.explained[i]), cumulative=float(cumulative[i])))
+        # The probe and erasure fits go to the worker threads at once (all of them: no worker idles
+        # between labels); silhouettes and projections run here meanwhile.
         first_skip = len(self.skipped)
-        with self.timed("probes"):
-            result["probes"] = self._probes(model, layer, x)
+        with self.timed("probes and erasure"):
+            probes = self._start_probes(model, layer, x)
+            erasure = self._start_erasure(model, layer, x) if model in self.erasure_models else None
         result["skipped"] = self.skipped[first_skip:]
         with self.timed("silhouettes"):
             result["normalization"] += self._silhouettes(model, layer, x)
-        if model in self.erasure_models:
-            with self.timed("erasure"):
-                result["erasure"] = self._erasure(model, layer, x)
         with self.timed("projections (PCA, UMAP)"):
             self._projection(model, layer, x, pca)
+        with self.timed("probes and erasure"):
+            result["probes"] = probes()
+            if erasure is not None:
+                result["erasure"] = erasure()
         return result
 
     def _run_jobs(self, jobs: dict) -> dict:
@@ -435,29 +440,31 @@ class _Context:
         futures = {name: self.pool.submit(job) for name, job in jobs.items()}
         return {name: future.result() for name, future in futures.items()}
 
-    def _erasure(self, model: str, layer: str, x: np.ndarray) -> list[dict]:
+    def _start_erasure(self, model: str, layer: str, x: np.ndarray) -> Callable[[], list[dict]]:
+        """Start the erasure probes on the worker threads; returns a function that waits for their rows."""
         s, f = self.settings, self.sample_frames
         try:
-            rows = erasure_probes(x, f["tone"].to_numpy(), f["sex"].astype(str).to_numpy(),
-                                  f["speaker"].astype(str).to_numpy(), f["utterance_id"].astype(str).to_numpy(),
-                                  folds=s.folds, seed=s.seed, max_iter=s.probe_max_iter, bootstrap=s.claim_bootstrap,
-                                  workers=self.workers, device=self.device)
+            finish = start_erasure_probes(
+                x, f["tone"].to_numpy(), f["sex"].astype(str).to_numpy(), f["speaker"].astype(str).to_numpy(),
+                f["utterance_id"].astype(str).to_numpy(), self.pool.submit, folds=s.folds, seed=s.seed,
+                max_iter=s.probe_max_iter, bootstrap=s.claim_bootstrap, device=self.device)
         except ValueError as err:
             self.skipped.append(dict(model=model, layer=layer, label="erasure", reason=str(err)))
-            return []
-        return [dict(model=model, layer=layer, **r) for r in rows]
+            return list
+        return lambda: [dict(model=model, layer=layer, **r) for r in finish()]
 
     def _shift(self, model: str, layer: str) -> np.ndarray:
         """The fixed shift of a layer's sums: the mean of its first rows (float64 (dim,))."""
-        return next(self.store.iter_blocks(model, layer, block=min(self.settings.block, 4096))).astype(np.float64).mean(axis=0)
+        return next(self.store.iter_blocks(model, layer, block=min(self.settings.block, 4096), dtype=np.float64)).mean(axis=0)
 
     def _put(self, block: np.ndarray):
-        """A block where its products are taken: as is (CPU), or a float64 tensor on the device."""
+        """A block (as stored, e.g. float16) where its products are taken: as is (CPU), or a tensor on
+        the device (`as_float64` converts it there)."""
         if self.device == "cpu":
             return block
         import torch
 
-        return torch.from_numpy(np.asarray(block, dtype=np.float64)).to(self.device)
+        return torch.from_numpy(np.array(block)).to(self.device)
 
     def _reference_groups(self, layer: str) -> GroupedViewSums:
         """The reference layer's per-group sums over all rows (kept for the current layer only: the
@@ -467,13 +474,21 @@ class _Context:
         ref = self.settings.reference
         grouped = GroupedViewSums(self.n_groups, self.store.dim(ref), self._shift(ref, layer))
         begin = 0
-        for block in self.store.iter_blocks(ref, layer, block=self.settings.block):
+        for block in self.store.iter_blocks(ref, layer, block=self.settings.block, dtype=None):
             end = begin + len(block)
             y = as_float64(self._put(block), grouped.shift)
             grouped.update_shifted(y, row_norms(y), group_runs(self.group_codes[begin:end], like=y))
             begin = end
-        self._ref_groups = (layer, grouped)
+        self._ref_groups, self._ref_views = (layer, grouped), {}
         return grouped
+
+    def _reference_view(self, part: str, mask: np.ndarray | None) -> ViewSums:
+        """The current reference layer's `ViewSums` of a part of the rows (whole, fit or score half),
+        the same object for every model of the layer: its PCA (an eigendecomposition) is memoised on it."""
+        if part not in self._ref_views:
+            assert self._ref_groups is not None
+            self._ref_views[part] = self._ref_groups[1].view(mask)
+        return self._ref_views[part]
 
     def _stream(self, model: str, layer: str, same: str | None) -> dict:
         """One pass over all rows of `layer`: its view sums and factor group sums, and, when the
@@ -491,9 +506,10 @@ class _Context:
             sums = SpeakerSums(x_groups, y_groups, GroupedCrossSums(self.n_groups, dim, y_groups.dim))
             if self.permutation is not None:
                 permuted = GroupedCrossSums(self.n_groups, dim, y_groups.dim)
-        streams = [store.iter_blocks(model, layer, block=s.block)]
+        # Blocks as stored (float16 views of the memory map): as_float64 casts and shifts in one pass.
+        streams = [store.iter_blocks(model, layer, block=s.block, dtype=None)]
         if same is not None:
-            streams.append(store.iter_blocks(s.reference, same, block=s.block))
+            streams.append(store.iter_blocks(s.reference, same, block=s.block, dtype=None))
         begin = 0
         for blocks in zip(*streams):
             end = begin + len(blocks[0])
@@ -510,28 +526,31 @@ class _Context:
                 jobs["cross"] = lambda x=x, y=y, a=a, runs=runs: sums.cross.update_shifted(x, y, a, row_norms(y), runs)
             if permuted is not None and sums is not None and self.permutation is not None and same is not None:
                 rows = self.permutation[begin:end]
-                y_perm = next(store.iter_blocks(s.reference, same, rows=rows, block=max(1, len(rows))))
+                y_perm = next(store.iter_blocks(s.reference, same, rows=rows, block=max(1, len(rows)), dtype=None))
                 yp = as_float64(self._put(y_perm), sums.y.shift)
                 jobs["floor"] = lambda x=x, yp=yp, a=a, runs=runs: permuted.update_shifted(x, yp, a, row_norms(yp), runs)
             self._run_jobs(jobs)
             begin = end
+        x_view = x_groups.view()
         if model == s.reference:  # the models compared with this layer next reuse its per-group sums
-            self._ref_groups = (layer, x_groups)
+            self._ref_groups, self._ref_views = (layer, x_groups), {"whole": x_view}
         pairs: dict[str, Any] = {"whole": None, "fit": None, "score": None, "floor": None, "floor_fit": None,
                                  "floor_score": None, "speakers": None}
         if sums is not None:
-            pairs["whole"] = sums.pair()
-            if self.half_masks is not None:
-                pairs["fit"], pairs["score"] = (sums.pair(m) for m in self.half_masks)
-            if permuted is not None:
-                def floor(mask=None):
-                    return PairSums(sums.x.view(mask), sums.y.view(mask), permuted.cross(mask))
-                pairs["floor"] = floor()
-                if self.half_masks is not None:
-                    pairs["floor_fit"], pairs["floor_score"] = (floor(m) for m in self.half_masks)
+            # One ViewSums object per view and part, shared by the pair and its floor (the PCA of each
+            # is computed once).
+            parts = {"whole": None} if self.half_masks is None else \
+                {"whole": None, "fit": self.half_masks[0], "score": self.half_masks[1]}
+            for part, mask in parts.items():
+                x_part = x_view if mask is None else x_groups.view(mask)
+                y_part = self._reference_view(part, mask)
+                pairs[part] = PairSums(x_part, y_part, sums.cross.cross(mask))
+                if permuted is not None:
+                    pairs["floor" if mask is None else f"floor_{part}"] = PairSums(x_part, y_part,
+                                                                                    permuted.cross(mask))
             if self.groups_are_speakers:
                 pairs["speakers"] = sums
-        return {"view": x_groups.view(), "groups": groups, "pairs": pairs}
+        return {"view": x_view, "groups": groups, "pairs": pairs}
 
     def _matrix_pairs(self, x: np.ndarray, model: str, layer: str) -> dict[str, tuple]:
         """Pair sums of the sampled rows `x` (sample, dim) of this layer with every reference layer's
@@ -564,23 +583,44 @@ class _Context:
         return [slice(None)]
 
     def _reference_sample(self, layer: str) -> tuple[np.ndarray, np.ndarray, list[ViewSums]]:
-        """The reference layer's sampled rows (in the store's dtype: float16 stores keep half the
-        memory), their shift and view sums per sample part; cached for every reference layer."""
+        """The reference layer's sampled rows (in the store's dtype), their shift and view sums per
+        sample part; cached for every reference layer. The rows are cached in a scratch file
+        (`scratch`), memory-mapped: the page cache holds them, not the process (13 layers × 20,000 rows
+        × 768 float16 are 400 MB), and reading them back costs no more than keeping them."""
         if layer not in self._ref_samples:
-            y = self._read_sample(self.settings.reference, layer)
+            y = self._read_sample(self.settings.reference, layer, dtype=None)
             shift = np.asarray(y[: min(len(y), 1024)], np.float64).mean(axis=0)
             views = [ViewSums(y.shape[1], shift).update(y[m]) for m in self._sample_part_masks()]
-            dtype = self.store.model_info(self.settings.reference).get("dtype", "float32")
-            self._ref_samples[layer] = (shift, y.astype(dtype, copy=False), views)
+            path = self.scratch / f"reference_sample__{layer}.npy"
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, y)
+            self._ref_samples[layer] = (shift, np.load(path, mmap_mode="r"), views)
         return self._ref_samples[layer]
 
-    def _read_sample(self, model: str, layer: str) -> np.ndarray:
-        return np.concatenate(list(self.store.iter_blocks(model, layer, rows=self.sample, block=self.settings.block)))
+    @property
+    def scratch(self) -> Path:
+        """Temporary files of this run (removed at its end, `remove_scratch`)."""
+        return self.out / ".parts" / "scratch"
+
+    def close(self) -> None:
+        """Remove this run's temporary files (`scratch`)."""
+        import shutil
+
+        self._ref_samples.clear()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _read_sample(self, model: str, layer: str, dtype: Any = np.float32) -> np.ndarray:
+        """The sampled rows of a layer (sample, dim), float32 or `dtype` (None: as stored)."""
+        return np.concatenate(list(self.store.iter_blocks(model, layer, rows=self.sample, block=self.settings.block,
+                                                          dtype=dtype)))
 
     # ------------------------------------------------------------------ probes and silhouettes
-    def _probes(self, model: str, layer: str, x: np.ndarray, valid: np.ndarray | None = None) -> list[dict]:
+    def _start_probes(self, model: str, layer: str, x: np.ndarray,
+                      valid: np.ndarray | None = None) -> Callable[[], list[dict]]:
+        """Start every label's probe on the worker threads; returns a function that waits for the rows."""
         s = self.settings
-        rows = []
+        started = []
         for label in s.labels:
             index, values = label_rows(self.sample_frames, label)
             dropped = 0
@@ -600,15 +640,22 @@ class _Context:
                                          reason="fewer than 2 classes with at least 2 speakers each"))
                 continue
             try:
-                result = probe(x[index], values, self.sample_frames["speaker"].to_numpy()[index],
-                               self.sample_frames["utterance_id"].to_numpy()[index], folds=s.folds,
-                               bootstrap=s.bootstrap, seed=s.seed, speaker_label=label == "speaker",
-                               max_iter=s.probe_max_iter, workers=self.workers, device=self.device)
+                finish = start_probe(x[index], values, self.sample_frames["speaker"].to_numpy()[index],
+                                     self.sample_frames["utterance_id"].to_numpy()[index], self.pool.submit,
+                                     folds=s.folds, bootstrap=s.bootstrap, seed=s.seed,
+                                     speaker_label=label == "speaker", max_iter=s.probe_max_iter, device=self.device)
             except ValueError as err:  # fewer than 2 speakers/utterances with this label
                 self.skipped.append(dict(model=model, layer=layer, label=label, reason=str(err)))
                 continue
-            rows.append(dict(model=model, layer=layer, label=label, dropped=dropped, **result.row(),
-                             by_speaker=result.by_speaker))
+            started.append((label, dropped, finish))
+
+        def rows() -> list[dict]:
+            done = []
+            for label, dropped, finish in started:
+                result = finish()
+                done.append(dict(model=model, layer=layer, label=label, dropped=dropped, **result.row(),
+                                 by_speaker=result.by_speaker))
+            return done
         return rows
 
     def _silhouettes(self, model: str, layer: str, x: np.ndarray) -> list[dict]:
@@ -655,7 +702,7 @@ class _Context:
         valid = np.all(np.isfinite(x), axis=1)
         x = np.where(np.isfinite(x), x, 0.0)
         first_skip = len(self.skipped)
-        probes = self._probes("classic", name, x, valid=valid)
+        probes = self._start_probes("classic", name, x, valid=valid)()
         normalization = []
         finite = np.all(np.isfinite(values), axis=1)
         for f in FACTORS:

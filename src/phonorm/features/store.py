@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -155,8 +155,10 @@ class FeatureStore:
 
     def iter_blocks(
         self, model: str, layer: str | int, rows: Sequence[int] | np.ndarray | None = None, block: int = 65536,
+        dtype: Any = np.float32,
     ) -> Iterator[np.ndarray]:
-        """Stream a layer as float32 arrays of shape (≤ block, dim), in row order.
+        """Stream a layer as arrays of shape (≤ block, dim), in row order: float32, or `dtype`
+        (None: as stored, e.g. float16, for a caller that converts anyway).
 
         `rows`: optional row numbers to read (in the order given; e.g. a boolean-mask's
         `np.flatnonzero`); all rows when None. Memory is bounded by `block` rows whatever the store size.
@@ -164,6 +166,7 @@ class FeatureStore:
         if block <= 0:
             raise ValueError("block must be positive")
         parts = [self._open(p, mmap=True) for p in self.layer_files(model, layer)]
+        dtype = parts[0].dtype if dtype is None else np.dtype(dtype)
         starts = np.cumsum([0] + [p.shape[0] for p in parts])
         if starts[-1] != self.rows:
             raise InputError(self.folder / model / str(layer),
@@ -171,7 +174,7 @@ class FeatureStore:
         if rows is None:
             for part in parts:
                 for begin in range(0, part.shape[0], block):
-                    yield np.asarray(part[begin:begin + block], dtype=np.float32)
+                    yield np.asarray(part[begin:begin + block], dtype=dtype)
             return
         wanted = np.asarray(rows)
         if wanted.dtype == bool:
@@ -181,7 +184,7 @@ class FeatureStore:
             raise IndexError(f"row numbers must lie in [0, {self.rows})")
         for begin in range(0, wanted.size, block):
             chunk = wanted[begin:begin + block]
-            out = np.empty((chunk.size, parts[0].shape[1]), dtype=np.float32)
+            out = np.empty((chunk.size, parts[0].shape[1]), dtype=dtype)
             which = np.searchsorted(starts, chunk, side="right") - 1
             for p in np.unique(which):
                 sel = which == p
