@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+
 @dataclass
 class ProbeResult:
     accuracy: float
