@@ -37,6 +37,7 @@ def test_every_output_is_written(results):
                  "figures/normalization_per_layer.png", "erasure.csv", "figures/erasure_per_layer.png"):
         assert (out / name).is_file(), name
     assert not list(out.rglob(".*.tmp"))
+    assert (out / ".parts").is_dir() and not (out / ".parts" / "scratch").exists()  # scratch files removed
 
 
 def test_tables_hold_the_planted_structure(results):
@@ -239,3 +240,24 @@ def test_cuda_asked_without_a_gpu_is_a_clear_error():
         assert _device("auto") == "cpu"
         with pytest.raises(PhonormError, match="--device cuda"):
             _device("cuda")
+
+
+@pytest.mark.parametrize("unlabelled", [0.0, 0.1, 0.7])
+def test_group_sums_equal_a_direct_computation(unlabelled):
+    from phonorm.analysis.normalization import GroupSums
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 7)) * 3 + 40
+    codes = rng.integers(0, 5, len(x))
+    codes[rng.random(len(x)) < unlabelled] = -1
+    shift = x[:50].mean(0)
+    sums = GroupSums(5, 7, shift)
+    for begin in range(0, len(x), 128):  # blocks, as the streamed pass adds them
+        sums.update_shifted(x[begin:begin + 128] - shift, codes[begin:begin + 128])
+    kept, labels = x[codes >= 0] - shift, codes[codes >= 0]
+    np.testing.assert_array_equal(sums.counts, np.bincount(labels, minlength=5))
+    np.testing.assert_allclose(sums.sums, [kept[labels == g].sum(0) for g in range(5)], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(sums.squares, (kept ** 2).sum(0), rtol=1e-12)
+    total = ((kept - kept.mean(0)) ** 2).sum()
+    between = sum((labels == g).sum() * ((kept[labels == g].mean(0) - kept.mean(0)) ** 2).sum() for g in range(5))
+    assert sums.variance_share()["share"] == pytest.approx(between / total, rel=1e-9)

@@ -46,3 +46,12 @@ def test_erasure_needs_both_factors():
     x = np.random.default_rng(0).normal(size=(40, 3))
     with pytest.raises(ValueError, match="2 sexes"):
         erasure_probes(x, np.tile([1, 2], 20), np.full(40, "F"), np.repeat(["A", "B"], 20), np.arange(40))
+
+
+def test_rows_carry_each_speakers_out_of_fold_tallies(planted):
+    rows, n = planted
+    for row in rows.values():
+        tallies = row["by_speaker"]
+        assert set(tallies) == {f"S{i}" for i in range(10)}
+        hits, total, baseline = np.array(list(tallies.values())).sum(axis=0)
+        assert total == n and hits == round(row["accuracy"] * n) and baseline == round(row["chance"] * n)

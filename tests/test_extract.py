@@ -87,6 +87,11 @@ def test_iter_blocks_streams_rows_in_order(two_model_store):
     np.testing.assert_array_equal(np.concatenate(blocks), whole)
     pick = np.array([5, 3, store.rows - 1])
     np.testing.assert_array_equal(np.concatenate(list(store.iter_blocks("ln", "L2", rows=pick, block=2))), whole[pick])
+    stored = store.layer("ln", "L2")  # dtype=None: the rows as stored (the analysis casts them itself)
+    for rows in (None, pick):
+        raw = list(store.iter_blocks("ln", "L2", rows=rows, block=100, dtype=None))
+        assert all(b.dtype == stored.dtype for b in raw)
+        np.testing.assert_array_equal(np.concatenate(raw), stored if rows is None else stored[pick])
 
 
 def test_rerun_is_a_no_op_and_other_rows_are_refused(two_model_store, fake_corpus, tiny_models):

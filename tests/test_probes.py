@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phonorm.analysis.probes import label_rows, probe, probe_splits, sample_rows, speaker_bootstrap
+from phonorm.analysis.probes import label_rows, probe, probe_splits, sample_rows, speaker_bootstrap, start_probe
 
 
 def toy(n_speakers=10, per=60, seed=0):
@@ -133,3 +133,21 @@ def test_torch_probe_reaches_scikit_learns_optimum():
         np.testing.assert_allclose(ours.decision_function(x[200:]), reference.decision_function(scaler.transform(x[200:])),
                                    atol=1e-6)
         np.testing.assert_array_equal(ours.predict(x[200:]), reference.predict(scaler.transform(x[200:])))
+
+
+def test_folds_are_remembered_by_content_and_probes_started_together_match():
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, tone, sex, speakers, utterances = toy()
+    first = probe_splits(tone, speakers, utterances, folds=5, seed=0)
+    assert probe_splits(tone.copy(), speakers.copy(), utterances.copy(), folds=5, seed=0) is first
+    reseeded = probe_splits(tone, speakers, utterances, folds=5, seed=1)
+    assert reseeded is not first  # another seed: computed, not taken from the memo
+    assert probe_splits(sex, speakers, utterances, folds=5, seed=0) is not first  # other labels, other strata
+
+    with ThreadPoolExecutor(2) as pool:  # every label's folds queued on one pool before any is collected
+        started = [start_probe(x, y, speakers, utterances, pool.submit, bootstrap=50) for y in (tone, sex)]
+        together = [finish() for finish in started]
+    for y, result in zip((tone, sex), together):
+        alone = probe(x, y, speakers, utterances, bootstrap=50)
+        assert result.row() == alone.row() and result.by_speaker == alone.by_speaker

@@ -105,9 +105,9 @@ class SynthSettings(StageSettings):
 
 
 REPEATABLE: dict[str, Any] = {"cli": "repeat"}
+"""Marks a list field whose command-line option is given once per value (`--silence a --silence b`)."""
 SPEAKER_RULES = ("auto", "folder", "prefix")
 """`PrepareSettings.speaker_from` rules besides `regex:PATTERN` (`corpus/speakers.py` applies them)."""
-"""Marks a list field whose command-line option is given once per value (`--silence a --silence b`)."""
 
 
 class LabelSettings(StageSettings):
