@@ -261,3 +261,20 @@ def test_group_sums_equal_a_direct_computation(unlabelled):
     total = ((kept - kept.mean(0)) ** 2).sum()
     between = sum((labels == g).sum() * ((kept[labels == g].mean(0) - kept.mean(0)) ** 2).sum() for g in range(5))
     assert sums.variance_share()["share"] == pytest.approx(between / total, rel=1e-9)
+
+
+def test_the_command_line_starts_openblas_single_threaded():
+    """`analyze` calls BLAS from its own worker threads: OpenBLAS must start without its thread pool
+    (set by phonorm.cli before NumPy loads), unless the user chose otherwise."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import phonorm.cli, numpy, threadpoolctl; "
+            "print(max(i['num_threads'] for i in threadpoolctl.threadpool_info() if i['internal_api'] == 'openblas'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "1"
+    chosen = subprocess.run([sys.executable, "-c", code], env={**env, "OPENBLAS_NUM_THREADS": "2"},
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert chosen == ("2" if (os.cpu_count() or 1) >= 2 else "1")  # OpenBLAS caps it at the cores

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
+
+# NumPy's OpenBLAS started with its own thread pool burns CPU when several threads call it at once,
+# even limited to one thread later: `analyze` runs its BLAS calls on its own worker threads (one
+# BLAS thread each), and its probe fits took 1.7× the CPU time (1.5× the wall time) unless OpenBLAS
+# starts single-threaded. Only read when NumPy is first imported (after this line: nothing above
+# imports it); a value the user set wins. torch (extraction, training) uses its own threads, not OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 
