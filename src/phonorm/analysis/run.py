@@ -361,6 +361,7 @@ class _Context:
         # Every measure evaluation of this layer (LAPACK on d×d matrices) as one job list, run in
         # parallel threads (numpy releases the GIL in LAPACK; one BLAS thread per job).
         jobs: dict[Any, Any] = {}
+        cells: dict[str, tuple] = {}
         pairs = sums["pairs"]
         if same is not None:
             jobs["in_sample"] = lambda: pairs["whole"].measures(**kw)
@@ -418,6 +419,11 @@ class _Context:
         for i in range(min(PCA_COMPONENTS_KEPT, len(full.explained))):
             result["pca"].append(dict(model=model, layer=layer, component=i + 1, variance=float(full.variance[i]),
                                       explained=float(full.explained[i]), cumulative=float(cumulative[i])))
+        # Done with the sums: free them before the probes allocate theirs (at 768 dims the per-speaker
+        # sums and the layer-matrix cells are about 400 MB).
+        for done in (sums, pairs, jobs, cells):
+            done.clear()
+        del view
         # The probe and erasure fits go to the worker threads at once (all of them: no worker idles
         # between labels); silhouettes and projections run here meanwhile.
         first_skip = len(self.skipped)
