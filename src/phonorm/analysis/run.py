@@ -421,8 +421,8 @@ class _Context:
                                       explained=float(full.explained[i]), cumulative=float(cumulative[i])))
         # Done with the sums: free them before the probes allocate theirs (at 768 dims the per-speaker
         # sums and the layer-matrix cells are about 400 MB).
-        for done in (sums, pairs, jobs, cells):
-            done.clear()
+        for spent in (sums, pairs, jobs, cells):
+            spent.clear()
         del view
         # The probe and erasure fits go to the worker threads at once (all of them: no worker idles
         # between labels); silhouettes and projections run here meanwhile.
