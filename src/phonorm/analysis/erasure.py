@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from phonorm.analysis.bootstrap import SpeakerDraws, interval
-from phonorm.analysis.probes import fit_predict, per_speaker, probe_splits
+from phonorm.analysis.probes import fit_predict, majority_hits, per_speaker, probe_splits
 
 CONDITIONS = ("none", "sex", "tone")
 PROBED = ("tone", "sex")
@@ -82,11 +82,7 @@ def start_erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speak
     strata = np.char.add(np.char.add(tone.astype(str), "_"), sex)
     splits = probe_splits(strata, speakers, utterances, folds, seed)
     labels = {"tone": tone, "sex": sex}
-    majority = {p: np.zeros(len(x), dtype=bool) for p in PROBED}
-    for train, test in splits:
-        for p in PROBED:
-            classes, counts = np.unique(labels[p][train], return_counts=True)
-            majority[p][test] = labels[p][test] == classes[np.argmax(counts)]
+    majority = {p: majority_hits(labels[p], splits) for p in PROBED}
 
     def fold(train: np.ndarray, test: np.ndarray, erased: str) -> dict:
         if erased == "none":

@@ -137,11 +137,9 @@ def start_probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: 
 
     def finish() -> ProbeResult:
         predicted = np.empty(len(y), dtype=y.dtype)
-        majority = np.zeros(len(y), dtype=bool)
+        majority = majority_hits(y, splits)
         iterations, converged = 0, True
-        for (train, test), future in zip(splits, fitted):
-            classes, counts = np.unique(y[train], return_counts=True)
-            majority[test] = y[test] == classes[np.argmax(counts)]  # DummyClassifier(most_frequent)
+        for (_, test), future in zip(splits, fitted):
             predicted[test], used, ok = future.result()
             iterations, converged = max(iterations, used), converged and ok
         hits = predicted == y
@@ -149,6 +147,16 @@ def start_probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: 
         return ProbeResult(float(hits.mean()), float(majority.mean()), low, high, int(len(y)), len(splits),
                            int(len(np.unique(y))), iterations, bool(converged), per_speaker(hits, speakers, majority))
     return finish
+
+
+def majority_hits(y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Out-of-fold hits (rows,) of always guessing the training fold's most frequent class
+    (scikit-learn's `DummyClassifier(strategy="most_frequent")`): the chance baseline of a probe."""
+    hits = np.zeros(len(y), dtype=bool)
+    for train, test in splits:
+        classes, counts = np.unique(y[train], return_counts=True)
+        hits[test] = y[test] == classes[np.argmax(counts)]
+    return hits
 
 
 def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int,

@@ -52,6 +52,7 @@ from phonorm.analysis.similarity import (
     ViewSums,
     as_float64,
     group_runs,
+    head_shift,
     row_norms,
 )
 from phonorm.artifacts import atomic_path, code_hash, provenance, read_json, set_seed, write_json, write_parquet
@@ -566,7 +567,7 @@ class _Context:
         longer than all the rest of the analysis."""
         ref = self.settings.reference
         parts = self._sample_part_masks()
-        shift = np.asarray(x[: min(len(x), 1024)], np.float64).mean(axis=0)
+        shift = head_shift(x)
         xs = as_float64(x, shift)
         x_views = [ViewSums(xs.shape[1], shift).update(x[m]) for m in parts]
         def cell(partner: str) -> tuple:
@@ -595,7 +596,7 @@ class _Context:
         × 768 float16 are 400 MB), and reading them back costs no more than keeping them."""
         if layer not in self._ref_samples:
             y = self._read_sample(self.settings.reference, layer, dtype=None)
-            shift = np.asarray(y[: min(len(y), 1024)], np.float64).mean(axis=0)
+            shift = head_shift(y)
             views = [ViewSums(y.shape[1], shift).update(y[m]) for m in self._sample_part_masks()]
             path = self.scratch / f"reference_sample__{layer}.npy"
             with atomic_path(path) as tmp:
@@ -606,7 +607,7 @@ class _Context:
 
     @property
     def scratch(self) -> Path:
-        """Temporary files of this run (removed at its end, `remove_scratch`)."""
+        """Temporary files of this run (removed at its end by `close`)."""
         return self.out / ".parts" / "scratch"
 
     def close(self) -> None:

@@ -85,6 +85,12 @@ def as_float64(block, shift: np.ndarray | None):
     return np.subtract(block, shift, dtype=np.float64)
 
 
+def head_shift(x: np.ndarray, rows: int = 1024) -> np.ndarray:
+    """The mean of the first `rows` rows of `x` (rows, dim) as float64 (dim,): the fixed shift that
+    keeps sums of in-memory rows exact in float64 when the data sit far from the origin."""
+    return np.asarray(x[: min(len(x), rows)], np.float64).mean(axis=0)
+
+
 def _is_torch(block) -> bool:
     return type(block).__module__.startswith("torch")
 
@@ -260,9 +266,7 @@ class PairSums:
     def of(cls, x: np.ndarray, y: np.ndarray, block: int | None = None) -> "PairSums":
         """Sums of two in-memory arrays (optionally in blocks of `block` rows), about the mean of the
         first rows (a shift keeps float64 exact when the data sit far from the origin)."""
-        head = slice(0, min(len(x), 1024))
-        pair = cls.empty(x.shape[1], y.shape[1], np.asarray(x[head], np.float64).mean(axis=0),
-                         np.asarray(y[head], np.float64).mean(axis=0))
+        pair = cls.empty(x.shape[1], y.shape[1], head_shift(x), head_shift(y))
         step = block or max(len(x), 1)
         for begin in range(0, len(x), step):
             pair.update(x[begin:begin + step], y[begin:begin + step])
