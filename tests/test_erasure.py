@@ -55,3 +55,26 @@ def test_rows_carry_each_speakers_out_of_fold_tallies(planted):
         assert set(tallies) == {f"S{i}" for i in range(10)}
         hits, total, baseline = np.array(list(tallies.values())).sum(axis=0)
         assert total == n and hits == round(row["accuracy"] * n) and baseline == round(row["chance"] * n)
+
+
+def test_the_eraser_fitted_and_applied_in_chunks_is_leace_fitted_at_once():
+    import torch
+    from concept_erasure import LeaceEraser
+
+    from phonorm.analysis.erasure import leace_eraser
+
+    rng = np.random.default_rng(3)
+    concept = rng.integers(0, 3, 500)
+    x = ((rng.normal(size=(3, 8))[concept] + rng.normal(size=(500, 8))) @ rng.normal(size=(8, 8)) + 4.0).astype(np.float32)
+    rows = np.flatnonzero(rng.random(500) < 0.8)
+    onehot = np.eye(3)[concept[rows]]
+    at_once = LeaceEraser.fit(torch.from_numpy(x[rows].astype(np.float64)), torch.from_numpy(onehot))
+    erase = leace_eraser(x, concept[rows], rows=rows, chunk=64)
+    expected = at_once(torch.from_numpy(x.astype(np.float64))).numpy()
+    np.testing.assert_allclose(erase(x), expected, rtol=0, atol=1e-9)
+    edited = erase(x, rows[:100], np.float32)
+    assert edited.dtype == np.float32 and edited.shape == (100, 8)
+    np.testing.assert_allclose(edited, expected[rows[:100]], rtol=1e-6)
+    fitted = erase(x, rows)  # after erasure, every class has the same mean
+    means = np.array([fitted[concept[rows] == c].mean(axis=0) for c in range(3)])
+    np.testing.assert_allclose(means - means.mean(axis=0), 0, atol=1e-9)

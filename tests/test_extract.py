@@ -207,6 +207,17 @@ def test_selection_modes_and_caps(fake_corpus):
     assert segments["segment_id"].is_unique and segments["n_frames"].sum() == len(labelled)
     capped = select_rows(corpus, "test", grid, "labelled", max_per_speaker_label=3, seed=1).frames
     assert capped.groupby(["speaker", "phone"]).size().max() == 3
+    # The cap, drawn directly: groups in (speaker, phone) order, 3 of each larger group's rows by
+    # rng.choice, row order kept.
+    rng, keep = np.random.default_rng(1), []
+    for _, rows in labelled.groupby(["speaker", "phone"], observed=True).groups.items():
+        rows = np.asarray(rows)
+        keep.extend(rng.choice(rows, size=3, replace=False) if len(rows) > 3 else rows)
+    expected = labelled.loc[np.sort(keep)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(capped.drop(columns="row").astype(str), expected.drop(columns="row").astype(str))
+    assert list(capped["row"]) == list(range(len(capped)))
+    chunked = select_rows(corpus, "test", grid, "labelled", max_per_speaker_label=3, seed=1, chunk_rows=20)
+    assert chunked.key == select_rows(corpus, "test", grid, "labelled", max_per_speaker_label=3, seed=1).key
     again = select_rows(corpus, "test", grid, "labelled", max_per_speaker_label=3, seed=1).frames
     other = select_rows(corpus, "test", grid, "labelled", max_per_speaker_label=3, seed=2).frames
     pd.testing.assert_frame_equal(capped, again)
@@ -261,31 +272,42 @@ def test_an_empty_share_writes_an_empty_part(tmp_path):
 
 
 # ----------------------------------------------------------------- memory per stored row
-def test_row_index_memory_is_small_per_row_and_the_file_is_unchanged(fake_corpus, tmp_path, monkeypatch):
-    """Extraction's resident memory must not grow by hundreds of bytes per stored row: the labels are
-    categorical codes in memory (not one string per row), the segments are not kept as one small
-    table per utterance, and once frames.parquet is written only the times and speakers stay."""
-    from phonorm.features.selection import frames_hash, write_frames
+def test_rows_are_decided_and_written_a_chunk_at_a_time_and_read_back_by_range(fake_corpus, tmp_path, monkeypatch):
+    """Extraction's resident memory must not grow by hundreds of bytes per stored row: the rows are
+    generated a chunk of utterances at a time (for their key, then again to write frames.parquet),
+    never held all at once, the segments are not kept as one small table per utterance, and the
+    shares read the rows' times back from the file by range."""
+    from phonorm.features.selection import RowIndex, frames_hash, write_frames
 
     # One small table per utterance (PreparedCorpus.segments_of) cost tens of KB each: not used.
     monkeypatch.setattr(PreparedCorpus, "segments_of", lambda self, utt: pytest.fail("segments_of called"))
     corpus, grid = PreparedCorpus(fake_corpus), FrameGeometry()
-    selection = select_rows(corpus, "test", grid, "all")
-    frames, rows = selection.frames, len(selection.frames)
-    # 8 numeric columns (62 bytes) + 6 label codes; one string per row and label was ~130 bytes a row.
-    assert frames.memory_usage(deep=True).sum() / rows < 80
-    # The file holds plain strings, written in blocks, and hashes to the key computed in memory
-    # (so stores written before keep resuming).
-    write_frames(tmp_path / "frames.parquet", frames, block=37)
+    selection = select_rows(corpus, "test", grid, "all", chunk_rows=50)
+    whole = select_rows(corpus, "test", grid, "all").frames  # one chunk
+    chunks = list(selection.iter_frames())
+    longest = int((selection.utterances["row_end"] - selection.utterances["row_begin"]).max())
+    assert len(chunks) > 3 and all(len(c) < 50 + longest for c in chunks)
+    assert sum(len(c) for c in chunks) == selection.rows == len(whole) == selection.counts["rows"]
+    # Utterances never straddle chunks; row numbers run on; categories are the chunk's own codes.
+    assert [c["row"].iloc[0] for c in chunks] == list(np.cumsum([0] + [len(c) for c in chunks[:-1]]))
+    first = chunks[1]["utterance_id"].iloc[0]
+    assert first not in set(chunks[0]["utterance_id"].astype(str)) and str(chunks[1]["phone"].dtype) == "category"
+    assert selection.key == frames_hash(whole) == select_rows(corpus, "test", grid, "all").key
+    # The file holds plain strings, written in blocks, and hashes to the key (stores written before
+    # keep resuming).
+    write_frames(tmp_path / "frames.parquet", selection.iter_frames(), block=37)
     written = pd.read_parquet(tmp_path / "frames.parquet")
-    assert len(written) == rows and str(written["phone"].dtype) == "str"
-    pd.testing.assert_frame_equal(written, frames.astype({c: "str" for c in ("utterance_id", "speaker", "sex",
-                                                                                  "split", "phone", "syllable")}))
+    assert len(written) == selection.rows and str(written["phone"].dtype) == "str"
+    pd.testing.assert_frame_equal(written, whole.astype({c: "str" for c in ("utterance_id", "speaker", "sex",
+                                                                                 "split", "phone", "syllable")}))
     assert frames_hash(written) == selection.key
-    key = selection.key
-    selection.keep_row_index()
-    assert selection.key == key and list(selection.frames.columns) == ["time", "start", "end", "speaker"]
-    assert selection.frames.memory_usage(deep=True).sum() / rows < 30
+    index = RowIndex(tmp_path / "frames.parquet")
+    assert len(index) == selection.rows
+    for begin, end in [(0, 0), (0, 5), (30, 80), (36, 38), (selection.rows - 3, selection.rows)]:
+        pd.testing.assert_frame_equal(index.rows(begin, end), written[["time", "start", "end"]].iloc[begin:end]
+                                      .reset_index(drop=True))
+    with pytest.raises(ValueError, match="outside"):
+        index.rows(0, selection.rows + 1)
 
 
 def test_onednn_shape_caches_are_bounded_unless_the_user_chose(tmp_path):

@@ -151,3 +151,16 @@ def test_folds_are_remembered_by_content_and_probes_started_together_match():
     for y, result in zip((tone, sex), together):
         alone = probe(x, y, speakers, utterances, bootstrap=50)
         assert result.row() == alone.row() and result.by_speaker == alone.by_speaker
+
+
+def test_a_probe_of_some_rows_of_a_shared_matrix_equals_a_probe_of_their_copy():
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, tone, _, speakers, utterances = toy()
+    rows = np.flatnonzero(np.arange(len(tone)) % 3 != 0)  # labels of every row but each third
+    with ThreadPoolExecutor(2) as pool:
+        shared = start_probe(x, tone[rows], speakers[rows], utterances[rows], pool.submit, bootstrap=50, rows=rows)()
+    copied = probe(x[rows], tone[rows], speakers[rows], utterances[rows], bootstrap=50)
+    assert shared.row() == copied.row() and shared.by_speaker == copied.by_speaker
+    with pytest.raises(ValueError, match="positions"):
+        start_probe(x, tone, speakers, utterances, lambda *a: None, rows=rows)

@@ -17,7 +17,8 @@ import ctypes.util
 import functools
 from typing import Any
 
-_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+_M_ARENA_MAX = -8  # mallopt's parameter numbers in glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,6 +37,19 @@ def limit_arenas(arenas: int = 2) -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(_M_ARENA_MAX, int(arenas))
+
+
+def map_large_blocks(threshold: int = 4 << 20) -> None:
+    """Serve every allocation of at least `threshold` bytes with its own memory map, returned to the
+    system when freed. glibc's default threshold rises (up to 32 MB) each time a mapped block is
+    freed, after which blocks of that size come from the heaps and leave them fragmented: one layer
+    of a 300,000-row analysis peaked 270 MB higher that way (1,880 vs 1,609 MB), at the same speed.
+    A threshold the user set (`MALLOC_MMAP_THRESHOLD_`) is kept."""
+    import os
+
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))
 
 
 def release_free_memory() -> None:

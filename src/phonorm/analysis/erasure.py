@@ -33,21 +33,36 @@ CONDITIONS = ("none", "sex", "tone")
 PROBED = ("tone", "sex")
 
 
-def leace_eraser(x: np.ndarray, concept: np.ndarray):
-    """A fitted LEACE eraser for features `x` (rows, dim) and class labels `concept` (rows,):
-    returns a function (rows, dim) → (rows, dim) float64."""
-    import torch
-    from concept_erasure import LeaceEraser
+def leace_eraser(x: np.ndarray, concept: np.ndarray, rows: np.ndarray | None = None, chunk: int = 4096):
+    """A fitted LEACE eraser for features `x[rows]` (rows, dim; all of `x` when `rows` is None) and
+    class labels `concept` (rows,). Returns a function `erase(x, rows=None, dtype=float64)` that
+    edits `x[rows]` and returns it as `dtype` (rows, dim).
 
+    The statistics are accumulated `chunk` rows at a time in float64 (`LeaceFitter.update`, Welford's
+    running sums) and the edit is applied a chunk at a time: no float64 copy of the rows exists at
+    once (a fold of 16,000 × 768 rows took three 98 MB copies to fit and two to apply)."""
+    import torch
+    from concept_erasure import LeaceFitter
+
+    at = np.arange(len(x)) if rows is None else np.asarray(rows)
     classes, codes = np.unique(concept, return_inverse=True)
     onehot = np.eye(len(classes))[codes]
     if len(classes) == 2:  # one column carries a binary concept; the package expects k-1 or k columns alike
         onehot = onehot[:, :1]
-    eraser = LeaceEraser.fit(torch.from_numpy(np.asarray(x, dtype=np.float64)), torch.from_numpy(onehot))
+    fitter = LeaceFitter(x.shape[1], onehot.shape[1], dtype=torch.float64)
+    for begin in range(0, len(at), chunk):
+        fitter.update(torch.from_numpy(np.asarray(x[at[begin:begin + chunk]], dtype=np.float64)),
+                      torch.from_numpy(onehot[begin:begin + chunk]))
+    eraser = fitter.eraser
 
-    def erase(rows: np.ndarray) -> np.ndarray:
+    def erase(features: np.ndarray, rows: np.ndarray | None = None, dtype: type = np.float64) -> np.ndarray:
+        picked = np.arange(len(features)) if rows is None else np.asarray(rows)
+        edited: np.ndarray = np.empty((len(picked), features.shape[1]), dtype=dtype)
         with torch.no_grad():
-            return eraser(torch.from_numpy(np.asarray(rows, dtype=np.float64))).numpy()
+            for begin in range(0, len(picked), chunk):
+                block = np.asarray(features[picked[begin:begin + chunk]], dtype=np.float64)
+                edited[begin:begin + len(block)] = eraser(torch.from_numpy(block)).numpy()
+        return edited
     return erase
 
 
@@ -88,10 +103,10 @@ def start_erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speak
         if erased == "none":
             x_train, x_test = x[train], x[test]
         else:
-            erase = leace_eraser(x[train], labels[erased][train])
-            x_train, x_test = erase(x[train]), erase(x[test])
-        # In float32, as the standard probe (`probes.probe`) fits: the erased and unerased fits compare alike.
-        x_train, x_test = x_train.astype(np.float32, copy=False), x_test.astype(np.float32, copy=False)
+            # Edited in float64, kept in float32 as the standard probe (`probes.probe`) fits: the
+            # erased and unerased fits compare alike.
+            erase = leace_eraser(x, labels[erased][train], rows=train)
+            x_train, x_test = erase(x, train, np.float32), erase(x, test, np.float32)
         return {p: fit_predict(x_train, labels[p][train], x_test, seed, max_iter, device) for p in PROBED}
 
     jobs = [(test, erased, submit(fold, train, test, erased)) for train, test in splits for erased in CONDITIONS]

@@ -122,17 +122,23 @@ def probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.nda
 
 def start_probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, submit, *,
                 folds: int = 5, bootstrap: int = 2000, seed: int = 0, speaker_label: bool = False,
-                max_iter: int = 300, device: str = "cpu") -> Callable[[], ProbeResult]:
+                max_iter: int = 300, device: str = "cpu", rows: np.ndarray | None = None) -> Callable[[], ProbeResult]:
     """`probe`, with its fold fits handed to `submit` (an executor's `submit`) at once; returns a
     function that waits for them and gives the `ProbeResult`. Starting every label's probe before
     waiting for any keeps all workers busy (one label's five folds leave a worker idle).
+    `rows` (optional, int (n,)): the rows of `x` that `y`, `speakers` and `utterances` describe, so
+    that several labels probe one feature matrix without a copy of it each.
     Raises ValueError (at the start) when the labels cannot be cross-validated."""
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y)
     speakers = np.asarray(speakers)
     splits = probe_splits(y, speakers, np.asarray(utterances), folds, seed, speaker_label)
+    at = np.arange(len(y)) if rows is None else np.asarray(rows)
+    if len(at) != len(y):
+        raise ValueError(f"rows: {len(at)} positions for {len(y)} labels")
     # The fold's rows are taken in the job: copies made at submission would all be alive at once.
-    fitted = [submit(lambda train=train, test=test: fit_predict(x[train], y[train], x[test], seed, max_iter, device))
+    fitted = [submit(lambda train=train, test=test: fit_predict(x[at[train]], y[train], x[at[test]], seed, max_iter,
+                                                                device))
               for train, test in splits]
 
     def finish() -> ProbeResult:

@@ -31,7 +31,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,7 @@ from phonorm.analysis.similarity import (
 from phonorm.artifacts import atomic_path, code_hash, provenance, read_json, set_seed, write_json, write_parquet
 from phonorm.errors import InputError, PhonormError
 from phonorm.lock import folder_lock
-from phonorm.memory import limit_arenas, release_free_memory
+from phonorm.memory import limit_arenas, map_large_blocks, release_free_memory
 from phonorm.progress import progress
 from phonorm.settings import AnalyzeSettings
 
@@ -105,6 +105,7 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
 
     done = {}
     limit_arenas()
+    map_large_blocks()
     # Parallel work runs on ctx.pool's threads (see _Context.__init__), closed even on an error.
     with threadpool_limits(1), ctx.pool, contextlib.closing(ctx):
         for model, layer in work:
@@ -564,30 +565,34 @@ class _Context:
         sampled rows: (fit, score) per reference layer (fit None unless --held-out). The layer × layer
         matrix is computed on the sample rows (the same rows for every cell), so that its cost does
         not grow with the store: 13 × 13 cells of 768-dim products over 300,000 rows would take
-        longer than all the rest of the analysis."""
+        longer than all the rest of the analysis. The products are taken `SAMPLE_BLOCK` rows at a
+        time: no float64 copy of a whole sample exists (two cells at once held 370 MB of them)."""
         ref = self.settings.reference
-        parts = self._sample_part_masks()
+        parts = self._sample_parts()
         shift = head_shift(x)
-        xs = as_float64(x, shift)
-        x_views = [ViewSums(xs.shape[1], shift).update(x[m]) for m in parts]
+        x_views = [_view_of(x, rows, shift) for rows in parts]
+
         def cell(partner: str) -> tuple:
             y_shift, y, y_views = self._reference_sample(partner)
-            ys = as_float64(y, y_shift)
-            pairs = [PairSums(xv, yv, CrossSums(xs.shape[1], ys.shape[1]).update_shifted(xs[m], ys[m]))
-                     for xv, yv, m in zip(x_views, y_views, parts)]
+            pairs = []
+            for x_view, y_view, rows in zip(x_views, y_views, parts):
+                cross = CrossSums(x.shape[1], y.shape[1])
+                for block in _row_blocks(rows):
+                    cross.update_shifted(as_float64(x[block], shift), as_float64(y[block], y_shift))
+                pairs.append(PairSums(x_view, y_view, cross))
             return (pairs[0], pairs[1]) if len(pairs) == 2 else (None, pairs[0])
 
         for partner in self.store.layers(ref):  # read (and cache) in order, then the products in parallel
             self._reference_sample(partner)
         return self._run_jobs({partner: lambda p=partner: cell(p) for partner in self.store.layers(ref)})
 
-    def _sample_part_masks(self) -> list[Any]:
-        """Rows of the sample per part: [fit mask, score mask] with --held-out (and two speaker halves),
-        else [every row] (a slice: a view, no copy)."""
+    def _sample_parts(self) -> list[np.ndarray]:
+        """Rows of the sample per part (positions in the sample): [fit rows, score rows] with
+        --held-out (and two speaker halves), else [every row]."""
         if self.settings.held_out and self.part is not None:
             part = self.part[self.sample]
-            return [part == 0, part == 1]
-        return [slice(None)]
+            return [np.flatnonzero(part == 0), np.flatnonzero(part == 1)]
+        return [np.arange(len(self.sample))]
 
     def _reference_sample(self, layer: str) -> tuple[np.ndarray, np.ndarray, list[ViewSums]]:
         """The reference layer's sampled rows (in the store's dtype), their shift and view sums per
@@ -597,7 +602,7 @@ class _Context:
         if layer not in self._ref_samples:
             y = self._read_sample(self.settings.reference, layer, dtype=None)
             shift = head_shift(y)
-            views = [ViewSums(y.shape[1], shift).update(y[m]) for m in self._sample_part_masks()]
+            views = [_view_of(y, rows, shift) for rows in self._sample_parts()]
             path = self.scratch / f"reference_sample__{layer}.npy"
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as handle:
@@ -647,9 +652,9 @@ class _Context:
                                          reason="fewer than 2 classes with at least 2 speakers each"))
                 continue
             try:
-                finish = start_probe(x[index], values, self.sample_frames["speaker"].to_numpy()[index],
+                finish = start_probe(x, values, self.sample_frames["speaker"].to_numpy()[index],
                                      self.sample_frames["utterance_id"].to_numpy()[index], self.pool.submit,
-                                     folds=s.folds, bootstrap=s.bootstrap, seed=s.seed,
+                                     folds=s.folds, bootstrap=s.bootstrap, seed=s.seed, rows=index,
                                      speaker_label=label == "speaker", max_iter=s.probe_max_iter, device=self.device)
             except ValueError as err:  # fewer than 2 speakers/utterances with this label
                 self.skipped.append(dict(model=model, layer=layer, label=label, reason=str(err)))
@@ -743,6 +748,23 @@ class _Context:
                     table.to_csv(tmp)
                 matrices[name] = table
         return matrices
+
+
+SAMPLE_BLOCK = 4096  # rows of the in-memory sample cast to float64 at once (layer matrix)
+
+
+def _row_blocks(rows: np.ndarray) -> Iterator[np.ndarray]:
+    """`rows` (positions) in consecutive pieces of at most `SAMPLE_BLOCK`."""
+    for begin in range(0, len(rows), SAMPLE_BLOCK):
+        yield rows[begin:begin + SAMPLE_BLOCK]
+
+
+def _view_of(x: np.ndarray, rows: np.ndarray, shift: np.ndarray) -> ViewSums:
+    """`ViewSums` of the rows `rows` of `x` about `shift`, `SAMPLE_BLOCK` rows at a time."""
+    view = ViewSums(x.shape[1], shift)
+    for block in _row_blocks(rows):
+        view.update(x[block])
+    return view
 
 
 def _device(setting: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from phonorm.artifacts import provenance, read_json, write_json
 from phonorm.errors import PhonormError
@@ -52,9 +53,7 @@ def _extract(corpus: str | Path, *, models: dict[str, str], out: str | Path, set
     state.wait_for_everyone()
     if state.is_main_process:
         start_store(plan)
-    # From here on only the rows' times and speakers are read: the labels, in frames.parquet now,
-    # leave memory, so that resident memory stays near flat in the number of rows.
-    plan.selection.keep_row_index()
+    state.wait_for_everyone()  # every share reads its rows' times back from frames.parquet
     release_free_memory()
     run_share(plan, state.process_index, state.num_processes, device=state.device,
               progress=state.is_local_main_process)
@@ -80,8 +79,8 @@ def finish_store(plan: Plan, num_processes: int) -> str:
             raise PhonormError(f"{folder}: process shares not finished ({', '.join(missing)}); run again to resume")
         done = [read_json(r) for r in records]
         rows = sum(d["rows"] for d in done)
-        if rows != len(plan.selection.frames):
-            raise PhonormError(f"{folder}: shares hold {rows} rows, frames.parquet {len(plan.selection.frames)}")
+        if rows != plan.selection.rows:
+            raise PhonormError(f"{folder}: shares hold {rows} rows, frames.parquet {plan.selection.rows}")
         run_counts[spec.name] = {"forward_passes": sum(d["counters"].get("forward_passes", 0) for d in done)}
         write_json(folder / ".complete.json", dict(key=spec.key, source=spec.source, parts=num_processes,
                                                    **run_counts[spec.name]))
@@ -102,11 +101,12 @@ def _assemble_classic(plan: Plan, num_processes: int) -> None:
     for name in CLASSIC_DIMS:
         pieces = [np.load(classic_part(parts, name, p, num_processes)) for p in range(num_processes)]
         arrays[name] = np.concatenate(pieces, axis=0)
-    z, counts = semitone_z(arrays["f0_hz"], plan.selection.frames["speaker"].to_numpy())
+    speakers = pd.read_parquet(plan.out / layout.FRAMES_FILE, columns=["speaker"])["speaker"].to_numpy()
+    z, counts = semitone_z(arrays["f0_hz"], speakers)
     arrays["f0_semitone_z"] = z
     for name, array in arrays.items():
-        if array.shape[0] != len(plan.selection.frames):
-            raise PhonormError(f"{folder}: {name} has {array.shape[0]} rows, frames.parquet {len(plan.selection.frames)}")
+        if array.shape[0] != plan.selection.rows:
+            raise PhonormError(f"{folder}: {name} has {array.shape[0]} rows, frames.parquet {plan.selection.rows}")
         writer = RowWriter(folder / f"{name}.npy", array.shape[0], array.shape[1], "float32")
         writer.write(0, array)
         writer.finish()
@@ -137,7 +137,7 @@ def build_manifest(plan: Plan, run_counts: dict[str, dict]) -> StoreManifest:
         classic_counts.pop("rows_key", None)
     settings = plan.settings.as_dict()
     return StoreManifest(
-        format=layout.STORE_FORMAT, rows=int(len(plan.selection.frames)),
+        format=layout.STORE_FORMAT, rows=plan.selection.rows,
         row_unit="segment" if plan.settings.pool == "segment" else "frame", models=models,
         layer_convention=LAYER_CONVENTION, classic=classic_names, classic_counts=classic_counts,
         geometry=geometry_dict(plan.geometry), corpus=str(plan.corpus.folder.resolve()),

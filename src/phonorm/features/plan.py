@@ -115,7 +115,7 @@ def plan_extraction(corpus: str | Path, *, models: dict[str, str], out: str | Pa
     set_seed(settings.seed)
     selection = select_rows(prepared, settings.split, reference, settings.frames, settings.pool,
                             settings.max_per_speaker_label, settings.seed)
-    if len(selection.frames) == 0:
+    if selection.rows == 0:
         raise InputError(prepared.folder, f"no rows to extract: split {settings.split!r} has "
                          f"{selection.counts['utterances_in_split']} utterances and none has a selected frame")
     plan = Plan(corpus=prepared, out=Path(out), settings=settings, models=specs, geometry=reference, selection=selection)
@@ -186,14 +186,15 @@ def _find_work(plan: Plan) -> None:
 
 
 def start_store(plan: Plan) -> None:
-    """Main process: mark the store incomplete (remove manifest.json) and write the row index."""
+    """Main process: mark the store incomplete (remove manifest.json) and write the rows
+    (frames.parquet, a chunk at a time)."""
     plan.out.mkdir(parents=True, exist_ok=True)
     (plan.out / layout.MANIFEST_FILE).unlink(missing_ok=True)
     write_json(plan.out / STATE_FILE, {"rows_key": plan.key, "selection": plan.settings.selection_settings(),
                                        "corpus": str(plan.corpus.folder.resolve())})
     frames_path = plan.out / layout.FRAMES_FILE
     if not frames_path.is_file():
-        write_frames(frames_path, plan.selection.frames)
+        write_frames(frames_path, plan.selection.iter_frames())
 
 
 def summary_line(plan: Plan) -> str:

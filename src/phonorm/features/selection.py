@@ -14,10 +14,11 @@ Rules (half-open intervals everywhere, as `frames.frame_labels`):
 
 from __future__ import annotations
 
+import collections
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -33,60 +34,110 @@ FRAME_COLUMNS = ("row", "utterance_id", "speaker", "sex", "split", "time", "fram
                  "segment_id", "start", "end", "phone", "tone", "syllable")
 
 
-# String columns of frames.parquet. In memory they are pandas categoricals (a small integer code
-# per row): as one Python/Arrow string per row they cost several hundred bytes per row, and the
-# transient copies made while building them left the heap fragmented, so an extraction's resident
-# memory grew by ~0.5-1 KB per stored row. They become plain strings only in `write_frames`.
+# String columns of frames.parquet. In memory (one chunk of rows at a time) they are pandas
+# categoricals; they become plain strings only in `write_frames`.
 STRING_COLUMNS = ("utterance_id", "speaker", "sex", "split", "phone", "syllable")
-# What extraction reads per row once frames.parquet is written (`pooling_index`: time, and start/end
-# for segment pooling; the classic baselines' per-speaker z-scores: speaker).
-ROW_INDEX_COLUMNS = ("time", "start", "end", "speaker")
+# What extraction reads back per row from frames.parquet (`RowIndex`, for `pooling_index`).
+ROW_INDEX_COLUMNS = ("time", "start", "end")
+CHUNK_ROWS = 65536  # rows per table of `Selection.iter_frames` (and per row group of frames.parquet)
 
 
 @dataclass
 class Selection:
-    """The rows of a store (`frames`, columns `FRAME_COLUMNS`, string columns as categoricals) and
-    the utterances they come from (`utterances`: the corpus rows of utterances with at least one
-    selected row, in row order, with `row_begin`/`row_end` added). `key`: content hash of the rows
-    (`frames_hash`): two runs resume into one store only when it matches."""
+    """The rows of a store, decided but not held in memory: `iter_frames()` regenerates them, in row
+    order, a chunk of whole utterances at a time (columns `FRAME_COLUMNS`, string columns as
+    categoricals), so that deciding and writing the rows of a large corpus takes memory flat in the
+    number of rows. `utterances`: the corpus rows of the utterances with at least one selected row,
+    in row order, with `row_begin`/`row_end` added; `rows`: how many rows; `key`: content hash of the
+    rows (`frames_hash` of all of them): two runs resume into one store only when it matches."""
 
-    frames: pd.DataFrame
     utterances: pd.DataFrame
     counts: dict
-    key: str = ""
+    key: str
+    rows: int
+    _chunks: Callable[[], Iterator[pd.DataFrame]] = field(repr=False)
 
-    def __post_init__(self) -> None:
-        if not self.key:
-            self.key = frames_hash(self.frames)
+    def iter_frames(self) -> Iterator[pd.DataFrame]:
+        """The rows as tables of about `CHUNK_ROWS` rows (whole utterances), in row order."""
+        return self._chunks()
 
-    def keep_row_index(self) -> None:
-        """Drop every column extraction no longer reads (`ROW_INDEX_COLUMNS` stay), once
-        frames.parquet is written: the index then costs ~25 bytes per row. `key` is kept."""
-        self.frames = self.frames[[c for c in ROW_INDEX_COLUMNS if c in self.frames.columns]]
+    @property
+    def frames(self) -> pd.DataFrame:
+        """Every row in one table (memory O(rows): for small selections and tests)."""
+        chunks = list(self.iter_frames())
+        if not chunks:
+            return _empty_frames()
+        table = pd.concat(chunks, ignore_index=True)
+        for column in STRING_COLUMNS:  # categoricals of different chunks concatenate as strings
+            table[column] = pd.Categorical(table[column].astype(str))
+        return table
 
 
-def write_frames(path: str | Path, frames: pd.DataFrame, block: int = 16384) -> None:
-    """Write the row index to `path` (parquet, atomically), its string columns as plain strings.
-
-    Written `block` rows at a time, so the strings exist only for one block at once; the file is
-    the same as `frames.astype(str columns).to_parquet(path, index=False)`.
-    """
+def write_frames(path: str | Path, frames: pd.DataFrame | Iterable[pd.DataFrame], block: int = CHUNK_ROWS) -> None:
+    """Write the rows (one table, or tables in row order as `Selection.iter_frames` gives) to `path`
+    (parquet, atomically), their string columns as plain strings, at most `block` rows per row group:
+    the strings exist only for one block at once."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    strings = {c: "str" for c in STRING_COLUMNS if c in frames.columns}
+    tables = [frames] if isinstance(frames, pd.DataFrame) else frames
     with atomic_path(path) as tmp:
         writer = None
         try:
-            for begin in range(0, max(len(frames), 1), block):
-                part = frames.iloc[begin:begin + block].astype(strings)
-                table = pa.Table.from_pandas(part, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
+            for table in tables:
+                strings = {c: "str" for c in STRING_COLUMNS if c in table.columns}
+                for begin in range(0, max(len(table), 1), block):
+                    part = pa.Table.from_pandas(table.iloc[begin:begin + block].astype(strings), preserve_index=False)
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, part.schema)
+                    elif len(part) == 0:
+                        continue
+                    writer.write_table(part.cast(writer.schema))
+            if writer is None:  # no table at all: an empty file with the columns
+                writer = pq.ParquetWriter(tmp, pa.Table.from_pandas(_empty_frames().astype(
+                    {c: "str" for c in STRING_COLUMNS}), preserve_index=False).schema)
         finally:
             if writer is not None:
                 writer.close()
+
+
+class RowIndex:
+    """What extraction reads back per row from a written frames.parquet (`ROW_INDEX_COLUMNS`), a row
+    group at a time, so that its memory does not grow with the store: `rows(begin, end)` is a table
+    of rows [begin, end). Made for reading in row order (the last row groups read are kept)."""
+
+    def __init__(self, path: str | Path, columns: tuple[str, ...] = ROW_INDEX_COLUMNS):
+        import pyarrow.parquet as pq
+
+        self.path, self.columns = Path(path), list(columns)
+        self._file = pq.ParquetFile(self.path)
+        meta = self._file.metadata
+        self.bounds = np.concatenate([[0], np.cumsum([meta.row_group(i).num_rows
+                                                      for i in range(meta.num_row_groups)])]).astype(np.int64)
+        self._groups: dict[int, pd.DataFrame] = {}
+
+    def __len__(self) -> int:
+        return int(self.bounds[-1])
+
+    def _group(self, index: int) -> pd.DataFrame:
+        if index not in self._groups:
+            if len(self._groups) >= 2:
+                del self._groups[min(self._groups)]
+            self._groups[index] = self._file.read_row_group(index, columns=self.columns).to_pandas()
+        return self._groups[index]
+
+    def rows(self, begin: int, end: int) -> pd.DataFrame:
+        """Rows [begin, end) (row numbers of the whole file), columns `columns`."""
+        if not 0 <= begin <= end <= len(self):
+            raise ValueError(f"{self.path}: rows [{begin}, {end}) outside [0, {len(self)})")
+        first = int(np.searchsorted(self.bounds, begin, side="right")) - 1
+        last = max(first, int(np.searchsorted(self.bounds, end, side="left")) - 1)
+        parts = [self._group(g) for g in range(first, last + 1)] if end > begin else []
+        table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else None)
+        if table is None:
+            return pd.DataFrame({c: np.zeros(0) for c in self.columns})
+        offset = begin - int(self.bounds[first])
+        return table.iloc[offset:offset + end - begin].reset_index(drop=True)
 
 
 def frames_hash(frames: pd.DataFrame) -> str:
@@ -162,77 +213,113 @@ def select_rows(
     pool: str = "frame",
     max_per_speaker_label: int | None = None,
     seed: int = 0,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> Selection:
     """Decide the rows of a store from the corpus's segments and one frame geometry.
 
     The frame count of each utterance comes from its duration at 16 kHz (`FrameGeometry.num_frames`).
-    Rows are ordered by utterance (corpus order) then time. Memory is O(rows), ~70 bytes per row
-    (string columns as categoricals, `STRING_COLUMNS`).
+    Rows are ordered by utterance (corpus order) then time. The rows are generated here (for their
+    count, key and utterance bounds) and again by each `Selection.iter_frames`, a chunk at a time,
+    never all at once: memory is that of the corpus's segments and utterances, one chunk of rows,
+    and with a cap the kept positions of each capped (speaker, phone) group.
     """
     if frames_mode not in FRAME_MODES:
         raise ValueError(f"frames must be one of {', '.join(FRAME_MODES)}, not {frames_mode!r}")
     if pool not in POOL_MODES:
         raise ValueError(f"pool must be one of {', '.join(POOL_MODES)}, not {pool!r}")
     utterances = corpus.utterances(split)
-    # Built column by column, each array once: the per-utterance pieces are consumed as they are
-    # joined and the table wraps the arrays without copying, so the peak stays near the table's
-    # own ~70 bytes per row (copies of a whole table per step made it several hundred).
-    pieces: list[dict[str, np.ndarray]] = []
-    no_rows: list[str] = []
     segments, bounds = _split_segments(corpus.segments, utterances["utterance_id"])
-    for position, utt in enumerate(utterances.itertuples(index=False)):
-        n_frames = geometry.num_frames(int(round(float(utt.duration) * SAMPLE_RATE)))
-        begin, end = bounds[position], bounds[position + 1]
-        piece = _rows_of_utterance({k: v[begin:end] for k, v in segments.items()}, geometry, n_frames, frames_mode,
-                                   pool)
-        n = len(piece["time"])
-        if n == 0:
-            no_rows.append(utt.utterance_id)
-            continue
-        piece["utterance"] = np.full(n, position, dtype=np.int64)  # position in `utterances`
-        pieces.append(piece)
-    columns: dict[str, np.ndarray] = {
-        key: np.concatenate([p.pop(key) for p in pieces]) if pieces else np.zeros(0, dtype=dtype)
-        for key, dtype in _PIECE_DTYPES.items()
-    }
-    del pieces
-    utterance = columns.pop("utterance")
     # speaker, sex, split: one code per row through the row's utterance (a join would copy strings).
     per_utterance = {c: pd.Categorical(utterances[c].astype(str)) for c in ("utterance_id", "speaker", "sex", "split")}
-    candidates = len(utterance)
-    if max_per_speaker_label is not None and candidates:
-        phone = pd.Categorical(columns["phone"])
-        keep = _cap(per_utterance["speaker"].codes[utterance], phone.codes, len(phone.categories),
-                    int(max_per_speaker_label), seed)
-        utterance = utterance[keep]
-        for key in list(columns):
-            columns[key] = columns[key][keep]
-    n_rows = len(utterance)
-    data: dict[str, Any] = {"row": np.arange(n_rows, dtype=np.int64)}
-    for column, categorical in per_utterance.items():
-        data[column] = pd.Categorical.from_codes(categorical.codes[utterance], dtype=categorical.dtype)
-    for column in FRAME_COLUMNS:
-        if column in columns:
-            data[column] = columns.pop(column)
-    for column in STRING_COLUMNS:  # categories without rows (utterances without rows, caps) go
-        data[column] = pd.Categorical(data[column]).remove_unused_categories()
-    data["tone"] = data["tone"].astype(np.int16)
-    table = pd.DataFrame({c: data.pop(c) for c in FRAME_COLUMNS}, copy=False)
+    n_frames = [geometry.num_frames(int(round(float(d) * SAMPLE_RATE))) for d in utterances["duration"]]
+    with_rows = np.zeros(len(utterances), dtype=bool)  # with a selected frame (before the cap)
 
-    positions = np.unique(utterance)
+    def candidates() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(position in `utterances`, rows) of every utterance with a selected frame, before the cap."""
+        for position in range(len(utterances)):
+            begin, end = bounds[position], bounds[position + 1]
+            piece = _rows_of_utterance({k: v[begin:end] for k, v in segments.items()}, geometry, n_frames[position],
+                                       frames_mode, pool)
+            if len(piece["time"]):
+                with_rows[position] = True
+                yield position, piece
+
+    speaker_codes = per_utterance["speaker"].codes
+    cap = None if max_per_speaker_label is None else \
+        _Cap(((speaker_codes[position], piece["phone"]) for position, piece in candidates()),
+             int(max_per_speaker_label), seed)
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        batch: list[tuple[int, dict[str, np.ndarray]]] = []
+        size, first_row = 0, 0
+        seen: collections.Counter = collections.Counter()
+        for position, piece in candidates():
+            batch.append((position, piece))
+            size += len(piece["time"])
+            if size >= chunk_rows:
+                table = _chunk_table(batch, per_utterance, cap, seen, first_row)
+                first_row += len(table)
+                batch, size = [], 0
+                yield table
+        if batch:
+            yield _chunk_table(batch, per_utterance, cap, seen, first_row)
+
+    digest = hashlib.sha256()  # = frames_hash of all the rows, a chunk at a time
+    ids = pd.Index(utterances["utterance_id"].astype(str))
+    row_counts = np.zeros(len(utterances), dtype=np.int64)
+    for table in chunks():
+        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+        column = table["utterance_id"].cat
+        row_counts += np.bincount(ids.get_indexer(column.categories)[column.codes], minlength=len(utterances))
+    digest.update(",".join(FRAME_COLUMNS).encode())
+    positions = np.flatnonzero(row_counts > 0)
     kept = utterances.iloc[positions].reset_index(drop=True)
-    kept["row_begin"] = np.searchsorted(utterance, positions, side="left")
-    kept["row_end"] = np.searchsorted(utterance, positions, side="right")
+    ends = np.cumsum(row_counts[positions])
+    kept["row_begin"] = ends - row_counts[positions]
+    kept["row_end"] = ends
+    rows = int(row_counts.sum())
+    no_rows = utterances["utterance_id"].to_numpy()[~with_rows]
+    candidate_rows = rows if cap is None else cap.candidate_rows
     counts = {
         "utterances_in_split": int(len(utterances)),
         "utterances_with_rows": int(len(kept)),
         "utterances_without_rows": int(len(no_rows)),
-        "utterances_without_rows_examples": no_rows[:10],
-        "candidate_rows": int(candidates),
-        "rows": int(len(table)),
-        "rows_dropped_by_cap": int(candidates - len(table)),
+        "utterances_without_rows_examples": [str(u) for u in no_rows[:10]],
+        "candidate_rows": int(candidate_rows),
+        "rows": rows,
+        "rows_dropped_by_cap": int(candidate_rows - rows),
     }
-    return Selection(frames=table, utterances=kept, counts=counts)
+    return Selection(utterances=kept, counts=counts, key=digest.hexdigest()[:16], rows=rows, _chunks=chunks)
+
+
+def _chunk_table(batch: list[tuple[int, dict[str, np.ndarray]]], per_utterance: dict[str, pd.Categorical],
+                 cap: "_Cap | None", seen: collections.Counter, first_row: int) -> pd.DataFrame:
+    """The rows of consecutive utterances (`batch`: (position, rows) pairs) as one table of
+    `FRAME_COLUMNS`, the cap applied, row numbers from `first_row`."""
+    columns = {key: np.concatenate([piece[key] for _, piece in batch]) for key in _PIECE_DTYPES if key != "utterance"}
+    utterance = np.concatenate([np.full(len(piece["time"]), position, dtype=np.int64) for position, piece in batch])
+    if cap is not None:
+        keep = cap.keep(per_utterance["speaker"].codes[utterance], columns["phone"], seen)
+        utterance = utterance[keep]
+        columns = {key: value[keep] for key, value in columns.items()}
+    data: dict[str, Any] = {"row": np.arange(first_row, first_row + len(utterance), dtype=np.int64)}
+    for column, categorical in per_utterance.items():
+        data[column] = pd.Categorical.from_codes(categorical.codes[utterance], dtype=categorical.dtype)
+    data.update(columns)
+    for column in STRING_COLUMNS:  # the chunk's own categories (one code per row, not one string)
+        data[column] = pd.Categorical(data[column]).remove_unused_categories()
+    data["tone"] = data["tone"].astype(np.int16)
+    return pd.DataFrame({c: data[c] for c in FRAME_COLUMNS}, copy=False)
+
+
+def _empty_frames() -> pd.DataFrame:
+    """A table of `FRAME_COLUMNS` without rows, with the dtypes of `Selection.iter_frames`' tables."""
+    data: dict[str, Any] = {"row": np.zeros(0, dtype=np.int64), "tone": np.zeros(0, dtype=np.int16)}
+    for column in STRING_COLUMNS:
+        data[column] = pd.Categorical(np.zeros(0, dtype=object))
+    for column, dtype in _PIECE_DTYPES.items():
+        data.setdefault(column, np.zeros(0, dtype=dtype))
+    return pd.DataFrame({c: data[c] for c in FRAME_COLUMNS})
 
 
 # The columns `_rows_of_utterance` returns (plus `utterance`, the utterance's position) and their
@@ -312,18 +399,45 @@ def _rows_of_utterance(segments: dict[str, Any], geometry: FrameGeometry, n_fram
     )
 
 
-def _cap(speaker: np.ndarray, phone: np.ndarray, n_phones: int, cap: int, seed: int) -> np.ndarray:
-    """Keep-mask: at most `cap` rows per (speaker, phone), drawn without replacement, order kept.
+class _Cap:
+    """At most `cap` rows per (speaker, phone) group, drawn without replacement with a seeded RNG, in
+    row order, decided from the group sizes alone.
 
-    `speaker`, `phone`: per-row codes of categories sorted as strings, so groups are visited in
-    (speaker, phone) order and the draws depend only on `seed` and the rows."""
-    rng = np.random.default_rng(seed)
-    keep = np.ones(len(speaker), dtype=bool)
-    group = speaker.astype(np.int64) * max(n_phones, 1) + phone.astype(np.int64)
-    order = np.argsort(group, kind="stable")  # rows of a group stay in row order
-    edges = np.flatnonzero(np.diff(group[order])) + 1
-    for index in np.split(order, edges):
-        if index.size > cap:
-            drop = np.setdiff1d(index, rng.choice(index, size=cap, replace=False))
-            keep[drop] = False
-    return keep
+    Groups are visited in (speaker, phone) order (speaker codes of categories sorted as strings,
+    phones sorted as strings); a group of `size > cap` rows keeps the `cap` positions (0 = the group's
+    first row in row order) of `rng.choice(size, cap, replace=False)`. `keep` then tells, for rows
+    given in row order chunk by chunk, which are kept. Memory: the groups and their kept positions,
+    not the rows."""
+
+    def __init__(self, pieces: Iterable[tuple[int, np.ndarray]], cap: int, seed: int):
+        sizes: collections.Counter = collections.Counter()
+        for speaker, phones in pieces:  # (speaker code, phones of one utterance's rows)
+            values, counts = np.unique(phones, return_counts=True)
+            for phone, count in zip(values, counts):
+                sizes[(int(speaker), str(phone))] += int(count)
+        self.candidate_rows = int(sum(sizes.values()))
+        self.phones = np.array(sorted({phone for _, phone in sizes}), dtype=object)
+        rng = np.random.default_rng(seed)
+        self.kept: dict[int, np.ndarray] = {}
+        for speaker, phone in sorted(sizes):
+            size = sizes[(speaker, phone)]
+            if size > cap:
+                self.kept[self._group(speaker, phone)] = np.sort(rng.choice(size, size=cap, replace=False))
+
+    def _group(self, speaker: Any, phone: Any) -> Any:
+        return speaker * len(self.phones) + np.searchsorted(self.phones, phone)
+
+    def keep(self, speakers: np.ndarray, phones: np.ndarray, seen: collections.Counter) -> np.ndarray:
+        """Keep-mask of the next rows (in row order): their speaker codes and phones. `seen`: the rows
+        of each group given so far in this pass over the rows (updated; a new pass starts empty)."""
+        group = self._group(speakers.astype(np.int64), phones)
+        keep = np.ones(len(group), dtype=bool)
+        order = np.argsort(group, kind="stable")  # rows of a group stay in row order
+        edges = np.flatnonzero(np.diff(group[order])) + 1
+        for index in np.split(order, edges) if len(order) else []:
+            g = int(group[index[0]])
+            first = seen[g]
+            seen[g] += len(index)
+            if g in self.kept:
+                keep[index] = np.isin(np.arange(first, first + len(index)), self.kept[g])
+        return keep

@@ -22,7 +22,7 @@ from phonorm.errors import PhonormError
 from phonorm.features import store as layout
 from phonorm.features.classic import CLASSIC_DIMS, classic_features
 from phonorm.features.plan import ModelSpec, Plan
-from phonorm.features.selection import pooling_index
+from phonorm.features.selection import RowIndex, pooling_index
 from phonorm.features.writer import RowWriter, partial_matches, partial_path
 from phonorm.frames import SAMPLE_RATE
 from phonorm.memory import release_free_memory
@@ -63,6 +63,11 @@ def run_share(plan: Plan, process_index: int = 0, num_processes: int = 1, device
         _run_model(plan, spec, share, process_index, num_processes, device, progress)
     if plan.todo_classic:
         _run_classic(plan, share, process_index, num_processes, progress)
+
+
+def _row_index(plan: Plan) -> RowIndex:
+    """The rows' times, read back from frames.parquet a row group at a time (memory flat in the rows)."""
+    return RowIndex(plan.out / layout.FRAMES_FILE)
 
 
 def _layer_path(plan: Plan, model: str, layer: str, process_index: int, num_processes: int) -> Path:
@@ -158,8 +163,8 @@ def _load(utt) -> np.ndarray:
     return load_audio(utt.audio_path)
 
 
-def _rows_of(plan: Plan, utt) -> pd.DataFrame:
-    return plan.selection.frames.iloc[int(utt.row_begin):int(utt.row_end)]
+def _rows_of(index: RowIndex, utt) -> pd.DataFrame:
+    return index.rows(int(utt.row_begin), int(utt.row_end))
 
 
 def _run_model(plan: Plan, spec: ModelSpec, share: pd.DataFrame, process_index: int, num_processes: int,
@@ -172,6 +177,7 @@ def _run_model(plan: Plan, spec: ModelSpec, share: pd.DataFrame, process_index: 
     out_dtype = torch.float16 if plan.settings.dtype == "float16" else torch.float32
     outputs = {name: (_layer_path(plan, spec.name, name, process_index, num_processes), spec.dim, plan.settings.dtype)
                for name in spec.layer_names}
+    index = _row_index(plan)
 
     def process_chunk(chunk: pd.DataFrame, writers: dict[str, RowWriter], first_row: int, tick) -> dict:
         passes = 0
@@ -182,7 +188,7 @@ def _run_model(plan: Plan, spec: ModelSpec, share: pd.DataFrame, process_index: 
                 passes += 1
                 for slot, i in enumerate(group):
                     utt = batch[i]
-                    rows = _rows_of(plan, utt)
+                    rows = _rows_of(index, utt)
                     frame_index, row_of = pooling_index(rows, spec.geometry, n_frames[slot], plan.settings.pool,
                                                         plan.settings.frames, what=f"{spec.name} {utt.utterance_id}")
                     values = _pool(hidden[:, slot], frame_index, row_of, len(rows), device).to(out_dtype).cpu().numpy()
@@ -254,11 +260,12 @@ def _run_classic(plan: Plan, share: pd.DataFrame, process_index: int, num_proces
     folder = plan.out / layout.CLASSIC_DIR / ".parts"
     outputs = {name: (classic_part(folder, name, process_index, num_processes), dim, "float32")
                for name, dim in CLASSIC_DIMS.items()}
+    index = _row_index(plan)
 
     def process_chunk(chunk: pd.DataFrame, writers: dict[str, RowWriter], first_row: int, tick) -> dict:
         for utt in chunk.itertuples(index=False):
             wave = _load(utt)
-            rows = _rows_of(plan, utt)
+            rows = _rows_of(index, utt)
             values = classic_features(wave, utt.sex, rows, plan.geometry, plan.geometry.num_frames(len(wave)),
                                       plan.settings.pool, plan.settings.frames, what=utt.utterance_id)
             for name, array in values.items():
