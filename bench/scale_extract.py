@@ -11,7 +11,10 @@ pages such as shared libraries included).
 - memory: extraction at each of `--rows` (default 10000,300000) with a `--memory-size` model
   (default tiny: 300k rows are ~100 min of audio, hours for a base model on 2 CPU cores; what
   extraction keeps per row, the row index, does not depend on the model). `growth_mb` = peak RssAnon at the largest
-  minus at the smallest row count; `growth_bytes_per_row` divides it by the extra rows.
+  minus at the smallest row count; `growth_bytes_per_row` divides it by the extra rows. With three or
+  more row counts, `growth_tail_mb` / `growth_tail_bytes_per_row` compare the two largest: the
+  smallest run (one chunk of ~100 utterances) has not yet filled the fixed-size caches that every
+  longer run fills within its first few hundred utterances (torch's and malloc's).
 - speed: `--speed-rows` (default 10000, ~200 s of audio) with a `--size` model (default base).
 
 Usage: PYTHONPATH=src .venv/bin/python bench/scale_extract.py [--rows 10000,300000] [--size base]
@@ -163,6 +166,11 @@ def main() -> None:
         result["growth_mb"] = round(growth, 1)
         result["growth_bytes_per_row"] = round(growth * 2**20 / max(extra_rows, 1), 1)
         result["vm_hwm_growth_mb"] = round(memory[-1]["vm_hwm_mb"] - memory[0]["vm_hwm_mb"], 1)
+    if len(memory) >= 3:  # between the two largest: what still grows once fixed costs have settled
+        growth = memory[-1]["peak_rss_anon_mb"] - memory[-2]["peak_rss_anon_mb"]
+        extra_rows = memory[-1]["rows"] - memory[-2]["rows"]
+        result["growth_tail_mb"] = round(growth, 1)
+        result["growth_tail_bytes_per_row"] = round(growth * 2**20 / max(extra_rows, 1), 1)
     if args.speed_rows:
         _log(f"speed: {args.speed_rows} rows, {args.size} model ...")
         result["speed"] = bench_extraction(args.speed_rows, args.size, threads=args.threads, workdir=args.workdir)

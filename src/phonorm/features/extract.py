@@ -54,6 +54,9 @@ def _extract(corpus: str | Path, *, models: dict[str, str], out: str | Path, set
     if state.is_main_process:
         start_store(plan)
     state.wait_for_everyone()  # every share reads its rows' times back from frames.parquet
+    plan.selection.close()  # the segments, needed only to generate the rows, leave memory
+    if "segments" in vars(plan.corpus):
+        del plan.corpus.segments  # (a cached_property)
     release_free_memory()
     run_share(plan, state.process_index, state.num_processes, device=state.device,
               progress=state.is_local_main_process)

@@ -39,7 +39,7 @@ FRAME_COLUMNS = ("row", "utterance_id", "speaker", "sex", "split", "time", "fram
 STRING_COLUMNS = ("utterance_id", "speaker", "sex", "split", "phone", "syllable")
 # What extraction reads back per row from frames.parquet (`RowIndex`, for `pooling_index`).
 ROW_INDEX_COLUMNS = ("time", "start", "end")
-CHUNK_ROWS = 65536  # rows per table of `Selection.iter_frames` (and per row group of frames.parquet)
+CHUNK_ROWS = 16384  # rows per table of `Selection.iter_frames` (and per row group of frames.parquet)
 
 
 @dataclass
@@ -60,6 +60,13 @@ class Selection:
     def iter_frames(self) -> Iterator[pd.DataFrame]:
         """The rows as tables of about `CHUNK_ROWS` rows (whole utterances), in row order."""
         return self._chunks()
+
+    def close(self) -> None:
+        """Let go of what regenerating the rows needs (the split's segments, ~200 bytes each), once
+        they are written: `iter_frames` and `frames` are no longer available."""
+        def closed() -> Iterator[pd.DataFrame]:
+            raise RuntimeError("the selection was closed after its rows were written; read frames.parquet")
+        self._chunks = closed
 
     @property
     def frames(self) -> pd.DataFrame:
