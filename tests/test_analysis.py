@@ -278,3 +278,31 @@ def test_the_command_line_starts_openblas_single_threaded():
     chosen = subprocess.run([sys.executable, "-c", code], env={**env, "OPENBLAS_NUM_THREADS": "2"},
                             capture_output=True, text=True, check=True).stdout.strip()
     assert chosen == ("2" if (os.cpu_count() or 1) >= 2 else "1")  # OpenBLAS caps it at the cores
+
+
+def test_sample_products_in_blocks_give_the_matrix_of_one_block(tmp_path, monkeypatch):
+    """The layer-matrix sums are taken `SAMPLE_BLOCK` rows at a time (slices of a contiguous sample,
+    position arrays for the held-out halves); any block size gives the same matrix."""
+    from fake_store import make_feature_store
+    from phonorm.analysis import run
+
+    rows = np.arange(5, 45)
+    monkeypatch.setattr(run, "SAMPLE_BLOCK", 16)
+    blocks = list(run._row_blocks(rows))
+    assert all(isinstance(b, slice) for b in blocks) and np.array_equal(np.r_[tuple(blocks)], rows)
+    scattered = rows[rows % 3 != 0]
+    pieces = list(run._row_blocks(scattered))
+    assert [len(p) for p in pieces] == [16, len(scattered) - 16] and np.array_equal(np.concatenate(pieces), scattered)
+
+    store = make_feature_store(tmp_path / "f", models=("pretrained", "tone"), n_speakers=6, n_utterances=2,
+                               n_frames=30, n_layers=2)
+    common = dict(reference="pretrained", umap=False, figures=False, bootstrap=0, claim_bootstrap=0, folds=2,
+                  sample_rows=200, erasure=False, labels=["sex"], progress=False, similarity_floor=False)
+    for held_out in (False, True):
+        tables = []
+        for block in (16, 4096):
+            monkeypatch.setattr(run, "SAMPLE_BLOCK", block)
+            out = tmp_path / f"{held_out}-{block}"
+            analyze(store, out=out, settings=AnalyzeSettings(**common, held_out=held_out))
+            tables.append(pd.read_csv(out / "layer_matrix" / "tone__vs__pretrained__pwcca.csv", index_col=0))
+        np.testing.assert_allclose(tables[0].to_numpy(), tables[1].to_numpy(), rtol=0, atol=1e-9)

@@ -308,6 +308,9 @@ def test_rows_are_decided_and_written_a_chunk_at_a_time_and_read_back_by_range(f
                                       .reset_index(drop=True))
     with pytest.raises(ValueError, match="outside"):
         index.rows(0, selection.rows + 1)
+    selection.close()  # extraction lets go of the segments once the rows are written
+    with pytest.raises(RuntimeError, match="frames.parquet"):
+        next(selection.iter_frames())
 
 
 def test_onednn_shape_caches_are_bounded_unless_the_user_chose(tmp_path):

@@ -753,10 +753,16 @@ class _Context:
 SAMPLE_BLOCK = 4096  # rows of the in-memory sample cast to float64 at once (layer matrix)
 
 
-def _row_blocks(rows: np.ndarray) -> Iterator[np.ndarray]:
-    """`rows` (positions) in consecutive pieces of at most `SAMPLE_BLOCK`."""
+def _row_blocks(rows: np.ndarray) -> Iterator[np.ndarray | slice]:
+    """`rows` (positions) in consecutive pieces of at most `SAMPLE_BLOCK`: slices when the rows are
+    one contiguous run (every row of the sample: views, no copy), else position arrays."""
+    contiguous = len(rows) > 0 and int(rows[-1]) - int(rows[0]) + 1 == len(rows) and bool(np.all(np.diff(rows) == 1))
     for begin in range(0, len(rows), SAMPLE_BLOCK):
-        yield rows[begin:begin + SAMPLE_BLOCK]
+        if contiguous:
+            start = int(rows[0]) + begin
+            yield slice(start, min(start + SAMPLE_BLOCK, int(rows[0]) + len(rows)))
+        else:
+            yield rows[begin:begin + SAMPLE_BLOCK]
 
 
 def _view_of(x: np.ndarray, rows: np.ndarray, shift: np.ndarray) -> ViewSums:

@@ -147,9 +147,15 @@ class RowIndex:
         return table.iloc[offset:offset + end - begin].reset_index(drop=True)
 
 
-def frames_hash(frames: pd.DataFrame) -> str:
-    digest = hashlib.sha256(pd.util.hash_pandas_object(frames, index=False).to_numpy().tobytes())
-    digest.update(",".join(frames.columns).encode())
+def frames_hash(frames: pd.DataFrame | Iterable[pd.DataFrame]) -> str:
+    """Content hash of the rows: of one table, or of its consecutive pieces in row order (the same
+    value: each row is hashed on its own, string columns alike whether categorical or not)."""
+    digest = hashlib.sha256()
+    columns: Any = FRAME_COLUMNS
+    for table in [frames] if isinstance(frames, pd.DataFrame) else frames:
+        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+        columns = table.columns
+    digest.update(",".join(columns).encode())
     return digest.hexdigest()[:16]
 
 
@@ -271,14 +277,16 @@ def select_rows(
         if batch:
             yield _chunk_table(batch, per_utterance, cap, seen, first_row)
 
-    digest = hashlib.sha256()  # = frames_hash of all the rows, a chunk at a time
     ids = pd.Index(utterances["utterance_id"].astype(str))
     row_counts = np.zeros(len(utterances), dtype=np.int64)
-    for table in chunks():
-        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
-        column = table["utterance_id"].cat
-        row_counts += np.bincount(ids.get_indexer(column.categories)[column.codes], minlength=len(utterances))
-    digest.update(",".join(FRAME_COLUMNS).encode())
+
+    def counted() -> Iterator[pd.DataFrame]:
+        for table in chunks():  # rows per utterance, as the tables pass by
+            column = table["utterance_id"].cat
+            row_counts[:] += np.bincount(ids.get_indexer(column.categories)[column.codes], minlength=len(utterances))
+            yield table
+
+    key = frames_hash(counted())
     positions = np.flatnonzero(row_counts > 0)
     kept = utterances.iloc[positions].reset_index(drop=True)
     ends = np.cumsum(row_counts[positions])
@@ -296,7 +304,7 @@ def select_rows(
         "rows": rows,
         "rows_dropped_by_cap": int(candidate_rows - rows),
     }
-    return Selection(utterances=kept, counts=counts, key=digest.hexdigest()[:16], rows=rows, _chunks=chunks)
+    return Selection(utterances=kept, counts=counts, key=key, rows=rows, _chunks=chunks)
 
 
 def _chunk_table(batch: list[tuple[int, dict[str, np.ndarray]]], per_utterance: dict[str, pd.Categorical],
