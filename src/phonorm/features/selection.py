@@ -93,14 +93,12 @@ def write_frames(path: str | Path, frames: pd.DataFrame | Iterable[pd.DataFrame]
         try:
             for table in tables:
                 strings = {c: "str" for c in STRING_COLUMNS if c in table.columns}
-                for begin in range(0, max(len(table), 1), block):
+                for begin in range(0, len(table), block):
                     part = pa.Table.from_pandas(table.iloc[begin:begin + block].astype(strings), preserve_index=False)
                     if writer is None:
                         writer = pq.ParquetWriter(tmp, part.schema)
-                    elif len(part) == 0:
-                        continue
                     writer.write_table(part.cast(writer.schema))
-            if writer is None:  # no table at all: an empty file with the columns
+            if writer is None:  # no row at all: an empty file with the columns
                 writer = pq.ParquetWriter(tmp, pa.Table.from_pandas(_empty_frames().astype(
                     {c: "str" for c in STRING_COLUMNS}), preserve_index=False).schema)
         finally:
@@ -137,12 +135,12 @@ class RowIndex:
         """Rows [begin, end) (row numbers of the whole file), columns `columns`."""
         if not 0 <= begin <= end <= len(self):
             raise ValueError(f"{self.path}: rows [{begin}, {end}) outside [0, {len(self)})")
-        first = int(np.searchsorted(self.bounds, begin, side="right")) - 1
-        last = max(first, int(np.searchsorted(self.bounds, end, side="left")) - 1)
-        parts = [self._group(g) for g in range(first, last + 1)] if end > begin else []
-        table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else None)
-        if table is None:
+        if end == begin:
             return pd.DataFrame({c: np.zeros(0) for c in self.columns})
+        first = int(np.searchsorted(self.bounds, begin, side="right")) - 1
+        last = int(np.searchsorted(self.bounds, end, side="left")) - 1
+        parts = [self._group(g) for g in range(first, last + 1)]
+        table = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
         offset = begin - int(self.bounds[first])
         return table.iloc[offset:offset + end - begin].reset_index(drop=True)
 
