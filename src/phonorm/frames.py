@@ -138,3 +138,18 @@ def frame_labels(
             raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
         out[task] = grid
     return out
+
+
+def sample_nearest(xs: np.ndarray, values: np.ndarray, times: np.ndarray, max_gap: float) -> np.ndarray:
+    """The rows of `values` (analysis frames, k) at the analysis frame nearest each of `times` (seconds):
+    (len(times), k) float64, NaN where the nearest frame time in `xs` (seconds, sorted) is farther than
+    `max_gap` seconds. Samples Praat's 5 ms analyses at the model's 20 ms frames."""
+    if len(xs) == 0:
+        return np.full((times.size, values.shape[1] if values.ndim == 2 else 1), np.nan)
+    position = np.clip(np.searchsorted(xs, times), 1, len(xs) - 1) if len(xs) > 1 else np.zeros(times.size, int)
+    if len(xs) > 1:
+        left_closer = np.abs(times - xs[position - 1]) <= np.abs(xs[position] - times)
+        position = np.where(left_closer, position - 1, position)
+    out = values[position].astype(np.float64)
+    out[np.abs(xs[position] - times) > max_gap] = np.nan
+    return out

@@ -188,21 +188,36 @@ class AishellSettings(LabelSettings):
 
 
 # ---------------------------------------------------------------- pretrain
-class PretrainSettings(StageSettings):
-    """`phonorm pretrain`: self-supervised wav2vec 2.0 pre-training of a small model from scratch."""
+PretrainObjective = Literal["hubert", "contrastive"]
 
+
+class PretrainSettings(StageSettings):
+    """`phonorm pretrain`: self-supervised pre-training of a small model from scratch, by HuBERT's masked
+    prediction of frame cluster ids (a HuBERT model) or wav2vec 2.0's contrastive objective."""
+
+    objective: PretrainObjective = Field(
+        "hubert", description="hubert: masked prediction of cluster ids (k-means of MFCCs, or of a model's layer "
+                              "with --targets-from; a HuBERT model) or contrastive (wav2vec 2.0's loss; a wav2vec 2.0 "
+                              "model).")
     size: ModelSize = Field("tiny", description="Model size: tiny, small or base.")
     steps: int = Field(2000, ge=1, description="Optimizer steps.")
     seed: int = Field(0, description="Random seed.")
     batch_seconds: float = Field(16.0, gt=0, description="Seconds of audio per batch.")
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     warmup: float = Field(0.08, ge=0, lt=1, description="Linear warm-up, as a fraction of the steps.")
-    eval_every: Optional[int] = Field(None, ge=1, description="Held-out contrastive accuracy every N steps "
+    eval_every: Optional[int] = Field(None, ge=1, description="Held-out accuracy (masked prediction or contrastive) every N steps "
                                                               "(default: 10 times in the run).")
     keep_steps: list[int] = Field(default_factory=list, description="Also save the model at these steps "
                                   "(comma-separated), each as a loadable folder OUT/snapshots/step-<N>.")
     max_hours: Optional[float] = Field(None, gt=0, description="Pre-train on at most this many hours of the train "
                                        "split (whole utterances in a fixed random order; default: all).")
+    clusters: int = Field(100, ge=2, description="hubert: number of k-means clusters (the targets' classes).")
+    targets_from: Optional[str] = Field(None, description="hubert, iteration 2: cluster this model's layer "
+                                        "(--targets-layer) instead of MFCCs (a folder or hub id).")
+    targets_layer: Optional[int] = Field(None, ge=0, description="hubert, iteration 2: the layer Lk of "
+                                         "--targets-from to cluster.")
+    unmasked_weight: float = Field(0.0, ge=0, description="hubert: the loss is the cross-entropy on masked frames "
+                                   "plus this times the one on unmasked frames (0: masked frames only).")
 
     @field_validator("keep_steps", mode="before")
     @classmethod
@@ -221,6 +236,14 @@ class PretrainSettings(StageSettings):
         outside = [s for s in self.keep_steps if not 1 <= s <= self.steps]
         if outside:
             raise ValueError(f"keep_steps: {', '.join(map(str, outside))} outside the run's steps 1..{self.steps}")
+        return self
+
+    @model_validator(mode="after")
+    def _targets_of_hubert(self) -> "PretrainSettings":
+        if (self.targets_from is None) != (self.targets_layer is None):
+            raise ValueError("targets_from: give --targets-from and --targets-layer together")
+        if self.objective != "hubert" and self.targets_from is not None:
+            raise ValueError("targets_from: cluster targets belong to --objective hubert")
         return self
 
 

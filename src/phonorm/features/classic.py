@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from phonorm.features.selection import pooling_index
-from phonorm.frames import SAMPLE_RATE, FrameGeometry
+from phonorm.frames import SAMPLE_RATE, FrameGeometry, sample_nearest
 
 PITCH_RANGE_HZ = {"F": (100.0, 500.0), "M": (60.0, 300.0)}
 """Praat pitch floor and ceiling by speaker sex (Praat's manual advises 100-500 Hz for female and
@@ -44,30 +44,17 @@ def classic_features(
     floor, ceiling = PITCH_RANGE_HZ.get(sex, DEFAULT_PITCH_RANGE_HZ)
     try:
         pitch = sound.to_pitch(time_step=PITCH_STEP_S, pitch_floor=floor, pitch_ceiling=ceiling)
-        f0 = _sample(pitch.xs(), pitch.selected_array["frequency"][:, None], times, PITCH_STEP_S)[:, 0]
+        f0 = sample_nearest(pitch.xs(), pitch.selected_array["frequency"][:, None], times, PITCH_STEP_S)[:, 0]
         f0[f0 <= 0] = np.nan  # Praat writes 0 for unvoiced frames
     except parselmouth.PraatError:  # too short for the pitch floor's analysis window
         f0 = np.full(times.size, np.nan)
     try:
         mfcc_obj = sound.to_mfcc(number_of_coefficients=N_MFCC - 1)
-        mfcc = _sample(mfcc_obj.xs(), mfcc_obj.to_array().T, times, np.inf)
+        mfcc = sample_nearest(mfcc_obj.xs(), mfcc_obj.to_array().T, times, np.inf)
     except parselmouth.PraatError:
         mfcc = np.full((times.size, N_MFCC), np.nan)
     n_rows = len(rows)
     return {"f0_hz": _pool_mean(f0[:, None], row_of, n_rows), "mfcc": _pool_mean(mfcc, row_of, n_rows)}
-
-
-def _sample(xs: np.ndarray, values: np.ndarray, times: np.ndarray, max_gap: float) -> np.ndarray:
-    """Values (n_frames, k) of the analysis frame nearest each time; NaN farther than `max_gap` s."""
-    if len(xs) == 0:
-        return np.full((times.size, values.shape[1] if values.ndim == 2 else 1), np.nan)
-    position = np.clip(np.searchsorted(xs, times), 1, len(xs) - 1) if len(xs) > 1 else np.zeros(times.size, int)
-    if len(xs) > 1:
-        left_closer = np.abs(times - xs[position - 1]) <= np.abs(xs[position] - times)
-        position = np.where(left_closer, position - 1, position)
-    out = values[position].astype(np.float64)
-    out[np.abs(xs[position] - times) > max_gap] = np.nan
-    return out
 
 
 def _pool_mean(values: np.ndarray, row_of: np.ndarray, n_rows: int) -> np.ndarray:

@@ -33,14 +33,24 @@ LAYER_CONVENTION = (
 SIZES = MODEL_SIZES
 
 
-def make_config(size: str = "tiny", *, stable_layer_norm: bool = False, **overrides: Any) -> PretrainedConfig:
-    """A wav2vec 2.0 config of one of `SIZES`; `stable_layer_norm=True` gives the large-style
-    (pre-LN, layer-norm feature encoder, attention mask) variant."""
-    from transformers import Wav2Vec2Config
+QUANTIZER_FIELDS = ("codevector_dim", "proj_codevector_dim", "num_codevector_groups", "num_codevectors_per_group")
+"""Size fields of wav2vec 2.0's quantizer (contrastive pre-training), which a HuBERT model has not."""
+
+
+def make_config(size: str = "tiny", *, stable_layer_norm: bool = False, model_type: str = "wav2vec2",
+                **overrides: Any) -> PretrainedConfig:
+    """A wav2vec 2.0 (`model_type="wav2vec2"`) or HuBERT (`"hubert"`) config of one of `SIZES`, the
+    same encoder either way; `stable_layer_norm=True` gives the large-style (pre-LN, layer-norm
+    feature encoder, attention mask) variant."""
+    from transformers import HubertConfig, Wav2Vec2Config
 
     if size not in SIZES:
         raise PhonormError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+    if model_type not in ("wav2vec2", "hubert"):
+        raise PhonormError(f"phonorm creates wav2vec2 or hubert models, not {model_type!r}")
     params = dict(SIZES[size])
+    if model_type == "hubert":
+        params = {k: v for k, v in params.items() if k not in QUANTIZER_FIELDS}
     params.update(
         do_stable_layer_norm=stable_layer_norm,
         feat_extract_norm="layer" if stable_layer_norm else "group",
@@ -51,7 +61,17 @@ def make_config(size: str = "tiny", *, stable_layer_norm: bool = False, **overri
         mask_time_prob=0.05,
     )
     params.update(overrides)
+    if model_type == "hubert":
+        # masked_spec_embed (the learnt mask vector) exists only with masking on, and transformers
+        # uses given mask_time_indices only when apply_spec_augment is on (it ignores them otherwise).
+        return HubertConfig(apply_spec_augment=True, **params)
     return Wav2Vec2Config(**params)
+
+
+def freeze_feature_encoder(backbone: PreTrainedModel) -> None:
+    """Stop the convolutional feature encoder of any supported model from learning (HubertModel and
+    WavLMModel lack transformers' `freeze_feature_encoder`; their heads' versions do this)."""
+    backbone.feature_extractor._freeze_parameters()  # type: ignore[operator, union-attr]
 
 
 def load_config(name_or_path: str | Path) -> PretrainedConfig:

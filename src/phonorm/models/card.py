@@ -48,8 +48,14 @@ class ModelCard(JsonRecord):
     best_step: Optional[int] = None
     # pre-trained models
     size: Optional[str] = None
+    objective: Optional[Literal["hubert", "contrastive"]] = None
     held_out_split: Optional[str] = None
+    held_out_metric: Optional[str] = None
+    """What `held_out_accuracy` measures: masked_accuracy (hubert) or contrastive_accuracy."""
+    held_out_accuracy: list[tuple[int, float]] = []
+    """(step, held-out accuracy) at each evaluation."""
     held_out_contrastive_accuracy: list[tuple[int, float]] = []
+    """The same curve for contrastive models (the field's name before the hubert objective)."""
     trained_steps: Optional[int] = None
     """Optimizer steps behind the weights (a snapshot's step; the run's steps for its final model)."""
     train_hours: Optional[float] = None

@@ -19,7 +19,7 @@ feature extractors of released checkpoints do) before any crop or padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,6 +82,8 @@ class FrameDataset(torch.utils.data.Dataset):
             raise InputError(corpus.folder / "utterances.parquet", f"split {split!r} has no utterances")
         self.durations = self.table["duration"].to_numpy(dtype=np.float64)
         self._cache: dict[int, np.ndarray] | None = {} if self.durations.sum() <= cache_seconds else None
+        self.transform: Callable[[Example], Example] | None = None
+        """Applied to each example as it is read (pre-training adds its cluster targets this way)."""
 
     def __len__(self) -> int:
         return len(self.table)
@@ -103,7 +105,8 @@ class FrameDataset(torch.utils.data.Dataset):
         grids = frame_labels(self.corpus.segments_of(row["utterance_id"]), row["sex"], n_frames, self.label_maps,
                              self.geometry, self.tasks)
         segment = grids.pop("segment")
-        return Example(row["utterance_id"], row["speaker"], row["sex"], wave, grids, segment)
+        example = Example(row["utterance_id"], row["speaker"], row["sex"], wave, grids, segment)
+        return example if self.transform is None else self.transform(example)
 
 
 class LengthBucketSampler(torch.utils.data.Sampler):

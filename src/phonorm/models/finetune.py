@@ -30,7 +30,7 @@ from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
 from phonorm.lock import folder_lock
-from phonorm.models.backbone import LAYER_CONVENTION, load_backbone, load_config, uses_group_norm
+from phonorm.models.backbone import LAYER_CONVENTION, freeze_feature_encoder, load_backbone, load_config, uses_group_norm
 from phonorm.models.card import ModelCard, binding_settings
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler
 from phonorm.models.evaluate import predict_split, score_predictions
@@ -82,7 +82,7 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
     geometry = FrameGeometry.from_config(config)
     group_norm = uses_group_norm(config)
     if settings.freeze_feature_encoder:
-        backbone.freeze_feature_encoder()  # type: ignore[operator]
+        freeze_feature_encoder(backbone)
     heads = MultitaskHeads(config.hidden_size, {t: len(label_maps[t]) for t in settings.tasks}, settings.head_dropout)
     classifier = FrameClassifier(backbone, heads)
 

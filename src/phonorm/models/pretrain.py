@@ -1,13 +1,16 @@
-"""Self-supervised wav2vec 2.0 pre-training of a small model, offline, with transformers'
-`Wav2Vec2ForPreTraining` (contrastive loss over masked spans + codebook diversity loss).
+"""Self-supervised pre-training of a small model from scratch, offline, by one of two objectives:
 
-Masks come from transformers' `_compute_mask_indices` (spans of `mask_length` frames, about
-`mask_prob` of the frames), distractors from `_sample_negative_indices` (masked frames of the same
-utterance). Progress is measured on held-out audio (the dev split, else the test split): the
-contrastive accuracy (how often the model's context vector is closest, by cosine, to the true
-quantised target rather than to one of the distractors) with fixed masks and distractors, so
-that values at different steps compare. The output folder loads with
-`transformers.Wav2Vec2Model.from_pretrained` and `phonorm.models.backbone.load_backbone`.
+- `hubert` (default): HuBERT's masked prediction of frame cluster ids (`models/hubert.py`, targets
+  from `models/targets.py`); the model is a transformers `HubertModel`.
+- `contrastive`: wav2vec 2.0's contrastive objective (`models/contrastive.py`); the model is a
+  `Wav2Vec2ForPreTraining`.
+
+Both share everything else here: the train utterances (`max_hours`), cropping to 8 s, length-bucketed
+batches, AdamW with linear warm-up and decay, gradient clipping, the conv front end learning at a
+tenth of the rate, resume, snapshots (`keep_steps`) and the model card. Progress is measured on
+held-out audio (the dev split, else the test split) with fixed masks: masked-prediction accuracy or
+contrastive accuracy. The output folder loads with `transformers.AutoModel.from_pretrained` and
+`phonorm.models.backbone.load_backbone`, so every stage takes it as a base.
 """
 
 from __future__ import annotations
@@ -25,75 +28,33 @@ from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
 from phonorm.lock import folder_lock
+from phonorm.models import contrastive, hubert
 from phonorm.models.backbone import LAYER_CONVENTION, make_config
 from phonorm.models.card import ModelCard, binding_settings
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler, length_bucketed_batches
+from phonorm.models.targets import ClusterTargets, fit_targets, layer_features
 from phonorm.models.training import Trainer, TrainState, swap_folder
 from phonorm.settings import PretrainSettings
 
-MASK_PROB = 0.65       # wav2vec 2.0 paper: p = 0.065 start probability × M = 10 ≈ 65% of frames
-MASK_LENGTH = 10
 MAX_CROP_SECONDS = 8.0  # longer utterances are cut to a random 8 s window (memory, as fairseq's max_sample_size)
-TEMPERATURE = (2.0, 0.5)  # Gumbel softmax temperature, annealed from the first to the second value
-FEATURE_GRAD_MULT = 0.1  # wav2vec 2.0 recipe: the conv feature encoder learns at a tenth of the rate
+FEATURE_GRAD_MULT = 0.1  # wav2vec 2.0 and HuBERT recipes: the conv feature encoder learns at a tenth of the rate
+GRADIENT_CLIP = 10.0
 HELD_OUT_UTTERANCES = 64
-HELD_OUT_SEED = 1234
-RECIPE = {"mask_prob": MASK_PROB, "mask_length": MASK_LENGTH, "temperature": list(TEMPERATURE),
-          "max_crop_seconds": MAX_CROP_SECONDS, "feature_grad_mult": FEATURE_GRAD_MULT}
-"""Fixed parts of the recipe, recorded with the settings in the model card."""
 
 
-def _mask_and_negatives(batch_size: int, n_frames: int, num_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask_time_indices (batch, frames) bool, sampled_negative_indices (batch, frames, K) long)
-    from numpy's global generator, with at least two masked spans per row."""
-    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
-
-    mask = _compute_mask_indices((batch_size, n_frames), mask_prob=MASK_PROB, mask_length=min(MASK_LENGTH, n_frames),
-                                 min_masks=2)
-    negatives = _sample_negative_indices((batch_size, n_frames), num_negatives, mask_time_indices=mask)
-    return torch.from_numpy(mask), torch.from_numpy(negatives).long()
-
-
-def contrastive_accuracy(model, input_values: torch.Tensor, mask: torch.Tensor, negatives: torch.Tensor
-                         ) -> tuple[float, float, int]:
-    """(correct, summed contrastive loss, masked frames) of one batch in eval mode: at masked frames,
-    is the true quantised target the most similar (cosine) of the 1 + K candidates?"""
-    out = model(input_values, mask_time_indices=mask)
-    quantized, context = out.projected_quantized_states, out.projected_states
-    batch, frames, dim = quantized.shape
-    k = negatives.shape[-1]
-    negative = quantized.reshape(-1, dim)[negatives.reshape(-1)].reshape(batch, frames, k, dim)
-    candidates = torch.cat([quantized[:, :, None], negative], dim=2)
-    logits = torch.cosine_similarity(context[:, :, None].float(), candidates.float(), dim=-1)
-    logits = logits / model.config.contrastive_logits_temperature
-    same = (negative == quantized[:, :, None]).all(-1)  # a distractor equal to the target does not count
-    logits[:, :, 1:] = logits[:, :, 1:].masked_fill(same, float("-inf"))
-    picked = logits[mask]
-    correct = float((picked.argmax(-1) == 0).sum())
-    loss = float(torch.nn.functional.cross_entropy(picked, torch.zeros(len(picked), dtype=torch.long,
-                                                                       device=picked.device), reduction="sum"))
-    return correct, loss, int(mask.sum())
+def recipe(objective: str) -> dict[str, Any]:
+    """Fixed parts of an objective's recipe, recorded with the settings in the model card."""
+    common = {"max_crop_seconds": MAX_CROP_SECONDS, "feature_grad_mult": FEATURE_GRAD_MULT,
+              "gradient_clip": GRADIENT_CLIP, "adam_betas": [0.9, 0.98], "adam_eps": 1e-6, "weight_decay": 0.01}
+    if objective == "hubert":
+        return {**common, "mask_prob": hubert.MASK_PROB, "mask_length": hubert.MASK_LENGTH, "head": "linear",
+                "targets": "MiniBatchKMeans of MFCC c0-c12 + deltas + delta-deltas (Praat), z-scored over train"}
+    return {**common, "mask_prob": contrastive.MASK_PROB, "mask_length": contrastive.MASK_LENGTH,
+            "temperature": list(contrastive.TEMPERATURE)}
 
 
-def held_out_score(model, dataset: FrameDataset, batches: list[list[int]], collator: Collator, device) -> dict[str, float]:
-    """Contrastive accuracy and loss per masked frame on held-out audio, with masks and distractors
-    drawn from a fixed seed (the global numpy state is restored afterwards)."""
-    state = np.random.get_state()
-    np.random.seed(HELD_OUT_SEED)
-    was_training = model.training
-    model.eval()
-    correct = loss = count = 0.0
-    with torch.no_grad():
-        for batch in batches:
-            inputs = collator([dataset[i] for i in batch])["input_values"].to(device)
-            n_frames = int(model._get_feat_extract_output_lengths(inputs.shape[1]))
-            mask, negatives = _mask_and_negatives(len(inputs), n_frames, model.config.num_negatives)
-            c, batch_loss, n = contrastive_accuracy(model, inputs, mask.to(device), negatives.to(device))
-            correct, loss, count = correct + c, loss + batch_loss, count + n
-    np.random.set_state(state)
-    model.train(was_training)
-    return {"contrastive_accuracy": correct / max(count, 1), "contrastive_loss": loss / max(count, 1),
-            "masked_frames": int(count)}
+HELD_OUT_METRIC = {"hubert": "masked_accuracy", "contrastive": "contrastive_accuracy"}
+"""The held-out score each objective reports (log column `held_out_<metric>`)."""
 
 
 def pretrain(corpus: str | Path, *, out: str | Path, settings: PretrainSettings | None = None, **options: Any) -> str:
@@ -113,10 +74,13 @@ def pretrain(corpus: str | Path, *, out: str | Path, settings: PretrainSettings 
 
 
 def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> str:
-    from transformers import Wav2Vec2ForPreTraining, get_scheduler
+    from transformers import get_scheduler
 
     prepared = PreparedCorpus(corpus)
-    recorded = {**settings.as_dict(), **RECIPE}
+    objective = settings.objective
+    recorded = {**settings.as_dict(), **recipe(objective)}
+    if settings.targets_from is not None:
+        recorded["targets"] = f"MiniBatchKMeans of layer L{settings.targets_layer} of {settings.targets_from}, z-scored"
     if ModelCard.exists(out):
         if ModelCard.load(out).same_run(settings=recorded, corpus_fingerprint=prepared.fingerprint, base_model=None):
             return f"{out}: already pre-trained with these settings (delete the folder to train again)"
@@ -127,33 +91,50 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
                                    "corpus": prepared.fingerprint})
     accelerator = trainer.accelerator
     steps = settings.steps
-    config = make_config(settings.size)
-    config.architectures = ["Wav2Vec2ForPreTraining"]
-    model = Wav2Vec2ForPreTraining(config)  # type: ignore[arg-type]
+    config = make_config(settings.size, model_type="hubert" if objective == "hubert" else "wav2vec2")
     geometry = FrameGeometry.from_config(config)
-    for param in model.wav2vec2.feature_extractor.parameters():
-        # scaling each gradient is linear, so it commutes with DDP's gradient averaging
-        param.register_hook(lambda grad: grad * FEATURE_GRAD_MULT)
-
     train_table = _train_utterances(prepared, settings.max_hours)
     train_set = FrameDataset(prepared, None, [], geometry, utterances=train_table)
     train_hours = float(train_table["duration"].sum()) / 3600
-    held_split = "dev" if len(prepared.utterances("dev")) else "test"
-    held_table = prepared.utterances(held_split)
-    if len(held_table) == 0:
-        raise InputError(prepared.folder / "utterances.parquet", "no dev or test utterances to measure pre-training on")
-    held_table = held_table.sample(n=min(HELD_OUT_UTTERANCES, len(held_table)), random_state=0)
+    held_split, held_table = _held_out_utterances(prepared)
     held_set = FrameDataset(prepared, None, [], geometry, utterances=held_table)
     max_samples = int(MAX_CROP_SECONDS * geometry.sample_rate)
-    held_collator = Collator(geometry, [], crop=True, random_offset=False, max_samples=max_samples)
-    held_batches = length_bucketed_batches(held_set.durations, settings.batch_seconds)
 
+    if objective == "hubert":
+        from transformers import HubertModel
+
+        if trainer.main:
+            out.mkdir(parents=True, exist_ok=True)
+            _ensure_cluster_targets(out, settings, {"train": train_table, "held_out": held_table}, geometry)
+        accelerator.wait_for_everyone()
+        targets = ClusterTargets.load(out)
+        assert targets is not None  # written above by the main process
+        train_set.transform = lambda example: hubert.with_targets(example, targets)
+        held_set.transform = train_set.transform
+        config.architectures = ["HubertModel"]
+        model: torch.nn.Module = hubert.MaskedPrediction(HubertModel(config), targets.clusters)
+        encoder = model.hubert
+        labels = [hubert.TARGET]
+    else:
+        from transformers import Wav2Vec2ForPreTraining
+
+        config.architectures = ["Wav2Vec2ForPreTraining"]
+        model = Wav2Vec2ForPreTraining(config)  # type: ignore[arg-type]
+        encoder = model.wav2vec2
+        labels = []
+    for param in encoder.feature_extractor.parameters():
+        # scaling each gradient is linear, so it commutes with DDP's gradient averaging
+        param.register_hook(lambda grad: grad * FEATURE_GRAD_MULT)
+
+    held_collator = Collator(geometry, labels, crop=True, random_offset=False, max_samples=max_samples)
+    held_batches = [held_collator([held_set[i] for i in batch])
+                    for batch in length_bucketed_batches(held_set.durations, settings.batch_seconds)]
     sampler = LengthBucketSampler(np.minimum(train_set.durations, MAX_CROP_SECONDS), settings.batch_seconds,
                                   seed=settings.seed, num_replicas=accelerator.num_processes,
                                   rank=accelerator.process_index)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=0,
                                          generator=torch.Generator().manual_seed(settings.seed),  # see finetune.py
-                                         collate_fn=Collator(geometry, [], crop=True, max_samples=max_samples))
+                                         collate_fn=Collator(geometry, labels, crop=True, max_samples=max_samples))
     eval_every = settings.eval_every or max(1, steps // 10)
 
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -163,55 +144,54 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=round(settings.warmup * steps),
                               num_training_steps=steps)
     wrapped = trainer.prepare(model, optimizer, scheduler)
-    unwrapped = trainer.unwrapped
+    unwrapped: Any = trainer.unwrapped
+    metric = HELD_OUT_METRIC[objective]
+
+    def held_out() -> dict[str, float]:
+        if objective == "hubert":
+            return hubert.held_out_accuracy(unwrapped, held_batches, trainer.device)
+        return contrastive.held_out_accuracy(unwrapped, held_batches, trainer.device)
+
     state = trainer.resume()
     if state.step == 0:
-        first = held_out_score(unwrapped, held_set, held_batches, held_collator, trainer.device)
-        state.log.append({"step": 0, **{f"held_out_{k}": v for k, v in first.items()}})
-
-    # Gumbel temperature: exponential decay reaching the minimum at 70% of the steps, the shape of
-    # the wav2vec 2.0 recipe (factor 0.999995 over 400k updates) compressed to `steps`.
-    decay_rate = (TEMPERATURE[1] / TEMPERATURE[0]) ** (1.0 / max(1.0, 0.7 * steps))
+        state.log.append({"step": 0, **{f"held_out_{k}": v for k, v in held_out().items()}})
+    gumbel_decay = contrastive.gumbel_decay(steps)
 
     def train_step(batch: dict[str, Any]) -> dict[str, Any]:
         wrapped.train()
-        temperature = max(TEMPERATURE[1], TEMPERATURE[0] * decay_rate ** state.step)
-        unwrapped.set_gumbel_temperature(temperature)  # type: ignore[operator]
-        inputs = batch["input_values"].to(trainer.device)
-        n_frames = int(unwrapped._get_feat_extract_output_lengths(inputs.shape[1]))  # type: ignore[operator]
-        mask, negatives = _mask_and_negatives(len(inputs), n_frames, config.num_negatives)
-        output = wrapped(inputs, mask_time_indices=mask.to(trainer.device),
-                         sampled_negative_indices=negatives.to(trainer.device))
-        n_masked = mask.sum()
-        # HF's loss sums over masked frames (contrastive) and scales diversity by their count.
-        loss = output.loss / n_masked
+        if objective == "hubert":
+            inputs = batch["input_values"].to(trainer.device)
+            cluster_ids = batch["labels"][hubert.TARGET].to(trainer.device)
+            mask = hubert.span_mask(len(inputs), cluster_ids.shape[1]).to(trainer.device)
+            loss, row = hubert.masked_prediction_loss(wrapped(inputs, mask), cluster_ids, mask,
+                                                      settings.unmasked_weight)
+        else:
+            loss, row = contrastive.contrastive_step(wrapped, unwrapped, batch, state.step, gumbel_decay,
+                                                     trainer.device)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(wrapped.parameters(), 10.0)
+        accelerator.clip_grad_norm_(wrapped.parameters(), GRADIENT_CLIP)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return {"lr": scheduler.get_last_lr()[0], "loss": float(loss.detach()),
-                "contrastive_loss": float(output.contrastive_loss.detach() / n_masked),
-                "diversity_loss": float(output.diversity_loss.detach() / n_masked),
-                "perplexity": float(output.codevector_perplexity.detach()), "temperature": temperature,
+        return {"lr": scheduler.get_last_lr()[0], "loss": float(loss.detach()), **row,
                 "audio_seconds": batch["audio_seconds"] * accelerator.num_processes}
 
     def evaluate(state: TrainState, row: dict[str, Any]) -> None:
         if trainer.main:
-            held = held_out_score(unwrapped, held_set, held_batches, held_collator, trainer.device)
-            row.update({f"held_out_{k}": v for k, v in held.items()})
+            row.update({f"held_out_{k}": v for k, v in held_out().items()})
 
     if trainer.main:
         out.mkdir(parents=True, exist_ok=True)
+
     def save_model(folder: Path, state: TrainState) -> None:
-        """The model folder of the weights at `state.step`: backbone, log and card (the card last)."""
-        unwrapped.save_pretrained(folder)  # type: ignore[operator]
+        """The model folder of the weights at `state.step`: encoder, log and card (the card last)."""
+        (unwrapped.hubert if objective == "hubert" else unwrapped).save_pretrained(folder)
         with atomic_path(folder / "pretrain_log.csv") as tmp:
             pd.DataFrame(state.log).to_csv(tmp, index=False)
-        curve = [(r["step"], r["held_out_contrastive_accuracy"]) for r in state.log
-                 if "held_out_contrastive_accuracy" in r]
+        curve = [(r["step"], r[f"held_out_{metric}"]) for r in state.log if f"held_out_{metric}" in r]
         ModelCard(complete=True, kind="pretrained", size=settings.size, model_type=config.model_type,
-                  held_out_split=held_split, held_out_contrastive_accuracy=curve,
+                  objective=objective, held_out_split=held_split, held_out_metric=metric, held_out_accuracy=curve,
+                  held_out_contrastive_accuracy=curve if objective == "contrastive" else [],
                   num_processes=accelerator.num_processes, settings=recorded, trained_steps=state.step,
                   train_hours=round(train_hours, 4),
                   corpus=str(prepared.folder.resolve()), corpus_fingerprint=prepared.fingerprint,
@@ -229,18 +209,47 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
         accelerator.wait_for_everyone()
 
     trainer.run(loader=loader, sampler=sampler, total_steps=steps, state=state, train_step=train_step,
-                evaluate=evaluate, eval_every=eval_every, desc=f"pretrain {settings.size}",
+                evaluate=evaluate, eval_every=eval_every, desc=f"pretrain {settings.size} ({objective})",
                 keep_steps=settings.keep_steps, keep=keep)
 
     if trainer.main:
         save_model(out, state)
     trainer.discard_checkpoint()
     card = ModelCard.load(out)
-    start, end = card.held_out_contrastive_accuracy[0][1], card.held_out_contrastive_accuracy[-1][1]
+    start, end = card.held_out_accuracy[0][1], card.held_out_accuracy[-1][1]
     kept = f"; snapshots at steps {', '.join(map(str, settings.keep_steps))}" if settings.keep_steps else ""
-    return (f"{out}: pre-trained a {settings.size} wav2vec 2.0 for {steps} steps on {train_hours:.2f} h; held-out "
-            f"({held_split}) contrastive accuracy {start:.3f} → {end:.3f} (chance about 1/{config.num_negatives + 1})"
-            f"{kept}")
+    chance = (f"{settings.clusters} clusters" if objective == "hubert"
+              else f"chance about 1/{config.num_negatives + 1}")
+    what = "HuBERT (masked prediction)" if objective == "hubert" else "wav2vec 2.0 (contrastive)"
+    return (f"{out}: pre-trained a {settings.size} {what} for {steps} steps on {train_hours:.2f} h; held-out "
+            f"({held_split}) {metric.replace('_', ' ')} {start:.3f} → {end:.3f} ({chance}){kept}")
+
+
+def _held_out_utterances(prepared: PreparedCorpus) -> tuple[str, pd.DataFrame]:
+    """(split, up to HELD_OUT_UTTERANCES utterances of it, a fixed sample): dev, else test."""
+    split = "dev" if len(prepared.utterances("dev")) else "test"
+    table = prepared.utterances(split)
+    if len(table) == 0:
+        raise InputError(prepared.folder / "utterances.parquet", "no dev or test utterances to measure pre-training on")
+    return split, table.sample(n=min(HELD_OUT_UTTERANCES, len(table)), random_state=0)
+
+
+def _ensure_cluster_targets(out: Path, settings: PretrainSettings, tables: dict[str, pd.DataFrame],
+                            geometry: FrameGeometry) -> None:
+    """Fit and save the run's cluster targets unless an earlier start of this run saved them (a
+    resumed run trains on the very same ids; the trainer's fingerprint guarantees same settings)."""
+    from phonorm.corpus.audio import load_audio
+    from phonorm.models.data import normalize
+
+    if ClusterTargets.load(out) is not None:
+        return
+    features, source = None, "mfcc"
+    if settings.targets_from is not None:
+        features = layer_features(settings.targets_from, int(settings.targets_layer or 0))
+        source = f"{settings.targets_from}:L{settings.targets_layer}"
+    targets = fit_targets(lambda row: normalize(load_audio(row.audio_path)), tables, geometry,
+                          clusters=settings.clusters, seed=settings.seed, source=source, features=features)
+    targets.save(out)
 
 
 SNAPSHOTS = "snapshots"
