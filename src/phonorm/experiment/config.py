@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from phonorm.errors import InputError
+from phonorm.errors import InputError, PhonormError
 from phonorm.settings import (
     MODEL_SIZES,
     AishellSettings,
@@ -531,8 +531,16 @@ def _check_layers(experiment: Experiment, path: Path) -> None:
 
 
 def _model_source(source: str, base: Path, path: Path, field_name: str, names: Sequence[str] = ()) -> str:
-    """A hub id stays as is; a folder (absolute, ./ ../ ~, or existing relative to the YAML) becomes absolute."""
+    """A hub id stays as is; a folder (absolute, ./ ../ ~, or existing relative to the YAML) becomes absolute;
+    a shipped model (`phonorm:NAME`) becomes its folder inside the package."""
+    from phonorm.models.shipped import PREFIX, resolve_model
+
     text = str(source).strip()
+    if text.startswith(PREFIX):
+        try:
+            return resolve_model(text)
+        except PhonormError as err:
+            raise InputError(path, f"{field_name}: {err}") from None
     candidate = (base / Path(text).expanduser()).resolve()
     if text.startswith(("/", "./", "../", "~")) or candidate.is_dir():
         if not candidate.is_dir():
@@ -543,7 +551,7 @@ def _model_source(source: str, base: Path, path: Path, field_name: str, names: S
     if not _HUB_ID.match(text):
         defined = f" ({', '.join(names)})" if names else ""
         raise InputError(path, f"{field_name}: got {text!r}; expected a model name defined in this file{defined}, "
-                               "a Hugging Face hub id (org/name) or a model folder")
+                               "a Hugging Face hub id (org/name), a shipped model (phonorm:NAME) or a model folder")
     return text
 
 

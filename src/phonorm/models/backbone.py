@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 
 from phonorm.errors import PhonormError
 from phonorm.frames import FrameGeometry
+from phonorm.models.shipped import resolve_model
 from phonorm.settings import MODEL_SIZES
 
 SUPPORTED_MODEL_TYPES = ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "data2vec-audio")
@@ -75,7 +76,9 @@ def freeze_feature_encoder(backbone: PreTrainedModel) -> None:
 
 
 def load_config(name_or_path: str | Path) -> PretrainedConfig:
-    """The config of a hub id or a local folder, checked to be a supported speech model."""
+    """The config of a hub id, a local folder or a shipped model (`phonorm:NAME`), checked to be a
+    supported speech model."""
+    name_or_path = resolve_model(str(name_or_path))
     try:
         config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False)
     except (OSError, ValueError) as err:
@@ -96,6 +99,7 @@ def load_backbone(name_or_path: str | Path, *, dtype: torch.dtype | None = None)
     """
     from transformers.utils import logging as hf_logging
 
+    name_or_path = resolve_model(str(name_or_path))
     config = load_config(name_or_path)
     # transformers prints a table of every checkpoint key the bare encoder does not use (the
     # quantizer and projections of a pre-training checkpoint, a CTC head): expected, and noise in
