@@ -159,7 +159,7 @@ def test_report_has_every_section_and_only_embedded_figures(results, tmp_path):
 def test_report_without_context_or_figures_says_what_is_missing(results, tmp_path):
     bare = tmp_path / "R"
     bare.mkdir()
-    for name in ("similarity.csv", "probes.csv", "claims.json"):
+    for name in ("similarity.csv", "probes.csv", "normalization.csv", "claims.json"):
         shutil.copy(results / name, bare / name)
     (bare / "settings.json").write_text('{"settings": {"reference": "pre"}}')
     out = tmp_path / "bare.html"
@@ -182,6 +182,16 @@ def test_report_shows_only_this_analysis_and_refuses_an_unfinished_one(results, 
     (tmp_path / "R" / "settings.json").unlink()  # analysis killed before its last file
     with pytest.raises(InputError, match="did not finish"):
         build_report(tmp_path / "R", out=out)
+
+
+@pytest.mark.parametrize("damage", ["claims.json", "normalization.csv"])
+def test_report_refuses_results_missing_a_table_or_the_claims(results, tmp_path, damage):
+    """A results folder missing a file analyze writes is not built into a page with a note: refused, naming it."""
+    shutil.copytree(results, tmp_path / "R")
+    (tmp_path / "R" / damage).unlink()
+    with pytest.raises(InputError, match=rf"{damage}: missing.*run phonorm analyze again"):
+        build_report(tmp_path / "R", out=tmp_path / "r.html", context=_context(results))
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_report_refuses_a_folder_without_results(tmp_path):

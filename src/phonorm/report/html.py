@@ -190,6 +190,7 @@ def build_report(results: str | Path, *, out: str | Path, context: Optional[str 
     if not (results / "settings.json").is_file():
         raise InputError(results / "settings.json", "missing: phonorm analyze writes it last, so this analysis did "
                                                     "not finish; run it again with the same options to complete it")
+    _refuse_unfinished(results)
     if out.is_dir():
         raise InputError(out, "is a folder; --out names the HTML file to write (e.g. report.html)")
     sources = Sources.discover(results, Path(context) if context is not None else None)
@@ -221,6 +222,17 @@ def build_report(results: str | Path, *, out: str | Path, context: Optional[str 
         tmp.chmod(0o644)  # a page to share: readable like any file a user saves (mkstemp makes 0600)
     skipped = f"; skipped (see notes in the page): {', '.join(page.missing)}" if page.missing else ""
     return f"{out}: report with {page.figures} figures, {len(page.sections)} sections{skipped}"
+
+
+def _refuse_unfinished(results: Path) -> None:
+    """InputError naming every missing or damaged file of the results folder (validate's check of
+    it): a report is built only from a whole analysis, never from an interrupted one's leftovers."""
+    from phonorm.validate import check_results
+
+    verdict = check_results(results)
+    if not verdict.ok:
+        raise InputError(results, f"not a complete analysis ({'; '.join(verdict.problems)}); run phonorm analyze "
+                                  "again with the same options to complete it")
 
 
 # =========================================================================== sections
