@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from phonorm.artifacts import json_ready, read_json, write_json
+from phonorm.artifacts import follow_umask, json_ready, read_json, write_json
 from phonorm.errors import PhonormError
 from phonorm.launch import check_launch
 from phonorm.progress import progress
@@ -48,7 +48,10 @@ class TrainState:
 
 
 def swap_folder(new: Path, target: Path) -> None:
-    """Replace `target` by the complete folder `new` (renames only: never half of each)."""
+    """Replace `target` by the complete folder `new` (renames only: never half of each). Its files
+    first get the mode new files get here: safetensors' `save_file` (weights, heads, random states)
+    writes them 0600 through mkstemp, which would leave a model unreadable to the user's group."""
+    follow_umask(*(path for path in new.rglob("*") if path.is_file()))
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
