@@ -38,6 +38,7 @@ import pandas as pd
 
 from phonorm.analysis import claims as claims_mod
 from phonorm.analysis.bootstrap import SpeakerDraws, interval
+from phonorm.analysis.caveats import speaker_caveat, speakers_per_sex, with_speaker_caveat
 from phonorm.analysis.erasure import start_erasure_probes
 from phonorm.analysis.normalization import GroupSums, silhouette
 from phonorm.analysis.probes import label_rows, sample_rows, start_probe
@@ -153,8 +154,9 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
                    for r in similarity.to_dict("records") if r["measure"] == "svcca_fixed"},
         erasure={(r["model"], r["layer"], r["erased"], r["probed"]): r for r in erasure_rows},
         resamples=settings.claim_bootstrap, seed=settings.seed)
+    speakers = speakers_per_sex(frames)
     with ctx.timed("claims"):
-        claim_rows = claims_mod.check_claims(evidence)
+        claim_rows = with_speaker_caveat(claims_mod.check_claims(evidence), speakers)
     write_json(out / "claims.json", {
         "claims": claim_rows, "model_tasks": tasks, "tasks_found_from": how, "reference": settings.reference,
         "constants": claims_mod.constants(), "top_layer": {m: layers[m][-1] for m in models},
@@ -165,6 +167,8 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
                             "per_speaker": all(isinstance(t, dict) and bool(t.get("by_speaker"))
                                                for t in e["tasks"].values())} for m, e in evaluations.items()},
         "evaluations_missing": [m for m in models if tasks[m] and m not in evaluations],
+        "speakers_per_sex": speakers, "caveat": speaker_caveat(speakers),
+        "splits": sorted(frames["split"].astype(str).unique()),
     })
 
     from phonorm.figures import draw_all
