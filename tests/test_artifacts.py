@@ -136,3 +136,28 @@ def test_a_swapped_in_folder_has_the_umask_modes(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "m" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+class _NotTensors:
+    """Anything torch.save pickles that is not a tensor (a checkpoint file replaced by hand)."""
+
+
+@pytest.mark.parametrize("content", ["object", "list", "cut"])
+def test_an_optimizer_state_that_is_no_plain_state_dict_is_one_line(content, tmp_path):
+    import torch
+
+    from phonorm.errors import InputError
+    from phonorm.models.training import load_optimizer_state
+
+    path = tmp_path / "checkpoint" / "optimizer.pt"
+    path.parent.mkdir()
+    torch.save({"state": {}, "param_groups": [{"lr": torch.tensor(0.1)}]}, path)
+    assert load_optimizer_state(path, "cpu")["param_groups"][0]["lr"] == pytest.approx(0.1)
+    if content == "object":
+        torch.save({"state": _NotTensors(), "param_groups": []}, path)
+    elif content == "list":
+        torch.save([torch.zeros(2)], path)
+    else:
+        path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(InputError, match=r"optimizer.pt: not .*optimizer state.*delete .*checkpoint to train from the start"):
+        load_optimizer_state(path, "cpu")
