@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -306,3 +307,72 @@ def test_sample_products_in_blocks_give_the_matrix_of_one_block(tmp_path, monkey
             analyze(store, out=out, settings=AnalyzeSettings(**common, held_out=held_out))
             tables.append(pd.read_csv(out / "layer_matrix" / "tone__vs__pretrained__pwcca.csv", index_col=0))
         np.testing.assert_allclose(tables[0].to_numpy(), tables[1].to_numpy(), rtol=0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- interrupted over earlier results
+FAST = dict(reference="pretrained", folds=2, bootstrap=20, claim_bootstrap=50, labels=["sex", "tone"], progress=False,
+            umap=False, erasure=False, sample_rows=400)
+
+
+def _killed_at(monkeypatch, module, writer: str, when) -> None:
+    """Make `module.writer` raise KeyboardInterrupt (a kill) when `when(path)` holds, else write."""
+    real = getattr(module, writer)
+
+    def write(path, *args, **kwargs):
+        if when(Path(path)):
+            raise KeyboardInterrupt(f"killed while writing {path}")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, writer, write)
+
+
+# Points at which a kill lands: a projection while the layers run, a table, the claims, the figures.
+KILL_POINTS = {
+    "first projection": ("write_parquet", lambda p: p.parent.name == "projections"),
+    "probes.csv": ("_write_csv", lambda p: p.name == "probes.csv"),
+    "claims.json": ("write_json", lambda p: p.name == "claims.json"),
+    "settings.json": ("write_json", lambda p: p.name == "settings.json"),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_an_analysis_killed_over_earlier_results_is_unfinished_until_rerun(point, tmp_path, monkeypatch):
+    """Killing analyze over a finished results folder never leaves a mix that validate passes or report
+    builds from; running it again completes it."""
+    import phonorm.analysis.run as run
+    from fake_store import make_feature_store
+    from phonorm.report.html import build_report
+    from phonorm.validate import validate
+
+    store = make_feature_store(tmp_path / "F", models=("pretrained", "tone"), n_speakers=6, n_utterances=2,
+                               n_frames=20, n_layers=2)
+    out = tmp_path / "R"
+    analyze(store, out=out, settings=AnalyzeSettings(seed=1, **FAST))
+    assert validate(out).ok
+    writer, when = KILL_POINTS[point]
+    with monkeypatch.context() as patch:
+        _killed_at(patch, run, writer, when)
+        with pytest.raises(KeyboardInterrupt):
+            analyze(store, out=out, settings=AnalyzeSettings(seed=2, **FAST))  # other numbers than the first run
+    verdict = validate(out)
+    assert not verdict.ok and verdict.kind == "unfinished analysis results", verdict.text()
+    assert verdict.problems[0].startswith("settings.json: missing"), verdict.text()
+    with pytest.raises(InputError, match="settings.json: missing"):
+        build_report(out, out=tmp_path / "report.html")
+    analyze(store, out=out, settings=AnalyzeSettings(seed=2, **FAST))
+    assert validate(out).ok
+    assert json.loads((out / "settings.json").read_text())["settings"]["seed"] == 2
+    build_report(out, out=tmp_path / "report.html")
+
+
+def test_a_layer_with_nan_rows_is_named_not_a_linalg_error(tmp_path):
+    from fake_store import make_feature_store
+
+    store = make_feature_store(tmp_path / "F", models=("pretrained", "tone"), n_speakers=6, n_utterances=2,
+                               n_frames=20, n_layers=2)
+    layer = store / "tone" / "L1.npy"
+    array = np.load(layer)
+    array[[5, 9]] = np.nan
+    np.save(layer, array)
+    with pytest.raises(InputError, match=r"tone/L1.npy: row 5 of model 'tone' layer L1 holds NaN or inf \(2 such rows"):
+        analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**FAST))

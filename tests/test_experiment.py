@@ -13,7 +13,9 @@ import yaml
 
 from phonorm import experiment as ex
 from phonorm.errors import InputError
-from phonorm.experiment import cache
+from phonorm.experiment import cache, hub
+
+REAL_HUB_CHECK = hub.hub_model_problem
 
 # --------------------------------------------------------------------------- config validation
 BASE = {
@@ -266,6 +268,8 @@ class FakeStages:
             module = types.ModuleType(name)
             module.__dict__.update(attributes)
             monkeypatch.setitem(sys.modules, name, module)
+        # No stage loads a model here, so no hub id needs to be there (test_an_unknown_hub_id_... checks them).
+        monkeypatch.setattr(hub, "hub_model_problem", lambda repo_id: None)
 
     def kinds(self) -> list[str]:
         return sorted(f"{kind}:{name.rsplit('-', 1)[0]}" for kind, name in self.calls)
@@ -408,3 +412,49 @@ def test_errors_come_before_any_stage_and_name_the_yaml_field(tmp_path):
     data = copy.deepcopy(BASE)
     data["extract"] = {"layers": [0, 9]}  # the tiny model pre-trained here has L0..L4
     assert "extract.layers" in error(data) and "L0..L4" in error(data)
+
+
+# --------------------------------------------------------------------------- hub ids up front
+def _cached_hub_model(cache_dir: Path, repo_id: str) -> None:
+    """What `hf download` leaves in the cache: refs/main → a snapshot holding config.json."""
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+
+
+def test_an_unknown_hub_id_is_named_before_any_stage_runs(tmp_path, fakes, monkeypatch):
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    monkeypatch.setattr(hub, "hub_model_problem", REAL_HUB_CHECK)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = _with()
+    data["models"] = {"base": "someorg/wav2vec2-typo"}
+    data["finetune"][1]["base"] = "base"
+    path = _write(tmp_path, data)
+    with pytest.raises(InputError, match=r"exp.yaml: models.base: 'someorg/wav2vec2-typo': not in the Hugging Face "
+                                         r"cache .* download it first \(hf download someorg/wav2vec2-typo\)"):
+        ex.run_experiment(path)
+    assert fakes.calls == []  # neither synth nor corpus ran
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online: the hub is asked once, and says there is no such model
+    asked = []
+
+    def model_info(self, repo_id, **kwargs):
+        asked.append(repo_id)
+        error = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+        Exception.__init__(error, "404")
+        raise error
+
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", model_info)
+    with pytest.raises(InputError, match="no such model on the Hugging Face hub"):
+        ex.run_experiment(path)
+    assert asked == ["someorg/wav2vec2-typo"] and fakes.calls == []
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # downloaded before: the cache holds it, offline runs go ahead
+    _cached_hub_model(tmp_path / "hf", "someorg/wav2vec2-typo")
+    ex.run_experiment(path)
+    assert "finetune:sex" in fakes.kinds()

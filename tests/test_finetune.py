@@ -236,3 +236,23 @@ def test_ignored_frames_never_count_in_the_loss():
     expected = torch.nn.functional.cross_entropy(logits["tone"][:, :6].reshape(-1, 5), tone[:, :6].reshape(-1))
     assert float(loss) == pytest.approx(float(expected)) == pytest.approx(float(loss2))
     assert parts["sex"] == 0.0 and np.isfinite(float(loss))
+
+
+@pytest.mark.parametrize("task, blank", [("phone", {"phone": ""}), ("tone", {"tone": 0})])
+def test_a_task_the_corpus_has_no_labels_for_is_refused_before_any_model_loads(task, blank, fake_corpus, tmp_path):
+    """`finetune --tasks phone` on a corpus prepared without phone labels: one line naming labels.json
+    and what to do, not a RuntimeError from a head with no classes."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(fake_corpus, corpus)
+    segments = pd.read_parquet(corpus / "segments.parquet").assign(**blank)
+    segments.to_parquet(corpus / "segments.parquet", index=False)
+    labels = json.loads((corpus / "labels.json").read_text())
+    labels["tasks"][task] = [""] if task == "phone" else []
+    (corpus / "labels.json").write_text(json.dumps(labels))
+    with pytest.raises(PhonormError, match=rf"labels.json: task '{task}': this corpus has 0 {task} labels, so there "
+                                           rf"is nothing to learn; fine-tune without --tasks {task}"):
+        finetune(corpus, model="/no/model/loaded", out=tmp_path / "m", settings=_settings(tasks=[task]))
+    labels["tasks"][task] = ["a", "b"]  # labels listed, none on a train segment
+    (corpus / "labels.json").write_text(json.dumps(labels))
+    with pytest.raises(PhonormError, match="2 .* labels, none on a segment of the train split"):
+        finetune(corpus, model="/no/model/loaded", out=tmp_path / "m", settings=_settings(tasks=[task]))

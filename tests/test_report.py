@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -159,7 +160,7 @@ def test_report_has_every_section_and_only_embedded_figures(results, tmp_path):
 def test_report_without_context_or_figures_says_what_is_missing(results, tmp_path):
     bare = tmp_path / "R"
     bare.mkdir()
-    for name in ("similarity.csv", "probes.csv", "claims.json"):
+    for name in ("similarity.csv", "probes.csv", "normalization.csv", "claims.json"):
         shutil.copy(results / name, bare / name)
     (bare / "settings.json").write_text('{"settings": {"reference": "pre"}}')
     out = tmp_path / "bare.html"
@@ -182,6 +183,16 @@ def test_report_shows_only_this_analysis_and_refuses_an_unfinished_one(results, 
     (tmp_path / "R" / "settings.json").unlink()  # analysis killed before its last file
     with pytest.raises(InputError, match="did not finish"):
         build_report(tmp_path / "R", out=out)
+
+
+@pytest.mark.parametrize("damage", ["claims.json", "normalization.csv"])
+def test_report_refuses_results_missing_a_table_or_the_claims(results, tmp_path, damage):
+    """A results folder missing a file analyze writes is not built into a page with a note: refused, naming it."""
+    shutil.copytree(results, tmp_path / "R")
+    (tmp_path / "R" / damage).unlink()
+    with pytest.raises(InputError, match=rf"{damage}: missing.*run phonorm analyze again"):
+        build_report(tmp_path / "R", out=tmp_path / "r.html", context=_context(results))
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_report_refuses_a_folder_without_results(tmp_path):
@@ -241,3 +252,29 @@ def test_the_render_check_catches_a_broken_figure(results, tmp_path):
     out.write_text(text.replace(first, "data:image/png;base64,iVBORw0KGgoAAAAA"), encoding="utf-8")
     images, broken = render_check(out)
     assert images == 8 and broken == 1
+
+
+def test_report_shows_the_speaker_caveat_and_words_the_split_as_it_was_made(results, fake_corpus, tmp_path):
+    """Verdicts on few speakers carry analyze's caveat; a corpus split by utterance is not called held-out speakers."""
+    shutil.copytree(results, tmp_path / "R")
+    claims = json.loads((tmp_path / "R" / "claims.json").read_text())
+    claims["caveat"] = "the analysed rows hold 1 female speaker and 1 male speaker: read every verdict as indicative only"
+    (tmp_path / "R" / "claims.json").write_text(json.dumps(claims))
+    corpus = tmp_path / "corpus"
+    shutil.copytree(fake_corpus, corpus)
+    labels = json.loads((corpus / "labels.json").read_text())
+    labels["split"] = {"by": "utterance", "speaker_disjoint": False, "problems": []}
+    (corpus / "labels.json").write_text(json.dumps(labels))
+    utterances = pd.read_parquet(corpus / "utterances.parquet")
+    utterances.loc[utterances.groupby("speaker").head(1).index, "split"] = "test"  # every speaker in test too
+    utterances.to_parquet(corpus / "utterances.parquet", index=False)
+    context = RunContext.load_file(_context(results)).model_copy(update={"corpus": str(corpus)})
+    context_file = context.save(tmp_path / "stage")
+    build_report(tmp_path / "R", out=tmp_path / "r.html", context=context_file)
+    text = tmp_path.joinpath("r.html").read_text(encoding="utf-8")
+    assert text.count("<b>Caveat:</b> the analysed rows hold 1 female speaker") == 2  # at a glance and in the checks
+    assert "held-out utterances of speakers also heard in training (the corpus was split by utterance" in text
+    assert "on held-out speakers" not in text
+    build_report(results, out=tmp_path / "plain.html", context=_context(results))  # the speaker-disjoint fake corpus
+    plain = tmp_path.joinpath("plain.html").read_text(encoding="utf-8")
+    assert "Caveat:" not in plain and "on held-out speakers" in plain

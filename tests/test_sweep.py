@@ -218,7 +218,11 @@ def test_points_share_stages_and_adding_a_point_runs_only_that_point(tmp_path, f
     from phonorm.validate import validate
 
     checked = validate(workdir)
-    assert checked.ok and checked.kind == "phonorm run folder", checked.text()
+    # validate looks inside every stage folder: the fakes' snapshot cards hold only the curve, nothing
+    # else may be wrong (markers, keys, the other stage folders)
+    assert checked.kind == "phonorm run folder" and len(checked.facts) > 10, checked.text()
+    assert all("/snapshot/pre.step-" in p and "phonorm.json: not a valid phonorm model card" in p
+               for p in checked.problems), checked.text()
     assert json.loads((workdir / "run.json").read_text())["not_needed"][0]["stage"] == "pretrain"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,12 +58,152 @@ def test_cli_exit_status(tmp_path):
     assert bad.returncode == 2 and "frames.parquet" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def _results_folder(folder: Path) -> Path:
+    """A minimal results folder as phonorm analyze leaves it: tables, claims, one figure, settings last."""
+    (folder / "figures").mkdir(parents=True)
+    (folder / "figures" / "a.png").write_bytes(b"\x89PNG")
+    for name in ("similarity.csv", "probes.csv", "normalization.csv"):
+        (folder / name).write_text("model,layer,value\npre,L0,0.5\n")
+    (folder / "claims.json").write_text(json.dumps({"claims": []}))
+    (folder / "settings.json").write_text(json.dumps({"settings": {}, "figures": ["figures/a.png"]}))
+    return folder
+
+
 def test_results_folder_lists_its_figures(tmp_path):
-    (tmp_path / "figures").mkdir()
-    (tmp_path / "figures" / "a.png").write_bytes(b"\x89PNG")
-    for name in ("similarity.csv", "probes.csv", "normalization.csv", "claims.json"):
-        (tmp_path / name).write_text("x")
-    (tmp_path / "settings.json").write_text(json.dumps({"settings": {}, "figures": ["figures/a.png"]}))
+    _results_folder(tmp_path)
     assert validate(tmp_path).ok, validate(tmp_path).text()
     (tmp_path / "figures" / "a.png").unlink()
     assert "figures/a.png: listed in settings.json but missing" in validate(tmp_path).problems
+
+
+def test_a_results_folder_without_its_last_record_is_unfinished(tmp_path):
+    _results_folder(tmp_path)
+    (tmp_path / "settings.json").unlink()  # analyze removes it before writing and writes it last
+    result = validate(tmp_path)
+    assert result.kind == "unfinished analysis results"
+    assert result.problems == [result.problems[0]] and result.problems[0].startswith("settings.json: missing")
+    assert "run phonorm analyze again" in result.problems[0]
+
+
+# --------------------------------------------------------------------------- damaged files
+def _model_folder(folder: Path, layers: int = 2, dim: int = 8) -> Path:
+    """A fine-tuned model folder as phonorm finetune writes it (tiny, numpy-made weights)."""
+    from safetensors.numpy import save_file
+
+    from phonorm.models.card import ModelCard
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "wav2vec2", "num_hidden_layers": layers,
+                                                    "hidden_size": dim}))
+    weights = {f"encoder.layers.{i}.feed_forward.weight": np.full((dim, dim), 0.1, np.float32) for i in range(layers)}
+    save_file({**weights, "feature_projection.weight": np.ones((dim, 4), np.float32)}, str(folder / "model.safetensors"))
+    save_file({"tone.weight": np.ones((5, dim), np.float32), "tone.bias": np.zeros(5, np.float32)},
+              str(folder / "heads.safetensors"))
+    ModelCard(complete=True, kind="finetuned", model_type="wav2vec2", corpus="/c", corpus_fingerprint="x",
+              settings={}, provenance={}, tasks=["tone"], label_maps={"tone": ["1", "2", "3", "4", "5"]}).save(folder)
+    return folder
+
+
+def _cut(path: Path, keep: float = 0.5) -> None:
+    """Truncate `path` to a share of its bytes (a copy or a write cut short)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _overwrite(path: Path, at: int, data: bytes) -> None:
+    """Overwrite bytes of `path` at offset `at` (negative: from the end)."""
+    raw = bytearray(path.read_bytes())
+    at = at % len(raw)
+    raw[at:at + len(data)] = data
+    path.write_bytes(bytes(raw))
+
+
+def _nan_row(path: Path, row: int) -> None:
+    array = np.load(path)
+    array[row, 3] = np.nan
+    np.save(path, array)
+
+
+def _model(tmp_path: Path) -> Path:
+    return _model_folder(tmp_path / "model")
+
+
+def _store(tmp_path: Path) -> Path:
+    return make_feature_store(tmp_path / "store", models=("pretrained", "tone"), n_layers=2)
+
+
+# case → (build the folder, damage it, the file named, the defect named)
+DAMAGES = {
+    "truncated npy layer": (_store, lambda f: _cut(f / "tone" / "L1.npy", 0.7), "tone/L1.npy", "truncated"),
+    "npy layer with a NaN row": (_store, lambda f: _nan_row(f / "tone" / "L1.npy", 7), "tone/L1.npy",
+                                 "1 row(s) hold NaN or inf (first: row 7"),
+    "corrupt frames.parquet": (_store, lambda f: _overwrite(f / "frames.parquet", -12, b"\0" * 12), "frames.parquet",
+                               "damaged Parquet file"),
+    "truncated classic npy": (_store, lambda f: _cut(f / "classic" / "mfcc.npy"), "classic/mfcc.npy", "truncated"),
+    "truncated heads.safetensors": (_model, lambda f: _cut(f / "heads.safetensors"), "heads.safetensors",
+                                    "truncated"),
+    "model.safetensors with a damaged header": (_model, lambda f: _overwrite(f / "model.safetensors", 0, b"\xff" * 8),
+                                                "model.safetensors", "not a safetensors file"),
+    "model.safetensors with damaged weights": (_model, lambda f: _overwrite(f / "model.safetensors", -64, b"\xff" * 16),
+                                               "model.safetensors", "hold NaN or inf"),
+    "truncated model.safetensors": (_model, lambda f: _cut(f / "model.safetensors", 0.9), "model.safetensors",
+                                    "truncated"),
+    "config.json cut short": (_model, lambda f: _cut(f / "config.json"), "config.json", "not valid JSON"),
+    "config.json of another model": (_model, lambda f: (f / "config.json").write_text(json.dumps(
+        {"model_type": "wav2vec2", "num_hidden_layers": 12, "hidden_size": 8})), "model.safetensors",
+        "holds 2 Transformer layers, config.json says num_hidden_layers = 12"),
+    "config.json of no speech model": (_model, lambda f: (f / "config.json").write_text('{"model_type": "bert"}'),
+                                       "config.json", "not a supported speech model"),
+    "corrupt utterances.parquet": (lambda t: _copy_corpus(t), lambda f: _cut(f / "utterances.parquet"),
+                                   "utterances.parquet", "damaged Parquet file"),
+    "claims.json cut short": (lambda t: _results_folder(t / "R"), lambda f: _cut(f / "claims.json"), "claims.json",
+                              "not valid JSON"),
+}
+
+
+def _copy_corpus(tmp_path: Path) -> Path:
+    from fakes import make_prepared_corpus
+
+    return make_prepared_corpus(tmp_path / "corpus", n_speakers=4, n_utterances=2, seed=0)
+
+
+def _cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """Exit status and stderr of `phonorm ARGS`, run in this process (main() as the console script)."""
+    from phonorm.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["phonorm", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return int(exited.value.code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", list(DAMAGES))
+def test_every_damaged_file_is_one_line_naming_it(case, tmp_path, monkeypatch, capsys):
+    build, damage, file, defect = DAMAGES[case]
+    folder = build(tmp_path)
+    assert validate(folder).ok, validate(folder).text()
+    damage(folder)
+    status, err = _cli(["validate", str(folder)], monkeypatch, capsys)
+    assert status == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip().startswith("problem:")]
+    assert len(lines) == 1 and file in lines[0] and defect in lines[0], err
+
+
+def test_a_run_folder_is_validated_stage_by_stage(tmp_path):
+    """validate on a `phonorm run` work folder looks inside each stage folder, not only at its marker."""
+    work = tmp_path / "work"
+    store = make_feature_store(work / "extract" / "extract-0123456789ab", models=("pretrained", "tone"), n_layers=2)
+    model = _model_folder(work / "finetune" / "tone-abcdefabcdef")
+    stages = []
+    for kind, name, folder in (("extract", "extract", store), ("finetune", "tone", model)):
+        (folder / ".phonorm-stage.json").write_text(json.dumps({"key": folder.name[-12:] + "0" * 52, "stage": kind}))
+        stages.append({"stage": kind, "name": name, "key": folder.name[-12:], "folder": str(folder)})
+    (work / "run.json").write_text(json.dumps({"report": str(work / "report.html"), "stages": stages}))
+    result = validate(work)
+    assert result.ok and any("extract/extract-0123456789ab: feature store" in f for f in result.facts), result.text()
+    _cut(model / "heads.safetensors")
+    _nan_row(store / "tone" / "L0.npy", 3)
+    problems = validate(work).problems
+    assert len(problems) == 2, problems
+    assert any(p.startswith("finetune/tone-abcdefabcdef/heads.safetensors: truncated") for p in problems)
+    assert any(p.startswith("extract/extract-0123456789ab/tone/L0.npy: 1 row(s) hold NaN") for p in problems)

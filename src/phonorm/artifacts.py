@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from phonorm import __version__
+from phonorm.errors import WRITE_FAILURES, WriteError
 
 _LIBRARIES = (
     "torch", "transformers", "accelerate", "numpy", "scipy", "pandas", "pyarrow", "scikit-learn",
@@ -34,20 +35,43 @@ _LIBRARIES = (
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    A write that fails for lack of space, quota or permission is a `WriteError` naming `path`
+    (the earlier `path`, if any, is untouched)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            if tmp_path.exists():  # mkstemp makes 0600; the file gets the mode any new file gets here
+                follow_umask(tmp_path)
+            os.replace(tmp_path, path)
+        finally:
+            if tmp_path.exists():
+                tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an OSError of the block that the user can fix (errors.WRITE_FAILURES: full disk, quota,
+    read-only folder, permissions) into a one-line `WriteError` naming `path`."""
     try:
-        yield tmp_path
-        if tmp_path.exists():  # mkstemp makes 0600; the file gets the mode any new file gets here
-            tmp_path.chmod(0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        yield
+    except OSError as err:
+        if err.errno in WRITE_FAILURES:
+            raise WriteError(path, err.errno) from None
+        raise
+
+
+def follow_umask(*paths: Path) -> None:
+    """Give files the mode any new file gets here (0666 less the umask): writers that go through
+    mkstemp (ours, safetensors' `save_file`) leave 0600, unreadable to the user's group."""
+    mode = 0o666 & ~_umask()
+    for path in paths:
+        path.chmod(mode)
 
 
 def _umask() -> int:

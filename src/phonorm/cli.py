@@ -24,7 +24,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import typer
 
 from phonorm.cli_settings import SETTINGS, with_settings
-from phonorm.errors import PhonormError
+from phonorm.errors import WRITE_FAILURES, PhonormError, WriteError
 from phonorm.settings import (
     AishellSettings,
     AnalyzeSettings,
@@ -309,11 +309,22 @@ def main() -> None:
     try:
         app()
     except PhonormError as err:
-        from phonorm.progress import close_bars
+        _fail(err)
+    except OSError as err:
+        if err.errno not in WRITE_FAILURES:
+            raise
+        # A write outside phonorm's own writers (torch, transformers, safetensors) on a full disk or
+        # a read-only folder: still one line, naming the file when the library said which.
+        _fail(WriteError(err.filename, err.errno))
 
-        close_bars()  # the error starts on its own line, not after a half-drawn bar
-        typer.echo(f"phonorm: error: {err}", err=True)
-        sys.exit(2)
+
+def _fail(err: PhonormError) -> None:
+    """Print `err` as one line (`phonorm: error: ...`) and exit with status 2."""
+    from phonorm.progress import close_bars
+
+    close_bars()  # the error starts on its own line, not after a half-drawn bar
+    typer.echo(f"phonorm: error: {err}", err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

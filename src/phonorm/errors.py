@@ -24,3 +24,22 @@ class InputError(PhonormError):
         if item:
             where = f"{where} [{item}]"
         super().__init__(f"{where}: {problem}")
+
+
+# errno values of a write the user can fix (space, quota, a read-only or foreign folder), with their words.
+WRITE_FAILURES = {28: "no space left on device", 122: "disk quota exceeded", 30: "read-only file system",
+                  13: "permission denied", 1: "operation not permitted"}
+
+
+class WriteError(PhonormError):
+    """A file could not be written for a reason the user can fix (full disk, quota, read-only folder,
+    permissions): names the file, the reason and what to do, instead of a traceback from deep inside
+    numpy, pandas or torch."""
+
+    def __init__(self, path: str | Path | None, errno: int | None):
+        self.path = str(path) if path is not None else None
+        reason = WRITE_FAILURES.get(errno or 0, "cannot write")
+        advice = ("choose an output folder you can write to" if errno in (13, 1, 30) else
+                  "free some space (or choose an output folder on another disk)")
+        super().__init__(f"{self.path or 'an output file'}: cannot write: {reason}; {advice}, then run the command "
+                         "again (files already finished are kept; an interrupted stage resumes)")

@@ -45,6 +45,8 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
                  conv_dim=(512,) * 7, codevector_dim=256, proj_codevector_dim=256),
 }
 """wav2vec 2.0 configurations of the models phonorm pre-trains itself ("base" is wav2vec2-base's)."""
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "data2vec-audio")
+"""`model_type`s of config.json phonorm loads (`models/backbone.py`; checked torch-free by `validate`)."""
 ModelSize = Literal["tiny", "small", "base"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 FrameMode = Literal["labelled", "middle", "all"]

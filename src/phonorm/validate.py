@@ -2,23 +2,39 @@
 
 Each kind of folder is recognised by the file its stage writes last and checked with the same
 class that writes it (as lhotse validates each manifest type): a prepared corpus
-(`corpus.store.PreparedCorpus`), a model folder (`models.card.ModelCard`), a feature store
-(`features.manifest.StoreManifest`, every layer file's shape and dtype against it), a results
-folder (`settings.json`, written last, and the tables and figures it lists), a run folder of
-`phonorm run` (`run.json` and every stage folder's marker). Nothing is loaded into memory beyond
-file headers; torch is not imported.
+(`corpus.store.PreparedCorpus`), a model folder (`models.card.ModelCard`, config.json, the
+safetensors files), a feature store (`features.manifest.StoreManifest`, every layer file's header,
+size and values against it), a results folder (`settings.json`, written last, and the tables and
+figures it lists), a run folder of `phonorm run` (`run.json`, every stage folder's marker, and each
+stage folder validated in turn). A folder that holds a stage's files but not the record it writes
+last is named unfinished.
+
+Every file is checked from its header and size (`filecheck.py`: npy shape × dtype against the bytes,
+safetensors header and tensor sizes, Parquet footer, JSON against its model); layers and weights are
+scanned for NaN/inf a block at a time. Each problem is one line naming the file and the defect;
+nothing a damaged file does ends in a traceback. Torch is not imported.
 """
 
 from __future__ import annotations
 
+import csv
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
-from phonorm.artifacts import read_json
 from phonorm.errors import InputError, PhonormError
+from phonorm.filecheck import (
+    SafetensorsHeader,
+    nonfinite_rows,
+    nonfinite_tensors,
+    parquet_problem,
+    read_json_object,
+    read_npy_header,
+    read_safetensors_header,
+)
 
 
 @dataclass
@@ -34,6 +50,10 @@ class Validation:
     def ok(self) -> bool:
         return not self.problems
 
+    def problem(self, path: Path | str, defect: str) -> None:
+        """Record `defect` of the file `path` (named relative to the folder when inside it)."""
+        self.problems.append(f"{_relative(self.folder, Path(path))}: {defect}")
+
     def text(self) -> str:
         head = f"{self.folder}: {self.kind}, " + ("complete and consistent" if self.ok else
                                                  f"{len(self.problems)} problem(s)")
@@ -41,22 +61,74 @@ class Validation:
         return "\n".join(lines)
 
 
+def _relative(folder: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(folder))
+    except ValueError:
+        return str(path)
+
+
 def validate(folder: str | Path) -> Validation:
     """Recognise and check `folder`. InputError when it is no phonorm artifact folder at all."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "not a folder")
-    for marker, check in _KINDS:
+    for marker, kind, check in _KINDS:
         if (folder / marker).is_file():
-            return check(folder)
+            return _checked(folder, kind, check)
+    unfinished = _unfinished(folder)
+    if unfinished is not None:
+        return unfinished
     raise InputError(folder, "not a phonorm artifact folder (no run.json, manifest.json, phonorm.json, "
                              "labels.json, settings.json, synth.json or .phonorm-stage.json)")
 
 
+def _checked(folder: Path, kind: str, check: Callable[[Path], Validation]) -> Validation:
+    """`check(folder)`; a damage the checks did not foresee becomes a problem line, not a traceback."""
+    try:
+        return check(folder)
+    except PhonormError as err:
+        return Validation(folder, kind, problems=[str(err)])
+    except Exception as err:  # validate reports every damage as a line, whatever raised it
+        return Validation(folder, kind, problems=[f"{folder}: cannot be read ({type(err).__name__}: {err})"])
+
+
+# =========================================================================== unfinished folders
+# (files a stage writes before its last record, the record it writes last, the kind, the command)
+_UNFINISHED = (
+    (("similarity.csv", "probes.csv", "normalization.csv", "claims.json", ".parts"), "settings.json",
+     "analysis results", "phonorm analyze"),
+    (("frames.parquet", ".extract.json"), "manifest.json", "feature store", "phonorm extract"),
+    (("checkpoint",), "phonorm.json", "model folder", "phonorm pretrain or finetune"),
+)
+
+
+def _unfinished(folder: Path) -> Optional[Validation]:
+    """The verdict on a folder a stage began but did not finish (its last record missing), or None."""
+    for evidence, record, kind, command in _UNFINISHED:
+        if any((folder / name).exists() for name in evidence):
+            result = Validation(folder, f"unfinished {kind}")
+            result.problem(folder / record, f"missing: {command} writes it last, so this {kind} is unfinished "
+                                            f"(interrupted, or still running); run {command} again with the "
+                                            "same options to complete it")
+            return result
+    return None
+
+
+# =========================================================================== prepared corpus
 def _corpus(folder: Path) -> Validation:
     from phonorm.corpus.store import PreparedCorpus
 
     result = Validation(folder, "prepared corpus")
+    for name in ("utterances.parquet", "segments.parquet"):
+        _, defect = parquet_problem(folder / name)
+        if defect:
+            result.problem(folder / name, defect)
+    _, defect = read_json_object(folder / "labels.json")
+    if defect:
+        result.problem(folder / "labels.json", defect)
+    if result.problems:
+        return result
     try:
         corpus = PreparedCorpus(folder)
         utterances, segments = corpus.all_utterances, corpus.segments
@@ -80,6 +152,11 @@ def _corpus(folder: Path) -> Validation:
     return result
 
 
+# =========================================================================== model folder
+# Transformer layers in a checkpoint's tensor names (`encoder.layers.3.attention...`, any prefix).
+_ENCODER_LAYER = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")
+
+
 def _model(folder: Path) -> Validation:
     from phonorm.models.card import ModelCard
 
@@ -92,129 +169,258 @@ def _model(folder: Path) -> Validation:
     result.kind = f"{card.kind} model folder"
     result.facts.append(f"{card.model_type}; corpus {card.corpus}" + (f"; tasks {', '.join(card.tasks)}" if card.tasks else ""))
     if not card.complete:
-        result.problems.append("phonorm.json: not marked complete")
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            result.problems.append(f"{name}: missing")
+        result.problem(folder / "phonorm.json", "not marked complete")
+    layers = _check_config(result, folder, card.model_type)
+    weights = _check_weights(result, folder / "model.safetensors")
+    if weights is not None and layers is not None:
+        found = {int(m.group(1)) for name in weights.tensors for m in [_ENCODER_LAYER.search(name)] if m}
+        if found and len(found) != layers:
+            result.problem(folder / "model.safetensors", f"holds {len(found)} Transformer layers, config.json says "
+                                                         f"num_hidden_layers = {layers}")
     if card.kind == "finetuned":
-        heads = folder / "heads.safetensors"
-        if not heads.is_file():
-            result.problems.append("heads.safetensors: missing")
-        else:
-            from safetensors import safe_open
-
-            with safe_open(str(heads), framework="numpy") as handle:
-                shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
-            for task in card.tasks:
-                weight = next((shape for key, shape in shapes.items() if key.endswith(f"{task}.weight")), None)
-                wanted = len(card.label_maps.get(task, []))
-                if weight is None or weight[0] != wanted:
-                    result.problems.append(f"heads.safetensors: head of task {task!r} has shape {weight}, "
-                                           f"phonorm.json lists {wanted} labels")
+        heads = _check_weights(result, folder / "heads.safetensors")
+        if heads is not None:
+            _check_heads(result, folder / "heads.safetensors", heads, card.tasks, card.label_maps)
     return result
 
 
-def _store(folder: Path) -> Validation:
-    import pandas as pd
+def _check_config(result: Validation, folder: Path, model_type: str) -> Optional[int]:
+    """Check config.json (a JSON object naming a supported model type, the card's, with positive layer and
+    width counts); returns its `num_hidden_layers`, or None when the file is not usable."""
+    from phonorm.settings import SUPPORTED_MODEL_TYPES
 
+    path = folder / "config.json"
+    config, defect = read_json_object(path)
+    if defect or config is None:
+        result.problem(path, defect or "missing")
+        return None
+    found = config.get("model_type")
+    if found not in SUPPORTED_MODEL_TYPES:
+        result.problem(path, f"model_type {found!r} is not a supported speech model ({', '.join(SUPPORTED_MODEL_TYPES)})")
+        return None
+    if found != model_type:
+        result.problem(path, f"model_type {found!r}, phonorm.json says {model_type!r}")
+    counts = {name: config.get(name) for name in ("num_hidden_layers", "hidden_size")}
+    bad = [name for name, value in counts.items() if not isinstance(value, int) or isinstance(value, bool) or value < 1]
+    if bad:
+        result.problem(path, f"{', '.join(bad)} must be a positive whole number (found "
+                             f"{', '.join(repr(counts[name]) for name in bad)})")
+        return None
+    return int(counts["num_hidden_layers"])
+
+
+def _check_weights(result: Validation, path: Path) -> Optional[SafetensorsHeader]:
+    """Check a safetensors file (header, tensor sizes, finite values); its header, or None when damaged."""
+    if not path.is_file():
+        result.problem(path, "missing")
+        return None
+    header = read_safetensors_header(path)
+    if isinstance(header, str):
+        result.problem(path, header)
+        return None
+    bad = nonfinite_tensors(path, header)
+    if bad:
+        result.problem(path, f"{len(bad)} tensor(s) hold NaN or inf (first: {bad[0]}); the weights are damaged")
+    return header
+
+
+def _check_heads(result: Validation, path: Path, heads: SafetensorsHeader, tasks: list[str],
+                 label_maps: dict[str, list[str]]) -> None:
+    """Each task's head has one output per label of phonorm.json."""
+    for task in tasks:
+        weight = next((heads.shape(key) for key in heads.tensors if key.endswith(f"{task}.weight")), None)
+        wanted = len(label_maps.get(task, []))
+        if weight is None or weight[0] != wanted:
+            result.problem(path, f"head of task {task!r} has shape {weight}, phonorm.json lists {wanted} labels")
+
+
+# =========================================================================== feature store
+def _store(folder: Path) -> Validation:
     from phonorm.features.manifest import StoreManifest
-    from phonorm.features.store import FeatureStore
 
     result = Validation(folder, "feature store")
     try:
         manifest = StoreManifest.load(folder)
-        frames = pd.read_parquet(folder / "frames.parquet", columns=["row"])
-    except (InputError, OSError, ValueError) as err:
+    except InputError as err:
         result.problems.append(str(err))
         return result
     result.facts.append(f"{manifest.rows} {manifest.row_unit} rows; models "
                         + ", ".join(f"{m.name} ({m.kind}{', ' + ','.join(m.tasks) if m.tasks else ''}; "
                                     f"{len(m.layers)} layers × {m.dim})" for m in manifest.models))
-    if len(frames) != manifest.rows:
-        result.problems.append(f"frames.parquet: {len(frames)} rows, manifest.json says {manifest.rows}")
-    store = FeatureStore(folder)
+    rows, defect = parquet_problem(folder / "frames.parquet")
+    if defect:
+        result.problem(folder / "frames.parquet", defect)
+    elif rows != manifest.rows:
+        result.problem(folder / "frames.parquet", f"{rows} rows, manifest.json says {manifest.rows}")
     for model in manifest.models:
         for layer in model.layers:
-            try:
-                files = store.layer_files(model.name, layer)
-            except InputError as err:
-                result.problems.append(str(err))
-                continue
-            rows = 0
-            for file in files:
-                shape, dtype = _npy_header(file)
-                rows += shape[0]
-                if len(shape) != 2 or shape[1] != model.dim or dtype != np.dtype(model.dtype):
-                    result.problems.append(f"{file}: shape {shape} {dtype}, manifest.json says (rows, {model.dim}) "
-                                           f"{model.dtype}")
-            if rows != manifest.rows:
-                result.problems.append(f"{model.name}/{layer}: {rows} rows, manifest.json says {manifest.rows}")
+            _check_layer(result, folder, model.name, layer, (model.dim, np.dtype(model.dtype)), manifest.rows)
     for name in manifest.classic:
         path = folder / "classic" / f"{name}.npy"
-        if not path.is_file() or _npy_header(path)[0][0] != manifest.rows:
-            result.problems.append(f"{path}: missing or not {manifest.rows} rows")
+        header = read_npy_header(path) if path.is_file() else "missing"
+        if isinstance(header, str):
+            result.problem(path, header)
+        elif len(header.shape) != 2 or header.shape[0] != manifest.rows:
+            result.problem(path, f"shape {header.shape}, manifest.json says ({manifest.rows}, k)")
     return result
 
 
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    array = np.load(path, mmap_mode="r")
-    return tuple(array.shape), array.dtype
+def _check_layer(result: Validation, folder: Path, model: str, layer: str, kind: tuple[int, np.dtype],
+                 rows: int) -> None:
+    """Every file of one layer: a whole .npy of (rows, dim) in the manifest's dtype, with finite rows
+    (scanned a block at a time); their rows add up to the manifest's."""
+    from phonorm.features.store import stored_layer_files
+
+    files = stored_layer_files(folder, model, layer)
+    if not files:
+        result.problem(folder / model / f"{layer}.npy", "missing: manifest.json lists this layer")
+        return
+    total, whole = 0, True
+    for file in files:
+        header = read_npy_header(file)
+        if isinstance(header, str):
+            result.problem(file, header)
+            whole = False
+            continue
+        dim, dtype = kind
+        if len(header.shape) != 2 or header.shape[1] != dim or header.dtype != dtype:
+            result.problem(file, f"shape {header.shape} {header.dtype}, manifest.json says (rows, {dim}) {dtype}")
+            whole = False
+            continue
+        bad, first = nonfinite_rows(file)
+        if bad:
+            result.problem(file, f"{bad} row(s) hold NaN or inf (first: row {total + (first or 0)} of the layer); "
+                                 f"extract model {model!r} again")
+        total += header.shape[0]
+    if whole and total != rows:
+        result.problem(folder / model / layer, f"{total} rows, manifest.json says {rows}")
 
 
-def _results(folder: Path) -> Validation:
+# =========================================================================== results
+RESULT_TABLES = ("similarity.csv", "probes.csv", "normalization.csv")
+
+
+def check_results(folder: Path) -> Validation:
+    """A results folder of `phonorm analyze`: settings.json (written last) and every file it implies —
+    the tables with their header rows, claims.json, the figures and projections it lists."""
     result = Validation(folder, "analysis results")
-    record = read_json(folder / "settings.json")
-    if not isinstance(record, dict) or "settings" not in record:
-        result.problems.append("settings.json: not written by phonorm analyze")
+    record, defect = read_json_object(folder / "settings.json")
+    if defect or record is None:
+        result.problem(folder / "settings.json", defect or "missing")
+        return result
+    if "settings" not in record:
+        result.problem(folder / "settings.json", "not written by phonorm analyze")
         return result
     result.facts.append(f"models {', '.join(record.get('models') or [])}; store {record.get('features')}")
-    for name in ("similarity.csv", "probes.csv", "normalization.csv", "claims.json"):
-        if not (folder / name).is_file():
-            result.problems.append(f"{name}: missing")
+    for name in RESULT_TABLES:
+        _check_csv(result, folder / name)
+    claims, defect = read_json_object(folder / "claims.json")
+    if defect or claims is None:
+        result.problem(folder / "claims.json", defect or "missing")
+    elif not isinstance(claims.get("claims"), list):
+        result.problem(folder / "claims.json", "has no `claims` list (not written by phonorm analyze)")
     for figure in record.get("figures") or []:  # paths relative to the results folder
         if not (folder / figure).is_file():
-            result.problems.append(f"{figure}: listed in settings.json but missing")
+            result.problem(folder / figure, "listed in settings.json but missing")
+    for path in sorted((folder / "projections").glob("*.parquet")):
+        _, defect = parquet_problem(path)
+        if defect:
+            result.problem(path, defect)
     return result
 
 
+def _check_csv(result: Validation, path: Path) -> None:
+    """A table phonorm analyze writes: there, readable, with a header row."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+    except FileNotFoundError:
+        result.problem(path, "missing")
+        return
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        result.problem(path, f"unreadable ({err})")
+        return
+    if "model" not in header:
+        result.problem(path, "no header row naming its columns (empty or damaged)")
+
+
+# =========================================================================== run and stage folders
 def _run(folder: Path) -> Validation:
+    """run.json, each stage folder of this work folder complete (its marker, the key of run.json),
+    and each stage folder validated as the kind of folder it is."""
     result = Validation(folder, "phonorm run folder")
-    record = read_json(folder / "run.json")
+    record, defect = read_json_object(folder / "run.json")
+    if defect or record is None:
+        result.problem(folder / "run.json", defect or "missing")
+        return result
     stages = record.get("stages") or []
     result.facts.append(f"{len(stages)} stages; report {record.get('report')}")
+    inside = folder.resolve()
     for stage in stages:
-        stage_folder = Path(stage["folder"])
-        if stage["stage"] == "model" or not str(stage_folder).startswith(str(folder.resolve())):
-            continue
-        marker = stage_folder / ".phonorm-stage.json"
-        if not marker.is_file():
-            result.problems.append(f"{stage_folder}: stage {stage['stage']} {stage['name']} not complete")
-        elif not read_json(marker).get("key", "").startswith(stage["key"]):
-            result.problems.append(f"{marker}: key differs from run.json")
+        stage_folder = Path(stage.get("folder", ""))
+        if stage.get("stage") == "model" or not stage_folder.resolve().is_relative_to(inside):
+            continue  # a model the experiment names from outside: not this folder's to judge
+        _check_stage(result, stage, stage_folder)
     return result
+
+
+def _check_stage(result: Validation, stage: dict, stage_folder: Path) -> None:
+    """One stage of run.json: its marker with the same key, then its folder validated in turn."""
+    marker = stage_folder / ".phonorm-stage.json"
+    what = f"stage {stage.get('stage')} {stage.get('name')}"
+    saved, defect = read_json_object(marker)
+    if defect == "missing":
+        result.problem(stage_folder, f"{what} not complete (no .phonorm-stage.json); run phonorm run again")
+        return
+    if defect or saved is None:
+        result.problem(marker, defect or "missing")
+        return
+    if not str(saved.get("key", "")).startswith(str(stage.get("key"))):
+        result.problem(marker, "key differs from run.json")
+    inner = validate(stage_folder)
+    for problem in inner.problems:
+        result.problems.append(f"{_relative(result.folder, stage_folder)}/{problem}"
+                               if not problem.startswith("/") else problem)
+    result.facts.append(f"{_relative(result.folder, stage_folder)}: {inner.kind}, "
+                        + ("complete and consistent" if inner.ok else f"{len(inner.problems)} problem(s)"))
 
 
 def _stage(folder: Path) -> Validation:
-    marker = read_json(folder / ".phonorm-stage.json")
+    """A stage folder of phonorm run that holds no other artifact kind (evaluate, report)."""
+    marker, defect = read_json_object(folder / ".phonorm-stage.json")
+    if defect or marker is None:
+        result = Validation(folder, "stage folder of phonorm run")
+        result.problem(folder / ".phonorm-stage.json", defect or "missing")
+        return result
     result = Validation(folder, f"stage folder of phonorm run ({marker.get('stage')} {marker.get('name')})")
     result.facts.append(f"key {str(marker.get('key'))[:12]}, {marker.get('seconds')} s: {marker.get('summary')}")
+    for name, needs in (("evaluation.json", "tasks"), ("context.json", "results")):
+        if (folder / name).exists():
+            record, defect = read_json_object(folder / name)
+            if defect or record is None or needs not in record:
+                result.problem(folder / name, defect or f"has no `{needs}` (not written by phonorm run)")
     return result
 
 
 def _synth(folder: Path) -> Validation:
-    record = read_json(folder / "synth.json")
     result = Validation(folder, "synthetic corpus (phonorm synth)")
+    record, defect = read_json_object(folder / "synth.json")
+    if defect or record is None:
+        result.problem(folder / "synth.json", defect or "missing")
+        return result
     if not record.get("complete"):
-        result.problems.append("synth.json: not marked complete (run phonorm synth again to resume)")
+        result.problem(folder / "synth.json", "not marked complete (run phonorm synth again to resume)")
     for name in ("wav", "textgrid", "speakers.tsv"):
         if not (folder / name).exists():
-            result.problems.append(f"{name}: missing")
+            result.problem(folder / name, "missing")
     return result
 
 
-_KINDS: list[tuple[str, Callable[[Path], Validation]]] = [
-    ("run.json", _run), ("manifest.json", _store), ("phonorm.json", _model), ("labels.json", _corpus),
-    ("settings.json", _results), ("synth.json", _synth), (".phonorm-stage.json", _stage),
+_KINDS: list[tuple[str, str, Callable[[Path], Validation]]] = [
+    ("run.json", "phonorm run folder", _run), ("manifest.json", "feature store", _store),
+    ("phonorm.json", "model folder", _model), ("labels.json", "prepared corpus", _corpus),
+    ("settings.json", "analysis results", check_results), ("synth.json", "synthetic corpus (phonorm synth)", _synth),
+    (".phonorm-stage.json", "stage folder of phonorm run", _stage),
 ]
 
 

@@ -38,6 +38,7 @@ import pandas as pd
 
 from phonorm.analysis import claims as claims_mod
 from phonorm.analysis.bootstrap import SpeakerDraws, interval
+from phonorm.analysis.caveats import speaker_caveat, speakers_per_sex, with_speaker_caveat
 from phonorm.analysis.erasure import start_erasure_probes
 from phonorm.analysis.normalization import GroupSums, silhouette
 from phonorm.analysis.probes import label_rows, sample_rows, start_probe
@@ -104,6 +105,7 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
     from threadpoolctl import threadpool_limits
 
     done = {}
+    _mark_unfinished(out)
     limit_arenas()
     map_large_blocks()
     # Parallel work runs on ctx.pool's threads (see _Context.__init__), closed even on an error.
@@ -152,8 +154,9 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
                    for r in similarity.to_dict("records") if r["measure"] == "svcca_fixed"},
         erasure={(r["model"], r["layer"], r["erased"], r["probed"]): r for r in erasure_rows},
         resamples=settings.claim_bootstrap, seed=settings.seed)
+    speakers = speakers_per_sex(frames)
     with ctx.timed("claims"):
-        claim_rows = claims_mod.check_claims(evidence)
+        claim_rows = with_speaker_caveat(claims_mod.check_claims(evidence), speakers)
     write_json(out / "claims.json", {
         "claims": claim_rows, "model_tasks": tasks, "tasks_found_from": how, "reference": settings.reference,
         "constants": claims_mod.constants(), "top_layer": {m: layers[m][-1] for m in models},
@@ -164,6 +167,8 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
                             "per_speaker": all(isinstance(t, dict) and bool(t.get("by_speaker"))
                                                for t in e["tasks"].values())} for m, e in evaluations.items()},
         "evaluations_missing": [m for m in models if tasks[m] and m not in evaluations],
+        "speakers_per_sex": speakers, "caveat": speaker_caveat(speakers),
+        "splits": sorted(frames["split"].astype(str).unique()),
     })
 
     from phonorm.figures import draw_all
@@ -174,7 +179,7 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
                            reference=settings.reference, projections=out / "projections", erasure=erasure)
     _remove_stale(out / "figures", {(out / f).resolve() for f in figures})
     _remove_stale(out / "layer_matrix", {(out / "layer_matrix" / f"{name}.csv").resolve() for name in matrices})
-    write_json(out / "settings.json", {
+    write_json(out / COMPLETION_RECORD, {  # last: the folder is a finished analysis from here on
         "settings": settings.model_dump(), "features": str(store.folder.resolve()),
         "store_rows": store.rows, "store_rows_key": store.manifest.get("rows_key"), "models": models,
         "sample_rows_used": int(len(ctx.sample)), "held_out_split": ctx.held_out_summary(),
@@ -219,6 +224,16 @@ def _read_evaluations(files: Optional[dict[str, str]]) -> dict[str, dict]:
             raise InputError(path, "has no `tasks` object (expected the evaluation.json that `phonorm run` writes)")
         result[model] = {"file": str(path), "split": data.get("split"), "tasks": tasks}
     return result
+
+
+def _mark_unfinished(out: Path) -> None:
+    """Remove the completion record (settings.json, written last) before the first result is written:
+    from here until this run writes it again, the folder mixes this run's files with an earlier run's,
+    and `validate` and `report` must see it as unfinished rather than as the earlier analysis."""
+    (out / COMPLETION_RECORD).unlink(missing_ok=True)
+
+
+COMPLETION_RECORD = "settings.json"
 
 
 def _remove_stale(folder: Path, keep: set[Path]) -> None:
@@ -461,6 +476,17 @@ class _Context:
             return list
         return lambda: [dict(model=model, layer=layer, **r) for r in finish()]
 
+    def _check_finite(self, block: np.ndarray, begin: int, model: str, layer: str) -> None:
+        """InputError naming the layer's file and its first row holding NaN or inf (`block` holds rows
+        begin..): one such row makes every sum NaN, and the decompositions would then fail deep in LAPACK."""
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            raise InputError(self.store.layer_files(model, layer)[0],
+                             f"row {begin + int(np.argmin(finite))} of model {model!r} layer {layer} holds NaN or inf "
+                             f"({int((~finite).sum())} such rows among rows {begin}..{begin + len(block) - 1}); the "
+                             f"store is damaged: extract this model again (phonorm validate {self.store.folder} "
+                             "lists every damaged layer)")
+
     def _shift(self, model: str, layer: str) -> np.ndarray:
         """The fixed shift of a layer's sums: the mean of its first rows (float64 (dim,))."""
         return next(self.store.iter_blocks(model, layer, block=min(self.settings.block, 4096), dtype=np.float64)).mean(axis=0)
@@ -521,6 +547,7 @@ class _Context:
         begin = 0
         for blocks in zip(*streams):
             end = begin + len(blocks[0])
+            self._check_finite(blocks[0], begin, model, layer)
             x = as_float64(self._put(blocks[0]), shift)
             a = row_norms(x)
             runs = group_runs(self.group_codes[begin:end], like=x)

@@ -37,6 +37,9 @@ def run_experiment(path: str | Path, force: bool = False, points: Sequence[str] 
     if unknown:  # before taking the work folder's lock: a typo needs no wait
         raise InputError(Path(path), f"--point {', '.join(unknown)}: no such point of the sweep; its points are "
                                      f"{', '.join(ids)}")
+    from phonorm.experiment.hub import check_hub_models
+
+    check_hub_models(experiment, Path(path))  # before any stage: a misspelt hub id needs no synth to show
     with folder_lock(experiment.workdir, f"phonorm run {Path(path).name}"):
         if experiment.sweep is not None:
             from phonorm.experiment.sweep import run_sweep

@@ -39,6 +39,16 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.npy"
 
 
+def stored_layer_files(folder: Path, model: str, layer: str) -> list[Path]:
+    """The files of one layer of the store `folder`: `<model>/<layer>.npy`, or the row-ordered parts
+    of `<model>/<layer>/`; [] when neither is there."""
+    single = folder / model / f"{layer}.npy"
+    if single.is_file():
+        return [single]
+    parts = folder / model / layer
+    return sorted(parts.glob(PART_GLOB)) if parts.is_dir() else []
+
+
 class FeatureStore:
     """A complete feature store folder, read-only.
 
@@ -115,14 +125,11 @@ class FeatureStore:
     def layer_files(self, model: str, layer: str | int) -> list[Path]:
         """The .npy file of one layer, or its row-ordered parts."""
         layer = self._check_layer(model, layer)
-        single = self.folder / model / f"{layer}.npy"
-        if single.is_file():
-            return [single]
-        folder = self.folder / model / layer
-        parts = sorted(folder.glob(PART_GLOB)) if folder.is_dir() else []
-        if not parts:
-            raise InputError(single, "missing: the manifest lists this layer but its file is not there")
-        return parts
+        files = stored_layer_files(self.folder, model, layer)
+        if not files:
+            raise InputError(self.folder / model / f"{layer}.npy",
+                             "missing: the manifest lists this layer but its file is not there")
+        return files
 
     def _check_layer(self, model: str, layer: str | int) -> str:
         layers = self.layers(model)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from phonorm.artifacts import writing
+
 
 class RowWriter:
     """Write rows of a `(rows, dim)` array of `dtype` to `path`, in any order, then `finish()`.
@@ -26,16 +28,21 @@ class RowWriter:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.rows, self.dim, self.dtype = int(rows), int(dim), np.dtype(dtype)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not (resume and self.partial_matches()):
-            if self.rows == 0:  # a process with an empty share: numpy cannot map an empty file
-                with open(self.partial, "wb") as handle:  # a handle: np.save would append ".npy" to the name
-                    np.save(handle, np.zeros((0, self.dim), dtype=self.dtype), allow_pickle=False)
-            else:
-                array = np.lib.format.open_memmap(self.partial, mode="w+", dtype=self.dtype, shape=(self.rows, self.dim))
-                del array
-        self._offset = _data_offset(self.partial)
-        self._file = open(self.partial, "r+b")
+        with writing(self.partial):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not (resume and self.partial_matches()):
+                self._create()
+            self._offset = _data_offset(self.partial)
+            self._file = open(self.partial, "r+b")
+
+    def _create(self) -> None:
+        """A fresh partial file of the full size (its rows zero until written)."""
+        if self.rows == 0:  # a process with an empty share: numpy cannot map an empty file
+            with open(self.partial, "wb") as handle:  # a handle: np.save would append ".npy" to the name
+                np.save(handle, np.zeros((0, self.dim), dtype=self.dtype), allow_pickle=False)
+        else:
+            array = np.lib.format.open_memmap(self.partial, mode="w+", dtype=self.dtype, shape=(self.rows, self.dim))
+            del array
 
     def partial_matches(self) -> bool:
         """Whether a partial file of this shape and dtype exists (what a resume continues)."""
@@ -48,13 +55,15 @@ class RowWriter:
             raise ValueError(f"{self.path.name}: expected (n, {self.dim}) rows, got {block.shape}")
         if row < 0 or row + block.shape[0] > self.rows:
             raise ValueError(f"{self.path.name}: rows [{row}, {row + block.shape[0]}) outside [0, {self.rows})")
-        self._file.seek(self._offset + row * self.dim * self.dtype.itemsize)
-        self._file.write(block.tobytes())
+        with writing(self.partial):  # a full disk shows here (the file was created sparse)
+            self._file.seek(self._offset + row * self.dim * self.dtype.itemsize)
+            self._file.write(block.tobytes())
 
     def sync(self) -> None:
         """Make every row written so far durable (before recording progress)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with writing(self.partial):
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def finish(self) -> Path:
         """Sync, close and rename the partial file onto its final name."""

@@ -20,9 +20,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from phonorm.errors import PhonormError
 from phonorm.frames import FrameGeometry
 from phonorm.models.shipped import resolve_model
-from phonorm.settings import MODEL_SIZES
-
-SUPPORTED_MODEL_TYPES = ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "data2vec-audio")
+from phonorm.settings import MODEL_SIZES, SUPPORTED_MODEL_TYPES
 
 LAYER_CONVENTION = (
     "L0 = input to the first Transformer layer; Lk = output of Transformer layer k "

@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,10 +61,7 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
     from transformers import get_scheduler
 
     prepared = PreparedCorpus(corpus)
-    missing = [t for t in settings.tasks if t not in prepared.label_maps]
-    if missing:
-        raise InputError(prepared.folder / "labels.json", f"has no labels for task(s) {', '.join(missing)}")
-    label_maps: dict[str, list[str]] = {t: list(prepared.label_maps[t]) for t in settings.tasks}
+    label_maps = task_label_maps(prepared, settings.tasks)
     settings_dict = settings.as_dict()
     if ModelCard.exists(out):
         card = ModelCard.load(out)
@@ -193,6 +190,29 @@ def _dev_accuracy(accelerator, model: FrameClassifier, dev_set: FrameDataset) ->
     total = accelerator.reduce(torch.tensor(counts, dtype=torch.float64, device=accelerator.device), reduction="sum")
     model.train()
     return {task: float(total[2 * i] / max(total[2 * i + 1], 1.0)) for i, task in enumerate(dev_set.tasks)}
+
+
+def task_label_maps(prepared: PreparedCorpus, tasks: Sequence[str]) -> dict[str, list[str]]:
+    """task → its labels in the corpus; InputError naming labels.json (before any model is loaded) when
+    a task has fewer than 2 labels or none on the train split's segments: a head with no class to
+    tell apart fails deep inside torch otherwise."""
+    maps = prepared.label_maps
+    missing = [t for t in tasks if t not in maps]
+    if missing:
+        raise InputError(prepared.folder / "labels.json", f"has no labels for task(s) {', '.join(missing)}")
+    train = prepared.segments[prepared.segments["utterance_id"].isin(prepared.utterances("train")["utterance_id"])]
+    labelled = {"tone": (train["tone"] > 0).any(), "phone": (train["phone"].astype(str) != "").any(), "sex": len(train) > 0}
+    for task in tasks:
+        labels = [label for label in maps[task] if label != ""]
+        found = f"{len(labels)} {task} label{'' if len(labels) == 1 else 's'}"
+        if len(labels) >= 2 and labelled.get(task, True):
+            continue
+        if len(labels) >= 2:
+            found += ", none on a segment of the train split"
+        raise InputError(prepared.folder / "labels.json",
+                         f"task {task!r}: this corpus has {found}, so there is nothing to learn; fine-tune "
+                         f"without --tasks {task}, or prepare the corpus from alignments with {task} labels")
+    return {t: list(maps[t]) for t in tasks}
 
 
 def classifier_of(trainer: Trainer) -> FrameClassifier:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from phonorm.artifacts import atomic_path, provenance
+from phonorm.artifacts import atomic_path, follow_umask, provenance
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
@@ -186,6 +186,7 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
     def save_model(folder: Path, state: TrainState) -> None:
         """The model folder of the weights at `state.step`: encoder, log and card (the card last)."""
         (unwrapped.hubert if objective == "hubert" else unwrapped).save_pretrained(folder)
+        follow_umask(*folder.glob("*.safetensors"))  # safetensors creates its files 0600
         with atomic_path(folder / "pretrain_log.csv") as tmp:
             pd.DataFrame(state.log).to_csv(tmp, index=False)
         curve = [(r["step"], r[f"held_out_{metric}"]) for r in state.log if f"held_out_{metric}" in r]

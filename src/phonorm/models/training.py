@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from phonorm.artifacts import json_ready, read_json, write_json
-from phonorm.errors import PhonormError
+from phonorm.artifacts import follow_umask, json_ready, read_json, write_json
+from phonorm.errors import InputError, PhonormError
 from phonorm.launch import check_launch
 from phonorm.progress import progress
 
@@ -48,13 +48,33 @@ class TrainState:
 
 
 def swap_folder(new: Path, target: Path) -> None:
-    """Replace `target` by the complete folder `new` (renames only: never half of each)."""
+    """Replace `target` by the complete folder `new` (renames only: never half of each). Its files
+    first get the mode new files get here: safetensors' `save_file` (weights, heads, random states)
+    writes them 0600 through mkstemp, which would leave a model unreadable to the user's group."""
+    follow_umask(*(path for path in new.rglob("*") if path.is_file()))
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def load_optimizer_state(path: Path, device: Any) -> dict[str, Any]:
+    """The optimizer state saved in a checkpoint, loaded as tensors only (nothing is unpickled);
+    InputError naming the file when it is damaged or holds anything but a plain state dict."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+        raise InputError(path, f"not a plain optimizer state of tensors ({type(err).__name__}); phonorm never writes "
+                               f"code into a checkpoint, so the file was replaced or damaged: delete {path.parent} "
+                               "to train from the start") from None
+    if not isinstance(state, dict) or "state" not in state or "param_groups" not in state:
+        raise InputError(path, f"not an optimizer state dict (no state and param_groups); delete {path.parent} to "
+                               "train from the start")
+    return state
 
 
 class Trainer:
@@ -114,8 +134,7 @@ class Trainer:
         from safetensors.torch import load_file, load_model
 
         load_model(self.unwrapped, str(self.checkpoint / "model.safetensors"), device=str(self.device))
-        self.optimizer.load_state_dict(torch.load(self.checkpoint / "optimizer.pt", map_location=self.device,
-                                                  weights_only=True))
+        self.optimizer.load_state_dict(load_optimizer_state(self.checkpoint / "optimizer.pt", self.device))
         self.scheduler.load_state_dict(saved["scheduler"])
         rank = self.accelerator.process_index
         rng = read_json(self.checkpoint / f"rng-{rank}.json")

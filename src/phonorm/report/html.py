@@ -190,6 +190,7 @@ def build_report(results: str | Path, *, out: str | Path, context: Optional[str 
     if not (results / "settings.json").is_file():
         raise InputError(results / "settings.json", "missing: phonorm analyze writes it last, so this analysis did "
                                                     "not finish; run it again with the same options to complete it")
+    _refuse_unfinished(results)
     if out.is_dir():
         raise InputError(out, "is a folder; --out names the HTML file to write (e.g. report.html)")
     sources = Sources.discover(results, Path(context) if context is not None else None)
@@ -223,6 +224,17 @@ def build_report(results: str | Path, *, out: str | Path, context: Optional[str 
     return f"{out}: report with {page.figures} figures, {len(page.sections)} sections{skipped}"
 
 
+def _refuse_unfinished(results: Path) -> None:
+    """InputError naming every missing or damaged file of the results folder (validate's check of
+    it): a report is built only from a whole analysis, never from an interrupted one's leftovers."""
+    from phonorm.validate import check_results
+
+    verdict = check_results(results)
+    if not verdict.ok:
+        raise InputError(results, f"not a complete analysis ({'; '.join(verdict.problems)}); run phonorm analyze "
+                                  "again with the same options to complete it")
+
+
 # =========================================================================== sections
 def _section_glance(page: Page, claims: Optional[dict]) -> None:
     if not claims or not claims.get("claims"):
@@ -231,7 +243,14 @@ def _section_glance(page: Page, claims: Optional[dict]) -> None:
                     f'{esc(c.get("status"))}</span> {esc(c.get("statement", ""))}</li>' for c in claims["claims"])
     page.add("glance", "The claims at a glance",
              f"<p>Each claim of the study (Wang, Yang &amp; Yuan 2025) measured on this data; details in "
-             f'<a href="#claims">the claim checks</a>.</p><ul class="glance">{items}</ul>')
+             f'<a href="#claims">the claim checks</a>.</p>{_caveat(claims)}<ul class="glance">{items}</ul>')
+
+
+def _caveat(claims: dict) -> str:
+    """The caveat analyze attached to verdicts drawn from few speakers of a sex (analysis/caveats.py), as a
+    paragraph; "" when there is none."""
+    caveat = claims.get("caveat")
+    return f'<p class="caveat"><b>Caveat:</b> {esc(caveat)}.</p>' if caveat else ""
 
 
 def _section_corpus(page: Page, sources: Sources) -> None:
@@ -258,9 +277,13 @@ def _section_corpus(page: Page, sources: Sources) -> None:
     # A corpus whose splits share speakers (--split-by utterance, a split file) or lack dev/test for a
     # sex: say so plainly, since the evaluation then does not measure generalization to new speakers.
     warning = "".join(f"<p><b>Note:</b> {esc(p)}.</p>" for p in info.get("split_problems") or [])
-    body = (f"<p>Prepared corpus <code>{esc(sources.corpus)}</code>. Splits are speaker-disjoint unless a split "
-            f"file or --split-by utterance was given; every probe and evaluation below uses speakers unseen in "
-            f"training unless a note says otherwise.</p>{warning}"
+    disjoint = info.get("speaker_disjoint", True)
+    split_words = ("The splits are speaker-disjoint: every evaluation below uses speakers unseen in training."
+                   if disjoint else f"The corpus was split by {esc(info.get('split_by', 'utterance'))}: speakers "
+                   "are shared between splits, so the evaluations below measure new utterances of known speakers, "
+                   "not generalization to new speakers.")
+    body = (f"<p>Prepared corpus <code>{esc(sources.corpus)}</code>. {split_words} Probes are always scored on "
+            f"speakers held out from their training folds.</p>{warning}"
             f"{overview}<div class=\"row\">{splits}{tone_table}</div>"
             + page.fig(figs.label_counts_figure(info["labels"]), "frames per label",
                        "Frames per label on the 20 ms grid: tone on finals only, phone on every phone, sex on "
@@ -328,7 +351,7 @@ def _section_accuracy(page: Page, sources: Sources) -> None:
         page.add("accuracy", "Accuracy per model and task",
                  page.gap("accuracy table: no evaluation of a fine-tuned model was found"))
         return
-    body = ("<p>Frame accuracy of each fine-tuned model's own heads on held-out speakers, with the chance "
+    body = (f"<p>Frame accuracy of each fine-tuned model's own heads on {_held_out(sources)}, with the chance "
             "level (share of the majority class). The study's table: the multitask tone+sex model should "
             "match the single-task models on each task. These task accuracies are the primary evidence of "
             "claims C3 and C4 (differences with speaker-bootstrap CIs in the claim checks below); probe "
@@ -340,6 +363,20 @@ def _section_accuracy(page: Page, sources: Sources) -> None:
         body += note(f"no test evaluation found for {', '.join(map(str, used_dev))}: dev-set scores from metrics.json "
                      "shown")
     page.add("accuracy", "Accuracy per model and task", body)
+
+
+def _held_out(sources: Sources) -> str:
+    """What the evaluation split holds out, in words matching how the corpus was actually split (its
+    utterances table; `split.by` of labels.json names how): new speakers only when no speaker is in two splits."""
+    try:
+        table = pd.read_parquet(sources.corpus / "utterances.parquet", columns=["speaker", "split"])  # type: ignore[operator]
+    except (TypeError, OSError, ValueError, KeyError):
+        return "the evaluation split (no prepared corpus found to tell how it was split)"
+    if (table.groupby("speaker")["split"].nunique() <= 1).all():
+        return "held-out speakers"
+    split = ((_read_json(sources.corpus / "labels.json") or {}).get("split") or {})  # type: ignore[operator]
+    return (f"held-out utterances of speakers also heard in training (the corpus was split by "
+            f"{split.get('by', 'utterance')}, not by speaker)")
 
 
 def _section_similarity(page: Page, results: Path, reference: str, settings: dict[str, Any]) -> None:
@@ -533,7 +570,7 @@ def _section_claims(page: Page, claims: Optional[dict]) -> None:
             f"hold</b> when one lies wholly on the other side, and is <b>inconclusive</b> otherwise. Intervals: "
             f"paired bootstrap over speakers ({esc(boot.get('resamples', '?'))} resamples; the same resampled "
             "speakers on both sides of a difference). Primary evidence decides; evidence marked <i>beside</i> is "
-            "shown for comparison. Top layer = the last stored layer of each model.</p>"
+            "shown for comparison. Top layer = the last stored layer of each model.</p>" + _caveat(claims) +
             "<table class=\"claims\"><thead><tr><th>claim</th><th>statement</th><th>criterion</th>"
             f"<th>on this data</th></tr></thead><tbody>{summary}</tbody></table>")
     for c in claims["claims"]:
@@ -622,6 +659,7 @@ table.claims ul,ul.glance{margin:0;padding-left:1.1em}
 figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
 .grid{display:flex;flex-wrap:wrap;gap:8px} .grid figure{flex:0 1 32%;margin:0}
 .row{display:flex;gap:2em;flex-wrap:wrap;align-items:flex-start}
+.caveat{background:#fde8e8;border-left:4px solid #c03030;padding:.4em .7em}
 .missing{background:#fff6dd;border-left:4px solid #e0b000;padding:.4em .7em;font-family:Helvetica,Arial,sans-serif;font-size:.9em}
 .status{font-family:Helvetica,Arial,sans-serif;font-weight:bold;padding:1px 6px;border-radius:3px;white-space:nowrap}
 .status.ok{background:#dff3df;color:#185c18} .status.bad{background:#fbe1e1;color:#8a1c1c} .status.na{background:#eee;color:#555}
