@@ -17,6 +17,9 @@ pages such as shared libraries included).
   longer run fills within its first few hundred utterances (torch's and malloc's).
 - speed: `--speed-rows` (default 10000, ~200 s of audio) with a `--size` model (default base).
 
+On a machine with a GPU, extraction runs on it (Accelerate's device); each run then also reports the
+GPU's name and its peak allocated memory (`peak_gpu_memory_mb`).
+
 Usage: PYTHONPATH=src .venv/bin/python bench/scale_extract.py [--rows 10000,300000] [--size base]
        [--speed-rows 10000] [--memory-size tiny] [--threads 2] [--workdir DIR]
 Prints one JSON object on its last line. `bench_extraction(rows, size)` is the function
@@ -106,13 +109,17 @@ def child(corpus: str, model: str, out: str, threads: int) -> None:
     done.set()
     sampler.join()
     end = _status_mb("RssAnon", "VmHWM")
+    gpu = {}
+    if torch.cuda.is_available():  # extraction runs where Accelerate puts it: the GPU when there is one
+        gpu = {"gpu": torch.cuda.get_device_name(0),
+               "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
     rows = len(pd.read_parquet(Path(out) / "frames.parquet", columns=["row"]))
     audio = float(pd.read_parquet(Path(corpus) / "utterances.parquet", columns=["duration"])["duration"].sum())
     print(json.dumps({
         "rows": rows, "audio_s": round(audio, 1), "wall_s": round(wall, 2),
         "audio_s_per_s": round(audio / wall, 2),
         "rss_anon_before_mb": round(before, 1), "peak_rss_anon_mb": round(max(peak["anon"], end["RssAnon"]), 1),
-        "rss_anon_end_mb": round(end["RssAnon"], 1), "vm_hwm_mb": round(end["VmHWM"], 1),
+        "rss_anon_end_mb": round(end["RssAnon"], 1), "vm_hwm_mb": round(end["VmHWM"], 1), **gpu,
     }))
 
 
@@ -158,7 +165,10 @@ def main() -> None:
         _log(f"memory: {rows} rows, {args.memory_size} model ...")
         memory.append(bench_extraction(rows, args.memory_size, threads=args.threads, workdir=args.workdir))
         _log(json.dumps(memory[-1]))
-    result: dict = {"bench": "scale_extract", "device": "cpu", "threads": args.threads, "cpus": os.cpu_count(),
+    import torch
+
+    result: dict = {"bench": "scale_extract", "device": "cuda" if torch.cuda.is_available() else "cpu",
+                    "threads": args.threads, "cpus": os.cpu_count(),
                     "memory": memory}
     if len(memory) >= 2:
         growth = memory[-1]["peak_rss_anon_mb"] - memory[0]["peak_rss_anon_mb"]

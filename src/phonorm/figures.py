@@ -27,6 +27,10 @@ from phonorm.analysis.projection import umap_layers
 from phonorm.artifacts import atomic_path
 
 
+HELD_OUT_SCORES = {"held_out_masked_accuracy": "held-out masked-prediction accuracy",
+                   "held_out_contrastive_accuracy": "held-out contrastive accuracy"}
+"""The held-out score columns of a pre-training log (one per objective) and their labels."""
+
 def _plt():
     import matplotlib
 
@@ -320,11 +324,10 @@ def training_curves_figure(logs: list[tuple[str, str, pd.DataFrame]]) -> bytes |
         loss_ax.set_title(f"{name}: training loss", fontsize=9)
         loss_ax.set_xlabel("step", fontsize=8)
         score_columns = ([c for c in log.columns if c.startswith("dev_acc_")] if kind == "finetune"
-                         else [c for c in log.columns if c == "held_out_contrastive_accuracy"])
+                         else [c for c in log.columns if c in HELD_OUT_SCORES])
         for i, column in enumerate(score_columns):
             part = log[["step", column]].dropna()
-            label = column.replace("dev_acc_", "dev accuracy: ").replace("held_out_contrastive_accuracy",
-                                                                          "held-out contrastive accuracy")
+            label = HELD_OUT_SCORES.get(column, column.replace("dev_acc_", "dev accuracy: "))
             score_ax.plot(part.step, part[column], marker="o", ms=3, color=f"C{i + 1}", label=label)
         if score_columns:
             score_ax.legend(fontsize=7)

@@ -22,8 +22,8 @@ pre-trained model):
   `variance_share`), computed here from the feature store with a speaker bootstrap (speakers drawn
   with replacement; a speaker drawn twice counts as two groups; bias-corrected percentile interval);
   without the store, normalization.csv's value and no CI.
-- `held_out_contrastive_accuracy`: the pre-trained model's last held-out contrastive accuracy
-  (its model card); no CI.
+- `held_out_masked_accuracy` (hubert objective) or `held_out_contrastive_accuracy` (contrastive): the
+  pre-trained model's last held-out pre-training accuracy (its model card); no CI.
 - `C1` … `C4`: the claim verdicts of claims.json (`verdict` column; `value` empty).
 
 `ci_from` says where each CI came from, or why there is none.
@@ -57,6 +57,7 @@ QUANTITIES = {
     "speaker_variance_share_top": "tone model: speaker share of variance at the top layer",
     "reference_speaker_variance_share_top": "reference: speaker share of variance at the top layer",
     "held_out_contrastive_accuracy": "pre-trained model: held-out contrastive accuracy",
+    "held_out_masked_accuracy": "pre-trained model: held-out masked-prediction accuracy",
 }
 CLAIMS = ("C1", "C2", "C3", "C4")
 NO_PAIRED = "none: probes.csv has no per-speaker results to pair"
@@ -289,9 +290,10 @@ def summarize_point(point: dict[str, Any], resamples: int = 1000, seed: int = 0)
                 rows.append(_row(quantity, hit["value"].iloc[0], ci_from="none: feature store unreadable"))
             notes.append(f"speaker share of {model} {layer}: feature store not read ({err})")
     card = _read_json(Path(point["pretrained"]) / "phonorm.json") if point.get("pretrained") else None
-    curve = (card or {}).get("held_out_contrastive_accuracy") or []
+    metric = (card or {}).get("held_out_metric") or "contrastive_accuracy"  # cards before the hubert objective
+    curve = (card or {}).get("held_out_accuracy") or (card or {}).get("held_out_contrastive_accuracy") or []
     if curve:
-        rows.append(_row("held_out_contrastive_accuracy", curve[-1][1], ci_from="none: one fixed held-out set"))
+        rows.append(_row(f"held_out_{metric}", curve[-1][1], ci_from="none: one fixed held-out set"))
     for row in (claims or {}).get("claims", []):
         if row.get("claim") in CLAIMS:
             rows.append(_row(row["claim"], None, ci_from="none", verdict=str(row.get("status", "unknown"))))
