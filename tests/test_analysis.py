@@ -218,7 +218,7 @@ def test_matrix_on_sample_rows_and_sums_per_half_agree(tmp_path):
     for column in ("value", "floor", "held_out_value", "held_out_floor"):
         np.testing.assert_allclose(by_half[column], by_speaker[column], atol=1e-9, err_msg=column)
     assert by_speaker.ci_low.notna().all() and by_half.ci_low.isna().all()
-    assert (by_speaker.ci_method == "delete-one-speaker jackknife t (G-1 df)").all()
+    assert by_speaker.ci_method.str.startswith("delete-one-speaker jackknife t").all()
 
     features = FeatureStore(store)
     sample = sample_rows(features.frames, 200, 0)
