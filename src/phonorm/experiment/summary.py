@@ -44,6 +44,9 @@ from phonorm.artifacts import atomic_path, read_json, write_json
 TABLE = "sweep.csv"
 POINTS = "points.json"
 LEVEL = 0.95
+#: Speaker-bootstrap resamples of the speaker variance share (the analysis itself has no resample count
+#: since its intervals became analytic; ≥ 1,000 for 95% tails).
+SHARE_RESAMPLES = 2000
 COLUMNS = ["point", "quantity", "value", "ci_low", "ci_high", "ci_from", "verdict"]
 QUANTITIES = {
     "sex_probe_top_tone_minus_reference": "top-layer sex probe, tone model − reference",
