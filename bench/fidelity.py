@@ -125,7 +125,7 @@ def main() -> None:
     # the demo's extraction settings (examples/demo.yaml): middle third of each phone, 40 per speaker and phone
     extract(args.corpus, models=models, out=features,
             settings=ExtractSettings(split="test", layers="all", frames="middle", max_per_speaker_label=40, dtype="float16"))
-    analyze(features, out=results, settings=AnalyzeSettings(reference=next(iter(models)), umap=False, folds=4, bootstrap=0,
+    analyze(features, out=results, settings=AnalyzeSettings(reference=next(iter(models)), umap=False, folds=4,
                                                            sample_rows=args.sample_rows, layer_matrix=False))
     probes = pd.read_csv(results / "probes.csv")
     similarity = pd.read_csv(results / "similarity.csv")

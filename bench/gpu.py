@@ -46,8 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     import pandas as pd
     import torch
-    from fakes import make_prepared_corpus
 
+    from fakes import make_prepared_corpus
     from phonorm.features.extract import ExtractSettings, extract
     from phonorm.models.finetune import finetune
     from phonorm.models.pretrain import pretrain
@@ -63,7 +63,7 @@ def main() -> None:
                   unmasked_weight=0.5, eval_every=args.steps)
     for size in ("tiny", "base"):
         folder = work / f"pre-{size}"
-        _timed(f"pretrain_{size}", results, lambda: pretrain(corpus, out=folder, size=size, **common))
+        _timed(f"pretrain_{size}", results, lambda folder=folder, size=size: pretrain(corpus, out=folder, size=size, **common))
         log = pd.read_csv(folder / "pretrain_log.csv")
         steps = log[log.step > 0]
         results[f"pretrain_{size}"].update(
@@ -74,7 +74,7 @@ def main() -> None:
     _timed("finetune_tiny_auto_precision", results,
            lambda: finetune(corpus, model=str(work / "pre-tiny"), out=work / "tone_sex", settings=settings))
     for size in ("tiny", "base"):
-        _timed(f"extract_{size}", results, lambda: extract(
+        _timed(f"extract_{size}", results, lambda size=size: extract(
             corpus, models={"m": str(work / f"pre-{size}")}, out=work / f"features-{size}",
             settings=ExtractSettings(split="test", frames="all", classic=False)))
         test_audio = float(pd.read_parquet(corpus / "utterances.parquet").query("split == 'test'")["duration"].sum())

@@ -51,8 +51,10 @@ def make_feature_store(folder: str | Path, *, design: str = "normalizes",
                        models: tuple[str, ...] = ("pretrained", "tone", "phone", "sex", "tone_sex"),
                        n_speakers: int = 12, n_utterances: int = 4, n_frames: int = 40, dim: int = 16,
                        n_layers: int = 5, seed: int = 0, tasks_in_manifest: bool = False,
-                       dtype: str = "float16", parts: int = 1) -> Path:
-    """Write a store to `folder` and return its path. Rows = speakers × utterances × frames."""
+                       dtype: str = "float16", parts: int = 1, speaker_scale: float = 1.0) -> Path:
+    """Write a store to `folder` and return its path. Rows = speakers × utterances × frames.
+    `speaker_scale` scales every speaker's offset (0: speakers differ only by sex, whose direction
+    is then the one shared linear direction that an eraser fitted on other speakers can remove)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -84,7 +86,7 @@ def make_feature_store(folder: str | Path, *, design: str = "normalizes",
     sex_dir[0] = 1.0
     tone_x = tone_vec[frames.tone.to_numpy()]
     phone_x = phone_vec[phone_codes]
-    spk_x = spk_vec[spk_codes]
+    spk_x = spk_vec[spk_codes] * speaker_scale
     rotations = [np.linalg.qr(rng.normal(size=(dim, dim)))[0] for _ in range(n_layers)]
     shared_noise = [rng.normal(size=(n, dim)) for _ in range(n_layers)]
 

@@ -26,7 +26,7 @@ BASE = {
         {"name": "tone", "base": "pre", "tasks": ["tone"], "settings": {"epochs": 1}},
         {"name": "sex", "base": "pre", "tasks": "sex", "settings": {"epochs": 1}},
     ],
-    "analyze": {"bootstrap": 10},
+    "analyze": {"probe_max_iter": 50},
 }
 
 
@@ -306,11 +306,11 @@ def test_rerun_redoes_nothing_and_a_changed_setting_redoes_only_its_dependents(t
     ex.run_experiment(path)
     assert fakes.take() == ["analyze:analyze", "evaluate:sex", "extract:extract", "finetune:sex", "report:report"]
 
-    _write(tmp_path, _with(**{"finetune.1.settings.epochs": 2, "analyze.bootstrap": 20}))
+    _write(tmp_path, _with(**{"finetune.1.settings.epochs": 2, "analyze.probe_max_iter": 60}))
     ex.run_experiment(path)
     assert fakes.take() == ["analyze:analyze", "report:report"]
 
-    _write(tmp_path, _with(**{"finetune.1.settings.epochs": 2, "analyze.bootstrap": 20, "pretrain.0.steps": 6}))
+    _write(tmp_path, _with(**{"finetune.1.settings.epochs": 2, "analyze.probe_max_iter": 60, "pretrain.0.steps": 6}))
     ex.run_experiment(path)
     assert fakes.take() == [k for k in ALL if k not in ("synth:synth", "corpus:corpus")]
 

@@ -1,4 +1,4 @@
-"""Linear probes: speaker-disjoint folds, accuracy against chance, speaker bootstrap."""
+"""Linear probes: speaker-disjoint folds, accuracy against chance, cluster-robust intervals over speakers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phonorm.analysis.probes import label_rows, probe, probe_splits, sample_rows, speaker_bootstrap, start_probe
+from phonorm.analysis.probes import label_rows, probe, probe_splits, sample_rows, start_probe
 
 
 def toy(n_speakers=10, per=60, seed=0):
@@ -49,23 +49,27 @@ def test_too_few_speakers_is_an_error():
 
 def test_probe_reads_planted_labels_and_not_random_ones():
     x, tone, sex, speakers, utterances = toy()
-    good = probe(x, tone, speakers, utterances, folds=5, bootstrap=200, seed=0)
+    good = probe(x, tone, speakers, utterances, folds=5, seed=0)
     assert good.accuracy > good.chance + 0.25
     assert good.ci_low <= good.accuracy <= good.ci_high
     assert good.n == len(tone) and good.folds == 5 and good.classes == 4
-    sex_probe = probe(x, sex, speakers, utterances, folds=5, bootstrap=200, seed=0)
+    sex_probe = probe(x, sex, speakers, utterances, folds=5, seed=0)
     assert sex_probe.accuracy > 0.85
     noise = np.random.default_rng(9).integers(0, 3, size=len(tone))
-    bad = probe(x, noise, speakers, utterances, folds=5, bootstrap=200, seed=0)
+    bad = probe(x, noise, speakers, utterances, folds=5, seed=0)
     assert bad.accuracy < bad.chance + 0.05
 
 
-def test_speaker_bootstrap_interval():
+def test_probe_interval_is_the_cluster_robust_t_over_speakers():
+    from scipy import stats
+
     speakers = np.repeat(["a", "b", "c", "d"], 10)
-    hits = np.r_[np.ones(10), np.zeros(10), np.ones(10), np.ones(10)].astype(bool)
-    low, high = speaker_bootstrap(hits, speakers, 500, seed=1)
-    assert 0.0 <= low < 0.75 < high <= 1.0
-    assert speaker_bootstrap(np.ones(40, bool), speakers, 100, 0) == (1.0, 1.0)
+    y = np.tile([0, 1], 20)
+    x = np.random.default_rng(0).normal(size=(40, 2)) + y[:, None] * np.repeat([0.2, 3.0, 1.0, 0.5], 10)[:, None]
+    result = probe(x, y, speakers, np.repeat(np.arange(20), 2), folds=4, seed=0)
+    per = np.array([v[0] / v[1] for v in result.by_speaker.values()])  # equal rows: the t interval of the means
+    low, high = stats.t.interval(0.95, 3, loc=per.mean(), scale=stats.sem(per))
+    assert (result.ci_low, result.ci_high) == pytest.approx((low, high)) and result.ci_method.startswith("cluster")
 
 
 def test_label_rows_and_sampling():
@@ -82,14 +86,14 @@ def test_label_rows_and_sampling():
     assert len(sample_rows(big, None, 0)) == len(big)
 
 
-def test_chance_is_the_training_folds_majority_class_on_the_test_folds():
-    # 3 speakers of class "a", 1 of "b": when "b"'s speaker is held out the training majority "a" is
-    # wrong on all of it; when an "a" speaker is held out it is right on all of it.
+def test_chance_is_the_class_prior_of_the_scored_rows():
+    # 3 speakers of class "a", 1 of "b". The training fold's majority would be wrong on all of "b"'s speaker
+    # and each test fold's own majority right on everything (one speaker per fold); chance is the prior.
     speakers = np.repeat(["s1", "s2", "s3", "s4"], 25)
     y = np.where(speakers == "s4", "b", "a")
     x = np.random.default_rng(0).normal(size=(100, 3))
-    result = probe(x, y, speakers, np.repeat(np.arange(20), 5), folds=4, bootstrap=0, seed=0)
-    assert result.chance == pytest.approx(0.75)
+    result = probe(x, y, speakers, np.repeat(np.arange(20), 5), folds=4, seed=0)
+    assert result.chance == pytest.approx(0.75) and result.chance_method.startswith("class prior")
 
 
 def test_convergence_is_recorded_per_probe_not_silenced_or_printed():
@@ -98,8 +102,8 @@ def test_convergence_is_recorded_per_probe_not_silenced_or_printed():
     x, tone, sex, speakers, utterances = toy()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no ConvergenceWarning escapes: it is recorded instead
-        stopped = probe(x * 50, tone, speakers, utterances, folds=3, bootstrap=10, max_iter=2)
-        done = probe(x, tone, speakers, utterances, folds=3, bootstrap=10, max_iter=500)
+        stopped = probe(x * 50, tone, speakers, utterances, folds=3, max_iter=2)
+        done = probe(x, tone, speakers, utterances, folds=3, max_iter=500)
     assert stopped.converged is False and stopped.iterations == 2
     assert done.converged is True and 0 < done.iterations < 500
     assert {"iterations", "converged"} <= set(done.row())
@@ -107,7 +111,7 @@ def test_convergence_is_recorded_per_probe_not_silenced_or_printed():
 
 def test_per_speaker_hits_add_up_to_the_accuracy():
     x, tone, sex, speakers, utterances = toy()
-    result = probe(x, tone, speakers, utterances, folds=3, bootstrap=10)
+    result = probe(x, tone, speakers, utterances, folds=3)
     hits, rows, baseline = np.array(list(result.by_speaker.values())).sum(axis=0)
     assert set(result.by_speaker) == set(speakers) and rows == len(tone)
     assert hits / rows == pytest.approx(result.accuracy) and baseline / rows == pytest.approx(result.chance)
@@ -146,10 +150,10 @@ def test_folds_are_remembered_by_content_and_probes_started_together_match():
     assert probe_splits(sex, speakers, utterances, folds=5, seed=0) is not first  # other labels, other strata
 
     with ThreadPoolExecutor(2) as pool:  # every label's folds queued on one pool before any is collected
-        started = [start_probe(x, y, speakers, utterances, pool.submit, bootstrap=50) for y in (tone, sex)]
+        started = [start_probe(x, y, speakers, utterances, pool.submit) for y in (tone, sex)]
         together = [finish() for finish in started]
     for y, result in zip((tone, sex), together):
-        alone = probe(x, y, speakers, utterances, bootstrap=50)
+        alone = probe(x, y, speakers, utterances)
         assert result.row() == alone.row() and result.by_speaker == alone.by_speaker
 
 
@@ -159,8 +163,8 @@ def test_a_probe_of_some_rows_of_a_shared_matrix_equals_a_probe_of_their_copy():
     x, tone, _, speakers, utterances = toy()
     rows = np.flatnonzero(np.arange(len(tone)) % 3 != 0)  # labels of every row but each third
     with ThreadPoolExecutor(2) as pool:
-        shared = start_probe(x, tone[rows], speakers[rows], utterances[rows], pool.submit, bootstrap=50, rows=rows)()
-    copied = probe(x[rows], tone[rows], speakers[rows], utterances[rows], bootstrap=50)
+        shared = start_probe(x, tone[rows], speakers[rows], utterances[rows], pool.submit, rows=rows)()
+    copied = probe(x[rows], tone[rows], speakers[rows], utterances[rows])
     assert shared.row() == copied.row() and shared.by_speaker == copied.by_speaker
     with pytest.raises(ValueError, match="positions"):
         start_probe(x, tone, speakers, utterances, lambda *a: None, rows=rows)

@@ -28,7 +28,7 @@ SWEEP = {
         {"name": "tone", "base": "pre", "tasks": ["tone"], "settings": {"epochs": 1}},
         {"name": "sex", "base": "pre", "tasks": ["sex"], "settings": {"epochs": 1}},
     ],
-    "analyze": {"bootstrap": 10},
+    "analyze": {"probe_max_iter": 50},
     "sweep": {"checkpoints": [10, 20, 30]},
 }
 
@@ -313,7 +313,7 @@ def test_a_checkpoint_sweep_end_to_end(tmp_path):
         "finetune": [{"name": "tone", "base": "pre", "tasks": ["tone"], "settings": finetune},
                      {"name": "sex", "base": "pre", "tasks": ["sex"], "settings": finetune}],
         "extract": {"split": "test", "frames": "middle", "max_per_speaker_label": 10},
-        "analyze": {"folds": 2, "bootstrap": 20, "umap": False, "layer_matrix": False, "sample_rows": 1000,
+        "analyze": {"folds": 2, "umap": False, "layer_matrix": False, "sample_rows": 1000,
                     "silhouette_rows": 200, "probe_max_iter": 50, "figures": False, "progress": False},
         "sweep": {"checkpoints": [4, 8, 12]},
     }

@@ -267,7 +267,7 @@ SMALL_STUDY = {
     "evaluate": {"split": "test"},
     "extract": {"split": "test", "frames": "middle", "max_per_speaker_label": 10},
     # the slowest analyses off or small (UMAP, permutation floors): the point is the six tones, not the numbers
-    "analyze": {"reference": "pre", "folds": 2, "bootstrap": 20, "claim_bootstrap": 20, "sample_rows": 500,
+    "analyze": {"reference": "pre", "folds": 2, "sample_rows": 500,
                 "umap": False, "similarity_floor": False, "silhouette_rows": 100, "probe_max_iter": 50},
 }
 

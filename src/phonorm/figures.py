@@ -26,7 +26,6 @@ import pandas as pd
 from phonorm.analysis.projection import umap_layers
 from phonorm.artifacts import atomic_path
 
-
 HELD_OUT_SCORES = {"held_out_masked_accuracy": "held-out masked-prediction accuracy",
                    "held_out_contrastive_accuracy": "held-out contrastive accuracy"}
 """The held-out score columns of a pre-training log (one per objective) and their labels."""

@@ -353,6 +353,10 @@ class ExtractSettings(StageSettings):
 
 
 # ---------------------------------------------------------------- analyze
+#: Settings of earlier versions that are refused with the reason (bootstrap counts: intervals are analytic now).
+REMOVED_ANALYZE_SETTINGS = ("bootstrap", "claim_bootstrap")
+
+
 class AnalyzeSettings(StageSettings):
     """`phonorm analyze`: similarity, projections, probes, normalization measures and claim checks."""
 
@@ -360,7 +364,6 @@ class AnalyzeSettings(StageSettings):
     umap: bool = Field(True, description="Compute UMAP maps (the slowest analysis).")
     held_out: bool = Field(False, description="Fit similarity on half the speakers, score on the rest.")
     folds: int = Field(5, ge=2, description="Speaker-disjoint cross-validation folds for probes.")
-    bootstrap: int = Field(2000, ge=0, description="Bootstrap resamples over speakers for probe CIs.")
     seed: int = Field(0, description="Random seed.")
     models: Optional[list[str]] = Field(None, description="Models to analyse (default: all in the store).")
     labels: list[ProbeLabel] = Field(default_factory=lambda: list(PROBE_LABELS),  # type: ignore[arg-type]
@@ -379,7 +382,9 @@ class AnalyzeSettings(StageSettings):
     figures: bool = Field(True, description="Draw the figures.")
     progress: bool = Field(True, description="Show a progress bar.")
     # claims with uncertainty, similarity floors, erasure (docs/statistics.md)
-    claim_bootstrap: int = Field(2000, ge=0, description="Paired speaker-bootstrap resamples of the claim checks.")
+    similarity_jackknife: bool = Field(True, description="Delete-one-speaker jackknife CIs for every similarity "
+                                                         "measure (one evaluation of each per speaker); linear CKA "
+                                                         "always has one (claim C2).")
     svcca_keep: float = Field(0.99, gt=0, le=1, description="SVCCA keeps the top directions explaining this share "
                                                             "of the variance (counted by --svcca-rule).")
     svcca_rule: Literal["eigenvalue", "singular_value"] = Field(
@@ -415,6 +420,16 @@ class AnalyzeSettings(StageSettings):
             if bad:
                 raise ValueError(f"expected MODEL=PATH, got {bad[0]!r}")
             return {a: b for a, _, b in pairs}
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_resamples(cls, value: Any) -> Any:
+        removed = [k for k in REMOVED_ANALYZE_SETTINGS if isinstance(value, dict) and k in value]
+        if removed:
+            raise ValueError(f"{', '.join(removed)}: removed; every interval is now analytic (cluster-robust t for "
+                             "accuracies, delete-one-speaker jackknife for similarity; docs/statistics.md), so there "
+                             "is no resample count to set. Delete the setting.")
         return value
 
     @field_validator("models", "labels", "erasure_models", mode="before")

@@ -1,8 +1,8 @@
 """How far the speakers behind the verdicts carry them: a caveat on claims drawn from few speakers.
 
-Every interval of the claim checks is a bootstrap over speakers, and every probe is scored on
-speakers it was not trained on; with few speakers of a sex the intervals are narrow for the wrong
-reason (few distinct resamples) and a sex probe mostly tells speakers apart. So, counted on the
+Every interval of the claim checks is over speakers (cluster-robust t, jackknife), and every probe is
+scored on speakers it was not trained on; with few speakers of a sex the intervals rest on a handful
+of clusters and a sex probe mostly tells speakers apart. So, counted on the
 speakers of the analysed rows:
 - fewer than `CAVEAT_BELOW` speakers of a sex: every claim row carries a `caveat` saying so;
 - fewer than `TESTABLE_FROM` speakers of a sex: a claim whose comparisons involve sex is "not

@@ -8,65 +8,73 @@ any non-letter: "tone_sex", "tone+sex", "ft-tone" all work). The reference model
 
 Evidence. "Top layer" = the model's last stored layer. Probe accuracies come from `probes.csv`
 (with per-speaker hits); task accuracy is the models' own classifiers on the evaluation split
-(`evaluate`'s evaluation.json, per-speaker `by_speaker` counts). Every difference is a paired
-speaker-level bootstrap (`bootstrap.py`: the same resampled speakers on both sides, `resamples`
-draws), and every comparison is decided by `bootstrap.decide`: holds when the whole CI is on the
-claimed side of the margin, does not hold when it is wholly on the other side, inconclusive when
-the CI contains the margin. A claim combines its comparisons with `bootstrap.combine` (any
-failure → does not hold; all hold → holds; else inconclusive; untestable parts are left out).
+(`evaluate`'s evaluation.json, per-speaker `by_speaker` counts). Every accuracy and paired
+difference has a 95% cluster-robust t interval over speakers (`intervals.CLUSTER_T`: the same
+speakers on both sides of a difference); linear CKA a delete-one-speaker jackknife t interval
+(`intervals.JACKKNIFE_T`). Each comparison names its interval's method (`ci_method`) and is decided
+by `intervals.decide`: holds when the whole CI is on the claimed side of the margin, does not hold
+when it is wholly on the other side, inconclusive when the CI contains the margin. A claim combines
+its comparisons with `intervals.combine` (any failure → does not hold; all hold → holds; else
+inconclusive; untestable parts are left out). A check whose *premise* fails (there is nothing the
+claim could be observed on) is not testable as a whole, whatever its other comparisons say.
 
 Margins (accuracy units): CHANGE δ = 0.05, TOLERANCE = 0.02, REL_GAIN = 0.10 (share of the
 reference's errors removed), SIM_DROP = 0.05 (linear CKA), CEILING = 0.02 (reference error below
-which there is nothing to enhance).
+which there is nothing to enhance), erasure.EQUIVALENCE_MARGIN = 0.05 ("at chance").
 
 - C1, per single-purpose fine-tuned model (irrelevant factor: sex; tone for a sex-only model),
   top-layer probes: suppressed = model − reference accuracy of the irrelevant factor < −δ; enhanced =
   relative error reduction on each task, (acc_model − acc_ref) / (1 − acc_ref) > REL_GAIN. Relative
   because an absolute gain of δ is impossible when the reference is already above 1 − δ; when the
   reference's error is below CEILING, "enhanced" is not testable (said so) and C1 rests on
-  suppression. Suppression is not testable (said so) when the reference does not decode the
-  irrelevant factor clearly above chance (see below): nothing to suppress.
-- C2, per fine-tuned model, linear CKA to the reference (same layer, all stored rows; bootstrap from
-  per-speaker sums): mean over the lower half of the layers − mean over the top third > SIM_DROP,
-  and the least similar layer in the upper half in ≥ 95% of resamples (≤ 5%: does not hold).
-  CKA because it has no fitted directions or truncation, so a layer curve is like for like
-  (docs/statistics.md); held-out SVCCA with a fixed number of directions is shown beside it.
+  suppression. Premise: the reference linearly decodes the irrelevant factor clearly above chance
+  (below), and both probes exist; otherwise the model's check is not testable (said so), whatever
+  "enhanced" says: C1 is about suppression *and* enhancement.
+- C2, per fine-tuned model, linear CKA to the reference (same layer, all stored rows; jackknife
+  over speakers from per-speaker sums): mean over the lower half of the layers − mean over the top
+  third > SIM_DROP, and the least similar layer in the upper half: min CKA of the lower half − min
+  CKA of the upper half > 0. CKA because it has no fitted directions or truncation, so a layer
+  curve is like for like (docs/statistics.md); held-out SVCCA with a fixed number of directions is
+  shown beside it.
 - C3, each model with tasks ⊇ {tone, sex} vs each single-task model: task accuracy multitask −
   single-task > −TOLERANCE, for tone (vs tone-only) and sex (vs sex-only). Primary evidence: the
   models' own task accuracy; top-layer probe accuracy beside it. Without per-speaker task accuracy
   the probe decides, and the check says so (`evidence`).
 - C4, each tone+sex model vs each tone-only model: (a) tone as good: task accuracy multitask −
   tone-only > −TOLERANCE (primary; probe beside); (b) sex not suppressed: multitask − reference
-  top-layer sex probe > −δ (not testable when the reference does not decode sex clearly above
-  chance: "not suppressed" would be automatic); (c) causal: erasing sex (LEACE) from the multitask
-  top layer changes tone probe accuracy by > −TOLERANCE, provided the erasure worked (the sex
-  probe after erasure minus its majority baseline has a CI upper bound ≤ δ).
-"Clearly above chance": the accuracy's 95% CI lower bound exceeds chance (the out-of-fold majority
-baseline) + δ. "At chance" after erasure: the paired difference probe − majority baseline (same
-resampled speakers) has a CI upper bound ≤ δ. (The paired difference is not used for "above":
-with speaker-disjoint folds the baseline of a speaker-level label such as sex is right on all or
-none of a speaker's rows, so its resamples swing widely; an erased probe that predicts the
-majority class matches the baseline speaker by speaker, so for "at chance" pairing is exact.)
+  top-layer sex probe > −δ; (c) causal: erasing sex (LEACE, eraser fitted on other speakers than
+  the probe's, `erasure.py`) from the multitask top layer changes tone probe accuracy by
+  > −TOLERANCE, provided the erasure worked (sex after erasure at chance by TOST: its 90% CI of
+  accuracy − chance within ±EQUIVALENCE_MARGIN; else (c) is not testable, said so). Premise: the
+  reference decodes sex clearly above chance ("not suppressed" would be automatic otherwise).
+"Clearly above chance": the accuracy's 95% CI lower bound exceeds chance + δ, chance = the class
+prior of the scored rows (`probes.CHANCE_METHOD`).
 A claim whose models are missing is "not testable" (holds null) with the reason.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from phonorm.analysis.bootstrap import (
+from phonorm.analysis.erasure import EQUIVALENCE_MARGIN
+from phonorm.analysis.intervals import (
+    CLUSTER_T,
     FAILS,
     HOLDS,
     INCONCLUSIVE,
+    JACKKNIFE_T,
+    LEVEL,
     UNTESTABLE,
-    SpeakerDraws,
+    Estimate,
     combine,
     decide,
     difference,
-    interval,
+    judged,
+    linear_combination,
+    pooled_accuracy,
 )
 
 CHANGE = 0.05
@@ -75,8 +83,6 @@ REL_GAIN = 0.10
 SIM_DROP = 0.05
 CEILING = 0.02
 KNOWN_TASKS = ("tone", "phone", "sex")
-
-Counts = Mapping[str, tuple[float, float]]  # speaker → (correct, total)
 
 
 def model_tasks(name: str, manifest_entry: dict | None = None, reference: str | None = None) -> tuple[list[str], str]:
@@ -96,27 +102,29 @@ def model_tasks(name: str, manifest_entry: dict | None = None, reference: str | 
 class Evidence:
     """Everything the claims read, keyed for lookup.
 
-    probes: (model, layer, label) → {accuracy, chance, ci_low, ci_high, by_speaker: {speaker: (hits, rows)}}
+    probes: (model, layer, label) → {accuracy, chance, ci_low, ci_high, by_speaker: {speaker: (hits, rows,
+        chance hits)}}
     evaluations: model → evaluation.json's `tasks` dict (task → {accuracy, by_speaker?, ...})
-    cka: (model, layer) → (linear CKA to the reference, bootstrap values (resamples,)), the resamples
-        shared by every layer and model (same speakers, same draws)
+    cka: (model, layer) → (linear CKA to the reference, {speaker: CKA without that speaker}), the
+        leave-one-out values of every layer and model on the same speakers
     secondary: (model, layer) → {measure: value} beside CKA (e.g. held-out fixed-k SVCCA)
     erasure: (model, layer, erased, probed) → a row of `erasure.erasure_probes`
     """
 
     def __init__(self, *, probes: dict, layers: dict[str, list[str]], reference: str, tasks: dict[str, list[str]],
                  evaluations: dict[str, dict] | None = None, cka: dict | None = None, secondary: dict | None = None,
-                 erasure: dict | None = None, resamples: int = 2000, seed: int = 0,
-                 evaluation_sources: dict[str, str] | None = None):
+                 erasure: dict | None = None, evaluation_sources: dict[str, str] | None = None):
         self.probes, self.layers, self.reference, self.tasks = probes, layers, reference, tasks
         self.evaluations = evaluations or {}
         self.evaluation_sources = evaluation_sources or {}
         self.cka, self.secondary, self.erasure = cka or {}, secondary or {}, erasure or {}
-        speakers = {s for p in probes.values() for s in (p.get("by_speaker") or {})}
-        self.probe_draws = SpeakerDraws(speakers, resamples, seed)
-        task_speakers = {s for ev in self.evaluations.values() for t in ev.values() if isinstance(t, dict)
-                         for s in (t.get("by_speaker") or {})}
-        self.task_draws = SpeakerDraws(task_speakers, resamples, seed)
+
+    def speakers(self) -> dict[str, int]:
+        """Speakers behind the probes and the task accuracies (claims.json `intervals`)."""
+        probe = {s for p in self.probes.values() for s in (p.get("by_speaker") or {})}
+        task = {s for ev in self.evaluations.values() for t in ev.values() if isinstance(t, dict)
+                for s in (t.get("by_speaker") or {})}
+        return {"probe_speakers": len(probe), "task_speakers": len(task)}
 
     def top(self, model: str) -> str | None:
         layers = self.layers.get(model)
@@ -125,51 +133,65 @@ class Evidence:
     def probe(self, model: str, label: str, layer: str | None = None) -> dict | None:
         return self.probes.get((model, layer or self.top(model), label))
 
-    def probe_accuracy(self, model: str, label: str, chance: bool = False) -> tuple[float, np.ndarray] | None:
-        """Top-layer probe accuracy (or, `chance`, its majority-class baseline) and its resamples."""
+    def probe_accuracy(self, model: str, label: str) -> Estimate | None:
+        """Top-layer probe accuracy with its per-speaker terms; None without per-speaker hits."""
         p = self.probe(model, label)
         if not p or not p.get("by_speaker"):
             return None
-        return self.probe_draws.accuracy({s: (v[2] if chance else v[0], v[1]) for s, v in p["by_speaker"].items()})
+        return pooled_accuracy({s: (v[0], v[1]) for s, v in p["by_speaker"].items()})
 
-    def task_accuracy(self, model: str, task: str) -> tuple[dict | None, tuple[float, np.ndarray] | None]:
-        """(evaluation entry or None, (accuracy, resamples) or None when it has no per-speaker counts)."""
+    def probe_chance(self, model: str, label: str) -> float | None:
+        """Chance of the top-layer probe: the share of its rows in the most frequent class
+        (`probes.CHANCE_METHOD`)."""
+        p = self.probe(model, label)
+        if not p or not p.get("by_speaker"):
+            return None
+        hits, rows = (sum(float(v[i]) for v in p["by_speaker"].values()) for i in (2, 1))
+        return hits / rows if rows > 0 else None
+
+    def task_accuracy(self, model: str, task: str) -> tuple[dict | None, Estimate | None]:
+        """(evaluation entry or None, accuracy estimate or None when it has no per-speaker counts)."""
         entry = (self.evaluations.get(model) or {}).get(task)
         if not isinstance(entry, dict):
             return None, None
         by = entry.get("by_speaker")
         if not by:
             return entry, None
-        return entry, self.task_draws.accuracy({s: (v["correct"], v["n_frames"]) for s, v in by.items()})
+        return entry, pooled_accuracy({s: (v["correct"], v["n_frames"]) for s, v in by.items()})
+
+    def cka_estimate(self, model: str, layer: str) -> Estimate:
+        value, left_out = self.cka[(model, layer)]
+        return Estimate(float(value), {str(s): float(v) for s, v in dict(left_out).items()}, JACKKNIFE_T)
 
     def decodes_clearly(self, model: str, label: str) -> tuple[bool | None, str]:
-        """Whether the top-layer probe decodes `label` clearly above chance: the 95% CI lower bound of
-        its accuracy (speaker bootstrap) exceeds chance (the out-of-fold majority baseline) + δ."""
-        acc, base = self.probe_accuracy(model, label), self.probe_accuracy(model, label, chance=True)
-        if acc is None or base is None:
-            return None, f"no top-layer {label} probe of {model}"
-        low, _ = interval(acc[1])
+        """Whether the top-layer probe linearly decodes `label` clearly above chance: the 95% CI lower
+        bound of its accuracy exceeds chance (the class prior of the scored rows) + δ."""
+        acc, chance = self.probe_accuracy(model, label), self.probe_chance(model, label)
+        if acc is None or chance is None:
+            return None, f"no top-layer {label} probe of {model} (e.g. too few test speakers of each class)"
+        low, _ = acc.interval()
         if not np.isfinite(low):
-            return None, f"no CI for the top-layer {label} probe of {model}"
-        ok = bool(low > base[0] + CHANGE)
-        return ok, (f"{model} decodes {label} at {acc[0]:.3f} (95% CI from {low:.3f}; chance {base[0]:.3f})"
+            return None, f"no CI for the top-layer {label} probe of {model} (fewer than 2 speakers)"
+        ok = bool(low > chance + CHANGE)
+        return ok, (f"{model} decodes {label} at {acc.point:.3f} (95% CI from {low:.3f}; chance {chance:.3f})"
                     + ("" if ok else f": not clearly more than {CHANGE} above chance, so suppression cannot be "
                                      "observed"))
 
 
-def _comparison(name: str, evidence: str, a: str, b: str, pa, pb, margin: float, direction: str,
-                primary: bool = True) -> dict:
-    """A paired difference a − b (pa, pb: (point, resamples)) with its verdict."""
+def _comparison(name: str, evidence: str, a: str, b: str, pa: Estimate | None, pb: Estimate | None, margin: float,
+                direction: str, primary: bool = True) -> dict:
+    """A paired difference a − b with its interval and verdict."""
     row = dict(name=name, evidence=evidence, a=a, b=b, primary=primary)
     if pa is None or pb is None:
-        return {**row, "estimate": None, "ci_low": None, "ci_high": None, "margin": margin, "direction": direction,
-                "verdict": UNTESTABLE, "a_value": None if pa is None else pa[0], "b_value": None if pb is None else pb[0]}
-    return {**row, "a_value": pa[0], "b_value": pb[0], **difference(pa[0], pa[1], pb[0], pb[1], margin, direction)}
+        return {**row, "estimate": None, "ci_low": None, "ci_high": None, "ci_method": None, "margin": margin,
+                "direction": direction, "verdict": UNTESTABLE, "a_value": None if pa is None else pa.point,
+                "b_value": None if pb is None else pb.point}
+    return {**row, "a_value": pa.point, "b_value": pb.point, **difference(pa, pb, margin, direction)}
 
 
 def _untestable(name: str, evidence: str, reason: str, margin: float, direction: str) -> dict:
-    return dict(name=name, evidence=evidence, primary=True, estimate=None, ci_low=None, ci_high=None, margin=margin,
-                direction=direction, verdict=UNTESTABLE, reason=reason)
+    return dict(name=name, evidence=evidence, primary=True, estimate=None, ci_low=None, ci_high=None, ci_method=None,
+                margin=margin, direction=direction, verdict=UNTESTABLE, reason=reason)
 
 
 def _task_comparison(ev: Evidence, name: str, task: str, a: str, b: str, margin: float) -> list[dict]:
@@ -189,7 +211,7 @@ def _task_comparison(ev: Evidence, name: str, task: str, a: str, b: str, margin:
     vb = None if eb is None else eb.get("accuracy")
     shown = dict(name=name, evidence="task accuracy", a=a, b=b, primary=False, a_value=va, b_value=vb,
                  estimate=(va - vb) if va is not None and vb is not None else None, ci_low=None, ci_high=None,
-                 margin=margin, direction=">", verdict=UNTESTABLE, reason=why)
+                 ci_method=None, margin=margin, direction=">", verdict=UNTESTABLE, reason=why)
     probe.update(primary=True, reason=f"probe decides: {why}")
     return [probe, shown]
 
@@ -226,46 +248,61 @@ def check_claims(ev: Evidence) -> list[dict[str, Any]]:
 
 def _c1(ev: Evidence, tuned: list[str]) -> dict:
     checks = []
-    ref = ev.reference
     for m in tuned:
         t = set(ev.tasks[m])
         if "sex" in t and len(t) > 1:
             continue  # multitask models with sex are C3/C4's subject
         irrelevant = "tone" if t == {"sex"} else "sex"
-        comparisons = []
-        clear, why = ev.decodes_clearly(ref, irrelevant)
-        if clear:
-            comparisons.append(_comparison(f"{irrelevant} suppressed", "probe", m, ref,
-                                           ev.probe_accuracy(m, irrelevant), ev.probe_accuracy(ref, irrelevant),
-                                           -CHANGE, "<"))
-        else:
-            comparisons.append(_untestable(f"{irrelevant} suppressed", "probe", why, -CHANGE, "<"))
-        for task in sorted(t):
-            pm, pr = ev.probe_accuracy(m, task), ev.probe_accuracy(ref, task)
-            name = f"{task} enhanced (relative error reduction)"
-            if pm is None or pr is None:
-                comparisons.append(_untestable(name, "probe", f"no top-layer {task} probe", REL_GAIN, ">"))
-                continue
-            if 1 - pr[0] < CEILING:
-                comparisons.append(_untestable(name, "probe", f"the reference is at ceiling on {task} "
-                                               f"({pr[0]:.3f}): nothing left to enhance", REL_GAIN, ">"))
-                continue
-            with np.errstate(invalid="ignore", divide="ignore"):
-                gain = (pm[1] - pr[1]) / (1 - pr[1])
-            point = (pm[0] - pr[0]) / (1 - pr[0])
-            low, high = interval(gain)
-            comparisons.append(dict(name=name, evidence="probe", a=m, b=ref, primary=True, a_value=pm[0], b_value=pr[0],
-                                    estimate=float(point), ci_low=low, ci_high=high, margin=REL_GAIN, direction=">",
-                                    verdict=decide(low, high, REL_GAIN, ">")))
-        checks.append(dict(model=m, tasks=sorted(t), irrelevant=irrelevant, comparisons=comparisons,
-                           verdict=_decided(comparisons)))
+        suppressed, premise = _suppressed(ev, m, irrelevant)
+        comparisons = [suppressed] + [_enhanced(ev, m, task) for task in sorted(t)]
+        check = dict(model=m, tasks=sorted(t), irrelevant=irrelevant, comparisons=comparisons,
+                     verdict=_decided(comparisons))
+        if premise is not None:
+            # Nothing could be suppressed (or no probe shows it): C1 claims suppression *and*
+            # enhancement, so enhancement alone cannot make it hold.
+            check.update(verdict=UNTESTABLE, reason=f"C1 needs the suppression of {irrelevant} to be testable: "
+                                                    f"{premise}")
+        checks.append(check)
     return _claim("C1", "Fine-tuning normalizes: the task-irrelevant factor is suppressed in the top layer "
                   "while the task factor is enhanced.",
                   f"top-layer probes vs the reference: irrelevant factor (sex; tone for a sex-only model) "
-                  f"difference < −{CHANGE} (testable when the reference decodes it above chance + {CHANGE}), "
-                  f"and each task's relative error reduction > {REL_GAIN} (not testable at ceiling); 95% CIs "
-                  "over speakers; every single-purpose fine-tuned model", checks,
-                  "needs a single-purpose fine-tuned model")
+                  f"difference < −{CHANGE}, and each task's relative error reduction > {REL_GAIN} (not testable at "
+                  f"ceiling); not testable unless the reference linearly decodes the irrelevant factor above chance "
+                  f"+ {CHANGE} (95% CI); 95% cluster-robust t CIs over speakers; every single-purpose fine-tuned "
+                  "model", checks, "needs a single-purpose fine-tuned model")
+
+
+def _suppressed(ev: Evidence, model: str, irrelevant: str) -> tuple[dict, str | None]:
+    """C1's suppression comparison and, when its premise fails, why (else None)."""
+    name, ref = f"{irrelevant} suppressed", ev.reference
+    clear, why = ev.decodes_clearly(ref, irrelevant)
+    if not clear:
+        return _untestable(name, "probe", why, -CHANGE, "<"), why
+    row = _comparison(name, "probe", model, ref, ev.probe_accuracy(model, irrelevant),
+                      ev.probe_accuracy(ref, irrelevant), -CHANGE, "<")
+    if row["verdict"] == UNTESTABLE:
+        why = f"no top-layer {irrelevant} probe of {model} with a CI"
+        row["reason"] = why
+        return row, why
+    return row, None
+
+
+def _enhanced(ev: Evidence, model: str, task: str) -> dict:
+    """C1's enhancement: relative error reduction (acc_m − acc_ref)/(1 − acc_ref) > REL_GAIN, its
+    interval by the delta method on the paired per-speaker terms."""
+    pm, pr = ev.probe_accuracy(model, task), ev.probe_accuracy(ev.reference, task)
+    name = f"{task} enhanced (relative error reduction)"
+    if pm is None or pr is None:
+        return _untestable(name, "probe", f"no top-layer {task} probe", REL_GAIN, ">")
+    if 1 - pr.point < CEILING:
+        return _untestable(name, "probe", f"the reference is at ceiling on {task} ({pr.point:.3f}): nothing left to "
+                           "enhance", REL_GAIN, ">")
+    error = 1 - pr.point
+    # ∂g/∂acc_m = 1/(1 − acc_ref), ∂g/∂acc_ref = (acc_m − 1)/(1 − acc_ref)²
+    linear = linear_combination([(1 / error, pm), ((pm.point - 1) / error ** 2, pr)])
+    gain = Estimate((pm.point - pr.point) / error, linear.terms, CLUSTER_T)
+    return dict(name=name, evidence="probe", a=model, b=ev.reference, primary=True, a_value=pm.point,
+                b_value=pr.point, **judged(gain, REL_GAIN, ">"))
 
 
 def _c2(ev: Evidence, tuned: list[str]) -> dict:
@@ -276,30 +313,25 @@ def _c2(ev: Evidence, tuned: list[str]) -> dict:
             checks.append(dict(model=m, layers=len(order), comparisons=[], verdict=UNTESTABLE,
                                reason="fewer than 3 layers with a CKA value"))
             continue
-        points = np.array([ev.cka[(m, layer)][0] for layer in order], dtype=float)
-        samples = np.stack([np.asarray(ev.cka[(m, layer)][1], dtype=float) for layer in order], axis=1)
+        cka = [ev.cka_estimate(m, layer) for layer in order]
+        points = np.array([e.point for e in cka], dtype=float)
         n = len(order)
         low_part, top_part = slice(0, (n + 1) // 2), slice(int(np.ceil(2 * n / 3)), n)
         if top_part.start >= n:
             top_part = slice(n - 1, n)
-        drop = difference(points[low_part].mean(), samples[:, low_part].mean(axis=1) if samples.size else np.zeros(0),
-                          points[top_part].mean(), samples[:, top_part].mean(axis=1) if samples.size else np.zeros(0),
-                          SIM_DROP, ">")
+        lower, top = _mean(cka[low_part]), _mean(cka[top_part])
         comparisons = [dict(name="CKA lower half − top third", evidence="similarity (linear CKA)", a="lower half",
-                            b="top third", primary=True, a_value=float(points[low_part].mean()),
-                            b_value=float(points[top_part].mean()), **drop)]
+                            b="top third", primary=True, a_value=lower.point, b_value=top.point,
+                            **_paired(lower, top, SIM_DROP, ">"))]
+        half = n // 2 + n % 2  # layers with index ≥ n/2 are the upper half
         lowest = int(np.argmin(points))
-        if samples.size:
-            valid = np.all(np.isfinite(samples), axis=1)
-            share = float(np.mean(np.argmin(samples[valid], axis=1) >= n / 2)) if valid.any() else float("nan")
-        else:
-            share = float("nan")
-        where = HOLDS if share >= 0.95 else FAILS if share <= 0.05 else INCONCLUSIVE if np.isfinite(share) else UNTESTABLE
+        low_min, up_min = _minimum(cka[:half]), _minimum(cka[half:])
         comparisons.append(dict(name="least similar layer in the upper half", evidence="similarity (linear CKA)",
-                                a=order[lowest], b=None, a_value=order[lowest], b_value=None, primary=True,
-                                estimate=share, ci_low=None, ci_high=None, margin=0.95, direction="≥", verdict=where,
-                                reason="estimate: share of resamples whose least similar layer is in the upper "
-                                       "half (≤ 0.05: does not hold); value: the least similar layer"))
+                                a="min over the lower half", b="min over the upper half", primary=True,
+                                a_value=low_min.point, b_value=up_min.point, least_similar_layer=order[lowest],
+                                **_paired(low_min, up_min, 0.0, ">"),
+                                reason=f"estimate: min CKA of the lower half − min of the upper half (> 0: the least "
+                                       f"similar layer, {order[lowest]}, is in the upper half)"))
         sec = [ev.secondary.get((m, layer), {}).get("svcca_fixed_held_out") for layer in order]
         if all(v is not None and np.isfinite(v) for v in sec):
             sec_arr = np.array(sec, dtype=float)
@@ -308,14 +340,34 @@ def _c2(ev: Evidence, tuned: list[str]) -> dict:
                                     primary=False, a_value=float(sec_arr[low_part].mean()),
                                     b_value=float(sec_arr[top_part].mean()),
                                     estimate=float(sec_arr[low_part].mean() - sec_arr[top_part].mean()),
-                                    ci_low=None, ci_high=None, margin=SIM_DROP, direction=">", verdict="shown only"))
+                                    ci_low=None, ci_high=None, ci_method=None, margin=SIM_DROP, direction=">",
+                                    verdict="shown only"))
         checks.append(dict(model=m, layers=order, cka=[float(v) for v in points], least_similar_layer=order[lowest],
                            comparisons=comparisons, verdict=_decided(comparisons)))
     return _claim("C2", "The change is concentrated in upper layers: similarity to the pre-trained model stays high "
                   "low down and drops near the top.",
                   f"linear CKA to the reference (same layer): mean of the lower half − mean of the top third > "
-                  f"{SIM_DROP} (95% CI over speakers), and the least similar layer in the upper half in ≥ 95% of "
-                  "resamples; for every fine-tuned model", checks, "needs a fine-tuned model")
+                  f"{SIM_DROP}, and min of the lower half − min of the upper half > 0 (the least similar layer is in "
+                  "the upper half); 95% delete-one-speaker jackknife t CIs; for every fine-tuned model", checks,
+                  "needs a fine-tuned model")
+
+
+def _mean(parts: list[Estimate]) -> Estimate:
+    return linear_combination([(1 / len(parts), e) for e in parts])
+
+
+def _minimum(parts: list[Estimate]) -> Estimate:
+    """The smallest of jackknife estimates on the same speakers, with its leave-one-out values."""
+    speakers = list(parts[0].terms)
+    return Estimate(min(e.point for e in parts), {s: min(e.terms[s] for e in parts) for s in speakers}, JACKKNIFE_T)
+
+
+def _paired(a: Estimate, b: Estimate, margin: float, direction: str) -> dict:
+    """`difference` of two CKA estimates; not testable (no CI) when they lack leave-one-out values."""
+    if a.speakers < 2 or set(a.terms) != set(b.terms):
+        return dict(estimate=a.point - b.point, ci_low=None, ci_high=None, ci_method=None, margin=margin,
+                    direction=direction, verdict=UNTESTABLE)
+    return difference(a, b, margin, direction)
 
 
 def _single(tuned: list[str], tasks: dict, task: str) -> list[str]:
@@ -363,9 +415,10 @@ def _c4(ev: Evidence, tuned: list[str]) -> dict:
             checks.append(check)
     return _claim("C4", "Suppressing irrelevant information is not needed for good classification.",
                   f"(a) tone task accuracy of the tone+sex model − the tone-only model's > −{TOLERANCE}; (b) its "
-                  f"top-layer sex probe − the reference's > −{CHANGE} (testable when the reference decodes sex above "
-                  f"chance + {CHANGE}); (c) erasing sex (LEACE) from its top layer changes tone probe accuracy by "
-                  f"> −{TOLERANCE}, when the erasure brings sex to chance + {CHANGE}; 95% CIs over speakers", checks,
+                  f"top-layer sex probe − the reference's > −{CHANGE}; (c) erasing sex (LEACE fitted on other "
+                  f"speakers) from its top layer changes tone probe accuracy by > −{TOLERANCE}, testable when sex is "
+                  f"then at chance (TOST, ±{EQUIVALENCE_MARGIN}, 90% CI); not testable unless the reference linearly "
+                  f"decodes sex above chance + {CHANGE}; 95% cluster-robust t CIs over speakers", checks,
                   "needs a model fine-tuned on tone+sex and a tone-only model")
 
 
@@ -376,21 +429,31 @@ def _causal(ev: Evidence, model: str) -> dict:
     sex = ev.erasure.get((model, layer, "sex", "sex"))
     if not tone or not sex:
         return _untestable(name, "erasure", f"no erasure result for {model} {layer}", -TOLERANCE, ">")
-    high = sex.get("above_chance_ci_high")
-    if high is None or not np.isfinite(high) or high > CHANGE:
-        return _untestable(name, "erasure", f"erasing sex left it decodable ({sex['accuracy']:.3f} vs chance "
-                           f"{sex['chance']:.3f}; above-chance CI up to {high})", -TOLERANCE, ">")
+    after = dict(sex_after_erasure=sex["accuracy"], sex_chance=sex["chance"],
+                 sex_after_erasure_ci=[sex.get("above_chance_ci_low"), sex.get("above_chance_ci_high")],
+                 sex_after_erasure_ci_level=sex.get("above_chance_ci_level"), sex_at_chance=sex.get("at_chance"))
+    if sex.get("at_chance") is not True:
+        low, high = after["sex_after_erasure_ci"]
+        shown = "no CI" if low is None or high is None else f"90% CI of accuracy − chance [{low:+.3f}, {high:+.3f}]"
+        return {**_untestable(name, "erasure", f"erasing sex (eraser fitted on other speakers) did not bring sex to "
+                              f"chance within ±{EQUIVALENCE_MARGIN}: {sex['accuracy']:.3f} vs chance "
+                              f"{sex['chance']:.3f}, {shown}", -TOLERANCE, ">"), **after}
     low, high = tone.get("change_ci_low"), tone.get("change_ci_high")
     verdict = decide(low if low is not None else float("nan"), high if high is not None else float("nan"),
                      -TOLERANCE, ">")
     return dict(name=name, evidence="erasure", a=f"{model} {layer} sex erased", b=f"{model} {layer}", primary=True,
                 a_value=tone["accuracy"], b_value=tone["accuracy"] - tone["change"], estimate=tone["change"],
-                ci_low=low, ci_high=high, margin=-TOLERANCE, direction=">", verdict=verdict,
-                sex_after_erasure=sex["accuracy"], sex_chance=sex["chance"])
+                ci_low=low, ci_high=high, ci_method=tone.get("ci_method"), ci_level=LEVEL, margin=-TOLERANCE,
+                direction=">", verdict=verdict, **after)
 
 
 def constants() -> dict[str, float]:
     return {"change": CHANGE, "tolerance": TOLERANCE, "relative_gain": REL_GAIN, "similarity_drop": SIM_DROP,
-            "ceiling": CEILING}
+            "ceiling": CEILING, "equivalence_margin": EQUIVALENCE_MARGIN}
 
 
+def intervals_used() -> dict[str, Any]:
+    """What claims.json says about its intervals (`intervals` key)."""
+    return {"level": LEVEL, "unit": "speaker", "paired": True, "accuracies_and_differences": CLUSTER_T,
+            "similarity": JACKKNIFE_T, "at_chance": f"TOST: 90% CI of accuracy − chance within "
+                                                   f"±{EQUIVALENCE_MARGIN}"}

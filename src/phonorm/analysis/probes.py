@@ -5,13 +5,20 @@ Cross-validation never puts a speaker on both sides (pitfall 9, docs/pitfalls.md
 The speaker label itself cannot be speaker-disjoint; it is probed with folds grouped by utterance
 and stratified by speaker, so every speaker is on both sides but no utterance is.
 
-Reported: pooled out-of-fold accuracy; chance = the pooled out-of-fold accuracy of always guessing
-the training fold's most frequent class (scikit-learn's `DummyClassifier(strategy="most_frequent")`
-on the very same folds), so accuracy and chance answer the same question; a 95% CI by bootstrap
-over speakers (speakers drawn with replacement, their out-of-fold hits and totals summed); the
-per-speaker hits and totals (`by_speaker`) for paired comparisons between models; and convergence:
-the most iterations any fold's solver used and whether every fold converged (a fold that stops at
-`max_iter` is recorded, not silenced; its accuracy is still reported).
+Reported: pooled out-of-fold accuracy ("linearly decodable" means this accuracy is above chance);
+chance = the class prior of the scored rows, i.e. the share of the most frequent class (every row is
+scored once, so this is the test folds' pooled prior: the best accuracy one guess that ignores the
+features can reach on those rows); a 95% cluster-robust t interval over speakers
+(`intervals.pooled_accuracy`, G − 1 degrees of freedom); the per-speaker hits, totals and chance
+hits (`by_speaker`) for paired comparisons between models; and convergence: the most iterations
+any fold's solver used and whether every fold converged (a fold that stops at `max_iter` is
+recorded, not silenced; its accuracy is still reported).
+
+Chance is not the out-of-fold accuracy of the training fold's majority class
+(`DummyClassifier(strategy="most_frequent")`): with speaker-disjoint folds of a speaker-level label
+and few speakers, the training fold's majority is the test fold's minority, and that baseline fell
+to 0.333 for sex with 12 speakers, far below the 0.5 prior. Nor is it each test fold's own majority,
+which a guess could only know from the test labels (1.0 with one speaker per fold).
 
 With few speakers, speaker-disjoint probes of a speaker-level label (sex) can fall *below* chance:
 the held-out speaker's sex is the minority in its training fold, and a probe that has learnt the
@@ -26,6 +33,11 @@ from typing import Callable
 
 import numpy as np
 
+from phonorm.analysis.intervals import CLUSTER_T, pooled_accuracy
+
+#: How `ProbeResult.chance` is defined (recorded in probes.csv and erasure.csv).
+CHANCE_METHOD = "class prior (majority-class share of the scored rows)"
+
 
 @dataclass
 class ProbeResult:
@@ -36,6 +48,8 @@ class ProbeResult:
     n: int
     folds: int
     classes: int
+    ci_method: str = CLUSTER_T
+    chance_method: str = CHANCE_METHOD
     #: most solver iterations used by a fold, and whether every fold converged before `max_iter`
     iterations: int = 0
     converged: bool = True
@@ -43,9 +57,9 @@ class ProbeResult:
     by_speaker: dict = field(default_factory=dict)
 
     def row(self) -> dict:
-        return dict(accuracy=self.accuracy, chance=self.chance, ci_low=self.ci_low, ci_high=self.ci_high,
-                    n=self.n, folds=self.folds, classes=self.classes, iterations=self.iterations,
-                    converged=self.converged)
+        return dict(accuracy=self.accuracy, chance=self.chance, chance_method=self.chance_method,
+                    ci_low=self.ci_low, ci_high=self.ci_high, ci_method=self.ci_method, n=self.n, folds=self.folds,
+                    classes=self.classes, iterations=self.iterations, converged=self.converged)
 
 
 def probe_splits(y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, folds: int, seed: int,
@@ -102,7 +116,7 @@ def make_classifier(seed: int, max_iter: int = 300):
 
 
 def probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, *, folds: int = 5,
-          bootstrap: int = 2000, seed: int = 0, speaker_label: bool = False, max_iter: int = 300,
+          seed: int = 0, speaker_label: bool = False, max_iter: int = 300,
           workers: int = 1, device: str = "cpu") -> ProbeResult:
     """Cross-validated accuracy of a linear probe of labels `y` (rows,) from features `x` (rows, dim).
 
@@ -116,12 +130,12 @@ def probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.nda
     # One BLAS/OpenMP thread per fit: more BLAS threads per fit gained little and, on a busy 2-core
     # machine, were measured up to 50× slower (thread contention).
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, min(workers, folds))) as pool:
-        return start_probe(x, y, speakers, utterances, pool.submit, folds=folds, bootstrap=bootstrap, seed=seed,
+        return start_probe(x, y, speakers, utterances, pool.submit, folds=folds, seed=seed,
                            speaker_label=speaker_label, max_iter=max_iter, device=device)()
 
 
 def start_probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, submit, *,
-                folds: int = 5, bootstrap: int = 2000, seed: int = 0, speaker_label: bool = False,
+                folds: int = 5, seed: int = 0, speaker_label: bool = False,
                 max_iter: int = 300, device: str = "cpu", rows: np.ndarray | None = None) -> Callable[[], ProbeResult]:
     """`probe`, with its fold fits handed to `submit` (an executor's `submit`) at once; returns a
     function that waits for them and gives the `ProbeResult`. Starting every label's probe before
@@ -143,26 +157,26 @@ def start_probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: 
 
     def finish() -> ProbeResult:
         predicted = np.empty(len(y), dtype=y.dtype)
-        majority = majority_hits(y, splits)
+        majority = prior_hits(y)
         iterations, converged = 0, True
         for (_, test), future in zip(splits, fitted):
             predicted[test], used, ok = future.result()
             iterations, converged = max(iterations, used), converged and ok
         hits = predicted == y
-        low, high = speaker_bootstrap(hits, speakers, bootstrap, seed)
+        tallies = per_speaker(hits, speakers, majority)
+        low, high = pooled_accuracy({s: (c, t) for s, (c, t, _) in tallies.items()}).interval()
         return ProbeResult(float(hits.mean()), float(majority.mean()), low, high, int(len(y)), len(splits),
-                           int(len(np.unique(y))), iterations, bool(converged), per_speaker(hits, speakers, majority))
+                           int(len(np.unique(y))), iterations=iterations, converged=bool(converged),
+                           by_speaker=tallies)
     return finish
 
 
-def majority_hits(y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Out-of-fold hits (rows,) of always guessing the training fold's most frequent class
-    (scikit-learn's `DummyClassifier(strategy="most_frequent")`): the chance baseline of a probe."""
-    hits = np.zeros(len(y), dtype=bool)
-    for train, test in splits:
-        classes, counts = np.unique(y[train], return_counts=True)
-        hits[test] = y[test] == classes[np.argmax(counts)]
-    return hits
+def prior_hits(y: np.ndarray) -> np.ndarray:
+    """Hits (rows,) of always guessing the most frequent class of `y` (the scored rows): their mean is
+    the chance level of a probe (`CHANCE_METHOD`), the best one guess that ignores the features can
+    do on those rows."""
+    classes, counts = np.unique(y, return_counts=True)
+    return np.asarray(y == classes[np.argmax(counts)])
 
 
 def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int,
@@ -268,21 +282,6 @@ def per_speaker(hits: np.ndarray, speakers: np.ndarray, baseline: np.ndarray) ->
     base = np.bincount(codes, weights=baseline.astype(np.float64), minlength=len(names))
     total = np.bincount(codes, minlength=len(names))
     return {str(n): [int(c), int(t), int(b)] for n, c, t, b in zip(names, correct, total, base)}
-
-
-def speaker_bootstrap(hits: np.ndarray, speakers: np.ndarray, resamples: int, seed: int,
-                      level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of accuracy when speakers (not frames) are resampled with replacement."""
-    if resamples <= 0:
-        return float("nan"), float("nan")
-    _, codes = np.unique(speakers, return_inverse=True)
-    correct = np.bincount(codes, weights=hits.astype(np.float64))
-    total = np.bincount(codes).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(len(total), np.full(len(total), 1.0 / len(total)), size=resamples)
-    accuracies = (draws @ correct) / (draws @ total)
-    tail = (1 - level) / 2
-    return float(np.quantile(accuracies, tail)), float(np.quantile(accuracies, 1 - tail))
 
 
 def label_rows(frames, label: str) -> tuple[np.ndarray, np.ndarray]:

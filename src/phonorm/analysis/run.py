@@ -10,7 +10,8 @@ rerun with the same key reuses it. Then the tables, claims and figures are writt
 
 The streamed pass also keeps, for the same-named reference layer, the fit/score halves of the
 speakers (held-out values; their sum is the in-sample value), the reference read in within-speaker
-permuted order (the permutation floor) and per-speaker sums (speaker-bootstrap CI of linear CKA).
+permuted order (the permutation floor) and per-speaker sums (delete-one-speaker jackknife CIs of the
+similarity measures, `intervals.JACKKNIFE_T`).
 For models fine-tuned on tone, the sampled rows also go through LEACE erasure (erasure.py).
 
 Outputs (R): similarity.csv (SIMILARITY_COLUMNS), layer_matrix/<model>__vs__<reference>__<measure>.csv
@@ -37,9 +38,9 @@ import numpy as np
 import pandas as pd
 
 from phonorm.analysis import claims as claims_mod
-from phonorm.analysis.bootstrap import SpeakerDraws, interval
 from phonorm.analysis.caveats import speaker_caveat, speakers_per_sex, with_speaker_caveat
 from phonorm.analysis.erasure import start_erasure_probes
+from phonorm.analysis.intervals import JACKKNIFE_T, Estimate
 from phonorm.analysis.normalization import GroupSums, silhouette
 from phonorm.analysis.probes import label_rows, sample_rows, start_probe
 from phonorm.analysis.projection import PCA, stratified_subsample, umap_layers, umap_map
@@ -148,21 +149,17 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
         probes={(r["model"], r["layer"], r["label"]): r for r in probe_rows}, layers=layers,
         reference=settings.reference, tasks=tasks, evaluations={m: e["tasks"] for m, e in evaluations.items()},
         evaluation_sources={m: e["file"] for m, e in evaluations.items()},
-        cka={(m, layer): (p["cka"][0], np.asarray(p["cka"][1], dtype=float)) for (m, layer), p in zip(work, parts)
-             if p.get("cka")},
+        cka={(m, layer): (p["cka"][0], p["cka"][1]) for (m, layer), p in zip(work, parts) if p.get("cka")},
         secondary={(r["model"], r["layer"]): {"svcca_fixed_held_out": r["held_out_value"]}
                    for r in similarity.to_dict("records") if r["measure"] == "svcca_fixed"},
-        erasure={(r["model"], r["layer"], r["erased"], r["probed"]): r for r in erasure_rows},
-        resamples=settings.claim_bootstrap, seed=settings.seed)
+        erasure={(r["model"], r["layer"], r["erased"], r["probed"]): r for r in erasure_rows})
     speakers = speakers_per_sex(frames)
     with ctx.timed("claims"):
         claim_rows = with_speaker_caveat(claims_mod.check_claims(evidence), speakers)
     write_json(out / "claims.json", {
         "claims": claim_rows, "model_tasks": tasks, "tasks_found_from": how, "reference": settings.reference,
         "constants": claims_mod.constants(), "top_layer": {m: layers[m][-1] for m in models},
-        "bootstrap": {"resamples": settings.claim_bootstrap, "unit": "speaker", "paired": True, "level": 0.95,
-                      "probe_speakers": len(evidence.probe_draws.speakers),
-                      "task_speakers": len(evidence.task_draws.speakers)},
+        "intervals": {**claims_mod.intervals_used(), **evidence.speakers()},
         "evaluations": {m: {"file": e["file"], "split": e.get("split"),
                             "per_speaker": all(isinstance(t, dict) and bool(t.get("by_speaker"))
                                                for t in e["tasks"].values())} for m, e in evaluations.items()},
@@ -199,13 +196,14 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
             f"({len(ctx.sample)} sampled for probes/maps) → {out}; {verdicts}{note}")
 
 
-SIMILARITY_COLUMNS = ["model", "reference", "layer", "measure", "value", "ci_low", "ci_high", "floor", "held_out_value",
-                      "held_out_floor", "n", "n_fit", "n_score"]
-PROBE_COLUMNS = ["model", "layer", "label", "accuracy", "chance", "ci_low", "ci_high", "n", "folds", "classes", "dropped",
-                 "iterations", "converged"]
-ERASURE_COLUMNS = ["model", "layer", "erased", "probed", "accuracy", "chance", "ci_low", "ci_high", "change",
-                   "change_ci_low", "change_ci_high", "above_chance", "above_chance_ci_low", "above_chance_ci_high",
-                   "n", "folds", "iterations", "converged"]
+SIMILARITY_COLUMNS = ["model", "reference", "layer", "measure", "value", "ci_low", "ci_high", "ci_method", "floor",
+                      "held_out_value", "held_out_floor", "n", "n_fit", "n_score", "speakers"]
+PROBE_COLUMNS = ["model", "layer", "label", "accuracy", "chance", "chance_method", "ci_low", "ci_high", "ci_method", "n",
+                 "folds", "classes", "dropped", "iterations", "converged"]
+ERASURE_COLUMNS = ["model", "layer", "erased", "probed", "accuracy", "chance", "chance_method", "ci_low", "ci_high",
+                   "ci_method", "change", "change_ci_low", "change_ci_high", "balanced_accuracy", "balanced_chance", "above_chance", "above_chance_ci_low",
+                   "above_chance_ci_high", "above_chance_ci_level", "at_chance", "equivalence_margin", "n", "speakers",
+                   "folds", "roles", "iterations", "converged"]
 
 
 def _read_evaluations(files: Optional[dict[str, str]]) -> dict[str, dict]:
@@ -265,8 +263,7 @@ class _Context:
         # The permutation floor pairs each row with another row of the same speaker (seeded, fixed).
         self.permutation = _within_speaker_permutation(self.speaker_codes, settings.seed) \
             if settings.similarity_floor else None
-        self.cka_draws = SpeakerDraws(self.speaker_names, settings.claim_bootstrap, settings.seed)
-        # Pair sums are kept per speaker (CKA bootstrap; any set of speakers, e.g. the held-out
+        # Pair sums are kept per speaker (jackknife intervals; any set of speakers, e.g. the held-out
         # halves, is then a sum) when that fits in speaker_sums_max_bytes, else per half.
         dim = max(store.dim(m) for m in store.models)
         n_speakers = len(self.speaker_names)
@@ -401,27 +398,29 @@ class _Context:
             in_sample = values["in_sample"]
             held_out, floor, held_floor = (values.get(k, {}) for k in ("held_out", "floor", "held_floor"))
             whole, fit = pairs["whole"], pairs["fit"]
-            ci = (float("nan"), float("nan"))
-            if pairs["speakers"] is not None and len(self.cka_draws.weights):
-                with self.timed("similarity bootstrap"):
-                    boot = pairs["speakers"].cka(self.cka_draws.weights)
-                result["cka"] = [in_sample["cka"], [float(v) for v in boot]]
-                ci = interval(boot)
+            intervals: dict[str, tuple[float, float]] = {}
+            if pairs["speakers"] is not None and len(self.speaker_names) >= 2:
+                with self.timed("similarity jackknife"):
+                    left_out = self._left_out(pairs["speakers"], in_sample, kw)
+                result["cka"] = [in_sample["cka"], left_out["cka"]]
+                intervals = {m: Estimate(v, left_out[m], JACKKNIFE_T).interval() for m, v in in_sample.items()
+                             if m in left_out}
             elif pairs["speakers"] is None:
-                result["notes"].append(dict(model=model, layer=layer, note="no CKA bootstrap: per-speaker sums "
-                                            "would exceed speaker_sums_max_bytes"))
+                result["notes"].append(dict(model=model, layer=layer, note="no similarity intervals: per-speaker "
+                                            "sums would exceed speaker_sums_max_bytes"))
             dims = whole.x.dim + whole.y.dim
             if dims > whole.n or (fit is not None and dims > fit.n):
                 result["notes"].append(dict(model=model, layer=layer, note=f"pwcca ill-posed: dx + dy = {dims} > "
                                             f"rows ({whole.n} in sample, {fit.n if fit is not None else '-'} fitting)"))
             nan = float("nan")
             for measure, value in in_sample.items():
+                low, high = intervals.get(measure, (nan, nan))
                 result["similarity"].append(dict(
-                    model=model, reference=ref, layer=layer, measure=measure, value=value,
-                    ci_low=ci[0] if measure == "cka" else nan, ci_high=ci[1] if measure == "cka" else nan,
-                    floor=floor.get(measure, nan), held_out_value=held_out.get(measure, nan),
+                    model=model, reference=ref, layer=layer, measure=measure, value=value, ci_low=low, ci_high=high,
+                    ci_method=JACKKNIFE_T if measure in intervals else "", floor=floor.get(measure, nan),
+                    held_out_value=held_out.get(measure, nan),
                     held_out_floor=held_floor.get(measure, nan), n=whole.n, n_fit=fit.n if fit is not None else 0,
-                    n_score=pairs["score"].n if fit is not None else 0))
+                    n_score=pairs["score"].n if fit is not None else 0, speakers=len(self.speaker_names)))
         view = sums["view"]
         for factor, groups in sums["groups"].items():
             share = groups.variance_share()
@@ -458,6 +457,20 @@ class _Context:
                 result["erasure"] = erasure()
         return result
 
+    def _left_out(self, sums: SpeakerSums, in_sample: dict[str, float], kw: dict) -> dict[str, dict[str, float]]:
+        """{measure: {speaker: the measure without that speaker}}: the delete-one-speaker jackknife of
+        linear CKA (from the per-speaker sums, O(S³) each) and, with `similarity_jackknife`, of every
+        other measure (one evaluation per speaker, on the worker threads)."""
+        speakers = [str(s) for s in self.speaker_names]
+        keep = ~np.eye(len(speakers), dtype=bool)
+        left_out = {"cka": dict(zip(speakers, map(float, sums.cka(keep.astype(np.float64)))))}
+        if self.settings.similarity_jackknife:
+            values = self._run_jobs({s: lambda row=row: sums.pair(row).measures(**kw) for s, row in zip(speakers, keep)})
+            for measure in in_sample:
+                if measure != "cka":
+                    left_out[measure] = {s: float(values[s][measure]) for s in speakers}
+        return left_out
+
     def _run_jobs(self, jobs: dict) -> dict:
         """Run the callables of `jobs` (name → () → value) on the worker threads; {name: value}."""
         futures = {name: self.pool.submit(job) for name, job in jobs.items()}
@@ -469,8 +482,7 @@ class _Context:
         try:
             finish = start_erasure_probes(
                 x, f["tone"].to_numpy(), f["sex"].astype(str).to_numpy(), f["speaker"].astype(str).to_numpy(),
-                f["utterance_id"].astype(str).to_numpy(), self.pool.submit, folds=s.folds, seed=s.seed,
-                max_iter=s.probe_max_iter, bootstrap=s.claim_bootstrap, device=self.device)
+                self.pool.submit, folds=s.folds, seed=s.seed, max_iter=s.probe_max_iter, device=self.device)
         except ValueError as err:
             self.skipped.append(dict(model=model, layer=layer, label="erasure", reason=str(err)))
             return list
@@ -681,7 +693,7 @@ class _Context:
             try:
                 finish = start_probe(x, values, self.sample_frames["speaker"].to_numpy()[index],
                                      self.sample_frames["utterance_id"].to_numpy()[index], self.pool.submit,
-                                     folds=s.folds, bootstrap=s.bootstrap, seed=s.seed, rows=index,
+                                     folds=s.folds, seed=s.seed, rows=index,
                                      speaker_label=label == "speaker", max_iter=s.probe_max_iter, device=self.device)
             except ValueError as err:  # fewer than 2 speakers/utterances with this label
                 self.skipped.append(dict(model=model, layer=layer, label=label, reason=str(err)))

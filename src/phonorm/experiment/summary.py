@@ -1,19 +1,20 @@
 """The normalization summary of a sweep: per point, the quantities that carry the study's argument,
-read from that point's analysis outputs, with 95% speaker-bootstrap CIs where they can be had.
+read from that point's analysis outputs, with 95% speaker-level CIs where they can be had (`ci_from`
+names the method the analysis recorded).
 
 Quantities (accuracies and shares in [0, 1]; "top" = the model's last stored layer; the "tone
 model" is the first fine-tuned model whose only task is tone; the reference is the point's
 pre-trained model):
 
 - `sex_probe_top_tone_minus_reference`: top-layer sex probe accuracy, tone model − reference
-  (negative: sex suppressed). CI: the paired speaker bootstrap of claims.json's C1 comparison when
+  (negative: sex suppressed). CI: the paired interval of claims.json's C1 comparison when
   the analysis wrote one; else no CI (the two accuracies' own CIs are the rows
   `tone_model_top_sex_probe`, `reference_top_sex_probe`): probes.csv holds no per-speaker results
   to pair.
 - `tone_probe_top_tone_minus_reference` (tone gain): the same for the tone probe; no paired CI.
   `tone_relative_error_reduction`: claims.json's C1 comparison (its CI), when present.
 - `tone_model_top_{sex,tone}_probe`, `reference_top_{sex,tone}_probe`: probes.csv's accuracy and
-  its CI (`ci_low`, `ci_high`: bootstrap over speakers) when the columns are there.
+  its CI (`ci_low`, `ci_high`: over speakers, method in `ci_method`) when the columns are there.
 - `cka_drop_lower_to_upper`, `svcca_drop_lower_to_upper`: the tone model's similarity to the
   reference (same layer), mean over the lower half of the layers − mean over the top third (the
   split of claim C2). CI: claims.json's C2 comparison for CKA when present; else none.
@@ -43,6 +44,9 @@ from phonorm.artifacts import atomic_path, read_json, write_json
 TABLE = "sweep.csv"
 POINTS = "points.json"
 LEVEL = 0.95
+#: Speaker-bootstrap resamples of the speaker variance share (the analysis itself has no resample count
+#: since its intervals became analytic; ≥ 1,000 for 95% tails).
+SHARE_RESAMPLES = 2000
 COLUMNS = ["point", "quantity", "value", "ci_low", "ci_high", "ci_from", "verdict"]
 QUANTITIES = {
     "sex_probe_top_tone_minus_reference": "top-layer sex probe, tone model − reference",
@@ -61,6 +65,13 @@ QUANTITIES = {
 }
 CLAIMS = ("C1", "C2", "C3", "C4")
 NO_PAIRED = "none: probes.csv has no per-speaker results to pair"
+
+
+def _method(row: Any, earlier: str) -> str:
+    """The interval method an analysis recorded beside a CI (`ci_method`), or `earlier` for files
+    written before it was recorded."""
+    method = row.get("ci_method") if hasattr(row, "get") else None
+    return str(method) if isinstance(method, str) and method else earlier
 
 
 def _row(quantity: str, value: Any, low: Any = None, high: Any = None, ci_from: str = "none",
@@ -238,7 +249,7 @@ def summarize_point(point: dict[str, Any], resamples: int = 1000, seed: int = 0)
             return None
         if has_ci:
             rows.append(_row(quantity, hit["accuracy"], hit.get("ci_low"), hit.get("ci_high"),
-                             "speaker bootstrap (probes.csv)"))
+                             f"{_method(hit, 'speaker bootstrap')} (probes.csv)"))
         else:
             rows.append(_row(quantity, hit["accuracy"], ci_from="none: probes.csv has no CI columns"))
         return float(hit["accuracy"])
@@ -251,7 +262,7 @@ def summarize_point(point: dict[str, Any], resamples: int = 1000, seed: int = 0)
         claimed = _claimed(claims, "C1", tone, "sex suppressed")
         if claimed is not None:
             rows.append(_row("sex_probe_top_tone_minus_reference", claimed["estimate"], claimed.get("ci_low"),
-                             claimed.get("ci_high"), "paired speaker bootstrap (claims.json C1)"))
+                             claimed.get("ci_high"), f"{_method(claimed, 'paired speaker bootstrap')} (claims.json C1)"))
         elif tone_sex is not None and ref_sex is not None:
             rows.append(_row("sex_probe_top_tone_minus_reference", tone_sex - ref_sex, ci_from=NO_PAIRED))
         if tone_tone is not None and ref_tone is not None:
@@ -259,12 +270,12 @@ def summarize_point(point: dict[str, Any], resamples: int = 1000, seed: int = 0)
         claimed = _claimed(claims, "C1", tone, "tone enhanced")
         if claimed is not None:
             rows.append(_row("tone_relative_error_reduction", claimed["estimate"], claimed.get("ci_low"),
-                             claimed.get("ci_high"), "paired speaker bootstrap (claims.json C1)"))
+                             claimed.get("ci_high"), f"{_method(claimed, 'paired speaker bootstrap')} (claims.json C1)"))
         claimed = _claimed(claims, "C2", tone, "CKA lower half")
         cka = _drop(similarity, tone, reference, "cka")
         if claimed is not None:
             rows.append(_row("cka_drop_lower_to_upper", claimed["estimate"], claimed.get("ci_low"),
-                             claimed.get("ci_high"), "speaker bootstrap (claims.json C2)"))
+                             claimed.get("ci_high"), f"{_method(claimed, 'speaker bootstrap')} (claims.json C2)"))
         elif cka is not None:
             rows.append(_row("cka_drop_lower_to_upper", cka, ci_from="none: similarity.csv has no per-speaker sums"))
         svcca = _drop(similarity, tone, reference, "svcca")

@@ -77,14 +77,16 @@ def plan_sweep(experiment: Experiment, file: Path, only: Sequence[str] = ()) -> 
                 sweep.stages.append(stage)
     entries = [sweep.point_entry(p, plan) for p, plan in zip(points, plans)]
     analyze = experiment.analyze
-    settings = {"points": [p.model_dump(mode="json") for p in points], "resamples": analyze.bootstrap,
+    from phonorm.experiment.summary import SHARE_RESAMPLES
+
+    settings = {"points": [p.model_dump(mode="json") for p in points], "resamples": SHARE_RESAMPLES,
                 "seed": analyze.seed}
     inputs = {f"{p.id}:{kind}": getattr(plan, kind).key for p, plan in zip(points, plans)
               for kind in ("analyze", "extract", "report")}
     inputs.update({f"{p.id}:model": plan.models[experiment.swept.name].key  # type: ignore[union-attr]
                    for p, plan in zip(points, plans)})
     sweep.summary = Stage("sweep", "sweep", inputs, settings,
-                          _run_summary(entries, analyze.bootstrap, analyze.seed), experiment.workdir)
+                          _run_summary(entries, SHARE_RESAMPLES, analyze.seed), experiment.workdir)
     return sweep
 
 

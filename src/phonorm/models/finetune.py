@@ -30,7 +30,13 @@ from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
 from phonorm.lock import folder_lock
-from phonorm.models.backbone import LAYER_CONVENTION, freeze_feature_encoder, load_backbone, load_config, uses_group_norm
+from phonorm.models.backbone import (
+    LAYER_CONVENTION,
+    freeze_feature_encoder,
+    load_backbone,
+    load_config,
+    uses_group_norm,
+)
 from phonorm.models.card import ModelCard, binding_settings
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler
 from phonorm.models.evaluate import predict_split, score_predictions

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,7 +393,7 @@ def _section_similarity(page: Page, results: Path, reference: str, settings: dic
         for measure in by.index:
             r = by.loc[measure]
             value = f"{r.value:.3f}"
-            if measure == "cka" and "ci_low" in r and r.ci_low == r.ci_low:
+            if "ci_low" in r and r.ci_low == r.ci_low:
                 value += f" [{r.ci_low:.3f}, {r.ci_high:.3f}]"
             for column, tag in (("floor", "floor"), ("held_out_value", "held out")):
                 if column in r and r[column] == r[column]:
@@ -403,7 +404,7 @@ def _section_similarity(page: Page, results: Path, reference: str, settings: dic
     measures = list(dict.fromkeys(similarity.measure))
     body = (f"<p>Each fine-tuned model's layer against the same layer of the pre-trained model "
             f"<b>{esc(reference)}</b>, on the same frames. Each cell: the in-sample value (all stored rows; for "
-            "linear CKA with its 95% speaker-bootstrap CI), the <i>permutation floor</i> (the same measure after "
+            "with its 95% delete-one-speaker jackknife CI), the <i>permutation floor</i> (the same measure after "
             "shuffling the reference's rows within each speaker: what unrelated frames of the same speakers "
             "score) and the <i>held-out</i> value (directions fitted on half the speakers, scored on the other "
             "half). A value near its floor says nothing. SVCCA keeps the directions explaining "
@@ -411,7 +412,11 @@ def _section_similarity(page: Page, results: Path, reference: str, settings: dic
             f"{esc(settings.get('svcca_rule', 'eigenvalue'))} (so a different number per layer); svcca_fixed keeps "
             f"{esc(settings.get('svcca_dims', 20))} directions per layer; PWCCA weights the "
             "canonical correlations by the model's neurons (Morcos et al. 2018). Claim C2 is decided on linear "
-            "CKA, comparable across layers (docs/statistics.md).</p>"
+            "CKA, comparable across layers (docs/statistics.md). None of these measures is invariant to every "
+            "invertible linear map of a layer (Kornblith et al. 2019, Table 1): linear CKA only to rotations, "
+            "reflections and isotropic scaling; SVCCA only when the same subspace is kept; PWCCA depends on the "
+            "neuron basis. A low value can therefore mean a rescaled or sheared layer as well as lost "
+            "information.</p>"
             + page.fig(png, "similarity to the pre-trained model per layer")
             + table(rows, ["model", "layer", *measures]))
     page.add("similarity", f"Similarity to {reference} per layer", body)
@@ -479,21 +484,42 @@ def _section_erasure(page: Page, results: Path) -> None:
         return
     png = page.png(results / "figures" / "erasure_per_layer.png")
     rows = erasure[erasure.erased != "none"].copy()
-    rows["change [95% CI]"] = [f"{r.change:+.3f} [{r.change_ci_low:+.3f}, {r.change_ci_high:+.3f}]"
+    rows["change [95% CI]"] = [f"{r.change:+.3f} [{_signed(r.change_ci_low)}, {_signed(r.change_ci_high)}]"
                                for r in rows.itertuples()]
-    rows["above chance [95% CI]"] = [f"{r.above_chance:+.3f} [{r.above_chance_ci_low:+.3f}, {r.above_chance_ci_high:+.3f}]"
-                                     for r in rows.itertuples()]
-    body = ("<p>Linear concept erasure (LEACE, Belrose et al. 2023) removes every linearly decodable trace of one "
-            "factor from a layer (fitted on the training speakers of each fold); then the tone and sex probes are "
-            "trained again on the edited features. If tone accuracy is unchanged once sex is no longer decodable, "
-            "the model's tone information does not depend on the sex information a suppression would remove: "
-            "suppression was not needed (claim C4). Erasing tone and probing sex is the converse check. Change: "
-            "accuracy after − before erasure on the same rows and folds; above chance: accuracy − the majority "
-            "baseline; both with paired speaker-bootstrap CIs.</p>"
+    level = _erasure_level(erasure)
+    rows[f"above chance [{level} CI]"] = [f"{r.above_chance:+.3f} [{_signed(r.above_chance_ci_low)}, "
+                                          f"{_signed(r.above_chance_ci_high)}]" for r in rows.itertuples()]
+    columns = ["model", "layer", "erased", "probed", "accuracy", "chance", "change [95% CI]",
+               f"above chance [{level} CI]"] + (["at_chance"] if "at_chance" in rows.columns else [])
+    margin = erasure["equivalence_margin"].iloc[0] if "equivalence_margin" in erasure.columns else None
+    body = ("<p>Linear concept erasure (LEACE, Belrose et al. 2023) removes the linearly decodable trace of one "
+            "factor from a layer; then the tone and sex probes are trained again on the edited features. Three "
+            "speaker-disjoint roles per fold: the eraser is fitted on one set of speakers, the probes are trained "
+            "on the edited rows of a second set and tested on those of a third (every speaker is tested once). "
+            "Fitted on the probe's own training rows, the eraser would bring the probe to its majority class by "
+            "construction; fitted on other speakers, it reaches chance only where the factor's direction is "
+            "shared. If tone accuracy is unchanged once sex is at chance, the model's tone information does not "
+            "depend on the linearly decodable sex information a suppression would remove (claim C4). Erasing tone "
+            "and probing sex is the converse check. Change: accuracy after − before erasure, probes trained on "
+            "the same speakers (95% cluster-robust t CI over the test speakers); chance: the class prior; above "
+            "chance: balanced accuracy (mean recall over the classes) − 1/classes, which is 0 for any guess that "
+            "ignores the features"
+            + (f"; <i>at_chance</i>: equivalence test (TOST), its 90% CI within ±{esc(margin)}" if margin is not None
+               else "") + ".</p>"
             + page.fig(png, "probe accuracy per layer before and after erasure")
-            + table(rows, ["model", "layer", "erased", "probed", "accuracy", "chance", "change [95% CI]",
-                           "above chance [95% CI]"]))
+            + table(rows, columns))
     page.add("erasure", "Concept erasure (causal test of C4)", body)
+
+
+def _signed(value: Any) -> str:
+    return f"{value:+.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def _erasure_level(erasure: Any) -> str:
+    """The level of erasure.csv's above-chance CI, as a percentage (95% in files written before it was recorded)."""
+    if "above_chance_ci_level" in erasure.columns and erasure["above_chance_ci_level"].notna().any():
+        return f"{float(erasure['above_chance_ci_level'].dropna().iloc[0]):.0%}"
+    return "95%"
 
 
 def _section_normalization(page: Page, results: Path) -> None:
@@ -557,7 +583,15 @@ def _section_claims(page: Page, claims: Optional[dict]) -> None:
     if not claims or not claims.get("claims"):
         page.add("claims", "Claim checks", page.gap("claim checks: no claims.json"))
         return
-    boot = claims.get("bootstrap") or {}
+    intervals = claims.get("intervals") or {}
+    if intervals:
+        how = (f"{esc(intervals.get('accuracies_and_differences'))} for accuracies and their differences, "
+               f"{esc(intervals.get('similarity'))} for similarity; the same speakers on both sides of a difference. "
+               "Each comparison names its method (claims.json <code>ci_method</code>)")
+    else:  # claims.json written before the intervals were recorded
+        boot = claims.get("bootstrap") or {}
+        how = (f"paired bootstrap over speakers ({esc(boot.get('resamples', '?'))} resamples; the same resampled "
+               "speakers on both sides of a difference)")
     summary = "".join(
         f"<tr><td><b>{esc(c.get('claim'))}</b></td><td>{esc(c.get('statement', ''))}</td>"
         f"<td>{esc(c.get('criterion', ''))}</td>"
@@ -567,10 +601,11 @@ def _section_claims(page: Page, claims: Optional[dict]) -> None:
         + "</td></tr>" for c in claims["claims"])
     body = ("<p>Each claim is decided from estimates with 95% confidence intervals against a margin fixed in "
             "advance: it <b>holds</b> when every interval lies on the claimed side of its margin, <b>does not "
-            f"hold</b> when one lies wholly on the other side, and is <b>inconclusive</b> otherwise. Intervals: "
-            f"paired bootstrap over speakers ({esc(boot.get('resamples', '?'))} resamples; the same resampled "
-            "speakers on both sides of a difference). Primary evidence decides; evidence marked <i>beside</i> is "
-            "shown for comparison. Top layer = the last stored layer of each model.</p>" + _caveat(claims) +
+            f"hold</b> when one lies wholly on the other side, and is <b>inconclusive</b> otherwise; it is <b>not "
+            "testable</b> when its premise fails (e.g. the reference does not linearly decode the factor a "
+            f"suppression would remove), whatever its other comparisons say. Intervals: {how}. Primary evidence "
+            "decides; evidence marked <i>beside</i> is shown for comparison. Top layer = the last stored layer of "
+            "each model.</p>" + _caveat(claims) +
             "<table class=\"claims\"><thead><tr><th>claim</th><th>statement</th><th>criterion</th>"
             f"<th>on this data</th></tr></thead><tbody>{summary}</tbody></table>")
     for c in claims["claims"]:
