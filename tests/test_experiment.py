@@ -458,3 +458,24 @@ def test_an_unknown_hub_id_is_named_before_any_stage_runs(tmp_path, fakes, monke
     _cached_hub_model(tmp_path / "hf", "someorg/wav2vec2-typo")
     ex.run_experiment(path)
     assert "finetune:sex" in fakes.kinds()
+
+
+def test_a_second_hubert_iteration_runs_after_the_pretraining_whose_layer_it_clusters(tmp_path):
+    """`targets_from: NAME` of an earlier pretrain entry makes that stage an input of this one: the
+    plan orders them, and a change to the first changes the second's key."""
+    from phonorm.experiment.plan import plan_stages
+
+    data = _with(pretrain=[{"name": "pre", "steps": 5},
+                           {"name": "pre2", "steps": 5, "targets_from": "pre", "targets_layer": 2}])
+    experiment, _ = ex.load_experiment(_write(tmp_path, data))
+    plan = plan_stages(experiment, tmp_path / "exp.yaml")
+    first, second = plan.models["pre"], plan.models["pre2"]
+    assert second.inputs["targets_from"] == first.key
+    assert plan.stages.index(first) < plan.stages.index(second)
+    data["pretrain"][0]["steps"] = 6
+    experiment, _ = ex.load_experiment(_write(tmp_path, data))
+    changed = plan_stages(experiment, tmp_path / "exp.yaml")
+    assert changed.models["pre2"].key != second.key
+    message = _error(tmp_path, _with(pretrain=[{"name": "pre", "steps": 5, "targets_from": "later",
+                                                "targets_layer": 2}, {"name": "later", "steps": 5}]))
+    assert "pretrain[0].targets_from" in message

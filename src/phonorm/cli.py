@@ -136,9 +136,11 @@ def pretrain(
     out: Path = typer.Option(..., help="Model folder to write (Hugging Face format)."),
     settings: PretrainSettings = SETTINGS,
 ) -> None:
-    """Self-supervised wav2vec 2.0 pre-training of a small model (contrastive + diversity loss).
+    """Self-supervised pre-training of a small model from scratch: HuBERT's masked prediction of MFCC
+    cluster ids (default; a second iteration clusters a model's layer) or wav2vec 2.0's contrastive loss.
 
-    Example: phonorm pretrain /tmp/p --out /tmp/m/pre --size tiny --steps 1500
+    Example: phonorm pretrain /tmp/p --out /tmp/m/pre --steps 2500 --lr 0.003 --unmasked-weight 0.5
+    (iteration 2: --targets-from /tmp/m/pre --targets-layer 2; wav2vec 2.0: --objective contrastive)
     """
     from phonorm.models.pretrain import pretrain as run
 

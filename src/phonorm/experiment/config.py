@@ -480,6 +480,11 @@ def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
         raise InputError(path, f"workdir: got {str(experiment.workdir)!r}; expected a folder (it is a file)")
     for name, source in list(experiment.models.items()):
         experiment.models[name] = _model_source(source, base, path, f"models.{name}")
+    earlier: list[str] = []
+    for i, entry in enumerate(experiment.pretrain):  # iteration 2: a model named earlier in pretrain:, or a source
+        if entry.targets_from is not None and entry.targets_from not in earlier:
+            entry.targets_from = _model_source(entry.targets_from, base, path, f"pretrain[{i}].targets_from", earlier)
+        earlier.append(entry.name)
     internal = set(experiment.pretrained_names) | {f.name for f in experiment.finetune}
     for i, entry in enumerate(experiment.finetune):
         if entry.base == entry.name:

@@ -107,17 +107,20 @@ def plan_stages(experiment: Experiment, file: Path, point: Optional[SweepPoint] 
                                   external=Path(source))
     for p in experiment.pretrain:
         settings = p.model_dump(exclude={"name"}, exclude_unset=True)
+        # HuBERT's iteration 2 clusters a layer of an earlier pre-training of this file: it runs after it
+        targets = plan.models.get(str(settings.get("targets_from")))
+        inputs = {"corpus": corpus.key, **({"targets_from": targets.key} if targets is not None else {})}
         if point is None or p.name != swept:
-            plan.models[p.name] = plan.add(Stage("pretrain", p.name, {"corpus": corpus.key}, settings,
-                                                 _run_pretrain(corpus, settings), workdir))
+            plan.models[p.name] = plan.add(Stage("pretrain", p.name, inputs, settings,
+                                                 _run_pretrain(corpus, settings, targets), workdir))
             continue
         checkpoints = experiment.sweep.checkpoints if experiment.sweep is not None else []
         settings = {**settings, **point.settings}
         if checkpoints:
             settings["keep_steps"] = sorted(set(settings.get("keep_steps", [])) | set(checkpoints))
         run_name = ".".join(n for n in (p.name, point.run) if n)
-        stage = plan.run = plan.add(Stage("pretrain", run_name, {"corpus": corpus.key}, settings,
-                                          _run_pretrain(corpus, settings), workdir), own=True)
+        stage = plan.run = plan.add(Stage("pretrain", run_name, inputs, settings,
+                                          _run_pretrain(corpus, settings, targets), workdir), own=True)
         if point.step is not None:
             # The snapshot's key leaves out which other steps the run keeps (saving snapshots does
             # not change training), so adding a checkpoint re-runs the pre-training but no other point.
@@ -208,11 +211,13 @@ def _run_aishell(c: AishellCorpus) -> Callable[[Path], str]:
     return run
 
 
-def _run_pretrain(corpus: Stage, settings: dict[str, Any]) -> Callable[[Path], str]:
+def _run_pretrain(corpus: Stage, settings: dict[str, Any], targets_from: Optional[Stage] = None
+                  ) -> Callable[[Path], str]:
     def run(folder: Path) -> str:
         from phonorm.models.pretrain import pretrain
 
-        return pretrain(corpus.folder, out=folder, settings=PretrainSettings(**settings))
+        given = {**settings, "targets_from": str(targets_from.folder)} if targets_from is not None else settings
+        return pretrain(corpus.folder, out=folder, settings=PretrainSettings(**given))
     return run
 
 

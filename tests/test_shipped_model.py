@@ -1,0 +1,92 @@
+"""The reference model that ships in the package (`phonorm:tiny-hubert`): it loads by name, it reads
+speaker sex on speakers it never heard, and its card records the recipe that examples/pretrain-reference.yaml
+runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phonorm.errors import PhonormError
+from phonorm.models.shipped import SHIPPED_FOLDER, resolve_model, shipped_models
+
+REFERENCE = "phonorm:tiny-hubert"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_reference_ships_with_weights_card_and_readme():
+    assert "tiny-hubert" in shipped_models()
+    folder = Path(resolve_model(REFERENCE))
+    assert folder == SHIPPED_FOLDER / "tiny-hubert"
+    for name in ("config.json", "model.safetensors", "phonorm.json", "README.md", "pretrain_log.csv"):
+        assert (folder / name).is_file(), name
+    assert (folder / "model.safetensors").stat().st_size < 5 * 2**20  # a few MB in the package
+    with pytest.raises(PhonormError, match="no such shipped model"):
+        resolve_model("phonorm:nonexistent")
+    assert resolve_model("org/name") == "org/name"
+
+
+def test_the_reference_loads_by_name_as_a_hubert_model():
+    from transformers import AutoModel, HubertModel
+
+    from phonorm.models.backbone import load_backbone
+
+    backbone = load_backbone(REFERENCE)
+    assert isinstance(backbone, HubertModel) and backbone.config.num_hidden_layers == 4
+    assert isinstance(AutoModel.from_pretrained(resolve_model(REFERENCE)), HubertModel)
+
+
+def test_the_card_records_the_recipe_of_the_example_that_makes_it():
+    """The settings in the shipped card are those examples/pretrain-reference.yaml gives `pretrain`,
+    and the card's fixed recipe is the code's; the corpus is the example's synth settings."""
+    from phonorm.experiment.config import load_experiment
+    from phonorm.models.card import ModelCard, binding_settings
+    from phonorm.models.pretrain import recipe
+    from phonorm.settings import PretrainSettings
+
+    card = ModelCard.load(resolve_model(REFERENCE))
+    experiment, _ = load_experiment(ROOT / "examples" / "pretrain-reference.yaml")
+    entry = experiment.pretrain[0]
+    settings = PretrainSettings(**{k: v for k, v in entry.model_dump().items() if k in PretrainSettings.model_fields})
+    recorded = {**settings.as_dict(), **recipe(settings.objective)}
+    assert binding_settings(card.settings) == binding_settings(recorded)
+    assert card.objective == "hubert" and card.kind == "pretrained" and card.trained_steps == settings.steps
+    assert card.held_out_accuracy[-1][1] > 5 * card.held_out_accuracy[0][1]
+    readme = (Path(resolve_model(REFERENCE)) / "README.md").read_text(encoding="utf-8")
+    synth = experiment.corpus.synth
+    assert synth is not None and f"--speakers {synth.speakers}" in readme and f"--seed {synth.seed}" in readme
+    assert "bench/fidelity.py" in readme and "examples/pretrain-reference.yaml" in readme
+
+
+def test_the_reference_reads_sex_on_unseen_speakers(fake_corpus):
+    """A short probe: logistic regression on the reference's L2 frames, trained on some speakers of a
+    small synthetic corpus (tests/fakes.py, never part of pre-training) and tested on the others,
+    reads sex far above chance; the untrained architecture does not."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from phonorm.corpus.audio import load_audio
+    from phonorm.corpus.store import PreparedCorpus
+    from phonorm.models.upstream import Upstream
+
+    prepared = PreparedCorpus(fake_corpus)
+    table = prepared.utterances(None)
+    upstream = Upstream(REFERENCE)
+    rows, sexes, speakers = [], [], []
+    for row in table.itertuples(index=False):
+        states, frames = upstream([load_audio(row.audio_path)], [2])
+        x = states[0, 0, : frames[0]].numpy()
+        rows.append(x)
+        sexes += [row.sex] * len(x)
+        speakers += [row.speaker] * len(x)
+    x, y, speaker = np.concatenate(rows), np.array(sexes), np.array(speakers)
+    accuracies = []
+    ids = sorted(set(speakers))
+    for held in zip(ids[0::2], ids[1::2]):  # each fold holds out one F and one M speaker (they alternate)
+        test = np.isin(speaker, held)
+        scaler = StandardScaler().fit(x[~test])
+        probe = LogisticRegression(max_iter=500).fit(scaler.transform(x[~test]), y[~test])
+        accuracies.append(probe.score(scaler.transform(x[test]), y[test]))
+    assert np.mean(accuracies) >= 0.85, accuracies
