@@ -35,7 +35,7 @@ def test_quick_demo_end_to_end(tmp_path):
     report = out / "report.html"
     assert last == f"report: {report.resolve()}", "the report's path is printed at the end"
     stages = json.loads((out / "run.json").read_text())["stages"]
-    assert [s["stage"] for s in stages] == ["synth", "corpus", "pretrain"] + ["finetune", "evaluate"] * 4 + [
+    assert [s["stage"] for s in stages] == ["synth", "corpus"] + ["finetune", "evaluate"] * 4 + [
         "extract", "analyze", "report"]
     assert all(s["status"] == "ran" for s in stages)
 
@@ -62,10 +62,13 @@ def test_quick_demo_end_to_end(tmp_path):
         result = validate(stage["folder"])
         assert result.ok, result.text()
     kinds = {validate(s["folder"]).kind for s in stages}
-    assert {"prepared corpus", "pretrained model folder", "finetuned model folder", "feature store",
-            "analysis results"} <= kinds, kinds
+    assert {"prepared corpus", "finetuned model folder", "feature store", "analysis results"} <= kinds, kinds
+    from phonorm.models.shipped import resolve_model
+
+    shipped = validate(resolve_model("phonorm:tiny-hubert"))  # the demo's reference
+    assert shipped.ok and shipped.kind == "pretrained model folder", shipped.text()
     assert validate(out).ok, validate(out).text()
 
     again, rerun_seconds = _demo(out)
-    assert "(0 run, 14 unchanged)" in again.stdout
+    assert "(0 run, 13 unchanged)" in again.stdout
     print(f"quick demo: {seconds:.1f} s; re-run {rerun_seconds:.1f} s")

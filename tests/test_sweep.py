@@ -309,7 +309,8 @@ def test_a_checkpoint_sweep_end_to_end(tmp_path):
     data = {
         "name": "e2e", "workdir": "runs",
         "corpus": {"prepared": str(corpus)},
-        "pretrain": [{"name": "pre", "size": "tiny", "steps": 12, "batch_seconds": 4, "lr": 0.002, "eval_every": 4}],
+        "pretrain": [{"name": "pre", "size": "tiny", "steps": 12, "batch_seconds": 4, "lr": 0.002, "eval_every": 4,
+                      "clusters": 20}],
         "finetune": [{"name": "tone", "base": "pre", "tasks": ["tone"], "settings": finetune},
                      {"name": "sex", "base": "pre", "tasks": ["sex"], "settings": finetune}],
         "extract": {"split": "test", "frames": "middle", "max_per_speaker_label": 10},
@@ -323,7 +324,7 @@ def test_a_checkpoint_sweep_end_to_end(tmp_path):
     table = pd.read_csv(workdir / "sweep.csv")
     assert sorted(table["checkpoint"].unique()) == [4, 8, 12]
     for quantity in ("sex_probe_top_tone_minus_reference", "tone_probe_top_tone_minus_reference",
-                     "cka_drop_lower_to_upper", "speaker_variance_share_top", "held_out_contrastive_accuracy"):
+                     "cka_drop_lower_to_upper", "speaker_variance_share_top", "held_out_masked_accuracy"):
         values = table[table.quantity == quantity]
         assert len(values) == 3 and np.isfinite(values["value"]).all(), quantity
     share = table[table.quantity == "speaker_variance_share_top"]
@@ -334,7 +335,7 @@ def test_a_checkpoint_sweep_end_to_end(tmp_path):
     assert share[~np.isfinite(share.ci_low)].ci_from.str.contains("too few for a bootstrap CI").all()
     assert set(table[table.quantity.isin(["C1", "C2", "C3", "C4"])]["verdict"].dropna()) <= {
         "holds", "does not hold", "inconclusive", "not testable"}
-    held = table[table.quantity == "held_out_contrastive_accuracy"].sort_values("checkpoint")["value"].to_numpy()
+    held = table[table.quantity == "held_out_masked_accuracy"].sort_values("checkpoint")["value"].to_numpy()
     assert len(set(held)) == 3, "each checkpoint is its own model"
     page = workdir / "sweep.html"
     images = re.findall(r'<img src="([^"]*)"', page.read_text(encoding="utf-8"))

@@ -206,7 +206,7 @@ def _check_config(result: Validation, folder: Path, model_type: str) -> Optional
         result.problem(path, f"{', '.join(bad)} must be a positive whole number (found "
                              f"{', '.join(repr(counts[name]) for name in bad)})")
         return None
-    return int(counts["num_hidden_layers"])
+    return int(counts["num_hidden_layers"] or 0)
 
 
 def _check_weights(result: Validation, path: Path) -> Optional[SafetensorsHeader]:

@@ -126,7 +126,8 @@ def erasure_roles(sex: np.ndarray, speakers: np.ndarray, folds: int, seed: int) 
     group = {spk: (i + offset) % k for offset, members in enumerate(dealt.values()) for i, spk in enumerate(members)}
     roles = []
     for fold in range(k):
-        eraser, train = [], []
+        eraser: list[str] = []
+        train: list[str] = []
         for offset, members in enumerate(dealt.values()):
             rest = [spk for spk in members if group[spk] != fold]
             # Alternate the first role between sexes so that the two sets are about the same size.
@@ -204,7 +205,8 @@ def _erasure_rows(jobs: list, labels: dict, speakers: np.ndarray, roles: list[Ro
             iterations[(erased, p)] = max(iterations[(erased, p)], used)
             converged[(erased, p)] = converged[(erased, p)] and ok
     majority = {p: prior_hits(labels[p]) for p in PROBED}
-    rows, before = [], {}
+    rows: list[dict] = []
+    before: dict = {}
     for erased in CONDITIONS:
         for p in PROBED:
             hits = predicted[(erased, p)] == labels[p]

@@ -107,7 +107,7 @@ class Estimate:
             return float("nan"), float("nan")
         values = np.array(list(self.terms.values()), dtype=np.float64)
         bounds = cluster_t_bounds if self.method == CLUSTER_T else jackknife_t_bounds
-        low, high = bounds(np.float64(self.point), values, level)
+        low, high = bounds(np.asarray(self.point, dtype=np.float64), values, level)
         return float(low), float(high)
 
     def minus(self, other: "Estimate") -> "Estimate":
@@ -134,8 +134,8 @@ def linear_combination(parts: list[tuple[float, "Estimate"]]) -> Estimate:
         if any(set(e.terms) != speakers for _, e in parts):
             raise ValueError("jackknife estimates on different speakers cannot be paired")
         return Estimate(point, {s: float(sum(c * e.terms[s] for c, e in parts)) for s in sorted(speakers)}, method)
-    speakers = sorted({s for _, e in parts for s in e.terms})
-    return Estimate(point, {s: float(sum(c * e.terms.get(s, 0.0) for c, e in parts)) for s in speakers}, method)
+    every = sorted({s for _, e in parts for s in e.terms})
+    return Estimate(point, {s: float(sum(c * e.terms.get(s, 0.0) for c, e in parts)) for s in every}, method)
 
 
 def pooled_accuracy(per_speaker: Mapping[str, tuple[float, float]]) -> Estimate:

@@ -11,6 +11,8 @@ screen behind this recipe measured (docs/pretraining-study.md).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -35,10 +37,10 @@ def span_mask(batch_size: int, n_frames: int) -> torch.Tensor:
 class MaskedPrediction(torch.nn.Module):
     """A HuBERT encoder with a linear head from its last layer to the cluster ids."""
 
-    def __init__(self, hubert: torch.nn.Module, clusters: int):
+    def __init__(self, hubert: Any, clusters: int):
         super().__init__()
-        self.hubert = hubert
-        self.head = torch.nn.Linear(hubert.config.hidden_size, clusters)
+        self.hubert = hubert  # a transformers HubertModel
+        self.head = torch.nn.Linear(int(hubert.config.hidden_size), clusters)
 
     def forward(self, input_values: torch.Tensor, mask_time_indices: torch.Tensor) -> torch.Tensor:
         """Logits (batch, frames, clusters) for waveforms (batch, samples) with the frames of

@@ -112,15 +112,15 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
         train_set.transform = lambda example: hubert.with_targets(example, targets)
         held_set.transform = train_set.transform
         config.architectures = ["HubertModel"]
-        model: torch.nn.Module = hubert.MaskedPrediction(HubertModel(config), targets.clusters)
-        encoder = model.hubert
+        encoder: Any = HubertModel(config)  # type: ignore[arg-type]  # make_config gave a HubertConfig
+        model: torch.nn.Module = hubert.MaskedPrediction(encoder, targets.clusters)
         labels = [hubert.TARGET]
     else:
         from transformers import Wav2Vec2ForPreTraining
 
         config.architectures = ["Wav2Vec2ForPreTraining"]
-        model = Wav2Vec2ForPreTraining(config)  # type: ignore[arg-type]
-        encoder = model.wav2vec2
+        pretraining = Wav2Vec2ForPreTraining(config)  # type: ignore[arg-type]
+        model, encoder = pretraining, pretraining.wav2vec2
         labels = []
     for param in encoder.feature_extractor.parameters():
         # scaling each gradient is linear, so it commutes with DDP's gradient averaging

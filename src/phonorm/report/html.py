@@ -312,8 +312,9 @@ def _section_training(page: Page, sources: Sources) -> None:
         else:
             logs.append((str(model.get("name")), kind, log))
     body = ("<p>Loss per optimizer step and the held-out score: dev frame accuracy per task for the fine-tuned "
-            "models (the best dev checkpoint is the one kept), held-out contrastive accuracy (masked frame "
-            "against distractors) for models pre-trained here.</p>")
+            "models (the best dev checkpoint is the one kept) and, for models phonorm pre-trained (here or "
+            "shipped), the held-out pre-training accuracy: masked-prediction accuracy of the cluster ids "
+            "(hubert objective) or contrastive accuracy (masked frame against distractors).</p>")
     body += page.fig(figs.training_curves_figure(logs), "training curves") if logs else \
         page.gap("training curves: no model folder with train_log.csv or pretrain_log.csv was found")
     if absent:
