@@ -60,33 +60,45 @@ def test_the_card_records_the_recipe_of_the_example_that_makes_it():
     assert "bench/fidelity.py" in readme and "examples/pretrain-reference.yaml" in readme
 
 
-def test_the_reference_reads_sex_on_unseen_speakers(fake_corpus):
-    """A short probe: logistic regression on the reference's L2 frames, trained on some speakers of a
+def test_the_reference_reads_sex_on_unseen_speakers(fake_corpus, tmp_path):
+    """A short probe: logistic regression on the reference's top-layer (L4) frames, trained on some speakers of a
     small synthetic corpus (tests/fakes.py, never part of pre-training) and tested on the others,
     reads sex far above chance; the untrained architecture does not."""
+    import torch
     from sklearn.linear_model import LogisticRegression
+    from transformers import HubertModel
     from sklearn.preprocessing import StandardScaler
 
     from phonorm.corpus.audio import load_audio
     from phonorm.corpus.store import PreparedCorpus
+    from phonorm.models.backbone import make_config
     from phonorm.models.upstream import Upstream
 
     prepared = PreparedCorpus(fake_corpus)
     table = prepared.utterances(None)
-    upstream = Upstream(REFERENCE)
-    rows, sexes, speakers = [], [], []
-    for row in table.itertuples(index=False):
-        states, frames = upstream([load_audio(row.audio_path)], [2])
-        x = states[0, 0, : frames[0]].numpy()
-        rows.append(x)
-        sexes += [row.sex] * len(x)
-        speakers += [row.speaker] * len(x)
-    x, y, speaker = np.concatenate(rows), np.array(sexes), np.array(speakers)
-    accuracies = []
-    ids = sorted(set(speakers))
-    for held in zip(ids[0::2], ids[1::2]):  # each fold holds out one F and one M speaker (they alternate)
-        test = np.isin(speaker, held)
-        scaler = StandardScaler().fit(x[~test])
-        probe = LogisticRegression(max_iter=500).fit(scaler.transform(x[~test]), y[~test])
-        accuracies.append(probe.score(scaler.transform(x[test]), y[test]))
-    assert np.mean(accuracies) >= 0.85, accuracies
+    waves = [load_audio(row.audio_path) for row in table.itertuples(index=False)]
+
+    def held_out_sex_accuracy(upstream: Upstream) -> float:
+        rows, sexes, speakers = [], [], []
+        for row, wave in zip(table.itertuples(index=False), waves):
+            states, frames = upstream([wave], [4])
+            x = states[0, 0, : frames[0]].numpy()
+            rows.append(x)
+            sexes += [row.sex] * len(x)
+            speakers += [row.speaker] * len(x)
+        x, y, speaker = np.concatenate(rows), np.array(sexes), np.array(speakers)
+        accuracies = []
+        ids = sorted(set(speakers))
+        for held in zip(ids[0::2], ids[1::2]):  # each fold holds out one F and one M speaker (they alternate)
+            test = np.isin(speaker, held)
+            scaler = StandardScaler().fit(x[~test])
+            probe = LogisticRegression(max_iter=500).fit(scaler.transform(x[~test]), y[~test])
+            accuracies.append(probe.score(scaler.transform(x[test]), y[test]))
+        return float(np.mean(accuracies))
+
+    shipped = held_out_sex_accuracy(Upstream(REFERENCE))
+    random_folder = tmp_path / "random"
+    torch.manual_seed(0)
+    HubertModel(make_config("tiny", model_type="hubert")).save_pretrained(random_folder)
+    untrained = held_out_sex_accuracy(Upstream(str(random_folder)))
+    assert shipped >= 0.65 and shipped >= untrained + 0.08, (shipped, untrained)
