@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
+
+from phonorm.models.training import held_out_mode
 
 MASK_PROB = 0.65       # wav2vec 2.0 paper: p = 0.065 start probability × M = 10 ≈ 65% of frames
 MASK_LENGTH = 10
 TEMPERATURE = (2.0, 0.5)  # Gumbel softmax temperature, annealed from the first to the second value
-HELD_OUT_SEED = 1234
 
 
 def mask_and_negatives(batch_size: int, n_frames: int, num_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,20 +58,14 @@ def held_out_accuracy(model, batches, device: torch.device) -> dict[str, float]:
     """Contrastive accuracy and loss per masked frame on held-out batches (dicts with
     `input_values`), with masks and distractors drawn from a fixed seed (the global numpy state is
     restored afterwards)."""
-    state = np.random.get_state()
-    np.random.seed(HELD_OUT_SEED)
-    was_training = model.training
-    model.eval()
     correct = loss = count = 0.0
-    with torch.no_grad():
+    with held_out_mode(model):
         for batch in batches:
             inputs = batch["input_values"].to(device)
             n_frames = int(model._get_feat_extract_output_lengths(inputs.shape[1]))
             mask, negatives = mask_and_negatives(len(inputs), n_frames, model.config.num_negatives)
             c, batch_loss, n = contrastive_accuracy(model, inputs, mask.to(device), negatives.to(device))
             correct, loss, count = correct + c, loss + batch_loss, count + n
-    np.random.set_state(state)
-    model.train(was_training)
     return {"contrastive_accuracy": correct / max(count, 1), "contrastive_loss": loss / max(count, 1),
             "masked_frames": int(count)}
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from phonorm.models.targets import ClusterTargets
+from phonorm.models.training import held_out_mode
 
 MASK_PROB = 0.65
 MASK_LENGTH = 10
@@ -65,19 +65,12 @@ def masked_prediction_loss(logits: torch.Tensor, targets: torch.Tensor, mask: to
     return loss, row
 
 
-HELD_OUT_SEED = 1234
-
-
 def held_out_accuracy(model: MaskedPrediction, batches, device: torch.device) -> dict[str, float]:
     """Masked-prediction accuracy and loss per masked frame on held-out batches (each a dict with
     `input_values` and `labels[TARGET]`), with masks drawn from a fixed seed, so that values at
     different steps compare; the global numpy state is restored afterwards."""
-    state = np.random.get_state()
-    np.random.seed(HELD_OUT_SEED)
-    was_training = model.training
-    model.eval()
     correct = loss = count = 0.0
-    with torch.no_grad():
+    with held_out_mode(model):
         for batch in batches:
             inputs = batch["input_values"].to(device)
             targets = batch["labels"][TARGET].to(device)
@@ -87,8 +80,6 @@ def held_out_accuracy(model: MaskedPrediction, batches, device: torch.device) ->
             correct += float((picked.argmax(-1) == targets[mask]).sum())
             loss += float(torch.nn.functional.cross_entropy(picked, targets[mask], reduction="sum"))
             count += int(mask.sum())
-    np.random.set_state(state)
-    model.train(was_training)
     return {"masked_accuracy": correct / max(count, 1), "masked_loss": loss / max(count, 1), "masked_frames": int(count)}
 
 

@@ -21,9 +21,10 @@ import os
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -45,6 +46,26 @@ class TrainState:
     log: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     resumed_from: Optional[int] = None
+
+
+HELD_OUT_SEED = 1234
+
+
+@contextmanager
+def held_out_mode(model: torch.nn.Module, seed: int = HELD_OUT_SEED) -> Iterator[None]:
+    """Eval mode, no gradients, and numpy's global generator (which draws masks) seeded with `seed`,
+    so that held-out scores at different steps see the same masks; the model's mode and the
+    generator's state (checkpointed by the trainer) are restored afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        np.random.set_state(state)
+        model.train(was_training)
 
 
 def swap_folder(new: Path, target: Path) -> None:
