@@ -316,7 +316,7 @@ def test_sample_products_in_blocks_give_the_matrix_of_one_block(tmp_path, monkey
 
 
 # --------------------------------------------------------------------------- interrupted over earlier results
-FAST = dict(reference="pretrained", folds=2, bootstrap=20, claim_bootstrap=50, labels=["sex", "tone"], progress=False,
+FAST = dict(reference="pretrained", folds=2, labels=["sex", "tone"], progress=False,
             umap=False, erasure=False, sample_rows=400)
 
 

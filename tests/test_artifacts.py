@@ -96,7 +96,7 @@ def test_a_full_disk_during_analyze_is_one_line_not_a_traceback(tmp_path, monkey
                                n_frames=10, n_layers=1)
     monkeypatch.setattr(pd.DataFrame, "to_csv", _disk_full)
     status, err = _cli(["analyze", str(store), "--reference", "pretrained", "--out", str(tmp_path / "R"), "--no-umap",
-                        "--folds", "2", "--bootstrap", "10", "--claim-bootstrap", "10", "--no-figures"],
+                        "--folds", "2", "--no-figures"],
                        monkeypatch, capsys)
     assert status == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith(f"phonorm: error: {tmp_path / 'R' / 'similarity.csv'}: cannot write: "
