@@ -295,7 +295,10 @@ def test_cantonese_study_runs_to_a_report_with_six_tones(tmp_path):
     tone_rows = re.findall(r"<tr><td>([1-9])</td><td>\d+</td></tr>", corpus_section)
     assert tone_rows == ["1", "2", "3", "4", "5", "6"], tone_rows
     missing = re.findall(r'class="missing">([^<]*)', text)
-    assert all(m.startswith("UMAP maps") for m in missing), missing  # only what was turned off is missing
+    # only what was turned off is missing, and the erasure this small corpus cannot support (2 test speakers,
+    # 3 speaker-disjoint roles needed) says so instead of passing for an analysis run without it
+    assert all(m.startswith("UMAP maps") or m.startswith("concept erasure: skipped: erasure needs at least 3 speakers")
+               for m in missing), missing
     tone = json.loads(next((run / "evaluate").glob("tone-*/evaluation.json")).read_text())["tasks"]["tone"]
     assert tone["labels"] == ["1", "2", "3", "4", "5", "6"] and np.array(tone["confusion"]).shape == (6, 6)
     print(f"cantonese study: {seconds:.1f} s")

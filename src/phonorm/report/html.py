@@ -480,8 +480,13 @@ def _section_probes(page: Page, results: Path, reference: str) -> None:
 def _section_erasure(page: Page, results: Path) -> None:
     erasure = _read_csv(results / "erasure.csv")
     if erasure is None or not len(erasure):
-        page.add("erasure", "Concept erasure (causal test of C4)",
-                 page.gap("concept erasure: no erasure.csv (analysis ran without erasure, or no tone model)"))
+        # An analysis that tried erasure and could not (too few speakers for three disjoint roles, ...)
+        # recorded why in settings.json; say that rather than guess.
+        skipped = (_read_json(results / "settings.json") or {}).get("skipped_probes", [])
+        reasons = sorted({s.get("reason", "") for s in skipped if s.get("label") == "erasure"})
+        why = ("skipped: " + "; ".join(reasons)) if reasons else \
+            "no erasure.csv (analysis ran without erasure, or no tone model)"
+        page.add("erasure", "Concept erasure (causal test of C4)", page.gap(f"concept erasure: {why}"))
         return
     png = page.png(results / "figures" / "erasure_per_layer.png")
     rows = erasure[erasure.erased != "none"].copy()
