@@ -382,3 +382,13 @@ def test_a_layer_with_nan_rows_is_named_not_a_linalg_error(tmp_path):
     np.save(layer, array)
     with pytest.raises(InputError, match=r"tone/L1.npy: row 5 of model 'tone' layer L1 holds NaN or inf \(2 such rows"):
         analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**FAST))
+
+
+def test_more_folds_than_speakers_is_said_not_silent(tmp_path):
+    from fake_store import make_feature_store
+
+    store = make_feature_store(tmp_path / "F", n_speakers=6, n_utterances=2, n_frames=20, n_layers=1)
+    line = analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**{**FAST, "folds": 50, "labels": ["sex"],
+                                                                           "layer_matrix": False, "figures": False}))
+    used = pd.read_csv(tmp_path / "R" / "probes.csv").folds.max()
+    assert used <= 6 and f"50 folds asked, {used} used" in line

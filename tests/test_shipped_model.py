@@ -66,8 +66,8 @@ def test_the_reference_reads_sex_on_unseen_speakers(fake_corpus, tmp_path):
     reads sex far above chance; the untrained architecture does not."""
     import torch
     from sklearn.linear_model import LogisticRegression
-    from transformers import HubertModel
     from sklearn.preprocessing import StandardScaler
+    from transformers import HubertModel
 
     from phonorm.corpus.audio import load_audio
     from phonorm.corpus.store import PreparedCorpus

@@ -205,7 +205,7 @@ def test_deterministic_for_a_seed_and_resumes(tmp_path):
     # An interrupted run: one file gone. The re-run redoes that speaker and gets the same bytes.
     (again / "wav" / "M01_0002.wav").unlink()
     summary = synthesize_corpus(again, n_speakers=2, n_utterances=2, seed=5)
-    assert "1 speakers synthesised, 1 already complete" in summary
+    assert "1 speaker synthesised, 1 already complete" in summary
     assert _digest(again) == _digest(first)
 
 

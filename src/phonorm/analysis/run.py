@@ -63,6 +63,7 @@ from phonorm.lock import folder_lock
 from phonorm.memory import limit_arenas, map_large_blocks, release_free_memory
 from phonorm.progress import progress
 from phonorm.settings import AnalyzeSettings
+from phonorm.wording import counted
 
 FACTORS = ("speaker", "sex", "tone", "phone")
 PCA_COMPONENTS_KEPT = 100
@@ -191,7 +192,10 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
     })
     verdicts = ", ".join(f"{c['claim']} {c['status']}" for c in claim_rows)
     skipped = sum(len(p.get("skipped", [])) for p in parts)
-    note = f"; {skipped} probes skipped (see settings.json)" if skipped else ""
+    note = f"; {counted(skipped, 'probe')} skipped (see settings.json)" if skipped else ""
+    used = int(probes.folds.max()) if len(probes) and "folds" in probes.columns else settings.folds
+    if used < settings.folds:  # StratifiedGroupKFold needs a speaker per fold at least
+        note += f"; {settings.folds} folds asked, {used} used (at most one per speaker of the sample)"
     return (f"analysed {len(models)} models ({sum(len(layers[m]) for m in models)} layers) on {store.rows} rows "
             f"({len(ctx.sample)} sampled for probes/maps) → {out}; {verdicts}{note}")
 

@@ -64,6 +64,7 @@ from phonorm.corpus.languages import (  # noqa: F401 (ESPEAK_INITIALS, VARIANT_F
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import SAMPLE_RATE
 from phonorm.lock import LOCK_FILE, folder_lock
+from phonorm.wording import counted
 
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
 MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
@@ -595,8 +596,9 @@ def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int,
         scheme += f" --tones {','.join(map(str, language.prepare_tones))}"
     return (
         f"Wrote {total} {language.name} utterances of {n_speakers} speakers ({n_female} F, {n_speakers - n_female} M"
+        f"{', the odd one out is F' if n_speakers % 2 else ''}"
         f"{'; variation ' + variation if variation != 'none' else ''}), "
-        f"{seconds / 60:.1f} min of speech, to {out} ({len(todo)} speakers synthesised, {skipped} already complete). "
+        f"{seconds / 60:.1f} min of speech, to {out} ({counted(len(todo), 'speaker')} synthesised, {skipped} already complete). "
         f"Syllables per tone {language.tones[0]}-{language.tones[-1]}: {' '.join(str(tones[t]) for t in language.tones)}; "
         f"{len(initials)} initials (incl. zero), {len(finals)} finals. Next: phonorm prepare OUT_PREPARED --audio {out / 'wav'} "
         f"--alignments {out / 'textgrid'} --speakers {out / 'speakers.tsv'}{scheme}"

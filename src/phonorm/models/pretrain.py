@@ -35,6 +35,7 @@ from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler, len
 from phonorm.models.targets import ClusterTargets, fit_targets, layer_features
 from phonorm.models.training import Trainer, TrainState, swap_folder
 from phonorm.settings import PretrainSettings
+from phonorm.wording import speech
 
 MAX_CROP_SECONDS = 8.0  # longer utterances are cut to a random 8 s window (memory, as fairseq's max_sample_size)
 FEATURE_GRAD_MULT = 0.1  # wav2vec 2.0 and HuBERT recipes: the conv feature encoder learns at a tenth of the rate
@@ -222,7 +223,7 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
     chance = (f"{settings.clusters} clusters" if objective == "hubert"
               else f"chance about 1/{config.num_negatives + 1}")
     what = "HuBERT (masked prediction)" if objective == "hubert" else "wav2vec 2.0 (contrastive)"
-    return (f"{out}: pre-trained a {settings.size} {what} for {steps} steps on {train_hours:.2f} h; held-out "
+    return (f"{out}: pre-trained a {settings.size} {what} for {steps} steps on {speech(train_hours)}; held-out "
             f"({held_split}) {metric.replace('_', ' ')} {start:.3f} → {end:.3f} ({chance}){kept}")
 
 
