@@ -185,7 +185,7 @@ def test_cli_analyze(results, tmp_path):
 
 
 def test_umap_layers_are_first_middle_last():
-    from phonorm.analysis.projection import umap_layers
+    from phonorm.layers import umap_layers
 
     assert umap_layers([f"L{k}" for k in range(13)]) == ["L0", "L6", "L12"]
     assert umap_layers(["L0", "L1"]) == ["L0", "L1"] and umap_layers(["L0"]) == ["L0"]

@@ -25,7 +25,7 @@ import yaml
 from praatio import textgrid
 
 from acoustics import speaker_f0, tonal_finals
-from phonorm.corpus.jyutping_table import load_syllable_table
+from phonorm.corpus.jyutping_syllables import load_syllable_table
 from phonorm.corpus.synth import YUE, SyllableDrawer, align_syllables, plan_corpus, synthesize_corpus
 from phonorm.errors import PhonormError
 
@@ -154,7 +154,7 @@ def test_deterministic_resumes_and_differs_from_mandarin(tmp_path):
     synthesize_corpus(again, n_speakers=2, n_utterances=2, seed=4, language="yue")
     assert _digest(first) == _digest(again) and len(_digest(first)) == 9
     (again / "textgrid" / "F01_0002.TextGrid").unlink()
-    assert "1 speakers synthesised, 1 already complete" in synthesize_corpus(again, n_speakers=2, n_utterances=2,
+    assert "1 speaker synthesised, 1 already complete" in synthesize_corpus(again, n_speakers=2, n_utterances=2,
                                                                              seed=4, language="yue")
     assert _digest(again) == _digest(first)
     with pytest.raises(PhonormError, match="other settings"):  # the language is part of the corpus

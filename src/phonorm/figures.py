@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from phonorm.analysis.projection import umap_layers
 from phonorm.artifacts import atomic_path
+from phonorm.layers import layer_index as _index
+from phonorm.layers import umap_layers
 
 HELD_OUT_SCORES = {"held_out_masked_accuracy": "held-out masked-prediction accuracy",
                    "held_out_contrastive_accuracy": "held-out contrastive accuracy"}
@@ -52,8 +53,7 @@ def _save(fig, folder: Path, name: str) -> list[str]:
 
 def layer_index(layer: str) -> int:
     """`L7` → 7 (0 for anything else, e.g. a classic baseline's name)."""
-    layer = str(layer)
-    return int(layer[1:]) if layer[:1] == "L" and layer[1:].isdigit() else 0
+    return _index(layer, missing=0)
 
 
 def draw_all(out: Path, *, similarity: pd.DataFrame, probes: pd.DataFrame, normalization: pd.DataFrame,

@@ -269,7 +269,7 @@ def _check_layer(result: Validation, folder: Path, model: str, layer: str, kind:
                  rows: int) -> None:
     """Every file of one layer: a whole .npy of (rows, dim) in the manifest's dtype, with finite rows
     (scanned a block at a time); their rows add up to the manifest's."""
-    from phonorm.features.store import stored_layer_files
+    from phonorm.features.layout import stored_layer_files
 
     files = stored_layer_files(folder, model, layer)
     if not files:

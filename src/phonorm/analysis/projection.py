@@ -103,8 +103,3 @@ def umap_map(points: np.ndarray, fit_index: np.ndarray, seed: int) -> np.ndarray
             out[rest] = model.transform(points[rest])
     return out
 
-
-def umap_layers(layers: list[str]) -> list[str]:
-    """The layers that get UMAP maps by default: the first, the middle and the last of a model's
-    layers (in order, without repeats)."""
-    return list(dict.fromkeys([layers[0], layers[len(layers) // 2], layers[-1]]))

@@ -43,7 +43,7 @@ from phonorm.analysis.erasure import start_erasure_probes
 from phonorm.analysis.intervals import JACKKNIFE_T, Estimate
 from phonorm.analysis.normalization import GroupSums, silhouette
 from phonorm.analysis.probes import label_rows, sample_rows, start_probe
-from phonorm.analysis.projection import PCA, stratified_subsample, umap_layers, umap_map
+from phonorm.analysis.projection import PCA, stratified_subsample, umap_map
 from phonorm.analysis.similarity import (
     MEASURES,
     CrossSums,
@@ -59,6 +59,7 @@ from phonorm.analysis.similarity import (
 )
 from phonorm.artifacts import atomic_path, code_hash, provenance, read_json, set_seed, write_json, write_parquet
 from phonorm.errors import InputError, PhonormError
+from phonorm.layers import umap_layers
 from phonorm.lock import folder_lock
 from phonorm.memory import limit_arenas, map_large_blocks, release_free_memory
 from phonorm.progress import progress

@@ -13,10 +13,9 @@ file: `python -m phonorm.corpus.jyutping_table` (with `pip install pycantonese`)
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
 from pathlib import Path
 
-TABLE_PATH = Path(__file__).resolve().parent.parent / "data" / "jyutping_syllables.tsv"
+from phonorm.corpus.jyutping_syllables import TABLE_PATH, JyutpingSyllable
 
 # Syllabic nasals (m 唔, ng 五, hm, hng): their final is a nasal that is also an initial (`m`),
 # so the phone labels would confuse initial and final; Mandarin's table leaves them out as well.
@@ -24,28 +23,6 @@ SYLLABIC_NASALS = frozenset({"m", "ng", "hm", "hng"})
 # A syllable read by fewer characters than this is a rarity (colloquial or loan spellings such
 # as `pe`, `de`, `lu`): left out so the corpus sounds like ordinary Cantonese (as pinyin_table).
 MIN_CHARACTERS = 3
-CHECKED_CODAS = ("p", "t", "k")
-
-
-@dataclass(frozen=True)
-class JyutpingSyllable:
-    """A toneless Cantonese syllable: `jyutping` (e.g. `gwong`), its Jyutping `initial` (`gw`;
-    "" for zero-initial syllables such as `aa`, `ngo` has `ng`) and `final` (`ong`: nucleus +
-    coda); `characters`: how many characters read so (a commonness weight)."""
-
-    jyutping: str
-    initial: str
-    final: str
-    characters: int
-
-    @property
-    def spelling(self) -> str:
-        return self.jyutping
-
-    @property
-    def checked(self) -> bool:
-        """A checked syllable (final in -p, -t, -k): only tones 1, 3 and 6 occur on it."""
-        return self.final.endswith(CHECKED_CODAS)
 
 
 def derive_syllable_table() -> tuple[list[JyutpingSyllable], list[str]]:
@@ -89,17 +66,6 @@ def espeak_problems(table: list[JyutpingSyllable]) -> dict[str, str]:
                 problems[syllable.jyutping] = str(err)
                 break
     return problems
-
-
-def load_syllable_table(path: str | Path = TABLE_PATH) -> list[JyutpingSyllable]:
-    """The shipped table (TSV: jyutping, initial, final, characters; `#` lines are comments)."""
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line or line.startswith("#") or line.startswith("jyutping\t"):
-            continue
-        jyutping, initial, final, characters = line.split("\t")
-        rows.append(JyutpingSyllable(jyutping, initial, final, int(characters)))
-    return rows
 
 
 def write_syllable_table(path: str | Path = TABLE_PATH) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence
 
-from phonorm.corpus import jyutping_table, pinyin_table
+from phonorm.corpus import jyutping_syllables, pinyin_table
 from phonorm.errors import PhonormError
 
 # Median F0 (Hz, Praat) of each variant at eSpeak pitch 0, 50 and 100 (range 55, rate 180; measured
@@ -35,7 +35,7 @@ ESPEAK_INITIALS = {
 
 class Syllable(Protocol):
     """A toneless syllable of a language's table (`pinyin_table.Syllable`,
-    `jyutping_table.JyutpingSyllable`): its `spelling` (`zhong`, `gwong`), `initial` ("" for none)
+    `jyutping_syllables.JyutpingSyllable`): its `spelling` (`zhong`, `gwong`), `initial` ("" for none)
     and `final`."""
 
     @property
@@ -76,7 +76,7 @@ class SynthLanguage:
 
     def tones_of(self, syllable: Syllable) -> tuple[int, ...]:
         """The tones `syllable` may carry."""
-        if self.checked_tones is not None and syllable.final.endswith(jyutping_table.CHECKED_CODAS):
+        if self.checked_tones is not None and syllable.final.endswith(jyutping_syllables.CHECKED_CODAS):
             return self.checked_tones
         return self.tones
 
@@ -107,7 +107,7 @@ CMN = SynthLanguage(
 # eSpeak NG's Cantonese phonemes carry the Jyutping letters (`c`, `z`, `j`: `z` + `'eoi` for
 # zeoi), except `ng` = `N`; the labialised `gw`, `kw` are two phonemes, `g`/`k` then `w`.
 YUE = SynthLanguage(
-    code="yue", name="Cantonese", voice="yue-Latn-jyutping", table=jyutping_table.load_syllable_table,
+    code="yue", name="Cantonese", voice="yue-Latn-jyutping", table=jyutping_syllables.load_syllable_table,
     initials={**{i: (i,) for i in ("b", "p", "m", "f", "d", "t", "n", "l", "g", "k", "h", "z", "c", "s", "j", "w")},
               "ng": ("N",), "gw": ("g", "w"), "kw": ("k", "w")},
     tones=(1, 2, 3, 4, 5, 6), checked_tones=(1, 3, 6), scheme="tonal", prepare_tones=(1, 2, 3, 4, 5, 6),

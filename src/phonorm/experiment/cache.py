@@ -171,3 +171,7 @@ def _cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def stage_record(stage: Stage) -> dict[str, Any]:
+    """One stage as run.json and the report list it: kind, name, status, times, key, folder."""
+    return {"stage": stage.kind, "name": stage.name, "status": stage.status, "seconds": round(stage.seconds, 2),
+            "cpu_seconds": round(stage.cpu_seconds, 2), "key": stage.key[:12], "folder": str(stage.folder)}

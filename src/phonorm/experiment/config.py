@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -243,7 +243,8 @@ class SweepConfig(_Strict):
             except ValidationError as err:
                 problems = "; ".join(e.get("msg", "").removeprefix("Value error, ") for e in err.errors())
                 raise ValueError(f"sweep point {run or 'checkpoints'}: {problems}") from None
-            for step in self.checkpoints or [None]:
+            steps: list[Optional[int]] = [*self.checkpoints] or [None]
+            for step in steps:
                 point_id = "_".join(p for p in (run, f"step-{step}" if step is not None else "") if p)
                 if not _NAME.match(point_id):
                     raise ValueError(f"sweep point {point_id!r}: values must make a folder name "
@@ -257,7 +258,9 @@ class Experiment(_Strict):
 
     name: str
     description: Optional[str] = None
-    workdir: Optional[Path] = None
+    # The work folder; runs/<name> when not given (filled in before validation, so it is never None;
+    # `load_experiment` makes it absolute, relative to the YAML's folder).
+    workdir: Path = Path("runs")
     corpus: CorpusConfig
     models: dict[str, str] = Field(default_factory=dict)
     pretrain: list[PretrainConfig] = Field(default_factory=list)
@@ -267,6 +270,13 @@ class Experiment(_Strict):
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     sweep: Optional[SweepConfig] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_workdir(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("workdir") is None and isinstance(data.get("name"), str):
+            return {**data, "workdir": Path("runs") / data["name"]}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -398,7 +408,7 @@ def load_experiment(path: str | Path) -> tuple[Experiment, Path]:
     return experiment, base
 
 
-def _explain(error: dict, data: Any) -> str:
+def _explain(error: Mapping[str, Any], data: Any) -> str:
     """One line per pydantic error: `field.path: got VALUE; expected WHAT`."""
     loc = tuple(error.get("loc", ()))
     if loc[:1] == ("finetune",) and loc[2:4] == ("settings", "tasks"):
@@ -449,33 +459,34 @@ def _model_at(model: type[BaseModel], loc: tuple, data: Any) -> Optional[type[Ba
 
 def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
     """Make the YAML's relative paths absolute (relative to the YAML's folder) and check inputs exist."""
-    def resolve(p: Optional[Path], field_name: str, must_exist: bool = True) -> Optional[Path]:
-        if p is None:
-            return None
+    def resolve(p: Path, field_name: str, must_exist: bool = True) -> Path:
         full = (base / p.expanduser()).resolve() if not p.expanduser().is_absolute() else p.expanduser()
         if must_exist and not full.exists():
             raise InputError(path, f"{field_name}: got {str(p)!r}; expected an existing path (looked for {full})")
         return full
 
+    def resolve_given(p: Optional[Path], field_name: str) -> Optional[Path]:
+        return None if p is None else resolve(p, field_name)
+
     corpus = experiment.corpus
     if corpus.prepared is not None:
-        corpus.prepared = resolve(corpus.prepared, "corpus.prepared")
+        prepared = corpus.prepared = resolve(corpus.prepared, "corpus.prepared")
         missing = [n for n in ("utterances.parquet", "segments.parquet", "labels.json")
-                   if not (corpus.prepared / n).is_file()]
+                   if not (prepared / n).is_file()]
         if missing:
-            raise InputError(path, f"corpus.prepared: got {str(corpus.prepared)!r}; expected a prepared corpus folder "
+            raise InputError(path, f"corpus.prepared: got {str(prepared)!r}; expected a prepared corpus folder "
                                    f"(it lacks {', '.join(missing)}; make one with phonorm prepare)")
     if corpus.prepare is not None:
         c = corpus.prepare
         c.audio, c.alignments = resolve(c.audio, "corpus.prepare.audio"), resolve(c.alignments, "corpus.prepare.alignments")
         c.speakers = resolve(c.speakers, "corpus.prepare.speakers")
-        c.split_file = resolve(c.split_file, "corpus.prepare.split_file")
-        c.phone_map = resolve(c.phone_map, "corpus.prepare.phone_map")
+        c.split_file = resolve_given(c.split_file, "corpus.prepare.split_file")
+        c.phone_map = resolve_given(c.phone_map, "corpus.prepare.phone_map")
     if corpus.aishell is not None:
-        c = corpus.aishell
-        c.root, c.alignments = resolve(c.root, "corpus.aishell.root"), resolve(c.alignments, "corpus.aishell.alignments")
-        c.phone_map = resolve(c.phone_map, "corpus.aishell.phone_map")
-    experiment.workdir = resolve(experiment.workdir or Path("runs") / experiment.name, "workdir", must_exist=False)
+        a = corpus.aishell
+        a.root, a.alignments = resolve(a.root, "corpus.aishell.root"), resolve(a.alignments, "corpus.aishell.alignments")
+        a.phone_map = resolve_given(a.phone_map, "corpus.aishell.phone_map")
+    experiment.workdir = resolve(experiment.workdir, "workdir", must_exist=False)
     if experiment.workdir.exists() and not experiment.workdir.is_dir():
         raise InputError(path, f"workdir: got {str(experiment.workdir)!r}; expected a folder (it is a file)")
     for name, source in list(experiment.models.items()):
@@ -486,15 +497,15 @@ def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
             entry.targets_from = _model_source(entry.targets_from, base, path, f"pretrain[{i}].targets_from", earlier)
         earlier.append(entry.name)
     internal = set(experiment.pretrained_names) | {f.name for f in experiment.finetune}
-    for i, entry in enumerate(experiment.finetune):
-        if entry.base == entry.name:
-            raise InputError(path, f"finetune[{i}].base: got {entry.base!r}; expected another model than itself")
-        if entry.base in {f.name for f in experiment.finetune}:
+    for i, tuned in enumerate(experiment.finetune):
+        if tuned.base == tuned.name:
+            raise InputError(path, f"finetune[{i}].base: got {tuned.base!r}; expected another model than itself")
+        if tuned.base in {f.name for f in experiment.finetune}:
             order = [f.name for f in experiment.finetune]
-            if order.index(entry.base) > i:
-                raise InputError(path, f"finetune[{i}].base: got {entry.base!r}; expected a model defined before it")
-        if entry.base not in internal:
-            entry.base = _model_source(entry.base, base, path, f"finetune[{i}].base", sorted(internal))
+            if order.index(tuned.base) > i:
+                raise InputError(path, f"finetune[{i}].base: got {tuned.base!r}; expected a model defined before it")
+        if tuned.base not in internal:
+            tuned.base = _model_source(tuned.base, base, path, f"finetune[{i}].base", sorted(internal))
     _check_layers(experiment, path)
 
 

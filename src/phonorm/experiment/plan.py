@@ -20,8 +20,9 @@ from typing import Any, Callable, Optional
 
 from phonorm.artifacts import write_json
 from phonorm.errors import PhonormError
-from phonorm.experiment.cache import Stage, _sha, fingerprint
+from phonorm.experiment.cache import Stage, _sha, fingerprint, stage_record
 from phonorm.experiment.config import AishellCorpus, Experiment, PrepareCorpus, SweepPoint, SynthCorpus
+from phonorm.report.context import ContextExperiment, ContextModel, RunContext
 from phonorm.settings import (
     AnalyzeSettings,
     ExtractSettings,
@@ -31,21 +32,35 @@ from phonorm.settings import (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
+    """The resolved stages of an experiment (or of one sweep point), in run order. Every stage an
+    experiment always has is a field; `synth` (a synthetic corpus only) and `run` (a sweep point's
+    pre-training run) are the optional ones. `plans[i].stages[j]` may be replaced by a shared stage
+    object of an earlier point (`sweep.plan_sweep`): the list is the plan's, the order fixed."""
+
     experiment: Experiment
     file: Path
-    stages: list[Stage] = field(default_factory=list)
-    corpus: Optional[Stage] = None
+    stages: list[Stage]
+    corpus: Stage
+    models: dict[str, Stage]  # name → pretrain/finetune/snapshot/external stage
+    evaluations: dict[str, Stage]
+    extract: Stage
+    analyze: Stage
+    report: Stage
+    specific: frozenset[str]  # keys of the stages that belong to `point`
     synth: Optional[Stage] = None
-    models: dict[str, Stage] = field(default_factory=dict)  # name → pretrain/finetune/external stage
-    evaluations: dict[str, Stage] = field(default_factory=dict)
-    extract: Optional[Stage] = None
-    analyze: Optional[Stage] = None
-    report: Optional[Stage] = None
     point: Optional[SweepPoint] = None
-    specific: set[str] = field(default_factory=set)  # keys of the stages that belong to `point`
     run: Optional[Stage] = None  # under a sweep point: the swept pre-training run
+
+
+@dataclass
+class _Stages:
+    """The stages as `plan_stages` adds them (then frozen into a `Plan`)."""
+
+    point: Optional[SweepPoint]
+    stages: list[Stage] = field(default_factory=list)
+    specific: set[str] = field(default_factory=set)
 
     def add(self, stage: Stage, own: bool = False) -> Stage:
         """Append `stage`; under a sweep point, a stage that is the point's `own` or takes an input
@@ -61,27 +76,27 @@ class Plan:
 def plan_stages(experiment: Experiment, file: Path, point: Optional[SweepPoint] = None) -> Plan:
     """Every stage of the experiment with its key, in the order they run (nothing is run here);
     with `point`, those of that point of the experiment's sweep."""
-    plan = Plan(experiment, file, point=point)
+    plan = _Stages(point)
     swept = experiment.swept.name if point is not None and experiment.swept is not None else None
     workdir = experiment.workdir
     corpus_cfg = experiment.corpus
 
     # ---- corpus
+    synth: Optional[Stage] = None
     if corpus_cfg.prepared is not None:
         folder = corpus_cfg.prepared
         key = _sha([fingerprint(folder / n) for n in ("utterances.parquet", "segments.parquet", "labels.json")
                     if (folder / n).exists()])
-        plan.corpus = Stage("corpus", "corpus", {"prepared": key}, {"prepared": str(folder)}, None, workdir,
-                            external=folder)
+        corpus = Stage("corpus", "corpus", {"prepared": key}, {"prepared": str(folder)}, None, workdir,
+                       external=folder)
     elif corpus_cfg.synth is not None:
         s = corpus_cfg.synth
-        plan.synth = plan.add(Stage("synth", "synth", {},
-                                    s.model_dump(include=set(SynthSettings.model_fields), exclude_unset=True),
-                                    _run_synth(s), workdir))
-        synth = plan.synth
-        plan.corpus = plan.add(Stage("corpus", "corpus", {"synth": synth.key},
-                                     {"from": "synth", "split_seed": s.split_seed, "dev": s.dev, "test": s.test},
-                                     _run_prepare_synth(synth, s), workdir))
+        synth = plan.add(Stage("synth", "synth", {},
+                               s.model_dump(include=set(SynthSettings.model_fields), exclude_unset=True),
+                               _run_synth(s), workdir))
+        corpus = plan.add(Stage("corpus", "corpus", {"synth": synth.key},
+                                {"from": "synth", "split_seed": s.split_seed, "dev": s.dev, "test": s.test},
+                                _run_prepare_synth(synth, s), workdir))
     elif corpus_cfg.prepare is not None:
         c = corpus_cfg.prepare
         inputs = {"audio": fingerprint(c.audio), "alignments": fingerprint(c.alignments),
@@ -89,79 +104,85 @@ def plan_stages(experiment: Experiment, file: Path, point: Optional[SweepPoint] 
         for name in ("split_file", "phone_map"):
             if getattr(c, name) is not None:
                 inputs[name] = fingerprint(getattr(c, name))
-        plan.corpus = plan.add(Stage("corpus", "corpus", inputs, {"prepare": c.model_dump(mode="json")},
-                                     _run_prepare(c), workdir))
+        corpus = plan.add(Stage("corpus", "corpus", inputs, {"prepare": c.model_dump(mode="json")},
+                                _run_prepare(c), workdir))
     else:
-        c = corpus_cfg.aishell
-        inputs = {"root": fingerprint(c.root), "alignments": fingerprint(c.alignments)}
-        if c.phone_map is not None:
-            inputs["phone_map"] = fingerprint(c.phone_map)
-        plan.corpus = plan.add(Stage("corpus", "corpus", inputs, {"aishell": c.model_dump(mode="json")},
-                                     _run_aishell(c), workdir))
-    corpus = plan.corpus
+        a = corpus_cfg.aishell
+        assert a is not None  # CorpusConfig holds exactly one of prepared, synth, prepare, aishell
+        inputs = {"root": fingerprint(a.root), "alignments": fingerprint(a.alignments)}
+        if a.phone_map is not None:
+            inputs["phone_map"] = fingerprint(a.phone_map)
+        corpus = plan.add(Stage("corpus", "corpus", inputs, {"aishell": a.model_dump(mode="json")},
+                                _run_aishell(a), workdir))
 
     # ---- models
+    models: dict[str, Stage] = {}
+    evaluations: dict[str, Stage] = {}
+    run: Optional[Stage] = None
     for name, source in experiment.models.items():
         key = fingerprint(source) if Path(source).is_dir() else f"hub:{source}"
-        plan.models[name] = Stage("model", name, {"source": key}, {"source": source}, None, workdir,
-                                  external=Path(source))
+        models[name] = Stage("model", name, {"source": key}, {"source": source}, None, workdir,
+                             external=Path(source))
     for p in experiment.pretrain:
         settings = p.model_dump(exclude={"name"}, exclude_unset=True)
         # HuBERT's iteration 2 clusters a layer of an earlier pre-training of this file: it runs after it
-        targets = plan.models.get(str(settings.get("targets_from")))
+        targets = models.get(str(settings.get("targets_from")))
         inputs = {"corpus": corpus.key, **({"targets_from": targets.key} if targets is not None else {})}
         if point is None or p.name != swept:
-            plan.models[p.name] = plan.add(Stage("pretrain", p.name, inputs, settings,
-                                                 _run_pretrain(corpus, settings, targets), workdir))
+            models[p.name] = plan.add(Stage("pretrain", p.name, inputs, settings,
+                                            _run_pretrain(corpus, settings, targets), workdir))
             continue
         checkpoints = experiment.sweep.checkpoints if experiment.sweep is not None else []
         settings = {**settings, **point.settings}
         if checkpoints:
             settings["keep_steps"] = sorted(set(settings.get("keep_steps", [])) | set(checkpoints))
         run_name = ".".join(n for n in (p.name, point.run) if n)
-        stage = plan.run = plan.add(Stage("pretrain", run_name, inputs, settings,
-                                          _run_pretrain(corpus, settings, targets), workdir), own=True)
+        stage = run = plan.add(Stage("pretrain", run_name, inputs, settings,
+                                     _run_pretrain(corpus, settings, targets), workdir), own=True)
         if point.step is not None:
             # The snapshot's key leaves out which other steps the run keeps (saving snapshots does
             # not change training), so adding a checkpoint re-runs the pre-training but no other point.
             run_key = _sha({k: v for k, v in settings.items() if k != "keep_steps"})
             stage = plan.add(Stage("snapshot", f"{p.name}.{point.id}", {"corpus": corpus.key, "run": run_key},
                                    {"step": point.step}, _run_snapshot(stage, point.step), workdir), own=True)
-        plan.models[p.name] = stage
+        models[p.name] = stage
     for f in experiment.finetune:
-        base = plan.models.get(f.base)
+        base = models.get(f.base)
         base_key = base.key if base is not None else (fingerprint(f.base) if Path(f.base).is_dir() else f"hub:{f.base}")
         settings = f.settings.model_dump(exclude_unset=True)
-        plan.models[f.name] = plan.add(Stage("finetune", f.name, {"corpus": corpus.key, "base": base_key}, settings,
-                                             _run_finetune(corpus, base, f.base, settings), workdir))
-        plan.evaluations[f.name] = plan.add(Stage(
-            "evaluate", f.name, {"corpus": corpus.key, "model": plan.models[f.name].key},
+        models[f.name] = plan.add(Stage("finetune", f.name, {"corpus": corpus.key, "base": base_key}, settings,
+                                        _run_finetune(corpus, base, f.base, settings), workdir))
+        evaluations[f.name] = plan.add(Stage(
+            "evaluate", f.name, {"corpus": corpus.key, "model": models[f.name].key},
             {"split": experiment.evaluate.split},
-            _run_evaluate(corpus, plan.models[f.name], experiment.evaluate.split), workdir))
+            _run_evaluate(corpus, models[f.name], experiment.evaluate.split), workdir))
 
     # ---- extract, analyze, report
+    # The report stage's body needs the finished plan (its context names every stage): it reads it
+    # from `resolved`, filled in below, when it runs.
+    resolved: list[Plan] = []
     names = experiment.store_models
     extract_settings = experiment.extract.model_dump(exclude_unset=True, exclude={"models"})
-    plan.extract = plan.add(Stage("extract", "extract",
-                                  {"corpus": corpus.key, **{f"model:{n}": plan.models[n].key for n in names}},
-                                  {"models": names, **extract_settings},
-                                  _run_extract(corpus, {n: plan.models[n] for n in names}, extract_settings), workdir))
+    extract = plan.add(Stage("extract", "extract",
+                             {"corpus": corpus.key, **{f"model:{n}": models[n].key for n in names}},
+                             {"models": names, **extract_settings},
+                             _run_extract(corpus, {n: models[n] for n in names}, extract_settings), workdir))
     analyze_settings = {"reference": experiment.reference,
                         **experiment.analyze.model_dump(exclude_unset=True, exclude={"reference"})}
     # The evaluations are the claims' primary evidence: inputs by key, their files given at run time
     # (so that the key does not depend on where the workdir is).
-    plan.analyze = plan.add(Stage("analyze", "analyze",
-                                  {"features": plan.extract.key,
-                                   **{f"evaluate:{n}": s.key for n, s in plan.evaluations.items()}},
-                                  analyze_settings, _run_analyze(plan.extract, analyze_settings, plan.evaluations),
-                                  workdir))
-    plan.report = plan.add(Stage(
+    analyze = plan.add(Stage("analyze", "analyze",
+                             {"features": extract.key, **{f"evaluate:{n}": s.key for n, s in evaluations.items()}},
+                             analyze_settings, _run_analyze(extract, analyze_settings, evaluations), workdir))
+    report = plan.add(Stage(
         "report", "report",
-        {"analyze": plan.analyze.key, "corpus": corpus.key,
-         **{f"model:{n}": s.key for n, s in plan.models.items()},
-         **{f"evaluate:{n}": s.key for n, s in plan.evaluations.items()}},
-        _report_settings(experiment, file, point), _run_report(plan), workdir))
-    return plan
+        {"analyze": analyze.key, "corpus": corpus.key,
+         **{f"model:{n}": s.key for n, s in models.items()},
+         **{f"evaluate:{n}": s.key for n, s in evaluations.items()}},
+        _report_settings(experiment, file, point), _run_report(resolved), workdir))
+    resolved.append(Plan(experiment, file, plan.stages, corpus, models, evaluations, extract, analyze, report,
+                         frozenset(plan.specific), synth=synth, point=point, run=run))
+    return resolved[0]
 
 
 def _report_settings(experiment: Experiment, file: Path, point: Optional[SweepPoint]) -> dict[str, Any]:
@@ -292,11 +313,40 @@ def _run_analyze(features: Stage, settings: dict[str, Any], evaluations: dict[st
     return run
 
 
-def _run_report(plan: Plan) -> Callable[[Path], str]:
+def _run_report(resolved: list[Plan]) -> Callable[[Path], str]:
     def run(folder: Path) -> str:
-        from phonorm.experiment.context import write_context
         from phonorm.report.html import build_report
 
+        (plan,) = resolved
         context = write_context(plan, folder)
         return build_report(plan.analyze.folder, out=folder / "report.html", context=context)
     return run
+
+
+def write_context(plan: Plan, folder: Path) -> Path:
+    """FOLDER/context.json for the report of `plan` (FOLDER: the report stage's own folder)."""
+    experiment = plan.experiment
+    models = []
+    for name, stage in plan.models.items():
+        entry = ContextModel(name=name, kind="finetuned" if stage.kind == "finetune" else "pretrained",
+                             trained_here=stage.kind != "model")
+        if stage.kind == "model":
+            source = stage.settings["source"]
+            entry.source, entry.folder = source, source if Path(source).is_dir() else None
+        else:
+            entry.folder = str(stage.folder)
+        if stage.kind == "finetune":
+            spec = next(f for f in experiment.finetune if f.name == name)
+            entry.tasks, entry.base = list(spec.tasks), spec.base
+        models.append(entry)
+    context = RunContext(
+        experiment=ContextExperiment(name=experiment.name, description=experiment.description, file=str(plan.file),
+                                     title=experiment.report.title, config=experiment.model_dump(mode="json")),
+        corpus=str(plan.corpus.folder), synth=str(plan.synth.folder) if plan.synth else None,
+        features=str(plan.extract.folder), results=str(plan.analyze.folder), reference=experiment.reference,
+        models=models,
+        evaluations={name: str(stage.folder / "evaluation.json") for name, stage in plan.evaluations.items()},
+        stages=[stage_record(s) for s in plan.stages if s is not plan.report],
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return context.save(folder)

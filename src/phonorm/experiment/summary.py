@@ -32,7 +32,6 @@ pre-trained model):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -40,9 +39,9 @@ import numpy as np
 import pandas as pd
 
 from phonorm.artifacts import atomic_path, read_json, write_json
+from phonorm.layers import layer_index
+from phonorm.records.sweep import POINTS, TABLE
 
-TABLE = "sweep.csv"
-POINTS = "points.json"
 LEVEL = 0.95
 #: Speaker-bootstrap resamples of the speaker variance share (the analysis itself has no resample count
 #: since its intervals became analytic; ≥ 1,000 for 95% tails).
@@ -91,11 +90,6 @@ def _row(quantity: str, value: Any, low: Any = None, high: Any = None, ci_from: 
             "verdict": verdict}
 
 
-def _layer_index(layer: Any) -> int:
-    text = str(layer)
-    return int(text[1:]) if text[:1] == "L" and text[1:].isdigit() else -1
-
-
 def _read_csv(path: Path) -> Optional[pd.DataFrame]:
     try:
         return pd.read_csv(path) if path.is_file() else None
@@ -119,7 +113,7 @@ def _top_layer(model: str, claims: Optional[dict], probes: Optional[pd.DataFrame
     if probes is None or "layer" not in probes:
         return None
     layers = [str(x) for x in probes.loc[probes["model"] == model, "layer"].unique()]
-    return max(layers, key=_layer_index) if layers else None
+    return max(layers, key=layer_index) if layers else None
 
 
 def _probe(probes: Optional[pd.DataFrame], model: str, layer: Optional[str], label: str) -> Optional[dict]:
@@ -155,7 +149,7 @@ def _drop(similarity: Optional[pd.DataFrame], model: str, reference: str, measur
                       & (similarity["measure"] == measure)]
     if "held_out" in rows:
         rows = rows[~rows["held_out"].astype(bool)] if (~rows["held_out"].astype(bool)).any() else rows
-    values = rows.drop_duplicates("layer").assign(i=lambda t: t["layer"].map(_layer_index)).sort_values("i")
+    values = rows.drop_duplicates("layer").assign(i=lambda t: t["layer"].map(layer_index)).sort_values("i")
     v = values["value"].to_numpy(dtype=float)
     n = len(v)
     if n < 3:
@@ -178,13 +172,14 @@ def speaker_share(features: Path, model: str, layer: str, resamples: int, seed: 
     names, codes = np.unique(speakers, return_inverse=True)
     k = len(names)
     counts = np.bincount(codes, minlength=k).astype(np.float64)
-    sums = squares = shift = None
+    sums: Optional[np.ndarray] = None  # (speakers, dim) after the first block
+    squares, shift = np.zeros(k), np.zeros(0)
     begin = 0
     for block in store.iter_blocks(model, layer):
         x = np.asarray(block, dtype=np.float64)
-        if shift is None:  # shifting by a typical row keeps the sums of squares well conditioned
+        if sums is None:  # shifting by a typical row keeps the sums of squares well conditioned
             shift = x.mean(axis=0)
-            sums, squares = np.zeros((k, x.shape[1])), np.zeros(k)
+            sums = np.zeros((k, x.shape[1]))
         x = x - shift
         c = codes[begin:begin + len(x)]
         begin += len(x)
@@ -332,9 +327,3 @@ def summarize(points: list[dict[str, Any]], out: str | Path, resamples: int = 10
     missing = sum(len(n) for n in notes.values())
     return (f"{len(points)} points × {table['quantity'].nunique() if len(table) else 0} quantities → {out / TABLE}"
             + (f" ({missing} notes on missing inputs in {POINTS})" if missing else ""))
-
-
-def load_points(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """(sweep.csv, points.json) of a summary folder."""
-    folder = Path(folder)
-    return pd.read_csv(folder / TABLE, keep_default_na=True), json.loads((folder / POINTS).read_text(encoding="utf-8"))

@@ -20,41 +20,40 @@ summary); running the file without `--point` in a work folder holding every poin
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 from phonorm.artifacts import atomic_path, write_json
 from phonorm.errors import InputError
-from phonorm.experiment.cache import Stage, execute
+from phonorm.experiment.cache import Stage, execute, stage_record
 from phonorm.experiment.config import Experiment, SweepPoint
-from phonorm.experiment.context import stage_record
 from phonorm.experiment.plan import Plan, plan_stages
 from phonorm.progress import logger
 
 PAGE = "sweep.html"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepPlan:
     experiment: Experiment
     file: Path
     points: list[SweepPoint]
     plans: list[Plan]  # one per point, in sweep order
-    stages: list[Stage] = field(default_factory=list)  # the selected points' stages, each folder once, in run order
-    summary: Optional[Stage] = None
-    selected: list[str] = field(default_factory=list)
+    stages: list[Stage]  # the selected points' stages, each folder once, in run order
+    summary: Stage
+    selected: list[str]
 
-    def point_entry(self, point: SweepPoint, plan: Plan) -> dict[str, Any]:
-        """What the summary reads of one point (folders and model names)."""
-        experiment = self.experiment
-        tone = next((f.name for f in experiment.finetune if f.tasks == ["tone"] and f.name in experiment.store_models),
-                    None)
-        swept = experiment.swept
-        return {"id": point.id, "values": point.values, "results": str(plan.analyze.folder),
-                "features": str(plan.extract.folder), "report": str(plan.report.folder / "report.html"),
-                "reference": experiment.reference, "tone_model": tone,
-                "pretrained": str(plan.models[swept.name].folder) if swept is not None else None}
+
+def _point_entry(experiment: Experiment, point: SweepPoint, plan: Plan) -> dict[str, Any]:
+    """What the summary reads of one point (folders and model names)."""
+    tone = next((f.name for f in experiment.finetune if f.tasks == ["tone"] and f.name in experiment.store_models),
+                None)
+    swept = experiment.swept
+    return {"id": point.id, "values": point.values, "results": str(plan.analyze.folder),
+            "features": str(plan.extract.folder), "report": str(plan.report.folder / "report.html"),
+            "reference": experiment.reference, "tone_model": tone,
+            "pretrained": str(plan.models[swept.name].folder) if swept is not None else None}
 
 
 def plan_sweep(experiment: Experiment, file: Path, only: Sequence[str] = ()) -> SweepPlan:
@@ -66,16 +65,17 @@ def plan_sweep(experiment: Experiment, file: Path, only: Sequence[str] = ()) -> 
         raise InputError(file, f"--point {', '.join(unknown)}: no such point of the sweep; its points are "
                                f"{', '.join(ids)}")
     plans = [plan_stages(experiment, file, point=p) for p in points]
-    sweep = SweepPlan(experiment, file, points, plans, selected=list(only) or ids)
+    selected = list(only) or ids
+    stages: list[Stage] = []
     canonical: dict[Path, Stage] = {}
     for point, plan in zip(points, plans):
         for i, stage in enumerate(plan.stages):
             if stage.folder in canonical:  # a stage shared with an earlier point: one object, run once
                 plan.stages[i] = stage = canonical[stage.folder]
             canonical[stage.folder] = stage
-            if point.id in sweep.selected and not any(s is stage for s in sweep.stages):
-                sweep.stages.append(stage)
-    entries = [sweep.point_entry(p, plan) for p, plan in zip(points, plans)]
+            if point.id in selected and not any(s is stage for s in stages):
+                stages.append(stage)
+    entries = [_point_entry(experiment, p, plan) for p, plan in zip(points, plans)]
     analyze = experiment.analyze
     from phonorm.experiment.summary import SHARE_RESAMPLES
 
@@ -85,9 +85,9 @@ def plan_sweep(experiment: Experiment, file: Path, only: Sequence[str] = ()) -> 
               for kind in ("analyze", "extract", "report")}
     inputs.update({f"{p.id}:model": plan.models[experiment.swept.name].key  # type: ignore[union-attr]
                    for p, plan in zip(points, plans)})
-    sweep.summary = Stage("sweep", "sweep", inputs, settings,
-                          _run_summary(entries, SHARE_RESAMPLES, analyze.seed), experiment.workdir)
-    return sweep
+    summary = Stage("sweep", "sweep", inputs, settings, _run_summary(entries, SHARE_RESAMPLES, analyze.seed),
+                    experiment.workdir)
+    return SweepPlan(experiment, file, points, plans, stages, summary, selected)
 
 
 def _run_summary(entries: list[dict[str, Any]], resamples: int, seed: int) -> Callable[[Path], str]:

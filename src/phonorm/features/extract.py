@@ -22,7 +22,7 @@ import pandas as pd
 
 from phonorm.artifacts import provenance, read_json, write_json
 from phonorm.errors import PhonormError
-from phonorm.features import store as layout
+from phonorm.features import layout
 from phonorm.features.classic import CLASSIC_DIMS, semitone_z
 from phonorm.features.manifest import StoreManifest, StoreModel
 from phonorm.features.plan import Plan, geometry_dict, plan_extraction, start_store, summary_line

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal, Optional
 from pydantic import BaseModel, ConfigDict
 
 from phonorm.artifacts import JsonRecord
-from phonorm.features import store as layout
+from phonorm.features import layout
 
 
 class StoreModel(BaseModel):

@@ -20,9 +20,10 @@ from typing import Any
 from phonorm.artifacts import read_json, set_seed, write_json
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
-from phonorm.features import store as layout
+from phonorm.features import layout
 from phonorm.features.selection import Selection, select_rows, write_frames
 from phonorm.frames import FrameGeometry
+from phonorm.layers import layer_name
 from phonorm.lock import LOCK_FILE
 from phonorm.settings import ExtractSettings
 
@@ -47,7 +48,7 @@ class ModelSpec:
 
     @property
     def layer_names(self) -> list[str]:
-        return [f"L{k}" for k in self.layers]
+        return [layer_name(k) for k in self.layers]
 
     def describe(self) -> dict[str, Any]:
         from phonorm.models.backbone import LAYER_CONVENTION

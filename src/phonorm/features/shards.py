@@ -19,7 +19,7 @@ import pandas as pd
 
 from phonorm.artifacts import read_json, write_json
 from phonorm.errors import PhonormError
-from phonorm.features import store as layout
+from phonorm.features import layout
 from phonorm.features.classic import CLASSIC_DIMS, classic_features
 from phonorm.features.plan import ModelSpec, Plan
 from phonorm.features.selection import RowIndex, pooling_index

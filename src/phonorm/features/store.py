@@ -17,36 +17,15 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from phonorm.errors import InputError
-
-if TYPE_CHECKING:
-    from phonorm.features.manifest import StoreManifest
-
-FRAMES_FILE = "frames.parquet"
-MANIFEST_FILE = "manifest.json"
-CLASSIC_DIR = "classic"
-PART_GLOB = "part-*.npy"
-STORE_FORMAT = "phonorm-feature-store/1"
-
-
-def part_name(index: int) -> str:
-    """File name of the `index`-th row-ordered part of a layer written by several processes."""
-    return f"part-{index:05d}.npy"
-
-
-def stored_layer_files(folder: Path, model: str, layer: str) -> list[Path]:
-    """The files of one layer of the store `folder`: `<model>/<layer>.npy`, or the row-ordered parts
-    of `<model>/<layer>/`; [] when neither is there."""
-    single = folder / model / f"{layer}.npy"
-    if single.is_file():
-        return [single]
-    parts = folder / model / layer
-    return sorted(parts.glob(PART_GLOB)) if parts.is_dir() else []
+from phonorm.features.layout import CLASSIC_DIR, FRAMES_FILE, MANIFEST_FILE, stored_layer_files
+from phonorm.features.manifest import StoreManifest
+from phonorm.layers import layer_name
 
 
 class FeatureStore:
@@ -71,10 +50,8 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ index and metadata
     @cached_property
-    def record(self) -> "StoreManifest":
+    def record(self) -> StoreManifest:
         """The manifest, typed (`features.manifest.StoreManifest`), checked when read."""
-        from phonorm.features.manifest import StoreManifest
-
         return StoreManifest.load(self.folder)
 
     @cached_property
@@ -133,7 +110,7 @@ class FeatureStore:
 
     def _check_layer(self, model: str, layer: str | int) -> str:
         layers = self.layers(model)
-        name = f"L{layer}" if isinstance(layer, (int, np.integer)) else str(layer)
+        name = layer_name(layer) if isinstance(layer, (int, np.integer)) else str(layer)
         if name not in layers:
             raise InputError(self.folder, f"model {model!r} has no stored layer {name!r}; stored: {', '.join(layers)}")
         return name

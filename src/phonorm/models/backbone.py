@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 
 from phonorm.errors import PhonormError
 from phonorm.frames import FrameGeometry
+from phonorm.layers import layer_name
 from phonorm.models.shipped import resolve_model
 from phonorm.settings import MODEL_SIZES, SUPPORTED_MODEL_TYPES
 
@@ -133,7 +134,7 @@ def num_layers(config: PretrainedConfig) -> int:
 
 
 def layer_names(config: PretrainedConfig) -> list[str]:
-    return [f"L{k}" for k in range(num_layers(config) + 1)]
+    return [layer_name(k) for k in range(num_layers(config) + 1)]
 
 
 def geometry(config: PretrainedConfig) -> FrameGeometry:

@@ -26,6 +26,7 @@ import pandas as pd
 
 from phonorm.artifacts import atomic_path
 from phonorm.errors import InputError
+from phonorm.records.sweep import POINTS, TABLE, load_points
 
 CLAIMS = ("C1", "C2", "C3", "C4")
 _STATUS = {"holds": "ok", "does not hold": "bad"}
@@ -170,8 +171,6 @@ def build_sweep_page(summary: str | Path, *, out: str | Path, title: Optional[st
                      description: Optional[str] = None) -> str:
     """Write the sweep page of the summary folder `summary` to `out` (atomically); return a line
     saying what it holds."""
-    from phonorm.experiment.summary import POINTS, TABLE, load_points
-
     summary, out = Path(summary), Path(out)
     if not (summary / TABLE).is_file() or not (summary / POINTS).is_file():
         raise InputError(summary, f"no sweep summary ({TABLE} and {POINTS}; phonorm run writes them)")
