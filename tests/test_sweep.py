@@ -365,10 +365,10 @@ def test_paired_cis_are_taken_from_claims_json_when_the_analysis_wrote_them(tmp_
     claims = json.loads((tmp_path / "claims.json").read_text())
     claims["claims"][0]["status"] = "inconclusive"
     claims["claims"][0]["measured"] = [{"model": "tone", "comparisons": [
-        {"name": "sex suppressed", "estimate": -0.081, "ci_low": -0.12, "ci_high": -0.03, "verdict": "holds"},
-        {"name": "tone enhanced (relative error reduction)", "estimate": 0.25, "ci_low": -0.01, "ci_high": 0.5}]}]
+        {"key": "sex_suppressed", "name": "sex suppressed", "estimate": -0.081, "ci_low": -0.12, "ci_high": -0.03, "verdict": "holds"},
+        {"key": "tone_enhanced", "name": "tone enhanced (relative error reduction)", "estimate": 0.25, "ci_low": -0.01, "ci_high": 0.5}]}]
     claims["claims"][1]["measured"] = [{"model": "tone", "comparisons": [
-        {"name": "CKA lower half − top third", "estimate": 0.3, "ci_low": 0.2, "ci_high": 0.4}]}]
+        {"key": "cka_drop", "name": "CKA lower half − top third", "estimate": 0.3, "ci_low": 0.2, "ci_high": 0.4}]}]
     (tmp_path / "claims.json").write_text(json.dumps(claims))
     point = {"id": "p", "results": str(tmp_path), "features": str(tmp_path / "no-store"), "reference": "pre",
              "tone_model": "tone", "pretrained": None}

@@ -178,10 +178,11 @@ class Evidence:
                                      "observed"))
 
 
-def _comparison(name: str, evidence: str, a: str, b: str, pa: Estimate | None, pb: Estimate | None, margin: float,
-                direction: str, primary: bool = True) -> dict:
-    """A paired difference a − b with its interval and verdict."""
-    row = dict(name=name, evidence=evidence, a=a, b=b, primary=primary)
+def _comparison(key: str, name: str, evidence: str, a: str, b: str, pa: Estimate | None, pb: Estimate | None,
+                margin: float, direction: str, primary: bool = True) -> dict:
+    """A paired difference a − b with its interval and verdict. `key`: what the comparison is, for
+    programs (`sex_suppressed`; the same for every model of a claim), `name`: for readers."""
+    row = dict(key=key, name=name, evidence=evidence, a=a, b=b, primary=primary)
     if pa is None or pb is None:
         return {**row, "estimate": None, "ci_low": None, "ci_high": None, "ci_method": None, "margin": margin,
                 "direction": direction, "verdict": UNTESTABLE, "a_value": None if pa is None else pa.point,
@@ -189,27 +190,27 @@ def _comparison(name: str, evidence: str, a: str, b: str, pa: Estimate | None, p
     return {**row, "a_value": pa.point, "b_value": pb.point, **difference(pa, pb, margin, direction)}
 
 
-def _untestable(name: str, evidence: str, reason: str, margin: float, direction: str) -> dict:
-    return dict(name=name, evidence=evidence, primary=True, estimate=None, ci_low=None, ci_high=None, ci_method=None,
+def _untestable(key: str, name: str, evidence: str, reason: str, margin: float, direction: str) -> dict:
+    return dict(key=key, name=name, evidence=evidence, primary=True, estimate=None, ci_low=None, ci_high=None, ci_method=None,
                 margin=margin, direction=direction, verdict=UNTESTABLE, reason=reason)
 
 
-def _task_comparison(ev: Evidence, name: str, task: str, a: str, b: str, margin: float) -> list[dict]:
+def _task_comparison(ev: Evidence, key: str, name: str, task: str, a: str, b: str, margin: float) -> list[dict]:
     """Task accuracy of a − b (primary, when both have per-speaker counts) and the top-layer probe
     difference beside it; the probe decides, visibly, when task accuracy cannot."""
     ea, pa = ev.task_accuracy(a, task)
     eb, pb = ev.task_accuracy(b, task)
-    probe = _comparison(name, "probe", a, b, ev.probe_accuracy(a, task), ev.probe_accuracy(b, task), margin, ">",
+    probe = _comparison(key, name, "probe", a, b, ev.probe_accuracy(a, task), ev.probe_accuracy(b, task), margin, ">",
                         primary=False)
     if pa is not None and pb is not None:
-        return [_comparison(name, "task accuracy", a, b, pa, pb, margin, ">"), probe]
+        return [_comparison(key, name, "task accuracy", a, b, pa, pb, margin, ">"), probe]
     if ea is None or eb is None:
         why = f"no evaluation of {' and '.join(m for m, e in ((a, ea), (b, eb)) if e is None)} for {task}"
     else:
         why = "evaluation.json has no per-speaker counts (rerun evaluate) for a CI"
     va = None if ea is None else ea.get("accuracy")
     vb = None if eb is None else eb.get("accuracy")
-    shown = dict(name=name, evidence="task accuracy", a=a, b=b, primary=False, a_value=va, b_value=vb,
+    shown = dict(key=key, name=name, evidence="task accuracy", a=a, b=b, primary=False, a_value=va, b_value=vb,
                  estimate=(va - vb) if va is not None and vb is not None else None, ci_low=None, ci_high=None,
                  ci_method=None, margin=margin, direction=">", verdict=UNTESTABLE, reason=why)
     probe.update(primary=True, reason=f"probe decides: {why}")
@@ -274,11 +275,11 @@ def _c1(ev: Evidence, tuned: list[str]) -> dict:
 
 def _suppressed(ev: Evidence, model: str, irrelevant: str) -> tuple[dict, str | None]:
     """C1's suppression comparison and, when its premise fails, why (else None)."""
-    name, ref = f"{irrelevant} suppressed", ev.reference
+    key, name, ref = f"{irrelevant}_suppressed", f"{irrelevant} suppressed", ev.reference
     clear, why = ev.decodes_clearly(ref, irrelevant)
     if not clear:
-        return _untestable(name, "probe", why, -CHANGE, "<"), why
-    row = _comparison(name, "probe", model, ref, ev.probe_accuracy(model, irrelevant),
+        return _untestable(key, name, "probe", why, -CHANGE, "<"), why
+    row = _comparison(key, name, "probe", model, ref, ev.probe_accuracy(model, irrelevant),
                       ev.probe_accuracy(ref, irrelevant), -CHANGE, "<")
     if row["verdict"] == UNTESTABLE:
         why = f"no top-layer {irrelevant} probe of {model} with a CI"
@@ -291,17 +292,17 @@ def _enhanced(ev: Evidence, model: str, task: str) -> dict:
     """C1's enhancement: relative error reduction (acc_m − acc_ref)/(1 − acc_ref) > REL_GAIN, its
     interval by the delta method on the paired per-speaker terms."""
     pm, pr = ev.probe_accuracy(model, task), ev.probe_accuracy(ev.reference, task)
-    name = f"{task} enhanced (relative error reduction)"
+    key, name = f"{task}_enhanced", f"{task} enhanced (relative error reduction)"
     if pm is None or pr is None:
-        return _untestable(name, "probe", f"no top-layer {task} probe", REL_GAIN, ">")
+        return _untestable(key, name, "probe", f"no top-layer {task} probe", REL_GAIN, ">")
     if 1 - pr.point < CEILING:
-        return _untestable(name, "probe", f"the reference is at ceiling on {task} ({pr.point:.3f}): nothing left to "
+        return _untestable(key, name, "probe", f"the reference is at ceiling on {task} ({pr.point:.3f}): nothing left to "
                            "enhance", REL_GAIN, ">")
     error = 1 - pr.point
     # ∂g/∂acc_m = 1/(1 − acc_ref), ∂g/∂acc_ref = (acc_m − 1)/(1 − acc_ref)²
     linear = linear_combination([(1 / error, pm), ((pm.point - 1) / error ** 2, pr)])
     gain = Estimate((pm.point - pr.point) / error, linear.terms, CLUSTER_T)
-    return dict(name=name, evidence="probe", a=model, b=ev.reference, primary=True, a_value=pm.point,
+    return dict(key=key, name=name, evidence="probe", a=model, b=ev.reference, primary=True, a_value=pm.point,
                 b_value=pr.point, **judged(gain, REL_GAIN, ">"))
 
 
@@ -320,13 +321,13 @@ def _c2(ev: Evidence, tuned: list[str]) -> dict:
         if top_part.start >= n:
             top_part = slice(n - 1, n)
         lower, top = _mean(cka[low_part]), _mean(cka[top_part])
-        comparisons = [dict(name="CKA lower half − top third", evidence="similarity (linear CKA)", a="lower half",
+        comparisons = [dict(key="cka_drop", name="CKA lower half − top third", evidence="similarity (linear CKA)", a="lower half",
                             b="top third", primary=True, a_value=lower.point, b_value=top.point,
                             **_paired(lower, top, SIM_DROP, ">"))]
         half = n // 2 + n % 2  # layers with index ≥ n/2 are the upper half
         lowest = int(np.argmin(points))
         low_min, up_min = _minimum(cka[:half]), _minimum(cka[half:])
-        comparisons.append(dict(name="least similar layer in the upper half", evidence="similarity (linear CKA)",
+        comparisons.append(dict(key="least_similar_upper", name="least similar layer in the upper half", evidence="similarity (linear CKA)",
                                 a="min over the lower half", b="min over the upper half", primary=True,
                                 a_value=low_min.point, b_value=up_min.point, least_similar_layer=order[lowest],
                                 **_paired(low_min, up_min, 0.0, ">"),
@@ -335,7 +336,8 @@ def _c2(ev: Evidence, tuned: list[str]) -> dict:
         sec = [ev.secondary.get((m, layer), {}).get("svcca_fixed_held_out") for layer in order]
         if all(v is not None and np.isfinite(v) for v in sec):
             sec_arr = np.array(sec, dtype=float)
-            comparisons.append(dict(name="held-out SVCCA (fixed directions) lower half − top third",
+            comparisons.append(dict(key="svcca_fixed_held_out_drop",
+                                    name="held-out SVCCA (fixed directions) lower half − top third",
                                     evidence="similarity (held-out svcca_fixed)", a="lower half", b="top third",
                                     primary=False, a_value=float(sec_arr[low_part].mean()),
                                     b_value=float(sec_arr[top_part].mean()),
@@ -383,7 +385,8 @@ def _c3(ev: Evidence, tuned: list[str]) -> dict:
     for multi in _multi(tuned, ev.tasks):
         for task in ("tone", "sex"):
             for single in _single(tuned, ev.tasks, task):
-                comparisons = _task_comparison(ev, f"{task}: {multi} − {single}", task, multi, single, -TOLERANCE)
+                comparisons = _task_comparison(ev, f"{task}_kept", f"{task}: {multi} − {single}", task, multi, single,
+                                               -TOLERANCE)
                 checks.append(dict(model=multi, compared_with=single, task=task, comparisons=comparisons,
                                    evidence=next(c["evidence"] for c in comparisons if c["primary"]),
                                    verdict=_decided(comparisons)))
@@ -399,13 +402,15 @@ def _c4(ev: Evidence, tuned: list[str]) -> dict:
     ref = ev.reference
     for multi in _multi(tuned, ev.tasks):
         for single in _single(tuned, ev.tasks, "tone"):
-            comparisons = _task_comparison(ev, f"tone as good: {multi} − {single}", "tone", multi, single, -TOLERANCE)
+            comparisons = _task_comparison(ev, "tone_as_good", f"tone as good: {multi} − {single}", "tone", multi,
+                                           single, -TOLERANCE)
             clear, why = ev.decodes_clearly(ref, "sex")
             if clear:
-                comparisons.append(_comparison("sex not suppressed", "probe", multi, ref, ev.probe_accuracy(multi, "sex"),
-                                               ev.probe_accuracy(ref, "sex"), -CHANGE, ">"))
+                comparisons.append(_comparison("sex_not_suppressed", "sex not suppressed", "probe", multi, ref,
+                                               ev.probe_accuracy(multi, "sex"), ev.probe_accuracy(ref, "sex"), -CHANGE,
+                                               ">"))
             else:
-                comparisons.append(_untestable("sex not suppressed", "probe", why, -CHANGE, ">"))
+                comparisons.append(_untestable("sex_not_suppressed", "sex not suppressed", "probe", why, -CHANGE, ">"))
             comparisons.append(_causal(ev, multi))
             check = dict(model=multi, compared_with=single, comparisons=comparisons, verdict=_decided(comparisons))
             if not clear:
@@ -423,25 +428,25 @@ def _c4(ev: Evidence, tuned: list[str]) -> dict:
 
 
 def _causal(ev: Evidence, model: str) -> dict:
-    name = "tone unchanged after erasing sex (top layer)"
+    key, name = "tone_after_sex_erasure", "tone unchanged after erasing sex (top layer)"
     layer = ev.top(model)
     tone = ev.erasure.get((model, layer, "sex", "tone"))
     sex = ev.erasure.get((model, layer, "sex", "sex"))
     if not tone or not sex:
-        return _untestable(name, "erasure", f"no erasure result for {model} {layer}", -TOLERANCE, ">")
+        return _untestable(key, name, "erasure", f"no erasure result for {model} {layer}", -TOLERANCE, ">")
     after = dict(sex_after_erasure=sex["accuracy"], sex_chance=sex["chance"],
                  sex_after_erasure_ci=[sex.get("above_chance_ci_low"), sex.get("above_chance_ci_high")],
                  sex_after_erasure_ci_level=sex.get("above_chance_ci_level"), sex_at_chance=sex.get("at_chance"))
     if sex.get("at_chance") is not True:
         low, high = after["sex_after_erasure_ci"]
         shown = "no CI" if low is None or high is None else f"90% CI of accuracy − chance [{low:+.3f}, {high:+.3f}]"
-        return {**_untestable(name, "erasure", f"erasing sex (eraser fitted on other speakers) did not bring sex to "
+        return {**_untestable(key, name, "erasure", f"erasing sex (eraser fitted on other speakers) did not bring sex to "
                               f"chance within ±{EQUIVALENCE_MARGIN}: {sex['accuracy']:.3f} vs chance "
                               f"{sex['chance']:.3f}, {shown}", -TOLERANCE, ">"), **after}
     low, high = tone.get("change_ci_low"), tone.get("change_ci_high")
     verdict = decide(low if low is not None else float("nan"), high if high is not None else float("nan"),
                      -TOLERANCE, ">")
-    return dict(name=name, evidence="erasure", a=f"{model} {layer} sex erased", b=f"{model} {layer}", primary=True,
+    return dict(key=key, name=name, evidence="erasure", a=f"{model} {layer} sex erased", b=f"{model} {layer}", primary=True,
                 a_value=tone["accuracy"], b_value=tone["accuracy"] - tone["change"], estimate=tone["change"],
                 ci_low=low, ci_high=high, ci_method=tone.get("ci_method"), ci_level=LEVEL, margin=-TOLERANCE,
                 direction=">", verdict=verdict, **after)

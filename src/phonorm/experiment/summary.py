@@ -32,6 +32,7 @@ pre-trained model):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -39,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from phonorm.artifacts import atomic_path, read_json, write_json
+from phonorm.errors import PhonormError
 from phonorm.layers import layer_index
 from phonorm.records.sweep import POINTS, TABLE
 
@@ -134,9 +136,10 @@ def _comparisons(claims: Optional[dict], claim: str, model: str) -> Iterator[dic
                 yield from (c for c in check.get("comparisons") or [] if isinstance(c, dict))
 
 
-def _claimed(claims: Optional[dict], claim: str, model: str, prefix: str) -> Optional[dict]:
+def _claimed(claims: Optional[dict], claim: str, model: str, key: str) -> Optional[dict]:
+    """The comparison `key` (claims.json's `key` field, e.g. `sex_suppressed`) of `claim` for `model`."""
     for c in _comparisons(claims, claim, model):
-        if str(c.get("name", "")).startswith(prefix) and c.get("estimate") is not None:
+        if c.get("key") == key and c.get("estimate") is not None:
             return c
     return None
 
@@ -222,88 +225,127 @@ def summarize_point(point: dict[str, Any], resamples: int = 1000, seed: int = 0)
     `point`: {results, features, reference, tone_model, pretrained} (folders and model names)."""
     results = Path(point["results"])
     reference, tone = point["reference"], point.get("tone_model")
-    claims = _read_json(results / "claims.json")
-    probes = _read_csv(results / "probes.csv")
-    similarity = _read_csv(results / "similarity.csv")
-    normalization = _read_csv(results / "normalization.csv")
-    has_ci = probes is not None and {"ci_low", "ci_high"} <= set(probes.columns)
-    rows: list[dict] = []
+    tables = _PointTables.read(results)
     notes: list[str] = []
-    if claims is None:
+    if tables.claims is None:
         notes.append(f"{results / 'claims.json'} missing or unreadable: no claim verdicts")
-    if probes is None:
+    if tables.probes is None:
         notes.append(f"{results / 'probes.csv'} missing or unreadable: no probe quantities")
-    top_ref = _top_layer(reference, claims, probes)
-    top_tone = _top_layer(tone, claims, probes) if tone else None
-    if tone is None:
-        notes.append("no fine-tuned model with the single task tone: the tone-model quantities are left out")
-
-    def accuracy(model: str, layer: Optional[str], label: str, quantity: str) -> Optional[float]:
-        hit = _probe(probes, model, layer, label)
-        if hit is None:
-            return None
-        if has_ci:
-            rows.append(_row(quantity, hit["accuracy"], hit.get("ci_low"), hit.get("ci_high"),
-                             f"{_method(hit, 'speaker bootstrap')} (probes.csv)"))
-        else:
-            rows.append(_row(quantity, hit["accuracy"], ci_from="none: probes.csv has no CI columns"))
-        return float(hit["accuracy"])
-
-    ref_sex = accuracy(reference, top_ref, "sex", "reference_top_sex_probe")
-    ref_tone = accuracy(reference, top_ref, "tone", "reference_top_tone_probe")
+    top_ref = _top_layer(reference, tables.claims, tables.probes)
+    top_tone = _top_layer(tone, tables.claims, tables.probes) if tone else None
+    rows = [r for r in (tables.accuracy(reference, top_ref, "sex", "reference_top_sex_probe"),
+                        tables.accuracy(reference, top_ref, "tone", "reference_top_tone_probe")) if r is not None]
     if tone:
-        tone_sex = accuracy(tone, top_tone, "sex", "tone_model_top_sex_probe")
-        tone_tone = accuracy(tone, top_tone, "tone", "tone_model_top_tone_probe")
-        claimed = _claimed(claims, "C1", tone, "sex suppressed")
-        if claimed is not None:
-            rows.append(_row("sex_probe_top_tone_minus_reference", claimed["estimate"], claimed.get("ci_low"),
-                             claimed.get("ci_high"), f"{_method(claimed, 'paired speaker bootstrap')} (claims.json C1)"))
-        elif tone_sex is not None and ref_sex is not None:
-            rows.append(_row("sex_probe_top_tone_minus_reference", tone_sex - ref_sex, ci_from=NO_PAIRED))
-        if tone_tone is not None and ref_tone is not None:
-            rows.append(_row("tone_probe_top_tone_minus_reference", tone_tone - ref_tone, ci_from=NO_PAIRED))
-        claimed = _claimed(claims, "C1", tone, "tone enhanced")
-        if claimed is not None:
-            rows.append(_row("tone_relative_error_reduction", claimed["estimate"], claimed.get("ci_low"),
-                             claimed.get("ci_high"), f"{_method(claimed, 'paired speaker bootstrap')} (claims.json C1)"))
-        claimed = _claimed(claims, "C2", tone, "CKA lower half")
-        cka = _drop(similarity, tone, reference, "cka")
-        if claimed is not None:
-            rows.append(_row("cka_drop_lower_to_upper", claimed["estimate"], claimed.get("ci_low"),
-                             claimed.get("ci_high"), f"{_method(claimed, 'speaker bootstrap')} (claims.json C2)"))
-        elif cka is not None:
-            rows.append(_row("cka_drop_lower_to_upper", cka, ci_from="none: similarity.csv has no per-speaker sums"))
-        svcca = _drop(similarity, tone, reference, "svcca")
-        if svcca is not None:
-            rows.append(_row("svcca_drop_lower_to_upper", svcca,
-                             ci_from="none: similarity.csv has no per-speaker sums"))
+        rows += _tone_model_rows(tables, tone, top_tone, reference, top_ref)
+    else:
+        notes.append("no fine-tuned model with the single task tone: the tone-model quantities are left out")
     for model, layer, quantity in ((tone, top_tone, "speaker_variance_share_top"),
                                    (reference, top_ref, "reference_speaker_variance_share_top")):
-        if not model or not layer:
-            continue
-        try:
-            value, low, high, speakers = speaker_share(Path(point["features"]), model, layer, resamples, seed)
-            source = (f"speaker bootstrap ({speakers} speakers, feature store)" if np.isfinite(low) else
-                      f"none: {speakers} speakers are too few for a bootstrap CI of this share")
-            rows.append(_row(quantity, value, low, high, source))
-        except Exception as err:
-            hit = None
-            if normalization is not None:
-                hit = normalization[(normalization["model"] == model) & (normalization["layer"].astype(str) == layer)
-                                    & (normalization["measure"] == "variance_share")
-                                    & (normalization["label"] == "speaker")]
-            if hit is not None and len(hit):
-                rows.append(_row(quantity, hit["value"].iloc[0], ci_from="none: feature store unreadable"))
-            notes.append(f"speaker share of {model} {layer}: feature store not read ({err})")
+        if model and layer:
+            rows += _speaker_share_rows(tables, Path(point["features"]), model, layer, quantity, resamples, seed, notes)
     card = _read_json(Path(point["pretrained"]) / "phonorm.json") if point.get("pretrained") else None
     metric = (card or {}).get("held_out_metric") or "contrastive_accuracy"  # cards before the hubert objective
     curve = (card or {}).get("held_out_accuracy") or (card or {}).get("held_out_contrastive_accuracy") or []
     if curve:
         rows.append(_row(f"held_out_{metric}", curve[-1][1], ci_from="none: one fixed held-out set"))
-    for row in (claims or {}).get("claims", []):
+    for row in (tables.claims or {}).get("claims", []):
         if row.get("claim") in CLAIMS:
             rows.append(_row(row["claim"], None, ci_from="none", verdict=str(row.get("status", "unknown"))))
     return [{"point": point["id"], **r} for r in rows], notes
+
+
+@dataclass(frozen=True)
+class _PointTables:
+    """What one point's analysis wrote (None: missing or unreadable)."""
+
+    claims: Optional[dict]
+    probes: Optional[pd.DataFrame]
+    similarity: Optional[pd.DataFrame]
+    normalization: Optional[pd.DataFrame]
+
+    @classmethod
+    def read(cls, results: Path) -> "_PointTables":
+        return cls(_read_json(results / "claims.json"), _read_csv(results / "probes.csv"),
+                   _read_csv(results / "similarity.csv"), _read_csv(results / "normalization.csv"))
+
+    def accuracy(self, model: str, layer: Optional[str], label: str, quantity: str) -> Optional[dict]:
+        """The summary row of a top-layer probe accuracy (its CI when probes.csv has one), or None."""
+        hit = _probe(self.probes, model, layer, label)
+        if hit is None:
+            return None
+        if self.probes is not None and {"ci_low", "ci_high"} <= set(self.probes.columns):
+            return _row(quantity, hit["accuracy"], hit.get("ci_low"), hit.get("ci_high"),
+                        f"{_method(hit, 'speaker bootstrap')} (probes.csv)")
+        return _row(quantity, hit["accuracy"], ci_from="none: probes.csv has no CI columns")
+
+    def speaker_share(self, model: str, layer: str) -> Optional[float]:
+        """normalization.csv's speaker variance share of a layer, or None."""
+        table = self.normalization
+        if table is None:
+            return None
+        hit = table[(table["model"] == model) & (table["layer"].astype(str) == layer)
+                    & (table["measure"] == "variance_share") & (table["label"] == "speaker")]
+        return float(hit["value"].iloc[0]) if len(hit) else None
+
+
+def _claimed_row(claims: Optional[dict], claim: str, model: str, key: str, quantity: str,
+                 earlier: str) -> Optional[dict]:
+    """The summary row of claims.json's comparison `key` of `claim` for `model` (estimate and CI), or None."""
+    claimed = _claimed(claims, claim, model, key)
+    if claimed is None:
+        return None
+    return _row(quantity, claimed["estimate"], claimed.get("ci_low"), claimed.get("ci_high"),
+                f"{_method(claimed, earlier)} (claims.json {claim})")
+
+
+def _tone_model_rows(tables: _PointTables, tone: str, top_tone: Optional[str], reference: str,
+                     top_ref: Optional[str]) -> list[dict]:
+    """The quantities of the tone model: its probes, its differences to the reference, its similarity drop."""
+    rows: list[dict] = []
+    accuracies = {}
+    for model, layer, label, quantity in ((tone, top_tone, "sex", "tone_model_top_sex_probe"),
+                                          (tone, top_tone, "tone", "tone_model_top_tone_probe"),
+                                          (reference, top_ref, "sex", None), (reference, top_ref, "tone", None)):
+        row = tables.accuracy(model, layer, label, quantity or "")
+        accuracies[(model, label)] = None if row is None else row["value"]
+        if row is not None and quantity:
+            rows.append(row)
+    for label, key in (("sex", "sex_suppressed"), ("tone", None)):
+        quantity = f"{label}_probe_top_tone_minus_reference"
+        claimed = _claimed_row(tables.claims, "C1", tone, key, quantity, "paired speaker bootstrap") if key else None
+        a, b = accuracies[(tone, label)], accuracies[(reference, label)]
+        if claimed is not None:
+            rows.append(claimed)
+        elif a is not None and b is not None:
+            rows.append(_row(quantity, a - b, ci_from=NO_PAIRED))
+    claimed = _claimed_row(tables.claims, "C1", tone, "tone_enhanced", "tone_relative_error_reduction",
+                           "paired speaker bootstrap")
+    rows += [claimed] if claimed is not None else []
+    claimed = _claimed_row(tables.claims, "C2", tone, "cka_drop", "cka_drop_lower_to_upper", "speaker bootstrap")
+    cka = _drop(tables.similarity, tone, reference, "cka")
+    if claimed is not None:
+        rows.append(claimed)
+    elif cka is not None:
+        rows.append(_row("cka_drop_lower_to_upper", cka, ci_from="none: similarity.csv has no per-speaker sums"))
+    svcca = _drop(tables.similarity, tone, reference, "svcca")
+    if svcca is not None:
+        rows.append(_row("svcca_drop_lower_to_upper", svcca, ci_from="none: similarity.csv has no per-speaker sums"))
+    return rows
+
+
+def _speaker_share_rows(tables: _PointTables, features: Path, model: str, layer: str, quantity: str,
+                        resamples: int, seed: int, notes: list[str]) -> list[dict]:
+    """The speaker variance share of a layer with its bootstrap CI from the feature store; without a
+    readable store, normalization.csv's value and no CI (and a note saying why)."""
+    try:
+        value, low, high, speakers = speaker_share(features, model, layer, resamples, seed)
+    except (PhonormError, OSError, ValueError) as err:  # a store moved, deleted or damaged since the analysis
+        notes.append(f"speaker share of {model} {layer}: feature store not read ({err})")
+        share = tables.speaker_share(model, layer)
+        return [] if share is None else [_row(quantity, share, ci_from="none: feature store unreadable")]
+    source = (f"speaker bootstrap ({speakers} speakers, feature store)" if np.isfinite(low) else
+              f"none: {speakers} speakers are too few for a bootstrap CI of this share")
+    return [_row(quantity, value, low, high, source)]
 
 
 def summarize(points: list[dict[str, Any]], out: str | Path, resamples: int = 1000, seed: int = 0) -> str:
