@@ -112,25 +112,32 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader | str:
         return "damaged safetensors header (not valid JSON)"
     if not isinstance(header, dict):
         return "damaged safetensors header (not a JSON object)"
-    tensors, buffer, end_max = {}, size - 8 - length, 0
+    tensors: dict[str, tuple[str, tuple[int, ...], tuple[int, int]]] = {}
     for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], tuple(int(n) for n in entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            return f"damaged safetensors header (tensor {name!r} lacks dtype, shape or data_offsets)"
-        if dtype not in SAFETENSORS_DTYPES:
-            return f"tensor {name!r} has an unknown dtype {dtype!r}"
-        if end - begin != math.prod(shape) * SAFETENSORS_DTYPES[dtype]:
-            return f"tensor {name!r}: its bytes {begin}..{end} do not hold shape {list(shape)} {dtype}"
-        tensors[name] = (dtype, shape, (int(begin), int(end)))
-        end_max = max(end_max, int(end))
+        if name != "__metadata__":
+            tensor = _tensor_entry(name, entry)
+            if isinstance(tensor, str):
+                return tensor
+            tensors[name] = tensor
+    buffer, end_max = size - 8 - length, max((end for _, _, (_, end) in tensors.values()), default=0)
     if buffer < end_max:
         return f"truncated: {size} bytes, its tensors need {8 + length + end_max}"
     if buffer > end_max:
         return f"{buffer - end_max} bytes after the tensors its header describes"
     return SafetensorsHeader(tensors, 8 + length)
+
+
+def _tensor_entry(name: str, entry: Any) -> tuple[str, tuple[int, ...], tuple[int, int]] | str:
+    """(dtype, shape, (begin, end)) of one tensor of a safetensors header, or its defect in words."""
+    try:
+        dtype, shape, (begin, end) = entry["dtype"], tuple(int(n) for n in entry["shape"]), entry["data_offsets"]
+    except (KeyError, TypeError, ValueError):
+        return f"damaged safetensors header (tensor {name!r} lacks dtype, shape or data_offsets)"
+    if dtype not in SAFETENSORS_DTYPES:
+        return f"tensor {name!r} has an unknown dtype {dtype!r}"
+    if end - begin != math.prod(shape) * SAFETENSORS_DTYPES[dtype]:
+        return f"tensor {name!r}: its bytes {begin}..{end} do not hold shape {list(shape)} {dtype}"
+    return dtype, shape, (int(begin), int(end))
 
 
 _FLOAT_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16}

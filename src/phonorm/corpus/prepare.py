@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -189,49 +189,54 @@ def list_sources(
 ) -> list[UtteranceSource]:
     """One `UtteranceSource` per utterance id seen in the audio folder or the alignments."""
     sources: dict[str, UtteranceSource] = {}
-
-    def source(utt: str) -> UtteranceSource:
-        return sources.setdefault(utt, UtteranceSource(utt))
-
     for path in (find_audio(audio_dir) if audio_files is None else audio_files):
-        src = source(path.stem)
+        src = sources.setdefault(path.stem, UtteranceSource(path.stem))
         if src.audio is not None:
             src.problem = src.problem or ("duplicate", path, f"duplicate utterance id {path.stem!r}: also {src.audio}")
             continue
         src.audio = path.resolve()
         src.folder_speaker = path.parent.name if path.parent.resolve() != audio_dir.resolve() else None
-
     if fmt == "textgrid":
-        if not alignments.is_dir():
-            raise InputError(alignments, "no such folder of TextGrids (give a folder with --alignments)")
-        grids = sorted(p for p in alignments.rglob("*") if p.is_file() and p.suffix.lower() in ALIGNMENT_SUFFIXES)
-        if not grids:
-            raise InputError(alignments, "no *.TextGrid (or Biaobei *.interval) files in this folder")
-        for path in grids:
-            src = source(path.stem)
-            if src.alignment_file is not None:
-                src.problem = src.problem or ("duplicate", path, f"duplicate utterance id {path.stem!r}: also {src.alignment_file}")
-                continue
-            src.alignment_file = path.resolve()
+        _add_textgrids(sources, alignments)
     else:
-        for path in ctm_files(alignments):
-            try:
-                by_utterance, problems = read_ctm_utterances(path)
-            except InputError as err:
-                if not skip_bad:
-                    raise
-                skipped.append(Skipped(err.item or path.name, str(path), err.problem, "file"))
-                continue
-            for utt, line_error in problems.items():  # a bad line spoils only its utterance
-                src = source(utt)
-                src.problem = src.problem or ("alignment", path, line_error.problem)
-            for utt, alignment in by_utterance.items():
-                src = source(utt)
-                if src.alignment is not None:
-                    src.problem = src.problem or ("duplicate", path, f"utterance {utt!r} is aligned in two CTM files: also {src.alignment_file}")
-                    continue
-                src.alignment, src.alignment_file = alignment, path.resolve()
+        _add_ctm(sources, alignments, skip_bad, skipped)
     return [sources[utt] for utt in sorted(sources)]
+
+
+def _add_textgrids(sources: dict[str, UtteranceSource], alignments: Path) -> None:
+    """Each TextGrid (or Biaobei .interval) file of the folder `alignments` to its utterance's source."""
+    if not alignments.is_dir():
+        raise InputError(alignments, "no such folder of TextGrids (give a folder with --alignments)")
+    grids = sorted(p for p in alignments.rglob("*") if p.is_file() and p.suffix.lower() in ALIGNMENT_SUFFIXES)
+    if not grids:
+        raise InputError(alignments, "no *.TextGrid (or Biaobei *.interval) files in this folder")
+    for path in grids:
+        src = sources.setdefault(path.stem, UtteranceSource(path.stem))
+        if src.alignment_file is not None:
+            src.problem = src.problem or ("duplicate", path, f"duplicate utterance id {path.stem!r}: also {src.alignment_file}")
+            continue
+        src.alignment_file = path.resolve()
+
+
+def _add_ctm(sources: dict[str, UtteranceSource], alignments: Path, skip_bad: bool, skipped: list[Skipped]) -> None:
+    """Each utterance of the CTM file(s) `alignments` to its source; a bad line spoils only its utterance."""
+    for path in ctm_files(alignments):
+        try:
+            by_utterance, problems = read_ctm_utterances(path)
+        except InputError as err:
+            if not skip_bad:
+                raise
+            skipped.append(Skipped(err.item or path.name, str(path), err.problem, "file"))
+            continue
+        for utt, line_error in problems.items():
+            src = sources.setdefault(utt, UtteranceSource(utt))
+            src.problem = src.problem or ("alignment", path, line_error.problem)
+        for utt, alignment in by_utterance.items():
+            src = sources.setdefault(utt, UtteranceSource(utt))
+            if src.alignment is not None:
+                src.problem = src.problem or ("duplicate", path, f"utterance {utt!r} is aligned in two CTM files: also {src.alignment_file}")
+                continue
+            src.alignment, src.alignment_file = alignment, path.resolve()
 
 
 # --------------------------------------------------------------------------- one utterance
@@ -241,53 +246,73 @@ def read_utterance(
 ) -> tuple[dict, list, LabelNotes]:
     """(utterance row, labelled phones, notes) of one utterance; raises `BadUtterance`."""
     utt = src.utterance_id
-
-    def bad(step: str, path, problem: str) -> BadUtterance:
-        return BadUtterance(step, InputError(path, problem, item=utt))
-
-    if src.problem:
-        step, path, problem = src.problem
-        raise bad(step, path, problem)
-    if src.audio is None:
-        raise bad("no-audio", src.alignment_file, "alignment without audio (no audio file with this name)")
-    if src.alignment_file is None:
-        raise bad("no-alignment", src.audio, "no alignment for this audio file")
+    audio, alignment_file = _paired_files(src)
     try:
-        duration, rate, channels = check_audio(src.audio)
+        duration, rate, channels = check_audio(audio)
     except InputError as err:
         raise BadUtterance("audio", InputError(err.path, err.problem, item=utt)) from None
-    try:
-        speaker, speaker_by = speakers.match(utt, src.folder_speaker)
-    except SpeakerMismatch as err:
-        raise bad("speaker", speakers.path, str(err)) from None
-    if speaker in speakers.problems:
-        raise bad("speaker", speakers.path, speakers.problems[speaker])
+    speaker, speaker_by = _speaker_of(src, speakers)
     split = None
     if split_of_utterance is not None:
         split = split_of_utterance.get(utt)
         if split is None:
-            raise bad("split", split_file, "utterance has no split in the split file")
+            raise _bad(utt, "split", split_file, "utterance has no split in the split file")
     try:
-        alignment = src.alignment if src.alignment is not None else read_textgrid(src.alignment_file)
+        alignment = src.alignment if src.alignment is not None else read_textgrid(alignment_file)
     except InputError as err:
         raise BadUtterance("alignment", InputError(err.path, err.problem, item=utt)) from None
     if alignment.end > duration + DURATION_TOLERANCE:
-        raise bad("too-long", src.alignment_file,
-                  f"alignment ends at {alignment.end:.3f} s but the audio {src.audio.name} lasts {duration:.3f} s")
-    try:
-        phones, notes = label_alignment(alignment, scheme, tone_mode, rules)
-    except UnknownLabels as err:
-        raise BadUtterance("labels", InputError(src.alignment_file, str(err), item=utt), err.counts) from None
-    except SchemeError as err:
-        raise bad("labels", src.alignment_file, str(err)) from None
-    if not phones:
-        raise bad("empty", src.alignment_file, "alignment has no phone intervals (only silence)")
+        raise _bad(utt, "too-long", alignment_file,
+                   f"alignment ends at {alignment.end:.3f} s but the audio {audio.name} lasts {duration:.3f} s")
+    phones, notes = _labelled(utt, alignment, alignment_file, scheme, tone_mode, rules)
     row = dict(
         utterance_id=utt, speaker=speaker, sex=speakers.sex[speaker], split=split,
-        audio_path=str(src.audio), duration=float(duration), sample_rate=int(rate), channels=int(channels),
+        audio_path=str(audio), duration=float(duration), sample_rate=int(rate), channels=int(channels),
     )
     row[SPEAKER_BY] = speaker_by  # not a column: counted into labels.json
     return row, phones, notes
+
+
+def _bad(utt: str, step: str, path, problem: str) -> BadUtterance:
+    return BadUtterance(step, InputError(path, problem, item=utt))
+
+
+def _paired_files(src: UtteranceSource) -> tuple[Path, Path]:
+    """(audio file, alignment file) of a source that has both and no earlier problem; else `BadUtterance`."""
+    utt = src.utterance_id
+    if src.problem:
+        step, path, problem = src.problem
+        raise _bad(utt, step, path, problem)
+    if src.audio is None:
+        raise _bad(utt, "no-audio", src.alignment_file, "alignment without audio (no audio file with this name)")
+    if src.alignment_file is None:
+        raise _bad(utt, "no-alignment", src.audio, "no alignment for this audio file")
+    return src.audio, src.alignment_file
+
+
+def _speaker_of(src: UtteranceSource, speakers: SpeakerTable) -> tuple[str, str]:
+    """(speaker, how it was found) of an utterance; `BadUtterance` when no rule or a bad row names it."""
+    try:
+        speaker, speaker_by = speakers.match(src.utterance_id, src.folder_speaker)
+    except SpeakerMismatch as err:
+        raise _bad(src.utterance_id, "speaker", speakers.path, str(err)) from None
+    if speaker in speakers.problems:
+        raise _bad(src.utterance_id, "speaker", speakers.path, speakers.problems[speaker])
+    return speaker, speaker_by
+
+
+def _labelled(utt: str, alignment: Alignment, alignment_file: Path, scheme, tone_mode: str,
+              rules: LabelRules | None) -> tuple[list, LabelNotes]:
+    """The labelled phones of an alignment (`label_alignment`); `BadUtterance` naming unreadable labels."""
+    try:
+        phones, notes = label_alignment(alignment, scheme, tone_mode, rules)
+    except UnknownLabels as err:
+        raise BadUtterance("labels", InputError(alignment_file, str(err), item=utt), err.counts) from None
+    except SchemeError as err:
+        raise _bad(utt, "labels", alignment_file, str(err)) from None
+    if not phones:
+        raise _bad(utt, "empty", alignment_file, "alignment has no phone intervals (only silence)")
+    return phones, notes
 
 
 # --------------------------------------------------------------------------- the whole corpus
@@ -305,35 +330,24 @@ def build_prepared_corpus(
     out = Path(out)
     skipped = skipped if skipped is not None else []
     label_scheme = label_scheme if label_scheme is not None else get_scheme(scheme)
-    rows, segments = [], []
-    notes = LabelNotes()
-    unknown = UnknownLabelTally()
-    matched: Counter = Counter()  # how utterances found their speaker (folder, prefix, regex)
+    read = _ReadUtterances()
     # `with`: an error closes the bar first, so that its message starts on a line of its own
     with tqdm(sources, desc="prepare", unit="utt", disable=None) as bar:
         for src in bar:
             if add_words is not None and src.alignment is not None:
                 add_words(src.utterance_id, src.alignment)
             try:
-                row, phones, utt_notes = read_utterance(src, speakers, label_scheme, tone_mode, split_of_utterance,
-                                                        split_file, rules)
+                read.add(src.utterance_id, *read_utterance(src, speakers, label_scheme, tone_mode,
+                                                           split_of_utterance, split_file, rules))
             except BadUtterance as bad:
                 if bad.unknown:
-                    unknown.add(bad.unknown, bad.error.path, src.utterance_id)
+                    read.unknown.add(bad.unknown, bad.error.path, src.utterance_id)
                     if not skip_bad:
                         continue  # read on: one error at the end names every unknown label
                 if not skip_bad:
                     raise bad.error from None
                 skipped.append(Skipped(src.utterance_id, bad.error.path or "", bad.error.problem, bad.step))
-                continue
-            matched[row.pop(SPEAKER_BY)] += 1
-            rows.append(row)
-            notes.add(utt_notes)
-            for p in phones:
-                segments.append(dict(
-                    utterance_id=src.utterance_id, start=p.start, end=p.end, phone=p.phone, tone=p.tone,
-                    syllable=p.syllable, word=p.word, is_final=p.is_final,
-                ))
+    rows, segments, notes, unknown, matched = read.rows, read.segments, read.notes, read.unknown, read.matched
 
     if unknown.seen and not skip_bad:  # one error for the corpus, named by its first bad file
         raise InputError(
@@ -350,14 +364,8 @@ def build_prepared_corpus(
             else "no utterances found: is --audio the right folder?"
         )
     utterances = pd.DataFrame(rows)
-    if split_of_utterance is None and split_by == "utterance":
-        split_of = utterance_split(dict(zip(utterances["utterance_id"], utterances["speaker"])), seed=seed,
-                                   dev=dev, test=test)
-        utterances["split"] = utterances["utterance_id"].map(split_of)
-    elif split_of_utterance is None:
-        split_of_speaker = speaker_split(dict(zip(utterances["speaker"], utterances["sex"])), seed=seed,
-                                         dev=dev, test=test)
-        utterances["split"] = utterances["speaker"].map(split_of_speaker)
+    if split_of_utterance is None:
+        utterances["split"] = _default_split(utterances, split_by, seed=seed, dev=dev, test=test)
     utterances = utterances.sort_values("utterance_id").reset_index(drop=True)
     utterances["sample_rate"] = utterances["sample_rate"].astype("int64")
     utterances["channels"] = utterances["channels"].astype("int64")
@@ -388,6 +396,36 @@ def build_prepared_corpus(
     write_parquet(out / "utterances.parquet", utterances)
     write_json(out / "labels.json", labels)  # last: a folder without it is not a prepared corpus
     return summarize(out, utterances, table, skipped, notes, problems, unknown)
+
+
+@dataclass
+class _ReadUtterances:
+    """What `build_prepared_corpus` gathers utterance by utterance."""
+
+    rows: list[dict] = field(default_factory=list)
+    segments: list[dict] = field(default_factory=list)
+    notes: LabelNotes = field(default_factory=LabelNotes)
+    unknown: UnknownLabelTally = field(default_factory=UnknownLabelTally)
+    matched: Counter = field(default_factory=Counter)  # how utterances found their speaker (folder, prefix, regex)
+
+    def add(self, utt: str, row: dict, phones: list, notes: LabelNotes) -> None:
+        self.matched[row.pop(SPEAKER_BY)] += 1
+        self.rows.append(row)
+        self.notes.add(notes)
+        self.segments += [dict(utterance_id=utt, start=p.start, end=p.end, phone=p.phone, tone=p.tone,
+                               syllable=p.syllable, word=p.word, is_final=p.is_final) for p in phones]
+
+
+def _default_split(utterances: pd.DataFrame, split_by: str, *, seed: int, dev: float, test: float) -> pd.Series:
+    """The split of each utterance (row) without a split file: by speaker (shares of each sex's
+    speakers) or, with `split_by="utterance"`, by utterance (shares of each speaker's utterances)."""
+    if split_by == "utterance":
+        split_of = utterance_split(dict(zip(utterances["utterance_id"], utterances["speaker"])), seed=seed,
+                                   dev=dev, test=test)
+        return utterances["utterance_id"].map(split_of)
+    split_of_speaker = speaker_split(dict(zip(utterances["speaker"], utterances["sex"])), seed=seed,
+                                     dev=dev, test=test)
+    return utterances["speaker"].map(split_of_speaker)
 
 
 def write_skipped(out: Path, skipped: list[Skipped]) -> None:

@@ -402,6 +402,19 @@ def label_alignment(
     """
     rules = rules or LabelRules()
     notes = LabelNotes()
+    phones = _parse_phones(alignment, scheme, rules)
+    words = [w for w in alignment.words if not is_silence(w.label, rules.silence)]
+    groups = _group_by_word(phones, words)
+    if isinstance(scheme, MandarinScheme):
+        _name_pinyin_syllables(groups, tone_mode, notes)
+    else:
+        _name_tonal_words(groups)
+    return phones, notes
+
+
+def _parse_phones(alignment: Alignment, scheme, rules: LabelRules) -> list[LabelledPhone]:
+    """The alignment's speech phones parsed by the scheme (after the phone map); `UnknownLabels`
+    naming every label it cannot parse."""
     phones: list[LabelledPhone] = []
     unknown: Counter = Counter()
     first_problem = ""
@@ -425,19 +438,25 @@ def label_alignment(
                                     syllable=parsed.syllable))
     if unknown:
         raise UnknownLabels(unknown, f"first: {first_problem}; {REMEDY}")
-    words = [w for w in alignment.words if not is_silence(w.label, rules.silence)]
-    groups = _group_by_word(phones, words)
-    if not isinstance(scheme, MandarinScheme):
-        for word, members in groups:
-            bearers = [p for p in members if p.tone]
-            # A word that is one syllable written with its tone digit (Jyutping `gwong2` over `gw ong2`,
-            # as `phonorm synth --language yue` writes) names the syllable; otherwise it stays unknown.
-            syllable = word if len(bearers) == 1 and word.endswith(str(bearers[0].tone)) else ""
-            for p in members:
-                p.word = word
-                p.syllable = syllable
-        return phones, notes
+    return phones
 
+
+def _name_tonal_words(groups: list[tuple[str, list[LabelledPhone]]]) -> None:
+    """Word and syllable of every phone of a non-Mandarin scheme. A word that is one syllable written
+    with its tone digit (Jyutping `gwong2` over `gw ong2`, as `phonorm synth --language yue` writes)
+    names the syllable; otherwise it stays unknown ("")."""
+    for word, members in groups:
+        bearers = [p for p in members if p.tone]
+        syllable = word if len(bearers) == 1 and word.endswith(str(bearers[0].tone)) else ""
+        for p in members:
+            p.word = word
+            p.syllable = syllable
+
+
+def _name_pinyin_syllables(groups: list[tuple[str, list[LabelledPhone]]], tone_mode: str, notes: LabelNotes) -> None:
+    """Word, pinyin syllable (and, for Han words, the dictionary's tone) of every phone of the
+    Mandarin scheme: from the Han characters of the word when their syllable count matches, else
+    from a pinyin word, else spelled from the phones (initial + final + tone)."""
     han = [word for word, _ in groups if is_han(word)]
     han_syllables = han_pinyin(han, tone_mode) if han else []
     cursor = 0
@@ -450,27 +469,36 @@ def label_alignment(
             mine = han_syllables[cursor:cursor + len(word)] if han_syllables is not None else None
             cursor += len(word)
             if mine is not None and len(mine) == len(syllables):
-                for (_, final), pinyin in zip(syllables, mine):
-                    final.tone = int(pinyin[-1])
-                for (members_of_syllable, _), pinyin in zip(syllables, mine):
-                    for p in members_of_syllable:
-                        p.syllable = pinyin
+                _take_han_syllables(syllables, mine)
                 continue
             notes.han_words_mismatched += 1
         if len(syllables) == 1 and _PINYIN_WORD.match(word.lower().replace("ü", "v")):
             for p in syllables[0][0]:
                 p.syllable = word.lower().replace("ü", "v")
             continue
-        for members_of_syllable, final in syllables:
-            spelled = final.syllable  # a whole-syllable label spells itself
-            if not spelled and final.phone.isascii():
-                initial = "".join(p.phone for p in members_of_syllable if p is not final and p.start < final.start)
-                coda = "".join(p.phone for p in members_of_syllable if p.start > final.start)
-                if initial == "" or initial in PINYIN_INITIALS:
-                    spelled = pinyin_syllable(initial, final.phone, final.tone, coda)
-            for p in members_of_syllable:
-                p.syllable = spelled
-    return phones, notes
+        _spell_syllables(syllables)
+
+
+def _take_han_syllables(syllables: list[tuple[list[LabelledPhone], LabelledPhone]], pinyin: list[str]) -> None:
+    """Each syllable's final takes the tone, and its phones the pinyin, of the dictionary reading."""
+    for (members_of_syllable, final), reading in zip(syllables, pinyin):
+        final.tone = int(reading[-1])
+        for p in members_of_syllable:
+            p.syllable = reading
+
+
+def _spell_syllables(syllables: list[tuple[list[LabelledPhone], LabelledPhone]]) -> None:
+    """Each syllable spelled from its phones (initial + final + tone + coda); a whole-syllable label
+    spells itself; "" when the initial is not a pinyin initial."""
+    for members_of_syllable, final in syllables:
+        spelled = final.syllable
+        if not spelled and final.phone.isascii():
+            initial = "".join(p.phone for p in members_of_syllable if p is not final and p.start < final.start)
+            coda = "".join(p.phone for p in members_of_syllable if p.start > final.start)
+            if initial == "" or initial in PINYIN_INITIALS:
+                spelled = pinyin_syllable(initial, final.phone, final.tone, coda)
+        for p in members_of_syllable:
+            p.syllable = spelled
 
 
 def _group_by_word(phones: list[LabelledPhone], words) -> list[tuple[str, list[LabelledPhone]]]:

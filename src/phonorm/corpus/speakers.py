@@ -16,6 +16,7 @@ The speaker must be an id of the table, exactly, whatever the rule.
 from __future__ import annotations
 
 import re
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,42 +57,58 @@ class SpeakerTable:
         known = self.sex.keys() | self.problems.keys()
         rule = self.rule
         if rule == "folder" or (rule == "auto" and folder_name in known):
-            if folder_name in known:
-                return folder_name, "folder"  # type: ignore[return-value]
-            if not folder_name:
-                raise SpeakerMismatch("the audio file is not in a speaker folder (--speaker-from folder)")
-            raise SpeakerMismatch(f"its folder {folder_name!r} is not a speaker of the table (--speaker-from folder)")
+            return _by_folder(folder_name, known)
         if rule.startswith("regex:"):
-            found = re.match(rule[len("regex:"):], utt)
-            if found is None:
-                raise SpeakerMismatch(f"--speaker-from {rule}: does not match the utterance id")
-            speaker = found.groupdict().get("speaker") or found.group(1)
-            if speaker not in known:
-                raise SpeakerMismatch(f"--speaker-from {rule}: gives speaker {speaker!r}, not in the table")
-            return speaker, "regex"
+            return _by_regex(rule, utt, known)
         prefixes = sorted(spk for spk in known if utt.startswith(spk))
         if rule == "prefix":
-            if len(prefixes) == 1:
-                return prefixes[0], "prefix"
-            if prefixes:
-                raise SpeakerMismatch(f"ambiguous: speakers {', '.join(map(repr, prefixes))} all start the utterance "
-                                      "id; give the speaker by folder or by --speaker-from regex:PATTERN")
-            raise SpeakerMismatch("no speaker id of the table starts the utterance id (--speaker-from prefix)")
-        # auto: a speaker id ending at a separator (or the whole utterance id)
-        whole = [spk for spk in prefixes if len(utt) == len(spk) or utt[len(spk)] in SEPARATORS]
-        if len(whole) == 1:
-            return whole[0], "prefix"
-        if whole:
-            raise SpeakerMismatch(f"ambiguous: speakers {', '.join(map(repr, whole))} all start the utterance id; "
-                                  "give the speaker by folder or by --speaker-from regex:PATTERN")
-        where = f"its folder {folder_name!r} is not a speaker and " if folder_name else ""
-        if prefixes:
-            raise SpeakerMismatch(
-                f"{where}no speaker id of the table starts the utterance id followed by one of {SEPARATORS!r}; "
-                f"{', '.join(map(repr, prefixes))} starts it but is not followed by a separator: add the utterance's "
-                "speaker to the table, or say how to find it with --speaker-from prefix, folder or regex:PATTERN")
-        raise SpeakerMismatch(f"{where}no speaker of this table matches the utterance (no speaker id starts {utt!r}); "
-                              "see --speaker-from")
+            return _by_prefix(prefixes)
+        return _by_whole_prefix(utt, prefixes, folder_name)
+
+
+def _by_folder(folder_name: str | None, known: Set[str]) -> tuple[str, str]:
+    if folder_name is not None and folder_name in known:
+        return folder_name, "folder"
+    if not folder_name:
+        raise SpeakerMismatch("the audio file is not in a speaker folder (--speaker-from folder)")
+    raise SpeakerMismatch(f"its folder {folder_name!r} is not a speaker of the table (--speaker-from folder)")
+
+
+def _by_regex(rule: str, utt: str, known: Set[str]) -> tuple[str, str]:
+    found = re.match(rule[len("regex:"):], utt)
+    if found is None:
+        raise SpeakerMismatch(f"--speaker-from {rule}: does not match the utterance id")
+    speaker = found.groupdict().get("speaker") or found.group(1)
+    if speaker not in known:
+        raise SpeakerMismatch(f"--speaker-from {rule}: gives speaker {speaker!r}, not in the table")
+    return speaker, "regex"
+
+
+def _by_prefix(prefixes: list[str]) -> tuple[str, str]:
+    if len(prefixes) == 1:
+        return prefixes[0], "prefix"
+    if prefixes:
+        raise SpeakerMismatch(f"ambiguous: speakers {', '.join(map(repr, prefixes))} all start the utterance "
+                              "id; give the speaker by folder or by --speaker-from regex:PATTERN")
+    raise SpeakerMismatch("no speaker id of the table starts the utterance id (--speaker-from prefix)")
+
+
+def _by_whole_prefix(utt: str, prefixes: list[str], folder_name: str | None) -> tuple[str, str]:
+    """The rule "auto" without a speaker folder: a speaker id ending at a separator (or the whole utterance id)."""
+    whole = [spk for spk in prefixes if len(utt) == len(spk) or utt[len(spk)] in SEPARATORS]
+    if len(whole) == 1:
+        return whole[0], "prefix"
+    if whole:
+        raise SpeakerMismatch(f"ambiguous: speakers {', '.join(map(repr, whole))} all start the utterance id; "
+                              "give the speaker by folder or by --speaker-from regex:PATTERN")
+    where = f"its folder {folder_name!r} is not a speaker and " if folder_name else ""
+    if prefixes:
+        raise SpeakerMismatch(
+            f"{where}no speaker id of the table starts the utterance id followed by one of {SEPARATORS!r}; "
+            f"{', '.join(map(repr, prefixes))} starts it but is not followed by a separator: add the utterance's "
+            "speaker to the table, or say how to find it with --speaker-from prefix, folder or regex:PATTERN")
+    raise SpeakerMismatch(f"{where}no speaker of this table matches the utterance (no speaker id starts {utt!r}); "
+                          "see --speaker-from")
 
 
 def read_speakers(path: str | Path) -> SpeakerTable:

@@ -46,7 +46,7 @@ import multiprocessing
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -355,18 +355,7 @@ def align_syllables(events, words: list[str], syllables: Sequence[tuple[Syllable
     for word, (syllable, tone), position in zip(words, syllables, text_positions):
         mine = [i for i, e in enumerate(phonemes) if e.text_position == position and not e.name.startswith("_")]
         names = [phonemes[i].name.lstrip(_STRESS_MARKS) for i in mine]
-        problem = None
-        if not mine:
-            problem = "no phonemes"
-        elif mine != list(range(mine[0], mine[-1] + 1)):
-            problem = "a pause inside the syllable"
-        elif any("(" in name for name in names):
-            problem = "a language switch (eSpeak does not know the syllable)"
-        elif syllable.initial and (len(mine) <= len(expected := table[syllable.initial])
-                                   or tuple(names[: len(expected)]) != expected):
-            problem = f"initial {syllable.initial!r} should be eSpeak's {' '.join(table[syllable.initial])!r} followed by the final"
-        elif not syllable.initial and names[0] in initial_phonemes:
-            problem = "a zero-initial syllable starts with an initial consonant"
+        problem = _phoneme_problem(mine, names, syllable, table, initial_phonemes)
         if problem is None:
             first_final = mine[len(table[syllable.initial])] if syllable.initial else mine[0]
             start, final_start, end = starts[mine[0]], starts[first_final], ends[mine[-1]]
@@ -379,6 +368,25 @@ def align_syllables(events, words: list[str], syllables: Sequence[tuple[Syllable
             phone_tier.append(Interval(start, final_start, syllable.initial))
         phone_tier.append(Interval(final_start, end, f"{syllable.final}{tone}"))
     return word_tier, phone_tier
+
+
+def _phoneme_problem(mine: list[int], names: list[str], syllable: Syllable, table: Mapping[str, tuple[str, ...]],
+                     initial_phonemes: set[str]) -> str | None:
+    """Why eSpeak's phonemes `names` (event indices `mine`) of one syllable do not split into its
+    initial (eSpeak's phonemes `table[initial]`) and a final; None when they do."""
+    if not mine:
+        return "no phonemes"
+    if mine != list(range(mine[0], mine[-1] + 1)):
+        return "a pause inside the syllable"
+    if any("(" in name for name in names):
+        return "a language switch (eSpeak does not know the syllable)"
+    if syllable.initial:
+        expected = table[syllable.initial]
+        if len(mine) <= len(expected) or tuple(names[: len(expected)]) != expected:
+            return f"initial {syllable.initial!r} should be eSpeak's {' '.join(expected)!r} followed by the final"
+    elif names[0] in initial_phonemes:
+        return "a zero-initial syllable starts with an initial consonant"
+    return None
 
 
 # --------------------------------------------------------------------------- synthesis (worker side)
@@ -519,6 +527,33 @@ def synthesize_corpus(out: str | Path, n_speakers: int = 24, n_utterances: int =
         return _synthesize_corpus(out, n_speakers, n_utterances, seed, jobs, variation, lang)
 
 
+def _check_resumable(out: Path, meta_path: Path, settings: dict) -> None:
+    """Refuse a folder that holds a corpus made with other settings, or anything but a corpus."""
+    if meta_path.exists():
+        try:
+            previous = read_json(meta_path).get("settings")
+        except (ValueError, AttributeError):
+            raise InputError(meta_path, "not a readable synth.json; use a new folder") from None
+        if previous != settings:
+            raise PhonormError(f"{meta_path}: this folder holds a corpus made with other settings ({previous}); use a new folder")
+    elif any(p.name != LOCK_FILE for p in out.iterdir()):  # our own lock file is no content
+        raise PhonormError(f"{out}: the folder is not empty and holds no synth.json; use a new or empty folder")
+
+
+def _synthesize_speakers(out: Path, todo: list, plan: dict, jobs: int, done: Callable[[], object]) -> None:
+    """Synthesize the speakers `todo` (voices) in worker processes; `done()` after each speaker.
+    A fresh process per speaker (maxtasksperchild=1): eSpeak's hidden state must start from
+    scratch for the output to be deterministic. forkserver forks from a clean server that never
+    loaded eSpeak; spawn where there is no forkserver."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":  # import once in the server, not in every worker
+        context.set_forkserver_preload(["phonorm.corpus.synth", "soxr", "soundfile", "praatio.textgrid", "scipy.signal"])
+    with context.Pool(processes=max(1, min(jobs, len(todo))), maxtasksperchild=1) as pool:
+        for _ in pool.imap_unordered(_synthesize_speaker, [(str(out), v, plan[v.speaker]) for v in todo]):
+            done()
+
+
 def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int, jobs: int, variation: str,
                        language: SynthLanguage) -> str:
     from tqdm import tqdm
@@ -533,15 +568,7 @@ def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int,
     if language is not CMN:
         settings["language"] = language.code
     meta_path = out / "synth.json"
-    if meta_path.exists():
-        try:
-            previous = read_json(meta_path).get("settings")
-        except (ValueError, AttributeError):
-            raise InputError(meta_path, "not a readable synth.json; use a new folder") from None
-        if previous != settings:
-            raise PhonormError(f"{meta_path}: this folder holds a corpus made with other settings ({previous}); use a new folder")
-    elif any(p.name != LOCK_FILE for p in out.iterdir()):  # our own lock file is no content
-        raise PhonormError(f"{out}: the folder is not empty and holds no synth.json; use a new or empty folder")
+    _check_resumable(out, meta_path, settings)
 
     voices, plan = plan_corpus(n_speakers, n_utterances, seed, variation, language.code)
     write_json(meta_path, {"complete": False, "settings": settings})
@@ -555,17 +582,7 @@ def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int,
     total = n_speakers * n_utterances
     with tqdm(total=total, initial=skipped * n_utterances, unit="utt", desc="synth", disable=None) as bar:
         if todo:
-            # A fresh process per speaker (maxtasksperchild=1): eSpeak's hidden state must start
-            # from scratch for the output to be deterministic. forkserver forks from a clean
-            # server that never loaded eSpeak; spawn where there is no forkserver.
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            context = multiprocessing.get_context(method)
-            if method == "forkserver":  # import once in the server, not in every worker
-                context.set_forkserver_preload(["phonorm.corpus.synth", "soxr", "soundfile", "praatio.textgrid", "scipy.signal"])
-            with context.Pool(processes=max(1, min(jobs, len(todo))), maxtasksperchild=1) as pool:
-                jobs_args = [(str(out), v, plan[v.speaker]) for v in todo]
-                for _ in pool.imap_unordered(_synthesize_speaker, jobs_args):
-                    bar.update(n_utterances)
+            _synthesize_speakers(out, todo, plan, jobs, lambda: bar.update(n_utterances))
 
     with atomic_path(out / "speakers.tsv") as tmp:
         tmp.write_text("speaker\tsex\n" + "".join(f"{v.speaker}\t{v.sex}\n" for v in voices))
@@ -573,15 +590,10 @@ def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int,
     import soundfile as sf
 
     seconds = sum(sf.info(str(out / "wav" / f"{u.utterance_id}.wav")).duration for us in plan.values() for u in us)
-    tones: collections.Counter[int] = collections.Counter()
-    initials: collections.Counter[str] = collections.Counter()
-    finals: collections.Counter[str] = collections.Counter()
-    for us in plan.values():
-        for u in us:
-            for syllable, tone in u.syllables:
-                tones[tone] += 1
-                initials[syllable.initial or "(zero)"] += 1
-                finals[syllable.final] += 1
+    syllables = [pair for us in plan.values() for u in us for pair in u.syllables]
+    tones = collections.Counter(tone for _, tone in syllables)
+    initials = collections.Counter(syllable.initial or "(zero)" for syllable, _ in syllables)
+    finals = collections.Counter(syllable.final for syllable, _ in syllables)
     counts = {
         "utterances": total, "syllables": sum(tones.values()), "seconds": round(seconds, 3),
         "tones": {str(t): tones[t] for t in language.tones}, "initials": dict(sorted(initials.items())), "finals": dict(sorted(finals.items())),

@@ -8,6 +8,7 @@ and what was expected. Relative paths are resolved against the YAML file's folde
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -459,36 +460,56 @@ def _model_at(model: type[BaseModel], loc: tuple, data: Any) -> Optional[type[Ba
 
 def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
     """Make the YAML's relative paths absolute (relative to the YAML's folder) and check inputs exist."""
-    def resolve(p: Path, field_name: str, must_exist: bool = True) -> Path:
-        full = (base / p.expanduser()).resolve() if not p.expanduser().is_absolute() else p.expanduser()
+    _resolve_corpus(experiment.corpus, _Resolver(base, path))
+    experiment.workdir = _Resolver(base, path).path(experiment.workdir, "workdir", must_exist=False)
+    if experiment.workdir.exists() and not experiment.workdir.is_dir():
+        raise InputError(path, f"workdir: got {str(experiment.workdir)!r}; expected a folder (it is a file)")
+    _resolve_models(experiment, base, path)
+    _check_layers(experiment, path)
+
+
+@dataclass(frozen=True)
+class _Resolver:
+    """Paths of the YAML `file` made absolute relative to its folder `base`; a missing input is an
+    InputError naming the YAML and the field."""
+
+    base: Path
+    file: Path
+
+    def path(self, p: Path, field_name: str, must_exist: bool = True) -> Path:
+        full = (self.base / p.expanduser()).resolve() if not p.expanduser().is_absolute() else p.expanduser()
         if must_exist and not full.exists():
-            raise InputError(path, f"{field_name}: got {str(p)!r}; expected an existing path (looked for {full})")
+            raise InputError(self.file, f"{field_name}: got {str(p)!r}; expected an existing path (looked for {full})")
         return full
 
-    def resolve_given(p: Optional[Path], field_name: str) -> Optional[Path]:
-        return None if p is None else resolve(p, field_name)
+    def given(self, p: Optional[Path], field_name: str) -> Optional[Path]:
+        return None if p is None else self.path(p, field_name)
 
-    corpus = experiment.corpus
+
+def _resolve_corpus(corpus: CorpusConfig, resolve: _Resolver) -> None:
     if corpus.prepared is not None:
-        prepared = corpus.prepared = resolve(corpus.prepared, "corpus.prepared")
+        prepared = corpus.prepared = resolve.path(corpus.prepared, "corpus.prepared")
         missing = [n for n in ("utterances.parquet", "segments.parquet", "labels.json")
                    if not (prepared / n).is_file()]
         if missing:
-            raise InputError(path, f"corpus.prepared: got {str(prepared)!r}; expected a prepared corpus folder "
-                                   f"(it lacks {', '.join(missing)}; make one with phonorm prepare)")
+            raise InputError(resolve.file, f"corpus.prepared: got {str(prepared)!r}; expected a prepared corpus "
+                                           f"folder (it lacks {', '.join(missing)}; make one with phonorm prepare)")
     if corpus.prepare is not None:
         c = corpus.prepare
-        c.audio, c.alignments = resolve(c.audio, "corpus.prepare.audio"), resolve(c.alignments, "corpus.prepare.alignments")
-        c.speakers = resolve(c.speakers, "corpus.prepare.speakers")
-        c.split_file = resolve_given(c.split_file, "corpus.prepare.split_file")
-        c.phone_map = resolve_given(c.phone_map, "corpus.prepare.phone_map")
+        c.audio, c.alignments = resolve.path(c.audio, "corpus.prepare.audio"), \
+            resolve.path(c.alignments, "corpus.prepare.alignments")
+        c.speakers = resolve.path(c.speakers, "corpus.prepare.speakers")
+        c.split_file = resolve.given(c.split_file, "corpus.prepare.split_file")
+        c.phone_map = resolve.given(c.phone_map, "corpus.prepare.phone_map")
     if corpus.aishell is not None:
         a = corpus.aishell
-        a.root, a.alignments = resolve(a.root, "corpus.aishell.root"), resolve(a.alignments, "corpus.aishell.alignments")
-        a.phone_map = resolve_given(a.phone_map, "corpus.aishell.phone_map")
-    experiment.workdir = resolve(experiment.workdir, "workdir", must_exist=False)
-    if experiment.workdir.exists() and not experiment.workdir.is_dir():
-        raise InputError(path, f"workdir: got {str(experiment.workdir)!r}; expected a folder (it is a file)")
+        a.root, a.alignments = resolve.path(a.root, "corpus.aishell.root"), \
+            resolve.path(a.alignments, "corpus.aishell.alignments")
+        a.phone_map = resolve.given(a.phone_map, "corpus.aishell.phone_map")
+
+
+def _resolve_models(experiment: Experiment, base: Path, path: Path) -> None:
+    """Model sources (folders, hub ids, names of models of this file) of models:, pretrain: and finetune:."""
     for name, source in list(experiment.models.items()):
         experiment.models[name] = _model_source(source, base, path, f"models.{name}")
     earlier: list[str] = []
@@ -497,16 +518,14 @@ def _resolve_paths(experiment: Experiment, base: Path, path: Path) -> None:
             entry.targets_from = _model_source(entry.targets_from, base, path, f"pretrain[{i}].targets_from", earlier)
         earlier.append(entry.name)
     internal = set(experiment.pretrained_names) | {f.name for f in experiment.finetune}
+    order = [f.name for f in experiment.finetune]
     for i, tuned in enumerate(experiment.finetune):
         if tuned.base == tuned.name:
             raise InputError(path, f"finetune[{i}].base: got {tuned.base!r}; expected another model than itself")
-        if tuned.base in {f.name for f in experiment.finetune}:
-            order = [f.name for f in experiment.finetune]
-            if order.index(tuned.base) > i:
-                raise InputError(path, f"finetune[{i}].base: got {tuned.base!r}; expected a model defined before it")
+        if tuned.base in order and order.index(tuned.base) > i:
+            raise InputError(path, f"finetune[{i}].base: got {tuned.base!r}; expected a model defined before it")
         if tuned.base not in internal:
             tuned.base = _model_source(tuned.base, base, path, f"finetune[{i}].base", sorted(internal))
-    _check_layers(experiment, path)
 
 
 def _layer_counts(experiment: Experiment) -> dict[str, int]:

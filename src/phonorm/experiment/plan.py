@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from phonorm.artifacts import write_json
 from phonorm.errors import PhonormError
 from phonorm.experiment.cache import Stage, _sha, fingerprint, stage_record
-from phonorm.experiment.config import AishellCorpus, Experiment, PrepareCorpus, SweepPoint, SynthCorpus
+from phonorm.experiment.config import AishellCorpus, CorpusConfig, Experiment, PrepareCorpus, SweepPoint, SynthCorpus
 from phonorm.report.context import ContextExperiment, ContextModel, RunContext
 from phonorm.settings import (
     AnalyzeSettings,
@@ -79,41 +79,9 @@ def plan_stages(experiment: Experiment, file: Path, point: Optional[SweepPoint] 
     plan = _Stages(point)
     swept = experiment.swept.name if point is not None and experiment.swept is not None else None
     workdir = experiment.workdir
-    corpus_cfg = experiment.corpus
 
     # ---- corpus
-    synth: Optional[Stage] = None
-    if corpus_cfg.prepared is not None:
-        folder = corpus_cfg.prepared
-        key = _sha([fingerprint(folder / n) for n in ("utterances.parquet", "segments.parquet", "labels.json")
-                    if (folder / n).exists()])
-        corpus = Stage("corpus", "corpus", {"prepared": key}, {"prepared": str(folder)}, None, workdir,
-                       external=folder)
-    elif corpus_cfg.synth is not None:
-        s = corpus_cfg.synth
-        synth = plan.add(Stage("synth", "synth", {},
-                               s.model_dump(include=set(SynthSettings.model_fields), exclude_unset=True),
-                               _run_synth(s), workdir))
-        corpus = plan.add(Stage("corpus", "corpus", {"synth": synth.key},
-                                {"from": "synth", "split_seed": s.split_seed, "dev": s.dev, "test": s.test},
-                                _run_prepare_synth(synth, s), workdir))
-    elif corpus_cfg.prepare is not None:
-        c = corpus_cfg.prepare
-        inputs = {"audio": fingerprint(c.audio), "alignments": fingerprint(c.alignments),
-                  "speakers": fingerprint(c.speakers)}
-        for name in ("split_file", "phone_map"):
-            if getattr(c, name) is not None:
-                inputs[name] = fingerprint(getattr(c, name))
-        corpus = plan.add(Stage("corpus", "corpus", inputs, {"prepare": c.model_dump(mode="json")},
-                                _run_prepare(c), workdir))
-    else:
-        a = corpus_cfg.aishell
-        assert a is not None  # CorpusConfig holds exactly one of prepared, synth, prepare, aishell
-        inputs = {"root": fingerprint(a.root), "alignments": fingerprint(a.alignments)}
-        if a.phone_map is not None:
-            inputs["phone_map"] = fingerprint(a.phone_map)
-        corpus = plan.add(Stage("corpus", "corpus", inputs, {"aishell": a.model_dump(mode="json")},
-                                _run_aishell(a), workdir))
+    corpus, synth = _corpus_stages(plan, experiment.corpus, workdir)
 
     # ---- models
     models: dict[str, Stage] = {}
@@ -183,6 +151,43 @@ def plan_stages(experiment: Experiment, file: Path, point: Optional[SweepPoint] 
     resolved.append(Plan(experiment, file, plan.stages, corpus, models, evaluations, extract, analyze, report,
                          frozenset(plan.specific), synth=synth, point=point, run=run))
     return resolved[0]
+
+
+def _corpus_stages(plan: _Stages, corpus_cfg: CorpusConfig, workdir: Path) -> tuple[Stage, Optional[Stage]]:
+    """(the corpus stage, the synth stage or None) of the experiment's corpus: section."""
+    synth: Optional[Stage] = None
+    if corpus_cfg.prepared is not None:
+        folder = corpus_cfg.prepared
+        key = _sha([fingerprint(folder / n) for n in ("utterances.parquet", "segments.parquet", "labels.json")
+                    if (folder / n).exists()])
+        corpus = Stage("corpus", "corpus", {"prepared": key}, {"prepared": str(folder)}, None, workdir,
+                       external=folder)
+    elif corpus_cfg.synth is not None:
+        s = corpus_cfg.synth
+        synth = plan.add(Stage("synth", "synth", {},
+                               s.model_dump(include=set(SynthSettings.model_fields), exclude_unset=True),
+                               _run_synth(s), workdir))
+        corpus = plan.add(Stage("corpus", "corpus", {"synth": synth.key},
+                                {"from": "synth", "split_seed": s.split_seed, "dev": s.dev, "test": s.test},
+                                _run_prepare_synth(synth, s), workdir))
+    elif corpus_cfg.prepare is not None:
+        c = corpus_cfg.prepare
+        inputs = {"audio": fingerprint(c.audio), "alignments": fingerprint(c.alignments),
+                  "speakers": fingerprint(c.speakers)}
+        for name in ("split_file", "phone_map"):
+            if getattr(c, name) is not None:
+                inputs[name] = fingerprint(getattr(c, name))
+        corpus = plan.add(Stage("corpus", "corpus", inputs, {"prepare": c.model_dump(mode="json")},
+                                _run_prepare(c), workdir))
+    else:
+        a = corpus_cfg.aishell
+        assert a is not None  # CorpusConfig holds exactly one of prepared, synth, prepare, aishell
+        inputs = {"root": fingerprint(a.root), "alignments": fingerprint(a.alignments)}
+        if a.phone_map is not None:
+            inputs["phone_map"] = fingerprint(a.phone_map)
+        corpus = plan.add(Stage("corpus", "corpus", inputs, {"aishell": a.model_dump(mode="json")},
+                                _run_aishell(a), workdir))
+    return corpus, synth
 
 
 def _report_settings(experiment: Experiment, file: Path, point: Optional[SweepPoint]) -> dict[str, Any]:

@@ -102,15 +102,7 @@ def _run_chunked(
     if done_path.is_file() and read_json(done_path).get("key") == key:
         return read_json(done_path)
     record = read_json(progress_path) if progress_path.is_file() else {}
-    resume = record.get("key") == key and record.get("chunk_plan") == chunk_plan
-    done_chunks = int(record.get("chunks_done", 0)) if resume else 0
-    if resume and done_chunks < len(chunks) and not all(
-            partial_matches(partial_path(path), row_end - row_begin, dim, dtype)
-            for path, dim, dtype in outputs.values()):
-        resume, done_chunks = False, 0  # a partial file went missing or changed: start this share again
-    if not resume:
-        for path, _, _ in outputs.values():
-            path.unlink(missing_ok=True)  # a stale file of an older run must not look complete
+    resume, done_chunks = _resume_point(record, key, chunk_plan, len(chunks), outputs, row_end - row_begin)
     counters = dict(record.get("counters", {})) if resume else {}
     writers: dict[str, RowWriter] = {}
     if done_chunks < len(chunks):
@@ -140,12 +132,7 @@ def _run_chunked(
         for writer in writers.values():
             writer.finish()
         writers = {}
-        for path, _, _ in outputs.values():  # finished by an earlier run that stopped right after
-            partial = partial_path(path)
-            if partial.is_file() and not path.is_file():
-                partial.replace(path)
-            if not path.is_file():
-                raise PhonormError(f"{path}: missing after extraction (was the store modified meanwhile?)")
+        _finish_outputs(outputs)
     finally:
         bar.close()
         for writer in writers.values():
@@ -155,6 +142,32 @@ def _run_chunked(
     write_json(done_path, result)
     progress_path.unlink(missing_ok=True)
     return result
+
+
+def _resume_point(record: dict, key: str, chunk_plan: str, n_chunks: int, outputs: dict[str, tuple[Path, int, Any]],
+                  rows: int) -> tuple[bool, int]:
+    """(resume?, chunks already done) from a share's progress record; without a resume, the share's
+    output files of an older run are deleted (a stale file must not look complete)."""
+    resume = record.get("key") == key and record.get("chunk_plan") == chunk_plan
+    done_chunks = int(record.get("chunks_done", 0)) if resume else 0
+    if resume and done_chunks < n_chunks and not all(
+            partial_matches(partial_path(path), rows, dim, dtype) for path, dim, dtype in outputs.values()):
+        resume, done_chunks = False, 0  # a partial file went missing or changed: start this share again
+    if not resume:
+        for path, _, _ in outputs.values():
+            path.unlink(missing_ok=True)
+    return resume, done_chunks
+
+
+def _finish_outputs(outputs: dict[str, tuple[Path, int, Any]]) -> None:
+    """Every output under its final name; a partial file finished by an earlier run that stopped
+    right after its last chunk is renamed now."""
+    for path, _, _ in outputs.values():
+        partial = partial_path(path)
+        if partial.is_file() and not path.is_file():
+            partial.replace(path)
+        if not path.is_file():
+            raise PhonormError(f"{path}: missing after extraction (was the store modified meanwhile?)")
 
 
 def _load(utt) -> np.ndarray:

@@ -70,11 +70,7 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
     label_maps = task_label_maps(prepared, settings.tasks)
     settings_dict = settings.as_dict()
     if ModelCard.exists(out):
-        card = ModelCard.load(out)
-        if card.same_run(settings=settings_dict, corpus_fingerprint=prepared.fingerprint, base_model=str(model)):
-            return f"{out}: already fine-tuned with these settings (delete the folder to train again)"
-        raise PhonormError(f"{out}: holds a finished model of other settings, base model or corpus; choose another "
-                           "--out or delete it")
+        return _finished_already(out, prepared, settings_dict, model)
 
     trainer = Trainer(out, seed=settings.seed, mixed_precision=resolve_mixed_precision(settings.mixed_precision),
                       fingerprint={"settings": binding_settings(settings_dict),
@@ -105,19 +101,7 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
     if settings.max_steps is not None:
         total_steps = min(total_steps, settings.max_steps)
     total_steps = max(total_steps, 1)
-
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for param in classifier.backbone.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [
-        {"params": decay, "lr": settings.lr, "weight_decay": settings.weight_decay},
-        {"params": no_decay, "lr": settings.lr, "weight_decay": 0.0},
-        {"params": list(classifier.heads.parameters()), "lr": settings.lr * settings.head_lr_scale,
-         "weight_decay": settings.weight_decay},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.98), eps=1e-8)
+    optimizer = torch.optim.AdamW(_parameter_groups(classifier, settings), betas=(0.9, 0.98), eps=1e-8)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=round(settings.warmup * total_steps),
                               num_training_steps=total_steps)
     wrapped = trainer.prepare(classifier, optimizer, scheduler)
@@ -182,6 +166,32 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
     return (f"{out}: fine-tuned {model} for {','.join(settings.tasks)} in {total_steps} steps "
             f"({metrics['train']['audio_seconds']:.0f} s of audio, {metrics['train']['throughput']:.1f} s audio/s); "
             f"best step {metrics['best_step']}, dev frame accuracy {dev_text}")
+
+
+def _finished_already(out: Path, prepared: PreparedCorpus, settings: dict[str, Any], model: str) -> str:
+    """The summary of a folder that holds this very fine-tuning already; PhonormError for another one."""
+    card = ModelCard.load(out)
+    if card.same_run(settings=settings, corpus_fingerprint=prepared.fingerprint, base_model=str(model)):
+        return f"{out}: already fine-tuned with these settings (delete the folder to train again)"
+    raise PhonormError(f"{out}: holds a finished model of other settings, base model or corpus; choose another "
+                       "--out or delete it")
+
+
+def _parameter_groups(classifier: FrameClassifier, settings: FinetuneSettings) -> list[dict[str, Any]]:
+    """AdamW's groups: backbone matrices with weight decay, backbone vectors (biases, norms) without,
+    the heads at `head_lr_scale` × the learning rate; frozen parameters and empty groups left out."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for param in classifier.backbone.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [
+        {"params": decay, "lr": settings.lr, "weight_decay": settings.weight_decay},
+        {"params": no_decay, "lr": settings.lr, "weight_decay": 0.0},
+        {"params": list(classifier.heads.parameters()), "lr": settings.lr * settings.head_lr_scale,
+         "weight_decay": settings.weight_decay},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def _dev_accuracy(accelerator, model: FrameClassifier, dev_set: FrameDataset) -> dict[str, float]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -75,8 +75,6 @@ def pretrain(corpus: str | Path, *, out: str | Path, settings: PretrainSettings 
 
 
 def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> str:
-    from transformers import get_scheduler
-
     prepared = PreparedCorpus(corpus)
     objective = settings.objective
     recorded = {**settings.as_dict(), **recipe(objective)}
@@ -86,6 +84,13 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
         if ModelCard.load(out).same_run(settings=recorded, corpus_fingerprint=prepared.fingerprint, base_model=None):
             return f"{out}: already pre-trained with these settings (delete the folder to train again)"
         raise PhonormError(f"{out}: holds a finished model of other settings or corpus; choose another --out or delete it")
+    return _train(prepared, out, settings, recorded)
+
+
+def _train(prepared: PreparedCorpus, out: Path, settings: PretrainSettings, recorded: dict[str, Any]) -> str:
+    from transformers import get_scheduler
+
+    objective = settings.objective
 
     trainer = Trainer(out, seed=settings.seed, mixed_precision="no",
                       fingerprint={"settings": binding_settings(recorded),
@@ -101,28 +106,11 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
     held_set = FrameDataset(prepared, None, [], geometry, utterances=held_table)
     max_samples = int(MAX_CROP_SECONDS * geometry.sample_rate)
 
+    clusters = 0
     if objective == "hubert":
-        from transformers import HubertModel
-
-        if trainer.main:
-            out.mkdir(parents=True, exist_ok=True)
-            _ensure_cluster_targets(out, settings, {"train": train_table, "held_out": held_table}, geometry)
-        accelerator.wait_for_everyone()
-        targets = ClusterTargets.load(out)
-        assert targets is not None  # written above by the main process
-        train_set.transform = lambda example: hubert.with_targets(example, targets)
-        held_set.transform = train_set.transform
-        config.architectures = ["HubertModel"]
-        encoder: Any = HubertModel(config)  # type: ignore[arg-type]  # make_config gave a HubertConfig
-        model: torch.nn.Module = hubert.MaskedPrediction(encoder, targets.clusters)
-        labels = [hubert.TARGET]
-    else:
-        from transformers import Wav2Vec2ForPreTraining
-
-        config.architectures = ["Wav2Vec2ForPreTraining"]
-        pretraining = Wav2Vec2ForPreTraining(config)  # type: ignore[arg-type]
-        model, encoder = pretraining, pretraining.wav2vec2
-        labels = []
+        clusters = _attach_cluster_targets(out, settings, trainer, {"train": train_table, "held_out": held_table},
+                                           geometry, [train_set, held_set])
+    model, encoder, labels = _new_model(objective, config, clusters)
     for param in encoder.feature_extractor.parameters():
         # scaling each gradient is linear, so it commutes with DDP's gradient averaging
         param.register_hook(lambda grad: grad * FEATURE_GRAD_MULT)
@@ -149,9 +137,8 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
     metric = HELD_OUT_METRIC[objective]
 
     def held_out() -> dict[str, float]:
-        if objective == "hubert":
-            return hubert.held_out_accuracy(unwrapped, held_batches, trainer.device)
-        return contrastive.held_out_accuracy(unwrapped, held_batches, trainer.device)
+        held_out_accuracy = hubert.held_out_accuracy if objective == "hubert" else contrastive.held_out_accuracy
+        return held_out_accuracy(unwrapped, held_batches, trainer.device)
 
     state = trainer.resume()
     if state.step == 0:
@@ -161,11 +148,7 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
     def train_step(batch: dict[str, Any]) -> dict[str, Any]:
         wrapped.train()
         if objective == "hubert":
-            inputs = batch["input_values"].to(trainer.device)
-            cluster_ids = batch["labels"][hubert.TARGET].to(trainer.device)
-            mask = hubert.span_mask(len(inputs), cluster_ids.shape[1]).to(trainer.device)
-            loss, row = hubert.masked_prediction_loss(wrapped(inputs, mask), cluster_ids, mask,
-                                                      settings.unmasked_weight)
+            loss, row = _hubert_loss(wrapped, batch, settings.unmasked_weight, trainer.device)
         else:
             loss, row = contrastive.contrastive_step(wrapped, unwrapped, batch, state.step, gumbel_decay,
                                                      trainer.device)
@@ -199,32 +182,62 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
                   corpus=str(prepared.folder.resolve()), corpus_fingerprint=prepared.fingerprint,
                   layer_convention=LAYER_CONVENTION, provenance=provenance(recorded)).save(folder)
 
-    def keep(state: TrainState) -> None:
-        # Written whole into a hidden folder, then renamed: a snapshot folder is always complete.
-        if trainer.main:
-            target = snapshot_folder(out, state.step)
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_model(tmp, state)
-            swap_folder(tmp, target)
-        accelerator.wait_for_everyone()
-
     trainer.run(loader=loader, sampler=sampler, total_steps=steps, state=state, train_step=train_step,
                 evaluate=evaluate, eval_every=eval_every, desc=f"pretrain {settings.size} ({objective})",
-                keep_steps=settings.keep_steps, keep=keep)
+                keep_steps=settings.keep_steps, keep=lambda state: _keep_snapshot(trainer, out, state, save_model))
 
     if trainer.main:
         save_model(out, state)
     trainer.discard_checkpoint()
+    return _summary(out, settings, int(getattr(config, "num_negatives", 0)), train_hours)
+
+
+def _hubert_loss(model: Any, batch: dict[str, Any], unmasked_weight: float, device: Any) -> tuple[torch.Tensor, dict]:
+    """HuBERT's masked-prediction loss of one batch (span masks drawn here) and its log row."""
+    inputs = batch["input_values"].to(device)
+    cluster_ids = batch["labels"][hubert.TARGET].to(device)
+    mask = hubert.span_mask(len(inputs), cluster_ids.shape[1]).to(device)
+    return hubert.masked_prediction_loss(model(inputs, mask), cluster_ids, mask, unmasked_weight)
+
+
+def _keep_snapshot(trainer: Trainer, out: Path, state: TrainState, save_model: Callable[[Path, TrainState], None]) -> None:
+    """The snapshot folder of step `state.step`: written whole into a hidden folder, then renamed,
+    so a snapshot folder is always complete."""
+    if trainer.main:
+        target = snapshot_folder(out, state.step)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(tmp, state)
+        swap_folder(tmp, target)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _attach_cluster_targets(out: Path, settings: PretrainSettings, trainer: Trainer, tables: dict[str, pd.DataFrame],
+                            geometry: FrameGeometry, datasets: list[FrameDataset]) -> int:
+    """HuBERT: make (main process) or read the cluster targets of every frame, give them to the
+    datasets' examples; returns the number of clusters."""
+    if trainer.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _ensure_cluster_targets(out, settings, tables, geometry)
+    trainer.accelerator.wait_for_everyone()
+    targets = ClusterTargets.load(out)
+    assert targets is not None  # written above by the main process
+    for dataset in datasets:
+        dataset.transform = lambda example: hubert.with_targets(example, targets)
+    return targets.clusters
+
+
+def _summary(out: Path, settings: PretrainSettings, negatives: int, train_hours: float) -> str:
     card = ModelCard.load(out)
+    metric = HELD_OUT_METRIC[settings.objective]
     start, end = card.held_out_accuracy[0][1], card.held_out_accuracy[-1][1]
     kept = f"; snapshots at steps {', '.join(map(str, settings.keep_steps))}" if settings.keep_steps else ""
-    chance = (f"{settings.clusters} clusters" if objective == "hubert"
-              else f"chance about 1/{config.num_negatives + 1}")
-    what = "HuBERT (masked prediction)" if objective == "hubert" else "wav2vec 2.0 (contrastive)"
-    return (f"{out}: pre-trained a {settings.size} {what} for {steps} steps on {speech(train_hours)}; held-out "
-            f"({held_split}) {metric.replace('_', ' ')} {start:.3f} → {end:.3f} ({chance}){kept}")
+    hubert_objective = settings.objective == "hubert"
+    chance = f"{settings.clusters} clusters" if hubert_objective else f"chance about 1/{negatives + 1}"
+    what = "HuBERT (masked prediction)" if hubert_objective else "wav2vec 2.0 (contrastive)"
+    return (f"{out}: pre-trained a {settings.size} {what} for {settings.steps} steps on {speech(train_hours)}; "
+            f"held-out ({card.held_out_split}) {metric.replace('_', ' ')} {start:.3f} → {end:.3f} ({chance}){kept}")
 
 
 def _held_out_utterances(prepared: PreparedCorpus) -> tuple[str, pd.DataFrame]:
@@ -260,6 +273,22 @@ SNAPSHOTS = "snapshots"
 def snapshot_folder(out: str | Path, step: int) -> Path:
     """The model folder `keep_steps` leaves for `step` inside the pre-training folder `out`."""
     return Path(out) / SNAPSHOTS / f"step-{step}"
+
+
+def _new_model(objective: str, config: Any, clusters: int) -> tuple[torch.nn.Module, Any, list[str]]:
+    """(the model trained, its encoder, the label names its batches carry) of a fresh model of `config`:
+    HuBERT's masked prediction of `clusters` cluster ids, or wav2vec 2.0's contrastive pre-training."""
+    if objective == "hubert":
+        from transformers import HubertModel
+
+        config.architectures = ["HubertModel"]
+        encoder: Any = HubertModel(config)
+        return hubert.MaskedPrediction(encoder, clusters), encoder, [hubert.TARGET]
+    from transformers import Wav2Vec2ForPreTraining
+
+    config.architectures = ["Wav2Vec2ForPreTraining"]
+    pretraining = Wav2Vec2ForPreTraining(config)
+    return pretraining, pretraining.wav2vec2, []
 
 
 def _train_utterances(prepared: PreparedCorpus, max_hours: float | None) -> pd.DataFrame:
