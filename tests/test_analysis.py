@@ -153,13 +153,13 @@ def test_evaluations_are_the_primary_evidence(results, tmp_path):
 def test_rerun_resumes_from_saved_parts(results, monkeypatch):
     store, out, settings, _ = results
     before = pd.read_csv(out / "probes.csv")
-    import phonorm.analysis.run as run
+    from phonorm.analysis.layers import LayerRunner
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed a layer that was already done")
 
-    monkeypatch.setattr(run._Context, "_compute_layer", fail)
-    monkeypatch.setattr(run._Context, "_compute_classic", fail)
+    monkeypatch.setattr(LayerRunner, "compute_layer", fail)
+    monkeypatch.setattr(LayerRunner, "compute_classic", fail)
     analyze(store, out=out, settings=settings.model_copy(update={"figures": False}))
     pd.testing.assert_frame_equal(before, pd.read_csv(out / "probes.csv"))
 
@@ -239,14 +239,14 @@ def test_matrix_on_sample_rows_and_sums_per_half_agree(tmp_path):
 
 def test_cuda_asked_without_a_gpu_is_a_clear_error():
     torch = pytest.importorskip("torch")
-    from phonorm.analysis.run import _device
+    from phonorm.analysis.inputs import device
     from phonorm.errors import PhonormError
 
-    assert _device("cpu") == "cpu"
+    assert device("cpu") == "cpu"
     if not torch.cuda.is_available():
-        assert _device("auto") == "cpu"
+        assert device("auto") == "cpu"
         with pytest.raises(PhonormError, match="--device cuda"):
-            _device("cuda")
+            device("cuda")
 
 
 @pytest.mark.parametrize("unlabelled", [0.0, 0.1, 0.7])
@@ -291,7 +291,7 @@ def test_sample_products_in_blocks_give_the_matrix_of_one_block(tmp_path, monkey
     """The layer-matrix sums are taken `SAMPLE_BLOCK` rows at a time (slices of a contiguous sample,
     position arrays for the held-out halves); any block size gives the same matrix."""
     from fake_store import make_feature_store
-    from phonorm.analysis import run
+    from phonorm.analysis import sums as run
 
     rows = np.arange(5, 45)
     monkeypatch.setattr(run, "SAMPLE_BLOCK", 16)
@@ -332,12 +332,13 @@ def _killed_at(monkeypatch, module, writer: str, when) -> None:
     monkeypatch.setattr(module, writer, write)
 
 
-# Points at which a kill lands: a projection while the layers run, a table, the claims, the figures.
+# Points at which a kill lands: a projection while the layers run, a table, the claims, the completion
+# record: (the module that writes it, its writer, which file).
 KILL_POINTS = {
-    "first projection": ("write_parquet", lambda p: p.parent.name == "projections"),
-    "probes.csv": ("_write_csv", lambda p: p.name == "probes.csv"),
-    "claims.json": ("write_json", lambda p: p.name == "claims.json"),
-    "settings.json": ("write_json", lambda p: p.name == "settings.json"),
+    "first projection": ("steps", "write_parquet", lambda p: p.parent.name == "projections"),
+    "probes.csv": ("tables", "write_csv", lambda p: p.name == "probes.csv"),
+    "claims.json": ("tables", "write_json", lambda p: p.name == "claims.json"),
+    "settings.json": ("run", "write_json", lambda p: p.name == "settings.json"),
 }
 
 
@@ -345,7 +346,8 @@ KILL_POINTS = {
 def test_an_analysis_killed_over_earlier_results_is_unfinished_until_rerun(point, tmp_path, monkeypatch):
     """Killing analyze over a finished results folder never leaves a mix that validate passes or report
     builds from; running it again completes it."""
-    import phonorm.analysis.run as run
+    import importlib
+
     from fake_store import make_feature_store
     from phonorm.report.html import build_report
     from phonorm.validate import validate
@@ -355,9 +357,9 @@ def test_an_analysis_killed_over_earlier_results_is_unfinished_until_rerun(point
     out = tmp_path / "R"
     analyze(store, out=out, settings=AnalyzeSettings(seed=1, **FAST))
     assert validate(out).ok
-    writer, when = KILL_POINTS[point]
+    module, writer, when = KILL_POINTS[point]
     with monkeypatch.context() as patch:
-        _killed_at(patch, run, writer, when)
+        _killed_at(patch, importlib.import_module(f"phonorm.analysis.{module}"), writer, when)
         with pytest.raises(KeyboardInterrupt):
             analyze(store, out=out, settings=AnalyzeSettings(seed=2, **FAST))  # other numbers than the first run
     verdict = validate(out)
