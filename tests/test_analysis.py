@@ -394,3 +394,28 @@ def test_more_folds_than_speakers_is_said_not_silent(tmp_path):
                                                                            "layer_matrix": False, "figures": False}))
     used = pd.read_csv(tmp_path / "R" / "probes.csv").folds.max()
     assert used <= 6 and f"50 folds asked, {used} used" in line
+
+
+def test_saved_layers_are_reused_only_when_their_inputs_are_the_same(tmp_path, monkeypatch):
+    """A layer's saved result is keyed by what it was computed from (`LayerSettings`, the store, the
+    code): a rerun that changes only how the work runs reuses it; one that changes a number does not."""
+    from fake_store import make_feature_store
+    from phonorm.analysis.layers import LayerRunner
+
+    store = make_feature_store(tmp_path / "F", models=("pretrained", "tone"), n_speakers=4, n_utterances=2,
+                               n_frames=20, n_layers=1)
+    common = {**FAST, "labels": ["sex"], "layer_matrix": False, "figures": False}
+    analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**common))
+    computed: list[str] = []
+    real = LayerRunner.compute_layer
+
+    def counted(self, model, layer):
+        computed.append(f"{model} {layer}")
+        return real(self, model, layer)
+
+    monkeypatch.setattr(LayerRunner, "compute_layer", counted)
+    analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**common, block=7, workers=1, device="cpu"))
+    assert computed == []
+    analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**common, svcca_dims=3))
+    assert sorted(computed) == ["pretrained L0", "tone L0"]
+    assert pd.read_csv(tmp_path / "R" / "similarity.csv").shape[0] == 5
