@@ -335,10 +335,10 @@ def _killed_at(monkeypatch, module, writer: str, when) -> None:
 # Points at which a kill lands: a projection while the layers run, a table, the claims, the completion
 # record: (the module that writes it, its writer, which file).
 KILL_POINTS = {
-    "first projection": ("steps", "write_parquet", lambda p: p.parent.name == "projections"),
-    "probes.csv": ("tables", "write_csv", lambda p: p.name == "probes.csv"),
-    "claims.json": ("tables", "write_json", lambda p: p.name == "claims.json"),
-    "settings.json": ("run", "write_json", lambda p: p.name == "settings.json"),
+    "first projection": ("phonorm.analysis.steps", "write_parquet", lambda p: p.parent.name == "projections"),
+    "probes.csv": ("phonorm.analysis.tables", "write_csv", lambda p: p.name == "probes.csv"),
+    "claims.json": ("phonorm.artifacts", "write_json", lambda p: p.name == "claims.json"),  # ClaimsFile.write
+    "settings.json": ("phonorm.artifacts", "write_json", lambda p: p.name == "settings.json"),  # AnalysisRecord.write
 }
 
 
@@ -359,7 +359,7 @@ def test_an_analysis_killed_over_earlier_results_is_unfinished_until_rerun(point
     assert validate(out).ok
     module, writer, when = KILL_POINTS[point]
     with monkeypatch.context() as patch:
-        _killed_at(patch, importlib.import_module(f"phonorm.analysis.{module}"), writer, when)
+        _killed_at(patch, importlib.import_module(module), writer, when)
         with pytest.raises(KeyboardInterrupt):
             analyze(store, out=out, settings=AnalyzeSettings(seed=2, **FAST))  # other numbers than the first run
     verdict = validate(out)

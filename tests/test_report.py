@@ -17,7 +17,7 @@ import pytest
 from phonorm.artifacts import write_json
 from phonorm.errors import InputError
 from phonorm.models.card import ModelCard
-from phonorm.report.context import RunContext
+from phonorm.records.context import RunContext
 from phonorm.report.html import build_report
 
 LAYERS = ["L0", "L1", "L2"]
@@ -144,14 +144,17 @@ def test_report_has_every_section_and_only_embedded_figures(results, tmp_path):
     # the numbers a reader looks for
     assert "0.812 (chance 0.250)" in text            # accuracy table, from the evaluation
     assert "0.555" in text and "f0_semitone_z" in text  # classic baseline
-    assert "needs a tone+sex model" in text and "holds" in text
+    # each claim's status as computed from claims.json: C1 holds (glance list and claims table), C4 not testable
+    assert '<li><span class="status ok">C1: ' in text and 'class="status ok">holds</span>' in text
+    assert '<li><span class="status na">C4: ' in text and "needs a tone+sex model" in text
     # claims: estimate, CI, margin and verdict of each comparison; inconclusive has its own colour
     assert "[-0.612, -0.200]" in text and "&lt; -0.05" in text and "[-0.046, +0.010]" in text
     assert 'class="status unsure">inconclusive' in text and "task accuracy" in text and "2000 resamples" in text
     assert "floor 0.012" in text and "held out 0.457" in text  # similarity with its noise floor
     assert "-0.011 [-0.030, +0.010]" in text                   # erasure change with its CI
     assert "stopped at the iteration limit" in text
-    assert "0.000321" in text and "77" in text         # model and analysis settings in methods
+    # model and analysis settings in methods, each in its own table row
+    assert "&quot;lr&quot;: 0.000321" in text and "<tr><td>bootstrap</td><td>77</td></tr>" in text
     assert "12.5" in text                              # stage timing
     assert "PCA explained variance" in message         # the one missing figure is named ...
     assert text.count('class="missing"') == 1          # ... and shown as a note in the page

@@ -58,28 +58,53 @@ def test_cli_exit_status(tmp_path):
     assert bad.returncode == 2 and "frames.parquet" in bad.stderr and "Traceback" not in bad.stderr
 
 
+_ANALYSED: dict[str, Path] = {}
+
+
 def _results_folder(folder: Path) -> Path:
-    """A minimal results folder as phonorm analyze leaves it: tables, claims, one figure, settings last."""
-    (folder / "figures").mkdir(parents=True)
-    (folder / "figures" / "a.png").write_bytes(b"\x89PNG")
-    for name in ("similarity.csv", "probes.csv", "normalization.csv"):
-        (folder / name).write_text("model,layer,value\npre,L0,0.5\n")
-    (folder / "claims.json").write_text(json.dumps({"claims": []}))
-    (folder / "settings.json").write_text(json.dumps({"settings": {}, "figures": ["figures/a.png"]}))
+    """A copy of a results folder phonorm analyze wrote (a tiny store, analysed once per session)."""
+    import shutil
+    import tempfile
+
+    from phonorm.analysis.run import AnalyzeSettings, analyze
+
+    if "R" not in _ANALYSED:
+        root = Path(tempfile.mkdtemp(prefix="validate-results-"))
+        store = make_feature_store(root / "F", models=("pretrained", "tone"), n_speakers=4, n_utterances=2,
+                                   n_frames=20, n_layers=1)
+        analyze(store, out=root / "R", settings=AnalyzeSettings(reference="pretrained", folds=2, labels=["sex"],
+                                                                 umap=False, erasure=False, layer_matrix=False,
+                                                                 progress=False))
+        _ANALYSED["R"] = root / "R"
+    shutil.copytree(_ANALYSED["R"], folder)
     return folder
 
 
 def test_results_folder_lists_its_figures(tmp_path):
-    _results_folder(tmp_path)
-    assert validate(tmp_path).ok, validate(tmp_path).text()
-    (tmp_path / "figures" / "a.png").unlink()
-    assert "figures/a.png: listed in settings.json but missing" in validate(tmp_path).problems
+    _results_folder(tmp_path / "R")
+    assert validate(tmp_path / "R").ok, validate(tmp_path / "R").text()
+    figure = json.loads((tmp_path / "R" / "settings.json").read_text())["figures"][0]
+    (tmp_path / "R" / figure).unlink()
+    assert f"{figure}: listed in settings.json but missing" in validate(tmp_path / "R").problems
+
+
+def test_claims_or_settings_that_are_not_what_analyze_writes_are_named(tmp_path):
+    folder = _results_folder(tmp_path / "R")
+    (folder / "claims.json").write_text(json.dumps({"claims": []}))  # JSON, but not a claims file
+    problems = validate(folder).problems
+    assert len(problems) == 1 and problems[0].startswith("claims.json: not a valid claims file"), problems
+    record = json.loads((folder / "settings.json").read_text())
+    record["figures"] = "figures/a.png"  # a list of paths, not one
+    (folder / "settings.json").write_text(json.dumps(record))
+    result = validate(folder)
+    assert not result.ok and any(p.startswith("settings.json: not a valid completion record") and "figures" in p
+                                 for p in result.problems), result.text()
 
 
 def test_a_results_folder_without_its_last_record_is_unfinished(tmp_path):
-    _results_folder(tmp_path)
-    (tmp_path / "settings.json").unlink()  # analyze removes it before writing and writes it last
-    result = validate(tmp_path)
+    _results_folder(tmp_path / "R")
+    (tmp_path / "R" / "settings.json").unlink()  # analyze removes it before writing and writes it last
+    result = validate(tmp_path / "R")
     assert result.kind == "unfinished analysis results"
     assert result.problems == [result.problems[0]] and result.problems[0].startswith("settings.json: missing")
     assert "run phonorm analyze again" in result.problems[0]

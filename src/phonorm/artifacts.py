@@ -267,3 +267,14 @@ class JsonRecord(BaseModel):
         path = self.path(folder)
         write_json(path, self.model_dump(mode="json"))
         return path
+
+    @classmethod
+    def write(cls, folder: str | Path, data: dict[str, Any]) -> Path:
+        """Write `data` (as its writer builds it: dicts, numpy scalars) as this file, after checking
+        its JSON form against this type: a writer that drifts from the type fails here, at once,
+        rather than in a reader later. The file holds exactly `data`."""
+        ready = json_ready(data)
+        cls.model_validate(ready)
+        path = cls.path(folder)
+        write_json(path, ready)
+        return path

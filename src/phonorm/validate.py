@@ -21,10 +21,11 @@ import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 import numpy as np
 
+from phonorm.artifacts import JsonRecord
 from phonorm.errors import InputError, PhonormError
 from phonorm.filecheck import (
     SafetensorsHeader,
@@ -35,6 +36,11 @@ from phonorm.filecheck import (
     read_npy_header,
     read_safetensors_header,
 )
+from phonorm.records.analysis import AnalysisRecord, ClaimsFile, EvaluationFile
+from phonorm.records.context import RunContext
+from phonorm.records.corpus import LabelsFile
+
+R = TypeVar("R", bound=JsonRecord)
 
 
 @dataclass
@@ -124,9 +130,7 @@ def _corpus(folder: Path) -> Validation:
         _, defect = parquet_problem(folder / name)
         if defect:
             result.problem(folder / name, defect)
-    _, defect = read_json_object(folder / "labels.json")
-    if defect:
-        result.problem(folder / "labels.json", defect)
+    _typed(result, LabelsFile, folder)
     if result.problems:
         return result
     try:
@@ -304,22 +308,14 @@ def check_results(folder: Path) -> Validation:
     """A results folder of `phonorm analyze`: settings.json (written last) and every file it implies —
     the tables with their header rows, claims.json, the figures and projections it lists."""
     result = Validation(folder, "analysis results")
-    record, defect = read_json_object(folder / "settings.json")
-    if defect or record is None:
-        result.problem(folder / "settings.json", defect or "missing")
+    record = _typed(result, AnalysisRecord, folder)
+    if record is None:
         return result
-    if "settings" not in record:
-        result.problem(folder / "settings.json", "not written by phonorm analyze")
-        return result
-    result.facts.append(f"models {', '.join(record.get('models') or [])}; store {record.get('features')}")
+    result.facts.append(f"models {', '.join(record.models)}; store {record.features}")
     for name in RESULT_TABLES:
         _check_csv(result, folder / name)
-    claims, defect = read_json_object(folder / "claims.json")
-    if defect or claims is None:
-        result.problem(folder / "claims.json", defect or "missing")
-    elif not isinstance(claims.get("claims"), list):
-        result.problem(folder / "claims.json", "has no `claims` list (not written by phonorm analyze)")
-    for figure in record.get("figures") or []:  # paths relative to the results folder
+    _typed(result, ClaimsFile, folder)
+    for figure in record.figures:  # paths relative to the results folder
         if not (folder / figure).is_file():
             result.problem(folder / figure, "listed in settings.json but missing")
     for path in sorted((folder / "projections").glob("*.parquet")):
@@ -327,6 +323,16 @@ def check_results(folder: Path) -> Validation:
         if defect:
             result.problem(path, defect)
     return result
+
+
+def _typed(result: Validation, kind: type[R], folder: Path) -> R | None:
+    """The file `kind.FILE` of `folder` read through its type, or None with its problem recorded:
+    missing, not JSON, or which fields are wrong (`JsonRecord.load`)."""
+    try:
+        return kind.load(folder)
+    except InputError as err:
+        result.problem(err.path or kind.path(folder), err.problem)
+        return None
 
 
 def _check_csv(result: Validation, path: Path) -> None:
@@ -394,11 +400,9 @@ def _stage(folder: Path) -> Validation:
         return result
     result = Validation(folder, f"stage folder of phonorm run ({marker.get('stage')} {marker.get('name')})")
     result.facts.append(f"key {str(marker.get('key'))[:12]}, {marker.get('seconds')} s: {marker.get('summary')}")
-    for name, needs in (("evaluation.json", "tasks"), ("context.json", "results")):
-        if (folder / name).exists():
-            record, defect = read_json_object(folder / name)
-            if defect or record is None or needs not in record:
-                result.problem(folder / name, defect or f"has no `{needs}` (not written by phonorm run)")
+    for kind in (EvaluationFile, RunContext):
+        if kind.exists(folder):
+            _typed(result, kind, folder)
     return result
 
 

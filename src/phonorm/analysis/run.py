@@ -46,16 +46,17 @@ from phonorm.analysis.tables import (
     read_evaluations,
     write_layer_matrices,
 )
-from phonorm.artifacts import provenance, set_seed, write_json
+from phonorm.artifacts import provenance, set_seed
 from phonorm.errors import InputError
 from phonorm.features.store import FeatureStore
 from phonorm.lock import folder_lock
 from phonorm.memory import limit_arenas, map_large_blocks, release_free_memory
 from phonorm.progress import progress
+from phonorm.records.analysis import AnalysisRecord
 from phonorm.settings import AnalyzeSettings
 from phonorm.wording import counted
 
-COMPLETION_RECORD = "settings.json"
+COMPLETION_RECORD = AnalysisRecord.FILE
 
 
 # =========================================================================== entry point
@@ -104,7 +105,7 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
                                                                       evaluations, frames))
     with timer.timed("figures"):
         figures = figures_step(out, tables, matrices, models, layers, settings.reference, settings.figures)
-    write_json(out / COMPLETION_RECORD, {  # last: the folder is a finished analysis from here on
+    AnalysisRecord.write(out, {  # last: the folder is a finished analysis from here on
         "settings": settings.model_dump(), "features": str(store.folder.resolve()),
         "store_rows": store.rows, "store_rows_key": store.manifest.get("rows_key"), "models": models,
         "sample_rows_used": int(len(rows.sample)), "held_out_split": rows.held_out_summary(frames),

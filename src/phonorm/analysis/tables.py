@@ -21,8 +21,9 @@ from phonorm.analysis import claims as claims_mod
 from phonorm.analysis.caveats import speaker_caveat, speakers_per_sex, with_speaker_caveat
 from phonorm.analysis.similarity import MEASURES
 from phonorm.analysis.steps import LayerResult
-from phonorm.artifacts import atomic_path, write_json, write_parquet
+from phonorm.artifacts import atomic_path, write_parquet
 from phonorm.errors import InputError
+from phonorm.records.analysis import ClaimsFile, EvaluationFile
 
 SIMILARITY_COLUMNS = ["model", "reference", "layer", "measure", "value", "ci_low", "ci_high", "ci_method", "floor",
                       "held_out_value", "held_out_floor", "n", "n_fit", "n_score", "speakers"]
@@ -112,7 +113,8 @@ def read_evaluations(files: Optional[dict[str, str]]) -> dict[str, dict]:
         tasks = data.get("tasks") if isinstance(data, dict) else None
         if not isinstance(tasks, dict):
             raise InputError(path, "has no `tasks` object (expected the evaluation.json that `phonorm run` writes)")
-        result[model] = {"file": str(path), "split": data.get("split"), "tasks": tasks}
+        evaluation = EvaluationFile.load_file(path)  # every field checked, the problem named
+        result[model] = {"file": str(path), "split": evaluation.split, "tasks": evaluation.tasks}
     return result
 
 
@@ -144,7 +146,7 @@ def claims_step(out: Path, tables: Tables, by_layer: dict[tuple[str, str], Layer
         erasure={(r["model"], r["layer"], r["erased"], r["probed"]): r for r in tables.erasure_rows})
     speakers = speakers_per_sex(given.frames)
     claim_rows = with_speaker_caveat(claims_mod.check_claims(evidence), speakers)
-    write_json(out / "claims.json", {
+    ClaimsFile.write(out, {
         "claims": claim_rows, "model_tasks": given.tasks, "tasks_found_from": given.how, "reference": given.reference,
         "constants": claims_mod.constants(), "top_layer": {m: given.layers[m][-1] for m in given.models},
         "intervals": {**claims_mod.intervals_used(), **evidence.speakers()},

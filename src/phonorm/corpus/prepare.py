@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from phonorm.artifacts import atomic_path, provenance, write_json, write_parquet
+from phonorm.artifacts import atomic_path, provenance, write_parquet
 from phonorm.corpus.alignment import Alignment, silence_set
 from phonorm.corpus.audio import AUDIO_SUFFIXES, check_audio
 from phonorm.corpus.ctm import ctm_files, read_ctm_utterances
@@ -55,6 +55,7 @@ from phonorm.corpus.split import (
 from phonorm.corpus.textgrid import ALIGNMENT_SUFFIXES, read_textgrid
 from phonorm.errors import InputError, PhonormError
 from phonorm.lock import folder_lock
+from phonorm.records.corpus import LabelsFile
 from phonorm.settings import PrepareSettings
 
 DURATION_TOLERANCE = 0.05
@@ -394,7 +395,7 @@ def build_prepared_corpus(
     }
     write_parquet(out / "segments.parquet", table)
     write_parquet(out / "utterances.parquet", utterances)
-    write_json(out / "labels.json", labels)  # last: a folder without it is not a prepared corpus
+    LabelsFile.write(out, labels)  # last: a folder without it is not a prepared corpus
     return summarize(out, utterances, table, skipped, notes, problems, unknown)
 
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from phonorm.artifacts import write_json
 from phonorm.errors import PhonormError
 from phonorm.experiment.cache import Stage, _sha, fingerprint, stage_record
 from phonorm.experiment.config import AishellCorpus, CorpusConfig, Experiment, PrepareCorpus, SweepPoint, SynthCorpus
-from phonorm.report.context import ContextExperiment, ContextModel, RunContext
+from phonorm.records.analysis import EvaluationFile
+from phonorm.records.context import ContextExperiment, ContextModel, RunContext
 from phonorm.settings import (
     AnalyzeSettings,
     ExtractSettings,
@@ -288,8 +288,8 @@ def _run_evaluate(corpus: Stage, model: Stage, split: str) -> Callable[[Path], s
         from phonorm.models.evaluate import evaluate
 
         result = evaluate(corpus.folder, model_dir=model.folder, split=split)
-        write_json(folder / "evaluation.json", {"model": model.name, "model_dir": str(model.folder), "split": split,
-                                                "tasks": result})
+        EvaluationFile.write(folder, {"model": model.name, "model_dir": str(model.folder), "split": split,
+                                      "tasks": result})
         return "; ".join(f"{task} accuracy {r['accuracy']:.3f} (chance {r['chance']:.3f})" for task, r in result.items())
     return run
 

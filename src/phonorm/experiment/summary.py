@@ -39,10 +39,10 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import pandas as pd
 
-from phonorm.artifacts import atomic_path, read_json, write_json
+from phonorm.artifacts import atomic_path, read_json
 from phonorm.errors import PhonormError
 from phonorm.layers import layer_index
-from phonorm.records.sweep import POINTS, TABLE
+from phonorm.records.sweep import POINTS, TABLE, SweepPoints
 
 LEVEL = 0.95
 #: Speaker-bootstrap resamples of the speaker variance share (the analysis itself has no resample count
@@ -364,7 +364,7 @@ def summarize(points: list[dict[str, Any]], out: str | Path, resamples: int = 10
     table = pd.DataFrame(rows, columns=settings + COLUMNS)
     with atomic_path(out / TABLE) as tmp:
         table.to_csv(tmp, index=False)
-    write_json(out / POINTS, {"settings": settings, "quantities": QUANTITIES, "level": LEVEL,
+    SweepPoints.write(out, {"settings": settings, "quantities": QUANTITIES, "level": LEVEL,
                               "resamples": resamples, "points": [{**p, "notes": notes[p["id"]]} for p in points]})
     missing = sum(len(n) for n in notes.values())
     return (f"{len(points)} points × {table['quantity'].nunique() if len(table) else 0} quantities → {out / TABLE}"

@@ -1,19 +1,52 @@
 """The sweep summary folder (`experiment/summary.py` writes it, `report/sweep.py` draws its page):
-`sweep.csv` (a row per point and quantity) and `points.json` (settings, quantities, points)."""
+`sweep.csv` (a row per point and quantity) and `points.json` (`SweepPoints`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Optional
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from phonorm.artifacts import JsonRecord
 
 TABLE = "sweep.csv"
 POINTS = "points.json"
 
 
-def load_points(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+class SweepPointEntry(BaseModel):
+    """One point: its id and setting values, its folders and model names, the notes on what its
+    summary lacked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    values: dict[str, Any]
+    results: str
+    features: str
+    report: str
+    reference: str
+    tone_model: Optional[str] = None
+    pretrained: Optional[str] = None
+    notes: list[str] = []
+
+
+class SweepPoints(JsonRecord):
+    """points.json: the swept settings (sweep.csv's first columns), the quantities (name → words),
+    the CI level, the speaker-bootstrap resamples, and every point."""
+
+    FILE: ClassVar[str] = POINTS
+    WHAT: ClassVar[str] = "sweep summary (points.json)"
+
+    settings: list[str]
+    quantities: dict[str, str]
+    level: float
+    resamples: int
+    points: list[SweepPointEntry]
+
+
+def load_points(folder: str | Path) -> tuple[pd.DataFrame, SweepPoints]:
     """(sweep.csv, points.json) of a summary folder."""
     folder = Path(folder)
-    return pd.read_csv(folder / TABLE, keep_default_na=True), json.loads((folder / POINTS).read_text(encoding="utf-8"))
+    return pd.read_csv(folder / TABLE, keep_default_na=True), SweepPoints.load(folder)

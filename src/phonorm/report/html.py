@@ -36,7 +36,7 @@ from phonorm.artifacts import atomic_path, code_version, library_versions, read_
 from phonorm.errors import InputError
 from phonorm.features.manifest import StoreManifest
 from phonorm.models.card import ModelCard
-from phonorm.report.context import RunContext
+from phonorm.records.context import RunContext
 
 RESULT_FILES = ("similarity.csv", "probes.csv", "normalization.csv", "claims.json", "settings.json")
 
@@ -181,7 +181,7 @@ class Page:
 def build_report(results: str | Path, *, out: str | Path, context: Optional[str | Path] = None) -> str:
     """Write the report of the results folder `results` to the HTML file `out` (atomically);
     returns a line naming the file, its figures and the sections it had to skip. `context`: the
-    `context.json` of a `phonorm run` (report.context.RunContext), else found from the records."""
+    `context.json` of a `phonorm run` (records.context.RunContext), else found from the records."""
     results, out = Path(results), Path(out)
     if not results.is_dir():
         raise InputError(results, "no such results folder (run phonorm analyze first)")

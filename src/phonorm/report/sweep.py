@@ -175,9 +175,9 @@ def build_sweep_page(summary: str | Path, *, out: str | Path, title: Optional[st
     if not (summary / TABLE).is_file() or not (summary / POINTS).is_file():
         raise InputError(summary, f"no sweep summary ({TABLE} and {POINTS}; phonorm run writes them)")
     table, meta = load_points(summary)
-    settings = [s for s in meta.get("settings", []) if s in table]
-    points = meta.get("points", [])
-    quantities: dict[str, str] = meta.get("quantities", {})
+    settings = [s for s in meta.settings if s in table]
+    points = meta.points
+    quantities: dict[str, str] = meta.quantities
     x, series = axes_of(settings, table)
     numbers = table[~table["quantity"].isin(CLAIMS)]
 
@@ -196,30 +196,30 @@ def build_sweep_page(summary: str | Path, *, out: str | Path, title: Optional[st
     verdicts = []
     head = "".join(f"<th>{esc(s)}</th>" for s in settings) + "".join(f"<th>{c}</th>" for c in CLAIMS)
     for p in points:
-        claims = table[(table["point"] == p["id"]) & table["quantity"].isin(CLAIMS)].set_index("quantity")["verdict"]
-        cells = "".join(f"<td>{esc(p['values'].get(s, ''))}</td>" for s in settings)
+        claims = table[(table["point"] == p.id) & table["quantity"].isin(CLAIMS)].set_index("quantity")["verdict"]
+        cells = "".join(f"<td>{esc(p.values.get(s, ''))}</td>" for s in settings)
         for c in CLAIMS:
             status = str(claims.get(c, "missing")) if c in claims.index else "missing"
             cells += f'<td><span class="status {_STATUS.get(status, "na")}">{esc(status)}</span></td>'
-        verdicts.append(f"<tr><td>{esc(p['id'])}</td>{cells}<td>{_link(p.get('report', ''), out)}</td></tr>")
+        verdicts.append(f"<tr><td>{esc(p.id)}</td>{cells}<td>{_link(p.report, out)}</td></tr>")
     verdict_table = (f"<table><thead><tr><th>point</th>{head}<th>its report</th></tr></thead>"
                      f"<tbody>{''.join(verdicts)}</tbody></table>")
 
     shown = [q for q in quantities if q in set(numbers["quantity"])]
-    head = "".join(f"<th>{esc(p['id'])}</th>" for p in points)
+    head = "".join(f"<th>{esc(p.id)}</th>" for p in points)
     body = []
     for q in shown:  # a row per quantity, a column per point (points are fewer than quantities' width)
         mine = numbers[numbers["quantity"] == q].drop_duplicates("point").set_index("point")
         cells = "".join(
-            f'<td class="num">{esc(_cell(*(float(mine.loc[p["id"], c]) for c in ("value", "ci_low", "ci_high"))))}'
-            "</td>" if p["id"] in mine.index else "<td>–</td>" for p in points)
+            f'<td class="num">{esc(_cell(*(float(mine.loc[p.id, c]) for c in ("value", "ci_low", "ci_high"))))}'
+            "</td>" if p.id in mine.index else "<td>–</td>" for p in points)
         body.append(f"<tr><td><code>{esc(q)}</code></td>{cells}</tr>")
     number_table = (f'<div style="overflow-x:auto"><table><thead><tr><th>quantity</th>{head}</tr></thead>'
                     f"<tbody>{''.join(body)}</tbody></table></div>")
     sources = numbers.groupby("quantity", sort=False)["ci_from"].agg(lambda s: "; ".join(sorted(set(map(str, s)))))
     source_rows = "".join(f"<tr><td><code>{esc(q)}</code></td><td>{esc(quantities.get(q, ''))}</td>"
                           f"<td>{esc(sources.get(q, ''))}</td></tr>" for q in shown)
-    notes = "".join(note(f"{p['id']}: {n}") for p in points for n in p.get("notes", []))
+    notes = "".join(note(f"{p.id}: {n}") for p in points for n in p.notes)
 
     heading = title or f"phonorm sweep: {name}"
     sections = [
@@ -230,7 +230,7 @@ def build_sweep_page(summary: str | Path, *, out: str | Path, title: Optional[st
         ("sources", "What each quantity is and where its CI comes from",
          f"<table><thead><tr><th>quantity</th><th>meaning</th><th>CI</th></tr></thead><tbody>{source_rows}</tbody>"
          f"</table><p>Probe CIs are those of each point's probes.csv; speaker shares: "
-         f"{esc(meta.get('resamples', ''))} speaker resamples, bias-corrected percentile intervals (see "
+         f"{esc(meta.resamples)} speaker resamples, bias-corrected percentile intervals (see "
          "<code>phonorm.experiment.summary</code>).</p>" + notes),
     ]
     nav = "".join(f'<li><a href="#{a}">{esc(t)}</a></li>' for a, t, _ in sections)
