@@ -22,7 +22,7 @@ demo: $(STAMP)
 # Fast tier for everyday work (a few minutes): everything but the tests marked slow.
 test: $(STAMP)
 	@bash scripts/ensure-chromium.sh || true
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=15
 
 # Everything, the slow end-to-end runs included (what CI runs).
 test-all: $(STAMP)

@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from phonorm.settings import TASKS
+
 IGNORE_INDEX = -100
 """Label of frames a task does not score (torch's CrossEntropyLoss ignore_index)."""
 
@@ -26,8 +28,6 @@ SAMPLE_RATE = 16_000
 DEFAULT_CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)
 DEFAULT_CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
 
-TASKS = ("tone", "phone", "sex")
-"""Frame-wise tasks every prepared corpus can label."""
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,14 @@ from phonorm.errors import PhonormError
 Task = Literal["tone", "phone", "sex"]
 Split = Literal["train", "dev", "test"]
 ProbeLabel = Literal["tone", "phone", "sex", "speaker"]
+SvccaRule = Literal["eigenvalue", "singular_value"]
 TASKS: tuple[str, ...] = get_args(Task)
 """Frame-wise tasks every prepared corpus can label."""
 SPLITS: tuple[str, ...] = get_args(Split)
 PROBE_LABELS: tuple[str, ...] = get_args(ProbeLabel)
 """What probes decode: the tasks, plus speaker identity."""
+SVCCA_RULES: tuple[str, ...] = get_args(SvccaRule)
+"""What SVCCA's `keep` fraction is a fraction of: "eigenvalue" (s², variance) or "singular_value" (s)."""
 
 AlignmentFormat = Literal["textgrid", "ctm"]
 LabelScheme = Literal["mandarin", "tonal", "plain"]
@@ -387,7 +390,7 @@ class AnalyzeSettings(StageSettings):
                                                          "always has one (claim C2).")
     svcca_keep: float = Field(0.99, gt=0, le=1, description="SVCCA keeps the top directions explaining this share "
                                                             "of the variance (counted by --svcca-rule).")
-    svcca_rule: Literal["eigenvalue", "singular_value"] = Field(
+    svcca_rule: SvccaRule = Field(
         "eigenvalue", description="How SVCCA counts the variance it keeps: eigenvalue (s², the variance) or "
                                   "singular_value (s).")
     svcca_dims: int = Field(20, ge=1, description="Directions kept by svcca_fixed (comparable across layers).")
@@ -441,3 +444,9 @@ class AnalyzeSettings(StageSettings):
     @classmethod
     def _zero_is_all(cls, value: Any) -> Any:
         return None if value in (0, "0") else value
+
+
+ANALYZE_DEFAULTS: dict[str, Any] = {name: field.get_default(call_default_factory=True)
+                                    for name, field in AnalyzeSettings.model_fields.items() if not field.is_required()}
+"""Each analysis setting's default, from `AnalyzeSettings` (the one place they are declared), for
+code that needs one without a settings object (the measures' keyword defaults, the report)."""

@@ -76,13 +76,13 @@ from phonorm.analysis.intervals import (
     linear_combination,
     pooled_accuracy,
 )
+from phonorm.settings import TASKS
 
 CHANGE = 0.05
 TOLERANCE = 0.02
 REL_GAIN = 0.10
 SIM_DROP = 0.05
 CEILING = 0.02
-KNOWN_TASKS = ("tone", "phone", "sex")
 
 
 def model_tasks(name: str, manifest_entry: dict | None = None, reference: str | None = None) -> tuple[list[str], str]:
@@ -93,9 +93,9 @@ def model_tasks(name: str, manifest_entry: dict | None = None, reference: str | 
         return [], "reference"
     entry = manifest_entry or {}
     if entry.get("kind") in ("pretrained", "finetuned"):
-        return [t for t in entry.get("tasks") or [] if t in KNOWN_TASKS], "manifest"
+        return [t for t in entry.get("tasks") or [] if t in TASKS], "manifest"
     tokens = [t for t in re.split(r"[^a-z]+", name.lower()) if t]
-    return [t for t in KNOWN_TASKS if t in tokens], "name"
+    return [t for t in TASKS if t in tokens], "name"
 
 
 # =========================================================================== the evidence

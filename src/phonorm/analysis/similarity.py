@@ -16,7 +16,7 @@ rounding; shards to be merged must share one shift (chosen once, before they are
 Hand-written rather than taken from a library because no maintained library computes these measures
 from mergeable streamed sums (google/svcca and netrep hold the rows in memory); the heavy lifting is
 BLAS (`XᵀX`, `XᵀY`: NumPy's matmul, which uses a symmetric rank-k update for `XᵀX`) and LAPACK
-(`eigh`, `svd`). Blocks may also be torch tensors (float64, on a GPU: `analysis/backend.py`): the
+(`eigh`, `svd`). Blocks may also be torch tensors (float64, on a GPU: `analysis/sums.py`, `LayerSums._put`): the
 accumulators then take their products on the device and keep the sums on the host.
 
 PWCCA is Morcos et al. (2018)'s: CCA on every direction of both views, each canonical correlation
@@ -53,12 +53,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Fraction of variance (by squared singular value) the SVD step of SVCCA keeps.
-SVCCA_KEEP = 0.99
-#: What SVCCA's `keep` fraction is a fraction of: "eigenvalue" (s², variance) or "singular_value" (s).
-SVCCA_RULES = ("eigenvalue", "singular_value")
-#: Directions `svcca_fixed` keeps per view (fewer when a view has fewer dimensions).
-SVCCA_DIMS = 20
+from phonorm.settings import ANALYZE_DEFAULTS, SVCCA_RULES
+
+#: Fraction of variance (by squared singular value) the SVD step of SVCCA keeps (`AnalyzeSettings.svcca_keep`).
+SVCCA_KEEP: float = ANALYZE_DEFAULTS["svcca_keep"]
+#: Directions `svcca_fixed` keeps per view (fewer when a view has fewer dimensions; `AnalyzeSettings.svcca_dims`).
+SVCCA_DIMS: int = ANALYZE_DEFAULTS["svcca_dims"]
 
 
 class IllPosedWarning(UserWarning):

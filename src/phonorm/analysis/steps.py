@@ -33,6 +33,7 @@ from phonorm.analysis.similarity import SpeakerSums, ViewSums
 from phonorm.analysis.sums import LayerSums, Streamed
 from phonorm.artifacts import read_json, write_json, write_parquet
 from phonorm.layers import umap_layers
+from phonorm.settings import PROBE_LABELS
 
 PCA_COMPONENTS_KEPT = 100
 
@@ -214,7 +215,7 @@ def silhouette_step(rows: Rows, settings: LayerSettings, model: str, layer: str,
     if settings.silhouette_rows <= 0:
         return []
     result = []
-    for label in ("tone", "phone", "sex", "speaker"):
+    for label in PROBE_LABELS:
         index, values = label_rows(rows.sample_frames, label)
         value = silhouette(x[index], values, settings.seed, settings.silhouette_rows)
         result.append(dict(model=model, layer=layer, measure="silhouette", label=label, value=value,

@@ -37,6 +37,7 @@ from phonorm.errors import InputError
 from phonorm.features.manifest import StoreManifest
 from phonorm.models.card import ModelCard
 from phonorm.records.context import RunContext
+from phonorm.settings import ANALYZE_DEFAULTS, TASKS
 
 RESULT_FILES = ("similarity.csv", "probes.csv", "normalization.csv", "claims.json", "settings.json")
 
@@ -338,7 +339,7 @@ def _section_accuracy(page: Page, sources: Sources) -> None:
         if not scores:
             continue
         row = {"model": name, "tasks": "+".join(model.get("tasks") or scores), "split": split}
-        for task in ("tone", "phone", "sex"):
+        for task in TASKS:
             entry = scores.get(task)
             row[task] = f"{entry['accuracy']:.3f} (chance {entry['chance']:.3f})" if entry else "–"
             if entry:
@@ -409,9 +410,9 @@ def _section_similarity(page: Page, results: Path, reference: str, settings: dic
             "shuffling the reference's rows within each speaker: what unrelated frames of the same speakers "
             "score) and the <i>held-out</i> value (directions fitted on half the speakers, scored on the other "
             "half). A value near its floor says nothing. SVCCA keeps the directions explaining "
-            f"{esc(settings.get('svcca_keep', 0.99))} of the variance counted by "
-            f"{esc(settings.get('svcca_rule', 'eigenvalue'))} (so a different number per layer); svcca_fixed keeps "
-            f"{esc(settings.get('svcca_dims', 20))} directions per layer; PWCCA weights the "
+            f"{esc(settings.get('svcca_keep', ANALYZE_DEFAULTS['svcca_keep']))} of the variance counted by "
+            f"{esc(settings.get('svcca_rule', ANALYZE_DEFAULTS['svcca_rule']))} (so a different number per layer); svcca_fixed keeps "
+            f"{esc(settings.get('svcca_dims', ANALYZE_DEFAULTS['svcca_dims']))} directions per layer; PWCCA weights the "
             "canonical correlations by the model's neurons (Morcos et al. 2018). Claim C2 is decided on linear "
             "CKA, comparable across layers (docs/statistics.md). None of these measures is invariant to every "
             "invertible linear map of a layer (Kornblith et al. 2019, Table 1): linear CKA only to rotations, "
