@@ -407,11 +407,12 @@ def test_small_corpus_says_the_split_cannot_be_speaker_disjoint(tmp_path):
     with pytest.raises(PhonormError, match="--split-by"):
         _prepare(tmp_path / "r", corpus, grids, split_by="sex")
     # the report's corpus section states it
-    from phonorm.report import html
-    page = html.Page()
-    sources = html.Sources(results=tmp_path, context={})
+    from phonorm.report.page import Page, Sources
+    from phonorm.report.sections_inputs import section_corpus
+    page = Page()
+    sources = Sources(results=tmp_path, context={})
     sources.corpus = tmp_path / "q"
-    html._section_corpus(page, sources)
+    section_corpus(page, sources)
     assert "<b>Note:</b> 2 speakers appear in more than one split: dev/test are not speaker-disjoint" in page.sections[0][2]
 
 

@@ -19,7 +19,9 @@ import soundfile as sf
 from praatio import textgrid
 from pypinyin.contrib.tone_convert import to_finals, to_initials
 
-from phonorm.corpus.synth import ESPEAK_INITIALS, align_syllables, synthesize_corpus
+from phonorm.corpus.languages import ESPEAK_INITIALS
+from phonorm.corpus.synth import synthesize_corpus
+from phonorm.corpus.synth_align import align_syllables
 from phonorm.errors import PhonormError
 
 VOICELESS_INITIALS = {"p", "t", "k", "f", "h", "j", "q", "x", "zh", "ch", "sh", "z", "c", "s", "b", "d", "g"}

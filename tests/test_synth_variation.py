@@ -19,7 +19,8 @@ import pytest
 from praatio import textgrid
 
 from acoustics import speaker_f0, tonal_finals
-from phonorm.corpus.synth import F0_MEDIAN_HZ, plan_corpus, synthesize_corpus, synthesize_utterance
+from phonorm.corpus.synth import synthesize_corpus, synthesize_utterance
+from phonorm.corpus.synth_plan import F0_MEDIAN_HZ, plan_corpus
 from phonorm.errors import PhonormError
 
 

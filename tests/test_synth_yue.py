@@ -26,7 +26,10 @@ from praatio import textgrid
 
 from acoustics import speaker_f0, tonal_finals
 from phonorm.corpus.jyutping_syllables import load_syllable_table
-from phonorm.corpus.synth import YUE, SyllableDrawer, align_syllables, plan_corpus, synthesize_corpus
+from phonorm.corpus.languages import YUE
+from phonorm.corpus.synth import synthesize_corpus
+from phonorm.corpus.synth_align import align_syllables
+from phonorm.corpus.synth_plan import SyllableDrawer, plan_corpus
 from phonorm.errors import PhonormError
 
 TABLE = {s.jyutping: s for s in load_syllable_table()}

@@ -50,7 +50,8 @@ def espeak_problems(table: list[JyutpingSyllable]) -> dict[str, str]:
     alone with every tone it may carry, does not split into the expected initial phonemes and a
     final (a language switch, an unknown spelling, another initial)."""
     from phonorm.corpus.espeak import Espeak
-    from phonorm.corpus.synth import YUE, align_syllables
+    from phonorm.corpus.languages import YUE
+    from phonorm.corpus.synth_align import align_syllables
     from phonorm.errors import PhonormError
 
     espeak = Espeak.get()

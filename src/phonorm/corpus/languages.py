@@ -88,7 +88,7 @@ class SynthLanguage:
 
 
 # Median F0 (Hz, Praat) of each eSpeak variant with the Cantonese voice at pitch 0, 50 and 100 (range
-# 55, rate 180), made by `synth.measure_variant_f0` (`python -m phonorm.corpus.synth yue`, espeakng-loader
+# 55, rate 180), made by `synth_plan.measure_variant_f0` (`python -m phonorm.corpus.synth yue`, espeakng-loader
 # 0.2.4), which gives the Mandarin table above within about 2% at pitch 50 and 100.
 YUE_VARIANT_F0_AT_PITCH: dict[str, tuple[float, float, float]] = {
     "f1": (81.0, 146.3, 274.1), "f2": (85.7, 151.9, 280.6), "f3": (90.6, 155.5, 282.5), "f4": (81.2, 147.5, 276.5),

@@ -12,7 +12,6 @@ resources) drawn from a sweep summary folder (`experiment/summary.py`: sweep.csv
 from __future__ import annotations
 
 import base64
-import html
 import io
 import math
 import os
@@ -27,6 +26,7 @@ import pandas as pd
 from phonorm.artifacts import atomic_path
 from phonorm.errors import InputError
 from phonorm.records.sweep import POINTS, TABLE, load_points
+from phonorm.report.page import esc, note
 
 CLAIMS = ("C1", "C2", "C3", "C4")
 _STATUS = {"holds": "ok", "does not hold": "bad"}
@@ -42,14 +42,6 @@ figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;colo
 .status.ok{background:#dff3df;color:#185c18} .status.bad{background:#fbe1e1;color:#8a1c1c} .status.na{background:#eee;color:#555}
 td.num{font-family:monospace;white-space:nowrap}
 """
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def note(text: str) -> str:
-    return f'<p class="missing">{esc(text)}</p>'
 
 
 def image(png: Optional[bytes], alt: str, caption: str = "") -> str:

@@ -1,0 +1,168 @@
+"""The report's sections on the claims (at a glance, and every comparison with its estimate, CI,
+margin and verdict) and the methods (every setting and version, stage timings)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from phonorm.artifacts import code_version, library_versions
+from phonorm.models.card import ModelCard
+from phonorm.report.page import (
+    Page,
+    Sources,
+    as_path,
+    esc,
+    fmt,
+    note,
+    read_json_file,
+    store_manifest,
+    table,
+)
+
+
+def section_glance(page: Page, claims: Optional[dict]) -> None:
+    if not claims or not claims.get("claims"):
+        return
+    items = "".join(f'<li><span class="status {status_class(c.get("status"))}">{esc(c.get("claim"))}: '
+                    f'{esc(c.get("status"))}</span> {esc(c.get("statement", ""))}</li>' for c in claims["claims"])
+    page.add("glance", "The claims at a glance",
+             f"<p>Each claim of the study (Wang, Yang &amp; Yuan 2025) measured on this data; details in "
+             f'<a href="#claims">the claim checks</a>.</p>{caveat_note(claims)}<ul class="glance">{items}</ul>')
+
+
+def caveat_note(claims: dict) -> str:
+    """The caveat analyze attached to verdicts drawn from few speakers of a sex (analysis/caveats.py), as a
+    paragraph; "" when there is none."""
+    caveat = claims.get("caveat")
+    return f'<p class="caveat"><b>Caveat:</b> {esc(caveat)}.</p>' if caveat else ""
+
+
+
+def status_class(status: Any) -> str:
+    return {"holds": "ok", "does not hold": "bad", "inconclusive": "unsure"}.get(str(status), "na")
+
+
+def _ci(c: dict) -> str:
+    if c.get("ci_low") is None or c.get("ci_high") is None:
+        return "–"
+    return f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+
+
+def _comparisons(check: dict) -> list[dict[str, Any]]:
+    out = []
+    for c in check.get("comparisons") or []:
+        estimate = c.get("estimate")
+        out.append({
+            "model": check.get("model"), "comparison": c.get("name"),
+            "evidence": c.get("evidence") + ("" if c.get("primary") else " (beside)"),
+            "values": f"{fmt(c.get('a_value'))} vs {fmt(c.get('b_value'))}",
+            "estimate": f"{estimate:+.3f}" if isinstance(estimate, (int, float)) else "–",
+            "95% CI": _ci(c), "claimed": f"{c.get('direction')} {c.get('margin')}",
+            "verdict": c.get("verdict"), "note": c.get("reason", ""),
+        })
+    return out
+
+
+def section_claims(page: Page, claims: Optional[dict]) -> None:
+    if not claims or not claims.get("claims"):
+        page.add("claims", "Claim checks", page.gap("claim checks: no claims.json"))
+        return
+    intervals = claims.get("intervals") or {}
+    if intervals:
+        how = (f"{esc(intervals.get('accuracies_and_differences'))} for accuracies and their differences, "
+               f"{esc(intervals.get('similarity'))} for similarity; the same speakers on both sides of a difference. "
+               "Each comparison names its method (claims.json <code>ci_method</code>)")
+    else:  # claims.json written before the intervals were recorded
+        boot = claims.get("bootstrap") or {}
+        how = (f"paired bootstrap over speakers ({esc(boot.get('resamples', '?'))} resamples; the same resampled "
+               "speakers on both sides of a difference)")
+    summary = "".join(
+        f"<tr><td><b>{esc(c.get('claim'))}</b></td><td>{esc(c.get('statement', ''))}</td>"
+        f"<td>{esc(c.get('criterion', ''))}</td>"
+        f"<td><span class=\"status {status_class(c.get('status'))}\">{esc(c.get('status'))}</span>"
+        + (f"<p class=\"reason\">{esc(c['reason'])}</p>" if c.get("reason") else "")
+        + "".join(f"<p class=\"reason\">{esc(f)}</p>" for f in c.get("fallback") or [])
+        + "</td></tr>" for c in claims["claims"])
+    body = ("<p>Each claim is decided from estimates with 95% confidence intervals against a margin fixed in "
+            "advance: it <b>holds</b> when every interval lies on the claimed side of its margin, <b>does not "
+            f"hold</b> when one lies wholly on the other side, and is <b>inconclusive</b> otherwise; it is <b>not "
+            "testable</b> when its premise fails (e.g. the reference does not linearly decode the factor a "
+            f"suppression would remove), whatever its other comparisons say. Intervals: {how}. Primary evidence "
+            "decides; evidence marked <i>beside</i> is shown for comparison. Top layer = the last stored layer of "
+            "each model.</p>" + caveat_note(claims) +
+            "<table class=\"claims\"><thead><tr><th>claim</th><th>statement</th><th>criterion</th>"
+            f"<th>on this data</th></tr></thead><tbody>{summary}</tbody></table>")
+    for c in claims["claims"]:
+        rows = [r for check in c.get("measured") or [] for r in _comparisons(check)]
+        if rows:
+            body += (f"<h3>{esc(c.get('claim'))}: the comparisons</h3>"
+                     + table(rows, ["model", "comparison", "evidence", "values", "estimate", "95% CI", "claimed",
+                                    "verdict", "note"]))
+    missing = claims.get("evaluations_missing") or []
+    if missing:
+        body += note(f"no evaluation (task accuracy) for {', '.join(missing)}: where it was needed the probes decided")
+    constants = claims.get("constants") or {}
+    if constants:
+        body += "<p>Margins: " + esc(", ".join(f"{k} = {v}" for k, v in constants.items())) + "</p>"
+    page.add("claims", "Claim checks", body)
+
+
+def _kv(settings: dict[str, Any]) -> str:
+    return table([{"setting": k, "value": json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v}
+                  for k, v in settings.items()], ["setting", "value"], digits=6, cls="kv")
+
+
+def section_methods(page: Page, results: Path, sources: Sources, settings: dict, claims: Optional[dict]) -> None:
+    body = f"<p>Inputs found from {esc(sources.found_from)}.</p>"
+    experiment = sources.context.get("experiment") or {}
+    if experiment.get("config"):
+        import yaml
+
+        body += (f"<h3>Experiment</h3><p>File <code>{esc(experiment.get('file'))}</code>, as validated (paths "
+                 f"resolved):</p><pre>{esc(yaml.safe_dump(experiment['config'], sort_keys=False, allow_unicode=True))}</pre>")
+    if sources.corpus is not None:
+        labels = read_json_file(sources.corpus / "labels.json") or {}
+        corpus_settings = (labels.get("provenance") or {}).get("settings") or {}
+        body += "<h3>Corpus preparation</h3>" + _kv({"scheme": labels.get("scheme"), "tone_mode": labels.get("tone_mode"),
+                                                     **corpus_settings})
+        synth = as_path(sources.context.get("synth"))
+        synth_meta = read_json_file(synth / "synth.json") if synth else None
+        if synth_meta:
+            body += "<h4>Synthetic corpus</h4>" + _kv(synth_meta.get("settings") or
+                                                      {k: v for k, v in synth_meta.items() if not isinstance(v, (dict, list))})
+    model_rows = []
+    for model in sources.models:
+        folder = as_path(model.get("folder"))
+        card = ModelCard.load_if_any(folder)
+        meta = card.model_dump(mode="json") if card else {}
+        model_rows.append({"model": model.get("name"), "kind": model.get("kind"),
+                           "base / source": model.get("base") or model.get("source") or meta.get("base_model") or "",
+                           "tasks": ",".join(model.get("tasks") or meta.get("tasks") or []),
+                           "model type": meta.get("model_type", ""),
+                           "settings": json.dumps(meta.get("settings") or {}, ensure_ascii=False)})
+    if model_rows:
+        body += "<h3>Models</h3>" + table(model_rows, cls="kv")
+    manifest = store_manifest(sources.features)
+    if manifest is not None:
+        body += "<h3>Extraction</h3>" + _kv({"rows": manifest.rows, **manifest.settings})
+        body += table([m.model_dump(include={"name", "source", "model_type", "n_layers", "dim", "dtype",
+                                             "layer_convention", "group_norm"}) for m in manifest.models],
+                      ["name", "source", "model_type", "n_layers", "dim", "dtype", "layer_convention", "group_norm"])
+    if settings.get("settings"):
+        body += "<h3>Analysis</h3>" + _kv({**settings["settings"], "rows in store": settings.get("store_rows"),
+                                           "rows sampled for probes and maps": settings.get("sample_rows_used")})
+    stages = sources.context.get("stages") or []
+    if stages:
+        body += ("<h3>Stages</h3><p>Wall-clock and CPU seconds each stage took when it last ran (a cached "
+                 "stage was not redone in this run).</p>"
+                 + table([{k: s.get(k) for k in ("stage", "name", "status", "seconds", "cpu_seconds", "key", "folder")}
+                          for s in stages], digits=1))
+    provenance = settings.get("provenance") or {}
+    versions = provenance.get("versions") or library_versions()
+    body += ("<h3>Versions</h3>" + _kv({"phonorm (analysis)": provenance.get("code_version", "unknown"),
+                                        "phonorm (report)": code_version(), **versions})
+             + f"<p>Report written {esc(time.strftime('%Y-%m-%d %H:%M:%S'))} from <code>{esc(results.resolve())}</code>.</p>")
+    page.add("methods", "Methods", body)
