@@ -29,13 +29,13 @@ import pytest
 from corpus_inputs import write_textgrid, write_wav
 from phonorm.corpus.alignment import Alignment, Interval, is_silence
 from phonorm.corpus.info import corpus_info, format_info
+from phonorm.corpus.labelling import label_alignment
 from phonorm.corpus.prepare import prepare_corpus
 from phonorm.corpus.schemes import (
     MandarinScheme,
     SchemeError,
     TonalScheme,
     UnknownLabels,
-    label_alignment,
 )
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from corpus_inputs import utterance_plan, write_textgrid
 from phonorm.corpus.alignment import Alignment, is_silence
 from phonorm.corpus.ctm import read_ctm
+from phonorm.corpus.labelling import label_alignment
 from phonorm.corpus.schemes import (
     MandarinScheme,
     Phone,
     PlainScheme,
     SchemeError,
     TonalScheme,
-    label_alignment,
 )
 from phonorm.corpus.textgrid import read_textgrid
 from phonorm.errors import InputError

@@ -41,7 +41,7 @@ def test_the_reference_loads_by_name_as_a_hubert_model():
 def test_the_card_records_the_recipe_of_the_example_that_makes_it():
     """The settings in the shipped card are those examples/pretrain-reference.yaml gives `pretrain`,
     and the card's fixed recipe is the code's; the corpus is the example's synth settings."""
-    from phonorm.experiment.config import load_experiment
+    from phonorm.experiment.load import load_experiment
     from phonorm.models.card import ModelCard, binding_settings
     from phonorm.models.pretrain import recipe
     from phonorm.settings import PretrainSettings

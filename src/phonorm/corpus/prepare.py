@@ -34,16 +34,9 @@ from phonorm.artifacts import atomic_path, provenance, write_parquet
 from phonorm.corpus.alignment import Alignment, silence_set
 from phonorm.corpus.audio import AUDIO_SUFFIXES, check_audio
 from phonorm.corpus.ctm import ctm_files, read_ctm_utterances
+from phonorm.corpus.labelling import REMEDY, LabelNotes, LabelRules, label_alignment
 from phonorm.corpus.phone_map import read_phone_map
-from phonorm.corpus.schemes import (
-    REMEDY,
-    LabelNotes,
-    LabelRules,
-    SchemeError,
-    UnknownLabels,
-    get_scheme,
-    label_alignment,
-)
+from phonorm.corpus.schemes import SchemeError, UnknownLabels, get_scheme
 from phonorm.corpus.speakers import SEXES, SpeakerMismatch, SpeakerTable, read_speakers
 from phonorm.corpus.split import (
     SPLITS,

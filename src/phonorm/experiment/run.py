@@ -18,7 +18,8 @@ import yaml
 from phonorm.artifacts import atomic_path, read_json, write_json
 from phonorm.errors import InputError
 from phonorm.experiment.cache import execute, stage_record
-from phonorm.experiment.config import Experiment, load_experiment
+from phonorm.experiment.config import Experiment
+from phonorm.experiment.load import load_experiment
 from phonorm.experiment.plan import Plan, plan_stages
 from phonorm.lock import folder_lock
 from phonorm.progress import logger
