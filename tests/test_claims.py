@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from phonorm.analysis.claims import TOLERANCE, Evidence, check_claims, model_tasks
+from phonorm.analysis.claims import TOLERANCE, check_claims
+from phonorm.analysis.evidence import Evidence, model_tasks
 from phonorm.analysis.intervals import combine, decide, difference, pooled_accuracy
 from phonorm.analysis.run import AnalyzeSettings, analyze
 

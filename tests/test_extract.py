@@ -277,7 +277,7 @@ def test_rows_are_decided_and_written_a_chunk_at_a_time_and_read_back_by_range(f
     generated a chunk of utterances at a time (for their key, then again to write frames.parquet),
     never held all at once, the segments are not kept as one small table per utterance, and the
     shares read the rows' times back from the file by range."""
-    from phonorm.features.selection import RowIndex, frames_hash, write_frames
+    from phonorm.features.frames_file import RowIndex, frames_hash, write_frames
 
     # One small table per utterance (PreparedCorpus.segments_of) cost tens of KB each: not used.
     monkeypatch.setattr(PreparedCorpus, "segments_of", lambda self, utt: pytest.fail("segments_of called"))

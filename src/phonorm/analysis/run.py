@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from phonorm.analysis import claims as claims_mod
+from phonorm.analysis.evidence import model_tasks
 from phonorm.analysis.inputs import Execution, LayerSettings, Rows, Seconds
 from phonorm.analysis.layers import LayerRunner
 from phonorm.analysis.steps import LayerResult
@@ -74,7 +74,7 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
     frames = store.frames
     tasks, how = {}, {}
     for m in models:
-        tasks[m], how[m] = claims_mod.model_tasks(m, store.model_info(m), settings.reference)
+        tasks[m], how[m] = model_tasks(m, store.model_info(m), settings.reference)
     evaluations = read_evaluations(settings.evaluations)
     erasure_models = ([] if not settings.erasure else
                       [m for m in (settings.erasure_models or [m for m in models if "tone" in tasks[m]]) if m in models])

@@ -19,6 +19,7 @@ import pandas as pd
 
 from phonorm.analysis import claims as claims_mod
 from phonorm.analysis.caveats import speaker_caveat, speakers_per_sex, with_speaker_caveat
+from phonorm.analysis.evidence import Evidence
 from phonorm.analysis.similarity import MEASURES
 from phonorm.analysis.steps import LayerResult
 from phonorm.artifacts import atomic_path, write_parquet
@@ -136,7 +137,7 @@ def claims_step(out: Path, tables: Tables, by_layer: dict[tuple[str, str], Layer
                 ) -> list[dict[str, Any]]:
     """Decide the claims (claims.py) and write claims.json; returns the claim rows."""
     evaluations = given.evaluations
-    evidence = claims_mod.Evidence(
+    evidence = Evidence(
         probes={(r["model"], r["layer"], r["label"]): r for r in tables.probe_rows}, layers=given.layers,
         reference=given.reference, tasks=given.tasks, evaluations={m: e["tasks"] for m, e in evaluations.items()},
         evaluation_sources={m: e["file"] for m, e in evaluations.items()},

@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from phonorm.corpus.alignment import Alignment, Interval, is_silence
-from phonorm.corpus.prepare import Skipped, build_prepared_corpus, label_rules, list_sources
+from phonorm.corpus.prepare import build_prepared_corpus, label_rules
+from phonorm.corpus.sources import Skipped, list_sources
 from phonorm.corpus.speakers import SEXES, SpeakerTable
 from phonorm.corpus.split import SPLITS
 from phonorm.corpus.text import read_text

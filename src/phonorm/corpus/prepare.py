@@ -25,18 +25,18 @@ import csv
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from phonorm.artifacts import atomic_path, provenance, write_parquet
 from phonorm.corpus.alignment import Alignment, silence_set
-from phonorm.corpus.audio import AUDIO_SUFFIXES, check_audio
-from phonorm.corpus.ctm import ctm_files, read_ctm_utterances
+from phonorm.corpus.audio import check_audio
 from phonorm.corpus.labelling import REMEDY, LabelNotes, LabelRules, label_alignment
 from phonorm.corpus.phone_map import read_phone_map
 from phonorm.corpus.schemes import SchemeError, UnknownLabels, get_scheme
+from phonorm.corpus.sources import Skipped, UtteranceSource, list_sources
 from phonorm.corpus.speakers import SEXES, SpeakerMismatch, SpeakerTable, read_speakers
 from phonorm.corpus.split import (
     SPLITS,
@@ -45,7 +45,7 @@ from phonorm.corpus.split import (
     split_problems,
     utterance_split,
 )
-from phonorm.corpus.textgrid import ALIGNMENT_SUFFIXES, read_textgrid
+from phonorm.corpus.textgrid import read_textgrid
 from phonorm.errors import InputError, PhonormError
 from phonorm.lock import folder_lock
 from phonorm.records.corpus import LabelsFile
@@ -72,26 +72,6 @@ STEP_NAMES = {
 
 SPEAKER_BY = "_speaker_by"
 """Key of an utterance row (dropped before writing) saying how its speaker was matched."""
-
-
-@dataclass
-class UtteranceSource:
-    """What is known about one utterance before it is read."""
-
-    utterance_id: str
-    audio: Path | None = None
-    alignment_file: Path | None = None
-    alignment: Alignment | None = None
-    folder_speaker: str | None = None
-    problem: tuple[str, Path, str] | None = None  # (step, file, problem) found while listing
-
-
-@dataclass
-class Skipped:
-    item: str
-    file: str
-    problem: str
-    step: str
 
 
 class BadUtterance(Exception):
@@ -170,67 +150,6 @@ def label_rules(scheme: str, tones, silence, phone_map) -> tuple[object, LabelRu
         raise PhonormError(str(err)) from None
     mapping = read_phone_map(phone_map, label_scheme) if phone_map is not None else {}
     return label_scheme, LabelRules(silence=silence_set(silence), phone_map=mapping)
-
-
-# --------------------------------------------------------------------------- listing the inputs
-def find_audio(audio_dir: Path) -> list[Path]:
-    return sorted(p for p in audio_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-
-
-def list_sources(
-    audio_dir: Path, alignments: Path, fmt: str, skip_bad: bool, skipped: list[Skipped],
-    audio_files: Iterable[Path] | None = None,
-) -> list[UtteranceSource]:
-    """One `UtteranceSource` per utterance id seen in the audio folder or the alignments."""
-    sources: dict[str, UtteranceSource] = {}
-    for path in (find_audio(audio_dir) if audio_files is None else audio_files):
-        src = sources.setdefault(path.stem, UtteranceSource(path.stem))
-        if src.audio is not None:
-            src.problem = src.problem or ("duplicate", path, f"duplicate utterance id {path.stem!r}: also {src.audio}")
-            continue
-        src.audio = path.resolve()
-        src.folder_speaker = path.parent.name if path.parent.resolve() != audio_dir.resolve() else None
-    if fmt == "textgrid":
-        _add_textgrids(sources, alignments)
-    else:
-        _add_ctm(sources, alignments, skip_bad, skipped)
-    return [sources[utt] for utt in sorted(sources)]
-
-
-def _add_textgrids(sources: dict[str, UtteranceSource], alignments: Path) -> None:
-    """Each TextGrid (or Biaobei .interval) file of the folder `alignments` to its utterance's source."""
-    if not alignments.is_dir():
-        raise InputError(alignments, "no such folder of TextGrids (give a folder with --alignments)")
-    grids = sorted(p for p in alignments.rglob("*") if p.is_file() and p.suffix.lower() in ALIGNMENT_SUFFIXES)
-    if not grids:
-        raise InputError(alignments, "no *.TextGrid (or Biaobei *.interval) files in this folder")
-    for path in grids:
-        src = sources.setdefault(path.stem, UtteranceSource(path.stem))
-        if src.alignment_file is not None:
-            src.problem = src.problem or ("duplicate", path, f"duplicate utterance id {path.stem!r}: also {src.alignment_file}")
-            continue
-        src.alignment_file = path.resolve()
-
-
-def _add_ctm(sources: dict[str, UtteranceSource], alignments: Path, skip_bad: bool, skipped: list[Skipped]) -> None:
-    """Each utterance of the CTM file(s) `alignments` to its source; a bad line spoils only its utterance."""
-    for path in ctm_files(alignments):
-        try:
-            by_utterance, problems = read_ctm_utterances(path)
-        except InputError as err:
-            if not skip_bad:
-                raise
-            skipped.append(Skipped(err.item or path.name, str(path), err.problem, "file"))
-            continue
-        for utt, line_error in problems.items():
-            src = sources.setdefault(utt, UtteranceSource(utt))
-            src.problem = src.problem or ("alignment", path, line_error.problem)
-        for utt, alignment in by_utterance.items():
-            src = sources.setdefault(utt, UtteranceSource(utt))
-            if src.alignment is not None:
-                src.problem = src.problem or ("duplicate", path, f"utterance {utt!r} is aligned in two CTM files: also {src.alignment_file}")
-                continue
-            src.alignment, src.alignment_file = alignment, path.resolve()
 
 
 # --------------------------------------------------------------------------- one utterance

@@ -21,7 +21,8 @@ from phonorm.artifacts import read_json, set_seed, write_json
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.features import layout
-from phonorm.features.selection import Selection, select_rows, write_frames
+from phonorm.features.frames_file import write_frames
+from phonorm.features.selection import Selection, select_rows
 from phonorm.frames import FrameGeometry
 from phonorm.layers import layer_name
 from phonorm.lock import LOCK_FILE

@@ -21,8 +21,9 @@ from phonorm.artifacts import read_json, write_json
 from phonorm.errors import PhonormError
 from phonorm.features import layout
 from phonorm.features.classic import CLASSIC_DIMS, classic_features
+from phonorm.features.frames_file import RowIndex
 from phonorm.features.plan import ModelSpec, Plan
-from phonorm.features.selection import RowIndex, pooling_index
+from phonorm.features.selection import pooling_index
 from phonorm.features.writer import RowWriter, partial_matches, partial_path
 from phonorm.frames import SAMPLE_RATE
 from phonorm.memory import release_free_memory

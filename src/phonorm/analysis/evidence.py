@@ -1,0 +1,116 @@
+"""What the claims are decided from (`Evidence`: probes, similarity, erasure, evaluations, with their
+per-speaker terms as `intervals.Estimate`s) and which tasks each model was fine-tuned on (`model_tasks`)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from phonorm.analysis.intervals import (
+    JACKKNIFE_T,
+    Estimate,
+    pooled_accuracy,
+)
+from phonorm.settings import TASKS
+
+# The claims' margins (module docstring of claims.py): a change, a tolerated loss, a relative gain, a
+# similarity drop, the distance from ceiling below which nothing is left to enhance.
+CHANGE = 0.05
+TOLERANCE = 0.02
+REL_GAIN = 0.10
+SIM_DROP = 0.05
+CEILING = 0.02
+
+
+def model_tasks(name: str, manifest_entry: dict | None = None, reference: str | None = None) -> tuple[list[str], str]:
+    """(tasks, how they were found) of a model in the store, from its manifest entry: the fine-tuning
+    tasks phonorm recorded (`kind` pretrained or finetuned). A model phonorm did not train
+    (`kind: given`, e.g. a hub id) has only its name in the store: its tokens tone/phone/sex."""
+    if name == reference:
+        return [], "reference"
+    entry = manifest_entry or {}
+    if entry.get("kind") in ("pretrained", "finetuned"):
+        return [t for t in entry.get("tasks") or [] if t in TASKS], "manifest"
+    tokens = [t for t in re.split(r"[^a-z]+", name.lower()) if t]
+    return [t for t in TASKS if t in tokens], "name"
+
+
+# =========================================================================== the evidence
+class Evidence:
+    """Everything the claims read, keyed for lookup.
+
+    probes: (model, layer, label) → {accuracy, chance, ci_low, ci_high, by_speaker: {speaker: (hits, rows,
+        chance hits)}}
+    evaluations: model → evaluation.json's `tasks` dict (task → {accuracy, by_speaker?, ...})
+    cka: (model, layer) → (linear CKA to the reference, {speaker: CKA without that speaker}), the
+        leave-one-out values of every layer and model on the same speakers
+    secondary: (model, layer) → {measure: value} beside CKA (e.g. held-out fixed-k SVCCA)
+    erasure: (model, layer, erased, probed) → a row of `erasure.erasure_probes`
+    """
+
+    def __init__(self, *, probes: dict, layers: dict[str, list[str]], reference: str, tasks: dict[str, list[str]],
+                 evaluations: dict[str, dict] | None = None, cka: dict | None = None, secondary: dict | None = None,
+                 erasure: dict | None = None, evaluation_sources: dict[str, str] | None = None):
+        self.probes, self.layers, self.reference, self.tasks = probes, layers, reference, tasks
+        self.evaluations = evaluations or {}
+        self.evaluation_sources = evaluation_sources or {}
+        self.cka, self.secondary, self.erasure = cka or {}, secondary or {}, erasure or {}
+
+    def speakers(self) -> dict[str, int]:
+        """Speakers behind the probes and the task accuracies (claims.json `intervals`)."""
+        probe = {s for p in self.probes.values() for s in (p.get("by_speaker") or {})}
+        task = {s for ev in self.evaluations.values() for t in ev.values() if isinstance(t, dict)
+                for s in (t.get("by_speaker") or {})}
+        return {"probe_speakers": len(probe), "task_speakers": len(task)}
+
+    def top(self, model: str) -> str | None:
+        layers = self.layers.get(model)
+        return layers[-1] if layers else None
+
+    def probe(self, model: str, label: str, layer: str | None = None) -> dict | None:
+        return self.probes.get((model, layer or self.top(model), label))
+
+    def probe_accuracy(self, model: str, label: str) -> Estimate | None:
+        """Top-layer probe accuracy with its per-speaker terms; None without per-speaker hits."""
+        p = self.probe(model, label)
+        if not p or not p.get("by_speaker"):
+            return None
+        return pooled_accuracy({s: (v[0], v[1]) for s, v in p["by_speaker"].items()})
+
+    def probe_chance(self, model: str, label: str) -> float | None:
+        """Chance of the top-layer probe: the share of its rows in the most frequent class
+        (`probes.CHANCE_METHOD`)."""
+        p = self.probe(model, label)
+        if not p or not p.get("by_speaker"):
+            return None
+        hits, rows = (sum(float(v[i]) for v in p["by_speaker"].values()) for i in (2, 1))
+        return hits / rows if rows > 0 else None
+
+    def task_accuracy(self, model: str, task: str) -> tuple[dict | None, Estimate | None]:
+        """(evaluation entry or None, accuracy estimate or None when it has no per-speaker counts)."""
+        entry = (self.evaluations.get(model) or {}).get(task)
+        if not isinstance(entry, dict):
+            return None, None
+        by = entry.get("by_speaker")
+        if not by:
+            return entry, None
+        return entry, pooled_accuracy({s: (v["correct"], v["n_frames"]) for s, v in by.items()})
+
+    def cka_estimate(self, model: str, layer: str) -> Estimate:
+        value, left_out = self.cka[(model, layer)]
+        return Estimate(float(value), {str(s): float(v) for s, v in dict(left_out).items()}, JACKKNIFE_T)
+
+    def decodes_clearly(self, model: str, label: str) -> tuple[bool | None, str]:
+        """Whether the top-layer probe linearly decodes `label` clearly above chance: the 95% CI lower
+        bound of its accuracy exceeds chance (the class prior of the scored rows) + δ."""
+        acc, chance = self.probe_accuracy(model, label), self.probe_chance(model, label)
+        if acc is None or chance is None:
+            return None, f"no top-layer {label} probe of {model} (e.g. too few test speakers of each class)"
+        low, _ = acc.interval()
+        if not np.isfinite(low):
+            return None, f"no CI for the top-layer {label} probe of {model} (fewer than 2 speakers)"
+        ok = bool(low > chance + CHANGE)
+        return ok, (f"{model} decodes {label} at {acc.point:.3f} (95% CI from {low:.3f}; chance {chance:.3f})"
+                    + ("" if ok else f": not clearly more than {CHANGE} above chance, so suppression cannot be "
+                                     "observed"))
