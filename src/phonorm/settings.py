@@ -31,8 +31,7 @@ TASKS: tuple[str, ...] = get_args(Task)
 SPLITS: tuple[str, ...] = get_args(Split)
 PROBE_LABELS: tuple[str, ...] = get_args(ProbeLabel)
 """What probes decode: the tasks, plus speaker identity."""
-SVCCA_RULES: tuple[str, ...] = get_args(SvccaRule)
-"""What SVCCA's `keep` fraction is a fraction of: "eigenvalue" (s², variance) or "singular_value" (s)."""
+SVCCA_RULES: tuple[str, ...] = get_args(SvccaRule)  # what SVCCA's `keep` counts: s² (variance) or s
 
 AlignmentFormat = Literal["textgrid", "ctm"]
 LabelScheme = Literal["mandarin", "tonal", "plain"]
@@ -446,7 +445,6 @@ class AnalyzeSettings(StageSettings):
         return None if value in (0, "0") else value
 
 
+# Each analysis setting's default, read from AnalyzeSettings (the measures' keyword defaults, the report).
 ANALYZE_DEFAULTS: dict[str, Any] = {name: field.get_default(call_default_factory=True)
                                     for name, field in AnalyzeSettings.model_fields.items() if not field.is_required()}
-"""Each analysis setting's default, from `AnalyzeSettings` (the one place they are declared), for
-code that needs one without a settings object (the measures' keyword defaults, the report)."""
