@@ -12,6 +12,7 @@ from phonorm.analysis.intervals import (
     Estimate,
     pooled_accuracy,
 )
+from phonorm.records.kinds import TRAINED_KINDS
 from phonorm.settings import TASKS
 
 # The claims' margins (module docstring of claims.py): a change, a tolerated loss, a relative gain, a
@@ -30,7 +31,7 @@ def model_tasks(name: str, manifest_entry: dict | None = None, reference: str | 
     if name == reference:
         return [], "reference"
     entry = manifest_entry or {}
-    if entry.get("kind") in ("pretrained", "finetuned"):
+    if entry.get("kind") in TRAINED_KINDS:
         return [t for t in entry.get("tasks") or [] if t in TASKS], "manifest"
     tokens = [t for t in re.split(r"[^a-z]+", name.lower()) if t]
     return [t for t in TASKS if t in tokens], "name"

@@ -30,6 +30,7 @@ from phonorm.features.shards import classic_part, run_share
 from phonorm.features.writer import RowWriter
 from phonorm.lock import folder_lock
 from phonorm.memory import release_free_memory
+from phonorm.records.kinds import GIVEN
 from phonorm.settings import ExtractSettings
 
 __all__ = ["ExtractSettings", "extract", "finish_store", "plan_extraction", "run_share", "start_store"]
@@ -129,7 +130,7 @@ def build_manifest(plan: Plan, run_counts: dict[str, dict]) -> StoreManifest:
             **spec.describe(), dtype=plan.settings.dtype, parts=int(complete.get("parts", 1)),
             forward_passes=complete.get("forward_passes"),
             folder=str(Path(spec.source).resolve()) if Path(spec.source).is_dir() else None,
-            kind=card.kind if card else "given", tasks=list(card.tasks) if card else [],
+            kind=card.kind if card else GIVEN, tasks=list(card.tasks) if card else [],
             base_model=card.base_model if card else None,
         ))
     classic_names: list[str] = []

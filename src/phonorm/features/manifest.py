@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from phonorm.artifacts import JsonRecord
 from phonorm.features import layout
+from phonorm.records.kinds import GIVEN, StoredKind
 
 
 class StoreModel(BaseModel):
@@ -27,7 +28,7 @@ class StoreModel(BaseModel):
     """As given to extract: a hub id or a folder."""
     folder: Optional[str] = None
     """The model folder (absolute), when the source is one."""
-    kind: Literal["pretrained", "finetuned", "given"] = "given"
+    kind: StoredKind = GIVEN
     """From the folder's model card; `given`: a model phonorm did not train (hub id, foreign folder)."""
     tasks: list[str] = []
     """Fine-tuning tasks (model card); empty for pre-trained models."""

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from phonorm.artifacts import JsonRecord
 from phonorm.errors import InputError
+from phonorm.records.kinds import ModelKind
 
 CARD_FILE = "phonorm.json"
 
@@ -26,7 +27,7 @@ class ModelCard(JsonRecord):
     MISSING: ClassVar[str] = "not a model folder written by phonorm pretrain or finetune"
 
     complete: bool
-    kind: Literal["pretrained", "finetuned"]
+    kind: ModelKind
     model_type: str
     corpus: str
     """Absolute path of the prepared corpus the model was trained on."""

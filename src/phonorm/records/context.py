@@ -8,11 +8,12 @@ feature store, whose manifest names the corpus and each model's folder, kind and
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict
 
 from phonorm.artifacts import JsonRecord
+from phonorm.records.kinds import ModelKind
 
 CONTEXT_FILE = "context.json"
 
@@ -21,7 +22,7 @@ class ContextModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    kind: Literal["pretrained", "finetuned"]
+    kind: ModelKind
     trained_here: bool
     folder: Optional[str] = None
     source: Optional[str] = None
