@@ -119,7 +119,7 @@ def baseline_svcca_cka(x_path: Path, y_path: Path, keep: float = 0.99, epsilon: 
 
 # ----------------------------------------------------------------------------- ours
 def ours_svcca_cka(x_path: Path, y_path: Path, block: int = 16384) -> dict:
-    from phonorm.analysis.similarity import PairSums
+    from phonorm.analysis.measures import PairSums
 
     x = np.load(x_path, mmap_mode="r")
     y = np.load(y_path, mmap_mode="r")

@@ -210,8 +210,8 @@ def test_matrix_on_sample_rows_and_sums_per_half_agree(tmp_path):
     """The layer matrix is computed on the sampled rows; keeping the pair sums per half instead of per
     speaker (memory cap) changes no value, only drops the jackknife intervals; the parts are timed."""
     from fake_store import make_feature_store
+    from phonorm.analysis.measures import PairSums
     from phonorm.analysis.probes import sample_rows
-    from phonorm.analysis.similarity import PairSums
 
     store = make_feature_store(tmp_path / "f", models=("pretrained", "tone"), n_speakers=6, n_utterances=2,
                                n_frames=30, n_layers=2)

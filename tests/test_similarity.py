@@ -7,7 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
-from phonorm.analysis.similarity import SVCCA_KEEP, IllPosedWarning, PairSums, SpeakerSums, ViewSums
+from phonorm.analysis.grouped import SpeakerSums
+from phonorm.analysis.measures import PairSums
+from phonorm.analysis.similarity import SVCCA_KEEP, IllPosedWarning, ViewSums
 
 MEASURES = ("svcca", "svcca_fixed", "pwcca", "cka", "cka_debiased")
 

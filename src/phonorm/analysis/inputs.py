@@ -20,8 +20,8 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import pandas as pd
 
+from phonorm.analysis.grouped import SpeakerSums
 from phonorm.analysis.probes import sample_rows
-from phonorm.analysis.similarity import SpeakerSums
 from phonorm.errors import InputError, PhonormError
 from phonorm.settings import AnalyzeSettings
 

@@ -24,12 +24,13 @@ import numpy as np
 import pandas as pd
 
 from phonorm.analysis.erasure import start_erasure_probes
+from phonorm.analysis.grouped import SpeakerSums
 from phonorm.analysis.inputs import LayerSettings, Rows, Seconds, run_jobs
 from phonorm.analysis.intervals import JACKKNIFE_T, Estimate
 from phonorm.analysis.normalization import GroupSums, silhouette
 from phonorm.analysis.probes import label_rows, start_probe
 from phonorm.analysis.projection import PCA, stratified_subsample, umap_map
-from phonorm.analysis.similarity import SpeakerSums, ViewSums
+from phonorm.analysis.similarity import ViewSums
 from phonorm.analysis.sums import LayerSums, Streamed
 from phonorm.artifacts import read_json, write_json, write_parquet
 from phonorm.layers import umap_layers

@@ -15,20 +15,11 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from phonorm.analysis.grouped import GroupedCrossSums, GroupedViewSums, SpeakerSums, group_runs
 from phonorm.analysis.inputs import FACTORS, Execution, LayerSettings, Rows, run_jobs
+from phonorm.analysis.measures import PairSums
 from phonorm.analysis.normalization import GroupSums
-from phonorm.analysis.similarity import (
-    CrossSums,
-    GroupedCrossSums,
-    GroupedViewSums,
-    PairSums,
-    SpeakerSums,
-    ViewSums,
-    as_float64,
-    group_runs,
-    head_shift,
-    row_norms,
-)
+from phonorm.analysis.similarity import CrossSums, ViewSums, as_float64, head_shift, row_norms
 from phonorm.artifacts import atomic_path
 from phonorm.errors import InputError
 from phonorm.features.store import FeatureStore

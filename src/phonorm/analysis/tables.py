@@ -20,7 +20,7 @@ import pandas as pd
 from phonorm.analysis import claims as claims_mod
 from phonorm.analysis.caveats import speaker_caveat, speakers_per_sex, with_speaker_caveat
 from phonorm.analysis.evidence import Evidence
-from phonorm.analysis.similarity import MEASURES
+from phonorm.analysis.measures import MEASURES
 from phonorm.analysis.steps import LayerResult
 from phonorm.artifacts import atomic_path, write_parquet
 from phonorm.errors import InputError
