@@ -379,6 +379,10 @@ class AnalyzeSettings(StageSettings):
     probe_max_iter: int = Field(300, ge=1, description="Iterations of each probe's solver.")
     block: int = Field(8192, ge=1, description="Rows per streamed block (memory ≈ 3 × block × dim × 8 bytes "
                                                "per layer pair; 8192 was as fast as 16384 at 768 dims).")
+    products: Literal["float32", "float64"] = Field(
+        "float32", description="Precision of each streamed block's d×d products (the sums across blocks are "
+                               "float64 either way): float32 is twice as fast and moved no similarity value by "
+                               "more than 1e-6 at 300,000 rows (bench/scale.py); float64 is the exact path.")
     figures: bool = Field(True, description="Draw the figures.")
     progress: bool = Field(True, description="Show a progress bar.")
     # claims with uncertainty, similarity floors, erasure (docs/statistics.md)
@@ -405,7 +409,7 @@ class AnalyzeSettings(StageSettings):
                                                                          "sums (CKA bootstrap) per layer pair.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the streamed d×d sums run: auto (a CUDA GPU when torch sees one), cpu or cuda; "
-                            "float64 everywhere, so the numbers agree to rounding.")
+                            "the same precision (--products) on both, so the numbers agree to rounding.")
     workers: int = Field(0, ge=0, description="Threads for the per-layer similarity measures and probe folds "
                                               "(0 = one per CPU core).")
 

@@ -46,13 +46,14 @@ from phonorm.analysis.probes import label_rows, sample_rows, start_probe
 from phonorm.analysis.projection import PCA, stratified_subsample, umap_layers, umap_map
 from phonorm.analysis.similarity import (
     MEASURES,
+    PRODUCT_DTYPES,
     CrossSums,
     GroupedCrossSums,
     GroupedViewSums,
     PairSums,
     SpeakerSums,
     ViewSums,
-    as_float64,
+    as_block,
     group_runs,
     head_shift,
     row_norms,
@@ -286,6 +287,7 @@ class _Context:
             self.group_codes, self.n_groups = np.zeros(len(frames), dtype=np.int64), 1
             self.half_masks = None
         self.device = _device(settings.device)
+        self.dtype = PRODUCT_DTYPES[settings.products]  # each block's products; the sums stay float64
         self.workers = settings.workers or os.cpu_count() or 1
         # Worker threads for independent d×d products and decompositions. BLAS itself runs with one
         # thread (`analyze`): OpenBLAS's own threads were measured 100-1000× slower on small and
@@ -509,7 +511,7 @@ class _Context:
 
     def _put(self, block: np.ndarray):
         """A block (as stored, e.g. float16) where its products are taken: as is (CPU), or a tensor on
-        the device (`as_float64` converts it there)."""
+        the device (`as_block` converts it there)."""
         if self.device == "cpu":
             return block
         import torch
@@ -526,7 +528,7 @@ class _Context:
         begin = 0
         for block in self.store.iter_blocks(ref, layer, block=self.settings.block, dtype=None):
             end = begin + len(block)
-            y = as_float64(self._put(block), grouped.shift)
+            y = as_block(self._put(block), grouped.shift, self.dtype)
             grouped.update_shifted(y, row_norms(y), group_runs(self.group_codes[begin:end], like=y))
             begin = end
         self._ref_groups, self._ref_views = (layer, grouped), {}
@@ -556,7 +558,7 @@ class _Context:
             sums = SpeakerSums(x_groups, y_groups, GroupedCrossSums(self.n_groups, dim, y_groups.dim))
             if self.permutation is not None:
                 permuted = GroupedCrossSums(self.n_groups, dim, y_groups.dim)
-        # Blocks as stored (float16 views of the memory map): as_float64 casts and shifts in one pass.
+        # Blocks as stored (float16 views of the memory map): as_block casts and shifts in one pass.
         streams = [store.iter_blocks(model, layer, block=s.block, dtype=None)]
         if same is not None:
             streams.append(store.iter_blocks(s.reference, same, block=s.block, dtype=None))
@@ -564,21 +566,21 @@ class _Context:
         for blocks in zip(*streams):
             end = begin + len(blocks[0])
             self._check_finite(blocks[0], begin, model, layer)
-            x = as_float64(self._put(blocks[0]), shift)
+            x = as_block(self._put(blocks[0]), shift, self.dtype)
             a = row_norms(x)
             runs = group_runs(self.group_codes[begin:end], like=x)
             # The block's products and factor sums are independent: one worker thread each.
             jobs: dict[str, Any] = {"view": lambda x=x, a=a, runs=runs: x_groups.update_shifted(x, a, runs)}
-            host = x if isinstance(x, np.ndarray) else as_float64(blocks[0], shift)
+            host = x if isinstance(x, np.ndarray) else as_block(blocks[0], shift, self.dtype)
             jobs["factors"] = lambda host=host, begin=begin, end=end: [
                 g.update_shifted(host, self.codes[f][begin:end]) for f, g in groups.items()]
             if sums is not None:
-                y = as_float64(self._put(blocks[1]), sums.y.shift)
+                y = as_block(self._put(blocks[1]), sums.y.shift, self.dtype)
                 jobs["cross"] = lambda x=x, y=y, a=a, runs=runs: sums.cross.update_shifted(x, y, a, row_norms(y), runs)
             if permuted is not None and sums is not None and self.permutation is not None and same is not None:
                 rows = self.permutation[begin:end]
                 y_perm = next(store.iter_blocks(s.reference, same, rows=rows, block=max(1, len(rows)), dtype=None))
-                yp = as_float64(self._put(y_perm), sums.y.shift)
+                yp = as_block(self._put(y_perm), sums.y.shift, self.dtype)
                 jobs["floor"] = lambda x=x, yp=yp, a=a, runs=runs: permuted.update_shifted(x, yp, a, row_norms(yp), runs)
             self._run_jobs(jobs)
             begin = end
@@ -613,7 +615,7 @@ class _Context:
         ref = self.settings.reference
         parts = self._sample_parts()
         shift = head_shift(x)
-        x_views = [_view_of(x, rows, shift) for rows in parts]
+        x_views = [_view_of(x, rows, shift, self.dtype) for rows in parts]
 
         def cell(partner: str) -> tuple:
             y_shift, y, y_views = self._reference_sample(partner)
@@ -621,7 +623,7 @@ class _Context:
             for x_view, y_view, rows in zip(x_views, y_views, parts):
                 cross = CrossSums(x.shape[1], y.shape[1])
                 for block in _row_blocks(rows):
-                    cross.update_shifted(as_float64(x[block], shift), as_float64(y[block], y_shift))
+                    cross.update_shifted(as_block(x[block], shift, self.dtype), as_block(y[block], y_shift, self.dtype))
                 pairs.append(PairSums(x_view, y_view, cross))
             return (pairs[0], pairs[1]) if len(pairs) == 2 else (None, pairs[0])
 
@@ -645,7 +647,7 @@ class _Context:
         if layer not in self._ref_samples:
             y = self._read_sample(self.settings.reference, layer, dtype=None)
             shift = head_shift(y)
-            views = [_view_of(y, rows, shift) for rows in self._sample_parts()]
+            views = [_view_of(y, rows, shift, self.dtype) for rows in self._sample_parts()]
             path = self.scratch / f"reference_sample__{layer}.npy"
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as handle:
@@ -808,11 +810,12 @@ def _row_blocks(rows: np.ndarray) -> Iterator[np.ndarray | slice]:
             yield rows[begin:begin + SAMPLE_BLOCK]
 
 
-def _view_of(x: np.ndarray, rows: np.ndarray, shift: np.ndarray) -> ViewSums:
-    """`ViewSums` of the rows `rows` of `x` about `shift`, `SAMPLE_BLOCK` rows at a time."""
+def _view_of(x: np.ndarray, rows: np.ndarray, shift: np.ndarray, dtype=np.float64) -> ViewSums:
+    """`ViewSums` of the rows `rows` of `x` about `shift`, `SAMPLE_BLOCK` rows at a time, the products
+    taken in `dtype`."""
     view = ViewSums(x.shape[1], shift)
     for block in _row_blocks(rows):
-        view.update(x[block])
+        view.update(x[block], dtype)
     return view
 
 
