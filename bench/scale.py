@@ -1,6 +1,6 @@
 """The study at its real size: time `phonorm analyze` on a store shaped like wav2vec 2.0 base on AISHELL-1.
 
-    .venv/bin/python bench/scale.py [--rows 300000] [--store DIR] [--keep-store] [--extract]
+    .venv/bin/python bench/scale.py [--rows 300000] [--store DIR] [--keep-store] [--extract] [--check-products]
 
 `--src OLD/src` times another checkout's analysis on the same store (before/after figures).
 
@@ -15,7 +15,9 @@
 2. Runs `phonorm analyze STORE --reference pre` with every default (in a child process, as a user
    would), sampling the resident anonymous memory (RssAnon) of the child and its children every
    0.1 s; reads the analysis's own per-part timings (`settings.json` → `seconds`).
-3. `--extract`: also times extraction (bench/scale_extract.py).
+3. `--check-products`: analyses the store again with float64 products (`FLOAT64_CHECK`) and prints the
+   largest difference of any similarity number between the two (`products_max_difference`).
+4. `--extract`: also times extraction (bench/scale_extract.py).
 
 Last line: one JSON object {"rows", "store_seconds", "analyze": {"wall_s", "peak_anon_mb", "parts": {...}}, ...}.
 Speed depends on the machine: compare figures measured side by side in one run, and say where.
@@ -231,6 +233,36 @@ def bench_analyze(store: Path, out: Path, extra: list[str], src: Path = ROOT / "
     return result
 
 
+#: The analysis that `--check-products` runs with float64 products, beside the timed one: every
+#: similarity number (the similarity table, the layer matrices, the normalization shares) is computed;
+#: the probes do not depend on the products' precision, so one cheap label keeps the run short.
+FLOAT64_CHECK = ["--products", "float64", "--labels", "sex", "--no-umap", "--no-erasure", "--no-figures"]
+
+
+def products_difference(timed: Path, exact: Path) -> dict:
+    """Largest absolute difference between the numbers of two analyses of one store (`timed`: as
+    run, float32 products by default; `exact`: float64 products), per file and over all: every
+    numeric column of similarity.csv, normalization.csv and layer_matrix/*.csv (NaN on both sides
+    counts as equal)."""
+    def numbers(path: Path) -> pd.DataFrame:
+        return pd.read_csv(path).select_dtypes("number")
+
+    files = ["similarity.csv", "normalization.csv"] + sorted(
+        f"layer_matrix/{p.name}" for p in (exact / "layer_matrix").glob("*.csv"))
+    worst: dict[str, float] = {}
+    for name in files:
+        a, b = numbers(timed / name), numbers(exact / name)
+        if a.shape != b.shape or list(a.columns) != list(b.columns):
+            raise SystemExit(f"{name}: the two analyses' tables differ in shape ({a.shape} vs {b.shape})")
+        diff = (a.to_numpy(float) - b.to_numpy(float))
+        both_nan = np.isnan(a.to_numpy(float)) & np.isnan(b.to_numpy(float))
+        worst[name] = float(np.nanmax(np.where(both_nan, 0.0, np.abs(diff)), initial=0.0))
+    largest = max(worst, key=lambda k: worst[k])
+    return {"max": worst[largest], "where": largest, "per_file": {k: v for k, v in worst.items()
+                                                                  if not k.startswith("layer_matrix/")},
+            "layer_matrix_max": max([v for k, v in worst.items() if k.startswith("layer_matrix/")], default=0.0)}
+
+
 def seconds_from_parts(results: Path) -> dict:
     """Seconds per part summed over the per-layer results saved so far (R/.parts/*.json): the
     breakdown of an analysis stopped before its end, with the layers done."""
@@ -255,6 +287,9 @@ def main() -> None:
     parser.add_argument("--parts", type=Path, help="only sum the per-part seconds of a results folder's saved "
                         "layers (an analysis stopped early), then exit")
     parser.add_argument("--out", type=Path, help="results folder (default: a temporary one, removed)")
+    parser.add_argument("--check-products", action="store_true",
+                        help="then analyse again with float64 products (untimed for the target) and print the "
+                        "largest difference of any similarity number (products_max_difference)")
     parser.add_argument("analyze_args", nargs="*", help="extra `phonorm analyze` options, after --")
     args = parser.parse_args()
     if args.parts:
@@ -277,6 +312,13 @@ def main() -> None:
                   "store_seconds": store_seconds, "machine": f"{platform.processor() or platform.machine()}, "
                   f"{os.cpu_count()} cores", "analyze_args": args.analyze_args,
                   "src": str(args.src), "analyze": bench_analyze(store, out, args.analyze_args, args.src)}
+        if args.check_products:
+            exact = out.parent / f"{out.name}-float64"
+            _log(f"the same analysis with float64 products in {exact}")
+            result["float64_check"] = bench_analyze(store, exact, [*args.analyze_args, *FLOAT64_CHECK], args.src)
+            result["products_max_difference"] = products_difference(out, exact)
+            if args.out is None:
+                shutil.rmtree(exact, ignore_errors=True)
         if args.extract:
             from scale_extract import bench_extraction  # bench/ is on sys.path when run as a script
 

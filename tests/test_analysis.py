@@ -215,7 +215,8 @@ def test_matrix_on_sample_rows_and_sums_per_half_agree(tmp_path):
 
     store = make_feature_store(tmp_path / "f", models=("pretrained", "tone"), n_speakers=6, n_utterances=2,
                                n_frames=30, n_layers=2)
-    common = dict(reference="pretrained", umap=False, figures=False, folds=2,
+    # float64 products: the sums per speaker and per half agree to rounding (float32 products: to 1e-7)
+    common = dict(reference="pretrained", umap=False, figures=False, folds=2, products="float64",
                   sample_rows=200, erasure=False, labels=["sex"], progress=False)
     analyze(store, out=tmp_path / "speakers", settings=AnalyzeSettings(**common))
     analyze(store, out=tmp_path / "halves", settings=AnalyzeSettings(**common, speaker_sums_max_bytes=0))
@@ -303,7 +304,7 @@ def test_sample_products_in_blocks_give_the_matrix_of_one_block(tmp_path, monkey
 
     store = make_feature_store(tmp_path / "f", models=("pretrained", "tone"), n_speakers=6, n_utterances=2,
                                n_frames=30, n_layers=2)
-    common = dict(reference="pretrained", umap=False, figures=False, folds=2,
+    common = dict(reference="pretrained", umap=False, figures=False, folds=2, products="float64",
                   sample_rows=200, erasure=False, labels=["sex"], progress=False, similarity_floor=False)
     for held_out in (False, True):
         tables = []

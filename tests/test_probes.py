@@ -168,3 +168,20 @@ def test_a_probe_of_some_rows_of_a_shared_matrix_equals_a_probe_of_their_copy():
     assert shared.row() == copied.row() and shared.by_speaker == copied.by_speaker
     with pytest.raises(ValueError, match="positions"):
         start_probe(x, tone, speakers, utterances, lambda *a: None, rows=rows)
+
+
+def test_the_float32_standardiser_is_scikit_learns_standard_scaler():
+    from sklearn.preprocessing import StandardScaler
+
+    from phonorm.analysis.probes import Float32Standardiser
+
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(3000, 40)) * rng.uniform(0.1, 30, 40) + rng.uniform(-50, 50, 40)).astype(np.float32)
+    x[:, 7] = 3.0  # a constant column is left unscaled, as StandardScaler does
+    ours, theirs = Float32Standardiser().fit(x[:2000]), StandardScaler().fit(x[:2000])
+    # both accumulate in float64; they differ by float32 rounding of the rows (6e-8), not more
+    np.testing.assert_allclose(ours.mean_, theirs.mean_, rtol=1e-7)
+    np.testing.assert_allclose(ours.scale_, theirs.scale_, rtol=1e-7)
+    out = ours.transform(x[2000:])
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, theirs.transform(x[2000:]), atol=1e-5)

@@ -259,3 +259,30 @@ def test_torch_blocks_give_the_numpy_sums():
     numpy_values, torch_values = on_numpy.measures(), on_torch.measures()
     for name in MEASURES:
         assert torch_values[name] == pytest.approx(numpy_values[name], abs=1e-6), name
+
+
+def test_float32_products_move_no_measure_beyond_1e6():
+    """Float16 rows (as stored) far from the origin, 256-wide views, blocks of 2048 rows: every measure
+    from float32 products (accumulated in float64) within 1e-6 of the float64 path, on numpy and torch;
+    the sums themselves differ (the test would pass vacuously if float32 were never used)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(21)
+    n, d = 8192, 256
+    common = rng.normal(size=(n, 64))
+    x = (common @ rng.normal(size=(64, d)) + rng.normal(size=(n, d)) + 30).astype(np.float16)
+    y = (common @ rng.normal(size=(64, d)) * 0.5 + rng.normal(size=(n, d)) * 2 - 10).astype(np.float16)
+    speaker = np.repeat(np.arange(8), n // 8)
+    shift_x, shift_y = x[:1024].astype(np.float64).mean(0), y[:1024].astype(np.float64).mean(0)
+    sums = {(dtype, device): SpeakerSums.empty(8, d, d, shift_x, shift_y)
+            for dtype in (np.float32, np.float64) for device in ("numpy", "torch")}
+    for begin in range(0, n, 2048):
+        xb, yb, sb = x[begin:begin + 2048], y[begin:begin + 2048], speaker[begin:begin + 2048]
+        for (dtype, device), s in sums.items():
+            blocks = (xb, yb) if device == "numpy" else (torch.from_numpy(xb), torch.from_numpy(yb))
+            s.update(*blocks, sb, dtype=dtype)
+    exact = sums[(np.float64, "numpy")].pair().measures()
+    assert not np.array_equal(sums[(np.float32, "numpy")].cross.xy, sums[(np.float64, "numpy")].cross.xy)
+    for (dtype, device), s in sums.items():
+        values = s.pair().measures()
+        for name in MEASURES:
+            assert values[name] == pytest.approx(exact[name], abs=1e-6), (name, dtype, device)

@@ -381,6 +381,8 @@ class AnalyzeSettings(StageSettings):
     probe_max_iter: int = Field(300, ge=1, description="Iterations of each probe's solver.")
     block: int = Field(8192, ge=1, description="Rows per streamed block (memory ≈ 3 × block × dim × 8 bytes "
                                                "per layer pair; 8192 was as fast as 16384 at 768 dims).")
+    products: Literal["float32", "float64"] = Field("float32", description="Precision of each streamed block's d×d "
+        "products (the sums across blocks are float64): float64 is the exact path (bench/scale.py --check-products).")
     figures: bool = Field(True, description="Draw the figures.")
     progress: bool = Field(True, description="Show a progress bar.")
     # claims with uncertainty, similarity floors, erasure (docs/statistics.md)
@@ -407,7 +409,7 @@ class AnalyzeSettings(StageSettings):
                                                                          "sums (CKA bootstrap) per layer pair.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the streamed d×d sums run: auto (a CUDA GPU when torch sees one), cpu or cuda; "
-                            "float64 everywhere, so the numbers agree to rounding.")
+                            "the same precision (--products) on both, so the numbers agree to rounding.")
     workers: int = Field(0, ge=0, description="Threads for the per-layer similarity measures and probe folds "
                                               "(0 = one per CPU core).")
 
@@ -429,20 +431,16 @@ class AnalyzeSettings(StageSettings):
     def _removed_resamples(cls, value: Any) -> Any:
         removed = [k for k in REMOVED_ANALYZE_SETTINGS if isinstance(value, dict) and k in value]
         if removed:
-            raise ValueError(f"{', '.join(removed)}: removed; every interval is now analytic (cluster-robust t for "
-                             "accuracies, delete-one-speaker jackknife for similarity; docs/statistics.md), so there "
-                             "is no resample count to set. Delete the setting.")
+            raise ValueError(f"{', '.join(removed)}: removed; every interval is now analytic (cluster-robust t, "
+                             "jackknife; docs/statistics.md), so there is no resample count to set. Delete the setting.")
         return value
 
-    @field_validator("models", "labels", "erasure_models", mode="before")
+    @field_validator("models", "labels", "erasure_models", "sample_rows", mode="before")
     @classmethod
-    def _lists_text(cls, value: Any) -> Any:
+    def _text(cls, value: Any, info: Any) -> Any:
+        if info.field_name == "sample_rows":
+            return None if value in (0, "0") else value  # 0 = all rows
         return _comma_list(value)
-
-    @field_validator("sample_rows", mode="before")
-    @classmethod
-    def _zero_is_all(cls, value: Any) -> Any:
-        return None if value in (0, "0") else value
 
 
 # Each analysis setting's default, read from AnalyzeSettings (the measures' keyword defaults, the report).

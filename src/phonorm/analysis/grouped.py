@@ -12,11 +12,13 @@ from phonorm.analysis.measures import PairSums
 from phonorm.analysis.similarity import (
     CrossSums,
     ViewSums,
+    _column_sums,
     _cross,
     _gram,
     _host,
     _is_torch,
-    as_float64,
+    _norm_dot,
+    as_block,
     row_norms,
 )
 
@@ -46,14 +48,14 @@ class GroupedViewSums:
         self.norm2_x = np.zeros((self.groups, self.dim))
 
     def update_shifted(self, x, a, runs: list[tuple[int, object]]) -> None:
-        """Add a shifted float64 block x (rows, dim) with row norms `a` (rows,), split into `runs`
+        """Add a shifted block x (rows, dim) (float32 or float64) with row norms `a` (rows,), split into `runs`
         of (group, row index) (`group_runs`)."""
         for g, rows in runs:
             xs, ag = x[rows], a[rows]
             self.n[g] += len(xs)
-            self.sum[g] += _host(xs.sum(0))
+            self.sum[g] += _column_sums(xs)
             self.gram[g] += _gram(xs)
-            self.norm4[g] += float(ag @ ag)
+            self.norm4[g] += _norm_dot(ag, ag)
             self.norm2_x[g] += _host(ag @ xs)
 
     def view(self, mask: np.ndarray | None = None) -> ViewSums:
@@ -80,7 +82,7 @@ class GroupedCrossSums:
             xs, ys, ag, bg = x[rows], y[rows], a[rows], b[rows]
             self.n[g] += len(xs)
             self.xy[g] += _cross(xs, ys)
-            self.ab[g] += float(ag @ bg)
+            self.ab[g] += _norm_dot(ag, bg)
             self.a_y[g] += _host(ag @ ys)
             self.b_x[g] += _host(bg @ xs)
 
@@ -135,11 +137,11 @@ class SpeakerSums:
     def nbytes(speakers: int, dx: int, dy: int) -> int:
         return 8 * speakers * (dx * dx + dy * dy + dx * dy + 3 * (dx + dy) + 3)
 
-    def update(self, x_block, y_block, speaker: np.ndarray, y_too: bool = True) -> "SpeakerSums":
+    def update(self, x_block, y_block, speaker: np.ndarray, y_too: bool = True, dtype=np.float64) -> "SpeakerSums":
         """Add blocks (rows, dx), (rows, dy) whose rows belong to speakers `speaker` (rows,) in 0..S-1.
         `y_too=False`: `y` is kept by someone else (shared); only x and the cross sums are added."""
-        x = as_float64(x_block, self.x.shift)
-        y = as_float64(y_block, self.y.shift)
+        x = as_block(x_block, self.x.shift, dtype)
+        y = as_block(y_block, self.y.shift, dtype)
         a, b = row_norms(x), row_norms(y)
         runs = group_runs(speaker, like=x)
         self.x.update_shifted(x, a, runs)

@@ -52,6 +52,7 @@ class LayerSettings:
     svcca_dims: int
     similarity_floor: bool
     speaker_sums_max_bytes: int
+    products: str
     erasure_models: tuple[str, ...]
 
     @classmethod

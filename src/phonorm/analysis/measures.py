@@ -16,7 +16,7 @@ from phonorm.analysis.similarity import (
     CrossSums,
     IllPosedWarning,
     ViewSums,
-    as_float64,
+    as_block,
     head_shift,
 )
 from phonorm.settings import SVCCA_RULES
@@ -48,9 +48,10 @@ class PairSums:
             pair.update(x[begin:begin + step], y[begin:begin + step])
         return pair
 
-    def update(self, x_block: np.ndarray, y_block: np.ndarray) -> "PairSums":
-        x = as_float64(x_block, self.x.shift)
-        y = as_float64(y_block, self.y.shift)
+    def update(self, x_block: np.ndarray, y_block: np.ndarray, dtype=np.float64) -> "PairSums":
+        """Add blocks (rows, dx), (rows, dy), their products taken in `dtype`; returns self."""
+        x = as_block(x_block, self.x.shift, dtype)
+        y = as_block(y_block, self.y.shift, dtype)
         self.x.update_shifted(x)
         self.y.update_shifted(y)
         self.cross.update_shifted(x, y)

@@ -41,8 +41,8 @@ class GroupSums:
         return self.update_shifted(x - self.shift if self.shift is not None else x, codes[keep])
 
     def update_shifted(self, x: np.ndarray, codes: np.ndarray) -> "GroupSums":
-        """`update` for a float64 block already taken about `shift` (rows, dim): no conversion, and no
-        copy when every row has a group."""
+        """`update` for a block already taken about `shift` (rows, dim), float32 or float64 (the
+        products' precision; the sums stay float64): no conversion, and no copy when every row has a group."""
         codes = np.asarray(codes)
         keep = codes >= 0
         labelled = np.flatnonzero(keep)
@@ -50,7 +50,7 @@ class GroupSums:
         if len(labelled):
             # The group sums as one product with the rows' one-hot indicator (rows, groups): a BLAS
             # product, 10× faster at 768 dims than sorting the block and summing runs of rows.
-            indicator = np.zeros((len(x), self.n_groups))
+            indicator = np.zeros((len(x), self.n_groups), dtype=x.dtype)  # the block's precision
             indicator[labelled, codes[labelled]] = 1.0
             self.sums += indicator.T @ x
         if 2 * len(labelled) < len(x):

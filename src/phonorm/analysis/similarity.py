@@ -1,8 +1,9 @@
 """Representational similarity (SVCCA, PWCCA, linear CKA, debiased CKA) from streamed d×d sums.
 
 No measure here ever holds the rows of a layer or an n×n Gram matrix (pitfall 6, docs/pitfalls.md): every one is
-computed from sums accumulated in float64 over row blocks, and sums of separate shards add up
-(`a + b`) to the sums of the whole.
+computed from sums accumulated in float64 over row blocks (each block's products taken in float32 or
+float64: `as_block`, `PRODUCT_DTYPES`), and sums of separate shards add up (`a + b`) to the sums of
+the whole.
 
 - `ViewSums`  one view X (rows, d): n, Σx (d,), XᵀX (d, d), and Σ‖x‖⁴, Σ‖x‖²x for debiased CKA.
 - `CrossSums` two views on the same rows: XᵀY (dx, dy) plus the O(d) terms debiased CKA needs.
@@ -16,7 +17,7 @@ rounding; shards to be merged must share one shift (chosen once, before they are
 Hand-written rather than taken from a library because no maintained library computes these measures
 from mergeable streamed sums (google/svcca and netrep hold the rows in memory); the heavy lifting is
 BLAS (`XᵀX`, `XᵀY`: NumPy's matmul, which uses a symmetric rank-k update for `XᵀX`) and LAPACK
-(`eigh`, `svd`). Blocks may also be torch tensors (float64, on a GPU: `analysis/sums.py`, `LayerSums._put`): the
+(`eigh`, `svd`). Blocks may also be torch tensors (on a GPU: `analysis/sums.py`, `LayerSums._put`): the
 accumulators then take their products on the device and keep the sums on the host.
 
 PWCCA is Morcos et al. (2018)'s: CCA on every direction of both views, each canonical correlation
@@ -67,21 +68,35 @@ class IllPosedWarning(UserWarning):
 EPSILON = 1e-10
 
 
-def as_float64(block, shift: np.ndarray | None):
-    """`block` (rows, dim) as float64 minus `shift` (dim,); a torch tensor stays one, on its device."""
+#: The dtypes a block's products may be taken in (`AnalyzeSettings.products`). Sums always
+#: accumulate in float64 across blocks; "float32" takes each block's products in single precision
+#: (sgemm/ssyrk: twice the throughput of float64), which moved no similarity value by more than
+#: `bench/scale.py` prints (its `products_max_difference`, docs/statistics.md).
+PRODUCT_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def as_block(block, shift: np.ndarray | None, dtype=np.float64):
+    """`block` (rows, dim) in `dtype` (the products' precision) minus `shift` (dim,) (rounded to
+    `dtype`: any fixed shift serves, as long as every block of a view gets the same one); a torch
+    tensor stays one, on its device."""
     if _is_torch(block):
         import torch
 
-        block = block.to(torch.float64)
         if block.ndim != 2:
             raise ValueError(f"expected a (rows, dim) block, got shape {tuple(block.shape)}")
-        return block - torch.as_tensor(shift, device=block.device) if shift is not None else block
+        wanted = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+        block = block.to(wanted)
+        return block - torch.as_tensor(shift, device=block.device).to(wanted) if shift is not None else block
     if np.ndim(block) != 2:
         raise ValueError(f"expected a (rows, dim) block, got shape {np.shape(block)}")
     if shift is None:
-        return np.asarray(block, dtype=np.float64)
-    # One pass that casts and subtracts (a cast, then a subtraction, was 3.5× slower on float16 blocks).
-    return np.subtract(block, shift, dtype=np.float64)
+        return np.asarray(block, dtype=dtype)
+    if np.dtype(dtype) == np.float64:
+        # One pass that casts and subtracts (a cast, then a subtraction, was 3.5× slower on float16 blocks).
+        return np.subtract(block, shift, dtype=np.float64)
+    # float16 rows minus a float32 shift: float16 has 11 significant bits, float32 24, so the
+    # difference of a stored value and the rounded shift is exact to float32's precision.
+    return np.subtract(block, shift.astype(np.float32), dtype=np.float32)
 
 
 def head_shift(x: np.ndarray, rows: int = 1024) -> np.ndarray:
@@ -95,12 +110,15 @@ def _is_torch(block) -> bool:
 
 
 def _host(value) -> np.ndarray:
-    """A product as a float64 NumPy array (copied from the device for a torch tensor)."""
-    return value.detach().cpu().numpy() if _is_torch(value) else value
+    """A block's product or sum as a float64 NumPy array (copied from the device for a torch tensor),
+    whatever precision it was taken in: the sums across blocks accumulate in float64."""
+    if _is_torch(value):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float64)
 
 
 def row_norms(x):
-    """‖xᵢ‖² per row (rows,)."""
+    """‖xᵢ‖² per row (rows,), in the block's dtype."""
     if _is_torch(x):
         return (x * x).sum(1)
     return np.einsum("ij,ij->i", x, x)  # no (rows, dim) temporary: 3× faster than (x * x).sum(1)
@@ -115,6 +133,24 @@ def _gram(block) -> np.ndarray:
 def _cross(x, y) -> np.ndarray:
     """XᵀY (dx, dy)."""
     return _host(x.T @ y)
+
+
+def _column_sums(x) -> np.ndarray:
+    """Σᵢ xᵢ (dim,) accumulated in float64 (no float64 copy of a float32 block)."""
+    if _is_torch(x):
+        import torch
+
+        return _host(x.sum(0, dtype=torch.float64))
+    return x.sum(0, dtype=np.float64)
+
+
+def _norm_dot(a, b) -> float:
+    """Σᵢ aᵢ bᵢ of two (rows,) vectors, in float64."""
+    if _is_torch(a):
+        import torch
+
+        return float((a.to(torch.float64) * b.to(torch.float64)).sum())
+    return float(np.dot(a.astype(np.float64, copy=False), b.astype(np.float64, copy=False)))
 
 
 @dataclass
@@ -140,22 +176,22 @@ class ViewSums:
         if self.shift is not None:
             self.shift = np.asarray(self.shift, dtype=np.float64)
 
-    def update(self, block: np.ndarray) -> "ViewSums":
-        """Add a (rows, dim) block; returns self."""
-        x = as_float64(block, self.shift)
+    def update(self, block: np.ndarray, dtype=np.float64) -> "ViewSums":
+        """Add a (rows, dim) block, its products taken in `dtype`; returns self."""
+        x = as_block(block, self.shift, dtype)
         if x.shape[1] != self.dim:
             raise ValueError(f"block has {x.shape[1]} columns, expected {self.dim}")
         self.update_shifted(x)
         return self
 
     def update_shifted(self, x: np.ndarray) -> None:
-        """Add a float64 block already shifted."""
+        """Add a block already shifted (float32 or float64: the products' precision)."""
         if len(x):
             a = row_norms(x)
             self.n += len(x)
-            self.sum += _host(x.sum(0))
+            self.sum += _column_sums(x)
             self.gram += _gram(x)
-            self.norm4 += float(a @ a)
+            self.norm4 += _norm_dot(a, a)
             self.norm2_x += _host(a @ x)
 
     def __add__(self, other: "ViewSums") -> "ViewSums":
@@ -223,14 +259,14 @@ class CrossSums:
             self.b_x = np.zeros(self.dx)
 
     def update_shifted(self, x: np.ndarray, y: np.ndarray) -> "CrossSums":
-        """Add float64 blocks already shifted (rows, dx), (rows, dy)."""
+        """Add blocks already shifted (rows, dx), (rows, dy), both float32 or both float64."""
         if len(x) != len(y):
             raise ValueError(f"blocks differ in rows: {len(x)} vs {len(y)}")
         if len(x):
             a, b = row_norms(x), row_norms(y)
             self.n += len(x)
             self.xy += _cross(x, y)
-            self.ab += float(a @ b)
+            self.ab += _norm_dot(a, b)
             self.a_y += _host(a @ y)
             self.b_x += _host(b @ x)
         return self

@@ -19,7 +19,7 @@ from phonorm.analysis.grouped import GroupedCrossSums, GroupedViewSums, SpeakerS
 from phonorm.analysis.inputs import FACTORS, Execution, LayerSettings, Rows, run_jobs
 from phonorm.analysis.measures import PairSums
 from phonorm.analysis.normalization import GroupSums
-from phonorm.analysis.similarity import CrossSums, ViewSums, as_float64, head_shift, row_norms
+from phonorm.analysis.similarity import PRODUCT_DTYPES, CrossSums, ViewSums, as_block, head_shift, row_norms
 from phonorm.artifacts import atomic_path
 from phonorm.errors import InputError
 from phonorm.features.store import FeatureStore
@@ -56,6 +56,7 @@ class LayerSums:
                  pool: ThreadPoolExecutor, scratch: Path):
         self.store, self.rows, self.settings, self.execution = store, rows, settings, execution
         self.pool, self.scratch = pool, scratch
+        self.dtype = PRODUCT_DTYPES[settings.products]  # each block's products; the sums stay float64
         self._ref_groups: Optional[tuple[str, GroupedViewSums]] = None
         self._ref_views: dict[str, ViewSums] = {}  # the current reference layer's views per part
         self._ref_samples: dict[str, tuple] = {}
@@ -77,7 +78,7 @@ class LayerSums:
 
     def _put(self, block: np.ndarray):
         """A block (as stored, e.g. float16) where its products are taken: as is (CPU), or a tensor on
-        the device (`as_float64` converts it there)."""
+        the device (`as_block` converts it there)."""
         if self.execution.device == "cpu":
             return block
         import torch
@@ -105,7 +106,7 @@ class LayerSums:
         begin = 0
         for block in self.store.iter_blocks(ref, layer, block=self.execution.block, dtype=None):
             end = begin + len(block)
-            y = as_float64(self._put(block), grouped.shift)
+            y = as_block(self._put(block), grouped.shift, self.dtype)
             grouped.update_shifted(y, row_norms(y), group_runs(self.rows.group_codes[begin:end], like=y))
             begin = end
         self._ref_groups, self._ref_views = (layer, grouped), {}
@@ -135,7 +136,7 @@ class LayerSums:
             sums = SpeakerSums(x_groups, y_groups, GroupedCrossSums(self.rows.n_groups, dim, y_groups.dim))
             if self.rows.permutation is not None:
                 permuted = GroupedCrossSums(self.rows.n_groups, dim, y_groups.dim)
-        # Blocks as stored (float16 views of the memory map): as_float64 casts and shifts in one pass.
+        # Blocks as stored (float16 views of the memory map): as_block casts and shifts in one pass.
         streams = [store.iter_blocks(model, layer, block=block, dtype=None)]
         if same is not None:
             streams.append(store.iter_blocks(s.reference, same, block=block, dtype=None))
@@ -143,21 +144,21 @@ class LayerSums:
         for blocks in zip(*streams):
             end = begin + len(blocks[0])
             self._check_finite(blocks[0], begin, model, layer)
-            x = as_float64(self._put(blocks[0]), shift)
+            x = as_block(self._put(blocks[0]), shift, self.dtype)
             a = row_norms(x)
             runs = group_runs(self.rows.group_codes[begin:end], like=x)
             # The block's products and factor sums are independent: one worker thread each.
             jobs: dict[str, Any] = {"view": lambda x=x, a=a, runs=runs: x_groups.update_shifted(x, a, runs)}
-            host = x if isinstance(x, np.ndarray) else as_float64(blocks[0], shift)
+            host = x if isinstance(x, np.ndarray) else as_block(blocks[0], shift, self.dtype)
             jobs["factors"] = lambda host=host, begin=begin, end=end: [
                 g.update_shifted(host, self.rows.codes[f][begin:end]) for f, g in groups.items()]
             if sums is not None:
-                y = as_float64(self._put(blocks[1]), sums.y.shift)
+                y = as_block(self._put(blocks[1]), sums.y.shift, self.dtype)
                 jobs["cross"] = lambda x=x, y=y, a=a, runs=runs: sums.cross.update_shifted(x, y, a, row_norms(y), runs)
             if permuted is not None and sums is not None and self.rows.permutation is not None and same is not None:
                 rows = self.rows.permutation[begin:end]
                 y_perm = next(store.iter_blocks(s.reference, same, rows=rows, block=max(1, len(rows)), dtype=None))
-                yp = as_float64(self._put(y_perm), sums.y.shift)
+                yp = as_block(self._put(y_perm), sums.y.shift, self.dtype)
                 jobs["floor"] = lambda x=x, yp=yp, a=a, runs=runs: permuted.update_shifted(x, yp, a, row_norms(yp), runs)
             run_jobs(self.pool, jobs)
             begin = end
@@ -191,7 +192,7 @@ class LayerSums:
         ref = self.settings.reference
         parts = self.rows.sample_parts(self.settings.held_out)
         shift = head_shift(x)
-        x_views = [_view_of(x, rows, shift) for rows in parts]
+        x_views = [_view_of(x, rows, shift, self.dtype) for rows in parts]
 
         def cell(partner: str) -> tuple:
             y_shift, y, y_views = self._reference_sample(partner)
@@ -199,7 +200,7 @@ class LayerSums:
             for x_view, y_view, rows in zip(x_views, y_views, parts):
                 cross = CrossSums(x.shape[1], y.shape[1])
                 for block in _row_blocks(rows):
-                    cross.update_shifted(as_float64(x[block], shift), as_float64(y[block], y_shift))
+                    cross.update_shifted(as_block(x[block], shift, self.dtype), as_block(y[block], y_shift, self.dtype))
                 pairs.append(PairSums(x_view, y_view, cross))
             return (pairs[0], pairs[1]) if len(pairs) == 2 else (None, pairs[0])
 
@@ -215,7 +216,7 @@ class LayerSums:
         if layer not in self._ref_samples:
             y = self.read_sample(self.settings.reference, layer, dtype=None)
             shift = head_shift(y)
-            views = [_view_of(y, rows, shift) for rows in self.rows.sample_parts(self.settings.held_out)]
+            views = [_view_of(y, rows, shift, self.dtype) for rows in self.rows.sample_parts(self.settings.held_out)]
             path = self.scratch / f"reference_sample__{layer}.npy"
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as handle:
@@ -239,9 +240,10 @@ def _row_blocks(rows: np.ndarray) -> Iterator[np.ndarray | slice]:
             yield rows[begin:begin + SAMPLE_BLOCK]
 
 
-def _view_of(x: np.ndarray, rows: np.ndarray, shift: np.ndarray) -> ViewSums:
-    """`ViewSums` of the rows `rows` of `x` about `shift`, `SAMPLE_BLOCK` rows at a time."""
+def _view_of(x: np.ndarray, rows: np.ndarray, shift: np.ndarray, dtype=np.float64) -> ViewSums:
+    """`ViewSums` of the rows `rows` of `x` about `shift`, `SAMPLE_BLOCK` rows at a time, the products
+    taken in `dtype`."""
     view = ViewSums(x.shape[1], shift)
     for block in _row_blocks(rows):
-        view.update(x[block])
+        view.update(x[block], dtype)
     return view
