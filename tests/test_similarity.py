@@ -286,3 +286,23 @@ def test_float32_products_move_no_measure_beyond_1e6():
         values = s.pair().measures()
         for name in MEASURES:
             assert values[name] == pytest.approx(exact[name], abs=1e-6), (name, dtype, device)
+
+
+def test_shared_views_are_computed_once_per_mask_and_dropped_when_the_sums_change():
+    from phonorm.analysis.grouped import GroupedViewSums
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(60, 5))
+    runs = [(0, slice(0, 20)), (1, slice(20, 40)), (2, slice(40, 60))]
+    grouped = GroupedViewSums(3, 5)
+    grouped.update_shifted(x, np.einsum("ij,ij->i", x, x), runs)
+    mask = np.array([True, False, True])
+    assert grouped.view(mask) is not grouped.view(mask)  # not shared unless asked
+    grouped.share_views()
+    first = grouped.view(mask)
+    assert grouped.view(mask) is first and grouped.view(mask.copy()) is first
+    values = first.pca()[0]
+    np.testing.assert_allclose(values, np.sort(np.linalg.eigvalsh(np.cov(np.r_[x[:20], x[40:]].T)))[::-1], atol=1e-12)
+    grouped.update_shifted(x[:20], np.einsum("ij,ij->i", x[:20], x[:20]), [(0, slice(0, 20))])
+    again = grouped.view(mask)
+    assert again is not first and again.n == first.n + 20

@@ -46,10 +46,21 @@ class GroupedViewSums:
         self.gram = np.zeros((self.groups, self.dim, self.dim))
         self.norm4 = np.zeros(self.groups)
         self.norm2_x = np.zeros((self.groups, self.dim))
+        self._views: dict[bytes, ViewSums] | None = None
+
+    def share_views(self) -> None:
+        """From now on `view(mask)` returns one `ViewSums` object per mask, so that its memoised PCA
+        (an eigendecomposition, the costly step of SVCCA and PWCCA) is computed once for every pair
+        that uses it: the reference layer's leave-one-speaker-out views serve the jackknife of every
+        model compared with that layer. Memory: a view's sums and decomposition (3·dim²·8 bytes) per
+        mask asked for; dropped when the sums change."""
+        self._views = {}
 
     def update_shifted(self, x, a, runs: list[tuple[int, object]]) -> None:
         """Add a shifted block x (rows, dim) (float32 or float64) with row norms `a` (rows,), split into `runs`
         of (group, row index) (`group_runs`)."""
+        if self._views:
+            self._views = {}
         for g, rows in runs:
             xs, ag = x[rows], a[rows]
             self.n[g] += len(xs)
@@ -61,8 +72,13 @@ class GroupedViewSums:
     def view(self, mask: np.ndarray | None = None) -> ViewSums:
         """The sums of the groups in `mask` (bool (G,); all when None) as one `ViewSums`."""
         m = np.ones(self.groups, bool) if mask is None else np.asarray(mask, bool)
-        return ViewSums(self.dim, self.shift, int(self.n[m].sum()), self.sum[m].sum(0), sum_groups(self.gram, m),
+        if self._views is not None and m.tobytes() in self._views:
+            return self._views[m.tobytes()]
+        view = ViewSums(self.dim, self.shift, int(self.n[m].sum()), self.sum[m].sum(0), sum_groups(self.gram, m),
                         float(self.norm4[m].sum()), self.norm2_x[m].sum(0))
+        if self._views is not None:
+            self._views[m.tobytes()] = view
+        return view
 
 
 class GroupedCrossSums:

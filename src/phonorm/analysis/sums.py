@@ -109,6 +109,7 @@ class LayerSums:
             y = as_block(self._put(block), grouped.shift, self.dtype)
             grouped.update_shifted(y, row_norms(y), group_runs(self.rows.group_codes[begin:end], like=y))
             begin = end
+        grouped.share_views()  # every model of this layer reuses its views' decompositions (jackknife)
         self._ref_groups, self._ref_views = (layer, grouped), {}
         return grouped
 
@@ -130,9 +131,13 @@ class LayerSums:
         shift = self._shift(model, layer)
         groups = {f: GroupSums(int(self.rows.codes[f].max()) + 1, dim, shift) for f in FACTORS if self.rows.codes[f].max() >= 0}
         x_groups = GroupedViewSums(self.rows.n_groups, dim, shift)
+        if model == s.reference:
+            x_groups.share_views()  # the models compared with this layer next reuse its views (jackknife)
         sums = permuted = None
         if same is not None:
-            y_groups = self._reference_groups(same)
+            # The reference against its own layer: its per-group sums are the x sums, taken in this
+            # pass (a pass of their own for them would read and multiply the layer once more).
+            y_groups = x_groups if model == s.reference and same == layer else self._reference_groups(same)
             sums = SpeakerSums(x_groups, y_groups, GroupedCrossSums(self.rows.n_groups, dim, y_groups.dim))
             if self.rows.permutation is not None:
                 permuted = GroupedCrossSums(self.rows.n_groups, dim, y_groups.dim)
