@@ -121,6 +121,14 @@ class LayerSums:
             self._ref_views[part] = self._ref_groups[1].view(mask)
         return self._ref_views[part]
 
+    def _layer_groups(self, model: str, dim: int, shift: np.ndarray) -> GroupedViewSums:
+        """Empty per-group sums of a layer; the reference's share their views: the models compared
+        with this layer next reuse their decompositions (the jackknife's leave-one-out views)."""
+        groups = GroupedViewSums(self.rows.n_groups, dim, shift)
+        if model == self.settings.reference:
+            groups.share_views()
+        return groups
+
     def stream(self, model: str, layer: str, same: str | None) -> Streamed:
         """One pass over all rows of `layer`: its view sums and factor group sums, and, when the
         reference has a layer of the same name (`same`), the pair sums kept per group (speaker, or
@@ -130,9 +138,7 @@ class LayerSums:
         dim = store.dim(model)
         shift = self._shift(model, layer)
         groups = {f: GroupSums(int(self.rows.codes[f].max()) + 1, dim, shift) for f in FACTORS if self.rows.codes[f].max() >= 0}
-        x_groups = GroupedViewSums(self.rows.n_groups, dim, shift)
-        if model == s.reference:
-            x_groups.share_views()  # the models compared with this layer next reuse its views (jackknife)
+        x_groups = self._layer_groups(model, dim, shift)
         sums = permuted = None
         if same is not None:
             # The reference against its own layer: its per-group sums are the x sums, taken in this
