@@ -25,12 +25,13 @@ from typing import Optional
 
 from phonorm.artifacts import atomic_path
 from phonorm.errors import InputError
+from phonorm.records.analysis import AnalysisRecord, ClaimsFile
 from phonorm.report.page import (
     RESULT_FILES,
     Page,
     Sources,
     esc,
-    read_json_file,
+    read_record,
 )
 from phonorm.report.sections_claims import section_claims, section_glance, section_methods
 from phonorm.report.sections_inputs import section_accuracy, section_corpus, section_training
@@ -62,17 +63,19 @@ def build_report(results: str | Path, *, out: str | Path, context: Optional[str 
     if out.is_dir():
         raise InputError(out, "is a folder; --out names the HTML file to write (e.g. report.html)")
     sources = Sources.discover(results, Path(context) if context is not None else None)
-    claims = read_json_file(results / "claims.json")
-    settings = read_json_file(results / "settings.json") or {}
-    page = Page(listed={(results / name).resolve() for name in settings.get("figures") or []})
-    reference = (claims or {}).get("reference") or sources.context.get("reference") \
-        or (settings.get("settings") or {}).get("reference") or "the reference"
+    claims = read_record(ClaimsFile, results / ClaimsFile.FILE)
+    # validate's check above read settings.json through its type; an empty record stands for one that
+    # went away since, so each section shows its gap
+    settings = read_record(AnalysisRecord, results / AnalysisRecord.FILE) or AnalysisRecord(settings={})
+    page = Page(listed={(results / name).resolve() for name in settings.figures})
+    reference = (claims.reference if claims else None) or sources.context.get("reference") \
+        or settings.settings.get("reference") or "the reference"
 
     section_glance(page, claims)
     section_corpus(page, sources)
     section_training(page, sources)
     section_accuracy(page, sources)
-    section_similarity(page, results, reference, settings.get("settings") or {})
+    section_similarity(page, results, reference, settings.settings)
     section_matrices(page, results)
     section_probes(page, results, reference)
     section_normalization(page, results)

@@ -7,15 +7,18 @@ import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import pandas as pd
 
 from phonorm import figures as figs
-from phonorm.artifacts import read_json
+from phonorm.artifacts import JsonRecord, read_json
 from phonorm.errors import InputError
 from phonorm.features.manifest import StoreManifest
+from phonorm.records.analysis import AnalysisRecord
 from phonorm.records.context import RunContext
+
+R = TypeVar("R", bound=JsonRecord)
 
 RESULT_FILES = ("similarity.csv", "probes.csv", "normalization.csv", "claims.json", "settings.json")
 
@@ -46,8 +49,8 @@ class Sources:
             sources.evaluations = {k: Path(v) for k, v in (context.get("evaluations") or {}).items() if v}
             return sources
         sources = cls(results, {}, found_from="the results' own records (no run context)")
-        settings = read_json_file(results / "settings.json") or {}
-        sources.features = as_path(settings.get("features"))
+        settings = read_record(AnalysisRecord, results / AnalysisRecord.FILE)
+        sources.features = as_path(settings.features if settings else None)
         manifest = store_manifest(sources.features)
         if manifest is not None:
             sources.corpus = as_path(manifest.corpus)
@@ -70,6 +73,17 @@ def store_manifest(features: Optional[Path]) -> Optional[StoreManifest]:
 
 def as_path(value: Any) -> Optional[Path]:
     return Path(value) if value else None
+
+
+def read_record(record: type[R], path: Path) -> Optional[R]:
+    """The artifact at `path` read through its type, or None when it is missing or not what its writer
+    writes: the report shows a gap for it rather than stopping (older versions' files read: the types
+    give defaults for the fields added since)."""
+    try:
+        loaded: R = record.load_file(path)
+    except InputError:
+        return None
+    return loaded
 
 
 def read_json_file(path: Path) -> Any:

@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 from phonorm.artifacts import code_version, library_versions
 from phonorm.models.card import ModelCard
+from phonorm.records.analysis import AnalysisRecord, ClaimCheck, ClaimsFile, Comparison
+from phonorm.records.corpus import LabelsFile
 from phonorm.report.page import (
     Page,
     Sources,
@@ -18,25 +20,26 @@ from phonorm.report.page import (
     fmt,
     note,
     read_json_file,
+    read_record,
     store_manifest,
     table,
 )
 
 
-def section_glance(page: Page, claims: Optional[dict]) -> None:
-    if not claims or not claims.get("claims"):
+def section_glance(page: Page, claims: Optional[ClaimsFile]) -> None:
+    if not claims:
         return
-    items = "".join(f'<li><span class="status {status_class(c.get("status"))}">{esc(c.get("claim"))}: '
-                    f'{esc(c.get("status"))}</span> {esc(c.get("statement", ""))}</li>' for c in claims["claims"])
+    items = "".join(f'<li><span class="status {status_class(c.status)}">{esc(c.claim)}: '
+                    f'{esc(c.status)}</span> {esc(c.statement)}</li>' for c in claims.claims)
     page.add("glance", "The claims at a glance",
              f"<p>Each claim of the study (Wang, Yang &amp; Yuan 2025) measured on this data; details in "
              f'<a href="#claims">the claim checks</a>.</p>{caveat_note(claims)}<ul class="glance">{items}</ul>')
 
 
-def caveat_note(claims: dict) -> str:
+def caveat_note(claims: ClaimsFile) -> str:
     """The caveat analyze attached to verdicts drawn from few speakers of a sex (analysis/caveats.py), as a
     paragraph; "" when there is none."""
-    caveat = claims.get("caveat")
+    caveat = claims.caveat
     return f'<p class="caveat"><b>Caveat:</b> {esc(caveat)}.</p>' if caveat else ""
 
 
@@ -45,47 +48,48 @@ def status_class(status: Any) -> str:
     return {"holds": "ok", "does not hold": "bad", "inconclusive": "unsure"}.get(str(status), "na")
 
 
-def _ci(c: dict) -> str:
-    if c.get("ci_low") is None or c.get("ci_high") is None:
+def _ci(c: Comparison) -> str:
+    if c.ci_low is None or c.ci_high is None:
         return "–"
-    return f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+    return f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}]"
 
 
-def _comparisons(check: dict) -> list[dict[str, Any]]:
+def _comparisons(check: ClaimCheck) -> list[dict[str, Any]]:
     out = []
-    for c in check.get("comparisons") or []:
-        estimate = c.get("estimate")
+    for c in check.comparisons:
+        extra = c.model_extra or {}  # the claim-specific fields (values compared, direction, margin)
         out.append({
-            "model": check.get("model"), "comparison": c.get("name"),
-            "evidence": c.get("evidence") + ("" if c.get("primary") else " (beside)"),
-            "values": f"{fmt(c.get('a_value'))} vs {fmt(c.get('b_value'))}",
-            "estimate": f"{estimate:+.3f}" if isinstance(estimate, (int, float)) else "–",
-            "95% CI": _ci(c), "claimed": f"{c.get('direction')} {c.get('margin')}",
-            "verdict": c.get("verdict"), "note": c.get("reason", ""),
+            "model": check.model, "comparison": c.name,
+            "evidence": c.evidence + ("" if c.primary else " (beside)"),
+            "values": f"{fmt(extra.get('a_value'))} vs {fmt(extra.get('b_value'))}",
+            "estimate": f"{c.estimate:+.3f}" if c.estimate is not None else "–",
+            "95% CI": _ci(c), "claimed": f"{extra.get('direction')} {extra.get('margin')}",
+            # a comparison without a reason writes none: an empty cell, where a null one shows "–"
+            "verdict": c.verdict, "note": c.reason if "reason" in c.model_fields_set else "",
         })
     return out
 
 
-def section_claims(page: Page, claims: Optional[dict]) -> None:
-    if not claims or not claims.get("claims"):
+def section_claims(page: Page, claims: Optional[ClaimsFile]) -> None:
+    if not claims:
         page.add("claims", "Claim checks", page.gap("claim checks: no claims.json"))
         return
-    intervals = claims.get("intervals") or {}
+    intervals = claims.intervals
     if intervals:
         how = (f"{esc(intervals.get('accuracies_and_differences'))} for accuracies and their differences, "
                f"{esc(intervals.get('similarity'))} for similarity; the same speakers on both sides of a difference. "
                "Each comparison names its method (claims.json <code>ci_method</code>)")
     else:  # claims.json written before the intervals were recorded
-        boot = claims.get("bootstrap") or {}
+        boot = (claims.model_extra or {}).get("bootstrap") or {}
         how = (f"paired bootstrap over speakers ({esc(boot.get('resamples', '?'))} resamples; the same resampled "
                "speakers on both sides of a difference)")
     summary = "".join(
-        f"<tr><td><b>{esc(c.get('claim'))}</b></td><td>{esc(c.get('statement', ''))}</td>"
-        f"<td>{esc(c.get('criterion', ''))}</td>"
-        f"<td><span class=\"status {status_class(c.get('status'))}\">{esc(c.get('status'))}</span>"
-        + (f"<p class=\"reason\">{esc(c['reason'])}</p>" if c.get("reason") else "")
-        + "".join(f"<p class=\"reason\">{esc(f)}</p>" for f in c.get("fallback") or [])
-        + "</td></tr>" for c in claims["claims"])
+        f"<tr><td><b>{esc(c.claim)}</b></td><td>{esc(c.statement)}</td>"
+        f"<td>{esc(c.criterion)}</td>"
+        f"<td><span class=\"status {status_class(c.status)}\">{esc(c.status)}</span>"
+        + (f"<p class=\"reason\">{esc(c.reason)}</p>" if c.reason else "")
+        + "".join(f"<p class=\"reason\">{esc(f)}</p>" for f in c.fallback or [])
+        + "</td></tr>" for c in claims.claims)
     body = ("<p>Each claim is decided from estimates with 95% confidence intervals against a margin fixed in "
             "advance: it <b>holds</b> when every interval lies on the claimed side of its margin, <b>does not "
             f"hold</b> when one lies wholly on the other side, and is <b>inconclusive</b> otherwise; it is <b>not "
@@ -95,16 +99,16 @@ def section_claims(page: Page, claims: Optional[dict]) -> None:
             "each model.</p>" + caveat_note(claims) +
             "<table class=\"claims\"><thead><tr><th>claim</th><th>statement</th><th>criterion</th>"
             f"<th>on this data</th></tr></thead><tbody>{summary}</tbody></table>")
-    for c in claims["claims"]:
-        rows = [r for check in c.get("measured") or [] for r in _comparisons(check)]
+    for c in claims.claims:
+        rows = [r for check in c.measured for r in _comparisons(check)]
         if rows:
-            body += (f"<h3>{esc(c.get('claim'))}: the comparisons</h3>"
+            body += (f"<h3>{esc(c.claim)}: the comparisons</h3>"
                      + table(rows, ["model", "comparison", "evidence", "values", "estimate", "95% CI", "claimed",
                                     "verdict", "note"]))
-    missing = claims.get("evaluations_missing") or []
+    missing = claims.evaluations_missing
     if missing:
         body += note(f"no evaluation (task accuracy) for {', '.join(missing)}: where it was needed the probes decided")
-    constants = claims.get("constants") or {}
+    constants = claims.constants
     if constants:
         body += "<p>Margins: " + esc(", ".join(f"{k} = {v}" for k, v in constants.items())) + "</p>"
     page.add("claims", "Claim checks", body)
@@ -115,7 +119,8 @@ def _kv(settings: dict[str, Any]) -> str:
                   for k, v in settings.items()], ["setting", "value"], digits=6, cls="kv")
 
 
-def section_methods(page: Page, results: Path, sources: Sources, settings: dict, claims: Optional[dict]) -> None:
+def section_methods(page: Page, results: Path, sources: Sources, settings: AnalysisRecord,
+                    claims: Optional[ClaimsFile]) -> None:
     body = f"<p>Inputs found from {esc(sources.found_from)}.</p>"
     experiment = sources.context.get("experiment") or {}
     if experiment.get("config"):
@@ -124,9 +129,10 @@ def section_methods(page: Page, results: Path, sources: Sources, settings: dict,
         body += (f"<h3>Experiment</h3><p>File <code>{esc(experiment.get('file'))}</code>, as validated (paths "
                  f"resolved):</p><pre>{esc(yaml.safe_dump(experiment['config'], sort_keys=False, allow_unicode=True))}</pre>")
     if sources.corpus is not None:
-        labels = read_json_file(sources.corpus / "labels.json") or {}
-        corpus_settings = (labels.get("provenance") or {}).get("settings") or {}
-        body += "<h3>Corpus preparation</h3>" + _kv({"scheme": labels.get("scheme"), "tone_mode": labels.get("tone_mode"),
+        labels = read_record(LabelsFile, sources.corpus / LabelsFile.FILE)
+        corpus_settings = (labels.provenance.get("settings") or {}) if labels else {}
+        body += "<h3>Corpus preparation</h3>" + _kv({"scheme": labels.scheme if labels else None,
+                                                     "tone_mode": labels.tone_mode if labels else None,
                                                      **corpus_settings})
         synth = as_path(sources.context.get("synth"))
         synth_meta = read_json_file(synth / "synth.json") if synth else None
@@ -151,16 +157,16 @@ def section_methods(page: Page, results: Path, sources: Sources, settings: dict,
         body += table([m.model_dump(include={"name", "source", "model_type", "n_layers", "dim", "dtype",
                                              "layer_convention", "group_norm"}) for m in manifest.models],
                       ["name", "source", "model_type", "n_layers", "dim", "dtype", "layer_convention", "group_norm"])
-    if settings.get("settings"):
-        body += "<h3>Analysis</h3>" + _kv({**settings["settings"], "rows in store": settings.get("store_rows"),
-                                           "rows sampled for probes and maps": settings.get("sample_rows_used")})
+    if settings.settings:
+        body += "<h3>Analysis</h3>" + _kv({**settings.settings, "rows in store": settings.store_rows,
+                                           "rows sampled for probes and maps": settings.sample_rows_used})
     stages = sources.context.get("stages") or []
     if stages:
         body += ("<h3>Stages</h3><p>Wall-clock and CPU seconds each stage took when it last ran (a cached "
                  "stage was not redone in this run).</p>"
                  + table([{k: s.get(k) for k in ("stage", "name", "status", "seconds", "cpu_seconds", "key", "folder")}
                           for s in stages], digits=1))
-    provenance = settings.get("provenance") or {}
+    provenance = settings.provenance
     versions = provenance.get("versions") or library_versions()
     body += ("<h3>Versions</h3>" + _kv({"phonorm (analysis)": provenance.get("code_version", "unknown"),
                                         "phonorm (report)": code_version(), **versions})

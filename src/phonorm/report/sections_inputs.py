@@ -9,6 +9,8 @@ from typing import Any, Optional
 import pandas as pd
 
 from phonorm import figures as figs
+from phonorm.records.analysis import EvaluationFile
+from phonorm.records.corpus import LabelsFile
 from phonorm.report.page import (
     Page,
     Sources,
@@ -17,6 +19,7 @@ from phonorm.report.page import (
     note,
     read_csv_file,
     read_json_file,
+    read_record,
     table,
 )
 from phonorm.settings import TASKS
@@ -96,8 +99,8 @@ def section_accuracy(page: Page, sources: Sources) -> None:
         if model.get("kind") != "finetuned":
             continue
         name = model.get("name")
-        evaluation = read_json_file(sources.evaluations[name]) if name in sources.evaluations else None
-        scores, split = ((evaluation or {}).get("tasks"), (evaluation or {}).get("split"))
+        evaluation = read_record(EvaluationFile, sources.evaluations[name]) if name in sources.evaluations else None
+        scores, split = (evaluation.tasks, evaluation.split) if evaluation else (None, None)
         if not scores and model.get("folder"):
             metrics = read_json_file(Path(model["folder"]) / "metrics.json") or {}
             scores, split = metrics.get("dev") or None, "dev"
@@ -144,6 +147,7 @@ def _held_out(sources: Sources) -> str:
         return "the evaluation split (no prepared corpus found to tell how it was split)"
     if (table.groupby("speaker")["split"].nunique() <= 1).all():
         return "held-out speakers"
-    split = ((read_json_file(sources.corpus / "labels.json") or {}).get("split") or {})  # type: ignore[operator]
+    labels = read_record(LabelsFile, sources.corpus / LabelsFile.FILE)  # type: ignore[operator]
+    split = labels.split if labels else None
     return (f"held-out utterances of speakers also heard in training (the corpus was split by "
-            f"{split.get('by', 'utterance')}, not by speaker)")
+            f"{split.by if split else 'utterance'}, not by speaker)")

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from phonorm import figures as figs
+from phonorm.records.analysis import AnalysisRecord
 from phonorm.report.page import (
     Page,
     Sources,
     esc,
     note,
     read_csv_file,
-    read_json_file,
+    read_record,
     table,
 )
 from phonorm.settings import ANALYZE_DEFAULTS
@@ -121,7 +122,8 @@ def section_erasure(page: Page, results: Path) -> None:
     if erasure is None or not len(erasure):
         # An analysis that tried erasure and could not (too few speakers for three disjoint roles, ...)
         # recorded why in settings.json; say that rather than guess.
-        skipped = (read_json_file(results / "settings.json") or {}).get("skipped_probes", [])
+        record = read_record(AnalysisRecord, results / AnalysisRecord.FILE)
+        skipped = record.skipped_probes if record else []
         reasons = sorted({s.get("reason", "") for s in skipped if s.get("label") == "erasure"})
         why = ("skipped: " + "; ".join(reasons)) if reasons else \
             "no erasure.csv (analysis ran without erasure, or no tone model)"
@@ -182,13 +184,13 @@ def section_normalization(page: Page, results: Path) -> None:
     page.add("normalization", "Variance shares and PCA", body)
 
 
-def section_umap(page: Page, results: Path, settings: dict, sources: Sources) -> None:
+def section_umap(page: Page, results: Path, settings: AnalysisRecord, sources: Sources) -> None:
     folder = results / "figures"
-    order = list(settings.get("models") or [m.get("name") for m in sources.models])
+    order: list[Any] = list(settings.models) or [m.get("name") for m in sources.models]
     pngs = page.pngs(folder, "umap_*.png")
     pngs.sort(key=lambda p: order.index(p.stem[5:]) if p.stem[5:] in order else len(order))
     if not pngs:
-        umap_on = (settings.get("settings") or {}).get("umap", True)
+        umap_on = settings.settings.get("umap", True)
         page.add("umap", "UMAP maps", page.gap("UMAP maps: none drawn" + ("" if umap_on else " (analysis ran with umap off)")))
         return
     body = ("<p>Two-dimensional UMAP maps of the first, a middle and the top layer of each model, coloured by "
