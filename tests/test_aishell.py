@@ -65,7 +65,7 @@ def test_split_and_sex_come_from_the_corpus(aishell, tmp_path):
         assert (row.sex, row.split) == (sex, split)
         assert plan[row.utterance_id]["speaker"] == row.speaker
     # the speaker is the wav folder's name (the utterance id only contains it)
-    assert PreparedCorpus(tmp_path / "p").labels["speakers"] == {"rule": "folder", "matched": {"folder": len(plan)}}
+    assert PreparedCorpus(tmp_path / "p").labels.speakers.model_dump() == {"rule": "folder", "matched": {"folder": len(plan)}}
 
 
 def test_a_second_writer_is_refused(aishell, tmp_path):

@@ -73,7 +73,7 @@ def test_prepare_writes_the_contract(corpus, tmp_path):
     assert prepared.label_maps["tone"] == ["1", "2", "3", "4", "5"]
     assert prepared.label_maps["phone"] == sorted(set(segs["phone"]))
     assert prepared.label_maps["sex"] == ["F", "M"]
-    assert prepared.labels["provenance"]["settings"]["scheme"] == "mandarin"
+    assert prepared.labels.provenance["settings"]["scheme"] == "mandarin"
     assert not (tmp_path / "p" / "skipped.tsv").exists()
 
 
@@ -267,7 +267,7 @@ def test_prefix_mislabel_is_refused_and_the_rule_is_recorded(tmp_path, capsys):
     # the rule and how each utterance matched are in labels.json and `phonorm info`
     (tmp_path / "c" / "speakers.tsv").write_text("speaker\tsex\nF01\tF\nM01\tM\n")
     run(tmp_path / "q", corpus, split_by="utterance")
-    assert PreparedCorpus(tmp_path / "q").labels["speakers"] == {"rule": "auto", "matched": {"prefix": 4}}
+    assert PreparedCorpus(tmp_path / "q").labels.speakers.model_dump() == {"rule": "auto", "matched": {"prefix": 4}}
     info = format_info(corpus_info(tmp_path / "q"))
     assert "speakers by auto rule: id prefix 4 utterances" in info
     with pytest.raises(PhonormError, match="--speaker-from"):

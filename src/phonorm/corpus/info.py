@@ -31,7 +31,8 @@ def corpus_info(folder: str | Path) -> dict:
     corpus = PreparedCorpus(folder)
     utterances = corpus.all_utterances
     geometry = FrameGeometry()
-    label_maps = corpus.label_maps
+    labels = corpus.labels
+    label_maps = labels.tasks
     counts: dict[str, Counter[str]] = {task: Counter() for task in TASKS}
     total_frames = 0
     for row in utterances.itertuples(index=False):
@@ -55,13 +56,13 @@ def corpus_info(folder: str | Path) -> dict:
         "segments": int(len(corpus.segments)),
         "frames": int(total_frames),
         "labels": {task: {label: int(counts[task].get(label, 0)) for label in label_maps.get(task, [])} for task in TASKS},
-        "scheme": corpus.labels.get("scheme"),
-        "tone_mode": corpus.labels.get("tone_mode"),
+        "scheme": labels.scheme,
+        "tone_mode": labels.tone_mode,
         "skipped": skipped,
-        "split_by": (corpus.labels.get("split") or {}).get("by", "speaker"),
+        "split_by": labels.split.by if labels.split else "speaker",
         "speaker_disjoint": bool((utterances.groupby("speaker")["split"].nunique() <= 1).all()),
         "split_problems": split_problems(utterances),
-        "speaker_match": corpus.labels.get("speakers"),
+        "speaker_match": labels.speakers.model_dump() if labels.speakers else None,
     }
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from phonorm.artifacts import read_json
 from phonorm.errors import InputError
+from phonorm.records.corpus import LabelsFile
 from phonorm.settings import SPLITS
 
 UTTERANCE_COLUMNS = ("utterance_id", "speaker", "sex", "split", "audio_path", "duration", "sample_rate", "channels")
@@ -48,13 +48,15 @@ class PreparedCorpus:
         return table
 
     @cached_property
-    def labels(self) -> dict:
-        return read_json(self.folder / "labels.json")
+    def labels(self) -> LabelsFile:
+        """labels.json through its type (a damaged file is an InputError naming it and its wrong fields)."""
+        loaded: LabelsFile = LabelsFile.load(self.folder)
+        return loaded
 
     @property
     def label_maps(self) -> dict[str, list[str]]:
         """task → list of labels; a label's class id is its index."""
-        return self.labels["tasks"]
+        return self.labels.tasks
 
     def utterances(self, split: str | None = None) -> pd.DataFrame:
         """Utterances of one split (all when None), in a stable order."""
