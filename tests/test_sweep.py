@@ -17,6 +17,7 @@ import yaml
 
 from phonorm import experiment as ex
 from phonorm.errors import InputError
+from phonorm.models.card import ModelCard
 from test_experiment import FakeStages
 from test_report import render_check
 
@@ -105,8 +106,11 @@ class SweepFakes(FakeStages):
             for step in settings.keep_steps:
                 folder = snapshot_folder(out, step)
                 folder.mkdir(parents=True)
-                (folder / "phonorm.json").write_text(json.dumps(
-                    {"held_out_contrastive_accuracy": [[0, 0.1], [step, step / 100]]}))
+                # a snapshot's card as pretrain writes it (the summary reads its curve through
+                # ModelCard); the fake holds no weights
+                ModelCard(complete=True, kind="pretrained", model_type="wav2vec2", corpus=str(corpus),
+                          corpus_fingerprint="fake", settings={}, provenance={},
+                          held_out_contrastive_accuracy=[(0, 0.1), (step, step / 100)]).save(folder)
             return "pretrained"
 
         def analyze(features, *, out, settings):
@@ -121,7 +125,7 @@ class SweepFakes(FakeStages):
 
 
 def _fake_results(out: Path, step: int) -> None:
-    """probes.csv (with CIs), similarity.csv, normalization.csv and claims.json (old format) for a
+    """probes.csv (with CIs), similarity.csv, normalization.csv and claims.json (no comparisons) for a
     reference `pre` and a tone model `tone` with 3 layers; more steps, more suppression of sex."""
     layers = ["L0", "L1", "L2"]
     probes = []
@@ -140,7 +144,8 @@ def _fake_results(out: Path, step: int) -> None:
     pd.DataFrame([dict(model=m, layer="L2", measure="variance_share", label="speaker", value=0.3, n=100)
                   for m in ("pre", "tone")]).to_csv(out / "normalization.csv", index=False)
     (out / "claims.json").write_text(json.dumps({"claims": [
-        {"claim": c, "status": "holds" if step >= 20 else "does not hold", "holds": step >= 20, "measured": []}
+        {"claim": c, "statement": f"claim {c}", "criterion": "fake", "status": "holds" if step >= 20 else "does not hold",
+         "holds": step >= 20, "measured": []}
         for c in ("C1", "C2", "C3", "C4")], "top_layer": {"pre": "L2", "tone": "L2", "sex": "L2"}}))
 
 
@@ -218,11 +223,11 @@ def test_points_share_stages_and_adding_a_point_runs_only_that_point(tmp_path, f
     from phonorm.validate import validate
 
     checked = validate(workdir)
-    # validate looks inside every stage folder: the fakes' snapshot cards hold only the curve, nothing
+    # validate looks inside every stage folder: the fakes' snapshots hold a card and no weights, nothing
     # else may be wrong (markers, keys, the other stage folders)
     assert checked.kind == "phonorm run folder" and len(checked.facts) > 10, checked.text()
-    assert all("/snapshot/pre.step-" in p and "phonorm.json: not a valid phonorm model card" in p
-               for p in checked.problems), checked.text()
+    assert checked.problems and all(re.search(r"snapshot/pre\.step-[^/]+/(config\.json|model\.safetensors): missing", p)
+                                    for p in checked.problems), checked.text()
     assert json.loads((workdir / "run.json").read_text())["not_needed"][0]["stage"] == "pretrain"
 
 
@@ -365,10 +370,13 @@ def test_paired_cis_are_taken_from_claims_json_when_the_analysis_wrote_them(tmp_
     claims = json.loads((tmp_path / "claims.json").read_text())
     claims["claims"][0]["status"] = "inconclusive"
     claims["claims"][0]["measured"] = [{"model": "tone", "comparisons": [
-        {"key": "sex_suppressed", "name": "sex suppressed", "estimate": -0.081, "ci_low": -0.12, "ci_high": -0.03, "verdict": "holds"},
-        {"key": "tone_enhanced", "name": "tone enhanced (relative error reduction)", "estimate": 0.25, "ci_low": -0.01, "ci_high": 0.5}]}]
+        {"key": "sex_suppressed", "name": "sex suppressed", "evidence": "probe", "estimate": -0.081, "ci_low": -0.12,
+         "ci_high": -0.03, "verdict": "holds"},
+        {"key": "tone_enhanced", "name": "tone enhanced (relative error reduction)", "evidence": "probe", "estimate": 0.25,
+         "ci_low": -0.01, "ci_high": 0.5, "verdict": "inconclusive"}], "verdict": "inconclusive"}]
     claims["claims"][1]["measured"] = [{"model": "tone", "comparisons": [
-        {"key": "cka_drop", "name": "CKA lower half − top third", "estimate": 0.3, "ci_low": 0.2, "ci_high": 0.4}]}]
+        {"key": "cka_drop", "name": "CKA lower half − top third", "evidence": "similarity", "estimate": 0.3,
+         "ci_low": 0.2, "ci_high": 0.4, "verdict": "holds"}], "verdict": "holds"}]
     (tmp_path / "claims.json").write_text(json.dumps(claims))
     point = {"id": "p", "results": str(tmp_path), "features": str(tmp_path / "no-store"), "reference": "pre",
              "tone_model": "tone", "pretrained": None}
@@ -386,3 +394,4 @@ def test_paired_cis_are_taken_from_claims_json_when_the_analysis_wrote_them(tmp_
     assert sex["value"] == pytest.approx(-0.08) and np.isnan(sex["ci_low"]) and sex["ci_from"].startswith("none")
     assert "tone_relative_error_reduction" not in without
     assert any("feature store not read" in n for n in notes)
+    assert any("claims.json missing or unreadable" in n for n in notes), "a claims file analyze did not write is named"

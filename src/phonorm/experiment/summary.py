@@ -34,14 +34,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 
-from phonorm.artifacts import atomic_path, read_json
-from phonorm.errors import PhonormError
+from phonorm.artifacts import atomic_path
+from phonorm.errors import InputError, PhonormError
 from phonorm.layers import layer_index
+from phonorm.models.card import ModelCard
+from phonorm.records.analysis import ClaimsFile, Comparison
 from phonorm.records.sweep import POINTS, TABLE, SweepPoints
 
 LEVEL = 0.95
@@ -68,10 +70,9 @@ CLAIMS = ("C1", "C2", "C3", "C4")
 NO_PAIRED = "none: probes.csv has no per-speaker results to pair"
 
 
-def _method(row: Any, earlier: str) -> str:
+def _method(method: Any, earlier: str) -> str:
     """The interval method an analysis recorded beside a CI (`ci_method`), or `earlier` for files
     written before it was recorded."""
-    method = row.get("ci_method") if hasattr(row, "get") else None
     return str(method) if isinstance(method, str) and method else earlier
 
 
@@ -99,17 +100,19 @@ def _read_csv(path: Path) -> Optional[pd.DataFrame]:
         return None
 
 
-def _read_json(path: Optional[Path]) -> Optional[dict]:
+def _read_claims(results: Path) -> Optional[ClaimsFile]:
+    """The point's claims.json through its type; None when missing or not what analyze writes (the
+    summary notes it and goes on without the verdicts)."""
     try:
-        data = read_json(path) if path is not None and path.is_file() else None
-    except (OSError, ValueError):
+        claims: ClaimsFile = ClaimsFile.load(results)
+    except InputError:
         return None
-    return data if isinstance(data, dict) else None
+    return claims
 
 
 # =========================================================================== from the tables
-def _top_layer(model: str, claims: Optional[dict], probes: Optional[pd.DataFrame]) -> Optional[str]:
-    top = ((claims or {}).get("top_layer") or {}).get(model)
+def _top_layer(model: str, claims: Optional[ClaimsFile], probes: Optional[pd.DataFrame]) -> Optional[str]:
+    top = claims.top_layer.get(model) if claims else None
     if top:
         return str(top)
     if probes is None or "layer" not in probes:
@@ -123,25 +126,6 @@ def _probe(probes: Optional[pd.DataFrame], model: str, layer: Optional[str], lab
         return None
     hit = probes[(probes["model"] == model) & (probes["layer"].astype(str) == layer) & (probes["label"] == label)]
     return hit.iloc[0].to_dict() if len(hit) else None
-
-
-def _comparisons(claims: Optional[dict], claim: str, model: str) -> Iterator[dict]:
-    """The comparisons claims.json lists for `model` under `claim` (the format with CIs; none in
-    the older format of bare checks)."""
-    for row in (claims or {}).get("claims", []):
-        if row.get("claim") != claim:
-            continue
-        for check in row.get("measured") or []:
-            if isinstance(check, dict) and check.get("model") == model:
-                yield from (c for c in check.get("comparisons") or [] if isinstance(c, dict))
-
-
-def _claimed(claims: Optional[dict], claim: str, model: str, key: str) -> Optional[dict]:
-    """The comparison `key` (claims.json's `key` field, e.g. `sex_suppressed`) of `claim` for `model`."""
-    for c in _comparisons(claims, claim, model):
-        if c.get("key") == key and c.get("estimate") is not None:
-            return c
-    return None
 
 
 def _drop(similarity: Optional[pd.DataFrame], model: str, reference: str, measure: str) -> Optional[float]:
@@ -243,14 +227,14 @@ def summarize_point(point: dict[str, Any], resamples: int = 1000, seed: int = 0)
                                    (reference, top_ref, "reference_speaker_variance_share_top")):
         if model and layer:
             rows += _speaker_share_rows(tables, Path(point["features"]), model, layer, quantity, resamples, seed, notes)
-    card = _read_json(Path(point["pretrained"]) / "phonorm.json") if point.get("pretrained") else None
-    metric = (card or {}).get("held_out_metric") or "contrastive_accuracy"  # cards before the hubert objective
-    curve = (card or {}).get("held_out_accuracy") or (card or {}).get("held_out_contrastive_accuracy") or []
+    card = ModelCard.load_if_any(point.get("pretrained"))  # None: a hub id, or no (valid) card
+    metric = (card.held_out_metric if card else None) or "contrastive_accuracy"  # cards before the hubert objective
+    curve = (card.held_out_accuracy or card.held_out_contrastive_accuracy) if card else []
     if curve:
         rows.append(_row(f"held_out_{metric}", curve[-1][1], ci_from="none: one fixed held-out set"))
-    for row in (tables.claims or {}).get("claims", []):
-        if row.get("claim") in CLAIMS:
-            rows.append(_row(row["claim"], None, ci_from="none", verdict=str(row.get("status", "unknown"))))
+    for row in tables.claims.claims if tables.claims else []:
+        if row.claim in CLAIMS:
+            rows.append(_row(row.claim, None, ci_from="none", verdict=row.status))
     return [{"point": point["id"], **r} for r in rows], notes
 
 
@@ -258,14 +242,14 @@ def summarize_point(point: dict[str, Any], resamples: int = 1000, seed: int = 0)
 class _PointTables:
     """What one point's analysis wrote (None: missing or unreadable)."""
 
-    claims: Optional[dict]
+    claims: Optional[ClaimsFile]
     probes: Optional[pd.DataFrame]
     similarity: Optional[pd.DataFrame]
     normalization: Optional[pd.DataFrame]
 
     @classmethod
     def read(cls, results: Path) -> "_PointTables":
-        return cls(_read_json(results / "claims.json"), _read_csv(results / "probes.csv"),
+        return cls(_read_claims(results), _read_csv(results / "probes.csv"),
                    _read_csv(results / "similarity.csv"), _read_csv(results / "normalization.csv"))
 
     def accuracy(self, model: str, layer: Optional[str], label: str, quantity: str) -> Optional[dict]:
@@ -275,7 +259,7 @@ class _PointTables:
             return None
         if self.probes is not None and {"ci_low", "ci_high"} <= set(self.probes.columns):
             return _row(quantity, hit["accuracy"], hit.get("ci_low"), hit.get("ci_high"),
-                        f"{_method(hit, 'speaker bootstrap')} (probes.csv)")
+                        f"{_method(hit.get('ci_method'), 'speaker bootstrap')} (probes.csv)")
         return _row(quantity, hit["accuracy"], ci_from="none: probes.csv has no CI columns")
 
     def speaker_share(self, model: str, layer: str) -> Optional[float]:
@@ -288,14 +272,15 @@ class _PointTables:
         return float(hit["value"].iloc[0]) if len(hit) else None
 
 
-def _claimed_row(claims: Optional[dict], claim: str, model: str, key: str, quantity: str,
+def _claimed_row(claims: Optional[ClaimsFile], claim: str, model: str, key: str, quantity: str,
                  earlier: str) -> Optional[dict]:
-    """The summary row of claims.json's comparison `key` of `claim` for `model` (estimate and CI), or None."""
-    claimed = _claimed(claims, claim, model, key)
+    """The summary row of claims.json's comparison `key` (e.g. `sex_suppressed`) of `claim` for `model`
+    (estimate and CI), or None."""
+    claimed: Optional[Comparison] = claims.comparison(claim, model, key) if claims else None
     if claimed is None:
         return None
-    return _row(quantity, claimed["estimate"], claimed.get("ci_low"), claimed.get("ci_high"),
-                f"{_method(claimed, earlier)} (claims.json {claim})")
+    return _row(quantity, claimed.estimate, claimed.ci_low, claimed.ci_high,
+                f"{_method(claimed.ci_method, earlier)} (claims.json {claim})")
 
 
 def _tone_model_rows(tables: _PointTables, tone: str, top_tone: Optional[str], reference: str,
