@@ -58,6 +58,19 @@ def test_points_are_the_grid_times_the_checkpoints(tmp_path):
     assert points[-1].values == {"size": "small", "seed": 1, "checkpoint": 20}
 
 
+def test_the_share_resamples_are_the_sweep_setting_and_key_the_summary(tmp_path):
+    from phonorm.experiment.sweep import plan_sweep
+
+    def summary(resamples=None):
+        sweep = {"checkpoints": [10]} if resamples is None else {"checkpoints": [10], "resamples": resamples}
+        path = _write(tmp_path, _sweep(sweep=sweep))
+        return plan_sweep(ex.load_experiment(path)[0], path).summary
+
+    default, fewer = summary(), summary(50)
+    assert default.settings["resamples"] == 2000 and fewer.settings["resamples"] == 50
+    assert default.key != fewer.key, "other resamples, another summary"
+
+
 @pytest.mark.parametrize("sweep, expected", [
     ({"grid": {"sizes": ["tiny"]}}, ["sweep.grid", "'sizes' is no pre-training setting", "max_hours"]),
     ({"grid": {"size": ["huge"]}}, ["sweep point size-huge", "'tiny', 'small' or 'base'"]),

@@ -203,6 +203,9 @@ class SweepConfig(_Strict):
     pretrain: Optional[str] = Field(None, description="the pretrain entry swept (default: the only one)")
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     checkpoints: list[int] = Field(default_factory=list)
+    resamples: int = Field(2000, ge=0, description=(
+        "speaker-bootstrap resamples of the summary's speaker variance share (the analysis has no resample count "
+        "since its intervals became analytic; at least 1,000 for 95% tails)"))
 
     @field_validator("grid")
     @classmethod

@@ -41,15 +41,13 @@ import pandas as pd
 
 from phonorm.artifacts import atomic_path
 from phonorm.errors import InputError, PhonormError
+from phonorm.experiment.config import SweepConfig
 from phonorm.layers import layer_index
 from phonorm.models.card import ModelCard
 from phonorm.records.analysis import ClaimsFile, Comparison
 from phonorm.records.sweep import POINTS, TABLE, SweepPoints
 
 LEVEL = 0.95
-#: Speaker-bootstrap resamples of the speaker variance share (the analysis itself has no resample count
-#: since its intervals became analytic; ≥ 1,000 for 95% tails).
-SHARE_RESAMPLES = 2000
 COLUMNS = ["point", "quantity", "value", "ci_low", "ci_high", "ci_from", "verdict"]
 QUANTITIES = {
     "sex_probe_top_tone_minus_reference": "top-layer sex probe, tone model − reference",
@@ -204,9 +202,12 @@ def speaker_share(features: Path, model: str, layer: str, resamples: int, seed: 
 
 
 # =========================================================================== one point
-def summarize_point(point: dict[str, Any], resamples: int = 1000, seed: int = 0) -> tuple[list[dict], list[str]]:
+def summarize_point(point: dict[str, Any], resamples: Optional[int] = None, seed: int = 0
+                    ) -> tuple[list[dict], list[str]]:
     """The summary rows of one point (see the module docstring) and notes on what was missing.
-    `point`: {results, features, reference, tone_model, pretrained} (folders and model names)."""
+    `point`: {results, features, reference, tone_model, pretrained} (folders and model names);
+    `resamples`: of the speaker share's bootstrap, `SweepConfig.resamples` when not given."""
+    resamples = SweepConfig().resamples if resamples is None else resamples
     results = Path(point["results"])
     reference, tone = point["reference"], point.get("tone_model")
     tables = _PointTables.read(results)
@@ -333,12 +334,13 @@ def _speaker_share_rows(tables: _PointTables, features: Path, model: str, layer:
     return [_row(quantity, value, low, high, source)]
 
 
-def summarize(points: list[dict[str, Any]], out: str | Path, resamples: int = 1000, seed: int = 0) -> str:
+def summarize(points: list[dict[str, Any]], out: str | Path, resamples: Optional[int] = None, seed: int = 0) -> str:
     """Write OUT/sweep.csv (one column per swept setting, then `COLUMNS`: a row per point and
     quantity) and OUT/points.json (the points: settings, folders, notes); return a summary line.
     `points`: [{id, values: {setting: value}, results, features, report, reference, tone_model,
     pretrained}] in sweep order."""
     out = Path(out)
+    resamples = SweepConfig().resamples if resamples is None else resamples
     out.mkdir(parents=True, exist_ok=True)
     settings = list(dict.fromkeys(k for p in points for k in p["values"]))
     rows, notes = [], {}

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 from phonorm.artifacts import atomic_path, write_json
 from phonorm.errors import InputError
 from phonorm.experiment.cache import Stage, execute, stage_record
-from phonorm.experiment.config import Experiment, SweepPoint
+from phonorm.experiment.config import Experiment, SweepConfig, SweepPoint
 from phonorm.experiment.plan import Plan, plan_stages
 from phonorm.progress import logger
 
@@ -77,15 +77,14 @@ def plan_sweep(experiment: Experiment, file: Path, only: Sequence[str] = ()) -> 
                 stages.append(stage)
     entries = [_point_entry(experiment, p, plan) for p, plan in zip(points, plans)]
     analyze = experiment.analyze
-    from phonorm.experiment.summary import SHARE_RESAMPLES
-
-    settings = {"points": [p.model_dump(mode="json") for p in points], "resamples": SHARE_RESAMPLES,
+    resamples = (experiment.sweep or SweepConfig()).resamples
+    settings = {"points": [p.model_dump(mode="json") for p in points], "resamples": resamples,
                 "seed": analyze.seed}
     inputs = {f"{p.id}:{kind}": getattr(plan, kind).key for p, plan in zip(points, plans)
               for kind in ("analyze", "extract", "report")}
     inputs.update({f"{p.id}:model": plan.models[experiment.swept.name].key  # type: ignore[union-attr]
                    for p, plan in zip(points, plans)})
-    summary = Stage("sweep", "sweep", inputs, settings, _run_summary(entries, SHARE_RESAMPLES, analyze.seed),
+    summary = Stage("sweep", "sweep", inputs, settings, _run_summary(entries, resamples, analyze.seed),
                     experiment.workdir)
     return SweepPlan(experiment, file, points, plans, stages, summary, selected)
 
