@@ -18,6 +18,7 @@ from phonorm.frames import IGNORE_INDEX, FrameGeometry, frame_labels
 from phonorm.models.backbone import make_config
 from phonorm.models.evaluate import Predictions, evaluate, format_evaluation, score_predictions
 from phonorm.models.finetune import FinetuneSettings, finetune
+from phonorm.settings_evaluate import EvaluateSettings
 
 torch.set_num_threads(2)
 
@@ -50,7 +51,7 @@ def _reference_labels(fake_corpus, split):
 
 
 def test_evaluate_keys_chance_and_scored_frames(fake_corpus, model_dir):
-    result = evaluate(fake_corpus, model_dir=model_dir, split="test")
+    result = evaluate(fake_corpus, model_dir=model_dir, settings=EvaluateSettings(split="test"))
     assert list(result) == ["tone", "phone", "sex"]
     truth, sexes = _reference_labels(fake_corpus, "test")
     for task, entry in result.items():
@@ -87,7 +88,7 @@ def test_evaluate_cli_json(fake_corpus, model_dir):
 
 def test_evaluate_rejects_a_folder_that_is_not_a_model(fake_corpus, tmp_path):
     with pytest.raises(InputError, match="phonorm.json"):
-        evaluate(fake_corpus, model_dir=tmp_path, split="test")
+        evaluate(fake_corpus, model_dir=tmp_path)
 
 
 def test_scores_and_syllable_majority_vote_by_hand():

@@ -231,7 +231,7 @@ class FakeStages:
             record("finetune", out)
             return "finetuned"
 
-        def evaluate(corpus, *, model_dir, split):
+        def evaluate(corpus, *, model_dir, settings):
             return {"tone": {"accuracy": 0.5, "chance": 0.2}}
 
         def extract(corpus, *, models, out, settings):
@@ -249,9 +249,9 @@ class FakeStages:
             Path(out).write_text("<html></html>")
             return "report"
 
-        def evaluate_recorded(corpus, *, model_dir, split):
+        def evaluate_recorded(corpus, *, model_dir, settings):
             self.calls.append(("evaluate", Path(model_dir).name))
-            return evaluate(corpus, model_dir=model_dir, split=split)
+            return evaluate(corpus, model_dir=model_dir, settings=settings)
 
         modules = {
             "phonorm.corpus.synth": {"synthesize_corpus": synthesize_corpus},

@@ -34,6 +34,7 @@ from phonorm.settings import (
     PretrainSettings,
     SynthSettings,
 )
+from phonorm.settings_evaluate import EvaluateSettings
 
 app = typer.Typer(
     name="phonorm",
@@ -165,11 +166,12 @@ def finetune(
 
 
 @app.command()
+@with_settings(EvaluateSettings)
 def evaluate(
     corpus: Path = typer.Argument(..., help="A prepared corpus folder."),
     model: Path = typer.Option(..., help="A model folder written by phonorm finetune."),
-    split: str = typer.Option("test", help="train, dev or test."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object keyed by task."),
+    settings: EvaluateSettings = SETTINGS,
 ) -> None:
     """Per-task frame accuracy, macro-F1, chance, confusion matrix, by-sex breakdown.
 
@@ -178,7 +180,7 @@ def evaluate(
     from phonorm.models.evaluate import evaluate as run
     from phonorm.models.evaluate import format_evaluation
 
-    result = run(corpus, model_dir=model, split=split)
+    result = run(corpus, model_dir=model, settings=settings)
     typer.echo(json.dumps(result, ensure_ascii=False) if as_json else format_evaluation(result))
 
 

@@ -20,9 +20,9 @@ from phonorm.settings import (
     FinetuneSettings,
     PrepareSettings,
     PretrainSettings,
-    Split,
     SynthSettings,
 )
+from phonorm.settings_evaluate import EvaluateSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # A Hugging Face hub id of a speech model: `org/name` (letters, digits, - _ .). A bare `name` is far
@@ -149,8 +149,8 @@ class FinetuneConfig(_Strict):
         return list(self.settings.tasks)
 
 
-class EvaluateConfig(_Strict):
-    split: Split = "test"
+class EvaluateConfig(EvaluateSettings):
+    """`EvaluateSettings`: the split each fine-tuned model is scored on."""
 
 
 class ExtractConfig(ExtractSettings):

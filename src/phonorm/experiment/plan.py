@@ -30,6 +30,7 @@ from phonorm.settings import (
     PretrainSettings,
     SynthSettings,
 )
+from phonorm.settings_evaluate import EvaluateSettings
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def plan_stages(experiment: Experiment, file: Path, point: Optional[SweepPoint] 
         evaluations[f.name] = plan.add(Stage(
             "evaluate", f.name, {"corpus": corpus.key, "model": models[f.name].key},
             {"split": experiment.evaluate.split},
-            _run_evaluate(corpus, models[f.name], experiment.evaluate.split), workdir))
+            _run_evaluate(corpus, models[f.name], experiment.evaluate), workdir))
 
     # ---- extract, analyze, report
     # The report stage's body needs the finished plan (its context names every stage): it reads it
@@ -283,12 +284,12 @@ def _run_finetune(corpus: Stage, base: Optional[Stage], source: str, settings: d
     return run
 
 
-def _run_evaluate(corpus: Stage, model: Stage, split: str) -> Callable[[Path], str]:
+def _run_evaluate(corpus: Stage, model: Stage, settings: EvaluateSettings) -> Callable[[Path], str]:
     def run(folder: Path) -> str:
         from phonorm.models.evaluate import evaluate
 
-        result = evaluate(corpus.folder, model_dir=model.folder, split=split)
-        EvaluationFile.write(folder, {"model": model.name, "model_dir": str(model.folder), "split": split,
+        result = evaluate(corpus.folder, model_dir=model.folder, settings=settings)
+        EvaluationFile.write(folder, {"model": model.name, "model_dir": str(model.folder), "split": settings.split,
                                       "tasks": result})
         return "; ".join(f"{task} accuracy {r['accuracy']:.3f} (chance {r['chance']:.3f})" for task, r in result.items())
     return run

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from phonorm.models.backbone import uses_group_norm
 from phonorm.models.data import FrameDataset, inference_batches
 from phonorm.models.heads import MultitaskHeads, load_finetuned, predict_tasks
 from phonorm.progress import progress as progress_bar
+from phonorm.settings_evaluate import EvaluateSettings
 
 
 @dataclass
@@ -143,8 +144,10 @@ def _syllable_scores(truth: np.ndarray, guess: np.ndarray, unit: np.ndarray, nam
             "n_syllables": int(len(units))}
 
 
-def evaluate(corpus: str | Path, *, model_dir: str | Path, split: str = "test") -> dict[str, dict[str, Any]]:
-    """Scores of a `phonorm finetune` model on one split of a prepared corpus, keyed by task.
+def evaluate(corpus: str | Path, *, model_dir: str | Path, settings: Optional[EvaluateSettings] = None
+             ) -> dict[str, dict[str, Any]]:
+    """Scores of a `phonorm finetune` model on one split of a prepared corpus (`settings.split`; the
+    test split by default), keyed by task.
 
     Each task has `accuracy` and `macro_f1` (frames), `chance` (frequency of the split's majority
     class), `majority_label`, `n_frames`, `labels`, `confusion` (rows true, columns predicted),
@@ -152,6 +155,7 @@ def evaluate(corpus: str | Path, *, model_dir: str | Path, split: str = "test") 
     per speaker, for speaker-level bootstraps), `n_utterances`; tone also `syllable` (majority vote
     over each final's frames).
     """
+    split = (settings or EvaluateSettings()).split
     prepared = PreparedCorpus(corpus)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone, heads, meta = load_finetuned(model_dir, device=device)
