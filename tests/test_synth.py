@@ -223,3 +223,8 @@ def test_refuses_bad_settings_and_foreign_folders(tmp_path):
     synthesize_corpus(made, n_speakers=2, n_utterances=1, seed=0)
     with pytest.raises(PhonormError, match="other settings"):
         synthesize_corpus(made, n_speakers=2, n_utterances=1, seed=1)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "synth.json").write_text(json.dumps({"settings": {}}))  # no `complete`: not what synth writes
+    with pytest.raises(PhonormError, match=r"synth.json: not a valid synthetic corpus record .*\(complete: Field required\); use a new folder"):
+        synthesize_corpus(damaged, n_speakers=2, n_utterances=1)

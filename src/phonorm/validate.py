@@ -38,7 +38,7 @@ from phonorm.filecheck import (
 )
 from phonorm.records.analysis import AnalysisRecord, ClaimsFile, EvaluationFile
 from phonorm.records.context import RunContext
-from phonorm.records.corpus import LabelsFile
+from phonorm.records.corpus import LabelsFile, SynthFile
 
 R = TypeVar("R", bound=JsonRecord)
 
@@ -408,11 +408,10 @@ def _stage(folder: Path) -> Validation:
 
 def _synth(folder: Path) -> Validation:
     result = Validation(folder, "synthetic corpus (phonorm synth)")
-    record, defect = read_json_object(folder / "synth.json")
-    if defect or record is None:
-        result.problem(folder / "synth.json", defect or "missing")
+    record = _typed(result, SynthFile, folder)
+    if record is None:
         return result
-    if not record.get("complete"):
+    if not record.complete:
         result.problem(folder / "synth.json", "not marked complete (run phonorm synth again to resume)")
     for name in ("wav", "textgrid", "speakers.tsv"):
         if not (folder / name).exists():

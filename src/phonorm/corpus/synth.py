@@ -50,7 +50,7 @@ from typing import Callable
 
 import numpy as np
 
-from phonorm.artifacts import atomic_path, provenance, read_json, write_json
+from phonorm.artifacts import atomic_path, provenance
 from phonorm.corpus.languages import (
     CMN,
     LANGUAGES,
@@ -73,6 +73,7 @@ from phonorm.corpus.synth_plan import (
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import SAMPLE_RATE
 from phonorm.lock import LOCK_FILE, folder_lock
+from phonorm.records.corpus import SynthFile
 from phonorm.wording import counted
 
 
@@ -218,9 +219,9 @@ def _check_resumable(out: Path, meta_path: Path, settings: dict) -> None:
     """Refuse a folder that holds a corpus made with other settings, or anything but a corpus."""
     if meta_path.exists():
         try:
-            previous = read_json(meta_path).get("settings")
-        except (ValueError, AttributeError):
-            raise InputError(meta_path, "not a readable synth.json; use a new folder") from None
+            previous = SynthFile.load_file(meta_path).settings
+        except InputError as err:
+            raise InputError(meta_path, f"{err.problem}; use a new folder") from None
         if previous != settings:
             raise PhonormError(f"{meta_path}: this folder holds a corpus made with other settings ({previous}); use a new folder")
     elif any(p.name != LOCK_FILE for p in out.iterdir()):  # our own lock file is no content
@@ -254,11 +255,11 @@ def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int,
         settings["variation"] = variation
     if language is not CMN:
         settings["language"] = language.code
-    meta_path = out / "synth.json"
+    meta_path = SynthFile.path(out)
     _check_resumable(out, meta_path, settings)
 
     voices, plan = plan_corpus(n_speakers, n_utterances, seed, variation, language.code)
-    write_json(meta_path, {"complete": False, "settings": settings})
+    SynthFile.write(out, {"complete": False, "settings": settings})
     for folder in ("wav", "textgrid"):
         (out / folder).mkdir(parents=True, exist_ok=True)
         for leftover in (out / folder).glob(".*.tmp"):  # temp files of an interrupted run
@@ -285,7 +286,7 @@ def _synthesize_corpus(out: Path, n_speakers: int, n_utterances: int, seed: int,
         "utterances": total, "syllables": sum(tones.values()), "seconds": round(seconds, 3),
         "tones": {str(t): tones[t] for t in language.tones}, "initials": dict(sorted(initials.items())), "finals": dict(sorted(finals.items())),
     }
-    write_json(meta_path, {
+    SynthFile.write(out, {
         "complete": True, "settings": settings, "speakers": [_voice_record(v) for v in voices], "counts": counts,
         "provenance": provenance(settings),
     })

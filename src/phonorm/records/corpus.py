@@ -42,3 +42,18 @@ class LabelsFile(JsonRecord):
     split: Optional[SplitRecord] = None  # corpora prepared before splits were recorded lack it
     speakers: Optional[SpeakerRule] = None
     provenance: dict[str, Any] = {}
+
+
+class SynthFile(JsonRecord):
+    """synth.json of `phonorm synth` (written first with `complete: false`, then again when every speaker
+    is done; read by the resume check, `validate` and the report). `speakers`: a row per voice
+    (`corpus.synth._voice_record`); `counts`: utterances, syllables, seconds, tones, initials, finals."""
+
+    FILE: ClassVar[str] = "synth.json"
+    WHAT: ClassVar[str] = "synthetic corpus record (phonorm synth)"
+
+    complete: bool
+    settings: dict[str, Any]
+    speakers: list[dict[str, Any]] = []
+    counts: dict[str, Any] = {}
+    provenance: dict[str, Any] = {}

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from phonorm.artifacts import code_version, library_versions
 from phonorm.models.card import ModelCard
 from phonorm.records.analysis import AnalysisRecord, ClaimCheck, ClaimsFile, Comparison
-from phonorm.records.corpus import LabelsFile
+from phonorm.records.corpus import LabelsFile, SynthFile
 from phonorm.report.page import (
     Page,
     Sources,
@@ -19,7 +19,6 @@ from phonorm.report.page import (
     esc,
     fmt,
     note,
-    read_json_file,
     read_record,
     store_manifest,
     table,
@@ -135,10 +134,9 @@ def section_methods(page: Page, results: Path, sources: Sources, settings: Analy
                                                      "tone_mode": labels.tone_mode if labels else None,
                                                      **corpus_settings})
         synth = as_path(sources.context.get("synth"))
-        synth_meta = read_json_file(synth / "synth.json") if synth else None
+        synth_meta = read_record(SynthFile, synth / SynthFile.FILE) if synth else None
         if synth_meta:
-            body += "<h4>Synthetic corpus</h4>" + _kv(synth_meta.get("settings") or
-                                                      {k: v for k, v in synth_meta.items() if not isinstance(v, (dict, list))})
+            body += "<h4>Synthetic corpus</h4>" + _kv(synth_meta.settings or {"complete": synth_meta.complete})
     model_rows = []
     for model in sources.models:
         folder = as_path(model.get("folder"))
