@@ -114,7 +114,7 @@ def test_finetune_refuses_a_model_folder_of_another_corpus(fake_corpus, tiny_dir
     other = tmp_path / "other_corpus"
     shutil.copytree(fake_corpus, other)
     labels = json.loads((other / "labels.json").read_text())
-    labels["note"] = "another corpus"
+    labels["provenance"] = {"note": "another corpus"}  # other bytes, same labels: another fingerprint
     (other / "labels.json").write_text(json.dumps(labels))
     with pytest.raises(PhonormError, match="other settings, base model or corpus"):
         finetune(other, model=tiny_dir, out=out, settings=settings)
