@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
+from pydantic import ConfigDict
+
 from phonorm.artifacts import JsonRecord
 from phonorm.errors import InputError
 from phonorm.records.kinds import ModelKind
@@ -84,3 +86,21 @@ def binding_settings(settings: dict[str, Any]) -> dict[str, Any]:
     from phonorm.artifacts import json_ready
 
     return {k: v for k, v in json_ready(settings).items() if k != "eval_every"}
+
+
+class FinetuneMetrics(JsonRecord):
+    """`metrics.json` of a fine-tuned model folder (written by `phonorm finetune` before its card; read
+    by its summary line and the report, whose accuracy table falls back on `dev` without an
+    evaluation). `train`: totals, seconds, throughput, processes; `dev`: `models.evaluate`'s scores
+    of the best checkpoint per task ({} without a dev split). Fields of later versions are kept."""
+
+    model_config = ConfigDict(extra="allow")
+    FILE: ClassVar[str] = "metrics.json"
+    WHAT: ClassVar[str] = "fine-tuning metrics"
+
+    best_step: Optional[int] = None
+    best_dev: dict[str, float] = {}
+    best_mean_dev_accuracy: Optional[float] = None
+    dev_history: list[dict[str, Any]] = []
+    train: dict[str, Any] = {}
+    dev: dict[str, dict[str, Any]] = {}

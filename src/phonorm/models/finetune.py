@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from phonorm.artifacts import atomic_path, provenance, read_json, write_json
+from phonorm.artifacts import atomic_path, provenance
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
@@ -37,7 +37,7 @@ from phonorm.models.backbone import (
     load_config,
     uses_group_norm,
 )
-from phonorm.models.card import ModelCard, binding_settings
+from phonorm.models.card import FinetuneMetrics, ModelCard, binding_settings
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler
 from phonorm.models.evaluate import predict_split, score_predictions
 from phonorm.models.heads import FrameClassifier, MultitaskHeads, load_finetuned, multitask_loss, save_heads
@@ -160,12 +160,11 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
     if trainer.main:
         shutil.rmtree(out / "best", ignore_errors=True)
     accelerator.wait_for_everyone()
-    metrics = read_json(out / "metrics.json")
-    dev = metrics.get("best_dev", {})
-    dev_text = ", ".join(f"{t} {a:.3f}" for t, a in dev.items()) or "no dev split"
+    metrics = FinetuneMetrics.load(out)
+    dev_text = ", ".join(f"{t} {a:.3f}" for t, a in metrics.best_dev.items()) or "no dev split"
     return (f"{out}: fine-tuned {model} for {','.join(settings.tasks)} in {total_steps} steps "
-            f"({metrics['train']['audio_seconds']:.0f} s of audio, {metrics['train']['throughput']:.1f} s audio/s); "
-            f"best step {metrics['best_step']}, dev frame accuracy {dev_text}")
+            f"({metrics.train['audio_seconds']:.0f} s of audio, {metrics.train['throughput']:.1f} s audio/s); "
+            f"best step {metrics.best_step}, dev frame accuracy {dev_text}")
 
 
 def _finished_already(out: Path, prepared: PreparedCorpus, settings: dict[str, Any], model: str) -> str:
@@ -272,7 +271,7 @@ def _finish(out: Path, prepared: PreparedCorpus, trainer: Trainer, state: TrainS
                  throughput=totals["audio_seconds"] / max(train_seconds, 1e-9),
                  padded_fraction=totals["padded_frames"] / max(totals["frames"], 1),
                  resumed_from_step=state.resumed_from)
-    write_json(out / "metrics.json", {
+    FinetuneMetrics.write(out, {
         "best_step": best["step"], "best_dev": best["dev"], "best_mean_dev_accuracy": best["mean"] if best["dev"] else None,
         "dev_history": state.extra["dev_history"], "train": train, "dev": dev_scores,
     })

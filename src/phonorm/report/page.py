@@ -12,7 +12,7 @@ from typing import Any, Optional, TypeVar
 import pandas as pd
 
 from phonorm import figures as figs
-from phonorm.artifacts import JsonRecord, read_json
+from phonorm.artifacts import JsonRecord
 from phonorm.errors import InputError
 from phonorm.features.manifest import StoreManifest
 from phonorm.records.analysis import AnalysisRecord
@@ -84,13 +84,6 @@ def read_record(record: type[R], path: Path) -> Optional[R]:
     except InputError:
         return None
     return loaded
-
-
-def read_json_file(path: Path) -> Any:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
 
 
 def read_csv_file(path: Path) -> Optional[pd.DataFrame]:

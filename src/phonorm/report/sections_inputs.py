@@ -9,6 +9,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from phonorm import figures as figs
+from phonorm.models.card import FinetuneMetrics
 from phonorm.records.analysis import EvaluationFile
 from phonorm.records.corpus import LabelsFile
 from phonorm.report.page import (
@@ -18,7 +19,6 @@ from phonorm.report.page import (
     esc,
     note,
     read_csv_file,
-    read_json_file,
     read_record,
     table,
 )
@@ -102,8 +102,8 @@ def section_accuracy(page: Page, sources: Sources) -> None:
         evaluation = read_record(EvaluationFile, sources.evaluations[name]) if name in sources.evaluations else None
         scores, split = (evaluation.tasks, evaluation.split) if evaluation else (None, None)
         if not scores and model.get("folder"):
-            metrics = read_json_file(Path(model["folder"]) / "metrics.json") or {}
-            scores, split = metrics.get("dev") or None, "dev"
+            metrics = read_record(FinetuneMetrics, Path(model["folder"]) / FinetuneMetrics.FILE)
+            scores, split = (metrics.dev if metrics else None) or None, "dev"
             if scores:
                 used_dev.append(name)
         if not scores:
