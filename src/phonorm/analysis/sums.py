@@ -58,7 +58,6 @@ class LayerSums:
         self.pool, self.scratch = pool, scratch
         self.dtype = PRODUCT_DTYPES[settings.products]  # each block's products; the sums stay float64
         self._ref_groups: Optional[tuple[str, GroupedViewSums]] = None
-        self._ref_views: dict[str, ViewSums] = {}  # the current reference layer's views per part
         self._ref_samples: dict[str, tuple] = {}
 
     def read_sample(self, model: str, layer: str, dtype: Any = np.float32) -> np.ndarray:
@@ -110,16 +109,15 @@ class LayerSums:
             grouped.update_shifted(y, row_norms(y), group_runs(self.rows.group_codes[begin:end], like=y))
             begin = end
         grouped.share_views()  # every model of this layer reuses its views' decompositions (jackknife)
-        self._ref_groups, self._ref_views = (layer, grouped), {}
+        self._ref_groups = (layer, grouped)
         return grouped
 
-    def _reference_view(self, part: str, mask: np.ndarray | None) -> ViewSums:
+    def _reference_view(self, mask: np.ndarray | None) -> ViewSums:
         """The current reference layer's `ViewSums` of a part of the rows (whole, fit or score half),
-        the same object for every model of the layer: its PCA (an eigendecomposition) is memoised on it."""
-        if part not in self._ref_views:
-            assert self._ref_groups is not None
-            self._ref_views[part] = self._ref_groups[1].view(mask)
-        return self._ref_views[part]
+        the same object for every model of the layer (the reference's groups share their views), so
+        its PCA (an eigendecomposition) is memoised on it."""
+        assert self._ref_groups is not None
+        return self._ref_groups[1].view(mask)
 
     def _layer_groups(self, model: str, dim: int, shift: np.ndarray) -> GroupedViewSums:
         """Empty per-group sums of a layer; the reference's share their views: the models compared
@@ -175,7 +173,7 @@ class LayerSums:
             begin = end
         x_view = x_groups.view()
         if model == s.reference:  # the models compared with this layer next reuse its per-group sums
-            self._ref_groups, self._ref_views = (layer, x_groups), {"whole": x_view}
+            self._ref_groups = (layer, x_groups)
         pairs = Pairs()
         if sums is not None:
             # One ViewSums object per view and part, shared by the pair and its floor (the PCA of each
@@ -184,7 +182,7 @@ class LayerSums:
                 {"whole": None, "fit": self.rows.half_masks[0], "score": self.rows.half_masks[1]}
             for part, mask in parts.items():
                 x_part = x_view if mask is None else x_groups.view(mask)
-                y_part = self._reference_view(part, mask)
+                y_part = self._reference_view(mask)
                 setattr(pairs, part, PairSums(x_part, y_part, sums.cross.cross(mask)))
                 if permuted is not None:
                     setattr(pairs, "floor" if mask is None else f"floor_{part}", PairSums(x_part, y_part,
