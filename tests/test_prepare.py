@@ -411,3 +411,16 @@ def test_split_shares(corpus, tmp_path):
     assert speakers.to_dict() == {(split, sex): 1 for split in ("dev", "test", "train") for sex in ("F", "M")}
     with pytest.raises(PhonormError, match="--dev"):
         run(tmp_path / "q", corpus, dev=0.6, test=0.5)
+
+
+def test_a_prepared_corpus_is_never_replaced_by_one_of_other_inputs(corpus, tmp_path):
+    """Preparing again into the same folder with the same inputs and settings is fine; another seed (so
+    other test speakers) is refused before anything is written, naming what differs, and the earlier
+    corpus stays as it was."""
+    run(tmp_path / "p", corpus)
+    before = PreparedCorpus(tmp_path / "p").fingerprint
+    run(tmp_path / "p", corpus)
+    assert PreparedCorpus(tmp_path / "p").fingerprint == before
+    with pytest.raises(PhonormError, match=r"already holds a corpus prepared with other inputs or settings \(seed\)"):
+        run(tmp_path / "p", corpus, seed=5)
+    assert PreparedCorpus(tmp_path / "p").fingerprint == before

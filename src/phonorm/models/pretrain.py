@@ -262,7 +262,8 @@ def _ensure_cluster_targets(out: Path, settings: PretrainSettings, tables: dict[
     if settings.targets_from is not None:
         features = layer_features(settings.targets_from, int(settings.targets_layer or 0))
         source = f"{settings.targets_from}:L{settings.targets_layer}"
-    targets = fit_targets(lambda row: normalize(load_audio(row.audio_path)), tables, geometry,
+    targets = fit_targets(lambda row: normalize(load_audio(row.audio_path, recorded_seconds=float(row.duration))),
+                          tables, geometry,
                           clusters=settings.clusters, seed=settings.seed, source=source, features=features)
     targets.save(out)
 
