@@ -131,7 +131,7 @@ def build_manifest(plan: Plan, run_counts: dict[str, dict]) -> StoreManifest:
             forward_passes=complete.get("forward_passes"),
             folder=str(Path(spec.source).resolve()) if Path(spec.source).is_dir() else None,
             kind=card.kind if card else GIVEN, tasks=list(card.tasks) if card else [],
-            base_model=card.base_model if card else None,
+            base_model=card.base_model if card else None, key=complete.get("key"),
         ))
     classic_names: list[str] = []
     classic_counts: dict[str, Any] = {}
