@@ -313,7 +313,7 @@ def check_results(folder: Path) -> Validation:
         return result
     result.facts.append(f"models {', '.join(record.models)}; store {record.features}")
     for name in RESULT_TABLES:
-        _check_csv(result, folder / name)
+        _check_csv(result, folder / name, record.table_rows.get(name))
     _typed(result, ClaimsFile, folder)
     for figure in record.figures:  # paths relative to the results folder
         if not (folder / figure).is_file():
@@ -335,11 +335,14 @@ def _typed(result: Validation, kind: type[R], folder: Path) -> R | None:
         return None
 
 
-def _check_csv(result: Validation, path: Path) -> None:
-    """A table phonorm analyze writes: there, readable, with a header row."""
+def _check_csv(result: Validation, path: Path, rows: Optional[int] = None) -> None:
+    """A table phonorm analyze writes: there, readable to its last line, with a header row, every
+    line as many fields as the header and, when the writer recorded it, as many data rows."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle), [])
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            lines = list(reader)
     except FileNotFoundError:
         result.problem(path, "missing")
         return
@@ -348,6 +351,13 @@ def _check_csv(result: Validation, path: Path) -> None:
         return
     if "model" not in header:
         result.problem(path, "no header row naming its columns (empty or damaged)")
+        return
+    short = next((i for i, line in enumerate(lines) if len(line) != len(header)), None)
+    if short is not None:
+        result.problem(path, f"line {short + 2} has {len(lines[short])} fields, the header {len(header)} "
+                             "(the file was cut or edited)")
+    elif rows is not None and len(lines) != rows:
+        result.problem(path, f"{len(lines)} data rows, settings.json records {rows} (the file was cut or edited)")
 
 
 # =========================================================================== run and stage folders
@@ -362,10 +372,17 @@ def _run(folder: Path) -> Validation:
     stages = record.get("stages") or []
     result.facts.append(f"{len(stages)} stages; report {record.get('report')}")
     inside = folder.resolve()
+    # where the run was made: run.json's report is WORKDIR/report.html. A copied or moved run folder
+    # still lists the old absolute paths; its stages are read at the same place inside this folder.
+    made_in = Path(str(record.get("report", ""))).parent
     for stage in stages:
         stage_folder = Path(stage.get("folder", ""))
-        if stage.get("stage") == "model" or not stage_folder.resolve().is_relative_to(inside):
-            continue  # a model the experiment names from outside: not this folder's to judge
+        if stage.get("stage") == "model":
+            continue  # a model the experiment names: not this folder's to judge
+        if not stage_folder.resolve().is_relative_to(inside):
+            if not (made_in.is_absolute() and stage_folder.is_relative_to(made_in)):
+                continue  # a folder the experiment names from outside
+            stage_folder = inside / stage_folder.relative_to(made_in)
         _check_stage(result, stage, stage_folder)
     return result
 

@@ -109,7 +109,7 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
         "settings": settings.model_dump(), "features": str(store.folder.resolve()),
         "store_rows": store.rows, "store_rows_key": store.manifest.get("rows_key"), "models": models,
         "sample_rows_used": int(len(rows.sample)), "held_out_split": rows.held_out_summary(frames),
-        "figures": figures, "skipped_probes": [k for p in parts for k in p.skipped],
+        "figures": figures, "table_rows": tables.row_counts(), "skipped_probes": [k for p in parts for k in p.skipped],
         "notes": [k for p in parts for k in p.similarity.notes], "erasure_models": erasure_models,
         "probes_not_converged": int((~tables.probes.converged.astype(bool)).sum()) if len(tables.probes) else 0,
         "classic_rows_without_value": {n: p.dropped_rows for n, p in classic.items()},
