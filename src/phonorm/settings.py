@@ -258,7 +258,7 @@ class FinetuneSettings(StageSettings):
     tasks: list[Task] = Field(min_length=1, description="Comma-separated tasks: tone, phone, sex (e.g. tone,sex).")
     loss_weights: dict[Task, float] = Field(default_factory=dict,
                                             description="Per-task loss weights, e.g. tone=1,sex=0.5 (default 1).")
-    epochs: float = Field(10.0, gt=0, description="Passes over the training split.")
+    epochs: float = Field(10.0, gt=0, le=100_000, description="Passes over the training split.")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (backbone); heads use head_lr_scale times it.")
     head_lr_scale: float = Field(10.0, gt=0, description="Learning rate of the heads relative to --lr.")

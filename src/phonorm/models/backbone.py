@@ -111,8 +111,8 @@ def load_backbone(name_or_path: str | Path, *, dtype: torch.dtype | None = None)
     try:
         model, loading = AutoModel.from_pretrained(str(name_or_path), config=config, trust_remote_code=False,
                                                    dtype=dtype, output_loading_info=True)
-    except (OSError, ValueError) as err:
-        raise PhonormError(f"{name_or_path}: cannot load model weights ({err})") from None
+    except Exception as err:  # OSError, ValueError, safetensors' SafetensorError on a damaged header, ...
+        raise PhonormError(f"{name_or_path}: cannot load model weights ({type(err).__name__}: {err})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     bad = nonfinite_weights(model)
