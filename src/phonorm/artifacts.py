@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -60,10 +61,30 @@ def writing(path: str | Path) -> Iterator[None]:
     read-only folder, permissions) into a one-line `WriteError` naming `path`."""
     try:
         yield
-    except OSError as err:
-        if err.errno in WRITE_FAILURES:
-            raise WriteError(path, err.errno) from None
+    except Exception as err:
+        errno = write_failure(err)
+        if errno is not None:
+            raise WriteError(path, errno) from None
         raise
+
+
+_RUST_IO_CODE = re.compile(r"Os \{ code: (\d+)")
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+def write_failure(err: BaseException) -> Optional[int]:
+    """The errno of a write failure the user can fix (errors.WRITE_FAILURES), as the libraries report it:
+    an OSError's errno; safetensors' SafetensorError ("IoError(Os { code: 28, ... })"); numpy's short
+    write to a full disk ("83712 requested and 40896 written", no errno: counted as a full disk)."""
+    if isinstance(err, OSError) and err.errno in WRITE_FAILURES:
+        return int(err.errno)
+    text = str(err)
+    code = _RUST_IO_CODE.search(text)
+    if code and int(code.group(1)) in WRITE_FAILURES:
+        return int(code.group(1))
+    if isinstance(err, OSError) and err.errno is None and _SHORT_WRITE.search(text):
+        return 28
+    return None
 
 
 def follow_umask(*paths: Path) -> None:

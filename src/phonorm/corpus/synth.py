@@ -41,9 +41,8 @@ sets pitch from its own voice's measured F0 per variant (`SynthLanguage.variant_
 
 from __future__ import annotations
 
-import io
-
 import collections
+import io
 import multiprocessing
 from dataclasses import asdict
 from importlib import metadata

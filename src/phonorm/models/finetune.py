@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from phonorm.artifacts import atomic_path, provenance
+from phonorm.artifacts import atomic_path, provenance, writing
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
@@ -241,8 +241,9 @@ def _save_model(model: FrameClassifier, folder: Path) -> None:
     """Backbone (HF format) + heads into `folder`, swapped in whole (temp folder, then rename)."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.backbone.save_pretrained(tmp)  # type: ignore[operator]
-    save_heads(model.heads, tmp)
+    with writing(folder / "model.safetensors"):  # a full disk: one line naming the model, not a SafetensorError
+        model.backbone.save_pretrained(tmp)  # type: ignore[operator]
+        save_heads(model.heads, tmp)
     swap_folder(tmp, folder)
 
 
