@@ -354,12 +354,12 @@ def test_jyutping_corpus_prepares_under_the_tonal_scheme(tmp_path):
         ["wong", 4], ["s", 0], ["i", 1], ["g", 0], ["wok", 3], ["ngo", 5], ["s", 0], ["ik", 6]]
     labels_json = json.loads((tmp_path / "p" / "labels.json").read_text())
     assert labels_json["scheme"] == "tonal" and labels_json["tasks"]["tone"] == ["1", "3", "4", "5", "6"]
-    _prepare(tmp_path / "p", corpus, grids, scheme="tonal", tones=[1, 2, 3, 4, 5, 6])
-    assert json.loads((tmp_path / "p" / "labels.json").read_text())["tasks"]["tone"] == ["1", "2", "3", "4", "5", "6"]
+    _prepare(tmp_path / "p6", corpus, grids, scheme="tonal", tones=[1, 2, 3, 4, 5, 6])
+    assert json.loads((tmp_path / "p6" / "labels.json").read_text())["tasks"]["tone"] == ["1", "2", "3", "4", "5", "6"]
     with pytest.raises(InputError, match="'ik6' x1"):
-        _prepare(tmp_path / "p", corpus, grids, scheme="tonal", tones=[1, 2, 3, 4, 5])
+        _prepare(tmp_path / "p5", corpus, grids, scheme="tonal", tones=[1, 2, 3, 4, 5])
     with pytest.raises(PhonormError, match="tonal scheme only"):
-        _prepare(tmp_path / "p", corpus, grids, tones=[1, 2])
+        _prepare(tmp_path / "p2", corpus, grids, tones=[1, 2])
 
 
 def test_tonal_scheme_rejects_tone_zero():

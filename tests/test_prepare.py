@@ -180,6 +180,11 @@ def test_default_split_is_balanced_and_deterministic():
     assert sorted(tiny.values()) == ["test", "train", "train"] and tiny["c"] == "train"
     four_each = speaker_split({f"F{i}": "F" for i in range(4)} | {f"M{i}": "M" for i in range(4)}, seed=3)
     assert pd.Series(four_each).value_counts().to_dict() == {"train": 4, "dev": 2, "test": 2}
+    # a share of exactly 0 is none: --test 0 leaves no test speaker (it kept one per sex before)
+    no_test = speaker_split(sex_of, seed=1, dev=0.1, test=0.0)
+    assert set(no_test.values()) == {"train", "dev"} and list(no_test.values()).count("dev") == 2
+    assert set(speaker_split(sex_of, seed=1, dev=0.0, test=0.0).values()) == {"train"}
+    assert set(speaker_split({"a": "F", "b": "F"}, seed=0, test=0.0).values()) == {"train"}
 
 
 def test_split_file(corpus, tmp_path):
