@@ -80,3 +80,20 @@ def test_a_corrupt_segments_table(fake_corpus, models, tmp_path, monkeypatch, ca
 def test_epochs_beyond_any_run(fake_corpus, models, tmp_path, monkeypatch, capsys):
     _one_line(*_cli(["finetune", fake_corpus, "--model", models / "base", "--tasks", "tone", "--epochs", "1e308",
                      "--out", tmp_path / "m"], monkeypatch, capsys), "--epochs")
+
+
+def test_an_output_folder_that_is_the_input_is_refused(fake_corpus, models, tmp_path, monkeypatch, capsys):
+    """`finetune --out` the corpus folder, `analyze --out` the store or a folder inside it: refused before
+    anything is written (they mixed their files into what they read)."""
+    from fake_store import make_feature_store
+
+    corpus = shutil.copytree(fake_corpus, tmp_path / "corpus")
+    before = sorted(p.name for p in corpus.iterdir())
+    _one_line(*_cli(["finetune", corpus, "--model", models / "base", "--tasks", "tone", "--out", corpus],
+                    monkeypatch, capsys), "--out must be a folder of its own, not the prepared corpus")
+    assert sorted(p.name for p in corpus.iterdir()) == before
+    store = make_feature_store(tmp_path / "F", models=("pretrained", "tone"), n_layers=1)
+    for out in (store, store / "results"):
+        _one_line(*_cli(["analyze", store, "--reference", "pretrained", "--out", out], monkeypatch, capsys),
+                  "--out must be a folder of its own, not the feature store")
+    assert not (store / "results").exists() and not (store / "settings.json").exists()

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from phonorm import __version__
-from phonorm.errors import WRITE_FAILURES, WriteError
+from phonorm.errors import WRITE_FAILURES, PhonormError, WriteError
 
 _LIBRARIES = (
     "torch", "transformers", "accelerate", "numpy", "scipy", "pandas", "pyarrow", "scikit-learn",
@@ -53,6 +53,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         finally:
             if tmp_path.exists():
                 tmp_path.unlink()
+
+
+def separate_folder(out: str | Path, source: str | Path, what: str) -> None:
+    """Refuse an output folder that is the input folder `source`, lies inside it or holds it: a stage
+    writing there would mix its files into (or delete parts of) what it reads."""
+    o, s = Path(out).resolve(), Path(source).resolve()
+    if o == s or o.is_relative_to(s) or s.is_relative_to(o):
+        raise PhonormError(f"{out}: --out must be a folder of its own, not the {what} {source}, inside it or "
+                           "around it")
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ from phonorm.analysis.tables import (
     read_evaluations,
     write_layer_matrices,
 )
-from phonorm.artifacts import provenance, set_seed
+from phonorm.artifacts import provenance, separate_folder, set_seed
 from phonorm.errors import InputError
 from phonorm.features.store import FeatureStore
 from phonorm.lock import folder_lock
@@ -63,6 +63,7 @@ COMPLETION_RECORD = AnalysisRecord.FILE
 def analyze(features: str | Path, *, out: str | Path, settings: AnalyzeSettings) -> str:
     """Run every analysis of the store `features`, write results under `out`; returns a summary line.
     One writer per results folder (`lock`)."""
+    separate_folder(out, features, "feature store")
     with folder_lock(out, "phonorm analyze"):
         return _analyze(features, out=Path(out), settings=settings)
 
