@@ -391,10 +391,13 @@ def test_more_folds_than_speakers_is_said_not_silent(tmp_path):
     from fake_store import make_feature_store
 
     store = make_feature_store(tmp_path / "F", n_speakers=6, n_utterances=2, n_frames=20, n_layers=1)
-    line = analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**{**FAST, "folds": 50, "labels": ["sex"],
+    line = analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**{**FAST, "folds": 50,
+                                                                           "labels": ["sex", "speaker"],
                                                                            "layer_matrix": False, "figures": False}))
-    used = pd.read_csv(tmp_path / "R" / "probes.csv").folds.max()
-    assert used <= 6 and f"50 folds asked, {used} used" in line
+    used = pd.read_csv(tmp_path / "R" / "probes.csv").groupby("label").folds.min()
+    # each label's own count: speaker-disjoint sex folds (at most 6 speakers), utterance folds for speaker
+    assert used["sex"] <= 6 and used["speaker"] > used["sex"]
+    assert f"50 folds asked, used: sex {used['sex']}, speaker {used['speaker']}" in line
 
 
 def test_saved_layers_are_reused_only_when_their_inputs_are_the_same(tmp_path, monkeypatch):

@@ -161,9 +161,12 @@ def _summary_line(store: FeatureStore, models: list[str], layers: dict[str, list
     skipped = sum(len(p.skipped) for p in parts)
     note = f"; {counted(skipped, 'probe')} skipped (see settings.json)" if skipped else ""
     probes = tables.probes
-    used = int(probes.folds.max()) if len(probes) and "folds" in probes.columns else settings.folds
-    if used < settings.folds:  # StratifiedGroupKFold needs a speaker per fold at least
-        note += f"; {settings.folds} folds asked, {used} used (at most one per speaker of the sample)"
+    if len(probes) and "folds" in probes.columns:  # StratifiedGroupKFold needs a group per fold at least
+        used = probes.groupby("label").folds.min().astype(int)
+        if (used < settings.folds).any():
+            each = ", ".join(f"{label} {n}" for label, n in used.items())
+            note += (f"; {settings.folds} folds asked, used: {each} (at most one per speaker of the sample; "
+                     "per utterance for the speaker label)")
     return (f"analysed {len(models)} models ({sum(len(layers[m]) for m in models)} layers) on {store.rows} rows "
             f"({len(rows.sample)} sampled for probes/maps) → {out}; {verdicts}{note}")
 
