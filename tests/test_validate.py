@@ -164,6 +164,8 @@ DAMAGES = {
                                  "1 row(s) hold NaN or inf (first: row 7"),
     "corrupt frames.parquet": (_store, lambda f: _overwrite(f / "frames.parquet", -12, b"\0" * 12), "frames.parquet",
                                "damaged Parquet file"),
+    "classic mfcc.npy with a NaN row": (_store, lambda f: _nan_row(f / "classic" / "mfcc.npy", 4), "classic/mfcc.npy",
+                                        "1 row(s) without a value (NaN or inf), extraction recorded 0"),
     "truncated classic npy": (_store, lambda f: _cut(f / "classic" / "mfcc.npy"), "classic/mfcc.npy", "truncated"),
     "truncated heads.safetensors": (_model, lambda f: _cut(f / "heads.safetensors"), "heads.safetensors",
                                     "truncated"),

@@ -266,6 +266,12 @@ def _store(folder: Path) -> Validation:
             result.problem(path, header)
         elif len(header.shape) != 2 or header.shape[0] != manifest.rows:
             result.problem(path, f"shape {header.shape}, manifest.json says ({manifest.rows}, k)")
+        else:
+            recorded = manifest.classic_counts.get("rows_without_value", {}).get(name)
+            bad, _ = nonfinite_rows(path)
+            if recorded is not None and bad != recorded:
+                result.problem(path, f"{bad} row(s) without a value (NaN or inf), extraction recorded {recorded}: "
+                                     "the file changed since; extract the classic baselines again")
     return result
 
 

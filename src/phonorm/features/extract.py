@@ -114,7 +114,10 @@ def _assemble_classic(plan: Plan, num_processes: int) -> None:
         writer = RowWriter(folder / f"{name}.npy", array.shape[0], array.shape[1], "float32")
         writer.write(0, array)
         writer.finish()
-    write_json(folder / ".complete.json", dict(rows_key=plan.key, **counts))
+    # rows without a value (unvoiced F0, an utterance too short for Praat): recorded so that `validate`
+    # tells them from NaN that a damaged file gained later
+    missing = {name: int((~np.isfinite(array).all(axis=1)).sum()) for name, array in arrays.items()}
+    write_json(folder / ".complete.json", dict(rows_key=plan.key, **counts, rows_without_value=missing))
     shutil.rmtree(parts, ignore_errors=True)
 
 
