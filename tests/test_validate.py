@@ -271,3 +271,17 @@ def test_a_copied_run_folder_is_validated_where_it_now_lies(tmp_path):
     _cut(copy / "extract" / "extract-0123456789ab" / "tone" / "L1.npy", 0.7)
     problems = validate(copy).problems
     assert len(problems) == 1 and problems[0].startswith("extract/extract-0123456789ab/tone/L1.npy: truncated"), problems
+
+
+def test_a_run_killed_over_an_earlier_one_is_not_complete(tmp_path):
+    """`phonorm run` marks the earlier run.json `complete: false` before its first stage; until it writes
+    its own, validate says the last run did not finish instead of judging the earlier run's stages."""
+    from phonorm.experiment.run import mark_running
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "run.json").write_text(json.dumps({"report": str(work / "report.html"), "stages": [], "complete": True}))
+    assert validate(work).ok
+    mark_running(work)
+    problems = validate(work).problems
+    assert problems == ["run.json: the last phonorm run in this folder did not finish (killed or failed); run it again"]

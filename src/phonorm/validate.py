@@ -375,6 +375,9 @@ def _run(folder: Path) -> Validation:
     if defect or record is None:
         result.problem(folder / "run.json", defect or "missing")
         return result
+    if record.get("complete") is False:
+        result.problem(folder / "run.json", "the last phonorm run in this folder did not finish (killed or failed); "
+                                            "run it again")
     stages = record.get("stages") or []
     result.facts.append(f"{len(stages)} stages; report {record.get('report')}")
     inside = folder.resolve()

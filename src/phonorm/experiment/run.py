@@ -41,6 +41,7 @@ def run_experiment(path: str | Path, force: bool = False, points: Sequence[str] 
 
     check_hub_models(experiment, Path(path))  # before any stage: a misspelt hub id needs no synth to show
     with folder_lock(experiment.workdir, f"phonorm run {Path(path).name}"):
+        mark_running(experiment.workdir)
         if experiment.sweep is not None:
             from phonorm.experiment.sweep import run_sweep
 
@@ -62,9 +63,21 @@ def _run(experiment: Experiment, path: Path, force: bool) -> str:
             shutil.copyfile(source, tmp)
     write_json(workdir / "run.json", {
         "experiment": str(Path(path).resolve()), "report": str(report),
-        "stages": [stage_record(s) for s in plan.stages],
+        "stages": [stage_record(s) for s in plan.stages], "complete": True,
     })
     return _summary(plan, report)
+
+
+def mark_running(workdir: Path) -> None:
+    """An earlier run.json now describes a run that is being replaced: `complete: false` until this run
+    writes its own, so that `validate` never calls a killed run complete on the strength of the last one."""
+    record = workdir / "run.json"
+    if record.is_file():
+        try:
+            earlier = read_json(record)
+        except (OSError, ValueError):
+            earlier = {}
+        write_json(record, {**(earlier if isinstance(earlier, dict) else {}), "complete": False})
 
 
 def _summary(plan: Plan, report: Path) -> str:
