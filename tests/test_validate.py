@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fake_store import make_feature_store
@@ -285,3 +286,19 @@ def test_a_run_killed_over_an_earlier_one_is_not_complete(tmp_path):
     mark_running(work)
     problems = validate(work).problems
     assert problems == ["run.json: the last phonorm run in this folder did not finish (killed or failed); run it again"]
+
+
+def test_audio_deleted_or_replaced_after_prepare_is_named(tmp_path):
+    import soundfile as sf
+
+    folder = _copy_corpus(tmp_path)
+    assert validate(folder).ok, validate(folder).text()
+    utterances = pd.read_parquet(folder / "utterances.parquet")
+    first, second = utterances.audio_path.iloc[0], utterances.audio_path.iloc[1]
+    wave, rate = sf.read(second)
+    sf.write(second, np.concatenate([wave, wave]), rate)
+    Path(first).unlink()
+    problems = validate(folder).problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"utterances.parquet: 1 audio file missing or unreadable (first: {first})")
+    assert problems[1].startswith(f"utterances.parquet: 1 audio file changed length since prepare (first: {second}")

@@ -39,6 +39,7 @@ from phonorm.filecheck import (
 from phonorm.records.analysis import AnalysisRecord, ClaimsFile, EvaluationFile
 from phonorm.records.context import RunContext
 from phonorm.records.corpus import LabelsFile, SynthFile
+from phonorm.wording import counted
 
 R = TypeVar("R", bound=JsonRecord)
 
@@ -149,11 +150,34 @@ def _corpus(folder: Path) -> Validation:
         result.problems.append("utterances.parquet: duplicate utterance ids")
     for split, n in utterances["split"].value_counts().items():
         result.facts.append(f"split {split}: {n} utterances")
+    _check_audio_files(result, utterances)
     if "phone" in tasks:
         missing = set(segments["phone"].astype(str)) - set(tasks["phone"])
         if missing:
             result.problems.append(f"labels.json: phones {sorted(missing)[:5]} of segments.parquet not in its phone list")
     return result
+
+
+def _check_audio_files(result: Validation, utterances) -> None:
+    """Every utterance's audio file is there and lasts what prepare recorded (its header only): audio
+    deleted or replaced after prepare is named here, before a stage meets it."""
+    from phonorm.corpus.audio import RECORDED_DURATION_TOLERANCE_S, audio_info
+
+    missing, changed = [], []
+    for row in utterances.itertuples(index=False):
+        try:
+            seconds, _, _ = audio_info(row.audio_path)
+        except InputError:
+            missing.append(str(row.audio_path))
+            continue
+        if abs(seconds - float(row.duration)) > RECORDED_DURATION_TOLERANCE_S:
+            changed.append(f"{row.audio_path} ({seconds:.3f} s, recorded {float(row.duration):.3f} s)")
+    if missing:
+        result.problems.append(f"utterances.parquet: {counted(len(missing), 'audio file')} missing or unreadable "
+                               f"(first: {missing[0]}); prepare the corpus again")
+    if changed:
+        result.problems.append(f"utterances.parquet: {counted(len(changed), 'audio file')} changed length since "
+                               f"prepare (first: {changed[0]}); prepare the corpus again")
 
 
 # =========================================================================== model folder
