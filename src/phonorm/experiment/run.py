@@ -17,7 +17,7 @@ import yaml
 
 from phonorm.artifacts import atomic_path, read_json, write_json
 from phonorm.errors import InputError
-from phonorm.experiment.cache import execute, stage_record
+from phonorm.experiment.cache import execute_all, stage_record
 from phonorm.experiment.config import Experiment
 from phonorm.experiment.load import load_experiment
 from phonorm.experiment.plan import Plan, plan_stages
@@ -54,8 +54,7 @@ def _run(experiment: Experiment, path: Path, force: bool) -> str:
     workdir = experiment.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     logger.info(f"phonorm run: experiment {experiment.name!r} → {workdir}")
-    for stage in plan.stages:
-        execute(stage, force=force)
+    execute_all(plan.stages, force=force)
     report = workdir / "report.html"
     source = plan.report.folder / "report.html"
     if not report.is_file() or report.read_bytes() != source.read_bytes():
