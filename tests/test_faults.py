@@ -97,3 +97,9 @@ def test_an_output_folder_that_is_the_input_is_refused(fake_corpus, models, tmp_
         _one_line(*_cli(["analyze", store, "--reference", "pretrained", "--out", out], monkeypatch, capsys),
                   "--out must be a folder of its own, not the feature store")
     assert not (store / "results").exists() and not (store / "settings.json").exists()
+
+
+def test_a_synthetic_corpus_beyond_any_use_is_refused_at_once(tmp_path, monkeypatch, capsys):
+    """`--speakers 1e8` planned for minutes in silence; the settings now bound it (10,000 voices)."""
+    _one_line(*_cli(["synth", tmp_path / "c", "--speakers", "100000000"], monkeypatch, capsys), "--speakers")
+    assert not (tmp_path / "c").exists()

@@ -97,8 +97,8 @@ def _comma_list(value: Any) -> Any:
 class SynthSettings(StageSettings):
     """`phonorm synth`: an offline Mandarin or Cantonese corpus (eSpeak NG) with exact alignments."""
 
-    speakers: int = Field(24, ge=2, description="Number of speakers (half F, half M).")
-    utterances: int = Field(40, ge=1, description="Utterances per speaker.")
+    speakers: int = Field(24, ge=2, le=10_000, description="Number of speakers (half F, half M).")
+    utterances: int = Field(40, ge=1, le=10_000, description="Utterances per speaker.")
     seed: int = Field(0, description="Random seed; the corpus is deterministic for a seed.")
     variation: Literal["none", "wide"] = Field(
         "none", description="none, or wide: speakers differ in F0 by sex, formants (vocal-tract length), rate, "
