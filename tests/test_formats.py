@@ -490,3 +490,17 @@ def test_textgrids_in_utf16_with_or_without_bom(encoding, tmp_path):
     path.write_bytes(text.encode(encoding))  # utf-16: with a BOM; -le / -be: without one
     alignment = read_textgrid(path)
     assert [iv.label for iv in alignment.phones if iv.label] == ["zh", "ong1"]
+
+
+def test_a_time_before_zero_is_named_with_its_line(tmp_path):
+    """praatio reads `xmin = -0.5` as 0.5 and then blames an interval's end; the reader names the negative
+    time and its line instead."""
+    from phonorm.corpus.textgrid import read_textgrid
+
+    text = _grid(tmp_path / "ok.TextGrid", SPK1).read_text(encoding="utf-8")
+    first = text.index("xmin = 0")
+    bad = tmp_path / "bad.TextGrid"
+    bad.write_text(text[:first] + "xmin = -0.5" + text[first + len("xmin = 0"):], encoding="utf-8")
+    line = text.count("\n", 0, first) + 1
+    with pytest.raises(InputError, match=rf"bad\.TextGrid: a time before 0 s: xmin = -0\.5 \(line {line}\)"):
+        read_textgrid(bad)
