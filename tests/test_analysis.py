@@ -168,8 +168,9 @@ def test_bad_inputs_name_the_problem(results, tmp_path):
     store, _, settings, _ = results
     with pytest.raises(InputError, match="no model 'nope'"):
         analyze(store, out=tmp_path / "r", settings=settings.model_copy(update={"reference": "nope"}))
+    (tmp_path / "not_a_store").mkdir()
     with pytest.raises(InputError, match="manifest.json"):
-        analyze(tmp_path, out=tmp_path / "r", settings=settings)
+        analyze(tmp_path / "not_a_store", out=tmp_path / "r", settings=settings)
 
 
 def test_cli_analyze(results, tmp_path):
