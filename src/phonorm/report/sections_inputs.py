@@ -127,7 +127,7 @@ def section_accuracy(page: Page, sources: Sources) -> None:
     body = (f"<p>Frame accuracy of each fine-tuned model's own heads on {_held_out(sources)}, with the chance "
             "level (share of the majority class). The study's table: the multitask tone+sex model should "
             "match the single-task models on each task. These task accuracies are the primary evidence of "
-            "claims C3 and C4 (differences with speaker-bootstrap CIs in the claim checks below); probe "
+            "claims C3 and C4 (differences with 95% cluster-robust t intervals over speakers in the claim checks below); probe "
             "accuracies are shown there beside them.</p>"
             + table(rows, ["model", "tasks", "split", "tone", "phone", "sex"], cls="study")
             + "<h3>Details</h3><p>Macro-F1, accuracy by speaker sex, and for tone the syllable accuracy "

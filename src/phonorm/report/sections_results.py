@@ -98,7 +98,7 @@ def section_probes(page: Page, results: Path, reference: str) -> None:
     classic = probes[probes.model == "classic"][["layer", "label", "accuracy", "chance", "ci_low", "ci_high"]]
     classic = classic.rename(columns={"layer": "baseline"})
     body = ("<p>How well each label can be read off each layer by a linear classifier trained on some speakers "
-            "and tested on others (speaker-disjoint cross-validation; shaded: bootstrap interval over speakers). "
+            "and tested on others (speaker-disjoint cross-validation; shaded: 95% cluster-robust t interval over speakers, the method of each row in probes.csv's ci_method). "
             "The dashed lines are the phonetician's classic measurements on the same frames: F0 in Hz, F0 in "
             "semitones z-scored per speaker (the classic normalization) and MFCCs. A layer that decodes tone as "
             "well as z-scored F0 while sex decodes poorly has normalized away the speaker (claim C1).</p>"
