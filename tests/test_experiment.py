@@ -501,3 +501,21 @@ def test_a_damaged_file_of_a_cached_stage_names_the_stage_and_the_remedy(tmp_pat
                                            rf"belongs to the cached stage pretrain pre: delete {pre}, or run again "
                                            r"with --force, to make it anew\)"):
         ex.run_experiment(path)
+
+
+def test_a_workdir_far_from_the_experiment_is_said(tmp_path, fakes, caplog, monkeypatch):
+    """`workdir: ../../../../x` is allowed (a user may keep runs on another disk) but never silent."""
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    far = tmp_path.parent / f"far-{tmp_path.name}"
+    path = _write(tmp_path / "a" / "b", {**BASE, "workdir": str(far)})
+    with caplog.at_level(logging.WARNING, logger="phonorm"):
+        ex.run_experiment(path)
+    assert any(f"workdir {far.resolve()} lies outside the experiment file's folder" in r.message for r in caplog.records)
+    caplog.clear()
+    near = _write(tmp_path / "a" / "b", {**BASE, "workdir": "../runs/t"}, name="near.yaml")
+    with caplog.at_level(logging.WARNING, logger="phonorm"):
+        ex.run_experiment(near)
+    assert not any("lies outside" in r.message for r in caplog.records)

@@ -429,3 +429,19 @@ def test_a_prepared_corpus_is_never_replaced_by_one_of_other_inputs(corpus, tmp_
     with pytest.raises(PhonormError, match=r"already holds a corpus prepared with other inputs or settings \(seed\)"):
         run(tmp_path / "p", corpus, seed=5)
     assert PreparedCorpus(tmp_path / "p").fingerprint == before
+
+
+def test_audio_of_digital_silence_is_kept_and_said(corpus, tmp_path):
+    """A recording that is all zeros (a failed recording, a placeholder) is prepared like any other, and
+    the summary names it: nothing skipped silently, nothing kept silently."""
+    import shutil
+
+    import soundfile as sf
+
+    audio = shutil.copytree(corpus["audio"], tmp_path / "wav")
+    first = sorted(audio.glob("*.wav"))[0]
+    wave, rate = sf.read(first)
+    sf.write(first, np.zeros_like(wave), rate)
+    report = run(tmp_path / "p", {**corpus, "audio": audio})
+    assert f"note: 1 utterance with audio of digital silence (every sample 0; first: {first.stem})" in report
+    assert "digital silence" not in run(tmp_path / "q", corpus)

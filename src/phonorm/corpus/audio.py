@@ -71,6 +71,15 @@ def _blocks(path: str | Path, size: int = 1 << 18):
         start += len(block)
 
 
+def is_digital_silence(path: str | Path) -> bool:
+    """Every sample of the file is 0 (a recording that failed, a placeholder). Reads a block at a time and
+    stops at the first sound, so a normal file costs its first block only."""
+    try:
+        return not any(np.any(block) for _, block in _blocks(path, size=1 << 16))
+    except Exception:  # unreadable: check_audio has said so already
+        return False
+
+
 RECORDED_DURATION_TOLERANCE_S = 0.001
 """Prepare records the exact duration (samples / rate); a file loaded later must have it to a millisecond."""
 

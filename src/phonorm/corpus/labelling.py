@@ -66,10 +66,13 @@ class LabelNotes:
 
     han_words: int = 0
     han_words_mismatched: int = 0
+    silent: list[str] = field(default_factory=list)
+    """Utterances whose audio is digital silence (kept: the user decides)."""
 
     def add(self, other: "LabelNotes") -> None:
         self.han_words += other.han_words
         self.han_words_mismatched += other.han_words_mismatched
+        self.silent += other.silent
 
 
 @dataclass

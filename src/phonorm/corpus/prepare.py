@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from phonorm.artifacts import atomic_path, provenance, write_parquet
 from phonorm.corpus.alignment import Alignment, silence_set
-from phonorm.corpus.audio import check_audio
+from phonorm.corpus.audio import check_audio, is_digital_silence
 from phonorm.corpus.labelling import REMEDY, LabelNotes, LabelRules, label_alignment
 from phonorm.corpus.phone_map import read_phone_map
 from phonorm.corpus.schemes import SchemeError, UnknownLabels, get_scheme
@@ -50,6 +50,7 @@ from phonorm.errors import InputError, PhonormError
 from phonorm.lock import folder_lock
 from phonorm.records.corpus import LabelsFile
 from phonorm.settings import PrepareSettings
+from phonorm.wording import counted
 
 DURATION_TOLERANCE = 0.05
 """Seconds an alignment may run past the end of its audio (aligners round to frames) before it is bad."""
@@ -178,6 +179,8 @@ def read_utterance(
         raise _bad(utt, "too-long", alignment_file,
                    f"alignment ends at {alignment.end:.3f} s but the audio {audio.name} lasts {duration:.3f} s")
     phones, notes = _labelled(utt, alignment, alignment_file, scheme, tone_mode, rules)
+    if is_digital_silence(audio):
+        notes.silent.append(utt)
     row = dict(
         utterance_id=utt, speaker=speaker, sex=speakers.sex[speaker], split=split,
         audio_path=str(audio), duration=float(duration), sample_rate=int(rate), channels=int(channels),
@@ -388,6 +391,9 @@ def summarize(
             f"  note: {notes.han_words_mismatched} of {notes.han_words} character words did not have one final per "
             "character; their tones come from the phone labels, not pypinyin"
         )
+    if notes.silent:
+        lines.append(f"  note: {counted(len(notes.silent), 'utterance')} with audio of digital silence (every sample 0; "
+                     f"first: {notes.silent[0]}): kept, but they hold no speech; check those recordings")
     if skipped:
         counts = Counter(s.step for s in skipped)
         detail = ", ".join(f"{n} {STEP_NAMES.get(step, step)}" for step, n in counts.most_common())

@@ -30,6 +30,7 @@ def run_experiment(path: str | Path, force: bool = False, points: Sequence[str] 
     ends with the report's path. A file with `sweep:` runs every point (only `points`, when
     given) and the sweep's table and page (experiment/sweep.py)."""
     experiment, _ = load_experiment(path)
+    _note_a_far_workdir(experiment.workdir, Path(path))
     if points and experiment.sweep is None:
         raise InputError(Path(path), "--point: this experiment has no sweep: section")
     ids = [p.id for p in experiment.sweep_points()]
@@ -65,6 +66,15 @@ def _run(experiment: Experiment, path: Path, force: bool) -> str:
         "stages": [stage_record(s) for s in plan.stages], "complete": True,
     })
     return _summary(plan, report)
+
+
+def _note_a_far_workdir(workdir: Path, path: Path) -> None:
+    """Say so when `workdir` lies outside the experiment file's folder (and its parent, where the examples
+    keep runs/) and the current directory: a mistyped `../../..` would otherwise write elsewhere in silence."""
+    near = [path.resolve().parent, path.resolve().parent.parent, Path.cwd().resolve()]
+    if not any(workdir.resolve().is_relative_to(folder) for folder in near):
+        logger.warning(f"phonorm run: note: workdir {workdir.resolve()} lies outside the experiment file's folder "
+                       f"and the current directory; every output goes there")
 
 
 def mark_running(workdir: Path) -> None:
