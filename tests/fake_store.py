@@ -135,6 +135,8 @@ def make_feature_store(folder: str | Path, *, design: str = "normalizes",
     StoreManifest(format="phonorm-feature-store/1", rows=n, row_unit="frame", models=entries,
                   layer_convention="L0 = input to the first Transformer layer",
                   classic=["f0_hz", "f0_semitone_z", "mfcc"], geometry={}, corpus="/nonexistent/corpus",
+                  classic_counts={"rows_without_value": {"f0_hz": int(np.isnan(f0).sum()),
+                                                         "f0_semitone_z": int(np.isnan(z).sum()), "mfcc": 0}},
                   rows_key=f"fake-{design}-{seed}-{n}", counts={}, settings={"design": design},
                   provenance={}).save(folder)
     return folder

@@ -168,8 +168,9 @@ def test_bad_inputs_name_the_problem(results, tmp_path):
     store, _, settings, _ = results
     with pytest.raises(InputError, match="no model 'nope'"):
         analyze(store, out=tmp_path / "r", settings=settings.model_copy(update={"reference": "nope"}))
+    (tmp_path / "not_a_store").mkdir()
     with pytest.raises(InputError, match="manifest.json"):
-        analyze(tmp_path, out=tmp_path / "r", settings=settings)
+        analyze(tmp_path / "not_a_store", out=tmp_path / "r", settings=settings)
 
 
 def test_cli_analyze(results, tmp_path):
@@ -391,10 +392,13 @@ def test_more_folds_than_speakers_is_said_not_silent(tmp_path):
     from fake_store import make_feature_store
 
     store = make_feature_store(tmp_path / "F", n_speakers=6, n_utterances=2, n_frames=20, n_layers=1)
-    line = analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**{**FAST, "folds": 50, "labels": ["sex"],
+    line = analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**{**FAST, "folds": 50,
+                                                                           "labels": ["sex", "speaker"],
                                                                            "layer_matrix": False, "figures": False}))
-    used = pd.read_csv(tmp_path / "R" / "probes.csv").folds.max()
-    assert used <= 6 and f"50 folds asked, {used} used" in line
+    used = pd.read_csv(tmp_path / "R" / "probes.csv").groupby("label").folds.min()
+    # each label's own count: speaker-disjoint sex folds (at most 6 speakers), utterance folds for speaker
+    assert used["sex"] <= 6 and used["speaker"] > used["sex"]
+    assert f"50 folds asked, used: sex {used['sex']}, speaker {used['speaker']}" in line
 
 
 def test_saved_layers_are_reused_only_when_their_inputs_are_the_same(tmp_path, monkeypatch):
@@ -420,3 +424,51 @@ def test_saved_layers_are_reused_only_when_their_inputs_are_the_same(tmp_path, m
     analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**common, svcca_dims=3))
     assert sorted(computed) == ["pretrained L0", "tone L0"]
     assert pd.read_csv(tmp_path / "R" / "similarity.csv").shape[0] == 5
+
+
+def test_layers_extracted_again_from_a_retrained_model_are_analysed_again(fake_corpus, tmp_path, monkeypatch):
+    """Delete a store, extract it again at the same path from a model retrained at the same path, and
+    analyse into the same folder: the retrained model's layers are computed afresh (its files' key is in
+    the manifest, and a saved layer is reused only with the manifest's models unchanged); before, every
+    saved layer was reused and the results were the old model's."""
+    import time
+
+    import torch
+    from transformers import Wav2Vec2Model
+
+    from phonorm.analysis.layers import LayerRunner
+    from phonorm.features.extract import ExtractSettings, extract
+    from phonorm.models.backbone import make_config
+
+    def save_model(folder, seed):
+        torch.manual_seed(seed)
+        Wav2Vec2Model(make_config("tiny")).save_pretrained(folder)
+
+    models = {"pre": str(tmp_path / "pre"), "ft": str(tmp_path / "ft")}
+    save_model(models["pre"], 0)
+    save_model(models["ft"], 1)
+    extract_settings = ExtractSettings(layers="0,4", max_per_speaker_label=5)
+    settings = AnalyzeSettings(**{**FAST, "labels": ["sex"], "layer_matrix": False, "figures": False,
+                                  "reference": "pre"})
+    extract(fake_corpus, models=models, out=tmp_path / "F", settings=extract_settings)
+    analyze(tmp_path / "F", out=tmp_path / "R", settings=settings)
+    before = pd.read_csv(tmp_path / "R" / "similarity.csv")
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "F")
+    time.sleep(1.1)  # a retrained model's files are newer
+    save_model(models["ft"], 2)
+    extract(fake_corpus, models=models, out=tmp_path / "F", settings=extract_settings)
+    computed: list[str] = []
+    real = LayerRunner.compute_layer
+
+    def counted(self, model, layer):
+        computed.append(f"{model} {layer}")
+        return real(self, model, layer)
+
+    monkeypatch.setattr(LayerRunner, "compute_layer", counted)
+    analyze(tmp_path / "F", out=tmp_path / "R", settings=settings)
+    assert {"ft L0", "ft L4"} <= set(computed)
+    after = pd.read_csv(tmp_path / "R" / "similarity.csv")
+    assert not np.allclose(before.query("model == 'ft'").value, after.query("model == 'ft'").value)

@@ -161,3 +161,25 @@ def test_an_optimizer_state_that_is_no_plain_state_dict_is_one_line(content, tmp
         path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(InputError, match=r"optimizer.pt: not .*optimizer state.*delete .*checkpoint to train from the start"):
         load_optimizer_state(path, "cpu")
+
+
+@pytest.mark.parametrize("raised, errno_", [
+    (OSError("83712 requested and 40896 written"), 28),  # numpy's short write on a full disk
+    (Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left" })'), 28),
+    (OSError(errno.EROFS, "Read-only file system"), 30),
+    (OSError("some other failure"), None),
+    (ValueError("not a write"), None),
+])
+def test_write_failures_are_recognised_as_the_libraries_report_them(raised, errno_, tmp_path):
+    """numpy and safetensors report a full disk without an errno attribute; inside `writing` each is
+    still one WriteError naming the file; anything else passes through unchanged."""
+    from phonorm.artifacts import write_failure, writing
+    from phonorm.errors import WriteError
+
+    assert write_failure(raised) == errno_
+    expected = WriteError if errno_ is not None else type(raised)
+    with pytest.raises(expected) as caught:
+        with writing(tmp_path / "layer.npy"):
+            raise raised
+    if errno_ is not None:
+        assert str(caught.value).startswith(f"{tmp_path / 'layer.npy'}: cannot write")

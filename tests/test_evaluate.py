@@ -121,3 +121,30 @@ def test_per_speaker_counts_for_speaker_bootstraps():
     q = Predictions(["sex"])
     q.add(0, "F", {"sex": np.array([0])}, {"sex": np.array([0])}, np.zeros(1, int))
     assert "by_speaker" not in score_predictions(q, {"sex": ["F", "M"]})["sex"]
+
+
+def test_a_corpus_prepared_again_after_fine_tuning_is_refused(fake_corpus, model_dir, tmp_path):
+    """The model's own corpus folder, prepared again with other splits: evaluate names both
+    fingerprints instead of scoring the model on what may be its training speakers; the unchanged
+    corpus and another corpus folder (cross-corpus) are evaluated as before."""
+    import shutil
+
+    import pandas as pd
+
+    from phonorm.models.card import ModelCard
+
+    corpus, model = tmp_path / "corpus", tmp_path / "model"
+    shutil.copytree(fake_corpus, corpus)
+    shutil.copytree(model_dir, model)
+    card = ModelCard.load(model)
+    card.corpus = str(corpus.resolve())
+    card.save(model)
+    assert "tone" in evaluate(corpus, model_dir=model)  # same bytes as the corpus it was trained on
+    utterances = pd.read_parquet(corpus / "utterances.parquet")
+    train_speaker = utterances.loc[utterances.split == "train", "speaker"].iloc[0]
+    utterances.loc[utterances.speaker == train_speaker, "split"] = "test"
+    utterances.to_parquet(corpus / "utterances.parquet", index=False)
+    with pytest.raises(InputError, match=rf"changed since .*model was fine-tuned on it \(corpus fingerprint "
+                                         rf"{card.corpus_fingerprint[:12]} then, [0-9a-f]{{12}} now\)"):
+        evaluate(corpus, model_dir=model)
+    assert "tone" in evaluate(fake_corpus, model_dir=model)  # another folder: a cross-corpus evaluation

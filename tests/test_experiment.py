@@ -479,3 +479,25 @@ def test_a_second_hubert_iteration_runs_after_the_pretraining_whose_layer_it_clu
     message = _error(tmp_path, _with(pretrain=[{"name": "pre", "steps": 5, "targets_from": "later",
                                                 "targets_layer": 2}, {"name": "later", "steps": 5}]))
     assert "pretrain[0].targets_from" in message
+
+
+def test_a_damaged_file_of_a_cached_stage_names_the_stage_and_the_remedy(tmp_path, fakes, monkeypatch):
+    """A later stage meets a damaged file an earlier, cached stage wrote: the error says which stage the file
+    belongs to and how to make it anew (delete its folder or --force), instead of the same failure each run."""
+    from phonorm.errors import InputError, PhonormError
+
+    path = _write(tmp_path, BASE)
+    ex.run_experiment(path)
+    pre = next((tmp_path / "runs" / "t" / "pretrain").glob("pre-*"))
+
+    def damaged(corpus, *, model, out, settings):
+        raise InputError(Path(model) / "model.safetensors", "damaged safetensors file (truncated)")
+
+    monkeypatch.setattr(sys.modules["phonorm.models.finetune"], "finetune", damaged)
+    changed = path.read_text().replace("epochs: 1", "epochs: 2")
+    assert changed != path.read_text()
+    path.write_text(changed)
+    with pytest.raises(PhonormError, match=rf"model.safetensors: damaged safetensors file \(truncated\) \(the file "
+                                           rf"belongs to the cached stage pretrain pre: delete {pre}, or run again "
+                                           r"with --force, to make it anew\)"):
+        ex.run_experiment(path)

@@ -52,3 +52,17 @@ def test_export_errors_name_the_problem(small_store, tmp_path):
         (tmp_path / "half").mkdir()
         export(tmp_path / "half", model="pre", layer="L4", out=tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_layer_with_nan_rows_is_refused_not_exported(small_store, tmp_path):
+    """As analyze: NaN rows are a damaged layer, never data in a table handed to R; nothing is written."""
+    import shutil
+
+    store = shutil.copytree(small_store, tmp_path / "F")
+    path = FeatureStore(store).layer_files("pre", "L4")[0]
+    array = np.load(path)
+    array[5, 2] = np.nan
+    np.save(path, array)
+    with pytest.raises(InputError, match=r"L4\.npy: layer L4: row 5 holds NaN or inf"):
+        export(store, model="pre", layer="L4", out=tmp_path / "x.csv", block=3)
+    assert not (tmp_path / "x.csv").exists() and not list(tmp_path.glob(".*.tmp"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -328,3 +329,20 @@ def test_onednn_shape_caches_are_bounded_unless_the_user_chose(tmp_path):
     chosen = subprocess.run([sys.executable, "-c", code], env={**env, "LRU_CACHE_CAPACITY": "8"},
                             capture_output=True, text=True, check=True)
     assert chosen.stdout.split() == ["16", "8"]
+
+
+def test_audio_replaced_after_prepare_is_refused_by_name(fake_corpus, tiny_models, tmp_path):
+    """A file of another length than `prepare` recorded (re-recorded, re-trimmed) no longer fits its
+    alignment: extract names it and both durations instead of putting the old labels on new audio; a
+    deleted file is named as missing."""
+    folder = _equal_length_corpus(fake_corpus, tmp_path / "corpus")
+    utterances = pd.read_parquet(folder / "utterances.parquet")
+    victim = utterances[utterances.split == "test"].iloc[0]
+    wave, rate = sf.read(victim["audio_path"], dtype="float32")
+    sf.write(victim["audio_path"], np.concatenate([wave, wave, wave]), rate)
+    with pytest.raises(InputError, match=rf"{victim['utterance_id']}\.wav: 3\.600 s of audio where `phonorm prepare` "
+                                         r"recorded 1\.200 s: the file was replaced"):
+        extract(folder, models={"gn": tiny_models["gn"]}, out=tmp_path / "F", settings=ExtractSettings())
+    Path(victim["audio_path"]).unlink()
+    with pytest.raises(InputError, match=r"audio file missing \(it was there when the corpus was prepared\)"):
+        extract(folder, models={"gn": tiny_models["gn"]}, out=tmp_path / "F2", settings=ExtractSettings())

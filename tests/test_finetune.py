@@ -256,3 +256,34 @@ def test_a_task_the_corpus_has_no_labels_for_is_refused_before_any_model_loads(t
     (corpus / "labels.json").write_text(json.dumps(labels))
     with pytest.raises(PhonormError, match="2 .* labels, none on a segment of the train split"):
         finetune(corpus, model="/no/model/loaded", out=tmp_path / "m", settings=_settings(tasks=[task]))
+
+
+def test_a_base_model_with_nan_weights_is_refused_by_name(fake_corpus, tmp_path):
+    """A diverged or damaged model (NaN in its weights) is refused when it is loaded: fine-tuning,
+    extraction and evaluation all load through `load_backbone`; nothing is written."""
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(make_config("tiny"))
+    with torch.no_grad():
+        model.encoder.layers[1].attention.q_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan_base")
+    with pytest.raises(PhonormError, match=r"nan_base.*1 weight tensor hold NaN or Inf \(first: encoder.layers.1"):
+        finetune(fake_corpus, model=str(tmp_path / "nan_base"), out=tmp_path / "ft", settings=_settings(max_steps=2))
+    assert not (tmp_path / "ft" / "phonorm.json").exists()
+
+
+def test_a_loss_that_stops_being_finite_stops_training(fake_corpus, tiny_dir, tmp_path, monkeypatch):
+    """A NaN loss from finite weights (a learning rate far too high, say): an error naming the run and
+    the step after the first such step, no finished model."""
+    real_loss = finetune_module.multitask_loss
+
+    def nan_at_step_three(*args, **kwargs):
+        loss, parts = real_loss(*args, **kwargs)
+        nan_at_step_three.calls += 1
+        return (loss * float("nan"), parts) if nan_at_step_three.calls >= 3 else (loss, parts)
+
+    nan_at_step_three.calls = 0
+    monkeypatch.setattr(finetune_module, "multitask_loss", nan_at_step_three)
+    out = tmp_path / "diverged"
+    with pytest.raises(PhonormError, match=r"diverged.*loss is nan at step 3, not finite"):
+        finetune(fake_corpus, model=tiny_dir, out=out, settings=_settings(max_steps=6, eval_every=10))
+    assert not (out / "phonorm.json").exists() and not (out / "model.safetensors").exists()

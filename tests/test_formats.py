@@ -354,12 +354,12 @@ def test_jyutping_corpus_prepares_under_the_tonal_scheme(tmp_path):
         ["wong", 4], ["s", 0], ["i", 1], ["g", 0], ["wok", 3], ["ngo", 5], ["s", 0], ["ik", 6]]
     labels_json = json.loads((tmp_path / "p" / "labels.json").read_text())
     assert labels_json["scheme"] == "tonal" and labels_json["tasks"]["tone"] == ["1", "3", "4", "5", "6"]
-    _prepare(tmp_path / "p", corpus, grids, scheme="tonal", tones=[1, 2, 3, 4, 5, 6])
-    assert json.loads((tmp_path / "p" / "labels.json").read_text())["tasks"]["tone"] == ["1", "2", "3", "4", "5", "6"]
+    _prepare(tmp_path / "p6", corpus, grids, scheme="tonal", tones=[1, 2, 3, 4, 5, 6])
+    assert json.loads((tmp_path / "p6" / "labels.json").read_text())["tasks"]["tone"] == ["1", "2", "3", "4", "5", "6"]
     with pytest.raises(InputError, match="'ik6' x1"):
-        _prepare(tmp_path / "p", corpus, grids, scheme="tonal", tones=[1, 2, 3, 4, 5])
+        _prepare(tmp_path / "p5", corpus, grids, scheme="tonal", tones=[1, 2, 3, 4, 5])
     with pytest.raises(PhonormError, match="tonal scheme only"):
-        _prepare(tmp_path / "p", corpus, grids, tones=[1, 2])
+        _prepare(tmp_path / "p2", corpus, grids, tones=[1, 2])
 
 
 def test_tonal_scheme_rejects_tone_zero():
@@ -490,3 +490,17 @@ def test_textgrids_in_utf16_with_or_without_bom(encoding, tmp_path):
     path.write_bytes(text.encode(encoding))  # utf-16: with a BOM; -le / -be: without one
     alignment = read_textgrid(path)
     assert [iv.label for iv in alignment.phones if iv.label] == ["zh", "ong1"]
+
+
+def test_a_time_before_zero_is_named_with_its_line(tmp_path):
+    """praatio reads `xmin = -0.5` as 0.5 and then blames an interval's end; the reader names the negative
+    time and its line instead."""
+    from phonorm.corpus.textgrid import read_textgrid
+
+    text = _grid(tmp_path / "ok.TextGrid", SPK1).read_text(encoding="utf-8")
+    first = text.index("xmin = 0")
+    bad = tmp_path / "bad.TextGrid"
+    bad.write_text(text[:first] + "xmin = -0.5" + text[first + len("xmin = 0"):], encoding="utf-8")
+    line = text.count("\n", 0, first) + 1
+    with pytest.raises(InputError, match=rf"bad\.TextGrid: a time before 0 s: xmin = -0\.5 \(line {line}\)"):
+        read_textgrid(bad)

@@ -180,6 +180,11 @@ def test_default_split_is_balanced_and_deterministic():
     assert sorted(tiny.values()) == ["test", "train", "train"] and tiny["c"] == "train"
     four_each = speaker_split({f"F{i}": "F" for i in range(4)} | {f"M{i}": "M" for i in range(4)}, seed=3)
     assert pd.Series(four_each).value_counts().to_dict() == {"train": 4, "dev": 2, "test": 2}
+    # a share of exactly 0 is none: --test 0 leaves no test speaker (it kept one per sex before)
+    no_test = speaker_split(sex_of, seed=1, dev=0.1, test=0.0)
+    assert set(no_test.values()) == {"train", "dev"} and list(no_test.values()).count("dev") == 2
+    assert set(speaker_split(sex_of, seed=1, dev=0.0, test=0.0).values()) == {"train"}
+    assert set(speaker_split({"a": "F", "b": "F"}, seed=0, test=0.0).values()) == {"train"}
 
 
 def test_split_file(corpus, tmp_path):
@@ -411,3 +416,16 @@ def test_split_shares(corpus, tmp_path):
     assert speakers.to_dict() == {(split, sex): 1 for split in ("dev", "test", "train") for sex in ("F", "M")}
     with pytest.raises(PhonormError, match="--dev"):
         run(tmp_path / "q", corpus, dev=0.6, test=0.5)
+
+
+def test_a_prepared_corpus_is_never_replaced_by_one_of_other_inputs(corpus, tmp_path):
+    """Preparing again into the same folder with the same inputs and settings is fine; another seed (so
+    other test speakers) is refused before anything is written, naming what differs, and the earlier
+    corpus stays as it was."""
+    run(tmp_path / "p", corpus)
+    before = PreparedCorpus(tmp_path / "p").fingerprint
+    run(tmp_path / "p", corpus)
+    assert PreparedCorpus(tmp_path / "p").fingerprint == before
+    with pytest.raises(PhonormError, match=r"already holds a corpus prepared with other inputs or settings \(seed\)"):
+        run(tmp_path / "p", corpus, seed=5)
+    assert PreparedCorpus(tmp_path / "p").fingerprint == before

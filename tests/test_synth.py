@@ -228,3 +228,34 @@ def test_refuses_bad_settings_and_foreign_folders(tmp_path):
     (damaged / "synth.json").write_text(json.dumps({"settings": {}}))  # no `complete`: not what synth writes
     with pytest.raises(PhonormError, match=r"synth.json: not a valid synthetic corpus record .*\(complete: Field required\); use a new folder"):
         synthesize_corpus(damaged, n_speakers=2, n_utterances=1)
+
+
+def test_a_write_failure_in_a_synth_worker_is_one_line_and_exit(tmp_path):
+    """A write that fails inside a worker process (here a file-size limit, as a full disk would) reaches
+    the main process as the worker's own error: one line naming the file, exit 2, within seconds; before,
+    the error could not be unpickled and the pool waited forever."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    phonorm = Path(sys.executable).with_name("phonorm")
+    result = subprocess.run([str(phonorm), "synth", str(tmp_path / "c"), "--speakers", "2", "--utterances", "3"],
+                            preexec_fn=limit_file_size, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert ".wav: cannot write: file larger than this process may write" in lines[0]
+
+
+def test_every_phonorm_error_crosses_a_process_boundary_whole():
+    import pickle
+
+    from phonorm.errors import InputError, PhonormError, WriteError
+
+    for error in (WriteError("/out/a.wav", 28), InputError("/in/b.TextGrid", "no phones tier", "u1"),
+                  PhonormError("plain")):
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error) and again.__dict__ == error.__dict__

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fake_store import make_feature_store
@@ -164,6 +165,8 @@ DAMAGES = {
                                  "1 row(s) hold NaN or inf (first: row 7"),
     "corrupt frames.parquet": (_store, lambda f: _overwrite(f / "frames.parquet", -12, b"\0" * 12), "frames.parquet",
                                "damaged Parquet file"),
+    "classic mfcc.npy with a NaN row": (_store, lambda f: _nan_row(f / "classic" / "mfcc.npy", 4), "classic/mfcc.npy",
+                                        "1 row(s) without a value (NaN or inf), extraction recorded 0"),
     "truncated classic npy": (_store, lambda f: _cut(f / "classic" / "mfcc.npy"), "classic/mfcc.npy", "truncated"),
     "truncated heads.safetensors": (_model, lambda f: _cut(f / "heads.safetensors"), "heads.safetensors",
                                     "truncated"),
@@ -183,7 +186,24 @@ DAMAGES = {
                                    "utterances.parquet", "damaged Parquet file"),
     "claims.json cut short": (lambda t: _results_folder(t / "R"), lambda f: _cut(f / "claims.json"), "claims.json",
                               "not valid JSON"),
+    "frames.parquet with a zeroed page, its footer intact": (
+        _store, lambda f: _overwrite(f / "frames.parquet", (f / "frames.parquet").stat().st_size // 3, b"\0" * 200),
+        "frames.parquet", "damaged Parquet file"),
+    "similarity.csv cut mid-line": (lambda t: _results_folder(t / "R"), lambda f: _cut_mid_line(f / "similarity.csv"),
+                                    "similarity.csv", "the file was cut or edited"),
+    "probes.csv cut at a line boundary": (lambda t: _results_folder(t / "R"), lambda f: _drop_last_line(f / "probes.csv"),
+                                          "probes.csv", "data rows, settings.json records"),
 }
+
+
+def _cut_mid_line(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 8])
+
+
+def _drop_last_line(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))
 
 
 def _copy_corpus(tmp_path: Path) -> Path:
@@ -232,3 +252,53 @@ def test_a_run_folder_is_validated_stage_by_stage(tmp_path):
     assert len(problems) == 2, problems
     assert any(p.startswith("finetune/tone-abcdefabcdef/heads.safetensors: truncated") for p in problems)
     assert any(p.startswith("extract/extract-0123456789ab/tone/L0.npy: 1 row(s) hold NaN") for p in problems)
+
+
+def test_a_copied_run_folder_is_validated_where_it_now_lies(tmp_path):
+    """run.json lists absolute paths of the folder it was made in; a copy (or a moved folder) is judged
+    by its own stage folders, not skipped: a damaged file in the copy is named."""
+    import shutil
+
+    work = tmp_path / "work"
+    store = make_feature_store(work / "extract" / "extract-0123456789ab", models=("pretrained", "tone"), n_layers=2)
+    (store / ".phonorm-stage.json").write_text(json.dumps({"key": "0123456789ab" + "0" * 52, "stage": "extract"}))
+    stage = {"stage": "extract", "name": "extract", "key": "0123456789ab", "folder": str(store)}
+    (work / "run.json").write_text(json.dumps({"report": str(work / "report.html"), "stages": [stage]}))
+    copy = tmp_path / "elsewhere" / "work"
+    shutil.copytree(work, copy)
+    shutil.rmtree(work)
+    result = validate(copy)
+    assert result.ok and any("extract/extract-0123456789ab: feature store" in f for f in result.facts), result.text()
+    _cut(copy / "extract" / "extract-0123456789ab" / "tone" / "L1.npy", 0.7)
+    problems = validate(copy).problems
+    assert len(problems) == 1 and problems[0].startswith("extract/extract-0123456789ab/tone/L1.npy: truncated"), problems
+
+
+def test_a_run_killed_over_an_earlier_one_is_not_complete(tmp_path):
+    """`phonorm run` marks the earlier run.json `complete: false` before its first stage; until it writes
+    its own, validate says the last run did not finish instead of judging the earlier run's stages."""
+    from phonorm.experiment.run import mark_running
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "run.json").write_text(json.dumps({"report": str(work / "report.html"), "stages": [], "complete": True}))
+    assert validate(work).ok
+    mark_running(work)
+    problems = validate(work).problems
+    assert problems == ["run.json: the last phonorm run in this folder did not finish (killed or failed); run it again"]
+
+
+def test_audio_deleted_or_replaced_after_prepare_is_named(tmp_path):
+    import soundfile as sf
+
+    folder = _copy_corpus(tmp_path)
+    assert validate(folder).ok, validate(folder).text()
+    utterances = pd.read_parquet(folder / "utterances.parquet")
+    first, second = utterances.audio_path.iloc[0], utterances.audio_path.iloc[1]
+    wave, rate = sf.read(second)
+    sf.write(second, np.concatenate([wave, wave]), rate)
+    Path(first).unlink()
+    problems = validate(folder).problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"utterances.parquet: 1 audio file missing or unreadable (first: {first})")
+    assert problems[1].startswith(f"utterances.parquet: 1 audio file changed length since prepare (first: {second}")

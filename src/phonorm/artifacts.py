@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from phonorm import __version__
-from phonorm.errors import WRITE_FAILURES, WriteError
+from phonorm.errors import WRITE_FAILURES, PhonormError, WriteError
 
 _LIBRARIES = (
     "torch", "transformers", "accelerate", "numpy", "scipy", "pandas", "pyarrow", "scikit-learn",
@@ -54,16 +55,45 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 tmp_path.unlink()
 
 
+def separate_folder(out: str | Path, source: str | Path, what: str) -> None:
+    """Refuse an output folder that is the input folder `source`, lies inside it or holds it: a stage
+    writing there would mix its files into (or delete parts of) what it reads."""
+    o, s = Path(out).resolve(), Path(source).resolve()
+    if o == s or o.is_relative_to(s) or s.is_relative_to(o):
+        raise PhonormError(f"{out}: --out must be a folder of its own, not the {what} {source}, inside it or "
+                           "around it")
+
+
 @contextlib.contextmanager
 def writing(path: str | Path) -> Iterator[None]:
     """Turn an OSError of the block that the user can fix (errors.WRITE_FAILURES: full disk, quota,
     read-only folder, permissions) into a one-line `WriteError` naming `path`."""
     try:
         yield
-    except OSError as err:
-        if err.errno in WRITE_FAILURES:
-            raise WriteError(path, err.errno) from None
+    except Exception as err:
+        errno = write_failure(err)
+        if errno is not None:
+            raise WriteError(path, errno) from None
         raise
+
+
+_RUST_IO_CODE = re.compile(r"Os \{ code: (\d+)")
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+def write_failure(err: BaseException) -> Optional[int]:
+    """The errno of a write failure the user can fix (errors.WRITE_FAILURES), as the libraries report it:
+    an OSError's errno; safetensors' SafetensorError ("IoError(Os { code: 28, ... })"); numpy's short
+    write to a full disk ("83712 requested and 40896 written", no errno: counted as a full disk)."""
+    if isinstance(err, OSError) and err.errno in WRITE_FAILURES:
+        return int(err.errno)
+    text = str(err)
+    code = _RUST_IO_CODE.search(text)
+    if code and int(code.group(1)) in WRITE_FAILURES:
+        return int(code.group(1))
+    if isinstance(err, OSError) and err.errno is None and _SHORT_WRITE.search(text):
+        return 28
+    return None
 
 
 def follow_umask(*paths: Path) -> None:

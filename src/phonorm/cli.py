@@ -23,8 +23,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 
+from phonorm.artifacts import write_failure
 from phonorm.cli_settings import SETTINGS, with_settings
-from phonorm.errors import WRITE_FAILURES, PhonormError, WriteError
+from phonorm.errors import PhonormError, WriteError
 from phonorm.settings import (
     AishellSettings,
     AnalyzeSettings,
@@ -314,12 +315,13 @@ def main() -> None:
         app()
     except PhonormError as err:
         _fail(err)
-    except OSError as err:
-        if err.errno not in WRITE_FAILURES:
+    except Exception as err:
+        errno = write_failure(err)
+        if errno is None:
             raise
-        # A write outside phonorm's own writers (torch, transformers, safetensors) on a full disk or
-        # a read-only folder: still one line, naming the file when the library said which.
-        _fail(WriteError(err.filename, err.errno))
+        # A write outside phonorm's own writers (torch, transformers, safetensors, numpy) on a full disk
+        # or a read-only folder: still one line, naming the file when the library said which.
+        _fail(WriteError(getattr(err, "filename", None), errno))
 
 
 def _fail(err: PhonormError) -> None:

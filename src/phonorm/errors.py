@@ -6,7 +6,22 @@ from pathlib import Path
 
 
 class PhonormError(Exception):
-    """A problem with the user's input or settings, reported without a traceback by the CLI."""
+    """A problem with the user's input or settings, reported without a traceback by the CLI.
+
+    Every subclass crosses process boundaries whole (a worker's error reaches the main process with
+    its message and fields): pickling rebuilds it from its message and attributes, not by calling
+    `__init__` again, whose arguments differ by subclass. Without this a worker's error cannot be
+    unpickled, and multiprocessing's pool waits forever for a result that never comes."""
+
+    def __reduce__(self) -> tuple:
+        return _rebuild_error, (type(self), str(self), dict(self.__dict__))
+
+
+def _rebuild_error(cls: type, message: str, state: dict) -> PhonormError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class InputError(PhonormError):
@@ -28,7 +43,7 @@ class InputError(PhonormError):
 
 # errno values of a write the user can fix (space, quota, a read-only or foreign folder), with their words.
 WRITE_FAILURES = {28: "no space left on device", 122: "disk quota exceeded", 30: "read-only file system",
-                  13: "permission denied", 1: "operation not permitted"}
+                  13: "permission denied", 1: "operation not permitted", 27: "file larger than this process may write"}
 
 
 class WriteError(PhonormError):
@@ -40,6 +55,7 @@ class WriteError(PhonormError):
         self.path = str(path) if path is not None else None
         reason = WRITE_FAILURES.get(errno or 0, "cannot write")
         advice = ("choose an output folder you can write to" if errno in (13, 1, 30) else
+                  "raise the file-size limit (ulimit -f)" if errno == 27 else
                   "free some space (or choose an output folder on another disk)")
         super().__init__(f"{self.path or 'an output file'}: cannot write: {reason}; {advice}, then run the command "
                          "again (files already finished are kept; an interrupted stage resumes)")

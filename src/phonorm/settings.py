@@ -97,8 +97,8 @@ def _comma_list(value: Any) -> Any:
 class SynthSettings(StageSettings):
     """`phonorm synth`: an offline Mandarin or Cantonese corpus (eSpeak NG) with exact alignments."""
 
-    speakers: int = Field(24, ge=2, description="Number of speakers (half F, half M).")
-    utterances: int = Field(40, ge=1, description="Utterances per speaker.")
+    speakers: int = Field(24, ge=2, le=10_000, description="Number of speakers (half F, half M).")
+    utterances: int = Field(40, ge=1, le=10_000, description="Utterances per speaker.")
     seed: int = Field(0, description="Random seed; the corpus is deterministic for a seed.")
     variation: Literal["none", "wide"] = Field(
         "none", description="none, or wide: speakers differ in F0 by sex, formants (vocal-tract length), rate, "
@@ -264,7 +264,7 @@ class FinetuneSettings(StageSettings):
     tasks: list[Task] = Field(min_length=1, description="Comma-separated tasks: tone, phone, sex (e.g. tone,sex).")
     loss_weights: dict[Task, float] = Field(default_factory=dict,
                                             description="Per-task loss weights, e.g. tone=1,sex=0.5 (default 1).")
-    epochs: float = Field(10.0, gt=0, description="Passes over the training split.")
+    epochs: float = Field(10.0, gt=0, le=100_000, description="Passes over the training split.")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (backbone); heads use head_lr_scale times it.")
     head_lr_scale: float = Field(10.0, gt=0, description="Learning rate of the heads relative to --lr.")

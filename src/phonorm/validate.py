@@ -39,6 +39,7 @@ from phonorm.filecheck import (
 from phonorm.records.analysis import AnalysisRecord, ClaimsFile, EvaluationFile
 from phonorm.records.context import RunContext
 from phonorm.records.corpus import LabelsFile, SynthFile
+from phonorm.wording import counted
 
 R = TypeVar("R", bound=JsonRecord)
 
@@ -149,11 +150,34 @@ def _corpus(folder: Path) -> Validation:
         result.problems.append("utterances.parquet: duplicate utterance ids")
     for split, n in utterances["split"].value_counts().items():
         result.facts.append(f"split {split}: {n} utterances")
+    _check_audio_files(result, utterances)
     if "phone" in tasks:
         missing = set(segments["phone"].astype(str)) - set(tasks["phone"])
         if missing:
             result.problems.append(f"labels.json: phones {sorted(missing)[:5]} of segments.parquet not in its phone list")
     return result
+
+
+def _check_audio_files(result: Validation, utterances) -> None:
+    """Every utterance's audio file is there and lasts what prepare recorded (its header only): audio
+    deleted or replaced after prepare is named here, before a stage meets it."""
+    from phonorm.corpus.audio import RECORDED_DURATION_TOLERANCE_S, audio_info
+
+    missing, changed = [], []
+    for row in utterances.itertuples(index=False):
+        try:
+            seconds, _, _ = audio_info(row.audio_path)
+        except InputError:
+            missing.append(str(row.audio_path))
+            continue
+        if abs(seconds - float(row.duration)) > RECORDED_DURATION_TOLERANCE_S:
+            changed.append(f"{row.audio_path} ({seconds:.3f} s, recorded {float(row.duration):.3f} s)")
+    if missing:
+        result.problems.append(f"utterances.parquet: {counted(len(missing), 'audio file')} missing or unreadable "
+                               f"(first: {missing[0]}); prepare the corpus again")
+    if changed:
+        result.problems.append(f"utterances.parquet: {counted(len(changed), 'audio file')} changed length since "
+                               f"prepare (first: {changed[0]}); prepare the corpus again")
 
 
 # =========================================================================== model folder
@@ -266,6 +290,12 @@ def _store(folder: Path) -> Validation:
             result.problem(path, header)
         elif len(header.shape) != 2 or header.shape[0] != manifest.rows:
             result.problem(path, f"shape {header.shape}, manifest.json says ({manifest.rows}, k)")
+        else:
+            recorded = manifest.classic_counts.get("rows_without_value", {}).get(name)
+            bad, _ = nonfinite_rows(path)
+            if recorded is not None and bad != recorded:
+                result.problem(path, f"{bad} row(s) without a value (NaN or inf), extraction recorded {recorded}: "
+                                     "the file changed since; extract the classic baselines again")
     return result
 
 
@@ -313,7 +343,7 @@ def check_results(folder: Path) -> Validation:
         return result
     result.facts.append(f"models {', '.join(record.models)}; store {record.features}")
     for name in RESULT_TABLES:
-        _check_csv(result, folder / name)
+        _check_csv(result, folder / name, record.table_rows.get(name))
     _typed(result, ClaimsFile, folder)
     for figure in record.figures:  # paths relative to the results folder
         if not (folder / figure).is_file():
@@ -335,11 +365,14 @@ def _typed(result: Validation, kind: type[R], folder: Path) -> R | None:
         return None
 
 
-def _check_csv(result: Validation, path: Path) -> None:
-    """A table phonorm analyze writes: there, readable, with a header row."""
+def _check_csv(result: Validation, path: Path, rows: Optional[int] = None) -> None:
+    """A table phonorm analyze writes: there, readable to its last line, with a header row, every
+    line as many fields as the header and, when the writer recorded it, as many data rows."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle), [])
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            lines = list(reader)
     except FileNotFoundError:
         result.problem(path, "missing")
         return
@@ -348,6 +381,13 @@ def _check_csv(result: Validation, path: Path) -> None:
         return
     if "model" not in header:
         result.problem(path, "no header row naming its columns (empty or damaged)")
+        return
+    short = next((i for i, line in enumerate(lines) if len(line) != len(header)), None)
+    if short is not None:
+        result.problem(path, f"line {short + 2} has {len(lines[short])} fields, the header {len(header)} "
+                             "(the file was cut or edited)")
+    elif rows is not None and len(lines) != rows:
+        result.problem(path, f"{len(lines)} data rows, settings.json records {rows} (the file was cut or edited)")
 
 
 # =========================================================================== run and stage folders
@@ -359,13 +399,23 @@ def _run(folder: Path) -> Validation:
     if defect or record is None:
         result.problem(folder / "run.json", defect or "missing")
         return result
+    if record.get("complete") is False:
+        result.problem(folder / "run.json", "the last phonorm run in this folder did not finish (killed or failed); "
+                                            "run it again")
     stages = record.get("stages") or []
     result.facts.append(f"{len(stages)} stages; report {record.get('report')}")
     inside = folder.resolve()
+    # where the run was made: run.json's report is WORKDIR/report.html. A copied or moved run folder
+    # still lists the old absolute paths; its stages are read at the same place inside this folder.
+    made_in = Path(str(record.get("report", ""))).parent
     for stage in stages:
         stage_folder = Path(stage.get("folder", ""))
-        if stage.get("stage") == "model" or not stage_folder.resolve().is_relative_to(inside):
-            continue  # a model the experiment names from outside: not this folder's to judge
+        if stage.get("stage") == "model":
+            continue  # a model the experiment names: not this folder's to judge
+        if not stage_folder.resolve().is_relative_to(inside):
+            if not (made_in.is_absolute() and stage_folder.is_relative_to(made_in)):
+                continue  # a folder the experiment names from outside
+            stage_folder = inside / stage_folder.relative_to(made_in)
         _check_stage(result, stage, stage_folder)
     return result
 

@@ -46,7 +46,7 @@ from phonorm.analysis.tables import (
     read_evaluations,
     write_layer_matrices,
 )
-from phonorm.artifacts import provenance, set_seed
+from phonorm.artifacts import provenance, separate_folder, set_seed
 from phonorm.errors import InputError
 from phonorm.features.store import FeatureStore
 from phonorm.lock import folder_lock
@@ -63,6 +63,7 @@ COMPLETION_RECORD = AnalysisRecord.FILE
 def analyze(features: str | Path, *, out: str | Path, settings: AnalyzeSettings) -> str:
     """Run every analysis of the store `features`, write results under `out`; returns a summary line.
     One writer per results folder (`lock`)."""
+    separate_folder(out, features, "feature store")
     with folder_lock(out, "phonorm analyze"):
         return _analyze(features, out=Path(out), settings=settings)
 
@@ -109,7 +110,7 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
         "settings": settings.model_dump(), "features": str(store.folder.resolve()),
         "store_rows": store.rows, "store_rows_key": store.manifest.get("rows_key"), "models": models,
         "sample_rows_used": int(len(rows.sample)), "held_out_split": rows.held_out_summary(frames),
-        "figures": figures, "skipped_probes": [k for p in parts for k in p.skipped],
+        "figures": figures, "table_rows": tables.row_counts(), "skipped_probes": [k for p in parts for k in p.skipped],
         "notes": [k for p in parts for k in p.similarity.notes], "erasure_models": erasure_models,
         "probes_not_converged": int((~tables.probes.converged.astype(bool)).sum()) if len(tables.probes) else 0,
         "classic_rows_without_value": {n: p.dropped_rows for n, p in classic.items()},
@@ -160,9 +161,12 @@ def _summary_line(store: FeatureStore, models: list[str], layers: dict[str, list
     skipped = sum(len(p.skipped) for p in parts)
     note = f"; {counted(skipped, 'probe')} skipped (see settings.json)" if skipped else ""
     probes = tables.probes
-    used = int(probes.folds.max()) if len(probes) and "folds" in probes.columns else settings.folds
-    if used < settings.folds:  # StratifiedGroupKFold needs a speaker per fold at least
-        note += f"; {settings.folds} folds asked, {used} used (at most one per speaker of the sample)"
+    if len(probes) and "folds" in probes.columns:  # StratifiedGroupKFold needs a group per fold at least
+        used = probes.groupby("label").folds.min().astype(int)
+        if (used < settings.folds).any():
+            each = ", ".join(f"{label} {n}" for label, n in used.items())
+            note += (f"; {settings.folds} folds asked, used: {each} (at most one per speaker of the sample; "
+                     "per utterance for the speaker label)")
     return (f"analysed {len(models)} models ({sum(len(layers[m]) for m in models)} layers) on {store.rows} rows "
             f"({len(rows.sample)} sampled for probes/maps) → {out}; {verdicts}{note}")
 

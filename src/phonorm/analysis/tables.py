@@ -63,6 +63,12 @@ class Tables:
             pca_variance=pd.DataFrame([r for p in parts for r in p.pca], columns=PCA_COLUMNS),
             probe_rows=probe_rows, erasure_rows=erasure_rows)
 
+    def row_counts(self) -> dict[str, int]:
+        """Data rows of each CSV table, recorded in settings.json: `validate` reads each table to its
+        last line against them (a table cut at a line boundary still parses)."""
+        return {"similarity.csv": len(self.similarity), "probes.csv": len(self.probes),
+                "erasure.csv": len(self.erasure), "normalization.csv": len(self.normalization)}
+
     def write(self, out: Path) -> None:
         write_csv(out / "similarity.csv", self.similarity)
         write_csv(out / "probes.csv", self.probes)

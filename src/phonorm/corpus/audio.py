@@ -71,15 +71,29 @@ def _blocks(path: str | Path, size: int = 1 << 18):
         start += len(block)
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+RECORDED_DURATION_TOLERANCE_S = 0.001
+"""Prepare records the exact duration (samples / rate); a file loaded later must have it to a millisecond."""
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, *, recorded_seconds: float | None = None) -> np.ndarray:
     """Samples of `path` as float32, shape (samples,), mono (channel mean), at `sample_rate` Hz
-    (resampled with soxr's high-quality filter when the file has another rate)."""
+    (resampled with soxr's high-quality filter when the file has another rate).
+
+    `recorded_seconds`: the duration `phonorm prepare` recorded for the file; audio of another length
+    was replaced after the corpus was prepared, and its alignment no longer fits it: refused."""
+    if not Path(path).is_file():
+        raise InputError(path, "audio file missing" + (" (it was there when the corpus was prepared)"
+                                                       if recorded_seconds is not None else ""))
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:
         raise InputError(path, f"unreadable audio ({err})") from None
     if data.shape[0] == 0:
         raise InputError(path, "empty audio (0 samples)")
+    if recorded_seconds is not None and abs(data.shape[0] / rate - recorded_seconds) > RECORDED_DURATION_TOLERANCE_S:
+        raise InputError(path, f"{data.shape[0] / rate:.3f} s of audio where `phonorm prepare` recorded "
+                               f"{recorded_seconds:.3f} s: the file was replaced after the corpus was prepared, so its "
+                               "alignment no longer fits; prepare the corpus again")
     mono = data.mean(axis=1)
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32)

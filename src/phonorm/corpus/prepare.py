@@ -241,6 +241,7 @@ def build_prepared_corpus(
     or of each speaker's utterances with `split_by="utterance"`. `label_scheme`, `rules`: from
     `label_rules` (default: the scheme named `scheme`, no extra rules)."""
     out = Path(out)
+    _refuse_another_corpus(out, settings)
     skipped = skipped if skipped is not None else []
     label_scheme = label_scheme if label_scheme is not None else get_scheme(scheme)
     read = _ReadUtterances()
@@ -309,6 +310,19 @@ def build_prepared_corpus(
     write_parquet(out / "utterances.parquet", utterances)
     LabelsFile.write(out, labels)  # last: a folder without it is not a prepared corpus
     return summarize(out, utterances, table, skipped, notes, problems, unknown)
+
+
+def _refuse_another_corpus(out: Path, settings: dict) -> None:
+    """A folder that holds a corpus prepared from other inputs or settings is never replaced: models
+    and stores made from it would silently meet another corpus (its splits and speakers) under the
+    same path. Preparing again with the same inputs and settings is allowed (it refreshes the files)."""
+    if not LabelsFile.exists(out):
+        return
+    earlier = LabelsFile.load(out).provenance.get("settings", {})
+    changed = sorted(k for k in set(earlier) | set(settings) if earlier.get(k) != settings.get(k))
+    if changed:
+        raise PhonormError(f"{out}: already holds a corpus prepared with other inputs or settings "
+                           f"({', '.join(changed)}); prepare into a new folder, or delete this one first")
 
 
 @dataclass

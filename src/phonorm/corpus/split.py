@@ -13,10 +13,11 @@ from phonorm.settings import SPLITS
 
 def _shares(n: int, dev: float, test: float) -> tuple[int, int]:
     """(n_dev, n_test) of a group of `n`: with three or more, dev and test get at least one each
-    and train keeps at least one; with two, one goes to test; a lone member goes to train."""
+    and train keeps at least one; with two, one goes to test; a lone member goes to train. A share
+    of exactly 0 means none (`--test 0`: no test split, as asked)."""
     if n >= 3:
-        n_test = max(1, int(round(test * n)))
-        n_dev = max(1, int(round(dev * n)))
+        n_test = max(1, int(round(test * n))) if test > 0 else 0
+        n_dev = max(1, int(round(dev * n))) if dev > 0 else 0
         while n - n_test - n_dev < 1:  # tiny groups with large fractions: keep one for training
             if n_dev >= n_test and n_dev > 1:
                 n_dev -= 1
@@ -24,7 +25,7 @@ def _shares(n: int, dev: float, test: float) -> tuple[int, int]:
                 n_test -= 1
         return n_dev, n_test
     if n == 2:
-        return 0, 1
+        return 0, 1 if test > 0 else 0
     return 0, 0
 
 

@@ -37,13 +37,13 @@ class PreparedCorpus:
 
     @cached_property
     def all_utterances(self) -> pd.DataFrame:
-        table = pd.read_parquet(self.folder / "utterances.parquet")
+        table = _read_table(self.folder / "utterances.parquet")
         _check_columns(table, UTTERANCE_COLUMNS, self.folder / "utterances.parquet")
         return table
 
     @cached_property
     def segments(self) -> pd.DataFrame:
-        table = pd.read_parquet(self.folder / "segments.parquet")
+        table = _read_table(self.folder / "segments.parquet")
         _check_columns(table, SEGMENT_COLUMNS, self.folder / "segments.parquet")
         return table
 
@@ -83,3 +83,13 @@ def _check_columns(table: pd.DataFrame, expected: tuple[str, ...], path: Path) -
     missing = [c for c in expected if c not in table.columns]
     if missing:
         raise InputError(path, f"missing columns {', '.join(missing)}: written by another phonorm version?")
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A Parquet table of the corpus, or an InputError naming it when it cannot be decoded."""
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise InputError(path, f"damaged Parquet file ({err}); prepare the corpus again") from None

@@ -42,6 +42,7 @@ sets pitch from its own voice's measured F0 per variant (`SynthLanguage.variant_
 from __future__ import annotations
 
 import collections
+import io
 import multiprocessing
 from dataclasses import asdict
 from importlib import metadata
@@ -147,8 +148,10 @@ def synthesize_utterance(espeak, utterance: PlannedUtterance, out: Path, wide: W
     audio = audio + NOISE_FLOOR * rng.standard_normal(len(audio))
     audio = np.clip(audio, -1.0, 32767 / 32768).astype(np.float32)
     duration = len(audio) / SAMPLE_RATE
+    encoded = io.BytesIO()  # encoded in memory: libsndfile reports a failed write as "System error." with no errno
+    sf.write(encoded, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     with atomic_path(out / "wav" / f"{utterance.utterance_id}.wav") as tmp:
-        sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        tmp.write_bytes(encoded.getvalue())
     _write_textgrid(out / "textgrid" / f"{utterance.utterance_id}.TextGrid", words_tier, phones_tier, lambda s: (s + pad) / rate, duration)
     return duration
 

@@ -12,6 +12,7 @@ TextGrids with one tier named after the utterance.
 from __future__ import annotations
 
 import codecs
+import re
 import tempfile
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def read_textgrid(path: str | Path) -> Alignment:
     interval tier of phones; never another exception.
     """
     path = Path(path)
+    _refuse_negative_times(path)
     try:
         grid = _open(path)
     # praatio raises many types (ValueError, IndexError, KeyError, UnicodeError, its own errors) on
@@ -71,6 +73,23 @@ def read_textgrid(path: str | Path) -> Alignment:
     except Exception as err:
         raise InputError(path, f"malformed TextGrid ({type(err).__name__}: {_short(err)})") from None
     return Alignment(phones=phones, words=words, end=end)
+
+
+_NEGATIVE_TIME = re.compile(r"^[ \t]*(xmin|xmax|number)[ \t]*=[ \t]*(-\s*[0-9.eE+-]+)", re.MULTILINE)
+
+
+def _refuse_negative_times(path: Path) -> None:
+    """A time before 0 s, named with its line: praatio drops the minus sign (xmin = -0.5 reads as 0.5) and
+    then reports an interval that ends before it starts, which points the user at the wrong number."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return  # UTF-16 and unreadable files: left to the reader below
+    match = _NEGATIVE_TIME.search(text)
+    if match:
+        line = text.count("\n", 0, match.start()) + 1
+        raise InputError(path, f"a time before 0 s: {match.group(1)} = {match.group(2)} (line {line}); "
+                               "alignments must start at 0 s or later")
 
 
 def _open(path: Path):

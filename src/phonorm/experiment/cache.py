@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from phonorm.artifacts import code_hash, library_versions, read_json, write_json
+from phonorm.errors import InputError, PhonormError
 from phonorm.progress import logger
 
 MARKER = ".phonorm-stage.json"
@@ -159,6 +160,28 @@ def execute(stage: Stage, *, force: bool = False) -> None:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": stage.summary,
     })
     logger.info(f"phonorm run: {stage.title}: done in {stage.seconds:.1f} s (CPU {stage.cpu_seconds:.1f} s)")
+
+
+def execute_all(stages: list[Stage], *, force: bool = False) -> None:
+    """`execute` each stage in order. An input error about a file of an earlier, cached stage (a damaged
+    artifact a re-run would otherwise meet again and again) names that stage and the remedy."""
+    for i, stage in enumerate(stages):
+        try:
+            execute(stage, force=force)
+        except InputError as err:
+            owner = _owner(stages[:i], err.path)
+            if owner is None:
+                raise
+            raise PhonormError(f"{err} (the file belongs to the {owner.status} stage {owner.title}: delete "
+                               f"{owner.folder}, or run again with --force, to make it anew)") from None
+
+
+def _owner(stages: list[Stage], path: str | None) -> Stage | None:
+    """The stage among `stages` whose folder holds `path`, if any."""
+    if not path:
+        return None
+    resolved = Path(path).resolve()
+    return next((s for s in stages if s.external is None and resolved.is_relative_to(s.folder.resolve())), None)
 
 
 def _cpu_seconds() -> float:

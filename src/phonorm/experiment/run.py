@@ -17,7 +17,7 @@ import yaml
 
 from phonorm.artifacts import atomic_path, read_json, write_json
 from phonorm.errors import InputError
-from phonorm.experiment.cache import execute, stage_record
+from phonorm.experiment.cache import execute_all, stage_record
 from phonorm.experiment.config import Experiment
 from phonorm.experiment.load import load_experiment
 from phonorm.experiment.plan import Plan, plan_stages
@@ -41,6 +41,7 @@ def run_experiment(path: str | Path, force: bool = False, points: Sequence[str] 
 
     check_hub_models(experiment, Path(path))  # before any stage: a misspelt hub id needs no synth to show
     with folder_lock(experiment.workdir, f"phonorm run {Path(path).name}"):
+        mark_running(experiment.workdir)
         if experiment.sweep is not None:
             from phonorm.experiment.sweep import run_sweep
 
@@ -53,8 +54,7 @@ def _run(experiment: Experiment, path: Path, force: bool) -> str:
     workdir = experiment.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     logger.info(f"phonorm run: experiment {experiment.name!r} → {workdir}")
-    for stage in plan.stages:
-        execute(stage, force=force)
+    execute_all(plan.stages, force=force)
     report = workdir / "report.html"
     source = plan.report.folder / "report.html"
     if not report.is_file() or report.read_bytes() != source.read_bytes():
@@ -62,9 +62,21 @@ def _run(experiment: Experiment, path: Path, force: bool) -> str:
             shutil.copyfile(source, tmp)
     write_json(workdir / "run.json", {
         "experiment": str(Path(path).resolve()), "report": str(report),
-        "stages": [stage_record(s) for s in plan.stages],
+        "stages": [stage_record(s) for s in plan.stages], "complete": True,
     })
     return _summary(plan, report)
+
+
+def mark_running(workdir: Path) -> None:
+    """An earlier run.json now describes a run that is being replaced: `complete: false` until this run
+    writes its own, so that `validate` never calls a killed run complete on the strength of the last one."""
+    record = workdir / "run.json"
+    if record.is_file():
+        try:
+            earlier = read_json(record)
+        except (OSError, ValueError):
+            earlier = {}
+        write_json(record, {**(earlier if isinstance(earlier, dict) else {}), "complete": False})
 
 
 def _summary(plan: Plan, report: Path) -> str:

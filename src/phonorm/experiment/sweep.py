@@ -137,6 +137,7 @@ def run_sweep(experiment: Experiment, path: Path, force: bool = False, only: Seq
         "points": [{**p.model_dump(mode="json"), "report": str(plan.report.folder / "report.html"),
                     "results": str(plan.analyze.folder)} for p, plan in zip(sweep.points, sweep.plans)
                    if p.id in sweep.selected],
+        "complete": True,
         "stages": [stage_record(s) for s in sweep.stages + ([] if only else [sweep.summary])
                    if s.status != "not needed"],
         "not_needed": [stage_record(s) for s in sweep.stages if s.status == "not needed"],

@@ -34,6 +34,13 @@ def export(features: str | Path, *, model: str, layer: str, out: str | Path, blo
         writer = None
         try:
             for values in store.iter_blocks(model, layer, block=block):
+                finite = np.isfinite(values).all(axis=1)
+                if not finite.all():  # as analyze: a NaN row is a damaged store, never exported as data
+                    bad = begin + int(np.argmin(finite))
+                    files = store.layer_files(model, layer)
+                    raise InputError(files[0] if len(files) == 1 else store.folder / model,
+                                     f"layer {layer}: row {bad} holds NaN or inf ({int((~finite).sum())} such rows in this block); "
+                                     "the layer is damaged or its model diverged: extract it again")
                 labels = frames.iloc[begin:begin + len(values)].reset_index(drop=True)
                 table = pd.concat([labels, pd.DataFrame(values, columns=names)], axis=1)
                 if suffix == ".csv":

@@ -114,7 +114,10 @@ def _assemble_classic(plan: Plan, num_processes: int) -> None:
         writer = RowWriter(folder / f"{name}.npy", array.shape[0], array.shape[1], "float32")
         writer.write(0, array)
         writer.finish()
-    write_json(folder / ".complete.json", dict(rows_key=plan.key, **counts))
+    # rows without a value (unvoiced F0, an utterance too short for Praat): recorded so that `validate`
+    # tells them from NaN that a damaged file gained later
+    missing = {name: int((~np.isfinite(array).all(axis=1)).sum()) for name, array in arrays.items()}
+    write_json(folder / ".complete.json", dict(rows_key=plan.key, **counts, rows_without_value=missing))
     shutil.rmtree(parts, ignore_errors=True)
 
 
@@ -131,7 +134,7 @@ def build_manifest(plan: Plan, run_counts: dict[str, dict]) -> StoreManifest:
             forward_passes=complete.get("forward_passes"),
             folder=str(Path(spec.source).resolve()) if Path(spec.source).is_dir() else None,
             kind=card.kind if card else GIVEN, tasks=list(card.tasks) if card else [],
-            base_model=card.base_model if card else None,
+            base_model=card.base_model if card else None, key=complete.get("key"),
         ))
     classic_names: list[str] = []
     classic_counts: dict[str, Any] = {}

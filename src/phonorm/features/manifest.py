@@ -44,6 +44,10 @@ class StoreModel(BaseModel):
     dtype: Literal["float16", "float32"]
     parts: int = 1
     forward_passes: Optional[int] = None
+    key: Optional[str] = None
+    """What the stored layers were computed from (rows, the model's files with their sizes and times,
+    layers, dtype): the analysis reuses a saved layer result only for the same key, so layers
+    extracted again from a retrained model at the same path are analysed again."""
 
 
 class StoreManifest(JsonRecord):

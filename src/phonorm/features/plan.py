@@ -146,7 +146,9 @@ def parse_layers(text: str, n_layers: int, model: str) -> list[int]:
 def _model_key(plan: Plan, spec: ModelSpec) -> str:
     """What must match for a model's files to be reused: rows, source (and, for a folder, its
     files' sizes and times), layers, dtype, input normalisation."""
-    source = Path(spec.source)
+    from phonorm.models.shipped import resolve_model
+
+    source = Path(resolve_model(spec.source))  # a shipped model's files change with phonorm's version
     stamp = []
     if source.is_dir():
         stamp = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in source.iterdir() if p.is_file())

@@ -174,7 +174,7 @@ def _finish_outputs(outputs: dict[str, tuple[Path, int, Any]]) -> None:
 def _load(utt) -> np.ndarray:
     from phonorm.corpus.audio import load_audio
 
-    return load_audio(utt.audio_path)
+    return load_audio(utt.audio_path, recorded_seconds=float(utt.duration))
 
 
 def _rows_of(index: RowIndex, utt) -> pd.DataFrame:

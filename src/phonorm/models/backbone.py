@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from phonorm.errors import PhonormError
+from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
 from phonorm.layers import layer_name
 from phonorm.models.shipped import resolve_model
 from phonorm.settings import MODEL_SIZES, SUPPORTED_MODEL_TYPES
+from phonorm.wording import counted
 
 LAYER_CONVENTION = (
     "L0 = input to the first Transformer layer; Lk = output of Transformer layer k "
@@ -110,16 +111,26 @@ def load_backbone(name_or_path: str | Path, *, dtype: torch.dtype | None = None)
     try:
         model, loading = AutoModel.from_pretrained(str(name_or_path), config=config, trust_remote_code=False,
                                                    dtype=dtype, output_loading_info=True)
-    except (OSError, ValueError) as err:
-        raise PhonormError(f"{name_or_path}: cannot load model weights ({err})") from None
+    except Exception as err:  # OSError, ValueError, safetensors' SafetensorError on a damaged header, ...
+        raise PhonormError(f"{name_or_path}: cannot load model weights ({type(err).__name__}: {err})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    bad = nonfinite_weights(model)
+    if bad:
+        raise InputError(name_or_path, f"{counted(len(bad), 'weight tensor')} hold NaN or Inf (first: {bad[0]}): the "
+                                       "model is damaged or its training diverged; nothing can be computed from it")
     missing = sorted(loading.get("missing_keys") or [])
     if missing:
         print(f"phonorm: warning: {name_or_path}: {len(missing)} encoder weight(s) not in the checkpoint, "
               f"initialised at random: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
     model.eval()
     return model
+
+
+def nonfinite_weights(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers of `model` holding NaN or Inf (a diverged or damaged model)."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def uses_group_norm(config: PretrainedConfig) -> bool:

@@ -91,7 +91,8 @@ class FrameDataset(torch.utils.data.Dataset):
     def wave(self, index: int) -> np.ndarray:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        wave = normalize(load_audio(self.table.at[index, "audio_path"]))
+        wave = normalize(load_audio(self.table.at[index, "audio_path"],
+                                    recorded_seconds=float(self.table.at[index, "duration"])))
         if self._cache is not None:
             self._cache[index] = wave
         return wave

@@ -157,6 +157,7 @@ def evaluate(corpus: str | Path, *, model_dir: str | Path, settings: Optional[Ev
     """
     split = (settings or EvaluateSettings()).split
     prepared = PreparedCorpus(corpus)
+    _refuse_a_changed_corpus(prepared, Path(model_dir))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone, heads, meta = load_finetuned(model_dir, device=device)
     tasks = list(meta["tasks"])
@@ -173,6 +174,21 @@ def evaluate(corpus: str | Path, *, model_dir: str | Path, settings: Optional[Ev
     for entry in result.values():
         entry["split"] = split
     return result
+
+
+def _refuse_a_changed_corpus(prepared: PreparedCorpus, model_dir: Path) -> None:
+    """The corpus folder the model was fine-tuned on, prepared again since (other splits, so perhaps
+    the model's own training speakers in "test"), is refused naming both fingerprints. Another corpus
+    folder is a cross-corpus evaluation, which is the user's choice."""
+    from phonorm.models.card import ModelCard
+
+    if not ModelCard.exists(model_dir):
+        return
+    card = ModelCard.load(model_dir)
+    if Path(card.corpus).resolve() == prepared.folder.resolve() and card.corpus_fingerprint != prepared.fingerprint:
+        raise InputError(prepared.folder, f"changed since {model_dir} was fine-tuned on it (corpus fingerprint "
+                                          f"{card.corpus_fingerprint[:12]} then, {prepared.fingerprint[:12]} now): its "
+                                          "test split may hold the model's training speakers; fine-tune again on it")
 
 
 def format_evaluation(result: dict[str, dict[str, Any]]) -> str:

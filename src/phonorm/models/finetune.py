@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from phonorm.artifacts import atomic_path, provenance
+from phonorm.artifacts import atomic_path, provenance, separate_folder, writing
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
@@ -59,6 +59,9 @@ def resolve_mixed_precision(requested: str) -> str:
 def finetune(corpus: str | Path, *, model: str, out: str | Path, settings: FinetuneSettings) -> str:
     """Fine-tune `model` (hub id or folder) on the train split of `corpus` for `settings.tasks`;
     write the model folder `out` and return a one-paragraph summary. One writer per folder (`lock`)."""
+    separate_folder(out, corpus, "prepared corpus")
+    if Path(str(model)).is_dir():
+        separate_folder(out, model, "base model")
     with folder_lock(out, "phonorm finetune"):
         return _finetune(corpus, model=model, out=Path(out), settings=settings)
 
@@ -241,8 +244,9 @@ def _save_model(model: FrameClassifier, folder: Path) -> None:
     """Backbone (HF format) + heads into `folder`, swapped in whole (temp folder, then rename)."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.backbone.save_pretrained(tmp)  # type: ignore[operator]
-    save_heads(model.heads, tmp)
+    with writing(folder / "model.safetensors"):  # a full disk: one line naming the model, not a SafetensorError
+        model.backbone.save_pretrained(tmp)  # type: ignore[operator]
+        save_heads(model.heads, tmp)
     swap_folder(tmp, folder)
 
 

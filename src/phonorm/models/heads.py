@@ -105,6 +105,8 @@ def load_finetuned(folder: str | Path, *, device: str | torch.device = "cpu",
         heads.load_state_dict(load_file(str(folder / HEADS_FILE)))
     except (RuntimeError, OSError) as err:
         raise InputError(folder / HEADS_FILE, f"heads do not match phonorm.json ({err})") from None
+    except Exception as err:  # safetensors' SafetensorError: a truncated or damaged file
+        raise InputError(folder / HEADS_FILE, f"damaged safetensors file ({err})") from None
     heads.to(device).eval()
     return backbone, heads, meta
 

@@ -264,7 +264,7 @@ def _ensure_cluster_targets(out: Path, settings: PretrainSettings, tables: dict[
     from phonorm.models.data import normalize
 
     def waves(row: Any) -> np.ndarray:
-        return normalize(load_audio(row.audio_path))
+        return normalize(load_audio(row.audio_path, recorded_seconds=float(row.duration)))
 
     if ClusterTargets.load(out, "units") is None:
         features, source = None, "mfcc"

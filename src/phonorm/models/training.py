@@ -17,6 +17,7 @@ is refused.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -225,6 +226,11 @@ class Trainer:
             sampler.set_epoch(state.step // steps_per_epoch, skip=state.step % steps_per_epoch)
             for batch in loader:
                 row = train_step(batch)
+                loss = row.get("loss")
+                if loss is not None and not math.isfinite(loss):
+                    raise PhonormError(f"{self.out}: {desc}: the loss is {loss} at step {state.step + 1}, not finite; "
+                                       "stopped before saving anything of this step (the weights were finite when "
+                                       "loaded: try a lower --lr)")
                 state.step += 1
                 row = {"step": state.step, **row, "step_seconds": time.perf_counter() - tic}
                 bar.update(1)

@@ -122,6 +122,8 @@ class AnalysisRecord(JsonRecord):
     sample_rows_used: Optional[int] = None
     held_out_split: Optional[dict[str, list[str]]] = None
     figures: list[str] = []
+    table_rows: dict[str, int] = {}
+    """Data rows of each CSV table as written (empty in analyses of earlier versions)."""
     skipped_probes: list[dict[str, Any]] = []
     notes: list[dict[str, Any]] = []
     erasure_models: list[str] = []
