@@ -43,8 +43,8 @@ def card_text(name: str, folder: Path, fidelity: dict, recipe: str, corpus_comma
     pitch = ""
     if settings.get("pitch_clusters"):
         pitch = (f"\n- A second target stream, pitch (HuBERT's cluster ensembles, Hsu et al. 2021, section III.C): "
-                 f"k = {settings['pitch_clusters']}\n  k-means clusters of {settings['pitch_targets']}. Its own "
-                 "linear head; the two streams' losses are summed.")
+                 f"k = {settings['pitch_clusters']},\n  {settings['pitch_targets']}; the two streams' losses are "
+                 "summed.")
         curve += "; pitch stream: " + ", ".join(
             f"{int(r.step)}: {r.held_out_pitch_masked_accuracy:.3f}"
             for r in log.dropna(subset=["held_out_pitch_masked_accuracy"]).itertuples())
