@@ -43,15 +43,14 @@ def test_the_card_records_the_recipe_of_the_example_that_makes_it():
     and the card's fixed recipe is the code's; the corpus is the example's synth settings."""
     from phonorm.experiment.load import load_experiment
     from phonorm.models.card import ModelCard, binding_settings
-    from phonorm.models.pretrain import recipe
+    from phonorm.models.pretrain import recorded_settings
     from phonorm.settings import PretrainSettings
 
     card = ModelCard.load(resolve_model(REFERENCE))
     experiment, _ = load_experiment(ROOT / "examples" / "pretrain-reference.yaml")
     entry = experiment.pretrain[0]
     settings = PretrainSettings(**{k: v for k, v in entry.model_dump().items() if k in PretrainSettings.model_fields})
-    recorded = {**settings.as_dict(), **recipe(settings.objective)}
-    assert binding_settings(card.settings) == binding_settings(recorded)
+    assert binding_settings(card.settings) == binding_settings(recorded_settings(settings))
     assert card.objective == "hubert" and card.kind == "pretrained" and card.trained_steps == settings.steps
     assert card.held_out_accuracy[-1][1] > 5 * card.held_out_accuracy[0][1]
     readme = (Path(resolve_model(REFERENCE)) / "README.md").read_text(encoding="utf-8")

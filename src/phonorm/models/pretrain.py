@@ -52,6 +52,18 @@ def recipe(objective: str) -> dict[str, Any]:
             "temperature": list(contrastive.TEMPERATURE)}
 
 
+def recorded_settings(settings: PretrainSettings) -> dict[str, Any]:
+    """What the model card records of a run: its settings, the objective's fixed recipe and the targets in words."""
+    recorded = {**settings.as_dict(), **recipe(settings.objective)}
+    if settings.targets_from is not None:
+        recorded["targets"] = f"MiniBatchKMeans of layer L{settings.targets_layer} of {settings.targets_from}, z-scored"
+    if settings.pitch_clusters:
+        recorded["pitch_targets"] = ("MiniBatchKMeans of Praat's F0 (semitones re 100 Hz, 60-500 Hz; the same minus "
+                                     "the utterance's voiced mean; slope over +-25 ms; voicing), interpolated through "
+                                     "unvoiced frames, z-scored over train; a head of its own")
+    return recorded
+
+
 HELD_OUT_METRIC = {"hubert": "masked_accuracy", "contrastive": "contrastive_accuracy"}
 """The held-out score each objective reports (log column `held_out_<metric>`)."""
 
@@ -74,14 +86,7 @@ def pretrain(corpus: str | Path, *, out: str | Path, settings: PretrainSettings 
 
 def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> str:
     prepared = PreparedCorpus(corpus)
-    objective = settings.objective
-    recorded = {**settings.as_dict(), **recipe(objective)}
-    if settings.targets_from is not None:
-        recorded["targets"] = f"MiniBatchKMeans of layer L{settings.targets_layer} of {settings.targets_from}, z-scored"
-    if settings.pitch_clusters:
-        recorded["pitch_targets"] = ("MiniBatchKMeans of Praat's F0 (semitones re 100 Hz, 60-500 Hz; the same minus "
-                                     "the utterance's voiced mean; slope over +-25 ms; voicing), interpolated through "
-                                     "unvoiced frames, z-scored over train; a head of its own")
+    recorded = recorded_settings(settings)
     if ModelCard.exists(out):
         if ModelCard.load(out).same_run(settings=recorded, corpus_fingerprint=prepared.fingerprint, base_model=None):
             return f"{out}: already pre-trained with these settings (delete the folder to train again)"
