@@ -17,7 +17,7 @@ class PhonormError(Exception):
         return _rebuild_error, (type(self), str(self), dict(self.__dict__))
 
 
-def _rebuild_error(cls: type, message: str, state: dict) -> PhonormError:
+def _rebuild_error(cls: type[PhonormError], message: str, state: dict) -> PhonormError:
     error = cls.__new__(cls)
     Exception.__init__(error, message)
     error.__dict__.update(state)
