@@ -6,16 +6,25 @@ MFCC), and the gates of a faithful miniature (docs/pretraining-study.md):
   suppression); L0 (the conv front end's output) is a target, reported against the MFCC baseline;
 - speaker probe at its peak layer > the MFCC baseline;
 - phone probe at its best layer >= the MFCC baseline;
-- tone probe at its best layer >= the raw F0-in-Hz baseline;
+- tone probe at its best layer >= the speaker-normalised F0 baseline (one frame of F0 in semitones,
+  z-scored per speaker: what a phonetician reads tone from; raw F0 in Hz is reported too);
 - the layers differ: linear CKA of the top layer to L0 <= 0.95 and a phone-probe range >= 0.03.
 
+and of the demo's fine-tuned models, when given (`--tone-model`, `--tone-sex-model`; scored by
+phonorm's `evaluate` on the same test speakers, their own heads):
+- the tone model's frame accuracy of tone >= 0.70 (target 0.80);
+- the tone+sex model's within 0.02 of it (or better).
+
 Targets beyond the gates, reported: L0 sex >= MFCC; phone best in a middle layer (as in real
-models, Pasad et al. 2021); tone best >= z-scored F0.
+models, Pasad et al. 2021); tone best in a middle layer (de la Fuente & Jurafsky 2024, arXiv
+2408.13678: Mandarin tone is read best in the middle third of wav2vec 2.0's layers); the tone model
+>= 0.80.
 
 Each probe is phonorm's own (`analysis.probes`: speaker-disjoint folds, utterance-grouped for the
 speaker label) on the test split, with the demo's extraction settings.
 
 Usage: python bench/fidelity.py PREPARED --model NAME=FOLDER [--model random=random:tiny] --out DIR
+                                [--tone-model FOLDER --tone-sex-model FOLDER]
 `random:SIZE` is the untrained architecture (phonorm's `make_config(SIZE)`, seed 0), saved to DIR.
 The last line printed is JSON.
 """
@@ -49,6 +58,9 @@ def save_random(size: str, out: Path, seed: int = 0) -> Path:
 SEX_GATE = 0.90
 CKA_GATE = 0.95
 PHONE_RANGE_GATE = 0.03
+TONE_MODEL_GATE = 0.70
+TONE_MODEL_TARGET = 0.80
+TONE_SEX_WITHIN = 0.02
 
 
 def gates(probes: pd.DataFrame, model: str, cka_to_l0: dict[str, float]) -> dict:
@@ -64,7 +76,7 @@ def gates(probes: pd.DataFrame, model: str, cka_to_l0: dict[str, float]) -> dict
         f"sex_L1..top>={SEX_GATE}": bool(by["sex"][transformer].min() >= SEX_GATE),
         "speaker_peak>mfcc": bool(by["speaker"].max() > classic[("mfcc", "speaker")]),
         "phone_best>=mfcc": bool(by["phone"].max() >= classic[("mfcc", "phone")]),
-        "tone_best>=f0_hz": bool(by["tone"].max() >= classic[("f0_hz", "tone")]),
+        "tone_best>=f0_semitone_z": bool(by["tone"].max() >= classic[("f0_semitone_z", "tone")]),
         f"cka_top_to_L0<={CKA_GATE}": bool(cka_to_l0[top] <= CKA_GATE),
         f"phone_range>={PHONE_RANGE_GATE}": bool(by["phone"].max() - by["phone"].min() >= PHONE_RANGE_GATE),
     }
@@ -72,8 +84,28 @@ def gates(probes: pd.DataFrame, model: str, cka_to_l0: dict[str, float]) -> dict
     out["targets"] = {
         "sex_L0>=mfcc": bool(by["sex"][layers[0]] >= classic[("mfcc", "sex")]),
         "phone_best_in_middle_layer": bool(by["phone"].idxmax() not in (layers[0], top)),
-        "tone_best>=f0_semitone_z": bool(by["tone"].max() >= classic[("f0_semitone_z", "tone")]),
+        "tone_best_in_middle_layer": bool(by["tone"].idxmax() not in (layers[0], top)),
+        "tone_best>=f0_hz": bool(by["tone"].max() >= classic[("f0_hz", "tone")]),
     }
+    return out
+
+
+def finetuned_gates(corpus: Path, tone_model: Path, tone_sex_model: Path | None) -> dict:
+    """The gates of the demo's fine-tuned models: tone accuracy of their own heads on the test split."""
+    from phonorm.models.evaluate import evaluate
+    from phonorm.settings_evaluate import EvaluateSettings
+
+    settings = EvaluateSettings(split="test")
+    tone = evaluate(corpus, model_dir=tone_model, settings=settings)["tone"]
+    out: dict = {"tone_model": {"tone": round(tone["accuracy"], 3), "chance": round(tone["chance"], 3)}}
+    out["gates"] = {f"tone_model>={TONE_MODEL_GATE}": bool(tone["accuracy"] >= TONE_MODEL_GATE)}
+    out["targets"] = {f"tone_model>={TONE_MODEL_TARGET}": bool(tone["accuracy"] >= TONE_MODEL_TARGET)}
+    if tone_sex_model is not None:
+        both = evaluate(corpus, model_dir=tone_sex_model, settings=settings)
+        out["tone_sex_model"] = {task: round(v["accuracy"], 3) for task, v in both.items()}
+        out["gates"][f"tone_sex_within_{TONE_SEX_WITHIN}"] = bool(
+            both["tone"]["accuracy"] >= tone["accuracy"] - TONE_SEX_WITHIN)
+    out["passes"] = all(out["gates"].values())
     return out
 
 
@@ -109,6 +141,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sample-rows", type=int, default=8000)
+    parser.add_argument("--tone-model", type=Path, help="the demo's fine-tuned tone model (its folder)")
+    parser.add_argument("--tone-sex-model", type=Path, help="the demo's fine-tuned tone+sex model (its folder)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from phonorm.analysis.run import AnalyzeSettings, analyze
@@ -140,6 +174,8 @@ def main() -> None:
         summary[name]["spread"] = {label: round(float(max(v.values()) - min(v.values())), 3)
                                    for label, v in summary[name].items() if label in ("sex", "speaker", "phone", "tone")}
         summary[name]["cka_to_L0"] = cka
+    if args.tone_model is not None:
+        summary["finetuned"] = finetuned_gates(args.corpus, args.tone_model, args.tone_sex_model)
     summary["seconds"] = round(time.perf_counter() - tic, 1)
     summary["similarity_to_reference"] = similarity[similarity.measure == "cka"][["model", "layer", "value"]].round(3).values.tolist()
     print(json.dumps(summary))

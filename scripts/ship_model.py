@@ -40,13 +40,30 @@ def card_text(name: str, folder: Path, fidelity: dict, recipe: str, corpus_comma
     gates = "\n".join(f"| {gate} | {'pass' if ok else '**fail**'} |" for gate, ok in model["gates"].items())
     targets = "\n".join(f"| {target} | {'met' if ok else 'not met'} |" for target, ok in model["targets"].items())
     provenance = card.get("provenance", {})
+    pitch = ""
+    if settings.get("pitch_clusters"):
+        pitch = (f"\n- A second target stream, pitch (HuBERT's cluster ensembles, Hsu et al. 2021, section III.C): "
+                 f"k = {settings['pitch_clusters']},\n  {settings['pitch_targets']}; the two streams' losses are "
+                 "summed.")
+        curve += "; pitch stream: " + ", ".join(
+            f"{int(r.step)}: {r.held_out_pitch_masked_accuracy:.3f}"
+            for r in log.dropna(subset=["held_out_pitch_masked_accuracy"]).itertuples())
+    finetuned = fidelity.get("finetuned")
+    tuned = ""
+    if finetuned:
+        rows = "\n".join(f"| {gate} | {'pass' if ok else '**fail**'} |" for gate, ok in finetuned["gates"].items())
+        both = finetuned.get("tone_sex_model", {})
+        tuned = (f"\nThe demo's tone model fine-tuned from it (`examples/demo.yaml`'s settings), its own head on the same "
+                 f"test speakers: tone {finetuned['tone_model']['tone']:.3f} (chance {finetuned['tone_model']['chance']:.3f}); "
+                 f"the tone+sex model: tone {both.get('tone', float('nan')):.3f}, sex {both.get('sex', float('nan')):.3f}.\n\n"
+                 f"| gate of the fine-tuned models | result |\n| --- | --- |\n{rows}\n")
     return f"""# phonorm:{name}
 
 A tiny HuBERT (transformers `HubertModel`: {config['num_hidden_layers']} Transformer layers of
 {config['hidden_size']} dims, {config['num_attention_heads']} heads, feed-forward {config['intermediate_size']};
 7 conv layers of {config['conv_dim'][0]} channels, 20 ms frames) pre-trained from scratch by phonorm on
-synthetic Mandarin, for the offline demo and tests: a reference whose layers carry speaker sex, phones and
-speakers the way a pre-trained model's do, so that the demo can measure what fine-tuning suppresses.
+synthetic Mandarin, for the offline demo and tests: a reference whose layers carry speaker sex, pitch, phones
+and speakers the way a pre-trained model's do, so that the demo can measure what fine-tuning suppresses.
 Not a model of real speech: it has heard eSpeak NG voices only.
 
 Load it as `phonorm:{name}` anywhere phonorm takes a model (`--model`, `models:` in an experiment file),
@@ -58,7 +75,7 @@ or with `transformers.AutoModel.from_pretrained` on this folder.
   k-means clusters (scikit-learn `MiniBatchKMeans`) of MFCC c0-c12 + deltas + delta-deltas (Praat), z-scored
   over the train split, at the model's frame centres; spans of {settings['mask_length']} frames masked with
   mask_prob {settings['mask_prob']} (about half the frames); a linear head on the last layer; cross-entropy
-  on masked frames + {settings['unmasked_weight']} × on unmasked frames.
+  on masked frames + {settings['unmasked_weight']} × on unmasked frames.{pitch}
 - Optimizer: AdamW (betas {settings['adam_betas']}, eps {settings['adam_eps']}, weight decay
   {settings['weight_decay']}), peak lr {settings['lr']}, {settings['warmup']:.0%} linear warm-up then linear
   decay, gradient clipping {settings['gradient_clip']}, conv front end at ×{settings['feature_grad_mult']} the
@@ -69,7 +86,7 @@ or with `transformers.AutoModel.from_pretrained` on this folder.
   the held-out curve.
 - Cost: {cpu_minutes:.1f} minutes of wall time for the {settings['steps']} steps on one CPU thread of a shared
   2-core machine (sum of the log's `step_seconds`; the targets took about a minute more).
-- Held-out masked-prediction accuracy by step: {curve}.
+- Held-out masked-prediction accuracy by step (units stream): {curve}.
 - Code version {provenance.get('code_version', '?')}, transformers {provenance.get('versions', {}).get('transformers', '?')},
   torch {provenance.get('versions', {}).get('torch', '?')}.
 
@@ -97,7 +114,7 @@ Baselines on the same rows: MFCC sex {base['mfcc/sex']:.3f}, speaker {base['mfcc
 | target beyond the gates | result |
 | --- | --- |
 {targets}
-{screen}"""
+{tuned}{screen}"""
 
 
 def main() -> None:

@@ -174,6 +174,92 @@ def test_cluster_targets_align_with_the_model_frames_and_repeat_for_a_seed(fake_
     assert np.abs(a[10:40, :13] - b[11:41, :13]).mean() < 0.1 * np.abs(a[10:40, :13] - b[10:40, :13]).mean()
 
 
+def _glide(seconds: float, f0_start: float, f0_end: float, silence: float = 0.3) -> np.ndarray:
+    """A harmonic complex whose F0 glides linearly (Hz), after `silence` seconds of silence; 16 kHz."""
+    n = int(seconds * 16000)
+    f0 = np.linspace(f0_start, f0_end, n)
+    phase = 2 * np.pi * np.cumsum(f0) / 16000
+    voiced = sum(np.sin(h * phase) / h for h in range(1, 12))
+    return np.concatenate([np.zeros(int(silence * 16000)), 0.3 * voiced]).astype(np.float32)
+
+
+def test_pitch_targets_follow_f0_at_the_model_frames():
+    """Each model frame gets the F0 at its centre: semitones re 100 Hz, the same relative to the
+    utterance's voiced mean, the slope and voicing; a shift by one hop shifts the rows by one."""
+    from phonorm.frames import FrameGeometry
+    from phonorm.models.backbone import make_config
+    from phonorm.models.targets import pitch_frames
+
+    geometry = FrameGeometry.from_config(make_config("tiny", model_type="hubert"))
+    wave = _glide(1.0, 150.0, 300.0)  # 0.3 s silence, then 1 s rising one octave
+    n_frames = geometry.num_frames(len(wave))
+    track = pitch_frames(wave, geometry, n_frames)
+    assert track.shape == (n_frames, 4) and track.dtype == np.float32
+    times = geometry.frame_times(n_frames)
+    inside = (times > 0.40) & (times < 1.20)
+    expected = 12 * np.log2((150.0 + 150.0 * (times[inside] - 0.3)) / 100.0)
+    assert np.abs(track[inside, 0] - expected).max() < 0.5  # semitones
+    assert np.all(track[inside, 3] == 1) and np.all(track[times < 0.25, 3] == 0)
+    assert np.allclose(track[:, 1] - track[:, 0], track[inside, 1][0] - track[inside, 0][0], atol=1e-4)
+    assert abs(track[inside, 1].mean()) < 1.5  # relative to the utterance's own mean
+    assert np.all(track[inside, 2] > 5) and np.all(track[inside, 2] < 20)  # 12 semitones per second
+    falling = pitch_frames(_glide(1.0, 300.0, 150.0), geometry, n_frames)
+    assert np.all(falling[inside, 2] < -5)
+    shifted = pitch_frames(np.concatenate([np.zeros(320, np.float32), wave]), geometry, n_frames + 1)
+    assert np.abs(shifted[1:][inside, 0] - track[inside, 0]).max() < 0.2
+    silent = pitch_frames(np.zeros(8000, np.float32), geometry, geometry.num_frames(8000))
+    assert not silent.any()  # no voiced frame: zeros, no NaN
+
+
+def test_pitch_cluster_targets_repeat_for_a_seed_and_separate_registers(fake_corpus):
+    """The pitch stream's ids: one per model frame, the same for a seed, and the clusters of female
+    and male voices differ (the register is kept, unlike MFCC's)."""
+    from phonorm.corpus.audio import load_audio
+    from phonorm.corpus.store import PreparedCorpus
+    from phonorm.frames import FrameGeometry
+    from phonorm.models.backbone import make_config
+    from phonorm.models.data import normalize
+    from phonorm.models.targets import fit_targets, pitch_frames
+
+    prepared = PreparedCorpus(fake_corpus)
+    geometry = FrameGeometry.from_config(make_config("tiny", model_type="hubert"))
+    tables = {"train": prepared.utterances("train"), "held_out": prepared.utterances("dev")}
+
+    def wave(row):
+        return normalize(load_audio(row.audio_path))
+
+    def fit(seed):
+        return fit_targets(wave, tables, geometry, clusters=16, seed=seed, source="pitch",
+                           features=lambda w, n: pitch_frames(w, geometry, n))
+
+    first, again = fit(3), fit(3)
+    assert first.source == "pitch" and np.array_equal(first.ids, again.ids)
+    for row in tables["held_out"].itertuples(index=False):
+        assert len(first.of(row.utterance_id)) == geometry.num_frames(len(load_audio(row.audio_path)))
+    by_sex = {sex: np.concatenate([first.of(u) for u in table.utterance_id])
+              for sex, table in tables["train"].groupby("sex")}
+    shares = {sex: np.bincount(ids, minlength=16) / len(ids) for sex, ids in by_sex.items()}
+    assert 0.5 * np.abs(shares["F"] - shares["M"]).sum() > 0.3  # total variation distance
+
+
+def test_a_short_pretraining_lowers_the_loss_of_each_target_stream(fake_corpus, tmp_path):
+    """MFCC units and pitch, each with its head: both training losses fall within a short run, both
+    held-out accuracies are logged, and the card records the pitch targets."""
+    from phonorm.models.card import ModelCard
+
+    out = tmp_path / "ensemble"
+    pretrain(fake_corpus, out=out, objective="hubert", size="tiny", steps=30, seed=0, batch_seconds=4.0, lr=3e-3,
+             eval_every=30, clusters=12, pitch_clusters=8, unmasked_weight=0.5)
+    log = pd.read_csv(out / "pretrain_log.csv")
+    train = log.query("step > 0")
+    for stream in ("masked_loss", "pitch_masked_loss"):
+        assert train[stream].head(5).mean() > train[stream].tail(5).mean() + 0.1, (stream, train[stream].tolist())
+    assert {"held_out_masked_accuracy", "held_out_pitch_masked_accuracy"} <= set(log.columns)
+    assert (out / "targets.npz").is_file() and (out / "targets-pitch.npz").is_file()
+    card = ModelCard.load(out)
+    assert card.settings["pitch_clusters"] == 8 and "F0" in card.settings["pitch_targets"]
+
+
 def test_hubert_masks_are_spans_over_about_half_the_frames():
     from phonorm.models.hubert import span_mask
 
@@ -192,3 +278,7 @@ def test_hubert_settings_check_iteration_two_fields():
     with pytest.raises(PhonormError, match="objective hubert"):
         PretrainSettings.parse({"objective": "contrastive", "targets_from": "x", "targets_layer": 2})
     assert PretrainSettings().objective == "hubert"
+    with pytest.raises(PhonormError, match="objective hubert"):
+        PretrainSettings.parse({"objective": "contrastive", "pitch_clusters": 20})
+    with pytest.raises(PhonormError, match="--feature-grad-mult"):
+        PretrainSettings.parse({"feature_grad_mult": 0})

@@ -222,6 +222,11 @@ class PretrainSettings(StageSettings):
                                          "--targets-from to cluster.")
     unmasked_weight: float = Field(0.0, ge=0, description="hubert: the loss is the cross-entropy on masked frames "
                                    "plus this times the one on unmasked frames (0: masked frames only).")
+    pitch_clusters: int = Field(0, ge=0, description="hubert: also predict k-means clusters of the pitch track (F0 "
+                                "in semitones, relative to the utterance, its slope, voicing; Praat) with a head of "
+                                "their own, HuBERT's cluster ensemble (0: MFCC or layer clusters only).")
+    feature_grad_mult: float = Field(0.1, gt=0, le=1, description="Gradient scale of the convolutional front end "
+                                     "(wav2vec 2.0 and HuBERT: 0.1, a tenth of the learning rate).")
 
     @field_validator("keep_steps", mode="before")
     @classmethod
@@ -246,8 +251,9 @@ class PretrainSettings(StageSettings):
     def _targets_of_hubert(self) -> "PretrainSettings":
         if (self.targets_from is None) != (self.targets_layer is None):
             raise ValueError("targets_from: give --targets-from and --targets-layer together")
-        if self.objective != "hubert" and self.targets_from is not None:
-            raise ValueError("targets_from: cluster targets belong to --objective hubert")
+        if self.objective != "hubert" and (self.targets_from is not None or self.pitch_clusters):
+            raise ValueError("targets_from: cluster targets (--targets-from, --pitch-clusters) belong to "
+                             "--objective hubert")
         return self
 
 

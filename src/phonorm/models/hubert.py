@@ -3,10 +3,12 @@
 A `HubertModel` of transformers reads the waveform; spans of its frames are masked (the learnt mask
 vector replaces them before the Transformer, wav2vec 2.0's masking: `mask_prob` 0.65, spans of 10
 frames, overlapping, so about half the frames end up masked), and a linear head on the last layer
-predicts each frame's cluster id (`models/targets.py`). The loss is the cross-entropy on masked
-frames, plus `unmasked_weight` times the one on unmasked frames. HuBERT's own head scores cosine
-similarity to learnt code embeddings; a linear head is the same function class and was what the
-screen behind this recipe measured (docs/pretraining-study.md).
+predicts each frame's cluster id (`models/targets.py`), one head per target stream (MFCC units, and
+pitch when asked: HuBERT's cluster ensembles, Hsu et al. 2021, section III.C). The loss of a stream
+is the cross-entropy on masked frames, plus `unmasked_weight` times the one on unmasked frames; the
+streams' losses are summed. HuBERT's own head scores cosine similarity to learnt code embeddings; a
+linear head is the same function class and was what the screen behind this recipe measured
+(docs/pretraining-study.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from phonorm.models.training import held_out_mode
 MASK_PROB = 0.65
 MASK_LENGTH = 10
 TARGET = "cluster"
-"""The label name under which the batches carry the cluster ids."""
+"""The label name under which the batches carry the cluster ids of the units stream (MFCC or a layer)."""
+PITCH_TARGET = "pitch_cluster"
+"""The label name of the pitch stream's cluster ids."""
+STREAM_OF_TARGET = {TARGET: "units", PITCH_TARGET: "pitch"}
+LOG_PREFIX = {TARGET: "", PITCH_TARGET: "pitch_"}
+"""Log columns: `masked_accuracy` for the units stream (the held-out metric), `pitch_masked_accuracy`..."""
 
 
 def span_mask(batch_size: int, n_frames: int) -> torch.Tensor:
@@ -35,58 +42,74 @@ def span_mask(batch_size: int, n_frames: int) -> torch.Tensor:
 
 
 class MaskedPrediction(torch.nn.Module):
-    """A HuBERT encoder with a linear head from its last layer to the cluster ids."""
+    """A HuBERT encoder with one linear head per target stream from its last layer to its cluster ids.
 
-    def __init__(self, hubert: Any, clusters: int):
+    `clusters`: {label name (`TARGET`, `PITCH_TARGET`): number of clusters}."""
+
+    def __init__(self, hubert: Any, clusters: dict[str, int]):
         super().__init__()
         self.hubert = hubert  # a transformers HubertModel
-        self.head = torch.nn.Linear(int(hubert.config.hidden_size), clusters)
+        self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(int(hubert.config.hidden_size), k)
+                                          for name, k in clusters.items()})
 
-    def forward(self, input_values: torch.Tensor, mask_time_indices: torch.Tensor) -> torch.Tensor:
-        """Logits (batch, frames, clusters) for waveforms (batch, samples) with the frames of
-        `mask_time_indices` (batch, frames) masked."""
+    def forward(self, input_values: torch.Tensor, mask_time_indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{label name: logits (batch, frames, clusters)} for waveforms (batch, samples) with the frames
+        of `mask_time_indices` (batch, frames) masked."""
         hidden = self.hubert(input_values, mask_time_indices=mask_time_indices).last_hidden_state
-        return self.head(hidden)
+        return {name: head(hidden) for name, head in self.heads.items()}
 
 
-def masked_prediction_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, unmasked_weight: float
-                           ) -> tuple[torch.Tensor, dict[str, float]]:
-    """(loss, log values): mean cross-entropy over masked frames + `unmasked_weight` times the mean over
-    unmasked frames; the log has both losses and the masked frames' accuracy."""
-    flat_logits = logits.float()
-    masked = torch.nn.functional.cross_entropy(flat_logits[mask], targets[mask])
-    loss = masked
-    row = {"masked_loss": float(masked.detach())}
-    if unmasked_weight > 0 and (~mask).any():
-        unmasked = torch.nn.functional.cross_entropy(flat_logits[~mask], targets[~mask])
-        loss = loss + unmasked_weight * unmasked
-        row["unmasked_loss"] = float(unmasked.detach())
-    row["masked_accuracy"] = float((flat_logits[mask].argmax(-1) == targets[mask]).float().mean())
-    return loss, row
+def masked_prediction_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], mask: torch.Tensor,
+                           unmasked_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, log values): per stream, mean cross-entropy over masked frames + `unmasked_weight` times
+    the mean over unmasked frames, summed over the streams; the log has each stream's losses and its
+    masked frames' accuracy (`masked_loss`, `pitch_masked_loss`, ...)."""
+    total = torch.zeros((), device=mask.device)
+    row: dict[str, float] = {}
+    for name, stream_logits in logits.items():
+        prefix, flat_logits, ids = LOG_PREFIX[name], stream_logits.float(), targets[name]
+        masked = torch.nn.functional.cross_entropy(flat_logits[mask], ids[mask])
+        total = total + masked
+        row[f"{prefix}masked_loss"] = float(masked.detach())
+        if unmasked_weight > 0 and (~mask).any():
+            unmasked = torch.nn.functional.cross_entropy(flat_logits[~mask], ids[~mask])
+            total = total + unmasked_weight * unmasked
+            row[f"{prefix}unmasked_loss"] = float(unmasked.detach())
+        row[f"{prefix}masked_accuracy"] = float((flat_logits[mask].argmax(-1) == ids[mask]).float().mean())
+    return total, row
 
 
 def held_out_accuracy(model: MaskedPrediction, batches, device: torch.device) -> dict[str, float]:
-    """Masked-prediction accuracy and loss per masked frame on held-out batches (each a dict with
-    `input_values` and `labels[TARGET]`), with masks drawn from a fixed seed, so that values at
+    """Masked-prediction accuracy and loss per masked frame of each stream on held-out batches (each a
+    dict with `input_values` and `labels[name]`), with masks drawn from a fixed seed, so that values at
     different steps compare; the global numpy state is restored afterwards."""
-    correct = loss = count = 0.0
+    correct: dict[str, float] = {}
+    loss: dict[str, float] = {}
+    count = 0
     with held_out_mode(model):
         for batch in batches:
             inputs = batch["input_values"].to(device)
-            targets = batch["labels"][TARGET].to(device)
-            mask = span_mask(len(inputs), targets.shape[1]).to(device)
-            logits = model(inputs, mask).float()
-            picked = logits[mask]
-            correct += float((picked.argmax(-1) == targets[mask]).sum())
-            loss += float(torch.nn.functional.cross_entropy(picked, targets[mask], reduction="sum"))
+            any_targets = batch["labels"][TARGET].to(device)
+            mask = span_mask(len(inputs), any_targets.shape[1]).to(device)
+            for name, logits in model(inputs, mask).items():
+                picked, ids = logits.float()[mask], batch["labels"][name].to(device)[mask]
+                correct[name] = correct.get(name, 0.0) + float((picked.argmax(-1) == ids).sum())
+                loss[name] = loss.get(name, 0.0) + float(torch.nn.functional.cross_entropy(picked, ids, reduction="sum"))
             count += int(mask.sum())
-    return {"masked_accuracy": correct / max(count, 1), "masked_loss": loss / max(count, 1), "masked_frames": int(count)}
+    out: dict[str, float] = {}
+    for name in correct:
+        out[f"{LOG_PREFIX[name]}masked_accuracy"] = correct[name] / max(count, 1)
+        out[f"{LOG_PREFIX[name]}masked_loss"] = loss[name] / max(count, 1)
+    out["masked_frames"] = int(count)
+    return out
 
 
-def with_targets(example, targets: ClusterTargets):
-    """The `Example` with its frames' cluster ids as the label `TARGET` (checked to match its frames)."""
-    ids = targets.of(example.utterance_id)
-    if len(ids) != len(example.segment):
-        raise ValueError(f"{example.utterance_id}: {len(ids)} cluster ids for {len(example.segment)} frames")
-    example.labels[TARGET] = ids
+def with_targets(example, targets: dict[str, ClusterTargets]):
+    """The `Example` with its frames' cluster ids of each stream as labels ({label name: targets};
+    checked to match its frames)."""
+    for name, stream in targets.items():
+        ids = stream.of(example.utterance_id)
+        if len(ids) != len(example.segment):
+            raise ValueError(f"{example.utterance_id}: {len(ids)} cluster ids for {len(example.segment)} frames")
+        example.labels[name] = ids
     return example

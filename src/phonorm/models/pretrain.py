@@ -32,26 +32,36 @@ from phonorm.models import contrastive, hubert
 from phonorm.models.backbone import LAYER_CONVENTION, make_config
 from phonorm.models.card import ModelCard, binding_settings
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler, length_bucketed_batches
-from phonorm.models.targets import ClusterTargets, fit_targets, layer_features
+from phonorm.models.targets import ClusterTargets, fit_targets, layer_features, pitch_frames
 from phonorm.models.training import Trainer, TrainState, swap_folder
 from phonorm.settings import PretrainSettings
 from phonorm.wording import speech
 
 MAX_CROP_SECONDS = 8.0  # longer utterances are cut to a random 8 s window (memory, as fairseq's max_sample_size)
-FEATURE_GRAD_MULT = 0.1  # wav2vec 2.0 and HuBERT recipes: the conv feature encoder learns at a tenth of the rate
 GRADIENT_CLIP = 10.0
 HELD_OUT_UTTERANCES = 64
 
 
 def recipe(objective: str) -> dict[str, Any]:
     """Fixed parts of an objective's recipe, recorded with the settings in the model card."""
-    common = {"max_crop_seconds": MAX_CROP_SECONDS, "feature_grad_mult": FEATURE_GRAD_MULT,
-              "gradient_clip": GRADIENT_CLIP, "adam_betas": [0.9, 0.98], "adam_eps": 1e-6, "weight_decay": 0.01}
+    common = {"max_crop_seconds": MAX_CROP_SECONDS, "gradient_clip": GRADIENT_CLIP, "adam_betas": [0.9, 0.98], "adam_eps": 1e-6, "weight_decay": 0.01}
     if objective == "hubert":
         return {**common, "mask_prob": hubert.MASK_PROB, "mask_length": hubert.MASK_LENGTH, "head": "linear",
                 "targets": "MiniBatchKMeans of MFCC c0-c12 + deltas + delta-deltas (Praat), z-scored over train"}
     return {**common, "mask_prob": contrastive.MASK_PROB, "mask_length": contrastive.MASK_LENGTH,
             "temperature": list(contrastive.TEMPERATURE)}
+
+
+def recorded_settings(settings: PretrainSettings) -> dict[str, Any]:
+    """What the model card records of a run: its settings, the objective's fixed recipe and the targets in words."""
+    recorded = {**settings.as_dict(), **recipe(settings.objective)}
+    if settings.targets_from is not None:
+        recorded["targets"] = f"MiniBatchKMeans of layer L{settings.targets_layer} of {settings.targets_from}, z-scored"
+    if settings.pitch_clusters:
+        recorded["pitch_targets"] = ("MiniBatchKMeans of Praat's F0 (semitones re 100 Hz, 60-500 Hz; the same minus "
+                                     "the utterance's voiced mean; slope over +-25 ms; voicing), interpolated through "
+                                     "unvoiced frames, z-scored over train; a head of its own")
+    return recorded
 
 
 HELD_OUT_METRIC = {"hubert": "masked_accuracy", "contrastive": "contrastive_accuracy"}
@@ -76,10 +86,7 @@ def pretrain(corpus: str | Path, *, out: str | Path, settings: PretrainSettings 
 
 def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> str:
     prepared = PreparedCorpus(corpus)
-    objective = settings.objective
-    recorded = {**settings.as_dict(), **recipe(objective)}
-    if settings.targets_from is not None:
-        recorded["targets"] = f"MiniBatchKMeans of layer L{settings.targets_layer} of {settings.targets_from}, z-scored"
+    recorded = recorded_settings(settings)
     if ModelCard.exists(out):
         if ModelCard.load(out).same_run(settings=recorded, corpus_fingerprint=prepared.fingerprint, base_model=None):
             return f"{out}: already pre-trained with these settings (delete the folder to train again)"
@@ -106,14 +113,15 @@ def _train(prepared: PreparedCorpus, out: Path, settings: PretrainSettings, reco
     held_set = FrameDataset(prepared, None, [], geometry, utterances=held_table)
     max_samples = int(MAX_CROP_SECONDS * geometry.sample_rate)
 
-    clusters = 0
+    clusters: dict[str, int] = {}
     if objective == "hubert":
         clusters = _attach_cluster_targets(out, settings, trainer, {"train": train_table, "held_out": held_table},
                                            geometry, [train_set, held_set])
     model, encoder, labels = _new_model(objective, config, clusters)
+    grad_mult = settings.feature_grad_mult
     for param in encoder.feature_extractor.parameters():
         # scaling each gradient is linear, so it commutes with DDP's gradient averaging
-        param.register_hook(lambda grad: grad * FEATURE_GRAD_MULT)
+        param.register_hook(lambda grad: grad * grad_mult)
 
     held_collator = Collator(geometry, labels, crop=True, random_offset=False, max_samples=max_samples)
     held_batches = [held_collator([held_set[i] for i in batch])
@@ -195,8 +203,8 @@ def _train(prepared: PreparedCorpus, out: Path, settings: PretrainSettings, reco
 def _hubert_loss(model: Any, batch: dict[str, Any], unmasked_weight: float, device: Any) -> tuple[torch.Tensor, dict]:
     """HuBERT's masked-prediction loss of one batch (span masks drawn here) and its log row."""
     inputs = batch["input_values"].to(device)
-    cluster_ids = batch["labels"][hubert.TARGET].to(device)
-    mask = hubert.span_mask(len(inputs), cluster_ids.shape[1]).to(device)
+    cluster_ids = {name: ids.to(device) for name, ids in batch["labels"].items()}
+    mask = hubert.span_mask(len(inputs), cluster_ids[hubert.TARGET].shape[1]).to(device)
     return hubert.masked_prediction_loss(model(inputs, mask), cluster_ids, mask, unmasked_weight)
 
 
@@ -214,18 +222,22 @@ def _keep_snapshot(trainer: Trainer, out: Path, state: TrainState, save_model: C
 
 
 def _attach_cluster_targets(out: Path, settings: PretrainSettings, trainer: Trainer, tables: dict[str, pd.DataFrame],
-                            geometry: FrameGeometry, datasets: list[FrameDataset]) -> int:
-    """HuBERT: make (main process) or read the cluster targets of every frame, give them to the
-    datasets' examples; returns the number of clusters."""
+                            geometry: FrameGeometry, datasets: list[FrameDataset]) -> dict[str, int]:
+    """HuBERT: make (main process) or read the cluster targets of every frame of each stream, give them
+    to the datasets' examples; returns {label name: number of clusters}."""
     if trainer.main:
         out.mkdir(parents=True, exist_ok=True)
         _ensure_cluster_targets(out, settings, tables, geometry)
     trainer.accelerator.wait_for_everyone()
-    targets = ClusterTargets.load(out)
-    assert targets is not None  # written above by the main process
+    names = [hubert.TARGET] + ([hubert.PITCH_TARGET] if settings.pitch_clusters else [])
+    targets: dict[str, ClusterTargets] = {}
+    for name in names:
+        loaded = ClusterTargets.load(out, hubert.STREAM_OF_TARGET[name])
+        assert loaded is not None  # written above by the main process
+        targets[name] = loaded
     for dataset in datasets:
         dataset.transform = lambda example: hubert.with_targets(example, targets)
-    return targets.clusters
+    return {name: stream.clusters for name, stream in targets.items()}
 
 
 def _summary(out: Path, settings: PretrainSettings, negatives: int, train_hours: float) -> str:
@@ -251,21 +263,24 @@ def _held_out_utterances(prepared: PreparedCorpus) -> tuple[str, pd.DataFrame]:
 
 def _ensure_cluster_targets(out: Path, settings: PretrainSettings, tables: dict[str, pd.DataFrame],
                             geometry: FrameGeometry) -> None:
-    """Fit and save the run's cluster targets unless an earlier start of this run saved them (a
+    """Fit and save each stream's cluster targets unless an earlier start of this run saved them (a
     resumed run trains on the very same ids; the trainer's fingerprint guarantees same settings)."""
     from phonorm.corpus.audio import load_audio
     from phonorm.models.data import normalize
 
-    if ClusterTargets.load(out) is not None:
-        return
-    features, source = None, "mfcc"
-    if settings.targets_from is not None:
-        features = layer_features(settings.targets_from, int(settings.targets_layer or 0))
-        source = f"{settings.targets_from}:L{settings.targets_layer}"
-    targets = fit_targets(lambda row: normalize(load_audio(row.audio_path, recorded_seconds=float(row.duration))),
-                          tables, geometry,
-                          clusters=settings.clusters, seed=settings.seed, source=source, features=features)
-    targets.save(out)
+    def waves(row: Any) -> np.ndarray:
+        return normalize(load_audio(row.audio_path, recorded_seconds=float(row.duration)))
+
+    if ClusterTargets.load(out, "units") is None:
+        features, source = None, "mfcc"
+        if settings.targets_from is not None:
+            features = layer_features(settings.targets_from, int(settings.targets_layer or 0))
+            source = f"{settings.targets_from}:L{settings.targets_layer}"
+        fit_targets(waves, tables, geometry, clusters=settings.clusters, seed=settings.seed, source=source,
+                    features=features).save(out, "units")
+    if settings.pitch_clusters and ClusterTargets.load(out, "pitch") is None:
+        fit_targets(waves, tables, geometry, clusters=settings.pitch_clusters, seed=settings.seed, source="pitch",
+                    features=lambda wave, n: pitch_frames(wave, geometry, n)).save(out, "pitch")
 
 
 SNAPSHOTS = "snapshots"
@@ -276,15 +291,16 @@ def snapshot_folder(out: str | Path, step: int) -> Path:
     return Path(out) / SNAPSHOTS / f"step-{step}"
 
 
-def _new_model(objective: str, config: Any, clusters: int) -> tuple[torch.nn.Module, Any, list[str]]:
+def _new_model(objective: str, config: Any, clusters: dict[str, int]) -> tuple[torch.nn.Module, Any, list[str]]:
     """(the model trained, its encoder, the label names its batches carry) of a fresh model of `config`:
-    HuBERT's masked prediction of `clusters` cluster ids, or wav2vec 2.0's contrastive pre-training."""
+    HuBERT's masked prediction of each stream's cluster ids (`clusters`: {label name: clusters}), or
+    wav2vec 2.0's contrastive pre-training."""
     if objective == "hubert":
         from transformers import HubertModel
 
         config.architectures = ["HubertModel"]
         encoder: Any = HubertModel(config)
-        return hubert.MaskedPrediction(encoder, clusters), encoder, [hubert.TARGET]
+        return hubert.MaskedPrediction(encoder, clusters), encoder, list(clusters)
     from transformers import Wav2Vec2ForPreTraining
 
     config.architectures = ["Wav2Vec2ForPreTraining"]

@@ -7,9 +7,18 @@ Iteration 2 clusters a layer of a model pre-trained by iteration 1 (`--targets-f
 --targets-layer N`), at the model's own frames. scikit-learn's `MiniBatchKMeans` does the
 clustering (fairseq's HuBERT recipe uses the same estimator).
 
+A second stream of targets keeps pitch (`--pitch-clusters K`): k-means of Praat's pitch track
+(`pitch_frames`: F0 in semitones, the same relative to the utterance's mean, its slope, voicing),
+predicted by a head of its own beside the MFCC head. HuBERT allows several target sets at once
+(Hsu et al. 2021, section III.C, "cluster ensembles": one projection per k-means model, the losses
+summed). MFCCs drop pitch by construction (the cepstrum smooths away the harmonics), so a model
+trained on MFCC clusters alone is pitch-deaf: it reads lexical tone no better than one frame of F0
+(docs/pretraining-study.md).
+
 `ClusterTargets` holds the fitted normalisation and centroids and the ids of every utterance the
-run uses (train and held-out); it is written once to `OUT/targets.npz` (arrays only, read with
-`allow_pickle=False`), so a resumed run trains on the very same targets.
+run uses (train and held-out); each stream is written once to `OUT/targets.npz` (the MFCC or layer
+stream) or `OUT/targets-pitch.npz` (arrays only, read with `allow_pickle=False`), so a resumed run
+trains on the very same targets.
 """
 
 from __future__ import annotations
@@ -31,7 +40,16 @@ PRAAT_STEP_S = 0.005
 MAX_FIT_FRAMES = 250_000
 """k-means is fitted on at most this many train frames (a seeded random subset); every frame is then
 assigned. fairseq's HuBERT recipe also fits on a fraction of the frames (`percent`)."""
+PITCH_RANGE_HZ = (60.0, 500.0)
+"""Praat's pitch floor and ceiling for the pitch targets: one range for every voice, as pre-training
+knows no speaker's sex (Praat's manual: 75-300 Hz for male, 100-500 Hz for female voices)."""
+SEMITONE_REFERENCE_HZ = 100.0
+PITCH_DELTA_WIDTH = 5
+"""Praat frames (5 ms) each side in the F0 slope's regression: +-25 ms, about a model frame each side."""
+PITCH_DIMS = 4
 TARGETS_FILE = "targets.npz"
+STREAM_FILES = {"units": TARGETS_FILE, "pitch": "targets-pitch.npz"}
+"""The file of each target stream: `units` (MFCC clusters, or a model layer's in iteration 2), `pitch`."""
 
 
 def regression_deltas(values: np.ndarray, width: int = DELTA_WIDTH) -> np.ndarray:
@@ -58,6 +76,39 @@ def mfcc_frames(wave: np.ndarray, geometry: FrameGeometry, n_frames: int) -> np.
     delta = regression_deltas(coefficients)
     stacked = np.concatenate([coefficients, delta, regression_deltas(delta)], axis=1)
     return sample_nearest(mfcc.xs(), stacked, geometry.frame_times(n_frames), np.inf).astype(np.float32)
+
+
+def pitch_frames(wave: np.ndarray, geometry: FrameGeometry, n_frames: int) -> np.ndarray:
+    """Pitch at the centre of each model frame: float32 (n_frames, 4) with columns
+
+    0. F0 in semitones re 100 Hz (carries the voice's register, so the speaker's sex);
+    1. the same minus the utterance's mean over voiced frames (the pitch contour: lexical tone);
+    2. its slope, semitones per second (HTK regression over +-25 ms);
+    3. voicing, 1 where Praat found F0, else 0.
+
+    F0 is interpolated linearly in semitones through unvoiced stretches (and held at the edges), so
+    every frame has a value, as in prosody models that predict continuous F0 with a voicing flag. An
+    utterance without a voiced frame has zeros. `wave`: (samples,) at 16 kHz.
+    """
+    import parselmouth  # Praat objects never leave this function (pitfall 12, docs/pitfalls.md)
+
+    sound = parselmouth.Sound(np.asarray(wave, dtype=np.float64), sampling_frequency=SAMPLE_RATE)
+    try:
+        pitch = sound.to_pitch(time_step=PRAAT_STEP_S, pitch_floor=PITCH_RANGE_HZ[0], pitch_ceiling=PITCH_RANGE_HZ[1])
+        xs, f0 = pitch.xs(), pitch.selected_array["frequency"]
+    except parselmouth.PraatError:  # shorter than the pitch floor's analysis window
+        xs, f0 = np.zeros(0), np.zeros(0)
+    voiced = f0 > 0
+    track = np.zeros((len(xs), PITCH_DIMS))
+    if voiced.any():
+        semitones = 12.0 * np.log2(f0[voiced] / SEMITONE_REFERENCE_HZ)
+        filled = np.interp(xs, xs[voiced], semitones)
+        track[:, 0] = filled
+        track[:, 1] = filled - semitones.mean()
+        track[:, 2] = regression_deltas(filled[:, None], PITCH_DELTA_WIDTH)[:, 0] / PRAAT_STEP_S
+        track[:, 3] = voiced
+    out = sample_nearest(xs, track, geometry.frame_times(n_frames), np.inf)
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
 
 @dataclass
@@ -94,8 +145,8 @@ class ClusterTargets:
         return {"largest_share": round(float(p.max()), 4), "used": int((counts > 0).sum()),
                 "perplexity": round(float(np.exp(-(p * np.log(p)).sum())), 2)}
 
-    def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / TARGETS_FILE
+    def save(self, folder: str | Path, stream: str = "units") -> Path:
+        path = Path(folder) / STREAM_FILES[stream]
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, source=np.array(self.source), mean=self.mean, scale=self.scale,
                      centroids=self.centroids, utterance_ids=np.array(self.utterance_ids, dtype=str),
@@ -103,9 +154,9 @@ class ClusterTargets:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> Optional["ClusterTargets"]:
-        """The targets saved in `folder`, or None when there are none."""
-        path = Path(folder) / TARGETS_FILE
+    def load(cls, folder: str | Path, stream: str = "units") -> Optional["ClusterTargets"]:
+        """The targets of `stream` saved in `folder`, or None when there are none."""
+        path = Path(folder) / STREAM_FILES[stream]
         if not path.is_file():
             return None
         try:
@@ -148,7 +199,8 @@ def fit_targets(waves: Callable[[Any], np.ndarray], tables: dict[str, pd.DataFra
     """Fit k-means on the frames of `tables["train"]` and assign every frame of every table.
 
     `waves(row) -> (samples,)` float32 (`row`: a named tuple of the utterance table) at 16 kHz, normalised as the model sees it.
-    `features(wave, n_frames) -> (n_frames, dim)`: MFCCs (`mfcc_frames`) unless given.
+    `features(wave, n_frames) -> (n_frames, dim)`: MFCCs (`mfcc_frames`) unless given (`pitch_frames`
+    for the pitch stream, `layer_features` for iteration 2).
     """
     from sklearn.cluster import MiniBatchKMeans
 
