@@ -173,8 +173,8 @@ def test_an_optimizer_state_that_is_no_plain_state_dict_is_one_line(content, tmp
 def test_write_failures_are_recognised_as_the_libraries_report_them(raised, errno_, tmp_path):
     """numpy and safetensors report a full disk without an errno attribute; inside `writing` each is
     still one WriteError naming the file; anything else passes through unchanged."""
-    from phonorm.artifacts import write_failure, writing
-    from phonorm.errors import WriteError
+    from phonorm.artifacts import writing
+    from phonorm.errors import WriteError, write_failure
 
     assert write_failure(raised) == errno_
     expected = WriteError if errno_ is not None else type(raised)

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import random
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from phonorm import __version__
-from phonorm.errors import WRITE_FAILURES, PhonormError, WriteError
+from phonorm.errors import PhonormError, WriteError, write_failure
 
 _LIBRARIES = (
     "torch", "transformers", "accelerate", "numpy", "scipy", "pandas", "pyarrow", "scikit-learn",
@@ -75,25 +74,6 @@ def writing(path: str | Path) -> Iterator[None]:
         if errno is not None:
             raise WriteError(path, errno) from None
         raise
-
-
-_RUST_IO_CODE = re.compile(r"Os \{ code: (\d+)")
-_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
-
-
-def write_failure(err: BaseException) -> Optional[int]:
-    """The errno of a write failure the user can fix (errors.WRITE_FAILURES), as the libraries report it:
-    an OSError's errno; safetensors' SafetensorError ("IoError(Os { code: 28, ... })"); numpy's short
-    write to a full disk ("83712 requested and 40896 written", no errno: counted as a full disk)."""
-    if isinstance(err, OSError) and err.errno in WRITE_FAILURES:
-        return int(err.errno)
-    text = str(err)
-    code = _RUST_IO_CODE.search(text)
-    if code and int(code.group(1)) in WRITE_FAILURES:
-        return int(code.group(1))
-    if isinstance(err, OSError) and err.errno is None and _SHORT_WRITE.search(text):
-        return 28
-    return None
 
 
 def follow_umask(*paths: Path) -> None:

@@ -23,9 +23,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 
-from phonorm.artifacts import write_failure
 from phonorm.cli_settings import SETTINGS, with_settings
-from phonorm.errors import PhonormError, WriteError
+from phonorm.errors import PhonormError, WriteError, write_failure
 from phonorm.settings import (
     AishellSettings,
     AnalyzeSettings,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Optional
 
 
 class PhonormError(Exception):
@@ -59,3 +61,22 @@ class WriteError(PhonormError):
                   "free some space (or choose an output folder on another disk)")
         super().__init__(f"{self.path or 'an output file'}: cannot write: {reason}; {advice}, then run the command "
                          "again (files already finished are kept; an interrupted stage resumes)")
+
+
+_RUST_IO_CODE = re.compile(r"Os \{ code: (\d+)")
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+def write_failure(err: BaseException) -> Optional[int]:
+    """The errno of a write failure the user can fix (errors.WRITE_FAILURES), as the libraries report it:
+    an OSError's errno; safetensors' SafetensorError ("IoError(Os { code: 28, ... })"); numpy's short
+    write to a full disk ("83712 requested and 40896 written", no errno: counted as a full disk)."""
+    if isinstance(err, OSError) and err.errno in WRITE_FAILURES:
+        return int(err.errno)
+    text = str(err)
+    code = _RUST_IO_CODE.search(text)
+    if code and int(code.group(1)) in WRITE_FAILURES:
+        return int(code.group(1))
+    if isinstance(err, OSError) and err.errno is None and _SHORT_WRITE.search(text):
+        return 28
+    return None

@@ -162,10 +162,16 @@ def execute(stage: Stage, *, force: bool = False) -> None:
     logger.info(f"phonorm run: {stage.title}: done in {stage.seconds:.1f} s (CPU {stage.cpu_seconds:.1f} s)")
 
 
-def execute_all(stages: list[Stage], *, force: bool = False) -> None:
-    """`execute` each stage in order. An input error about a file of an earlier, cached stage (a damaged
-    artifact a re-run would otherwise meet again and again) names that stage and the remedy."""
+def execute_all(stages: list[Stage], *, force: bool = False,
+                skip: Optional[Callable[[Stage], bool]] = None) -> None:
+    """`execute` each stage in order (but those `skip` says need not run: status "not needed"). An input
+    error about a file of an earlier, cached stage (a damaged artifact a re-run would otherwise meet
+    again and again) names that stage and the remedy."""
     for i, stage in enumerate(stages):
+        if skip is not None and skip(stage):
+            stage.status = "not needed"
+            stage.summary = "every snapshot it keeps is cached"
+            continue
         try:
             execute(stage, force=force)
         except InputError as err:

@@ -21,6 +21,7 @@ from phonorm.experiment.cache import execute_all, stage_record
 from phonorm.experiment.config import Experiment
 from phonorm.experiment.load import load_experiment
 from phonorm.experiment.plan import Plan, plan_stages
+from phonorm.filecheck import read_json_object
 from phonorm.lock import folder_lock
 from phonorm.progress import logger
 
@@ -82,11 +83,8 @@ def mark_running(workdir: Path) -> None:
     writes its own, so that `validate` never calls a killed run complete on the strength of the last one."""
     record = workdir / "run.json"
     if record.is_file():
-        try:
-            earlier = read_json(record)
-        except (OSError, ValueError):
-            earlier = {}
-        write_json(record, {**(earlier if isinstance(earlier, dict) else {}), "complete": False})
+        earlier, _ = read_json_object(record)  # a damaged earlier record: replaced by the mark alone
+        write_json(record, {**(earlier or {}), "complete": False})
 
 
 def _summary(plan: Plan, report: Path) -> str:

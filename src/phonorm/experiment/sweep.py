@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from phonorm.artifacts import atomic_path, write_json
 from phonorm.errors import InputError
-from phonorm.experiment.cache import Stage, execute, stage_record
+from phonorm.experiment.cache import Stage, execute, execute_all, stage_record
 from phonorm.experiment.config import Experiment, SweepConfig, SweepPoint
 from phonorm.experiment.plan import Plan, plan_stages
 from phonorm.progress import logger
@@ -114,12 +114,7 @@ def run_sweep(experiment: Experiment, path: Path, force: bool = False, only: Seq
     workdir.mkdir(parents=True, exist_ok=True)
     logger.info(f"phonorm run: sweep {experiment.name!r}: {len(sweep.selected)} of {len(sweep.points)} points "
                 f"→ {workdir}")
-    for stage in sweep.stages:
-        if _not_needed(stage, sweep, force):
-            stage.status = "not needed"
-            stage.summary = "every snapshot it keeps is cached"
-            continue
-        execute(stage, force=force)
+    execute_all(sweep.stages, force=force, skip=lambda stage: _not_needed(stage, sweep, force))
     lines = []
     if only:
         lines.append(f"sweep {experiment.name}: ran points {', '.join(sweep.selected)}; run without --point "

@@ -14,14 +14,14 @@ import pandas as pd
 
 from phonorm.features.selection import pooling_index
 from phonorm.frames import SAMPLE_RATE, FrameGeometry, sample_nearest
+from phonorm.pitch import DEFAULT_PITCH_RANGE_HZ
+from phonorm.pitch import semitones as to_semitones
 
 PITCH_RANGE_HZ = {"F": (100.0, 500.0), "M": (60.0, 300.0)}
 """Praat pitch floor and ceiling by speaker sex (Praat's manual advises 100-500 Hz for female and
 75-300 Hz for male voices; 60 Hz leaves room for creaky low tones). Other sexes: 60-500 Hz."""
-DEFAULT_PITCH_RANGE_HZ = (60.0, 500.0)
 PITCH_STEP_S = 0.005
 N_MFCC = 13  # c0..c12
-SEMITONE_REFERENCE_HZ = 100.0
 
 CLASSIC_DIMS = {"f0_hz": 1, "mfcc": N_MFCC}
 """Baselines computed per utterance; `f0_semitone_z` (1 column) is derived from `f0_hz` at the end."""
@@ -74,7 +74,7 @@ def semitone_z(f0_hz: np.ndarray, speakers: np.ndarray) -> tuple[np.ndarray, dic
     `f0_hz`: (rows, 1) with NaN unvoiced; `speakers`: (rows,) labels. Returns float32 (rows, 1)
     (NaN where unvoiced, or where the speaker has fewer than 2 voiced rows) and counts.
     """
-    semitones = 12.0 * np.log2(np.asarray(f0_hz[:, 0], dtype=np.float64) / SEMITONE_REFERENCE_HZ)
+    semitones = to_semitones(f0_hz[:, 0])
     table = pd.DataFrame({"speaker": np.asarray(speakers), "st": semitones})
     grouped = table.groupby("speaker")["st"]
     mean = grouped.transform("mean")

@@ -33,6 +33,8 @@ import pandas as pd
 from phonorm.artifacts import atomic_path
 from phonorm.errors import InputError
 from phonorm.frames import SAMPLE_RATE, FrameGeometry, sample_nearest
+from phonorm.pitch import DEFAULT_PITCH_RANGE_HZ
+from phonorm.pitch import semitones as to_semitones
 
 N_MFCC = 13  # c0..c12, as the classic baseline (features/classic.py)
 DELTA_WIDTH = 2  # frames each side in the delta regression (HTK's default, as in HuBERT's MFCC targets)
@@ -40,10 +42,6 @@ PRAAT_STEP_S = 0.005
 MAX_FIT_FRAMES = 250_000
 """k-means is fitted on at most this many train frames (a seeded random subset); every frame is then
 assigned. fairseq's HuBERT recipe also fits on a fraction of the frames (`percent`)."""
-PITCH_RANGE_HZ = (60.0, 500.0)
-"""Praat's pitch floor and ceiling for the pitch targets: one range for every voice, as pre-training
-knows no speaker's sex (Praat's manual: 75-300 Hz for male, 100-500 Hz for female voices)."""
-SEMITONE_REFERENCE_HZ = 100.0
 PITCH_DELTA_WIDTH = 5
 """Praat frames (5 ms) each side in the F0 slope's regression: +-25 ms, about a model frame each side."""
 PITCH_DIMS = 4
@@ -94,14 +92,15 @@ def pitch_frames(wave: np.ndarray, geometry: FrameGeometry, n_frames: int) -> np
 
     sound = parselmouth.Sound(np.asarray(wave, dtype=np.float64), sampling_frequency=SAMPLE_RATE)
     try:
-        pitch = sound.to_pitch(time_step=PRAAT_STEP_S, pitch_floor=PITCH_RANGE_HZ[0], pitch_ceiling=PITCH_RANGE_HZ[1])
+        pitch = sound.to_pitch(time_step=PRAAT_STEP_S, pitch_floor=DEFAULT_PITCH_RANGE_HZ[0],
+                                pitch_ceiling=DEFAULT_PITCH_RANGE_HZ[1])  # one range: pre-training knows no sex
         xs, f0 = pitch.xs(), pitch.selected_array["frequency"]
     except parselmouth.PraatError:  # shorter than the pitch floor's analysis window
         xs, f0 = np.zeros(0), np.zeros(0)
     voiced = f0 > 0
     track = np.zeros((len(xs), PITCH_DIMS))
     if voiced.any():
-        semitones = 12.0 * np.log2(f0[voiced] / SEMITONE_REFERENCE_HZ)
+        semitones = to_semitones(f0[voiced])
         filled = np.interp(xs, xs[voiced], semitones)
         track[:, 0] = filled
         track[:, 1] = filled - semitones.mean()
