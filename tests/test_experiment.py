@@ -138,16 +138,17 @@ def test_each_stage_declares_its_settings_once_for_api_yaml_and_cli():
     from phonorm import settings as st
     from phonorm.cli import app
     from phonorm.experiment import config
+    from phonorm.settings_analyze import AnalyzeSettings
 
     assert issubclass(config.PretrainConfig, st.PretrainSettings)
     assert config.FinetuneConfig.model_fields["settings"].annotation is st.FinetuneSettings
-    assert issubclass(config.ExtractConfig, st.ExtractSettings) and issubclass(config.AnalyzeConfig, st.AnalyzeSettings)
+    assert issubclass(config.ExtractConfig, st.ExtractSettings) and issubclass(config.AnalyzeConfig, AnalyzeSettings)
     commands = typer.main.get_command(app).commands
     assert issubclass(config.PrepareCorpus, st.PrepareSettings) and issubclass(config.AishellCorpus, st.AishellSettings)
     assert issubclass(config.SynthCorpus, st.SynthSettings)
     for command, model in (("synth", st.SynthSettings), ("prepare", st.PrepareSettings), ("prepare-aishell", st.AishellSettings),
                            ("pretrain", st.PretrainSettings), ("finetune", st.FinetuneSettings),
-                           ("extract", st.ExtractSettings), ("analyze", st.AnalyzeSettings)):
+                           ("extract", st.ExtractSettings), ("analyze", AnalyzeSettings)):
         options = {p.name: p for p in commands[command].params}
         for name, field in model.model_fields.items():
             assert name in options, (command, name)

@@ -27,13 +27,13 @@ from phonorm.cli_settings import SETTINGS, with_settings
 from phonorm.errors import PhonormError, WriteError, write_failure
 from phonorm.settings import (
     AishellSettings,
-    AnalyzeSettings,
     ExtractSettings,
     FinetuneSettings,
     PrepareSettings,
     PretrainSettings,
     SynthSettings,
 )
+from phonorm.settings_analyze import AnalyzeSettings
 from phonorm.settings_evaluate import EvaluateSettings
 
 app = typer.Typer(

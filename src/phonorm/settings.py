@@ -87,7 +87,7 @@ class StageSettings(BaseModel):
             raise PhonormError("; ".join(lines)) from None
 
 
-def _comma_list(value: Any) -> Any:
+def comma_list(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
@@ -172,7 +172,7 @@ class PrepareSettings(LabelSettings):
     @classmethod
     def _tones_text(cls, value: Any) -> Any:
         if isinstance(value, str):
-            parts = _comma_list(value)
+            parts = comma_list(value)
             if not all(p.isdigit() for p in parts):
                 raise ValueError("expected tone digits separated by commas, e.g. 1,2,3,4,5,6")
             return [int(p) for p in parts]
@@ -233,7 +233,7 @@ class PretrainSettings(StageSettings):
     def _steps_list(cls, value: Any) -> Any:
         if value is None:
             return []
-        return [int(v) for v in _comma_list(value)] if isinstance(value, str) else value
+        return [int(v) for v in comma_list(value)] if isinstance(value, str) else value
 
     @field_validator("keep_steps")
     @classmethod
@@ -282,7 +282,7 @@ class FinetuneSettings(StageSettings):
     @field_validator("tasks", mode="before")
     @classmethod
     def _tasks_text(cls, value: Any) -> Any:
-        return _comma_list(value)
+        return comma_list(value)
 
     @field_validator("tasks")
     @classmethod
@@ -299,7 +299,7 @@ class FinetuneSettings(StageSettings):
         if not isinstance(value, str):
             return value
         weights: dict[str, Any] = {}
-        for part in _comma_list(value):
+        for part in comma_list(value):
             name, sep, number = part.partition("=")
             if not sep:
                 raise ValueError(f"{part!r} is not TASK=NUMBER")
@@ -358,97 +358,3 @@ class ExtractSettings(StageSettings):
         """The settings that decide the rows (a store resumes or grows only when they match)."""
         return dict(split=self.split, frames=self.frames, pool=self.pool,
                     max_per_speaker_label=self.max_per_speaker_label, seed=self.seed)
-
-
-# ---------------------------------------------------------------- analyze
-#: Settings of earlier versions that are refused with the reason (bootstrap counts: intervals are analytic now).
-REMOVED_ANALYZE_SETTINGS = ("bootstrap", "claim_bootstrap")
-
-
-class AnalyzeSettings(StageSettings):
-    """`phonorm analyze`: similarity, projections, probes, normalization measures and claim checks."""
-
-    reference: str = Field(description="Name of the reference (pre-trained) model in the store.")
-    umap: bool = Field(True, description="Compute UMAP maps (the slowest analysis).")
-    held_out: bool = Field(False, description="Fit similarity on half the speakers, score on the rest.")
-    folds: int = Field(5, ge=2, description="Speaker-disjoint cross-validation folds for probes.")
-    seed: int = Field(0, description="Random seed.")
-    models: Optional[list[str]] = Field(None, description="Models to analyse (default: all in the store).")
-    labels: list[ProbeLabel] = Field(default_factory=lambda: list(PROBE_LABELS),  # type: ignore[arg-type]
-                                     description="Labels to probe: tone, phone, sex, speaker.")
-    layer_matrix: bool = Field(True, description="Also compare every layer with every reference layer.")
-    sample_rows: Optional[int] = Field(20000, ge=10, description="Rows (same share per speaker) used by probes, "
-                                                                 "silhouettes and maps; 0 = all.")
-    umap_fit_rows: int = Field(3000, ge=10, description="Rows the UMAP map is fitted on (stratified by speaker "
-                                                        "and tone; the other sampled rows are transformed).")
-    umap_dims: int = Field(50, ge=2, description="PCA dimensions UMAP sees.")
-    umap_all_layers: bool = Field(False, description="UMAP for every layer (default: first, middle and last layer).")
-    silhouette_rows: int = Field(2000, ge=10, description="Rows for silhouette scores.")
-    probe_max_iter: int = Field(300, ge=1, description="Iterations of each probe's solver.")
-    block: int = Field(8192, ge=1, description="Rows per streamed block (memory ≈ 3 × block × dim × 8 bytes "
-                                               "per layer pair; 8192 was as fast as 16384 at 768 dims).")
-    products: Literal["float32", "float64"] = Field("float32", description="Precision of each streamed block's d×d "
-        "products (the sums across blocks are float64): float64 is the exact path (bench/scale.py --check-products).")
-    figures: bool = Field(True, description="Draw the figures.")
-    progress: bool = Field(True, description="Show a progress bar.")
-    # claims with uncertainty, similarity floors, erasure (docs/statistics.md)
-    similarity_jackknife: bool = Field(True, description="Delete-one-speaker jackknife CIs for every similarity "
-                                                         "measure (one evaluation of each per speaker); linear CKA "
-                                                         "always has one (claim C2).")
-    svcca_keep: float = Field(0.99, gt=0, le=1, description="SVCCA keeps the top directions explaining this share "
-                                                            "of the variance (counted by --svcca-rule).")
-    svcca_rule: SvccaRule = Field(
-        "eigenvalue", description="How SVCCA counts the variance it keeps: eigenvalue (s², the variance) or "
-                                  "singular_value (s).")
-    svcca_dims: int = Field(20, ge=1, description="Directions kept by svcca_fixed (comparable across layers).")
-    similarity_floor: bool = Field(True, description="Permutation floor of every similarity measure (the "
-                                                     "reference's rows shuffled within speaker).")
-    erasure: bool = Field(True, description="Linear concept erasure (LEACE) of sex and of tone, then tone and sex "
-                                            "probes, per layer (the causal test of C4).")
-    erasure_models: Optional[list[str]] = Field(None, description="Models to erase from (default: every model "
-                                                                  "fine-tuned on tone).")
-    evaluations: Optional[dict[str, str]] = Field(
-        None, json_schema_extra={"cli": "repeat", "cli_name": "evaluation"},
-        description="MODEL=PATH of an evaluation.json (the model's own task accuracy, primary evidence of claims "
-                    "C3/C4); repeatable. phonorm run passes its evaluate stages' files.")
-    speaker_sums_max_bytes: int = Field(1_000_000_000, ge=0, description="Memory cap of the per-speaker similarity "
-                                                                         "sums (CKA bootstrap) per layer pair.")
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where the streamed d×d sums run: auto (a CUDA GPU when torch sees one), cpu or cuda; "
-                            "the same precision (--products) on both, so the numbers agree to rounding.")
-    workers: int = Field(0, ge=0, description="Threads for the per-layer similarity measures and probe folds "
-                                              "(0 = one per CPU core).")
-
-    @field_validator("evaluations", mode="before")
-    @classmethod
-    def _evaluations_text(cls, value: Any) -> Any:
-        if isinstance(value, (str, list, tuple)):
-            if not value:
-                return None
-            pairs = [part.partition("=") for part in (_comma_list(value) if isinstance(value, str) else value)]
-            bad = [a for a, sep, b in pairs if not sep or not a or not b]
-            if bad:
-                raise ValueError(f"expected MODEL=PATH, got {bad[0]!r}")
-            return {a: b for a, _, b in pairs}
-        return value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _removed_resamples(cls, value: Any) -> Any:
-        removed = [k for k in REMOVED_ANALYZE_SETTINGS if isinstance(value, dict) and k in value]
-        if removed:
-            raise ValueError(f"{', '.join(removed)}: removed; every interval is now analytic (cluster-robust t, "
-                             "jackknife; docs/statistics.md), so there is no resample count to set. Delete the setting.")
-        return value
-
-    @field_validator("models", "labels", "erasure_models", "sample_rows", mode="before")
-    @classmethod
-    def _text(cls, value: Any, info: Any) -> Any:
-        if info.field_name == "sample_rows":
-            return None if value in (0, "0") else value  # 0 = all rows
-        return _comma_list(value)
-
-
-# Each analysis setting's default, read from AnalyzeSettings (the measures' keyword defaults, the report).
-ANALYZE_DEFAULTS: dict[str, Any] = {name: field.get_default(call_default_factory=True)
-                                    for name, field in AnalyzeSettings.model_fields.items() if not field.is_required()}

@@ -15,13 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from phonorm.settings import (
     AishellSettings,
-    AnalyzeSettings,
     ExtractSettings,
     FinetuneSettings,
     PrepareSettings,
     PretrainSettings,
     SynthSettings,
 )
+from phonorm.settings_analyze import AnalyzeSettings
 from phonorm.settings_evaluate import EvaluateSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

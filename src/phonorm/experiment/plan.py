@@ -24,12 +24,12 @@ from phonorm.experiment.config import AishellCorpus, CorpusConfig, Experiment, P
 from phonorm.records.analysis import EvaluationFile
 from phonorm.records.context import ContextExperiment, ContextModel, RunContext
 from phonorm.settings import (
-    AnalyzeSettings,
     ExtractSettings,
     FinetuneSettings,
     PretrainSettings,
     SynthSettings,
 )
+from phonorm.settings_analyze import AnalyzeSettings
 from phonorm.settings_evaluate import EvaluateSettings
 
 
