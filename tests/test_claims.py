@@ -26,15 +26,17 @@ def claims_of(tmp_path, design, **store):
     return {row["claim"]: row for row in result["claims"]}, result
 
 
-def comparisons(claim, model=None):
-    """The deciding (primary) comparisons of a claim by name."""
+def comparisons(claim, model=None, deciding=True):
+    """The deciding (primary) comparisons of a claim by name (every comparison with `deciding` False)."""
     return {c["name"]: c for check in claim["measured"] if model in (None, check.get("model"))
-            for c in check["comparisons"] if c["primary"]}
+            for c in check["comparisons"] if c["primary"] or not deciding}
 
 
 def test_claims_hold_where_planted(tmp_path):
     # speakers differ only by sex, along one shared direction: an eraser fitted on other speakers removes it
-    claims, result = claims_of(tmp_path, "normalizes", tasks_in_manifest=True, speaker_scale=0.0, dim=8, n_frames=60)
+    # (no phone model: with labels tone and sex only, whether it learned phone would be unknown)
+    claims, result = claims_of(tmp_path, "normalizes", tasks_in_manifest=True, speaker_scale=0.0, dim=8, n_frames=60,
+                               models=("pretrained", "tone", "sex", "tone_sex"))
     assert result["tasks_found_from"]["tone_sex"] == "manifest"
     assert result["model_tasks"]["tone_sex"] == ["tone", "sex"]
     for name in ("C1", "C2", "C3", "C4"):
@@ -44,12 +46,12 @@ def test_claims_hold_where_planted(tmp_path):
     assert comparisons(claims["C1"], "sex")["tone suppressed"]["verdict"] == "holds"
     # no evaluation.json here: the probes decide C3/C4, and the claims say so
     assert claims["C3"]["fallback"] and "no evaluation" in claims["C3"]["fallback"][0]
-    assert result["evaluations_missing"] == ["tone", "phone", "sex", "tone_sex"]
+    assert result["evaluations_missing"] == ["tone", "sex", "tone_sex"]
     causal = comparisons(claims["C4"])["tone unchanged after erasing sex (top layer)"]
     assert causal["verdict"] == "holds" and causal["sex_at_chance"] is True and causal["sex_after_erasure"] < 0.6
     for claim in claims.values():  # every interval names its method
         for c in (c for check in claim["measured"] for c in check["comparisons"] if c.get("ci_low") is not None):
-            assert c["ci_method"].startswith(("cluster-robust t", "delete-one-speaker jackknife")), c
+            assert c["ci_method"].startswith(("cluster-robust t", "delete-one-speaker jackknife", "Fieller")), c
     assert result["intervals"]["similarity"].startswith("delete-one-speaker jackknife")
 
 
@@ -58,9 +60,12 @@ def test_a_sex_direction_that_an_eraser_of_other_speakers_cannot_remove_makes_th
     few of them removes a direction the offsets have turned away from sex, and sex stays decodable on
     the others. The same-rows version called this "at chance"; now (c) is not testable, said so."""
     claims, _ = claims_of(tmp_path, "normalizes", tasks_in_manifest=True, models=("pretrained", "tone", "tone_sex"))
-    causal = comparisons(claims["C4"])["tone unchanged after erasing sex (top layer)"]
-    assert causal["verdict"] == "not testable" and causal["sex_at_chance"] is False
+    causal = comparisons(claims["C4"], deciding=False)["tone unchanged after erasing sex (top layer)"]
+    assert causal["verdict"] == "not testable" and causal["sex_at_chance"] is False and not causal["primary"]
     assert "did not bring sex to chance" in causal["reason"]
+    # C4 then rests on its observational parts, and says so
+    check = claims["C4"]["measured"][0]
+    assert check["basis"] == claims["C4"]["basis"] == "observational" and check["causal_status"] == "not testable"
 
 
 def test_claims_fail_where_not_planted(tmp_path):
@@ -84,14 +89,14 @@ SPEAKERS = [f"S{i}" for i in range(8)]
 
 def evaluation(per_speaker_accuracy, frames=200):
     by = {s: {"correct": int(round(a * frames)), "n_frames": frames} for s, a in zip(SPEAKERS, per_speaker_accuracy)}
-    return {"accuracy": float(np.mean(per_speaker_accuracy)), "by_speaker": by}
+    return {"accuracy": float(np.mean(per_speaker_accuracy)), "chance": 0.25, "by_speaker": by}
 
 
 def c3_with(multi_tone, single_tone, **kw):
     tasks = {"pre": [], "tone": ["tone"], "ts": ["tone", "sex"]}
     ev = Evidence(probes={}, layers={m: ["L0"] for m in tasks}, reference="pre", tasks=tasks,
-                  evaluations={"tone": {"tone": evaluation(single_tone)}, "ts": {"tone": evaluation(multi_tone)}},
-                  **kw)
+                  evaluations={"tone": {"tone": evaluation(single_tone)},
+                               "ts": {"tone": evaluation(multi_tone), "sex": evaluation(np.full(8, 0.95))}}, **kw)
     claim = check_claims(ev)[2]
     return claim, comparisons(claim)["tone: ts − tone"]
 
@@ -110,7 +115,10 @@ def test_difference_whose_ci_straddles_the_margin_is_inconclusive():
 def test_clear_differences_hold_or_fail():
     single = np.linspace(0.5, 0.7, 8)
     claim, c = c3_with(single + 0.001, single)  # as good, speaker by speaker: CI well above −0.02
-    assert c["verdict"] == claim["status"] == "holds" and c["ci_low"] > -TOLERANCE
+    assert c["verdict"] == "holds" and c["ci_low"] > -TOLERANCE
+    # no sex-only model: the sex half of C3 was never compared, so C3 cannot "hold"
+    assert claim["status"] == "partly tested" and claim["holds"] is None
+    assert "no sex-only model" in claim["untested"][0] and "no sex-only model" in claim["reason"]
     claim, c = c3_with(single - 0.10, single)   # clearly worse
     assert c["verdict"] == claim["status"] == "does not hold" and c["ci_high"] < -TOLERANCE
 
@@ -127,7 +135,7 @@ def test_task_accuracy_decides_and_the_probe_stands_beside_it():
     rows = claim["measured"][0]["comparisons"]
     assert [r["evidence"] for r in rows] == ["task accuracy", "probe"]
     assert rows[0]["primary"] and not rows[1]["primary"]
-    assert rows[1]["verdict"] == "does not hold" and claim["status"] == "holds"
+    assert rows[1]["verdict"] == "does not hold" and claim["measured"][0]["verdict"] == "holds"
     # without per-speaker counts the probe decides, and the comparison says why
     ev.evaluations["ts"]["tone"].pop("by_speaker")
     claim = check_claims(ev)[2]
@@ -207,7 +215,9 @@ def test_decision_rule_and_combination():
     assert decide(float("nan"), 1, 0, ">") == "not testable"
     assert combine(["holds", "inconclusive"]) == "inconclusive"
     assert combine(["holds", "inconclusive", "does not hold"]) == "does not hold"
-    assert combine(["holds", "not testable"]) == "holds" and combine(["not testable"]) == "not testable"
+    assert combine(["holds", "not testable"]) == "partly tested" and combine(["not testable"]) == "not testable"
+    assert combine(["does not hold", "not testable"]) == "does not hold" and combine([]) == "not testable"
+    assert combine(["holds", "holds"]) == "holds"
 
 
 def test_paired_differences_cancel_what_both_sides_share():
@@ -245,3 +255,102 @@ def test_c4_is_not_testable_when_the_reference_carries_no_sex_information():
     c4 = check_claims(ev)[3]
     assert c4["status"] == "not testable" and c4["holds"] is None
     assert "decodes sex" in c4["reason"]
+
+
+# ---------------------------------------------------------------- premises (issue 30)
+def test_a_model_that_did_not_learn_its_task_gets_no_verdict():
+    """The demo's tone model at 0.36 with chance 0.22: its C1 and C2 checks are not testable, said so,
+    whatever its probes say; the same evidence with the model at 0.9 is decided."""
+    tasks = {"pre": [], "tone": ["tone"]}
+    probes = {("pre", "L0", "sex"): probe_counts([95, 90, 92, 96, 94, 93, 91, 95], [50] * 8),
+              ("tone", "L0", "sex"): probe_counts([50] * 8, [50] * 8),
+              ("pre", "L0", "tone"): probe_counts([30] * 8, [25] * 8),
+              ("tone", "L0", "tone"): probe_counts([40] * 8, [25] * 8),
+              ("classic", "f0_semitone_z", "tone"): {"accuracy": 0.63}}
+    low = {"tone": {"tone": {**evaluation([0.33, 0.35, 0.34, 0.36, 0.35, 0.34, 0.33, 0.35]), "chance": 0.25}}}
+    ev = Evidence(probes=probes, layers={"pre": ["L0"], "tone": ["L0"]}, reference="pre", tasks=tasks,
+                  evaluations=low)
+    c1 = check_claims(ev)[0]
+    check = c1["measured"][0]
+    assert check["verdict"] == "not testable" and check["premise"] is False
+    assert "the tone model did not learn tone" in check["reason"] and "chance 0.250" in check["reason"]
+    assert c1["status"] == "not testable" and "did not learn tone" in c1["reason"]
+    assert any("below the best classic baseline" in w and "f0_semitone_z" in w for w in check["warnings"])
+    ev.evaluations["tone"]["tone"] = {**evaluation([0.9] * 8), "chance": 0.25}
+    check = check_claims(ev)[0]["measured"][0]
+    assert check["premise"] is True and check["verdict"] != "not testable" and "warnings" not in check
+
+
+def erasure_rows(before_low, after_at_chance, tone_change=(-0.01, 0.01)):
+    """Planted erasure.csv rows of model ts, layer L0: sex before erasure (balanced accuracy with its
+    95% CI lower bound), sex after (at chance or not), tone change with its CI."""
+    base = dict(chance=0.5, balanced_chance=0.5, ci_method="cluster-robust t over folds (CR1, K-1 df)", speakers=8)
+    return {("ts", "L0", "none", "sex"): {**base, "balanced_accuracy": before_low + 0.05, "balanced_ci_low": before_low,
+                                          "balanced_ci_high": before_low + 0.1},
+            ("ts", "L0", "sex", "sex"): {**base, "accuracy": 0.5, "balanced_accuracy": 0.5, "at_chance": after_at_chance,
+                                         "above_chance_ci_low": -0.03, "above_chance_ci_high": 0.03,
+                                         "balanced_change": before_low - 0.45, "balanced_change_ci_low": -0.5,
+                                         "balanced_change_ci_high": -0.3},
+            ("ts", "L0", "sex", "tone"): {**base, "accuracy": 0.7, "change": sum(tone_change) / 2,
+                                          "change_ci_low": tone_change[0], "change_ci_high": tone_change[1]}}
+
+
+def c4_with(erasure):
+    single = np.linspace(0.5, 0.7, 8)
+    sex = probe_counts([95, 90, 92, 96, 94, 93, 91, 95], [50] * 8)
+    tasks = {"pre": [], "tone": ["tone"], "ts": ["tone", "sex"]}
+    ev = Evidence(probes={("pre", "L0", "sex"): sex, ("ts", "L0", "sex"): sex}, layers={m: ["L0"] for m in tasks},
+                  reference="pre", tasks=tasks, erasure=erasure,
+                  evaluations={"tone": {"tone": evaluation(single)},
+                               "ts": {"tone": evaluation(single + 0.001), "sex": evaluation(np.full(8, 0.95))}})
+    claim = check_claims(ev)[3]
+    return claim, comparisons(claim, deciding=False)["tone unchanged after erasing sex (top layer)"]
+
+
+def test_the_causal_check_needs_something_to_erase_and_erasure_to_reach_chance():
+    # the audit's case: sex at chance before erasure already, and "at chance" after: nothing was erased
+    claim, causal = c4_with(erasure_rows(before_low=0.48, after_at_chance=True))
+    assert causal["verdict"] == "not testable" and "nothing to erase" in causal["reason"]
+    assert claim["basis"] == "observational" and claim["status"] == "holds"   # (a) and (b) hold, said on what basis
+    # sex clearly decoded before, not at chance after: not testable, both numbers named
+    claim, causal = c4_with(erasure_rows(before_low=0.8, after_at_chance=False))
+    assert causal["verdict"] == "not testable" and "did not bring sex to chance" in causal["reason"]
+    assert "before" in causal["reason"] and "after" in causal["reason"]
+    # both: the causal check decides beside the observational parts, and its drop has an interval
+    claim, causal = c4_with(erasure_rows(before_low=0.8, after_at_chance=True))
+    assert causal["verdict"] == "holds" and causal["primary"] and claim["basis"] == "observational and causal"
+    assert causal["sex_drop_ci"][1] < 0
+    claim, causal = c4_with(erasure_rows(before_low=0.8, after_at_chance=True, tone_change=(-0.09, -0.05)))
+    assert causal["verdict"] == "does not hold" and claim["status"] == "does not hold"
+
+
+def test_c1_enhancement_near_ceiling_is_decided_on_the_reference_interval():
+    """A reference at 0.97 whose interval reaches 0.98: enhancement is not testable (the point alone,
+    0.03 of error, would have let the delta method decide), so C1 cannot hold on that model."""
+    tasks = {"pre": [], "tone": ["tone"]}
+    probes = {("pre", "L0", "sex"): probe_counts([95, 90, 92, 96, 94, 93, 91, 95], [50] * 8),
+              ("tone", "L0", "sex"): probe_counts([50] * 8, [50] * 8),
+              ("pre", "L0", "tone"): probe_counts([94, 99, 95, 99, 96, 98, 97, 98], [25] * 8),
+              ("tone", "L0", "tone"): probe_counts([100] * 8, [25] * 8)}
+    ev = Evidence(probes=probes, layers={"pre": ["L0"], "tone": ["L0"]}, reference="pre", tasks=tasks)
+    c1 = check_claims(ev)[0]
+    enhanced = comparisons(c1)["tone enhanced (relative error reduction)"]
+    assert enhanced["verdict"] == "not testable" and "ceiling" in enhanced["reason"]
+    assert c1["status"] == "partly tested" and c1["holds"] is None and "ceiling" in c1["untested"][0]
+
+
+def test_below_the_measured_speaker_count_nothing_is_decided():
+    """bench/coverage.py: at 4 speakers Fieller's interval covered 0.74; from 6 on every deciding
+    interval meets its target. A clear difference over 4 speakers is therefore not decided."""
+    from phonorm.analysis.intervals import RELIABLE_FROM
+
+    few = [f"S{i}" for i in range(RELIABLE_FROM - 2)]
+    single = {s: (100 + 10 * i, 200) for i, s in enumerate(few)}
+    row = difference(pooled_accuracy({s: (c + 40, t) for s, (c, t) in single.items()}), pooled_accuracy(single),
+                     -TOLERANCE, ">")
+    assert row["ci_low"] > -TOLERANCE  # the interval alone would say "holds"
+    assert row["verdict"] == "not testable" and "too few speakers for a reliable interval" in row["reason"]
+    enough = {f"S{i}": (100 + 10 * i, 200) for i in range(RELIABLE_FROM)}
+    row = difference(pooled_accuracy({s: (c + 40, t) for s, (c, t) in enough.items()}), pooled_accuracy(enough),
+                     -TOLERANCE, ">")
+    assert row["verdict"] == "holds" and "reason" not in row

@@ -42,3 +42,30 @@ def test_removed_bootstrap_settings_are_refused_with_the_reason():
 
     with pytest.raises(ValidationError, match="intervals are now analytic|every interval is now analytic"):
         AnalyzeSettings(reference="pre", bootstrap=200)
+
+
+def test_clustering_by_fold_sums_the_speakers_of_a_fold_and_widens_a_shared_error():
+    """Speakers scored by one fitted probe share its error: four folds of two speakers each, the two of a
+    fold moving together. Clustered by fold the interval is wider (3 df, summed influences)."""
+    by_speaker = {f"S{i}": (60 + (8 if (i // 2) % 2 else -8) + (i % 2), 100) for i in range(8)}
+    estimate = pooled_accuracy(by_speaker)
+    folds = estimate.clustered({f"S{i}": f"fold {i // 2}" for i in range(8)})
+    assert folds.speakers == 4 and folds.point == estimate.point
+    assert sum(folds.terms.values()) == pytest.approx(sum(estimate.terms.values()))
+    low, high = estimate.interval()
+    f_low, f_high = folds.interval()
+    assert f_high - f_low > 1.5 * (high - low)
+    with pytest.raises(ValueError, match="influence"):
+        Estimate(0.5, {"S0": 0.4, "S1": 0.6}, JACKKNIFE_T).clustered({"S0": "a", "S1": "a"})
+
+
+def test_the_number_a_jackknife_interval_is_about_is_the_one_reported():
+    """The audit's case: a raw 0.310 reported beside an interval centred on the bias-corrected value
+    could lie outside it. `judged` reports the centre, and the raw value as `uncorrected_estimate`."""
+    from phonorm.analysis.intervals import judged
+
+    estimate = Estimate(0.310, {f"S{i}": v for i, v in enumerate([0.36, 0.37, 0.35, 0.38, 0.36, 0.37, 0.35, 0.36])},
+                        JACKKNIFE_T)
+    row = judged(estimate, 0.0, ">")
+    assert row["ci_low"] <= row["estimate"] <= row["ci_high"]
+    assert row["uncorrected_estimate"] == pytest.approx(0.310) and row["estimate"] != pytest.approx(0.310)

@@ -24,8 +24,8 @@ If sex is at chance after erasing sex while tone accuracy is unchanged, the laye
 information does not depend on the linearly decodable sex information a suppression would remove.
 The converse (erase tone, probe sex) checks that the erasure is specific.
 
-Per condition: accuracy with its 95% cluster-robust t interval over the test speakers
-(`intervals.CLUSTER_T`); chance = the class prior of the scored rows (`probes.CHANCE_METHOD`); the
+Per condition: accuracy with its 95% cluster-robust t interval over the folds (`CI_METHOD`: the
+test speakers of a fold share one fitted eraser and probe); chance = the class prior of the scored rows (`probes.CHANCE_METHOD`); the
 change from `erased = none` (paired per speaker, 95% interval); and "at chance", decided on the
 balanced accuracy (mean recall over the classes; `intervals.balanced_accuracy`): `above_chance` =
 balanced accuracy − 1/classes with its 90% interval, and `at_chance`, the equivalence test (TOST)
@@ -43,7 +43,6 @@ from typing import Callable
 import numpy as np
 
 from phonorm.analysis.intervals import (
-    CLUSTER_T,
     EQUIVALENCE_LEVEL,
     LEVEL,
     balanced_accuracy,
@@ -59,6 +58,15 @@ PROBED = ("tone", "sex")
 EQUIVALENCE_MARGIN = 0.05
 #: What the rows of erasure.csv were computed with (recorded beside them).
 ROLES = "eraser / probe-train / probe-test speakers disjoint, cross-fitted over folds"
+#: The intervals of erasure.csv: influences summed per fold (module docstring).
+CI_METHOD = "cluster-robust t over folds (CR1, K-1 df)"
+#: How sex is erased: "sex", LEACE of the sex labels of the eraser's speakers; "speaker", LEACE of
+#: their speaker identities (k speakers: a rank k − 1 edit removing every direction along which the
+#: eraser's speakers' means differ). Measured on planted speakers (bench/erasure.py, table in
+#: docs/statistics.md): with speaker offsets neither reaches chance on held-out speakers, and the
+#: speaker eraser costs tone accuracy, so sex LEACE is the default.
+SEX_ERASERS = ("sex", "speaker")
+SEX_ERASER = "sex"
 
 
 def leace_eraser(x: np.ndarray, concept: np.ndarray, rows: np.ndarray | None = None, chunk: int = 4096):
@@ -150,7 +158,8 @@ def fold_count(per_sex: list[int], folds: int) -> int:
 
 
 def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: np.ndarray, *, folds: int = 5,
-                   seed: int = 0, max_iter: int = 300, workers: int = 1, device: str = "cpu") -> list[dict]:
+                   seed: int = 0, max_iter: int = 300, workers: int = 1, device: str = "cpu",
+                   sex_eraser: str = SEX_ERASER) -> list[dict]:
     """Rows (one per erased × probed) for features `x` (rows, dim) and per-row `tone` (> 0; 0 = none),
     `sex`, `speakers` (rows,). Only rows with a tone and a sex are used.
     Raises ValueError with fewer than 2 tones, or fewer than 3 speakers of either sex.
@@ -161,12 +170,12 @@ def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: n
 
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return start_erasure_probes(x, tone, sex, speakers, pool.submit, folds=folds, seed=seed,
-                                    max_iter=max_iter, device=device)()
+                                    max_iter=max_iter, device=device, sex_eraser=sex_eraser)()
 
 
 def start_erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: np.ndarray, submit, *,
                          folds: int = 5, seed: int = 0, max_iter: int = 300,
-                         device: str = "cpu") -> Callable[[], list[dict]]:
+                         device: str = "cpu", sex_eraser: str = SEX_ERASER) -> Callable[[], list[dict]]:
     """`erasure_probes` with its jobs handed to `submit` (an executor's `submit`) at once; returns a
     function that waits for them and gives the rows (as `probes.start_probe`)."""
     tone, sex = np.asarray(tone), np.asarray(sex).astype(str)
@@ -177,7 +186,11 @@ def start_erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speak
     if len(np.unique(tone)) < 2:
         raise ValueError("erasure needs at least 2 tones among the rows")
     roles = erasure_roles(sex, speakers, folds, seed)
+    if sex_eraser not in SEX_ERASERS:
+        raise ValueError(f"sex_eraser must be one of {', '.join(SEX_ERASERS)}, not {sex_eraser!r}")
     labels = {"tone": tone, "sex": sex}
+    # What the eraser of each condition is fitted to remove (see SEX_ERASERS).
+    concepts = {"tone": tone, "sex": speakers if sex_eraser == "speaker" else sex}
 
     def fold(role: Roles, erased: str) -> dict:
         if erased == "none":
@@ -185,17 +198,21 @@ def start_erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speak
         else:
             # Fitted on the eraser's speakers only; edited in float64, kept in float32 as the standard
             # probe (`probes.probe`) fits, so the erased and unerased fits compare alike.
-            erase = leace_eraser(x, labels[erased][role.eraser], rows=role.eraser)
+            erase = leace_eraser(x, concepts[erased][role.eraser], rows=role.eraser)
             x_train, x_test = erase(x, role.train, np.float32), erase(x, role.test, np.float32)
         return {p: fit_predict(x_train, labels[p][role.train], x_test, seed, max_iter, device) for p in PROBED}
 
     jobs = [(role.test, erased, submit(fold, role, erased)) for role in roles for erased in CONDITIONS]
-    return lambda: _erasure_rows(jobs, labels, speakers, roles)
+    return lambda: [dict(row, sex_eraser=sex_eraser) for row in _erasure_rows(jobs, labels, speakers, roles)]
 
 
 def _erasure_rows(jobs: list, labels: dict, speakers: np.ndarray, roles: list[Roles]) -> list[dict]:
-    """The rows of `erasure_probes` from its finished fold `jobs` ((test rows, erased, future))."""
+    """The rows of `erasure_probes` from its finished fold `jobs` ((test rows, erased, future)).
+
+    Every interval is clustered by fold (`Estimate.clustered`): the test speakers of a fold share one
+    fitted eraser and probe, so the fold, not the speaker, is the independent unit (K − 1 df)."""
     n = len(speakers)
+    fold_of = {str(s): f"fold {k}" for k, role in enumerate(roles) for s in np.unique(speakers[role.test])}
     predicted = {(e, p): np.empty(n, dtype=labels[p].dtype) for e in CONDITIONS for p in PROBED}
     iterations = {k: 0 for k in predicted}
     converged = {k: True for k in predicted}
@@ -211,23 +228,29 @@ def _erasure_rows(jobs: list, labels: dict, speakers: np.ndarray, roles: list[Ro
         for p in PROBED:
             hits = predicted[(erased, p)] == labels[p]
             tallies = per_speaker(hits, speakers, majority[p])
-            accuracy = pooled_accuracy({s: (c, t) for s, (c, t, _) in tallies.items()})
-            before.setdefault(p, accuracy)
+            accuracy = pooled_accuracy({s: (c, t) for s, (c, t, _) in tallies.items()}).clustered(fold_of)
+            balanced = balanced_accuracy(hits, labels[p], speakers).clustered(fold_of)
+            before.setdefault(p, (accuracy, balanced))
             chance = float(majority[p].mean())
             low, high = accuracy.interval()
-            change = accuracy.minus(before[p])
+            change = accuracy.minus(before[p][0])
             c_low, c_high = change.interval()
-            balanced = balanced_accuracy(hits, labels[p], speakers)
+            b_low, b_high = balanced.interval()
+            balanced_change = balanced.minus(before[p][1])
+            bc_low, bc_high = balanced_change.interval()
             uniform = 1 / len(np.unique(labels[p]))
             at_chance, a_low, a_high = equivalent(balanced.shifted(uniform), EQUIVALENCE_MARGIN)
             rows.append(dict(erased=erased, probed=p, accuracy=accuracy.point, chance=chance,
-                             chance_method=CHANCE_METHOD, ci_low=num(low), ci_high=num(high), ci_method=CLUSTER_T,
+                             chance_method=CHANCE_METHOD, ci_low=num(low), ci_high=num(high), ci_method=CI_METHOD,
                              ci_level=LEVEL, change=change.point, change_ci_low=num(c_low), change_ci_high=num(c_high),
                              balanced_accuracy=balanced.point, balanced_chance=uniform,
+                             balanced_ci_low=num(b_low), balanced_ci_high=num(b_high),
+                             balanced_change=balanced_change.point, balanced_change_ci_low=num(bc_low),
+                             balanced_change_ci_high=num(bc_high),
                              above_chance=balanced.point - uniform, above_chance_ci_low=num(a_low),
                              above_chance_ci_high=num(a_high), above_chance_ci_level=EQUIVALENCE_LEVEL,
                              at_chance=at_chance, equivalence_margin=EQUIVALENCE_MARGIN, n=int(n),
-                             speakers=accuracy.speakers, folds=len(roles), roles=ROLES,
+                             speakers=len(tallies), folds=len(roles), roles=ROLES,
                              iterations=iterations[(erased, p)], converged=bool(converged[(erased, p)]),
                              by_speaker=tallies))
     return rows

@@ -22,6 +22,11 @@ TOLERANCE = 0.02
 REL_GAIN = 0.10
 SIM_DROP = 0.05
 CEILING = 0.02
+#: A fine-tuned model has learned its task when its accuracy removes at least this share of the
+#: chance-level error, (accuracy − chance) / (1 − chance), by the 95% CI's lower bound: the premise of
+#: every check of the model (fixed before any data; docs/statistics.md).
+LEARNED = 1 / 3
+CLASSIC = "classic"  # the model name of the classic baselines in probes.csv (analysis/run.py)
 
 
 def model_tasks(name: str, manifest_entry: dict | None = None, reference: str | None = None) -> tuple[list[str], str]:
@@ -97,6 +102,47 @@ class Evidence:
         if not by:
             return entry, None
         return entry, pooled_accuracy({s: (v["correct"], v["n_frames"]) for s, v in by.items()})
+
+    def learned(self, model: str, task: str) -> tuple[bool | None, str]:
+        """Whether `model` learned `task` (`LEARNED`): from its own classifier's accuracy on the
+        evaluation split with per-speaker counts, else from its top-layer probe (said so). None when
+        neither has an interval."""
+        entry, accuracy = self.task_accuracy(model, task)
+        chance = None if entry is None else entry.get("chance")
+        source = "task accuracy"
+        if accuracy is None or chance is None:
+            accuracy, chance, source = self.probe_accuracy(model, task), self.probe_chance(model, task), "top-layer probe"
+        if accuracy is None or chance is None or chance >= 1:
+            return None, (f"no {task} accuracy of the {model} model with per-speaker counts (evaluation or top-layer probe): "
+                          f"whether it learned {task} is unknown")
+        low, _ = accuracy.interval()
+        if not np.isfinite(low):
+            return None, f"no CI for the {task} accuracy of {model} (fewer than 2 speakers)"
+        removed = (low - chance) / (1 - chance)
+        said = (f"{source} {accuracy.point:.3f}, chance {float(chance):.3f}; by the 95% CI's lower bound {low:.3f} it "
+                f"removes {removed:.2f} of the chance-level error, {LEARNED:.2f} needed")
+        if removed >= LEARNED:
+            return True, f"{model} learned {task} ({said})"
+        return False, f"the {model} model did not learn {task} ({said})"
+
+    def below_baseline(self, model: str, task: str) -> str | None:
+        """A warning when `model`'s accuracy on `task` (its own classifier, else its top-layer probe) is
+        below the best classic baseline's probe of that label (e.g. z-scored F0 for tone) by more than
+        TOLERANCE, else None (a warning, not a verdict: the two are scored on different rows)."""
+        entry, _ = self.task_accuracy(model, task)
+        value = entry.get("accuracy") if entry else None
+        if value is None:
+            probe = self.probe_accuracy(model, task)
+            value = None if probe is None else probe.point
+        baselines = {layer: row.get("accuracy") for (m, layer, label), row in self.probes.items()
+                     if m == CLASSIC and label == task and row.get("accuracy") is not None}
+        if value is None or not baselines:
+            return None
+        best = max(baselines, key=lambda name: float(baselines[name]))
+        if float(value) >= float(baselines[best]) - TOLERANCE:
+            return None
+        return (f"the {model} model's {task} accuracy ({float(value):.3f}) is below the best classic baseline's probe "
+                f"({best}, {float(baselines[best]):.3f})")
 
     def cka_estimate(self, model: str, layer: str) -> Estimate:
         value, left_out = self.cka[(model, layer)]

@@ -27,23 +27,40 @@ class Comparison(BaseModel):
     name: str
     evidence: str
     primary: bool = True
+    a: Optional[str] = None
+    b: Optional[str] = None
+    a_value: Optional[float] = None
+    b_value: Optional[float] = None
     estimate: Optional[float] = None
+    """The value the interval is about (for a jackknife: the bias-corrected one; `uncorrected_estimate` beside)."""
+    uncorrected_estimate: Optional[float] = None
     ci_low: Optional[float] = None
     ci_high: Optional[float] = None
     ci_method: Optional[str] = None
+    ci_level: Optional[float] = None
+    margin: Optional[float] = None
+    direction: Optional[str] = None
     verdict: str
     reason: Optional[str] = None
 
 
 class ClaimCheck(BaseModel):
-    """The check of one model (or model pair) under a claim."""
+    """The check of one model (or model pair) under a claim: the parts it asserts (`comparisons`, those
+    with `primary` decide), its premise (the models learned their tasks), warnings, and for C4 its basis
+    (observational, or observational and causal) with the causal check's own status."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str
+    compared_with: Optional[str] = None
     comparisons: list[Comparison] = []
     verdict: str
     reason: Optional[str] = None
+    premise: Optional[bool] = None
+    warnings: list[str] = []
+    basis: Optional[str] = None
+    causal_status: Optional[str] = None
+    causal_reason: Optional[str] = None
 
 
 class Claim(BaseModel):
@@ -56,6 +73,9 @@ class Claim(BaseModel):
     holds: Optional[bool]
     measured: list[ClaimCheck]
     reason: Optional[str] = None
+    untested: list[str] = []
+    """Every part the claim asserts that could not be tested, with why (a claim never holds with one)."""
+    basis: Optional[str] = None
     fallback: Optional[list[str]] = None
     caveat: Optional[str] = None
     verdict_without_caveat: Optional[str] = None

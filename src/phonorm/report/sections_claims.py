@@ -44,25 +44,27 @@ def caveat_note(claims: ClaimsFile) -> str:
 
 
 def status_class(status: Any) -> str:
-    return {"holds": "ok", "does not hold": "bad", "inconclusive": "unsure"}.get(str(status), "na")
+    return {"holds": "ok", "does not hold": "bad", "inconclusive": "unsure", "partly tested": "unsure"}.get(
+        str(status), "na")
 
 
 def _ci(c: Comparison) -> str:
+    """The interval with its level and method beside the number it is about."""
     if c.ci_low is None or c.ci_high is None:
         return "–"
-    return f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}]"
+    level = f"{c.ci_level:.0%} " if c.ci_level else ""
+    return f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}] ({level}{c.ci_method or 'method not recorded'})"
 
 
 def _comparisons(check: ClaimCheck) -> list[dict[str, Any]]:
     out = []
     for c in check.comparisons:
-        extra = c.model_extra or {}  # the claim-specific fields (values compared, direction, margin)
         out.append({
             "model": check.model, "comparison": c.name,
             "evidence": c.evidence + ("" if c.primary else " (beside)"),
-            "values": f"{fmt(extra.get('a_value'))} vs {fmt(extra.get('b_value'))}",
+            "values": f"{fmt(c.a_value)} vs {fmt(c.b_value)}",
             "estimate": f"{c.estimate:+.3f}" if c.estimate is not None else "–",
-            "95% CI": _ci(c), "claimed": f"{extra.get('direction')} {extra.get('margin')}",
+            "CI": _ci(c), "claimed": f"{c.direction} {c.margin}",
             # a comparison without a reason writes none: an empty cell, where a null one shows "–"
             "verdict": c.verdict, "note": c.reason if "reason" in c.model_fields_set else "",
         })
@@ -88,12 +90,17 @@ def section_claims(page: Page, claims: Optional[ClaimsFile]) -> None:
         f"<td><span class=\"status {status_class(c.status)}\">{esc(c.status)}</span>"
         + (f"<p class=\"reason\">{esc(c.reason)}</p>" if c.reason else "")
         + "".join(f"<p class=\"reason\">{esc(f)}</p>" for f in c.fallback or [])
+        + (f"<p class=\"reason\">basis: {esc(c.basis)}</p>" if c.basis else "")
+        + "".join(f"<p class=\"reason\">warning: {esc(w)}</p>" for w in sorted({w for check in c.measured
+                                                                               for w in check.warnings}))
         + "</td></tr>" for c in claims.claims)
     body = ("<p>Each claim is decided from estimates with 95% confidence intervals against a margin fixed in "
             "advance: it <b>holds</b> when every interval lies on the claimed side of its margin, <b>does not "
             f"hold</b> when one lies wholly on the other side, and is <b>inconclusive</b> otherwise; it is <b>not "
             "testable</b> when its premise fails (e.g. the reference does not linearly decode the factor a "
-            f"suppression would remove), whatever its other comparisons say. Intervals: {how}. Primary evidence "
+            "suppression would remove, or the fine-tuned model did not learn its task), whatever its other "
+            "comparisons say, and <b>partly tested</b> when every tested part holds but a part it asserts could not "
+            f"be tested (named): a claim never holds on a part that was not tested. Intervals: {how}. Primary evidence "
             "decides; evidence marked <i>beside</i> is shown for comparison. Top layer = the last stored layer of "
             "each model.</p>" + caveat_note(claims) +
             "<table class=\"claims\"><thead><tr><th>claim</th><th>statement</th><th>criterion</th>"
@@ -102,7 +109,7 @@ def section_claims(page: Page, claims: Optional[ClaimsFile]) -> None:
         rows = [r for check in c.measured for r in _comparisons(check)]
         if rows:
             body += (f"<h3>{esc(c.claim)}: the comparisons</h3>"
-                     + table(rows, ["model", "comparison", "evidence", "values", "estimate", "95% CI", "claimed",
+                     + table(rows, ["model", "comparison", "evidence", "values", "estimate", "CI", "claimed",
                                     "verdict", "note"]))
     missing = claims.evaluations_missing
     if missing:
