@@ -2,7 +2,7 @@
 
 Speakers, not frames, are the independent units (frames of one speaker are strongly correlated), so
 every interval treats a speaker as one cluster and has G − 1 degrees of freedom, G = the number of
-speakers. Two methods, chosen because their coverage was measured (`bench/coverage.py`, table in
+speakers. The methods, chosen because their coverage was measured (`bench/coverage.py`, table in
 docs/statistics.md), not assumed:
 
 - `CLUSTER_T`, for accuracies and their paired differences: a pooled accuracy Σcₛ/Σnₛ is a ratio
@@ -19,6 +19,13 @@ docs/statistics.md), not assumed:
   third of the simulations (bench/coverage.py). A speaker bootstrap does not work at all: a speaker
   drawn twice repeats identical rows, which raises CKA between any two representations, so the
   resampled values sit above the estimate.
+
+- `FIELLER_T`, for C1's relative gain (a ratio): `ratio_interval`, Fieller's set of ratios whose
+  linear statistic the cluster-robust t test does not reject (the delta method's false holds near
+  ceiling were above nominal).
+- Intervals of rows that share a fitted probe (erasure: a fold's test speakers) sum the influences per
+  fold (`Estimate.clustered`), K − 1 df.
+Below `RELIABLE_FROM` speakers no comparison is decided (`too_few`): the measured coverage fails there.
 
 An `Estimate` carries its point value and one term per speaker (an influence or a leave-one-out
 value), so differences and smooth functions of estimates keep their pairing.
