@@ -97,7 +97,8 @@ _MIX = np.random.default_rng(54321).standard_normal((2, DIM, DIM)) / np.sqrt(DIM
 
 
 def _cka_sums(rng: np.random.Generator, reps: int, speakers: int) -> dict[str, np.ndarray]:
-    """Per-speaker sums (reps, G, ...) of X and two views Y (noise 1) and Y' (noise 2), rows U{10..120}."""
+    """Per-speaker sums (reps, G, ...) of X and two views Y (noise 1) and Y' (noise 2), rows U{10..120}:
+    the population behind the truth, vectorised (the same data as `_cka_rows`)."""
     n = rng.integers(10, MAX_ROWS + 1, size=(reps, speakers))
     mask = (np.arange(MAX_ROWS) < n[..., None])[..., None]  # (reps, G, rows, 1)
     offsets = rng.standard_normal((reps, speakers, 1, DIM)) * 1.2
@@ -143,23 +144,41 @@ def _cka_truth(seed: int) -> tuple[float, float]:
 
 
 def heterogeneous_cka(speakers: int, reps: int, seed: int, truth: tuple[float, float]) -> list[dict]:
+    """CKA and its leave-one-speaker-out values through phonorm's own `grouped.SpeakerSums` (what the
+    analysis streams), on rows drawn as in `_cka_rows`."""
+    from phonorm.analysis.grouped import SpeakerSums
+
     rng = np.random.default_rng([seed, speakers, 2])
-    keep = (1 - np.eye(speakers))[None]
-    parts: dict[str, list] = {"cka": [], "diff": []}
-    for begin in range(0, reps, 25):
-        n = min(25, reps - begin)
-        sums = _cka_sums(rng, n, speakers)
-        ones = np.ones((n, 1, speakers))
-        y, z = _cka(sums, ones, "y")[:, 0], _cka(sums, ones, "z")[:, 0]
-        jack = np.broadcast_to(keep, (n, speakers, speakers))
-        ly, lz = _cka(sums, jack, "y"), _cka(sums, jack, "z")
-        parts["cka"].append(jackknife_t_bounds(y, ly))
-        parts["diff"].append(jackknife_t_bounds(y - z, ly - lz))
+    keep = 1 - np.eye(speakers)
+    bounds: dict[str, list] = {"cka": [], "diff": []}
+    for _ in range(reps):
+        x, y, z, who = _cka_rows(rng, speakers)
+        values = {}
+        for name, view in (("y", y), ("z", z)):
+            sums = SpeakerSums.empty(speakers, DIM, DIM).update(x, view, who)
+            values[name] = (float(sums.cka(np.ones((1, speakers)))[0]), sums.cka(keep))
+        (py, ly), (pz, lz) = values["y"], values["z"]
+        bounds["cka"].append(jackknife_t_bounds(np.asarray(py), ly))
+        bounds["diff"].append(jackknife_t_bounds(np.asarray(py - pz), ly - lz))
     out = []
     for key, statistic, value in (("cka", "linear CKA", truth[0]), ("diff", "linear CKA difference", truth[1])):
-        low, high = (np.concatenate([p[i] for p in parts[key]]) for i in (0, 1))
-        out.append(_cell("heterogeneous speakers", statistic, speakers, "jackknife t", low, high, value, True))
+        low, high = (np.array([b[i] for b in bounds[key]]) for i in (0, 1))
+        out.append(_cell("heterogeneous speakers", statistic, speakers, "jackknife t (grouped.SpeakerSums)", low, high,
+                         value, True))
     return out
+
+
+def _cka_rows(rng: np.random.Generator, speakers: int):
+    """One data set's rows: X, Y, Y' (rows, DIM) and each row's speaker (0..G-1), as `_cka_sums`."""
+    n = rng.integers(10, MAX_ROWS + 1, size=speakers)
+    who = np.repeat(np.arange(speakers), n)
+    offsets = rng.standard_normal((speakers, DIM))[who] * 1.2
+    frames = rng.standard_normal((len(who), DIM))
+    own = _MIX[0] + 0.4 * rng.standard_normal((speakers, DIM, DIM)) / np.sqrt(DIM)
+    x = offsets + frames
+    y = np.einsum("ri,rij->rj", frames, own[who]) + offsets @ (_MIX[1] * 0.7)
+    noise = (rng.uniform(0.5, 2.0, size=speakers) * NOISE)[who][:, None]
+    return (x, y + noise * rng.standard_normal(y.shape), y + 2 * noise * rng.standard_normal(y.shape), who)
 
 
 # ---------------------------------------------------------------- relative gain near ceiling

@@ -148,7 +148,8 @@ def section_erasure(page: Page, results: Path) -> None:
             "shared. If tone accuracy is unchanged once sex is at chance, the model's tone information does not "
             "depend on the linearly decodable sex information a suppression would remove (claim C4). Erasing tone "
             "and probing sex is the converse check. Change: accuracy after − before erasure, probes trained on "
-            "the same speakers (95% cluster-robust t CI over the test speakers); chance: the class prior; above "
+            f"the same speakers ({esc(_erasure_method(erasure))}: a fold's test speakers share one fitted eraser and "
+            "probe); chance: the class prior; above "
             "chance: balanced accuracy (mean recall over the classes) − 1/classes, which is 0 for any guess that "
             "ignores the features"
             + (f"; <i>at_chance</i>: equivalence test (TOST), its 90% CI within ±{esc(margin)}" if margin is not None
@@ -160,6 +161,13 @@ def section_erasure(page: Page, results: Path) -> None:
 
 def _signed(value: Any) -> str:
     return f"{value:+.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def _erasure_method(erasure: Any) -> str:
+    """The interval method erasure.csv names (files of earlier versions: speakers were the clusters)."""
+    if "ci_method" in erasure.columns and erasure["ci_method"].notna().any():
+        return f"95% {erasure['ci_method'].dropna().iloc[0]}"
+    return "95% cluster-robust t CI over the test speakers"
 
 
 def _erasure_level(erasure: Any) -> str:
