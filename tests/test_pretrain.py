@@ -282,3 +282,19 @@ def test_hubert_settings_check_iteration_two_fields():
         PretrainSettings.parse({"objective": "contrastive", "pitch_clusters": 20})
     with pytest.raises(PhonormError, match="--feature-grad-mult"):
         PretrainSettings.parse({"feature_grad_mult": 0})
+
+
+def test_the_pitch_stream_weight_scales_only_its_own_loss():
+    """`--pitch-weight W`: the pitch stream's masked and unmasked losses count W times, the MFCC stream's once."""
+    import torch
+
+    from phonorm.models import hubert
+
+    torch.manual_seed(0)
+    logits = {hubert.TARGET: torch.randn(2, 10, 5), hubert.PITCH_TARGET: torch.randn(2, 10, 4)}
+    targets = {hubert.TARGET: torch.randint(0, 5, (2, 10)), hubert.PITCH_TARGET: torch.randint(0, 4, (2, 10))}
+    mask = torch.rand(2, 10) < 0.5
+    one, row = hubert.masked_prediction_loss(logits, targets, mask, 0.5)
+    three, _ = hubert.masked_prediction_loss(logits, targets, mask, 0.5, {hubert.PITCH_TARGET: 3.0})
+    pitch = row["pitch_masked_loss"] + 0.5 * row["pitch_unmasked_loss"]
+    assert float(three - one) == pytest.approx(2 * pitch, rel=1e-5)

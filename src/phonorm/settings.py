@@ -225,6 +225,8 @@ class PretrainSettings(StageSettings):
     pitch_clusters: int = Field(0, ge=0, description="hubert: also predict k-means clusters of the pitch track (F0 "
                                 "in semitones, relative to the utterance, its slope, voicing; Praat) with a head of "
                                 "their own, HuBERT's cluster ensemble (0: MFCC or layer clusters only).")
+    pitch_weight: float = Field(1.0, gt=0, description="hubert: the pitch stream's loss is multiplied by this "
+                                "before the streams' losses are summed (1: equal weight).")
     feature_grad_mult: float = Field(0.1, gt=0, le=1, description="Gradient scale of the convolutional front end "
                                      "(wav2vec 2.0 and HuBERT: 0.1, a tenth of the learning rate).")
 

@@ -60,20 +60,22 @@ class MaskedPrediction(torch.nn.Module):
 
 
 def masked_prediction_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], mask: torch.Tensor,
-                           unmasked_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+                           unmasked_weight: float, weights: dict[str, float] | None = None
+                           ) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, log values): per stream, mean cross-entropy over masked frames + `unmasked_weight` times
-    the mean over unmasked frames, summed over the streams; the log has each stream's losses and its
+    the mean over unmasked frames, summed over the streams (each times its `weights` entry, 1 if none); the log has each stream's losses and its
     masked frames' accuracy (`masked_loss`, `pitch_masked_loss`, ...)."""
     total = torch.zeros((), device=mask.device)
     row: dict[str, float] = {}
     for name, stream_logits in logits.items():
         prefix, flat_logits, ids = LOG_PREFIX[name], stream_logits.float(), targets[name]
+        weight = (weights or {}).get(name, 1.0)
         masked = torch.nn.functional.cross_entropy(flat_logits[mask], ids[mask])
-        total = total + masked
+        total = total + weight * masked
         row[f"{prefix}masked_loss"] = float(masked.detach())
         if unmasked_weight > 0 and (~mask).any():
             unmasked = torch.nn.functional.cross_entropy(flat_logits[~mask], ids[~mask])
-            total = total + unmasked_weight * unmasked
+            total = total + weight * unmasked_weight * unmasked
             row[f"{prefix}unmasked_loss"] = float(unmasked.detach())
         row[f"{prefix}masked_accuracy"] = float((flat_logits[mask].argmax(-1) == ids[mask]).float().mean())
     return total, row

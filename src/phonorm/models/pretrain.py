@@ -156,7 +156,8 @@ def _train(prepared: PreparedCorpus, out: Path, settings: PretrainSettings, reco
     def train_step(batch: dict[str, Any]) -> dict[str, Any]:
         wrapped.train()
         if objective == "hubert":
-            loss, row = _hubert_loss(wrapped, batch, settings.unmasked_weight, trainer.device)
+            loss, row = _hubert_loss(wrapped, batch, settings.unmasked_weight, trainer.device,
+                                     {hubert.PITCH_TARGET: settings.pitch_weight})
         else:
             loss, row = contrastive.contrastive_step(wrapped, unwrapped, batch, state.step, gumbel_decay,
                                                      trainer.device)
@@ -200,12 +201,13 @@ def _train(prepared: PreparedCorpus, out: Path, settings: PretrainSettings, reco
     return _summary(out, settings, int(getattr(config, "num_negatives", 0)), train_hours)
 
 
-def _hubert_loss(model: Any, batch: dict[str, Any], unmasked_weight: float, device: Any) -> tuple[torch.Tensor, dict]:
+def _hubert_loss(model: Any, batch: dict[str, Any], unmasked_weight: float, device: Any,
+                 weights: dict[str, float]) -> tuple[torch.Tensor, dict]:
     """HuBERT's masked-prediction loss of one batch (span masks drawn here) and its log row."""
     inputs = batch["input_values"].to(device)
     cluster_ids = {name: ids.to(device) for name, ids in batch["labels"].items()}
     mask = hubert.span_mask(len(inputs), cluster_ids[hubert.TARGET].shape[1]).to(device)
-    return hubert.masked_prediction_loss(model(inputs, mask), cluster_ids, mask, unmasked_weight)
+    return hubert.masked_prediction_loss(model(inputs, mask), cluster_ids, mask, unmasked_weight, weights)
 
 
 def _keep_snapshot(trainer: Trainer, out: Path, state: TrainState, save_model: Callable[[Path, TrainState], None]) -> None:
