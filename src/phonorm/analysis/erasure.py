@@ -216,11 +216,13 @@ def _erasure_rows(jobs: list, labels: dict, speakers: np.ndarray, roles: list[Ro
     predicted = {(e, p): np.empty(n, dtype=labels[p].dtype) for e in CONDITIONS for p in PROBED}
     iterations = {k: 0 for k in predicted}
     converged = {k: True for k in predicted}
+    gradient = {k: 0.0 for k in predicted}
     for test, erased, job in jobs:
-        for p, (pred, used, ok) in job.result().items():
-            predicted[(erased, p)][test] = pred
-            iterations[(erased, p)] = max(iterations[(erased, p)], used)
-            converged[(erased, p)] = converged[(erased, p)] and ok
+        for p, fold in job.result().items():
+            predicted[(erased, p)][test] = fold.predicted
+            iterations[(erased, p)] = max(iterations[(erased, p)], fold.iterations)
+            converged[(erased, p)] = converged[(erased, p)] and fold.converged
+            gradient[(erased, p)] = max(gradient[(erased, p)], fold.gradient)
     majority = {p: prior_hits(labels[p]) for p in PROBED}
     rows: list[dict] = []
     before: dict = {}
@@ -252,5 +254,5 @@ def _erasure_rows(jobs: list, labels: dict, speakers: np.ndarray, roles: list[Ro
                              at_chance=at_chance, equivalence_margin=EQUIVALENCE_MARGIN, n=int(n),
                              speakers=len(tallies), folds=len(roles), roles=ROLES,
                              iterations=iterations[(erased, p)], converged=bool(converged[(erased, p)]),
-                             by_speaker=tallies))
+                             gradient=gradient[(erased, p)], by_speaker=tallies))
     return rows

@@ -38,6 +38,22 @@ from phonorm.analysis.intervals import CLUSTER_T, pooled_accuracy
 
 #: How `ProbeResult.chance` is defined (recorded in probes.csv and erasure.csv).
 CHANCE_METHOD = "class prior (majority-class share of the scored rows)"
+#: The probe's solver stops when the largest entry of its objective's gradient is below this (scikit-learn's
+#: lbfgs `tol`; its default 1e-4 stopped 61-class probes 0.008-0.015 away from their optimum, see
+#: docs/statistics.md "Probe convergence"); at 1e-6 they are within 1e-3 of a fit to 1e-8.
+PROBE_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class FoldFit:
+    """One fold's fit: its test predictions, the solver's iterations, whether it converged before
+    `max_iter`, and the largest entry of the objective's gradient at the solution (`gradient`; 0 for
+    a single-class fold, which has nothing to fit)."""
+
+    predicted: np.ndarray
+    iterations: int
+    converged: bool
+    gradient: float
 
 
 @dataclass
@@ -54,13 +70,17 @@ class ProbeResult:
     #: most solver iterations used by a fold, and whether every fold converged before `max_iter`
     iterations: int = 0
     converged: bool = True
+    #: the largest gradient entry at any fold's solution (lbfgs stops at `PROBE_TOL` or where the
+    #: objective stops changing, whichever comes first)
+    gradient: float = 0.0
     #: speaker → [out-of-fold hits, rows, hits of the majority-class baseline]
     by_speaker: dict = field(default_factory=dict)
 
     def row(self) -> dict:
         return dict(accuracy=self.accuracy, chance=self.chance, chance_method=self.chance_method,
                     ci_low=self.ci_low, ci_high=self.ci_high, ci_method=self.ci_method, n=self.n, folds=self.folds,
-                    classes=self.classes, iterations=self.iterations, converged=self.converged)
+                    classes=self.classes, iterations=self.iterations, converged=self.converged,
+                    gradient=self.gradient)
 
 
 def probe_splits(y: np.ndarray, speakers: np.ndarray, utterances: np.ndarray, folds: int, seed: int,
@@ -107,12 +127,33 @@ def _digest(*parts) -> str:
     return h.hexdigest()
 
 
-def make_classifier(seed: int, max_iter: int = 300):
-    """Standardise, then multinomial logistic regression (L2, C=1): the probe."""
+def make_classifier(seed: int, max_iter: int = 300, tol: float = PROBE_TOL):
+    """Standardise, then multinomial logistic regression (L2, C=1) solved by lbfgs from zero to `tol`:
+    the probe. Its objective: mean log-loss + ‖W‖²/(2·C·rows), the intercept not penalised."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    return make_pipeline(Float32Standardiser(), LogisticRegression(max_iter=max_iter, random_state=seed))
+    return make_pipeline(Float32Standardiser(), LogisticRegression(max_iter=max_iter, tol=tol, random_state=seed))
+
+
+def objective_gradient(model, x: np.ndarray, y: np.ndarray) -> float:
+    """The largest entry of the probe's objective gradient (`make_classifier`) at the fitted `model`'s
+    solution on its training rows `x` (rows, dim), `y` (rows,): what lbfgs compares with `tol`.
+    Written out because scikit-learn does not report it."""
+    from scipy.special import expit, softmax
+
+    z = np.asarray(model[0].transform(x), dtype=np.float64)
+    fit = model[-1]
+    codes = np.searchsorted(fit.classes_, y)
+    weights, bias = np.asarray(fit.coef_, dtype=np.float64), np.asarray(fit.intercept_, dtype=np.float64)
+    if weights.shape[0] == 1:  # two classes: one binomial weight vector
+        residual = (expit(z @ weights[0] + bias[0]) - (codes == 1))[:, None]
+    else:
+        residual = softmax(z @ weights.T + bias, axis=1)
+        residual[np.arange(len(codes)), codes] -= 1
+    rows = len(z)
+    grad_w = residual.T @ z / rows + weights / (fit.C * rows)
+    return float(max(np.abs(grad_w).max(), np.abs(residual.mean(axis=0)).max()))
 
 
 class Float32Standardiser(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
@@ -179,16 +220,18 @@ def start_probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: 
     def finish() -> ProbeResult:
         predicted = np.empty(len(y), dtype=y.dtype)
         majority = prior_hits(y)
-        iterations, converged = 0, True
+        iterations, converged, gradient = 0, True, 0.0
         for (_, test), future in zip(splits, fitted):
-            predicted[test], used, ok = future.result()
-            iterations, converged = max(iterations, used), converged and ok
+            fold: FoldFit = future.result()
+            predicted[test] = fold.predicted
+            iterations, converged = max(iterations, fold.iterations), converged and fold.converged
+            gradient = max(gradient, fold.gradient)
         hits = predicted == y
         tallies = per_speaker(hits, speakers, majority)
         low, high = pooled_accuracy({s: (c, t) for s, (c, t, _) in tallies.items()}).interval()
         return ProbeResult(float(hits.mean()), float(majority.mean()), low, high, int(len(y)), len(splits),
                            int(len(np.unique(y))), iterations=iterations, converged=bool(converged),
-                           by_speaker=tallies)
+                           gradient=gradient, by_speaker=tallies)
     return finish
 
 
@@ -201,16 +244,16 @@ def prior_hits(y: np.ndarray) -> np.ndarray:
 
 
 def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int,
-                max_iter: int, device: str = "cpu") -> tuple[np.ndarray, int, bool]:
-    """Fit the probe on one fold and predict the test rows: (predictions, iterations, converged).
-    A single-class training fold predicts that class (0 iterations)."""
+                max_iter: int, device: str = "cpu") -> FoldFit:
+    """Fit the probe on one fold, from zero (never from another fold's solution, which saw this fold's
+    test speakers), and predict the test rows. A single-class training fold predicts that class."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
 
     classes = np.unique(y_train)
     if len(classes) == 1:
-        return np.full(len(x_test), classes[0], dtype=y_train.dtype), 0, True
+        return FoldFit(np.full(len(x_test), classes[0], dtype=y_train.dtype), 0, True, 0.0)
     if device != "cpu":
         return fit_predict_torch(x_train, y_train, x_test, max_iter, device)
     model = make_classifier(seed, max_iter)
@@ -223,7 +266,7 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, se
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     iterations = int(np.max(model[-1].n_iter_))
     converged = iterations < max_iter and not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    return model.predict(x_test), iterations, converged
+    return FoldFit(model.predict(x_test), iterations, converged, objective_gradient(model, x_train, y_train))
 
 
 class TorchLogisticProbe:
@@ -238,7 +281,7 @@ class TorchLogisticProbe:
     After `fit(x (rows, dim), y (rows,))`: `classes_`, `n_iter_`, `converged_`;
     `decision_function(x)` ((rows,) for two classes, else (rows, classes)) and `predict(x)`."""
 
-    def __init__(self, max_iter: int = 300, tol: float = 1e-4, device: str = "cuda"):
+    def __init__(self, max_iter: int = 300, tol: float = PROBE_TOL, device: str = "cuda"):
         self.max_iter, self.tol, self.device = max_iter, tol, device
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "TorchLogisticProbe":
@@ -273,6 +316,7 @@ class TorchLogisticProbe:
         optimizer.step(closure)
         self.n_iter_ = int(optimizer.state[weights].get("n_iter", 0))
         grad_max = max(float(p.grad.abs().max()) for p in (weights, bias) if p.grad is not None)
+        self.gradient_ = grad_max
         self.converged_ = bool(grad_max <= self.tol and self.n_iter_ < self.max_iter)
         self._weights, self._bias = weights.detach(), bias.detach()
         return self
@@ -290,10 +334,10 @@ class TorchLogisticProbe:
 
 
 def fit_predict_torch(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, max_iter: int,
-                      device: str = "cuda") -> tuple[np.ndarray, int, bool]:
+                      device: str = "cuda") -> FoldFit:
     """`fit_predict` with `TorchLogisticProbe` on `device`."""
     model = TorchLogisticProbe(max_iter=max_iter, device=device).fit(x_train, y_train)
-    return model.predict(x_test), model.n_iter_, model.converged_
+    return FoldFit(model.predict(x_test), model.n_iter_, model.converged_, model.gradient_)
 
 
 def per_speaker(hits: np.ndarray, speakers: np.ndarray, baseline: np.ndarray) -> dict[str, list[int]]:

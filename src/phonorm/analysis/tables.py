@@ -29,13 +29,13 @@ from phonorm.records.analysis import ClaimsFile, EvaluationFile
 SIMILARITY_COLUMNS = ["model", "reference", "layer", "measure", "value", "ci_low", "ci_high", "ci_method", "floor",
                       "held_out_value", "held_out_floor", "n", "n_fit", "n_score", "speakers"]
 PROBE_COLUMNS = ["model", "layer", "label", "accuracy", "chance", "chance_method", "ci_low", "ci_high", "ci_method", "n",
-                 "folds", "classes", "dropped", "iterations", "converged"]
+                 "folds", "classes", "dropped", "iterations", "converged", "gradient"]
 ERASURE_COLUMNS = ["model", "layer", "erased", "probed", "accuracy", "chance", "chance_method", "ci_low", "ci_high",
                    "ci_method", "change", "change_ci_low", "change_ci_high", "balanced_accuracy", "balanced_chance",
                    "balanced_ci_low", "balanced_ci_high", "balanced_change", "balanced_change_ci_low",
                    "balanced_change_ci_high", "above_chance", "above_chance_ci_low", "above_chance_ci_high",
                    "above_chance_ci_level", "at_chance", "equivalence_margin", "n", "speakers", "folds", "sex_eraser",
-                   "roles", "iterations", "converged"]
+                   "roles", "iterations", "converged", "gradient"]
 NORMALIZATION_COLUMNS = ["model", "layer", "measure", "label", "value", "n"]
 PCA_COLUMNS = ["model", "layer", "component", "variance", "explained", "cumulative"]
 
