@@ -48,7 +48,7 @@ def fit(x_train, y_train, tol: float, start=None) -> tuple:
 
 
 def one_probe(store: FeatureStore, model: str, layer: str, label: str) -> list[dict]:
-    frames = store.frames()
+    frames = store.frames
     y = frames[label].astype(str).to_numpy()
     rows = np.flatnonzero(y != "")
     speakers = frames["speaker"].astype(str).to_numpy()[rows]
@@ -80,13 +80,14 @@ def one_probe(store: FeatureStore, model: str, layer: str, label: str) -> list[d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=30_000)
-    parser.add_argument("--store", type=Path, help="an existing bench store (bench/scale.py --keep-store)")
+    parser.add_argument("--store", type=Path, help="a bench store folder: used if it holds one, else built there "
+                        "and kept")
     args = parser.parse_args()
     from scale import build_store
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.store or Path(tmp) / "store"
-        if args.store is None:
+        if not (folder / "manifest.json").is_file():
             build_store(folder, args.rows)
         store = FeatureStore(folder)
         print("| probe | start | tol | iterations | seconds | accuracy | − reference | max gradient entry | training rows |")
