@@ -1,6 +1,7 @@
-"""Coverage of phonorm's interval methods, simulated with planted speaker-level effects (issue 23).
+"""Coverage of phonorm's interval methods, simulated with planted speaker-level effects (issue 23),
+then in the hard cases where the verdicts live (issue 30: bench/coverage_hard.py).
 
-    python bench/coverage.py [--reps 2000] [--resamples 1000] [--speakers 8 12 20] [--seed 0]
+    python bench/coverage.py [--reps 2000] [--resamples 1000] [--speakers 8 12 20] [--seed 0] [--probe-reps 200]
 
 Prints, per statistic, number of test speakers and method: the share of nominal 95% intervals that
 contain the true value (`coverage`), the share lying wholly above it (`false holds`: a claim
