@@ -26,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from phonorm.analysis.probes import PROBE_TOL, make_classifier, objective_gradient, probe_splits  # noqa: E402
-from phonorm.features.store import FeatureStore  # noqa: E402
+from phonorm.analysis.probes import PROBE_TOL, make_classifier, objective_gradient, probe_splits
+from phonorm.features.store import FeatureStore
 
 PROBES = (("tone", "L10", "phone"), ("pre", "L6", "phone"), ("pre", "L6", "speaker"))
 
@@ -83,6 +81,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="a bench store folder: used if it holds one, else built there "
                         "and kept")
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from scale import build_store
 
     with tempfile.TemporaryDirectory() as tmp:
