@@ -131,7 +131,7 @@ def test_a_corpus_prepared_again_after_fine_tuning_is_refused(fake_corpus, model
 
     import pandas as pd
 
-    from phonorm.models.card import ModelCard
+    from phonorm.records.card import ModelCard
 
     corpus, model = tmp_path / "corpus", tmp_path / "model"
     shutil.copytree(fake_corpus, corpus)

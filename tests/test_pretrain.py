@@ -55,8 +55,8 @@ def test_kept_snapshots_load_and_do_not_change_the_run(fake_corpus, tmp_path):
     whichever other steps are kept."""
     from safetensors.torch import load_file
 
-    from phonorm.models.card import ModelCard
     from phonorm.models.pretrain import snapshot_folder
+    from phonorm.records.card import ModelCard
 
     common = dict(size="tiny", steps=6, seed=0, batch_seconds=4.0, lr=2e-3, eval_every=6)
     plain, kept = tmp_path / "plain", tmp_path / "kept"
@@ -84,8 +84,8 @@ def test_kept_snapshots_load_and_do_not_change_the_run(fake_corpus, tmp_path):
 
 def test_max_hours_caps_the_pretraining_audio(fake_corpus, tmp_path):
     from phonorm.corpus.store import PreparedCorpus
-    from phonorm.models.card import ModelCard
     from phonorm.models.pretrain import _train_utterances
+    from phonorm.records.card import ModelCard
 
     prepared = PreparedCorpus(fake_corpus)
     total = prepared.utterances("train")["duration"].sum() / 3600
@@ -103,7 +103,7 @@ def _hubert_folder(corpus: Path, out: Path, steps: int, eval_every: int) -> str:
     """A hubert pre-training run of the tiny model on the fake corpus; its summary line."""
     from transformers import AutoModel, HubertModel
 
-    from phonorm.models.card import ModelCard
+    from phonorm.records.card import ModelCard
 
     summary = pretrain(corpus, out=out, objective="hubert", size="tiny", steps=steps, seed=0,
                        batch_seconds=8.0, lr=3e-3, eval_every=eval_every, clusters=20, unmasked_weight=0.5)
@@ -130,7 +130,7 @@ def test_a_hubert_run_leaves_a_folder_that_loads_as_a_hubert_model(fake_corpus, 
 
 @pytest.mark.slow
 def test_hubert_loss_falls_and_the_folder_loads_as_a_hubert_model(fake_corpus, tmp_path):
-    from phonorm.models.card import ModelCard
+    from phonorm.records.card import ModelCard
 
     out = tmp_path / "hubert"
     assert "masked accuracy" in _hubert_folder(fake_corpus, out, steps=60, eval_every=30)
@@ -245,7 +245,7 @@ def test_pitch_cluster_targets_repeat_for_a_seed_and_separate_registers(fake_cor
 def test_a_short_pretraining_lowers_the_loss_of_each_target_stream(fake_corpus, tmp_path):
     """MFCC units and pitch, each with its head: both training losses fall within a short run, both
     held-out accuracies are logged, and the card records the pitch targets."""
-    from phonorm.models.card import ModelCard
+    from phonorm.records.card import ModelCard
 
     out = tmp_path / "ensemble"
     pretrain(fake_corpus, out=out, objective="hubert", size="tiny", steps=30, seed=0, batch_seconds=4.0, lr=3e-3,

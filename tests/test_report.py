@@ -16,7 +16,7 @@ import pytest
 
 from phonorm.artifacts import write_json
 from phonorm.errors import InputError
-from phonorm.models.card import ModelCard
+from phonorm.records.card import ModelCard
 from phonorm.records.context import RunContext
 from phonorm.report.html import build_report
 

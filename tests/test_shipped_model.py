@@ -42,8 +42,8 @@ def test_the_card_records_the_recipe_of_the_example_that_makes_it():
     """The settings in the shipped card are those examples/pretrain-reference.yaml gives `pretrain`,
     and the card's fixed recipe is the code's; the corpus is the example's synth settings."""
     from phonorm.experiment.load import load_experiment
-    from phonorm.models.card import ModelCard, binding_settings
     from phonorm.models.pretrain import recorded_settings
+    from phonorm.records.card import ModelCard, binding_settings
     from phonorm.settings import PretrainSettings
 
     card = ModelCard.load(resolve_model(REFERENCE))

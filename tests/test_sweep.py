@@ -17,7 +17,7 @@ import yaml
 
 from phonorm import experiment as ex
 from phonorm.errors import InputError
-from phonorm.models.card import ModelCard
+from phonorm.records.card import ModelCard
 from test_experiment import FakeStages
 from test_report import render_check
 

@@ -116,7 +116,7 @@ def _model_folder(folder: Path, layers: int = 2, dim: int = 8) -> Path:
     """A fine-tuned model folder as phonorm finetune writes it (tiny, numpy-made weights)."""
     from safetensors.numpy import save_file
 
-    from phonorm.models.card import ModelCard
+    from phonorm.records.card import ModelCard
 
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"model_type": "wav2vec2", "num_hidden_layers": layers,

@@ -229,9 +229,8 @@ def set_seed(seed: int) -> None:
     """Seed Python, NumPy and (when imported) torch."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    if "torch" in sys.modules:
-        import torch
-
+    torch = sys.modules.get("torch")  # seeded when loaded, never imported here: artifacts stays torch-free
+    if torch is not None:
         torch.manual_seed(seed)
 
 

@@ -2,7 +2,7 @@
 
 Each kind of folder is recognised by the file its stage writes last and checked with the same
 class that writes it (as lhotse validates each manifest type): a prepared corpus
-(`corpus.store.PreparedCorpus`), a model folder (`models.card.ModelCard`, config.json, the
+(`corpus.store.PreparedCorpus`), a model folder (`records.card.ModelCard`, config.json, the
 safetensors files), a feature store (`features.manifest.StoreManifest`, every layer file's header,
 size and values against it), a results folder (`settings.json`, written last, and the tables and
 figures it lists), a run folder of `phonorm run` (`run.json`, every stage folder's marker, and each

@@ -1,7 +1,7 @@
 """The checks of `phonorm validate` that read model folders and feature stores file by file (`validate.py`
 recognises each folder and dispatches), and `Validation`, the verdict every check fills in.
 
-A model folder: `models.card.ModelCard`, config.json, the safetensors files (header, tensor sizes, the
+A model folder: `records.card.ModelCard`, config.json, the safetensors files (header, tensor sizes, the
 encoder's layer count, finite values, one head output per label). A feature store:
 `features.manifest.StoreManifest`, frames.parquet decoded, every layer file's header, size and values,
 the classic baselines against the counts extraction recorded. Torch is not imported.
@@ -66,7 +66,7 @@ _ENCODER_LAYER = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")
 
 
 def check_model(folder: Path) -> Validation:
-    from phonorm.models.card import ModelCard
+    from phonorm.records.card import ModelCard
 
     result = Validation(folder, "model folder")
     try:

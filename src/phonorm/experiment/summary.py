@@ -43,8 +43,8 @@ from phonorm.artifacts import atomic_path
 from phonorm.errors import InputError, PhonormError
 from phonorm.experiment.config import SweepConfig
 from phonorm.layers import layer_index
-from phonorm.models.card import ModelCard
 from phonorm.records.analysis import ClaimsFile, Comparison
+from phonorm.records.card import ModelCard
 from phonorm.records.sweep import POINTS, TABLE, SweepPoints
 
 LEVEL = 0.95

@@ -123,7 +123,7 @@ def _assemble_classic(plan: Plan, num_processes: int) -> None:
 
 def build_manifest(plan: Plan, run_counts: dict[str, dict]) -> StoreManifest:
     from phonorm.models.backbone import LAYER_CONVENTION
-    from phonorm.models.card import ModelCard
+    from phonorm.records.card import ModelCard
 
     models: list[Any] = list(plan.kept_models)
     for spec in plan.models:

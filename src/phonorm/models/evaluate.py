@@ -180,7 +180,7 @@ def _refuse_a_changed_corpus(prepared: PreparedCorpus, model_dir: Path) -> None:
     """The corpus folder the model was fine-tuned on, prepared again since (other splits, so perhaps
     the model's own training speakers in "test"), is refused naming both fingerprints. Another corpus
     folder is a cross-corpus evaluation, which is the user's choice."""
-    from phonorm.models.card import ModelCard
+    from phonorm.records.card import ModelCard
 
     if not ModelCard.exists(model_dir):
         return

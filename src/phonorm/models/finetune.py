@@ -37,11 +37,11 @@ from phonorm.models.backbone import (
     load_config,
     uses_group_norm,
 )
-from phonorm.models.card import FinetuneMetrics, ModelCard, binding_settings
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler
 from phonorm.models.evaluate import predict_split, score_predictions
 from phonorm.models.heads import FrameClassifier, MultitaskHeads, load_finetuned, multitask_loss, save_heads
 from phonorm.models.training import Trainer, TrainState, swap_folder
+from phonorm.records.card import FinetuneMetrics, ModelCard, binding_settings
 from phonorm.settings import FinetuneSettings
 
 __all__ = ["FinetuneSettings", "finetune", "resolve_mixed_precision"]

@@ -85,7 +85,7 @@ def load_finetuned(folder: str | Path, *, device: str | torch.device = "cpu",
     """(backbone in eval mode, heads in eval mode, model card as a dict) of a `phonorm finetune`
     folder. `label_maps` (task → labels) stands in for the card while the folder is being finished."""
     from phonorm.models.backbone import load_backbone
-    from phonorm.models.card import ModelCard
+    from phonorm.records.card import ModelCard
 
     folder = Path(folder)
     if label_maps is None:

@@ -30,10 +30,10 @@ from phonorm.frames import FrameGeometry
 from phonorm.lock import folder_lock
 from phonorm.models import contrastive, hubert
 from phonorm.models.backbone import LAYER_CONVENTION, make_config
-from phonorm.models.card import ModelCard, binding_settings
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler, length_bucketed_batches
 from phonorm.models.targets import ClusterTargets, fit_targets, layer_features, pitch_frames
 from phonorm.models.training import Trainer, TrainState, swap_folder
+from phonorm.records.card import ModelCard, binding_settings
 from phonorm.settings import PretrainSettings
 from phonorm.wording import speech
 

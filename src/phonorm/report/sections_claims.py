@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from phonorm.artifacts import code_version, library_versions
-from phonorm.models.card import ModelCard
 from phonorm.records.analysis import AnalysisRecord, ClaimCheck, ClaimsFile, Comparison
+from phonorm.records.card import ModelCard
 from phonorm.records.corpus import LabelsFile, SynthFile
 from phonorm.report.page import (
     Page,

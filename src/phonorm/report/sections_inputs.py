@@ -9,8 +9,8 @@ from typing import Any, Optional
 import pandas as pd
 
 from phonorm import figures as figs
-from phonorm.models.card import FinetuneMetrics
 from phonorm.records.analysis import EvaluationFile
+from phonorm.records.card import FinetuneMetrics
 from phonorm.records.corpus import LabelsFile
 from phonorm.report.page import (
     Page,
