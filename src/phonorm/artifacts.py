@@ -19,7 +19,7 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Optional, Sequence
+from typing import Any, ClassVar, Iterator, Optional, Self, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -252,11 +252,12 @@ class JsonRecord(BaseModel):
         return cls.path(folder).is_file()
 
     @classmethod
-    def load(cls, folder: str | Path):  # type: ignore[no-untyped-def]
+    def load(cls, folder: str | Path) -> Self:
+        """The record of `folder`, as this type (InputError naming the file when missing or invalid)."""
         return cls.load_file(cls.path(folder))
 
     @classmethod
-    def load_file(cls, path: str | Path):  # type: ignore[no-untyped-def]
+    def load_file(cls, path: str | Path) -> Self:
         from phonorm.errors import InputError
 
         path = Path(path)

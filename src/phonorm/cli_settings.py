@@ -66,7 +66,7 @@ def settings_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
     """One keyword-only typer option per field of `model`."""
     parameters = []
     for name, field in model.model_fields.items():
-        repeatable = (field.json_schema_extra or {}).get("cli") == "repeat"  # type: ignore[union-attr]
+        repeatable = (field.json_schema_extra or {}).get("cli") == "repeat"  # type: ignore[union-attr]  # json_schema_extra may be a callable; ours are dicts
         annotation = _cli_type(field.annotation, repeatable)
         default = [] if repeatable else _cli_default(field)
         if default is None and typing.get_origin(annotation) is not Union and not repeatable:
@@ -83,7 +83,7 @@ def settings_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
 def settings_from_options(model: type[BaseModel], values: dict[str, Any]) -> Any:
     """`model(**values)` (options not given are left to the class's defaults), or a PhonormError
     naming each rejected option (`StageSettings.parse`)."""
-    return model.parse(values)  # type: ignore[attr-defined]
+    return model.parse(values)  # type: ignore[attr-defined]  # every settings class is a StageSettings
 
 
 def with_settings(model: type[BaseModel]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -99,7 +99,7 @@ def with_settings(model: type[BaseModel]) -> Callable[[Callable[..., Any]], Call
             return func(**kwargs, settings=settings)
 
         command.__name__, command.__doc__ = func.__name__, func.__doc__
-        command.__signature__ = signature.replace(parameters=own + settings_parameters(model))  # type: ignore[attr-defined]
+        command.__signature__ = signature.replace(parameters=own + settings_parameters(model))  # type: ignore[attr-defined]  # typer reads __signature__
         return command
 
     return wrap

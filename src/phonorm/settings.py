@@ -323,7 +323,7 @@ class FinetuneSettings(StageSettings):
         return self
 
     def weight(self, task: str) -> float:
-        return float(self.loss_weights.get(task, 1.0))  # type: ignore[call-overload]
+        return float(self.loss_weights.get(task, 1.0))  # type: ignore[call-overload]  # loss_weights is dict | str before validation
 
 
 # ---------------------------------------------------------------- extract

@@ -28,7 +28,7 @@ class AnalyzeSettings(StageSettings):
     folds: int = Field(5, ge=2, description="Speaker-disjoint cross-validation folds for probes.")
     seed: int = Field(0, description="Random seed.")
     models: Optional[list[str]] = Field(None, description="Models to analyse (default: all in the store).")
-    labels: list[ProbeLabel] = Field(default_factory=lambda: list(PROBE_LABELS),  # type: ignore[arg-type]
+    labels: list[ProbeLabel] = Field(default_factory=lambda: list(PROBE_LABELS),  # type: ignore[arg-type]  # a list of the Literal's values: mypy sees list[str]
                                      description="Labels to probe: tone, phone, sex, speaker.")
     layer_matrix: bool = Field(True, description="Also compare every layer with every reference layer.")
     sample_rows: Optional[int] = Field(20000, ge=10, description="Rows (same share per speaker) used by probes, "

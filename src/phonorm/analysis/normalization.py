@@ -24,9 +24,9 @@ class GroupSums:
     n_groups: int
     dim: int
     shift: np.ndarray | None = None
-    counts: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    sums: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    squares: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    counts: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
+    sums: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
+    squares: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
 
     def __post_init__(self):
         if self.counts is None:

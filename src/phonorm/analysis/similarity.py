@@ -160,11 +160,11 @@ class ViewSums:
     dim: int
     shift: np.ndarray | None = None
     n: int = 0
-    sum: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    gram: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    sum: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
+    gram: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
     #: Σ‖xᵢ‖⁴ and Σ‖xᵢ‖² xᵢ (dim,): the O(d) extras of debiased CKA's self-HSIC.
     norm4: float = 0.0
-    norm2_x: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    norm2_x: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
 
     def __post_init__(self):
         if self.sum is None:
@@ -245,10 +245,10 @@ class CrossSums:
     dx: int
     dy: int
     n: int = 0
-    xy: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    xy: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
     ab: float = 0.0
-    a_y: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    b_x: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    a_y: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
+    b_x: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
 
     def __post_init__(self):
         if self.xy is None:

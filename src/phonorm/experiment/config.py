@@ -162,7 +162,7 @@ class ExtractConfig(ExtractSettings):
 class AnalyzeConfig(AnalyzeSettings):
     """`AnalyzeSettings`; `reference` defaults to the first pre-trained model."""
 
-    reference: Optional[str] = None  # type: ignore[assignment]
+    reference: Optional[str] = None  # type: ignore[assignment]  # narrows the parent's required field
 
 
 class ReportConfig(_Strict):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from phonorm.artifacts import atomic_path, write_json
-from phonorm.errors import InputError
+from phonorm.errors import InputError, PhonormError
 from phonorm.experiment.cache import Stage, execute, execute_all, stage_record
 from phonorm.experiment.config import Experiment, SweepConfig, SweepPoint
 from phonorm.experiment.plan import Plan, plan_stages
@@ -82,8 +82,7 @@ def plan_sweep(experiment: Experiment, file: Path, only: Sequence[str] = ()) -> 
                 "seed": analyze.seed}
     inputs = {f"{p.id}:{kind}": getattr(plan, kind).key for p, plan in zip(points, plans)
               for kind in ("analyze", "extract", "report")}
-    inputs.update({f"{p.id}:model": plan.models[experiment.swept.name].key  # type: ignore[union-attr]
-                   for p, plan in zip(points, plans)})
+    inputs.update({f"{p.id}:model": plan.models[_swept_name(experiment)].key for p, plan in zip(points, plans)})
     summary = Stage("sweep", "sweep", inputs, settings, _run_summary(entries, resamples, analyze.seed),
                     experiment.workdir)
     return SweepPlan(experiment, file, points, plans, stages, summary, selected)
@@ -102,7 +101,7 @@ def _not_needed(stage: Stage, sweep: SweepPlan, force: bool) -> bool:
     already cached: its final model is used by no point, so it need not run again."""
     if force or stage.kind != "pretrain" or stage.done():
         return False
-    snapshots = [plan.models[plan.experiment.swept.name] for p, plan in zip(sweep.points, sweep.plans)  # type: ignore[union-attr]
+    snapshots = [plan.models[_swept_name(plan.experiment)] for p, plan in zip(sweep.points, sweep.plans)
                  if plan.run is not None and plan.run.folder == stage.folder and p.id in sweep.selected]
     return bool(snapshots) and all(s.kind == "snapshot" and s.done() for s in snapshots)
 
@@ -165,3 +164,11 @@ def _summary(sweep: SweepPlan, partial: bool) -> str:
         lines.append(f"table: {sweep.experiment.workdir / 'sweep.csv'}")
         lines.append(f"sweep report: {sweep.experiment.workdir / PAGE}")
     return "\n".join(lines)
+
+
+def _swept_name(experiment: Experiment) -> str:
+    """The name of the pre-training entry a sweep varies (an `ExperimentConfig` with a sweep always has one)."""
+    swept = experiment.swept
+    if swept is None:
+        raise PhonormError(f"{experiment.name}: a sweep needs the pre-training entry it varies (sweep.pretrain)")
+    return str(swept.name)

@@ -72,7 +72,7 @@ def make_config(size: str = "tiny", *, stable_layer_norm: bool = False, model_ty
 def freeze_feature_encoder(backbone: PreTrainedModel) -> None:
     """Stop the convolutional feature encoder of any supported model from learning (HubertModel and
     WavLMModel lack transformers' `freeze_feature_encoder`; their heads' versions do this)."""
-    backbone.feature_extractor._freeze_parameters()  # type: ignore[operator, union-attr]
+    backbone.feature_extractor._freeze_parameters()  # type: ignore[operator, union-attr]  # transformers types the module attribute loosely
 
 
 def load_config(name_or_path: str | Path) -> PretrainedConfig:

@@ -63,7 +63,7 @@ def predict_split(backbone: torch.nn.Module, heads: MultitaskHeads, dataset: Fra
     Group-norm models see one utterance (or equal-length batch) at a time, never padding."""
     backbone.eval()
     heads.eval()
-    group_norm = uses_group_norm(backbone.config)  # type: ignore[arg-type]
+    group_norm = uses_group_norm(backbone.config)  # type: ignore[arg-type]  # transformers' config attribute is typed as a union
     result = Predictions(list(dataset.tasks))
     indices = list(range(len(dataset))) if indices is None else list(indices)
     bar = progress_bar(total=len(indices), desc=desc, unit="utt", enabled=progress, leave=False)

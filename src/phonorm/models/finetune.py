@@ -245,7 +245,7 @@ def _save_model(model: FrameClassifier, folder: Path) -> None:
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     with writing(folder / "model.safetensors"):  # a full disk: one line naming the model, not a SafetensorError
-        model.backbone.save_pretrained(tmp)  # type: ignore[operator]
+        model.backbone.save_pretrained(tmp)
         save_heads(model.heads, tmp)
     swap_folder(tmp, folder)
 

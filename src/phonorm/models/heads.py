@@ -98,7 +98,7 @@ def load_finetuned(folder: str | Path, *, device: str | torch.device = "cpu",
     for name in (HEADS_FILE, "config.json"):
         if not (folder / name).is_file():
             raise InputError(folder / name, "missing: not a model folder written by phonorm finetune")
-    backbone: Any = load_backbone(folder).to(device)  # type: ignore[arg-type]
+    backbone: Any = load_backbone(folder).to(device)  # type: ignore[arg-type]  # transformers' .to() overloads reject a str device
     n_classes = {task: len(meta["label_maps"][task]) for task in meta["tasks"]}
     heads = MultitaskHeads(backbone.config.hidden_size, n_classes)
     try:

@@ -141,13 +141,16 @@ def section_accuracy(page: Page, sources: Sources) -> None:
 def _held_out(sources: Sources) -> str:
     """What the evaluation split holds out, in words matching how the corpus was actually split (its
     utterances table; `split.by` of labels.json names how): new speakers only when no speaker is in two splits."""
+    unknown = "the evaluation split (no prepared corpus found to tell how it was split)"
+    if sources.corpus is None:
+        return unknown
     try:
-        table = pd.read_parquet(sources.corpus / "utterances.parquet", columns=["speaker", "split"])  # type: ignore[operator]
-    except (TypeError, OSError, ValueError, KeyError):
-        return "the evaluation split (no prepared corpus found to tell how it was split)"
+        table = pd.read_parquet(sources.corpus / "utterances.parquet", columns=["speaker", "split"])
+    except (OSError, ValueError, KeyError):
+        return unknown
     if (table.groupby("speaker")["split"].nunique() <= 1).all():
         return "held-out speakers"
-    labels = read_record(LabelsFile, sources.corpus / LabelsFile.FILE)  # type: ignore[operator]
+    labels = read_record(LabelsFile, sources.corpus / LabelsFile.FILE)
     split = labels.split if labels else None
     return (f"held-out utterances of speakers also heard in training (the corpus was split by "
             f"{split.by if split else 'utterance'}, not by speaker)")

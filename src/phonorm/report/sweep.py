@@ -73,10 +73,8 @@ def _png(fig) -> bytes:
 def axes_of(settings: list[str], table: pd.DataFrame) -> tuple[Optional[str], list[str]]:
     """(the x-axis setting, the settings that make separate lines); the seed is a repeat."""
     varying = [s for s in settings if s in table and table[s].nunique(dropna=False) > 1]
-    if "checkpoint" in varying:
-        x = "checkpoint"
-    else:
-        x = next((s for s in varying if s != "seed"), "seed" if "seed" in varying else None)  # type: ignore[assignment]
+    x: Optional[str] = "checkpoint" if "checkpoint" in varying else \
+        next((s for s in varying if s != "seed"), "seed" if "seed" in varying else None)
     return x, [s for s in varying if s not in (x, "seed")]
 
 
