@@ -24,7 +24,7 @@ import pandas as pd
 
 from phonorm.errors import InputError
 from phonorm.features.layout import CLASSIC_DIR, FRAMES_FILE, MANIFEST_FILE, stored_layer_files
-from phonorm.features.manifest import StoreManifest
+from phonorm.features.manifest import StoreManifest, StoreModel
 from phonorm.layers import layer_name
 
 
@@ -73,30 +73,34 @@ class FeatureStore:
     @property
     def rows(self) -> int:
         """Number of stored rows (frames or segments)."""
-        return int(self.manifest["rows"])
+        return self.record.rows
 
     @property
     def models(self) -> list[str]:
         """Model names in the order they were given to `phonorm extract`."""
-        return [entry["name"] for entry in self.manifest["models"]]
+        return [entry.name for entry in self.record.models]
 
-    def model_info(self, model: str) -> dict:
-        """The manifest entry of one model: name, source, n_layers, dim, layers, dtype, ..."""
-        for entry in self.manifest["models"]:
-            if entry["name"] == model:
+    def model_record(self, model: str) -> StoreModel:
+        """The manifest entry of one model, typed (InputError naming the store when it holds no such model)."""
+        for entry in self.record.models:
+            if entry.name == model:
                 return entry
         raise InputError(self.folder, f"no model {model!r} in this feature store; it holds: {', '.join(self.models)}")
 
+    def model_info(self, model: str) -> dict:
+        """The manifest entry of one model as a plain dict: name, source, n_layers, dim, layers, ..."""
+        return self.model_record(model).model_dump(mode="json")
+
     def layers(self, model: str) -> list[str]:
         """Stored layer names of a model, in depth order, e.g. ["L0", "L1", ..., "L12"]."""
-        return list(self.model_info(model)["layers"])
+        return list(self.model_record(model).layers)
 
     def dim(self, model: str) -> int:
-        return int(self.model_info(model)["dim"])
+        return self.model_record(model).dim
 
     @property
     def settings(self) -> dict:
-        return dict(self.manifest.get("settings", {}))
+        return dict(self.record.settings)
 
     # ------------------------------------------------------------------ embeddings
     def layer_files(self, model: str, layer: str | int) -> list[Path]:
