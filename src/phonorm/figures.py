@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from phonorm.artifacts import atomic_path
+from phonorm.labels import ERASURE_CONDITIONS, ERASURE_PROBED
 from phonorm.layers import layer_index as _index
 from phonorm.layers import umap_layers
 
@@ -119,9 +120,9 @@ def erasure_figure(erasure: pd.DataFrame, folder: Path) -> list[str]:
     plt = _plt()
     models = list(dict.fromkeys(erasure.model))
     fig, axes = plt.subplots(len(models), 2, figsize=(8, 3 * len(models)), squeeze=False, sharey=True)
-    styles = {"none": ("-", "no erasure"), "sex": ("--", "sex erased"), "tone": (":", "tone erased")}
+    styles = dict(zip(ERASURE_CONDITIONS, (("-", "no erasure"), ("--", "sex erased"), (":", "tone erased"))))
     for row, model in enumerate(models):
-        for col, probed in enumerate(("tone", "sex")):
+        for col, probed in enumerate(ERASURE_PROBED):
             ax = axes[row][col]
             part = erasure[(erasure.model == model) & (erasure.probed == probed)]
             for i, (erased, (ls, label)) in enumerate(styles.items()):

@@ -16,9 +16,10 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from phonorm.labels import SEXES
+
 CAVEAT_BELOW = 4
 TESTABLE_FROM = 2
-SEXES = ("F", "M")
 
 
 def speakers_per_sex(frames: pd.DataFrame) -> dict[str, int]:

@@ -51,9 +51,9 @@ from phonorm.analysis.intervals import (
     pooled_accuracy,
 )
 from phonorm.analysis.probes import CHANCE_METHOD, fit_predict, per_speaker, prior_hits
+from phonorm.labels import ERASURE_CONDITIONS, ERASURE_PROBED
 
-CONDITIONS = ("none", "sex", "tone")
-PROBED = ("tone", "sex")
+CONDITIONS, PROBED = ERASURE_CONDITIONS, ERASURE_PROBED
 #: "At chance" after erasure: accuracy within ± this of chance, by TOST (fixed before any data).
 EQUIVALENCE_MARGIN = 0.05
 #: What the rows of erasure.csv were computed with (recorded beside them).

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from phonorm.corpus.text import read_text
 from phonorm.errors import InputError
+from phonorm.labels import SEXES
 
-SEXES = ("F", "M")
 _HEADER_WORDS = {"speaker", "spk", "speaker_id", "spk_id", "id", "name"}
 SEPARATORS = "_-."
 """Characters that end a speaker id at the start of an utterance id under the `auto` rule."""

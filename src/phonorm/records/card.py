@@ -10,13 +10,14 @@ report read cards too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Optional
 
 from pydantic import ConfigDict
 
 from phonorm.artifacts import JsonRecord
 from phonorm.errors import InputError
 from phonorm.records.kinds import ModelKind
+from phonorm.settings import PretrainObjective
 
 CARD_FILE = "phonorm.json"
 
@@ -51,7 +52,7 @@ class ModelCard(JsonRecord):
     best_step: Optional[int] = None
     # pre-trained models
     size: Optional[str] = None
-    objective: Optional[Literal["hubert", "contrastive"]] = None
+    objective: Optional[PretrainObjective] = None
     held_out_split: Optional[str] = None
     held_out_metric: Optional[str] = None
     """What `held_out_accuracy` measures: masked_accuracy (hubert) or contrastive_accuracy."""
