@@ -96,51 +96,18 @@ DIM, MAX_ROWS, NOISE = 8, 120, 1.5
 _MIX = np.random.default_rng(54321).standard_normal((2, DIM, DIM)) / np.sqrt(DIM)
 
 
-def _cka_sums(rng: np.random.Generator, reps: int, speakers: int) -> dict[str, np.ndarray]:
-    """Per-speaker sums (reps, G, ...) of X and two views Y (noise 1) and Y' (noise 2), rows U{10..120}:
-    the population behind the truth, vectorised (the same data as `_cka_rows`)."""
-    n = rng.integers(10, MAX_ROWS + 1, size=(reps, speakers))
-    mask = (np.arange(MAX_ROWS) < n[..., None])[..., None]  # (reps, G, rows, 1)
-    offsets = rng.standard_normal((reps, speakers, 1, DIM)) * 1.2
-    frames = rng.standard_normal((reps, speakers, MAX_ROWS, DIM))
-    own = _MIX[0] + 0.4 * rng.standard_normal((reps, speakers, DIM, DIM)) / np.sqrt(DIM)
-    x = (offsets + frames) * mask
-    y = frames @ own + offsets @ (_MIX[1] * 0.7)
-    noise = rng.uniform(0.5, 2.0, size=(reps, speakers, 1, 1)) * NOISE
-    sums = {"n": n.astype(np.float64), "x": x.sum(-2), "xx": np.einsum("...ri,...rj->...ij", x, x)}
-    for name, scale in (("y", 1.0), ("z", 2.0)):
-        view = (y + scale * noise * rng.standard_normal(y.shape)) * mask
-        sums[name] = view.sum(-2)
-        sums[name + name] = np.einsum("...ri,...rj->...ij", view, view)
-        sums["x" + name] = np.einsum("...ri,...rj->...ij", x, view)
-    return sums
-
-
-def _cka(sums: dict[str, np.ndarray], w: np.ndarray, other: str) -> np.ndarray:
-    """CKA of X and `other` with speaker weights w (reps, B, G) from sums (reps, G, ...): (reps, B)."""
-    n = (w @ sums["n"][..., None])[..., None]
-
-    def total(name: str) -> np.ndarray:
-        part = sums[name]
-        return (w @ part.reshape(part.shape[0], part.shape[1], -1)).reshape(w.shape[:2] + part.shape[2:])
-
-    def scatter(a: str, b: str) -> np.ndarray:
-        return total(a + b) - total(a)[..., :, None] * total(b)[..., None, :] / n
-
-    xy, xx, yy = scatter("x", other), scatter("x", "x"), scatter(other, other)
-    return (xy ** 2).sum((-1, -2)) / np.sqrt((xx ** 2).sum((-1, -2)) * (yy ** 2).sum((-1, -2)))
-
-
 def _cka_truth(seed: int) -> tuple[float, float]:
+    """(CKA(X, Y), CKA(X, Y) − CKA(X, Y')) of the population: 20,000 speakers' rows of `_cka_rows`,
+    summed by phonorm's own `measures.PairSums`."""
+    from phonorm.analysis.measures import PairSums
+
     rng = np.random.default_rng([seed, 2])
-    totals: dict[str, np.ndarray] = {}
+    y_sums, z_sums = PairSums.empty(DIM, DIM), PairSums.empty(DIM, DIM)
     for _ in range(20):  # 20 x 1,000 speakers
-        sums = _cka_sums(rng, 1, 1000)
-        for k, v in sums.items():
-            totals[k] = totals.get(k, 0) + v.sum(axis=1, keepdims=True)
-    one = np.ones((1, 1, 1))
-    y, z = _cka(totals, one, "y")[0, 0], _cka(totals, one, "z")[0, 0]
-    return float(y), float(y - z)
+        x, y, z, _who = _cka_rows(rng, 1000)
+        y_sums.update(x, y)
+        z_sums.update(x, z)
+    return y_sums.cka(), y_sums.cka() - z_sums.cka()
 
 
 def heterogeneous_cka(speakers: int, reps: int, seed: int, truth: tuple[float, float]) -> list[dict]:
@@ -169,7 +136,8 @@ def heterogeneous_cka(speakers: int, reps: int, seed: int, truth: tuple[float, f
 
 
 def _cka_rows(rng: np.random.Generator, speakers: int):
-    """One data set's rows: X, Y, Y' (rows, DIM) and each row's speaker (0..G-1), as `_cka_sums`."""
+    """One data set's rows: X, Y (noise 1), Y' (noise 2) (rows, DIM) and each row's speaker (0..G-1);
+    rows per speaker U{10..120}, each speaker's own mapping and noise."""
     n = rng.integers(10, MAX_ROWS + 1, size=speakers)
     who = np.repeat(np.arange(speakers), n)
     offsets = rng.standard_normal((speakers, DIM))[who] * 1.2

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from phonorm.artifacts import atomic_path
-from phonorm.labels import ERASURE_CONDITIONS, ERASURE_PROBED
+from phonorm.labels import CLASSIC_MODEL, ERASURE_CONDITIONS, ERASURE_PROBED
 from phonorm.layers import layer_index as _index
 from phonorm.layers import umap_layers
 
@@ -168,7 +168,7 @@ def probes_plot(probes: pd.DataFrame, models: list[str]):
     plt = _plt()
     labels = list(dict.fromkeys(probes.label))
     fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 3.4), squeeze=False)
-    classic = probes[probes.model == "classic"]
+    classic = probes[probes.model == CLASSIC_MODEL]
     for ax, label in zip(axes[0], labels):
         for model in models:
             rows = probes[(probes.model == model) & (probes.label == label)]
@@ -281,7 +281,7 @@ def similarity_png(similarity: pd.DataFrame, reference: str) -> bytes | None:
 
 
 def probes_png(probes: pd.DataFrame) -> bytes | None:
-    models = [m for m in dict.fromkeys(probes.model) if m != "classic"]
+    models = [m for m in dict.fromkeys(probes.model) if m != CLASSIC_MODEL]
     return png_bytes(probes_plot(probes, models)) if len(probes) else None
 
 

@@ -144,6 +144,7 @@ def _check_heads(result: Validation, path: Path, heads: SafetensorsHeader, tasks
 
 # =========================================================================== feature store
 def check_store(folder: Path) -> Validation:
+    from phonorm.features.layout import CLASSIC_DIR
     from phonorm.features.manifest import StoreManifest
 
     result = Validation(folder, "feature store")
@@ -164,7 +165,7 @@ def check_store(folder: Path) -> Validation:
         for layer in model.layers:
             _check_layer(result, folder, model.name, layer, (model.dim, np.dtype(model.dtype)), manifest.rows)
     for name in manifest.classic:
-        path = folder / "classic" / f"{name}.npy"
+        path = folder / CLASSIC_DIR / f"{name}.npy"
         header = read_npy_header(path) if path.is_file() else "missing"
         if isinstance(header, str):
             result.problem(path, header)

@@ -73,6 +73,7 @@ from typing import Any
 
 import numpy as np
 
+from phonorm.analysis.erasure import CI_METHOD as ERASURE_CI
 from phonorm.analysis.erasure import EQUIVALENCE_MARGIN
 from phonorm.analysis.evidence import CEILING, CHANGE, LEARNED, REL_GAIN, SIM_DROP, TOLERANCE, Evidence
 from phonorm.analysis.intervals import (
@@ -83,12 +84,10 @@ from phonorm.analysis.intervals import (
     SHOWN,
     UNTESTABLE,
     Estimate,
-    decide,
     difference,
+    interval_verdict,
     linear_combination,
-    num,
     ratio_interval,
-    too_few,
 )
 from phonorm.analysis.verdicts import (
     PREMISE,
@@ -166,13 +165,9 @@ def _enhanced(ev: Evidence, model: str, task: str) -> dict:
     # Fieller's interval of (acc_m − acc_ref)/(1 − acc_ref): the delta method's false holds near
     # ceiling exceeded nominal (bench/coverage.py); Fieller inverts a linear test instead.
     low, high = ratio_interval(pm.minus(pr), Estimate(error, {s: -v for s, v in pr.terms.items()}, CLUSTER_T))
-    gain = (pm.point - pr.point) / error
-    verdict = decide(low, high, REL_GAIN, ">") if np.isfinite(gain) else UNTESTABLE
-    few = too_few(pm.speakers)
     return dict(key=key, name=name, evidence="probe", a=model, b=ev.reference, primary=True, a_value=pm.point,
-                b_value=pr.point, estimate=num(gain), ci_low=num(low), ci_high=num(high), ci_method=FIELLER_T,
-                ci_level=LEVEL, speakers=pm.speakers, margin=REL_GAIN, direction=">",
-                verdict=UNTESTABLE if few else verdict, **({"reason": few} if few else {}))
+                b_value=pr.point, **interval_verdict((pm.point - pr.point) / error, low, high, FIELLER_T,
+                                                     pm.speakers, REL_GAIN, ">"))
 
 
 def _c2(ev: Evidence, tuned: list[str]) -> dict:
@@ -351,16 +346,11 @@ def _causal(ev: Evidence, model: str) -> dict:
         return {**untestable(key, name, "erasure", f"erasing sex (eraser fitted on other speakers) did not bring sex to "
                               f"chance within ±{EQUIVALENCE_MARGIN}: balanced accuracy {before['balanced_accuracy']:.3f} "
                               f"before, {sex['balanced_accuracy']:.3f} after, {shown}", -TOLERANCE, ">"), **sex_rows}
-    few = too_few(int(tone.get("speakers") or 0))
-    if few:
-        return {**untestable(key, name, "erasure", few, -TOLERANCE, ">"), **sex_rows}
-    low, high = tone.get("change_ci_low"), tone.get("change_ci_high")
-    verdict = decide(low if low is not None else float("nan"), high if high is not None else float("nan"),
-                     -TOLERANCE, ">")
     return dict(key=key, name=name, evidence="erasure", a=f"{model} {layer} sex erased", b=f"{model} {layer}", primary=True,
-                a_value=tone["accuracy"], b_value=tone["accuracy"] - tone["change"], estimate=tone["change"],
-                ci_low=low, ci_high=high, ci_method=tone.get("ci_method"), ci_level=LEVEL, margin=-TOLERANCE,
-                direction=">", verdict=verdict, **sex_rows)
+                a_value=tone["accuracy"], b_value=tone["accuracy"] - tone["change"],
+                **interval_verdict(tone["change"], tone.get("change_ci_low"), tone.get("change_ci_high"),
+                                   tone.get("ci_method"), int(tone.get("speakers") or 0), -TOLERANCE, ">"),
+                **sex_rows)
 
 
 def constants() -> dict[str, float]:
@@ -371,7 +361,7 @@ def constants() -> dict[str, float]:
 def intervals_used() -> dict[str, Any]:
     """What claims.json says about its intervals (`intervals` key)."""
     return {"level": LEVEL, "unit": "speaker", "paired": True, "accuracies_and_differences": CLUSTER_T,
-            "similarity": JACKKNIFE_T, "erasure": "cluster-robust t over folds (CR1, K-1 df)",
+            "similarity": JACKKNIFE_T, "erasure": ERASURE_CI,
             "at_chance": f"TOST: 90% CI (cluster-robust t over folds) of balanced accuracy − 1/classes within "
                          f"±{EQUIVALENCE_MARGIN}", "learned": f"(accuracy − chance)/(1 − chance) ≥ {LEARNED:.2f} by "
                                                               "the 95% CI's lower bound"}

@@ -12,6 +12,7 @@ from phonorm.analysis.intervals import (
     Estimate,
     pooled_accuracy,
 )
+from phonorm.labels import CLASSIC_MODEL
 from phonorm.records.kinds import TRAINED_KINDS
 from phonorm.settings import TASKS
 
@@ -26,7 +27,6 @@ CEILING = 0.02
 #: chance-level error, (accuracy − chance) / (1 − chance), by the 95% CI's lower bound: the premise of
 #: every check of the model (fixed before any data; docs/statistics.md).
 LEARNED = 1 / 3
-CLASSIC = "classic"  # the model name of the classic baselines in probes.csv (analysis/run.py)
 
 
 def model_tasks(name: str, manifest_entry: dict | None = None, reference: str | None = None) -> tuple[list[str], str]:
@@ -135,7 +135,7 @@ class Evidence:
             probe = self.probe_accuracy(model, task)
             value = None if probe is None else probe.point
         baselines = {layer: row.get("accuracy") for (m, layer, label), row in self.probes.items()
-                     if m == CLASSIC and label == task and row.get("accuracy") is not None}
+                     if m == CLASSIC_MODEL and label == task and row.get("accuracy") is not None}
         if value is None or not baselines:
             return None
         best = max(baselines, key=lambda name: float(baselines[name]))

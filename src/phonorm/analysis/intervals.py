@@ -140,12 +140,10 @@ class Estimate:
         return len(self.terms)
 
     def centre(self) -> float:
-        """The value the interval is centred on: the point, or for `JACKKNIFE_T` the bias-corrected
-        G·θ − (G − 1)·θ̄ (what a verdict reports beside the interval)."""
-        if self.method != JACKKNIFE_T or len(self.terms) < 2 or not np.isfinite(self.point):
-            return self.point
-        values = np.array(list(self.terms.values()), dtype=np.float64)
-        return float(len(values) * self.point - (len(values) - 1) * values.mean())
+        """The value the interval is centred on (both methods' intervals are symmetric): the point, or
+        for `JACKKNIFE_T` the bias-corrected G·θ − (G − 1)·θ̄ (what a verdict reports beside the interval)."""
+        low, high = self.interval()
+        return (low + high) / 2 if np.isfinite(low) and np.isfinite(high) else self.point
 
     def interval(self, level: float = LEVEL) -> tuple[float, float]:
         """(low, high); (nan, nan) with fewer than 2 speakers or a non-finite point."""
@@ -182,8 +180,8 @@ def ratio_interval(numerator: Estimate, denominator: Estimate, level: float = LE
     """Fieller's interval (Fieller 1954, J. R. Stat. Soc. B 16(2)) of numerator/denominator, both
     `CLUSTER_T` estimates over the same speakers: the ratios r for which numerator − r·denominator,
     a linear statistic, is not rejected by the cluster-robust t test. Exact where the delta method
-    is not: the relative gain near ceiling had 4.1% false holds by the delta method at 20 speakers
-    (bench/coverage.py). (nan, nan) when the denominator is not clearly away from 0 (unbounded set)."""
+    is not: the relative gain near ceiling had 3.5-4.6% false holds by the delta method at 8-20
+    speakers (bench/coverage.py). (nan, nan) when the denominator is not clearly away from 0 (unbounded set)."""
     speakers = sorted(set(numerator.terms) | set(denominator.terms))
     g = len(speakers)
     if g < 2 or numerator.method != CLUSTER_T or denominator.method != CLUSTER_T:
@@ -299,17 +297,26 @@ def too_few(speakers: int) -> str | None:
 
 
 def judged(d: Estimate, margin: float, direction: str) -> dict:
-    """An estimate `d` decided against `margin`: estimate, 95% CI, method, speakers and verdict (not
-    testable, with the reason, over fewer than `RELIABLE_FROM` speakers)."""
+    """An estimate `d` decided against `margin` (`interval_verdict`), reporting the value its interval
+    is centred on; for a jackknife the raw value beside it."""
     low, high = d.interval()
-    verdict = decide(low, high, margin, direction) if np.isfinite(d.point) else UNTESTABLE
-    few = too_few(d.speakers)
-    if few and verdict != UNTESTABLE:
-        verdict = UNTESTABLE
-    row = dict(estimate=num(d.centre()), ci_low=num(low), ci_high=num(high), ci_method=d.method, ci_level=LEVEL,
-               speakers=d.speakers, margin=margin, direction=direction, verdict=verdict)
+    row = interval_verdict(d.centre(), low, high, d.method, d.speakers, margin, direction)
     if d.method == JACKKNIFE_T:
         row["uncorrected_estimate"] = num(d.point)  # the interval is about the bias-corrected `estimate`
+    return row
+
+
+def interval_verdict(estimate: float | None, low: float | None, high: float | None, method: str | None,
+                     speakers: int, margin: float, direction: str) -> dict:
+    """A comparison's estimate, 95% CI with its method, speakers, margin, direction and verdict: decided
+    by `decide`, not testable without a finite estimate and interval, or (with the reason) over fewer
+    than `RELIABLE_FROM` speakers. The one place every verdict of an interval is made."""
+    finite = [float("nan") if v is None else float(v) for v in (estimate, low, high)]
+    verdict = decide(finite[1], finite[2], margin, direction) if np.isfinite(finite[0]) else UNTESTABLE
+    few = too_few(speakers)
+    row = dict(estimate=num(finite[0]), ci_low=num(finite[1]), ci_high=num(finite[2]), ci_method=method,
+               ci_level=LEVEL, speakers=speakers, margin=margin, direction=direction,
+               verdict=UNTESTABLE if few else verdict)
     if few:
         row["reason"] = few
     return row

@@ -29,6 +29,7 @@ from phonorm.analysis.steps import (
 from phonorm.analysis.sums import LayerSums
 from phonorm.artifacts import code_hash
 from phonorm.features.store import FeatureStore
+from phonorm.labels import CLASSIC_MODEL
 
 
 def saved_inputs(store: FeatureStore, settings: LayerSettings) -> dict[str, Any]:
@@ -118,7 +119,7 @@ class LayerRunner:
         x = values[self.rows.sample]
         valid = np.all(np.isfinite(x), axis=1)
         x = np.where(np.isfinite(x), x, 0.0)
-        probes = start_probes(self.sums.pool, self.rows, self.settings, self.execution.device, "classic", name, x,
+        probes = start_probes(self.sums.pool, self.rows, self.settings, self.execution.device, CLASSIC_MODEL, name, x,
                               valid=valid)()
         finite = np.all(np.isfinite(values), axis=1)
         groups = {}
@@ -126,5 +127,5 @@ class LayerRunner:
             codes = np.where(finite, self.rows.codes[f], -1)
             if codes.max() >= 0:
                 groups[f] = GroupSums(int(codes.max()) + 1, values.shape[1]).update(np.nan_to_num(values), codes)
-        return LayerResult(probes=probes, normalization=normalization_step(groups, "classic", name),
+        return LayerResult(probes=probes, normalization=normalization_step(groups, CLASSIC_MODEL, name),
                            dropped_rows=int((~finite).sum()))

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from phonorm.labels import CLASSIC_MODEL
 from phonorm.settings import (
     AishellSettings,
     ExtractSettings,
@@ -36,8 +37,9 @@ class _Strict(BaseModel):
 
 
 def _check_name(value: str, what: str) -> str:
-    if not _NAME.match(value) or value == "classic":
-        raise ValueError(f"a {what} name of letters, digits, '_', '-', '.', '+' (it becomes a folder), not 'classic'")
+    if not _NAME.match(value) or value == CLASSIC_MODEL:
+        raise ValueError(f"a {what} name of letters, digits, '_', '-', '.', '+' (it becomes a folder), not "
+                         f"'{CLASSIC_MODEL}'")
     return value
 
 

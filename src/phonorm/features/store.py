@@ -182,7 +182,7 @@ class FeatureStore:
     # ------------------------------------------------------------------ classic baselines
     def classic_names(self) -> list[str]:
         """Names of the stored classic baselines, e.g. ["f0_hz", "f0_semitone_z", "mfcc"]."""
-        return list(self.manifest.get("classic", []))
+        return list(self.record.classic)
 
     def classic(self, name: str) -> np.ndarray:
         """A classic baseline, float32 of shape (rows, k); NaN where undefined (unvoiced F0)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from phonorm import figures as figs
+from phonorm.labels import CLASSIC_MODEL
 from phonorm.records.analysis import AnalysisRecord
 from phonorm.report.page import (
     Page,
@@ -86,7 +87,7 @@ def section_probes(page: Page, results: Path, reference: str) -> None:
         return
     png = page.png(results / "figures" / "probes_per_layer.png") or figs.probes_png(probes)
     rows: dict[str, dict[str, Any]] = {}
-    for (model, label), group in probes[probes.model != "classic"].groupby(["model", "label"], sort=False):
+    for (model, label), group in probes[probes.model != CLASSIC_MODEL].groupby(["model", "label"], sort=False):
         group = group.assign(k=group.layer.map(figs.layer_index)).sort_values("k")
         best, top = group.loc[group.accuracy.idxmax()], group.iloc[-1]
         row = rows.setdefault(model, {"model": model})
@@ -95,7 +96,7 @@ def section_probes(page: Page, results: Path, reference: str) -> None:
     chance_row = rows.pop("chance", None)
     rows_list = list(rows.values()) + ([chance_row] if chance_row else [])
     label_columns = list(dict.fromkeys(probes.label))
-    classic = probes[probes.model == "classic"][["layer", "label", "accuracy", "chance", "ci_low", "ci_high"]]
+    classic = probes[probes.model == CLASSIC_MODEL][["layer", "label", "accuracy", "chance", "ci_low", "ci_high"]]
     classic = classic.rename(columns={"layer": "baseline"})
     body = ("<p>How well each label can be read off each layer by a linear classifier trained on some speakers "
             "and tested on others (speaker-disjoint cross-validation; shaded: 95% cluster-robust t interval over speakers, the method of each row in probes.csv's ci_method). "
