@@ -50,7 +50,7 @@ from phonorm.analysis.intervals import (
     num,
     pooled_accuracy,
 )
-from phonorm.analysis.probes import CHANCE_METHOD, fit_predict, per_speaker, prior_hits
+from phonorm.analysis.probes import CHANCE_METHOD, FoldFit, fit_predict, fold_summary, per_speaker, prior_hits
 from phonorm.labels import ERASURE_CONDITIONS, ERASURE_PROBED
 
 CONDITIONS, PROBED = ERASURE_CONDITIONS, ERASURE_PROBED
@@ -214,15 +214,11 @@ def _erasure_rows(jobs: list, labels: dict, speakers: np.ndarray, roles: list[Ro
     n = len(speakers)
     fold_of = {str(s): f"fold {k}" for k, role in enumerate(roles) for s in np.unique(speakers[role.test])}
     predicted = {(e, p): np.empty(n, dtype=labels[p].dtype) for e in CONDITIONS for p in PROBED}
-    iterations = {k: 0 for k in predicted}
-    converged = {k: True for k in predicted}
-    gradient = {k: 0.0 for k in predicted}
+    fits: dict[tuple[str, str], list[FoldFit]] = {k: [] for k in predicted}
     for test, erased, job in jobs:
         for p, fold in job.result().items():
             predicted[(erased, p)][test] = fold.predicted
-            iterations[(erased, p)] = max(iterations[(erased, p)], fold.iterations)
-            converged[(erased, p)] = converged[(erased, p)] and fold.converged
-            gradient[(erased, p)] = max(gradient[(erased, p)], fold.gradient)
+            fits[(erased, p)].append(fold)
     majority = {p: prior_hits(labels[p]) for p in PROBED}
     rows: list[dict] = []
     before: dict = {}
@@ -253,6 +249,5 @@ def _erasure_rows(jobs: list, labels: dict, speakers: np.ndarray, roles: list[Ro
                              above_chance_ci_high=num(a_high), above_chance_ci_level=EQUIVALENCE_LEVEL,
                              at_chance=at_chance, equivalence_margin=EQUIVALENCE_MARGIN, n=int(n),
                              speakers=len(tallies), folds=len(roles), roles=ROLES,
-                             iterations=iterations[(erased, p)], converged=bool(converged[(erased, p)]),
-                             gradient=gradient[(erased, p)], by_speaker=tallies))
+                             **fold_summary(fits[(erased, p)]), by_speaker=tallies))
     return rows

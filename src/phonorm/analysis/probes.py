@@ -56,6 +56,13 @@ class FoldFit:
     gradient: float
 
 
+def fold_summary(fits: list[FoldFit]) -> dict:
+    """What a probe records of its folds' fits: `iterations` (the most any fold used), `converged`
+    (every fold did) and `gradient` (the largest at any fold's solution)."""
+    return dict(iterations=max((f.iterations for f in fits), default=0), converged=all(f.converged for f in fits),
+                gradient=max((f.gradient for f in fits), default=0.0))
+
+
 @dataclass
 class ProbeResult:
     accuracy: float
@@ -220,18 +227,14 @@ def start_probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: 
     def finish() -> ProbeResult:
         predicted = np.empty(len(y), dtype=y.dtype)
         majority = prior_hits(y)
-        iterations, converged, gradient = 0, True, 0.0
-        for (_, test), future in zip(splits, fitted):
-            fold: FoldFit = future.result()
+        fits: list[FoldFit] = [future.result() for future in fitted]
+        for (_, test), fold in zip(splits, fits):
             predicted[test] = fold.predicted
-            iterations, converged = max(iterations, fold.iterations), converged and fold.converged
-            gradient = max(gradient, fold.gradient)
         hits = predicted == y
         tallies = per_speaker(hits, speakers, majority)
         low, high = pooled_accuracy({s: (c, t) for s, (c, t, _) in tallies.items()}).interval()
         return ProbeResult(float(hits.mean()), float(majority.mean()), low, high, int(len(y)), len(splits),
-                           int(len(np.unique(y))), iterations=iterations, converged=bool(converged),
-                           gradient=gradient, by_speaker=tallies)
+                           int(len(np.unique(y))), **fold_summary(fits), by_speaker=tallies)
     return finish
 
 
