@@ -244,7 +244,7 @@ class FakeStages:
             record("analyze", out)
             return "analysed"
 
-        def build_report(results, *, out, context):
+        def build_report(results, *, out, context, settings=None):
             assert Path(context).is_file() and Path(results).is_dir()
             record("report", Path(out).parent)
             Path(out).write_text("<html></html>")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import shutil
@@ -19,8 +20,12 @@ from phonorm.errors import InputError
 from phonorm.records.card import ModelCard
 from phonorm.records.context import RunContext
 from phonorm.report.html import build_report
+from phonorm.settings_report import ReportSettings
 
 LAYERS = ["L0", "L1", "L2"]
+#: The static page (report --static): these tests count its figures and check it has no script; the
+#: interactive explorer is tested on a real run in test_explorer.py.
+_build = functools.partial(build_report, settings=ReportSettings(static=True))
 SECTIONS = ["glance", "corpus", "training", "accuracy", "similarity", "matrices", "probes", "normalization",
             "umap", "erasure", "claims", "methods"]
 
@@ -129,7 +134,7 @@ def _images(text: str) -> list[str]:
 
 def test_report_has_every_section_and_only_embedded_figures(results, tmp_path):
     out = tmp_path / "report.html"
-    message = build_report(results, out=out, context=_context(results))
+    message = _build(results, out=out, context=_context(results))
     text = out.read_text(encoding="utf-8")
     for anchor in SECTIONS:
         assert f'<section id="{anchor}">' in text
@@ -167,7 +172,7 @@ def test_report_without_context_or_figures_says_what_is_missing(results, tmp_pat
         shutil.copy(results / name, bare / name)
     (bare / "settings.json").write_text('{"settings": {"reference": "pre"}}')
     out = tmp_path / "bare.html"
-    message = build_report(bare, out=out)
+    message = _build(bare, out=out)
     text = out.read_text(encoding="utf-8")
     assert "no prepared corpus found" in text and "training curves" in text
     assert "no evaluation of a fine-tuned model" in text
@@ -179,13 +184,13 @@ def test_report_shows_only_this_analysis_and_refuses_an_unfinished_one(results, 
     shutil.copytree(results, tmp_path / "R")
     _png(tmp_path / "R" / "figures" / "umap_stale.png", 5)  # left by an earlier run, not in settings.json
     out = tmp_path / "r.html"
-    build_report(tmp_path / "R", out=out, context=_context(results))
+    _build(tmp_path / "R", out=out, context=_context(results))
     assert "umap_stale" not in out.read_text(encoding="utf-8")
     with pytest.raises(InputError, match="is a folder"):
-        build_report(tmp_path / "R", out=tmp_path, context=_context(results))
+        _build(tmp_path / "R", out=tmp_path, context=_context(results))
     (tmp_path / "R" / "settings.json").unlink()  # analysis killed before its last file
     with pytest.raises(InputError, match="did not finish"):
-        build_report(tmp_path / "R", out=out)
+        _build(tmp_path / "R", out=out)
 
 
 @pytest.mark.parametrize("damage", ["claims.json", "normalization.csv"])
@@ -194,15 +199,15 @@ def test_report_refuses_results_missing_a_table_or_the_claims(results, tmp_path,
     shutil.copytree(results, tmp_path / "R")
     (tmp_path / "R" / damage).unlink()
     with pytest.raises(InputError, match=rf"{damage}: missing.*run phonorm analyze again"):
-        build_report(tmp_path / "R", out=tmp_path / "r.html", context=_context(results))
+        _build(tmp_path / "R", out=tmp_path / "r.html", context=_context(results))
     assert not (tmp_path / "r.html").exists()
 
 
 def test_report_refuses_a_folder_without_results(tmp_path):
     with pytest.raises(InputError, match="no analysis results"):
-        build_report(tmp_path, out=tmp_path / "r.html")
+        _build(tmp_path, out=tmp_path / "r.html")
     with pytest.raises(InputError, match="no such results folder"):
-        build_report(tmp_path / "absent", out=tmp_path / "r.html")
+        _build(tmp_path / "absent", out=tmp_path / "r.html")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -241,7 +246,7 @@ def render_check(report: Path) -> tuple[int, int]:
 
 def test_every_figure_renders_in_headless_chromium(results, tmp_path):
     out = tmp_path / "report.html"
-    build_report(results, out=out, context=_context(results))
+    _build(results, out=out, context=_context(results))
     images, broken = render_check(out)
     assert images == len(_images(out.read_text(encoding="utf-8"))) == 8
     assert broken == 0
@@ -249,7 +254,7 @@ def test_every_figure_renders_in_headless_chromium(results, tmp_path):
 
 def test_the_render_check_catches_a_broken_figure(results, tmp_path):
     out = tmp_path / "report.html"
-    build_report(results, out=out, context=_context(results))
+    _build(results, out=out, context=_context(results))
     text = out.read_text(encoding="utf-8")
     first = _images(text)[0]
     out.write_text(text.replace(first, "data:image/png;base64,iVBORw0KGgoAAAAA"), encoding="utf-8")
@@ -273,11 +278,20 @@ def test_report_shows_the_speaker_caveat_and_words_the_split_as_it_was_made(resu
     utterances.to_parquet(corpus / "utterances.parquet", index=False)
     context = RunContext.load_file(_context(results)).model_copy(update={"corpus": str(corpus)})
     context_file = context.save(tmp_path / "stage")
-    build_report(tmp_path / "R", out=tmp_path / "r.html", context=context_file)
+    _build(tmp_path / "R", out=tmp_path / "r.html", context=context_file)
     text = tmp_path.joinpath("r.html").read_text(encoding="utf-8")
     assert text.count("<b>Caveat:</b> the analysed rows hold 1 female speaker") == 2  # at a glance and in the checks
     assert "held-out utterances of speakers also heard in training (the corpus was split by utterance" in text
     assert "on held-out speakers" not in text
-    build_report(results, out=tmp_path / "plain.html", context=_context(results))  # the speaker-disjoint fake corpus
+    _build(results, out=tmp_path / "plain.html", context=_context(results))  # the speaker-disjoint fake corpus
     plain = tmp_path.joinpath("plain.html").read_text(encoding="utf-8")
     assert "Caveat:" not in plain and "on held-out speakers" in plain
+
+
+def test_the_interactive_page_without_projections_keeps_its_curves_and_names_the_gap(results, tmp_path):
+    out = tmp_path / "report.html"
+    message = build_report(results, out=out, context=_context(results))
+    text = out.read_text(encoding="utf-8")
+    assert '<section id="explorer">' in text and "No explorer: no projections in the results" in text
+    assert "linear CKA to the reference" in text and "probe accuracy: tone" in text  # the hover-able curves
+    assert "explorer: no projections" in message

@@ -35,6 +35,7 @@ from phonorm.settings import (
 )
 from phonorm.settings_analyze import AnalyzeSettings
 from phonorm.settings_evaluate import EvaluateSettings
+from phonorm.settings_report import ReportSettings
 
 app = typer.Typer(
     name="phonorm",
@@ -236,17 +237,20 @@ def analyze(
 
 
 @app.command()
+@with_settings(ReportSettings)
 def report(
     results: Path = typer.Argument(..., help="A results folder written by phonorm analyze."),
     out: Path = typer.Option(Path("report.html"), help="HTML file to write."),
+    settings: ReportSettings = SETTINGS,
 ) -> None:
-    """One self-contained HTML page with every number and figure.
+    """One self-contained HTML page with every number and figure, and an explorer of the frames you can
+    hover, listen to and slide through the layers (--static: figures only; --no-audio: no sound).
 
     Example: phonorm report /tmp/r --out report.html
     """
     from phonorm.report.html import build_report
 
-    typer.echo(build_report(results, out=out))
+    typer.echo(build_report(results, out=out, settings=settings))
 
 
 @app.command()

@@ -78,6 +78,23 @@ class PreparedCorpus:
             return self.segments.iloc[0:0]
         return rows
 
+    @cached_property
+    def syllable_spans(self) -> pd.DataFrame:
+        """Each segment's syllable as a time span: `segment_id`, `syllable_start`, `syllable_end` (s).
+        A syllable is a run of consecutive segments of one utterance with the same `syllable` and
+        `word`, closed by its tone-bearing final (`is_final`), so that two identical syllables in a row
+        stay two; a segment with no syllable ("") spans itself."""
+        table = self.segments.sort_values(["utterance_id", "start"], kind="stable").reset_index(drop=True)
+        previous = table.shift(1)
+        new = ((table.utterance_id != previous.utterance_id) | (table.syllable != previous.syllable)
+               | (table.word != previous.word) | previous.is_final.fillna(True).astype(bool)
+               | (table.syllable == ""))
+        run = new.cumsum()
+        spans = table.groupby(run).agg(syllable_start=("start", "min"), syllable_end=("end", "max"))
+        return pd.DataFrame({"segment_id": table.segment_id.to_numpy(),
+                             "syllable_start": spans.syllable_start.reindex(run).to_numpy(),
+                             "syllable_end": spans.syllable_end.reindex(run).to_numpy()})
+
 
 def _check_columns(table: pd.DataFrame, expected: tuple[str, ...], path: Path) -> None:
     missing = [c for c in expected if c not in table.columns]

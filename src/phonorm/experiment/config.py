@@ -24,6 +24,7 @@ from phonorm.settings import (
 )
 from phonorm.settings_analyze import AnalyzeSettings
 from phonorm.settings_evaluate import EvaluateSettings
+from phonorm.settings_report import ReportSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # A Hugging Face hub id of a speech model: `org/name` (letters, digits, - _ .). A bare `name` is far
@@ -167,8 +168,13 @@ class AnalyzeConfig(AnalyzeSettings):
     reference: Optional[str] = None  # type: ignore[assignment]  # narrows the parent's required field
 
 
-class ReportConfig(_Strict):
+class ReportConfig(ReportSettings):
+    """The YAML `report:` section: the page's title and `ReportSettings` (explorer, audio, size budget)."""
+
     title: Optional[str] = None
+
+    def settings(self) -> ReportSettings:
+        return ReportSettings(**self.model_dump(exclude={"title"}))
 
 
 class SweepPoint(BaseModel):

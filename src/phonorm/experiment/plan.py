@@ -325,7 +325,8 @@ def _run_report(resolved: list[Plan]) -> Callable[[Path], str]:
 
         (plan,) = resolved
         context = write_context(plan, folder)
-        return build_report(plan.analyze.folder, out=folder / "report.html", context=context)
+        return build_report(plan.analyze.folder, out=folder / "report.html", context=context,
+                            settings=plan.experiment.report.settings())
     return run
 
 

@@ -14,8 +14,10 @@ store's manifest.json → each model folder's phonorm.json (its corpus), and use
 scores (metrics.json) for the accuracy table. Whatever cannot be found is skipped with a visible
 note, never silently.
 
-Self-contained: figures are PNGs embedded as base64 data URIs, the style sheet is inline, no
-script, font or link refers outside the file, so the page opens offline and can be mailed.
+Self-contained: figures are PNGs embedded as base64 data URIs, the style sheet is inline, the
+explorer's library (Bokeh) and audio (Ogg Opus) are inlined too; no script, font or link refers
+outside the file, so the page opens offline and can be mailed. `ReportSettings` (settings_report.py)
+sets its size budget; `static=True` (report --static) leaves out the explorer and every script.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Optional
 from phonorm.artifacts import atomic_path
 from phonorm.errors import InputError
 from phonorm.records.analysis import AnalysisRecord, ClaimsFile
+from phonorm.report.explorer import bokeh_script, section_explorer
 from phonorm.report.page import (
     RESULT_FILES,
     Page,
@@ -43,14 +46,18 @@ from phonorm.report.sections_results import (
     section_similarity,
     section_umap,
 )
+from phonorm.settings_report import ReportSettings
 
 
 # =========================================================================== entry point
-def build_report(results: str | Path, *, out: str | Path, context: Optional[str | Path] = None) -> str:
+def build_report(results: str | Path, *, out: str | Path, context: Optional[str | Path] = None,
+                 settings: Optional[ReportSettings] = None) -> str:
     """Write the report of the results folder `results` to the HTML file `out` (atomically);
     returns a line naming the file, its figures and the sections it had to skip. `context`: the
-    `context.json` of a `phonorm run` (records.context.RunContext), else found from the records."""
+    `context.json` of a `phonorm run` (records.context.RunContext), else found from the records.
+    `settings`: the explorer and the page's size budget (default: ReportSettings())."""
     results, out = Path(results), Path(out)
+    report_settings = settings or ReportSettings()
     if not results.is_dir():
         raise InputError(results, "no such results folder (run phonorm analyze first)")
     if not any((results / name).exists() for name in RESULT_FILES):
@@ -66,33 +73,50 @@ def build_report(results: str | Path, *, out: str | Path, context: Optional[str 
     claims = read_record(ClaimsFile, results / ClaimsFile.FILE)
     # validate's check above read settings.json through its type; an empty record stands for one that
     # went away since, so each section shows its gap
-    settings = read_record(AnalysisRecord, results / AnalysisRecord.FILE) or AnalysisRecord(settings={})
-    page = Page(listed={(results / name).resolve() for name in settings.figures})
+    analysis = read_record(AnalysisRecord, results / AnalysisRecord.FILE) or AnalysisRecord(settings={})
+    page = Page(listed={(results / name).resolve() for name in analysis.figures})
     reference = (claims.reference if claims else None) or sources.context.get("reference") \
-        or settings.settings.get("reference") or "the reference"
+        or analysis.settings.get("reference") or "the reference"
 
     section_glance(page, claims)
     section_corpus(page, sources)
     section_training(page, sources)
     section_accuracy(page, sources)
-    section_similarity(page, results, reference, settings.settings)
+    section_similarity(page, results, reference, analysis.settings)
     section_matrices(page, results)
     section_probes(page, results, reference)
     section_normalization(page, results)
-    section_umap(page, results, settings, sources)
+    section_umap(page, results, analysis, sources)
     section_erasure(page, results)
     section_claims(page, claims)
-    section_methods(page, results, sources, settings, claims)
+    section_methods(page, results, sources, analysis, claims)
 
     experiment = sources.context.get("experiment") or {}
     title = experiment.get("title") or (f"phonorm report: {experiment['name']}" if experiment.get("name")
                                         else f"phonorm report: {results.resolve().name}")
     document = _document(title, experiment.get("description"), page, results)
+    if not report_settings.static:
+        library = bokeh_script()
+        budget = int(report_settings.max_mb * 1e6) - len(document.encode()) - len(library)
+        models = analysis.models or [m["name"] for m in sources.models]
+        body, gaps = section_explorer(results, features=sources.features, corpus=sources.corpus, models=models,
+                                      settings=report_settings, budget_bytes=budget)
+        page.insert_after("umap", "explorer", "Explore the frames: hover, listen, slide through the layers", body)
+        page.missing += gaps
+        document = _document(title, experiment.get("description"), page, results, head=library)
+    _check_size(document, report_settings, out)
     with atomic_path(out) as tmp:
         tmp.write_text(document, encoding="utf-8")
         tmp.chmod(0o644)  # a page to share: readable like any file a user saves (mkstemp makes 0600)
     skipped = f"; skipped (see notes in the page): {', '.join(page.missing)}" if page.missing else ""
     return f"{out}: report with {page.figures} figures, {len(page.sections)} sections{skipped}"
+
+
+def _check_size(document: str, settings: ReportSettings, out: Path) -> None:
+    size = len(document.encode())
+    if size > settings.max_mb * 1e6:
+        raise InputError(out, f"the page would be {size / 1e6:.1f} MB, over its budget of {settings.max_mb:g} MB "
+                              "(report --max-mb); --points, --audio-mb, --no-audio or --static make it smaller")
 
 
 def _refuse_unfinished(results: Path) -> None:
@@ -129,13 +153,13 @@ code{font-size:.9em}
 """
 
 
-def _document(title: str, description: Optional[str], page: Page, results: Path) -> str:
+def _document(title: str, description: Optional[str], page: Page, results: Path, head: str = "") -> str:
     nav = "".join(f'<li><a href="#{a}">{esc(t)}</a></li>' for a, t, _ in page.sections)
     body = "".join(f'<section id="{a}"><h2>{esc(t)}</h2>{b}</section>' for a, t, b in page.sections)
     intro = f"<p>{esc(description)}</p>" if description else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>"
+            f"<title>{esc(title)}</title><style>{_STYLE}</style>{head}</head><body>"
             f"<h1>{esc(title)}</h1>{intro}<p>How fine-tuning normalizes a self-supervised speech model, layer by "
             f"layer. Results folder <code>{esc(results.resolve())}</code>.</p><nav><ol>{nav}</ol></nav>{body}"
             f"</body></html>\n")

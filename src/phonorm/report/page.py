@@ -151,6 +151,12 @@ class Page:
     def add(self, anchor: str, title: str, body: str) -> None:
         self.sections.append((anchor, title, body))
 
+    def insert_after(self, after: str, anchor: str, title: str, body: str) -> None:
+        """Add a section just after the section `after` (at the end when there is none)."""
+        anchors = [a for a, _, _ in self.sections]
+        at = anchors.index(after) + 1 if after in anchors else len(self.sections)
+        self.sections.insert(at, (anchor, title, body))
+
     def fig(self, png: Optional[bytes], alt: str, caption: str = "") -> str:
         if png:
             self.figures += 1
