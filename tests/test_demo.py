@@ -14,7 +14,7 @@ import time
 import pytest
 
 SECTIONS = ["glance", "corpus", "training", "accuracy", "similarity", "matrices", "probes", "normalization",
-            "umap", "erasure", "claims", "methods"]
+            "umap", "explorer", "erasure", "claims", "methods"]
 
 
 def _demo(out):

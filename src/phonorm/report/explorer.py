@@ -126,7 +126,8 @@ def _layout(data: ExplorerData) -> Any:
     kind = RadioButtonGroup(name=MAP_SELECT, labels=[m.upper() for m in data.maps], active=0)
     colour = Select(name=COLOUR_SELECT, title="colour by", value="tone", options=colour_names, width=120)
     longest = max(len(v) for v in data.layers.values())
-    slider = Slider(name=LAYER_SLIDER, title="layer", start=0, end=max(longest - 1, 1), value=0, step=1, width=300,
+    slider = Slider(name=LAYER_SLIDER, title=f"layer {data.layers[data.models[0]][0]}", show_value=False, start=0,
+                    end=max(longest - 1, 1), value=0, step=1, width=300,
                     disabled=longest < 2)
     legend = Div(text=legends["tone"], width=680)
     status = Div(text="Hover a point to see its frame; click it to hear its syllable; drag a box (box select) "
