@@ -218,6 +218,26 @@ def test_hover_click_slide_and_colour_in_a_real_browser(browser, page_file, tiny
     colours, sexes = page.evaluate(_FRAMES, "color"), page.evaluate(_FRAMES, "sex")
     assert {c for c, s in zip(colours, sexes) if s == "F"} == {"#c0392b"}
     assert {c for c, s in zip(colours, sexes) if s == "M"} == {"#2471a3"}
+
+    # box selection lists exactly the frames inside the box in the linked table
+    points = np.array(page.evaluate(_POSITIONS))
+    page.locator(".bk-tool-icon-box-select").first.click()
+    centre = np.nanmedian(points, axis=0)
+    low, high = centre - 40, centre + 40
+    inside = int((np.isfinite(points).all(1) & (points >= low).all(1) & (points <= high).all(1)).sum())
+    page.mouse.move(*low)
+    page.mouse.down()
+    page.mouse.move(*centre, steps=5)
+    page.mouse.move(*high, steps=5)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    listed = page.evaluate("Bokeh.documents[0].get_model_by_name('phonorm-table').source.data.utterance_id.length")
+    assert 0 < inside <= 200 and listed == inside, (inside, listed)
+
+    # another model: its own coordinates of the same frame, named in the title
+    page.locator("select").nth(0).select_option("other")
+    page.wait_for_function("Bokeh.documents[0].get_model_by_name('phonorm-map').title.text.startsWith('other L1')")
+    assert (page.evaluate(_FRAMES, "x")[i], page.evaluate(_FRAMES, "y")[i]) != after
     assert not errors, errors
     assert all(url.startswith(("file:", "data:")) for url in requests), [u[:80] for u in requests]
     print(f"explorer ready in {ready:.2f} s ({page_file.stat().st_size / 1e6:.1f} MB)")
