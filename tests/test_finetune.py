@@ -287,3 +287,60 @@ def test_a_loss_that_stops_being_finite_stops_training(fake_corpus, tiny_dir, tm
     with pytest.raises(PhonormError, match=r"diverged.*loss is nan at step 3, not finite"):
         finetune(fake_corpus, model=tiny_dir, out=out, settings=_settings(max_steps=6, eval_every=10))
     assert not (out / "phonorm.json").exists() and not (out / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------- the frozen front end, computed once
+@pytest.mark.parametrize("stable_layer_norm", [False, True])
+def test_precomputed_front_end_output_gives_the_same_model_output(fake_corpus, stable_layer_norm):
+    """The backbone fed its own front end's output (what the cache holds) computes exactly what it
+    computes from the waveform; batches of cached features are cropped (group norm) or padded with a
+    mask (layer norm) frame for frame as the waveforms are."""
+    from phonorm.models.frontend import accept_features, front_end_features, with_features
+
+    torch.manual_seed(0)
+    backbone = Wav2Vec2Model(make_config("tiny", stable_layer_norm=stable_layer_norm)).eval()
+    geometry = FrameGeometry.from_config(backbone.config)
+    dataset = FrameDataset(PreparedCorpus(fake_corpus), "train", ["tone"], geometry)
+    wave = torch.from_numpy(dataset[0].wave[None])
+    with torch.no_grad():
+        expected = backbone(wave).last_hidden_state
+        features, said = front_end_features(backbone, dataset, "cpu", limit_gb=1.0)
+        accept_features(backbone)
+        assert torch.equal(backbone(torch.from_numpy(features[dataset[0].utterance_id])[None]).last_hidden_state,
+                           expected)
+        assert torch.equal(backbone(wave).last_hidden_state, expected)  # a waveform still goes through the convolutions
+    assert said.startswith("used") and len(features) == len(dataset)
+    too_big, why = front_end_features(backbone, dataset, "cpu", limit_gb=1e-9)
+    assert too_big is None and "over front_end_cache_gb" in why
+
+    plain = [dataset[i] for i in range(4)]
+    dataset.transform = with_features(features)
+    cached = [dataset[i] for i in range(4)]
+    collate = Collator(geometry, ["tone"], crop=not stable_layer_norm)
+    np.random.seed(5)
+    from_waves = collate(plain)
+    np.random.seed(5)
+    from_features = collate(cached)
+    assert torch.equal(from_waves["labels"]["tone"], from_features["labels"]["tone"])
+    assert from_features["input_values"].shape[:2] == (4, backbone.config.conv_dim[-1])
+    with torch.no_grad():
+        a = backbone(from_waves["input_values"], attention_mask=from_waves.get("attention_mask")).last_hidden_state
+        b = backbone(from_features["input_values"], attention_mask=from_features.get("attention_mask")).last_hidden_state
+    if stable_layer_norm:  # padded: every real frame as computed from the padded waveforms
+        for row, e in enumerate(plain):
+            n = geometry.num_frames(len(e.wave))
+            torch.testing.assert_close(a[row, :n], b[row, :n], atol=1e-4, rtol=1e-4)
+    else:  # cropped: group norm sees the crop or the whole utterance; the same frames, nearly the same values
+        assert a.shape == b.shape and torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.95
+
+
+def test_finetune_says_whether_it_cached_the_front_end(fake_corpus, tiny_dir, tmp_path):
+    runs = {}
+    for name, gb in (("cached", 1.0), ("recomputed", 0.0)):
+        finetune(fake_corpus, model=tiny_dir, out=tmp_path / name, settings=_settings(max_steps=4, eval_every=4,
+                                                                                      front_end_cache_gb=gb))
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["train"]["front_end_cache"]
+    assert runs["cached"].startswith("used (") and runs["recomputed"].startswith("off")
+    finetune(fake_corpus, model=tiny_dir, out=tmp_path / "trained", settings=_settings(
+        max_steps=2, eval_every=2, freeze_feature_encoder=False))
+    assert "trained" in json.loads((tmp_path / "trained" / "metrics.json").read_text())["train"]["front_end_cache"]

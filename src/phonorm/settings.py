@@ -273,6 +273,10 @@ class FinetuneSettings(StageSettings):
     warmup: float = Field(0.1, ge=0, lt=1, description="Warm-up, as a fraction of the steps.")
     batch_seconds: float = Field(32.0, gt=0, description="Seconds of audio per batch.")
     freeze_feature_encoder: bool = Field(True, description="Keep the convolutional feature encoder frozen.")
+    front_end_cache_gb: float = Field(2.0, ge=0, description="With the feature encoder frozen, compute its output "
+                                                             "of each train utterance once and keep it in memory "
+                                                             "when it fits in this many GB (0: recompute every "
+                                                             "epoch); docs/architecture.md, models/frontend.py.")
     eval_every: int = Field(100, ge=1, description="Evaluate on dev every N steps.")
     mixed_precision: MixedPrecision = Field("auto", description="auto, no, bf16 or fp16 "
                                                                 "(auto: bf16 on a GPU that has it).")

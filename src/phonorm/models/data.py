@@ -19,7 +19,7 @@ feature extractors of released checkpoints do) before any crop or padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,8 @@ def normalize(wave: np.ndarray) -> np.ndarray:
 class Example:
     """One utterance ready for a model: `wave` (samples,) float32 normalised at 16 kHz;
     `labels[task]` (frames,) int64 class ids or IGNORE_INDEX; `segment` (frames,) row position of
-    the frame's segment in the utterance's segments or -1."""
+    the frame's segment in the utterance's segments or -1; `features` (channels, frames) float32: the
+    frozen front end's output of the whole utterance, when fine-tuning caches it (models/frontend.py)."""
 
     utterance_id: str
     speaker: str
@@ -50,6 +51,7 @@ class Example:
     wave: np.ndarray
     labels: dict[str, np.ndarray]
     segment: np.ndarray
+    features: Optional[np.ndarray] = None
 
 
 class FrameDataset(torch.utils.data.Dataset):
@@ -201,6 +203,9 @@ class Collator:
     `max_samples`) at a random offset
     that is a multiple of the frame hop (numpy's global generator, seeded and checkpointed by the
     trainer). `crop=False`: zero-pad to the longest and add an attention mask.
+
+    Examples that carry `features` (the frozen front end's output, models/frontend.py) are cropped or
+    padded the same way, frame for frame, and `input_values` is then (batch, channels, frames).
     """
 
     def __init__(self, geometry: FrameGeometry, tasks: Sequence[str], crop: bool, random_offset: bool = True,
@@ -219,7 +224,8 @@ class Collator:
             for e in examples:
                 max_offset_frames = (len(e.wave) - length) // hop
                 first = int(np.random.randint(0, max_offset_frames + 1)) if self.random_offset else 0
-                crops.append(e.wave[first * hop: first * hop + length])
+                crops.append(e.wave[first * hop: first * hop + length] if e.features is None
+                             else e.features[:, first: first + n_frames])
                 for t in self.tasks:
                     label_crops[t].append(e.labels[t][first: first + n_frames])
             batch = {
@@ -242,8 +248,12 @@ class Collator:
             real_frames += len(e.labels[self.tasks[0]]) if self.tasks else geo.num_frames(len(e.wave))
             for t in self.tasks:
                 labels[t][i, : len(e.labels[t])] = e.labels[t]
+        if examples[0].features is not None:
+            features = np.zeros((len(examples), examples[0].features.shape[0], n_frames), dtype=np.float32)
+            for i, e in enumerate(examples):
+                features[i, :, : e.features.shape[1]] = e.features
         return {
-            "input_values": torch.from_numpy(waves),
+            "input_values": torch.from_numpy(waves if examples[0].features is None else features),
             "attention_mask": torch.from_numpy(mask),
             "labels": {t: torch.from_numpy(v) for t, v in labels.items()},
             "audio_seconds": sum(lengths) / SAMPLE_RATE,

@@ -39,6 +39,7 @@ from phonorm.models.backbone import (
 )
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler
 from phonorm.models.evaluate import predict_split, score_predictions
+from phonorm.models.frontend import train_on_cached_front_end
 from phonorm.models.heads import FrameClassifier, MultitaskHeads, load_finetuned, multitask_loss, save_heads
 from phonorm.models.training import Trainer, TrainState, swap_folder
 from phonorm.records.card import FinetuneMetrics, ModelCard, binding_settings
@@ -89,6 +90,8 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
     classifier = FrameClassifier(backbone, heads)
 
     train_set = FrameDataset(prepared, "train", settings.tasks, geometry, label_maps)
+    front_end = train_on_cached_front_end(backbone, train_set, trainer.device, settings.freeze_feature_encoder,
+                                          settings.front_end_cache_gb)
     dev_table = prepared.utterances("dev")
     dev_set = FrameDataset(prepared, None, settings.tasks, geometry, label_maps, utterances=dev_table) \
         if len(dev_table) else None
@@ -158,7 +161,7 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
 
     if trainer.main:
         _finish(out, prepared, trainer, state, label_maps, settings, str(model), config, total_steps, steps_per_epoch,
-                dev_set)
+                dev_set, front_end)
     trainer.discard_checkpoint()
     if trainer.main:
         shutil.rmtree(out / "best", ignore_errors=True)
@@ -252,7 +255,7 @@ def _save_model(model: FrameClassifier, folder: Path) -> None:
 
 def _finish(out: Path, prepared: PreparedCorpus, trainer: Trainer, state: TrainState, label_maps: dict[str, list[str]],
             settings: FinetuneSettings, base_model: str, config: Any, total_steps: int, steps_per_epoch: int,
-            dev_set: Optional[FrameDataset]) -> None:
+            dev_set: Optional[FrameDataset], front_end: str) -> None:
     """Best model to the top level, full dev scores of it, log, metrics, and the model card last."""
     best_dir = out / "best"
     if not best_dir.is_dir():  # cannot happen after one evaluation; keep the last model then
@@ -274,7 +277,7 @@ def _finish(out: Path, prepared: PreparedCorpus, trainer: Trainer, state: TrainS
                  num_processes=trainer.accelerator.num_processes, mixed_precision=trainer.accelerator.mixed_precision,
                  throughput=totals["audio_seconds"] / max(train_seconds, 1e-9),
                  padded_fraction=totals["padded_frames"] / max(totals["frames"], 1),
-                 resumed_from_step=state.resumed_from)
+                 resumed_from_step=state.resumed_from, front_end_cache=front_end)
     FinetuneMetrics.write(out, {
         "best_step": best["step"], "best_dev": best["dev"], "best_mean_dev_accuracy": best["mean"] if best["dev"] else None,
         "dev_history": state.extra["dev_history"], "train": train, "dev": dev_scores,

@@ -84,12 +84,17 @@ def gather(results: Path, *, features: Optional[Path], corpus: Optional[Path], m
     if features is None or not (features / "frames.parquet").is_file():
         return "the feature store's frames.parquet was not found: the explorer needs each frame's utterance and time"
     rows = tables[0][2].row.to_numpy()
-    frames = _frame_facts(features / "frames.parquet", rows, corpus)
     notes: list[str] = []
+    prepared = None
+    try:
+        prepared = PreparedCorpus(corpus) if corpus is not None else None
+    except InputError as err:
+        notes.append(f"the corpus was not found ({err}): syllables span their phone segment, and there is no audio")
+    frames = _frame_facts(features / "frames.parquet", rows, prepared)
     rng = np.random.default_rng(settings.seed)
     clips: dict[str, bytes] = {}
-    if settings.audio and corpus is not None:
-        clips, audio_notes = _clips(frames, PreparedCorpus(corpus), settings, rng)
+    if settings.audio and prepared is not None:
+        clips, audio_notes = _clips(frames, prepared, settings, rng)
         notes += audio_notes
         keep = frames.utterance_id.isin(list(clips))
         if keep.any():
@@ -97,10 +102,11 @@ def gather(results: Path, *, features: Optional[Path], corpus: Optional[Path], m
                 notes.append(f"{int((~keep).sum())} of {len(frames)} sampled frames are not shown: their utterances "
                              f"did not fit the audio budget ({settings.audio_mb:g} MB)")
             frames = frames[keep]
-    elif settings.audio:
-        notes.append("no audio: the corpus was not found (its audio files are named in utterances.parquet)")
-    else:
+    elif not settings.audio:
         notes.append("no audio (report --no-audio)")
+    elif corpus is None:
+        notes.append("no audio: no corpus is named by the run or the store (its audio files are listed in "
+                     "utterances.parquet)")
     audio = sum(len(c) for c in clips.values()) * 4 / 3
     states = _states(tables)
     per_frame = FRAME_BYTES + 2 * COORDINATE_BYTES * len(states)
@@ -141,14 +147,14 @@ def _projection_tables(folder: Path, models: list[str]) -> list[tuple[str, str, 
     return tables
 
 
-def _frame_facts(frames_file: Path, rows: np.ndarray, corpus: Optional[Path]) -> pd.DataFrame:
+def _frame_facts(frames_file: Path, rows: np.ndarray, corpus: Optional[PreparedCorpus]) -> pd.DataFrame:
     """FRAME_FACTS of the store rows `rows` (in that order, index = position in `rows`) with the span of
     each frame's syllable (from the corpus; else its phone segment, as the store records it)."""
     table = pd.read_parquet(frames_file).set_index("row").loc[rows].reset_index()
     facts = table[list(FRAME_FACTS)].copy()
     facts["syllable_start"], facts["syllable_end"] = table.start.to_numpy(), table.end.to_numpy()
     if corpus is not None and "segment_id" in table:
-        spans = PreparedCorpus(corpus).syllable_spans.set_index("segment_id")
+        spans = corpus.syllable_spans.set_index("segment_id")
         known = table.segment_id.isin(spans.index).to_numpy()
         picked = spans.reindex(table.segment_id[known])
         facts.loc[known, "syllable_start"] = picked.syllable_start.to_numpy()
