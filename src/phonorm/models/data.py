@@ -248,12 +248,13 @@ class Collator:
             real_frames += len(e.labels[self.tasks[0]]) if self.tasks else geo.num_frames(len(e.wave))
             for t in self.tasks:
                 labels[t][i, : len(e.labels[t])] = e.labels[t]
-        if examples[0].features is not None:
-            features = np.zeros((len(examples), examples[0].features.shape[0], n_frames), dtype=np.float32)
-            for i, e in enumerate(examples):
-                features[i, :, : e.features.shape[1]] = e.features
+        cached = [e.features for e in examples if e.features is not None]
+        if cached:  # every example carries its front end's output: pad those instead of the waveforms
+            features = np.zeros((len(examples), cached[0].shape[0], n_frames), dtype=np.float32)
+            for i, f in enumerate(cached):
+                features[i, :, : f.shape[1]] = f
         return {
-            "input_values": torch.from_numpy(waves if examples[0].features is None else features),
+            "input_values": torch.from_numpy(features if cached else waves),
             "attention_mask": torch.from_numpy(mask),
             "labels": {t: torch.from_numpy(v) for t, v in labels.items()},
             "audio_seconds": sum(lengths) / SAMPLE_RATE,
