@@ -266,12 +266,17 @@ def validate(
     typer.echo(validate_or_raise(folder))
 
 
+JOBS_HELP = ("Stages run side by side: independent fine-tunes, evaluations and pre-trainings, each in a worker "
+             "process with cores/jobs threads (default: 2 on a CPU machine with 2+ cores, 1 with a GPU; sweeps: 1).")
+
+
 @app.command()
 def run(
     experiment: Path = typer.Argument(..., help="An experiment YAML file (see examples/)."),
     force: bool = typer.Option(False, help="Redo every stage even when cached."),
     point: Optional[list[str]] = typer.Option(None, help="Sweeps: run only this point (repeatable; ids as in "
                                                          "the run's summary), e.g. to share points out among machines."),
+    jobs: Optional[int] = typer.Option(None, min=1, help=JOBS_HELP),
 ) -> None:
     """Run every stage of an experiment, skipping those whose inputs, settings and code are unchanged.
 
@@ -279,13 +284,14 @@ def run(
     """
     from phonorm.experiment import run_experiment
 
-    typer.echo(run_experiment(experiment, force=force, points=point or ()))
+    typer.echo(run_experiment(experiment, force=force, points=point or (), jobs=jobs))
 
 
 @app.command()
 def demo(
     out: Path = typer.Option(Path("phonorm-demo"), help="Folder for the demo's corpus, models and report."),
     quick: bool = typer.Option(False, "--quick", help="A smaller demo (about 2 minutes on a 2-core CPU) that checks the pipeline."),
+    jobs: Optional[int] = typer.Option(None, min=1, help=JOBS_HELP),
 ) -> None:
     """The whole study offline: synth, pretrain, fine-tune, extract, analyze, report.
 
@@ -293,7 +299,7 @@ def demo(
     """
     from phonorm.experiment import run_demo
 
-    typer.echo(run_demo(out, quick=quick))
+    typer.echo(run_demo(out, quick=quick, jobs=jobs))
 
 
 # --------------------------------------------------------------------------- helpers

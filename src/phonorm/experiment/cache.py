@@ -172,14 +172,19 @@ def execute_all(stages: list[Stage], *, force: bool = False,
             stage.status = "not needed"
             stage.summary = "every snapshot it keeps is cached"
             continue
-        try:
-            execute(stage, force=force)
-        except InputError as err:
-            owner = _owner(stages[:i], err.path)
-            if owner is None:
-                raise
-            raise PhonormError(f"{err} (the file belongs to the {owner.status} stage {owner.title}: delete "
-                               f"{owner.folder}, or run again with --force, to make it anew)") from None
+        execute_naming_owner(stage, stages[:i], force=force)
+
+
+def execute_naming_owner(stage: Stage, earlier: list[Stage], *, force: bool = False) -> None:
+    """`execute(stage)`; an input error about a file of one of the `earlier` stages names that stage."""
+    try:
+        execute(stage, force=force)
+    except InputError as err:
+        owner = _owner(earlier, err.path)
+        if owner is None:
+            raise
+        raise PhonormError(f"{err} (the file belongs to the {owner.status} stage {owner.title}: delete "
+                           f"{owner.folder}, or run again with --force, to make it anew)") from None
 
 
 def _owner(stages: list[Stage], path: str | None) -> Stage | None:

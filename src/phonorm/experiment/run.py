@@ -11,25 +11,28 @@ from __future__ import annotations
 import shutil
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import yaml
 
 from phonorm.artifacts import atomic_path, read_json, write_json
 from phonorm.errors import InputError
-from phonorm.experiment.cache import execute_all, stage_record
+from phonorm.experiment.cache import execute_all, execute_naming_owner, stage_record
 from phonorm.experiment.config import Experiment
 from phonorm.experiment.load import load_experiment
 from phonorm.experiment.plan import Plan, plan_stages
+from phonorm.experiment.schedule import default_jobs, execute_parallel, worker_spawner
 from phonorm.filecheck import read_json_object
 from phonorm.lock import folder_lock
 from phonorm.progress import logger
 
 
-def run_experiment(path: str | Path, force: bool = False, points: Sequence[str] = ()) -> str:
+def run_experiment(path: str | Path, force: bool = False, points: Sequence[str] = (), jobs: Optional[int] = None) -> str:
     """Run every stage of the experiment file `path` (cached, resumable); returns a summary that
     ends with the report's path. A file with `sweep:` runs every point (only `points`, when
-    given) and the sweep's table and page (experiment/sweep.py)."""
+    given) and the sweep's table and page (experiment/sweep.py). `jobs`: stages run side by side
+    (independent trainings and evaluations, experiment/schedule.py; default `default_jobs()`; a
+    sweep runs its stages one at a time)."""
     experiment, _ = load_experiment(path)
     _note_a_far_workdir(experiment.workdir, Path(path))
     if points and experiment.sweep is None:
@@ -48,15 +51,20 @@ def run_experiment(path: str | Path, force: bool = False, points: Sequence[str] 
             from phonorm.experiment.sweep import run_sweep
 
             return run_sweep(experiment, Path(path), force=force, only=points)
-        return _run(experiment, Path(path), force)
+        return _run(experiment, Path(path), force, default_jobs() if jobs is None else jobs)
 
 
-def _run(experiment: Experiment, path: Path, force: bool) -> str:
+def _run(experiment: Experiment, path: Path, force: bool, jobs: int) -> str:
     plan = plan_stages(experiment, path.resolve())
     workdir = experiment.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     logger.info(f"phonorm run: experiment {experiment.name!r} → {workdir}")
-    execute_all(plan.stages, force=force)
+    if jobs > 1:
+        stages = plan.stages
+        execute_parallel(stages, jobs=jobs, spawn=worker_spawner(path.resolve(), force), force=force,
+                         run_here=lambda s: execute_naming_owner(s, stages[:stages.index(s)], force=force))
+    else:
+        execute_all(plan.stages, force=force)
     report = workdir / "report.html"
     source = plan.report.folder / "report.html"
     if not report.is_file() or report.read_bytes() != source.read_bytes():
@@ -110,7 +118,7 @@ def demo_config_text(quick: bool = False) -> str:
     return resources.files("phonorm").joinpath("data", DEMO_FILES[quick]).read_text(encoding="utf-8")
 
 
-def run_demo(out: str | Path, quick: bool = False) -> str:
+def run_demo(out: str | Path, quick: bool = False, jobs: Optional[int] = None) -> str:
     """The whole study offline on the built-in demo experiment, in the folder `out`. The experiment
     file is written to `out` (edit it and `phonorm run` it to vary the study)."""
     out = Path(out)
@@ -123,4 +131,4 @@ def run_demo(out: str | Path, quick: bool = False) -> str:
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
-    return run_experiment(path)
+    return run_experiment(path, jobs=jobs)
