@@ -194,6 +194,9 @@ class FakeStages:
     """Cheap stand-ins for every stage function, installed as the modules the stages import."""
 
     def __init__(self, monkeypatch):
+        # stand-ins live in this process: stages run here, one at a time (workers would plan the real stages;
+        # the scheduler is tested in test_schedule.py and end to end by the demo)
+        monkeypatch.setattr("phonorm.experiment.run.default_jobs", lambda: 1)
         self.calls: list[tuple[str, str]] = []
         self.fail: set[str] = set()
         self.models: dict[str, str] = {}  # fine-tuned name → the base it was given
