@@ -346,3 +346,22 @@ def test_audio_replaced_after_prepare_is_refused_by_name(fake_corpus, tiny_model
     Path(victim["audio_path"]).unlink()
     with pytest.raises(InputError, match=r"audio file missing \(it was there when the corpus was prepared\)"):
         extract(folder, models={"gn": tiny_models["gn"]}, out=tmp_path / "F2", settings=ExtractSettings())
+
+
+def test_releasing_free_memory_can_be_throttled(monkeypatch):
+    """Extraction returns free heap pages at most every few seconds, not after every small batch."""
+    from phonorm import memory
+
+    trims: list[int] = []
+
+    class Libc:
+        def malloc_trim(self, pad: int) -> None:
+            trims.append(pad)
+
+    monkeypatch.setattr(memory, "_libc", lambda: Libc())
+    monkeypatch.setattr(memory, "_last_release", 0.0)
+    memory.release_free_memory()
+    memory.release_free_memory(every=60.0)  # within a minute of the last: skipped
+    assert len(trims) == 1
+    memory.release_free_memory()  # unthrottled calls always trim
+    assert len(trims) == 2

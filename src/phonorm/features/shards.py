@@ -210,7 +210,7 @@ def _run_model(plan: Plan, spec: ModelSpec, share: pd.DataFrame, process_index: 
                         writers[name].write(int(utt.row_begin) - first_row, values[position])
             for utt in batch:
                 tick(utt)
-            release_free_memory()
+            release_free_memory(every=2.0)
         return {"forward_passes": passes}
 
     _run_chunked(plan=plan, what=spec.name, key=spec.key, folder=plan.out / spec.name, share=share,
