@@ -74,3 +74,34 @@ def test_a_file_that_drifts_from_its_type_is_named(small_run, tmp_path):
     with pytest.raises(ValueError, match="tasks"):  # a writer that drifts fails when it writes
         EvaluationFile.write(tmp_path, {"model": "tone", "split": "test"})
     assert not (tmp_path / "evaluation.json").exists()
+
+
+# ---------------------------------------------------------------- the result tables' row types
+def test_each_table_is_written_with_exactly_its_row_types_columns(small_run):
+    from phonorm.records.tables import CSV_TABLES
+
+    for table in CSV_TABLES:  # erasure.csv too: its header alone, this analysis ran without erasure
+        assert list(pd.read_csv(small_run / "results" / table.file).columns) == table.columns, table.file
+
+
+def test_a_misspelt_or_missing_key_is_an_error_not_a_dropped_column():
+    from phonorm.records.tables import NORMALIZATION
+
+    good = {"model": "pre", "layer": "L0", "measure": "variance_share", "label": "sex", "value": 0.1, "n": 9}
+    assert list(NORMALIZATION.frame([good]).columns) == NORMALIZATION.columns
+    with pytest.raises(ValueError, match=r"unknown keys \['valeu'\], missing keys \['value'\]"):
+        NORMALIZATION.frame([good, {**{k: v for k, v in good.items() if k != "value"}, "valeu": 0.2}])
+
+
+def test_validate_names_a_table_without_a_column_of_its_row_type(small_run, tmp_path):
+    import shutil
+
+    from phonorm.validate import check_results
+
+    results = tmp_path / "R"
+    shutil.copytree(small_run / "results", results)
+    assert check_results(results).ok
+    probes = pd.read_csv(results / "probes.csv").drop(columns=["gradient"])
+    probes.to_csv(results / "probes.csv", index=False)
+    verdict = check_results(results)
+    assert not verdict.ok and any("lacks the column gradient of ProbeRow" in p for p in verdict.problems)

@@ -31,6 +31,7 @@ from phonorm.filecheck import (
 from phonorm.records.analysis import AnalysisRecord, ClaimsFile, EvaluationFile
 from phonorm.records.context import RunContext
 from phonorm.records.corpus import LabelsFile, SynthFile
+from phonorm.records.tables import ERASURE, NORMALIZATION, PROBES, SIMILARITY, ResultTable
 from phonorm.validate_files import Validation, check_model, check_store, relative_to
 from phonorm.wording import counted
 
@@ -143,19 +144,22 @@ def _check_audio_files(result: Validation, utterances) -> None:
 
 
 # =========================================================================== results
-RESULT_TABLES = ("similarity.csv", "probes.csv", "normalization.csv")
+#: The tables every analysis writes (erasure.csv only for a tone model: checked when it is there).
+RESULT_TABLES = (SIMILARITY, PROBES, NORMALIZATION)
 
 
-def check_results(folder: Path) -> Validation:
+def check_results(folder: Path, columns: bool = True) -> Validation:
     """A results folder of `phonorm analyze`: settings.json (written last) and every file it implies —
-    the tables with their header rows, claims.json, the figures and projections it lists."""
+    the tables with their header rows, claims.json, the figures and projections it lists. `columns`:
+    also require every column of each table's row type (the report, which reads the files of earlier
+    versions too, checks completeness only)."""
     result = Validation(folder, "analysis results")
     record = _typed(result, AnalysisRecord, folder)
     if record is None:
         return result
     result.facts.append(f"models {', '.join(record.models)}; store {record.features}")
-    for name in RESULT_TABLES:
-        _check_csv(result, folder / name, record.table_rows.get(name))
+    for table in RESULT_TABLES + ((ERASURE,) if (folder / ERASURE.file).is_file() else ()):
+        _check_csv(result, folder / table.file, record.table_rows.get(table.file), table if columns else None)
     _typed(result, ClaimsFile, folder)
     for figure in record.figures:  # paths relative to the results folder
         if not (folder / figure).is_file():
@@ -177,9 +181,10 @@ def _typed(result: Validation, kind: type[R], folder: Path) -> R | None:
         return None
 
 
-def _check_csv(result: Validation, path: Path, rows: Optional[int] = None) -> None:
-    """A table phonorm analyze writes: there, readable to its last line, with a header row, every
-    line as many fields as the header and, when the writer recorded it, as many data rows."""
+def _check_csv(result: Validation, path: Path, rows: Optional[int] = None, table: Optional[ResultTable] = None) -> None:
+    """A table phonorm analyze writes: there, readable to its last line, with a header row (with every
+    column of its row type, `table`), every line as many fields as the header and, when the writer
+    recorded it, as many data rows."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
@@ -194,6 +199,10 @@ def _check_csv(result: Validation, path: Path, rows: Optional[int] = None) -> No
     if "model" not in header:
         result.problem(path, "no header row naming its columns (empty or damaged)")
         return
+    missing = table.missing_columns(header) if table is not None else []
+    if table is not None and missing:
+        result.problem(path, f"lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)} of {table.row.__name__} "
+                             "(written by another phonorm version? run phonorm analyze again)")
     short = next((i for i, line in enumerate(lines) if len(line) != len(header)), None)
     if short is not None:
         result.problem(path, f"line {short + 2} has {len(lines[short])} fields, the header {len(header)} "

@@ -19,9 +19,8 @@ permuted order (the permutation floor) and per-speaker sums (delete-one-speaker 
 similarity measures, `intervals.JACKKNIFE_T`).
 For models fine-tuned on tone, the sampled rows also go through LEACE erasure (erasure.py).
 
-Outputs (R): similarity.csv (tables.SIMILARITY_COLUMNS), layer_matrix/<model>__vs__<reference>__<measure>.csv
-(rows: model's layers, columns: reference's layers), probes.csv (PROBE_COLUMNS), erasure.csv
-(ERASURE_COLUMNS), normalization.csv (model, layer, measure, label, value, n),
+Outputs (R): similarity.csv (records/tables.py: one row type per table), layer_matrix/<model>__vs__<reference>__<measure>.csv
+(rows: model's layers, columns: reference's layers), probes.csv, erasure.csv, normalization.csv (model, layer, measure, label, value, n),
 projections/<model>__<layer>.parquet (row, labels, pc1, pc2, umap1, umap2, umap_fit) and
 projections/pca_variance.parquet, claims.json (claims.py), figures/, settings.json. Classic
 baselines appear as model "classic", layer = the feature's name. docs/statistics.md explains

@@ -1,9 +1,9 @@
 """The analysis's result tables, written from every layer's `LayerResult`, and the steps after the
 layers: the claims (`claims_step`, claims.json) and the figures (`figures_step`).
 
-Columns: similarity.csv `SIMILARITY_COLUMNS`, probes.csv `PROBE_COLUMNS`, erasure.csv
-`ERASURE_COLUMNS`, normalization.csv `NORMALIZATION_COLUMNS`, projections/pca_variance.parquet
-`PCA_COLUMNS`; layer_matrix/<model>__vs__<reference>__<measure>.csv (rows: the model's layers,
+Columns: one row type per table in records/tables.py (similarity.csv `SimilarityRow`, probes.csv
+`ProbeRow`, erasure.csv `ErasureRow`, normalization.csv `NormalizationRow`,
+projections/pca_variance.parquet `PcaVarianceRow`); layer_matrix/<model>__vs__<reference>__<measure>.csv (rows: the model's layers,
 columns: the reference's layers). Every file is written atomically.
 """
 
@@ -25,19 +25,7 @@ from phonorm.analysis.steps import LayerResult
 from phonorm.artifacts import atomic_path, write_parquet
 from phonorm.errors import InputError
 from phonorm.records.analysis import ClaimsFile, EvaluationFile
-
-SIMILARITY_COLUMNS = ["model", "reference", "layer", "measure", "value", "ci_low", "ci_high", "ci_method", "floor",
-                      "held_out_value", "held_out_floor", "n", "n_fit", "n_score", "speakers"]
-PROBE_COLUMNS = ["model", "layer", "label", "accuracy", "chance", "chance_method", "ci_low", "ci_high", "ci_method", "n",
-                 "folds", "classes", "dropped", "iterations", "converged", "gradient"]
-ERASURE_COLUMNS = ["model", "layer", "erased", "probed", "accuracy", "chance", "chance_method", "ci_low", "ci_high",
-                   "ci_method", "change", "change_ci_low", "change_ci_high", "balanced_accuracy", "balanced_chance",
-                   "balanced_ci_low", "balanced_ci_high", "balanced_change", "balanced_change_ci_low",
-                   "balanced_change_ci_high", "above_chance", "above_chance_ci_low", "above_chance_ci_high",
-                   "above_chance_ci_level", "at_chance", "equivalence_margin", "n", "speakers", "folds", "sex_eraser",
-                   "roles", "iterations", "converged", "gradient"]
-NORMALIZATION_COLUMNS = ["model", "layer", "measure", "label", "value", "n"]
-PCA_COLUMNS = ["model", "layer", "component", "variance", "explained", "cumulative"]
+from phonorm.records.tables import ERASURE, NORMALIZATION, PCA_VARIANCE, PROBES, SIMILARITY
 
 
 @dataclass(frozen=True)
@@ -58,25 +46,25 @@ class Tables:
         probe_rows = [r for p in parts for r in p.probes.rows]
         erasure_rows = [r for p in parts for r in p.erasure.rows]
         return cls(
-            similarity=pd.DataFrame([r for p in parts for r in p.similarity.rows], columns=SIMILARITY_COLUMNS),
-            probes=pd.DataFrame([_without_speakers(r) for r in probe_rows], columns=PROBE_COLUMNS),
-            erasure=pd.DataFrame([_without_speakers(r) for r in erasure_rows], columns=ERASURE_COLUMNS),
-            normalization=pd.DataFrame([r for p in parts for r in p.normalization], columns=NORMALIZATION_COLUMNS),
-            pca_variance=pd.DataFrame([r for p in parts for r in p.pca], columns=PCA_COLUMNS),
+            similarity=SIMILARITY.frame(r for p in parts for r in p.similarity.rows),
+            probes=PROBES.frame(_without_speakers(r) for r in probe_rows),
+            erasure=ERASURE.frame(_without_speakers(r) for r in erasure_rows),
+            normalization=NORMALIZATION.frame(r for p in parts for r in p.normalization),
+            pca_variance=PCA_VARIANCE.frame(r for p in parts for r in p.pca),
             probe_rows=probe_rows, erasure_rows=erasure_rows)
 
     def row_counts(self) -> dict[str, int]:
         """Data rows of each CSV table, recorded in settings.json: `validate` reads each table to its
         last line against them (a table cut at a line boundary still parses)."""
-        return {"similarity.csv": len(self.similarity), "probes.csv": len(self.probes),
-                "erasure.csv": len(self.erasure), "normalization.csv": len(self.normalization)}
+        return {SIMILARITY.file: len(self.similarity), PROBES.file: len(self.probes),
+                ERASURE.file: len(self.erasure), NORMALIZATION.file: len(self.normalization)}
 
     def write(self, out: Path) -> None:
-        write_csv(out / "similarity.csv", self.similarity)
-        write_csv(out / "probes.csv", self.probes)
-        write_csv(out / "erasure.csv", self.erasure)
-        write_csv(out / "normalization.csv", self.normalization)
-        write_parquet(out / "projections" / "pca_variance.parquet", self.pca_variance)
+        write_csv(out / SIMILARITY.file, self.similarity)
+        write_csv(out / PROBES.file, self.probes)
+        write_csv(out / ERASURE.file, self.erasure)
+        write_csv(out / NORMALIZATION.file, self.normalization)
+        write_parquet(out / PCA_VARIANCE.file, self.pca_variance)
 
 
 def _without_speakers(row: dict) -> dict:

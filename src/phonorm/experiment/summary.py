@@ -46,6 +46,7 @@ from phonorm.layers import layer_index
 from phonorm.records.analysis import ClaimsFile, Comparison
 from phonorm.records.card import ModelCard
 from phonorm.records.sweep import POINTS, TABLE, SweepPoints
+from phonorm.records.tables import NORMALIZATION, PROBES, SIMILARITY
 
 LEVEL = 0.95
 COLUMNS = ["point", "quantity", "value", "ci_low", "ci_high", "ci_from", "verdict"]
@@ -89,13 +90,6 @@ def _row(quantity: str, value: Any, low: Any = None, high: Any = None, ci_from: 
         ci_from = ci_from if ci_from.startswith("none") else "none"
     return {"quantity": quantity, "value": value, "ci_low": low, "ci_high": high, "ci_from": ci_from,
             "verdict": verdict}
-
-
-def _read_csv(path: Path) -> Optional[pd.DataFrame]:
-    try:
-        return pd.read_csv(path) if path.is_file() else None
-    except (OSError, ValueError, pd.errors.ParserError):
-        return None
 
 
 def _read_claims(results: Path) -> Optional[ClaimsFile]:
@@ -250,8 +244,7 @@ class _PointTables:
 
     @classmethod
     def read(cls, results: Path) -> "_PointTables":
-        return cls(_read_claims(results), _read_csv(results / "probes.csv"),
-                   _read_csv(results / "similarity.csv"), _read_csv(results / "normalization.csv"))
+        return cls(_read_claims(results), PROBES.read(results), SIMILARITY.read(results), NORMALIZATION.read(results))
 
     def accuracy(self, model: str, layer: Optional[str], label: str, quantity: str) -> Optional[dict]:
         """The summary row of a top-layer probe accuracy (its CI when probes.csv has one), or None."""

@@ -319,14 +319,14 @@ LAYOUT_BYTES = 60_000
 
 
 def _curve_tables(results: Path, models: list[str]) -> list[tuple[str, pd.DataFrame]]:
-    from phonorm.report.page import read_csv_file
+    from phonorm.records.tables import PROBES, SIMILARITY
 
     curves = []
-    similarity = read_csv_file(results / "similarity.csv")
+    similarity = SIMILARITY.read(results)
     if similarity is not None and {"measure", "ci_low", "ci_high"} <= set(similarity.columns):
         cka = similarity[similarity.measure == "cka"]
         curves.append(("linear CKA to the reference", cka))
-    probes = read_csv_file(results / "probes.csv")
+    probes = PROBES.read(results)
     if probes is not None and {"label", "ci_low", "ci_high"} <= set(probes.columns):
         probes = probes[probes.model.isin(models)].rename(columns={"accuracy": "value"})
         for label, part in probes.groupby("label", sort=False):

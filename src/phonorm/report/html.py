@@ -124,7 +124,7 @@ def _refuse_unfinished(results: Path) -> None:
     it): a report is built only from a whole analysis, never from an interrupted one's leftovers."""
     from phonorm.validate import check_results
 
-    verdict = check_results(results)
+    verdict = check_results(results, columns=False)  # files of earlier versions: the sections show what they lack
     if not verdict.ok:
         raise InputError(results, f"not a complete analysis ({'; '.join(verdict.problems)}); run phonorm analyze "
                                   "again with the same options to complete it")

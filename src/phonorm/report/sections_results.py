@@ -10,12 +10,12 @@ from typing import Any
 from phonorm import figures as figs
 from phonorm.labels import CLASSIC_MODEL
 from phonorm.records.analysis import AnalysisRecord
+from phonorm.records.tables import ERASURE, PROBES, SIMILARITY
 from phonorm.report.page import (
     Page,
     Sources,
     esc,
     note,
-    read_csv_file,
     read_record,
     table,
 )
@@ -23,7 +23,7 @@ from phonorm.settings_analyze import ANALYZE_DEFAULTS
 
 
 def section_similarity(page: Page, results: Path, reference: str, settings: dict[str, Any]) -> None:
-    similarity = read_csv_file(results / "similarity.csv")
+    similarity = SIMILARITY.read(results)
     if similarity is None or not len(similarity):
         page.add("similarity", f"Similarity to {reference} per layer", page.gap("similarity: no similarity.csv"))
         return
@@ -81,7 +81,7 @@ def section_matrices(page: Page, results: Path) -> None:
 
 
 def section_probes(page: Page, results: Path, reference: str) -> None:
-    probes = read_csv_file(results / "probes.csv")
+    probes = PROBES.read(results)
     if probes is None or not len(probes):
         page.add("probes", "Probe accuracy per layer", page.gap("probes: no probes.csv"))
         return
@@ -119,7 +119,7 @@ def section_probes(page: Page, results: Path, reference: str) -> None:
 
 
 def section_erasure(page: Page, results: Path) -> None:
-    erasure = read_csv_file(results / "erasure.csv")
+    erasure = ERASURE.read(results)
     if erasure is None or not len(erasure):
         # An analysis that tried erasure and could not (too few speakers for three disjoint roles, ...)
         # recorded why in settings.json; say that rather than guess.
