@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from phonorm.analysis.measures import MEASURES
 from phonorm.analysis.run import AnalyzeSettings, analyze
 from phonorm.errors import InputError
 from phonorm.features.store import FeatureStore
@@ -45,7 +46,7 @@ def test_tables_hold_the_planted_structure(results):
     store, out, _, _ = results
     sim = pd.read_csv(out / "similarity.csv")
     assert list(sim.columns[:5]) == ["model", "reference", "layer", "measure", "value"]
-    assert set(sim.measure) == {"svcca", "svcca_fixed", "pwcca", "cka", "cka_debiased"}
+    assert set(sim.measure) == set(MEASURES) == {"svcca", "svcca_fixed", "pwcca", "cka", "cka_debiased"}
     svcca = sim[sim.measure == "svcca"].set_index("layer").value
     assert svcca["L0"] == pytest.approx(1.0, abs=1e-6) and svcca["L2"] < 0.6  # top layers changed
     assert sim.held_out_value.notna().all() and sim.floor.notna().all()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -207,15 +208,47 @@ class PairSums:
 
     def measures(self, fit: "PairSums | None" = None, keep: float = SVCCA_KEEP, rule: str = "eigenvalue",
                  dims: int = SVCCA_DIMS) -> dict[str, float]:
-        """All measures by name; `fit` as in `svcca` (CKA has nothing to fit: it is scored on these rows)."""
+        """Every measure of `MEASURES` by name; `fit` as in `svcca` (CKA has nothing to fit: it is
+        scored on these rows)."""
+        options = MeasureOptions(fit=fit, keep=keep, rule=rule, dims=dims)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", IllPosedWarning)  # the caller checks dx + dy > n itself
-            pwcca = self.pwcca(fit=fit)
-        return {"svcca": self.svcca(keep, fit=fit, rule=rule), "svcca_fixed": self.svcca_fixed(dims, fit=fit),
-                "pwcca": pwcca, "cka": self.cka(), "cka_debiased": self.cka_debiased()}
+            return {name: measure.compute(self, options) for name, measure in MEASURES.items()}
 
 
-MEASURES = ("svcca", "svcca_fixed", "pwcca", "cka", "cka_debiased")
+@dataclass(frozen=True)
+class MeasureOptions:
+    """What a measure may be given besides the pair's sums: the rows its directions are fitted on
+    (`fit`, None: these rows) and SVCCA's choice of directions."""
+
+    fit: Optional[PairSums] = None
+    keep: float = SVCCA_KEEP
+    rule: str = "eigenvalue"
+    dims: int = SVCCA_DIMS
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One similarity measure: its name (similarity.csv's `measure`), how it is computed from a pair's
+    streamed sums, and one line saying what it is."""
+
+    name: str
+    compute: Callable[[PairSums, MeasureOptions], float]
+    about: str
+
+
+#: The similarity measures, in the order of the tables: the analysis computes every one for every
+#: layer pair, the report and the tests take them from here. A new measure: a `PairSums` method and
+#: an entry here (docs/architecture.md, "Where to change what").
+MEASURES: dict[str, Measure] = {m.name: m for m in (
+    Measure("svcca", lambda p, o: p.svcca(o.keep, fit=o.fit, rule=o.rule),
+            "SVCCA: mean canonical correlation of the directions keeping `svcca_keep` of the variance"),
+    Measure("svcca_fixed", lambda p, o: p.svcca_fixed(o.dims, fit=o.fit),
+            "SVCCA on a fixed number of directions (`svcca_dims`), comparable across layers"),
+    Measure("pwcca", lambda p, o: p.pwcca(fit=o.fit), "projection-weighted CCA (Morcos et al. 2018)"),
+    Measure("cka", lambda p, o: p.cka(), "linear CKA (Kornblith et al. 2019): C2 decides on it"),
+    Measure("cka_debiased", lambda p, o: p.cka_debiased(), "linear CKA with the unbiased HSIC estimator"),
+)}
 
 
 def _self_cross(view: ViewSums) -> CrossSums:

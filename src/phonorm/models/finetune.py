@@ -34,7 +34,6 @@ from phonorm.models.backbone import (
     LAYER_CONVENTION,
     freeze_feature_encoder,
     load_backbone,
-    load_config,
     uses_group_norm,
 )
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler
@@ -80,8 +79,8 @@ def _finetune(corpus: str | Path, *, model: str, out: Path, settings: FinetuneSe
                       fingerprint={"settings": binding_settings(settings_dict),
                                    "base_model": str(model), "corpus": prepared.fingerprint})
     accelerator = trainer.accelerator
-    config = load_config(model)
-    backbone = load_backbone(model)
+    backbone = load_backbone(model)  # loads and checks the config once (load_config)
+    config = backbone.config
     geometry = FrameGeometry.from_config(config)
     group_norm = uses_group_norm(config)
     if settings.freeze_feature_encoder:
