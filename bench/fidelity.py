@@ -93,7 +93,7 @@ def gates(probes: pd.DataFrame, model: str, cka_to_l0: dict[str, float]) -> dict
 def finetuned_gates(corpus: Path, tone_model: Path, tone_sex_model: Path | None) -> dict:
     """The gates of the demo's fine-tuned models: tone accuracy of their own heads on the test split."""
     from phonorm.models.evaluate import evaluate
-    from phonorm.settings_evaluate import EvaluateSettings
+    from phonorm.settings.evaluate import EvaluateSettings
 
     settings = EvaluateSettings(split="test")
     tone = evaluate(corpus, model_dir=tone_model, settings=settings)["tone"]

@@ -18,7 +18,7 @@ from phonorm.frames import IGNORE_INDEX, FrameGeometry, frame_labels
 from phonorm.models.backbone import make_config
 from phonorm.models.evaluate import Predictions, evaluate, format_evaluation, score_predictions
 from phonorm.models.finetune import FinetuneSettings, finetune
-from phonorm.settings_evaluate import EvaluateSettings
+from phonorm.settings.evaluate import EvaluateSettings
 
 torch.set_num_threads(2)
 

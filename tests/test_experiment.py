@@ -138,7 +138,7 @@ def test_each_stage_declares_its_settings_once_for_api_yaml_and_cli():
     from phonorm import settings as st
     from phonorm.cli import app
     from phonorm.experiment import config
-    from phonorm.settings_analyze import AnalyzeSettings
+    from phonorm.settings.analyze import AnalyzeSettings
 
     assert issubclass(config.PretrainConfig, st.PretrainSettings)
     assert config.FinetuneConfig.model_fields["settings"].annotation is st.FinetuneSettings

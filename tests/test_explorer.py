@@ -17,7 +17,7 @@ import pytest
 from phonorm.errors import InputError
 from phonorm.report.explorer_data import gather, state_key
 from phonorm.report.html import build_report
-from phonorm.settings_report import ReportSettings
+from phonorm.settings.report import ReportSettings
 
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -36,7 +36,7 @@ def tiny_run(tmp_path_factory):
     from phonorm.features.extract import extract
     from phonorm.models.backbone import make_config
     from phonorm.settings import ExtractSettings
-    from phonorm.settings_analyze import AnalyzeSettings
+    from phonorm.settings.analyze import AnalyzeSettings
 
     root = tmp_path_factory.mktemp("explorer")
     corpus = make_prepared_corpus(root / "corpus", n_speakers=8, n_utterances=3, seed=1,

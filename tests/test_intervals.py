@@ -38,7 +38,7 @@ def test_equivalence_fails_when_the_interval_reaches_past_the_margin():
 def test_removed_bootstrap_settings_are_refused_with_the_reason():
     from pydantic import ValidationError
 
-    from phonorm.settings_analyze import AnalyzeSettings
+    from phonorm.settings.analyze import AnalyzeSettings
 
     with pytest.raises(ValidationError, match="intervals are now analytic|every interval is now analytic"):
         AnalyzeSettings(reference="pre", bootstrap=200)

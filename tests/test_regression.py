@@ -27,7 +27,7 @@ def run_fixed_analysis(root: Path) -> Path:
     """Analyse the fixed store (4 models × 3 layers, 10 speakers, 480 rows) into root/r; returns root/r."""
     from fake_store import make_feature_store
     from phonorm.analysis.run import analyze
-    from phonorm.settings_analyze import AnalyzeSettings
+    from phonorm.settings.analyze import AnalyzeSettings
 
     store = make_feature_store(root / "f", models=("pretrained", "tone", "sex", "tone_sex"), n_speakers=10,
                                n_utterances=2, n_frames=24, n_layers=3, parts=2)

@@ -20,7 +20,7 @@ from phonorm.errors import InputError
 from phonorm.records.card import ModelCard
 from phonorm.records.context import RunContext
 from phonorm.report.html import build_report
-from phonorm.settings_report import ReportSettings
+from phonorm.settings.report import ReportSettings
 
 LAYERS = ["L0", "L1", "L2"]
 #: The static page (report --static): these tests count its figures and check it has no script; the

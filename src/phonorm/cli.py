@@ -33,9 +33,9 @@ from phonorm.settings import (
     PretrainSettings,
     SynthSettings,
 )
-from phonorm.settings_analyze import AnalyzeSettings
-from phonorm.settings_evaluate import EvaluateSettings
-from phonorm.settings_report import ReportSettings
+from phonorm.settings.analyze import AnalyzeSettings
+from phonorm.settings.evaluate import EvaluateSettings
+from phonorm.settings.report import ReportSettings
 
 app = typer.Typer(
     name="phonorm",

@@ -23,7 +23,7 @@ import pandas as pd
 from phonorm.analysis.grouped import SpeakerSums
 from phonorm.analysis.probes import sample_rows
 from phonorm.errors import InputError, PhonormError
-from phonorm.settings_analyze import AnalyzeSettings
+from phonorm.settings.analyze import AnalyzeSettings
 
 FACTORS = ("speaker", "sex", "tone", "phone")
 

@@ -52,7 +52,7 @@ from phonorm.lock import folder_lock
 from phonorm.memory import limit_arenas, map_large_blocks, release_free_memory
 from phonorm.progress import progress
 from phonorm.records.analysis import AnalysisRecord
-from phonorm.settings_analyze import AnalyzeSettings
+from phonorm.settings.analyze import AnalyzeSettings
 from phonorm.wording import counted
 
 COMPLETION_RECORD = AnalysisRecord.FILE

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from phonorm.settings_analyze import ANALYZE_DEFAULTS
+from phonorm.settings.analyze import ANALYZE_DEFAULTS
 
 #: Fraction of variance (by squared singular value) the SVD step of SVCCA keeps (`AnalyzeSettings.svcca_keep`).
 SVCCA_KEEP: float = ANALYZE_DEFAULTS["svcca_keep"]

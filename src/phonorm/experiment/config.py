@@ -22,9 +22,9 @@ from phonorm.settings import (
     PretrainSettings,
     SynthSettings,
 )
-from phonorm.settings_analyze import AnalyzeSettings
-from phonorm.settings_evaluate import EvaluateSettings
-from phonorm.settings_report import ReportSettings
+from phonorm.settings.analyze import AnalyzeSettings
+from phonorm.settings.evaluate import EvaluateSettings
+from phonorm.settings.report import ReportSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # A Hugging Face hub id of a speech model: `org/name` (letters, digits, - _ .). A bare `name` is far

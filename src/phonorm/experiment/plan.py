@@ -29,8 +29,8 @@ from phonorm.settings import (
     PretrainSettings,
     SynthSettings,
 )
-from phonorm.settings_analyze import AnalyzeSettings
-from phonorm.settings_evaluate import EvaluateSettings
+from phonorm.settings.analyze import AnalyzeSettings
+from phonorm.settings.evaluate import EvaluateSettings
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from phonorm.models.backbone import uses_group_norm
 from phonorm.models.data import FrameDataset, inference_batches
 from phonorm.models.heads import MultitaskHeads, load_finetuned, predict_tasks
 from phonorm.progress import progress as progress_bar
-from phonorm.settings_evaluate import EvaluateSettings
+from phonorm.settings.evaluate import EvaluateSettings
 
 
 @dataclass

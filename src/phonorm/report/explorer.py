@@ -27,7 +27,7 @@ import pandas as pd
 from phonorm.layers import layer_index
 from phonorm.report.explorer_data import COLOUR_BY, FRAME_FACTS, ExplorerData, gather, state_key
 from phonorm.report.page import esc, note
-from phonorm.settings_report import ReportSettings
+from phonorm.settings.report import ReportSettings
 
 #: Names the browser tests (and a user's own scripts) find the models by (Bokeh's `name`).
 MAP_NAME, MODEL_SELECT, MAP_SELECT, COLOUR_SELECT, LAYER_SLIDER, TABLE_NAME = (

@@ -27,7 +27,7 @@ import pandas as pd
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError
 from phonorm.layers import layer_index
-from phonorm.settings_report import ReportSettings
+from phonorm.settings.report import ReportSettings
 
 #: The frame facts the explorer shows on hover and in its table (store frames.parquet columns).
 FRAME_FACTS = ("utterance_id", "speaker", "sex", "tone", "phone", "syllable", "time")

@@ -16,7 +16,7 @@ note, never silently.
 
 Self-contained: figures are PNGs embedded as base64 data URIs, the style sheet is inline, the
 explorer's library (Bokeh) and audio (Ogg Opus) are inlined too; no script, font or link refers
-outside the file, so the page opens offline and can be mailed. `ReportSettings` (settings_report.py)
+outside the file, so the page opens offline and can be mailed. `ReportSettings` (settings/report.py)
 sets its size budget; `static=True` (report --static) leaves out the explorer and every script.
 """
 
@@ -46,7 +46,7 @@ from phonorm.report.sections_results import (
     section_similarity,
     section_umap,
 )
-from phonorm.settings_report import ReportSettings
+from phonorm.settings.report import ReportSettings
 
 
 # =========================================================================== entry point

@@ -19,7 +19,7 @@ from phonorm.report.page import (
     read_record,
     table,
 )
-from phonorm.settings_analyze import ANALYZE_DEFAULTS
+from phonorm.settings.analyze import ANALYZE_DEFAULTS
 
 
 def section_similarity(page: Page, results: Path, reference: str, settings: dict[str, Any]) -> None:

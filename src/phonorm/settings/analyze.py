@@ -1,10 +1,6 @@
 """`AnalyzeSettings`: the settings of `phonorm analyze` and of `phonorm run`'s analyze stage (the CLI
 options and the YAML `analyze:` section are built from it, as for every other stage), and
-`ANALYZE_DEFAULTS`, each analysis setting's default read from it.
-
-Its own module beside `settings` (as `settings_evaluate`), so that each stays within the module size
-limit; the layering contract in pyproject.toml places it just above `settings`.
-"""
+`ANALYZE_DEFAULTS`, each analysis setting's default read from it."""
 
 from __future__ import annotations
 
@@ -12,7 +8,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from phonorm.settings import PROBE_LABELS, ProbeLabel, StageSettings, SvccaRule, comma_list
+from phonorm.settings.base import StageSettings, comma_list
+from phonorm.settings.vocabulary import PROBE_LABELS, ProbeLabel, SvccaRule
 
 # ---------------------------------------------------------------- analyze
 #: Settings of earlier versions that are refused with the reason (bootstrap counts: intervals are analytic now).

@@ -3,15 +3,13 @@ options and the YAML `report:` section are built from it, as for every other sta
 
 The page's size budget is declared here once: the explorer fits its frames and its audio into it
 (utterances beyond the audio budget are left out and the page says how many), and the report refuses
-to write a page over `max_mb`. Its own module beside `settings` (as `settings_analyze`); the layering
-contract in pyproject.toml places it just above `settings`.
-"""
+to write a page over `max_mb`."""
 
 from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from phonorm.settings import StageSettings
+from phonorm.settings.base import StageSettings
 
 
 class ReportSettings(StageSettings):
