@@ -55,6 +55,8 @@ def test_tables_hold_the_planted_structure(results):
     assert (same.value > same.floor + 0.2).all()  # identical layers stand far above the floor
     cka = sim[sim.measure == "cka"]
     assert (cka.ci_low <= cka.value + 1e-9).all() and (cka.value <= cka.ci_high + 1e-9).all()
+    # by default only linear CKA (C2 decides on it) has its jackknife interval; SVCCA and PWCCA decide nothing
+    assert sim[sim.measure != "cka"].ci_low.isna().all() and sim[sim.measure == "cka"].ci_low.notna().all()
     matrix = pd.read_csv(out / "layer_matrix" / "tone__vs__pretrained__svcca.csv", index_col=0)
     assert matrix.shape == (3, 3) and matrix.loc["L0", "L0"] == pytest.approx(1.0, abs=1e-6)
 
@@ -219,7 +221,7 @@ def test_matrix_on_sample_rows_and_sums_per_half_agree(tmp_path):
                                n_frames=30, n_layers=2)
     # float64 products: the sums per speaker and per half agree to rounding (float32 products: to 1e-7)
     common = dict(reference="pretrained", umap=False, figures=False, folds=2, products="float64",
-                  sample_rows=200, erasure=False, labels=["sex"], progress=False)
+                  sample_rows=200, erasure=False, labels=["sex"], progress=False, similarity_jackknife=True)
     analyze(store, out=tmp_path / "speakers", settings=AnalyzeSettings(**common))
     analyze(store, out=tmp_path / "halves", settings=AnalyzeSettings(**common, speaker_sums_max_bytes=0))
     by_speaker = pd.read_csv(tmp_path / "speakers" / "similarity.csv")

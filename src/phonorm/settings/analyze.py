@@ -43,9 +43,11 @@ class AnalyzeSettings(StageSettings):
     figures: bool = Field(True, description="Draw the figures.")
     progress: bool = Field(True, description="Show a progress bar.")
     # claims with uncertainty, similarity floors, erasure (docs/statistics.md)
-    similarity_jackknife: bool = Field(True, description="Delete-one-speaker jackknife CIs for every similarity "
-                                                         "measure (one evaluation of each per speaker); linear CKA "
-                                                         "always has one (claim C2).")
+    similarity_jackknife: bool = Field(False, description="Delete-one-speaker jackknife CIs for every similarity "
+                                                          "measure (one evaluation of each per speaker); linear CKA "
+                                                          "always has one (claim C2 decides on it; SVCCA and PWCCA "
+                                                          "decide no verdict, so theirs are off by default: about "
+                                                          "4 s a layer at the study's size).")
     svcca_keep: float = Field(0.99, gt=0, le=1, description="SVCCA keeps the top directions explaining this share "
                                                             "of the variance (counted by --svcca-rule).")
     svcca_rule: SvccaRule = Field(
