@@ -50,7 +50,7 @@ def test_quick_demo_end_to_end(tmp_path):
     for claim in ("C1", "C2", "C3", "C4"):
         assert claim in text
     if shutil.which("chromium") or shutil.which("chromium-browser"):
-        from test_report import render_check
+        from helpers import render_check
 
         images, broken = render_check(report)
         assert images >= 8 and broken == 0

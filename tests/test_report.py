@@ -7,14 +7,13 @@ import functools
 import json
 import re
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import render_check
 from phonorm.artifacts import write_json
 from phonorm.errors import InputError
 from phonorm.records.card import ModelCard
@@ -211,39 +210,6 @@ def test_report_refuses_a_folder_without_results(tmp_path):
 
 
 # --------------------------------------------------------------------------- rendering
-CHECK_SCRIPT = """<script>
-window.addEventListener('load', function () {
-  var images = document.images, broken = 0;
-  for (var i = 0; i < images.length; i++) {
-    var ok = images[i].complete && images[i].naturalWidth > 0;
-    images[i].setAttribute('data-rendered', ok ? 'yes' : 'no');
-    if (!ok) broken++;
-  }
-  document.body.setAttribute('data-images', images.length);
-  document.body.setAttribute('data-broken', broken);
-});
-</script>"""
-
-
-def render_check(report: Path) -> tuple[int, int]:
-    """(images, broken images) of `report` after loading it in headless Chromium."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (make test installs Debian's chromium when it can: "
-                    "scripts/ensure-chromium.sh)")
-    checked = report.with_name("checked.html")
-    checked.write_text(report.read_text(encoding="utf-8").replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
-    with tempfile.TemporaryDirectory() as profile:
-        done = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()],
-            capture_output=True, text=True, timeout=120)
-    match = re.search(r'<body[^>]*data-images="(\d+)"[^>]*data-broken="(\d+)"', done.stdout)
-    assert match, f"chromium did not render the page (rc {done.returncode}): {done.stderr[-500:]}"
-    return int(match.group(1)), int(match.group(2))
-
-
 def test_every_figure_renders_in_headless_chromium(results, tmp_path):
     out = tmp_path / "report.html"
     _build(results, out=out, context=_context(results))

@@ -15,11 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import FakeStages, render_check
 from phonorm import experiment as ex
 from phonorm.errors import InputError
 from phonorm.records.card import ModelCard
-from test_experiment import FakeStages
-from test_report import render_check
 
 SWEEP = {
     "name": "s",

@@ -310,8 +310,9 @@ def test_cantonese_study_runs_to_a_report_with_six_tones(tmp_path):
 def test_experiment_synthesises_yue_and_prepares_it_with_the_tonal_scheme(tmp_path, monkeypatch):
     """`corpus: synth: {language: yue}` reaches synth, and the corpus stage prepares with the tonal
     scheme, tones 1-6 (cheap stand-in stages, as in test_experiment.py)."""
+    from helpers import BASE, FakeStages
+    from helpers import write_yaml as _write
     from phonorm import experiment as ex
-    from test_experiment import BASE, FakeStages, _write
 
     fakes = FakeStages(monkeypatch)
     seen: dict[str, object] = {}
