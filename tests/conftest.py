@@ -29,3 +29,26 @@ def synth_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth_corpus")
     synthesize_corpus(out, n_speakers=8, n_utterances=6, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """`tiny_model(seed=0, stable_layer_norm=False)`: the folder of a tiny random wav2vec 2.0 (group-norm
+    front end, or the large-style stable-layer-norm one), made once per session for each seed and kind.
+    Read-only for tests: a test that damages a model folder makes its own."""
+    made: dict[tuple[int, bool], str] = {}
+
+    def folder(seed: int = 0, stable_layer_norm: bool = False) -> str:
+        if (seed, stable_layer_norm) not in made:
+            import torch
+            from transformers import Wav2Vec2Model
+
+            from phonorm.models.backbone import make_config
+
+            out = tmp_path_factory.mktemp(f"tiny{seed}{'-ln' if stable_layer_norm else ''}")
+            torch.manual_seed(seed)
+            Wav2Vec2Model(make_config("tiny", stable_layer_norm=stable_layer_norm)).save_pretrained(out)
+            made[seed, stable_layer_norm] = str(out)
+        return made[seed, stable_layer_norm]
+
+    return folder

@@ -12,11 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import Wav2Vec2Model
 
 from phonorm.corpus.store import PreparedCorpus
-from phonorm.models.backbone import make_config
 from phonorm.models.data import length_bucketed_batches
 
 
@@ -33,11 +30,9 @@ def _run(command, env):
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="needs torchrun")
-def test_two_processes_agree_with_one(fake_corpus, tmp_path):
-    torch.manual_seed(0)
-    Wav2Vec2Model(make_config("tiny")).save_pretrained(tmp_path / "tiny")
+def test_two_processes_agree_with_one(fake_corpus, tmp_path, tiny_model):
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", HF_HUB_OFFLINE="1")
-    args = ["finetune", str(fake_corpus), "--model", str(tmp_path / "tiny"), "--tasks", "tone,sex", "--epochs", "8",
+    args = ["finetune", str(fake_corpus), "--model", tiny_model(0), "--tasks", "tone,sex", "--epochs", "8",
             "--eval-every", "4", "--lr", "2e-3", "--batch-seconds", "8", "--seed", "0"]
     torchrun = str(Path(sys.executable).parent / "torchrun")
     _run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
@@ -64,13 +59,11 @@ def test_two_processes_agree_with_one(fake_corpus, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="needs torchrun")
-def test_two_process_extraction_writes_parts_equal_to_one_process(fake_corpus, tmp_path):
+def test_two_process_extraction_writes_parts_equal_to_one_process(fake_corpus, tmp_path, tiny_model):
     from phonorm.features.store import FeatureStore
 
-    torch.manual_seed(0)
-    Wav2Vec2Model(make_config("tiny")).save_pretrained(tmp_path / "tiny")
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", HF_HUB_OFFLINE="1")
-    args = ["extract", str(fake_corpus), "--model", f"m={tmp_path / 'tiny'}", "--no-classic"]
+    args = ["extract", str(fake_corpus), "--model", f"m={tiny_model(0)}", "--no-classic"]
     torchrun = str(Path(sys.executable).parent / "torchrun")
     _run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
           "-m", "phonorm.cli", *args, "--out", str(tmp_path / "two")], env)

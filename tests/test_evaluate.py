@@ -10,12 +10,10 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from transformers import Wav2Vec2Model
 
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError
 from phonorm.frames import IGNORE_INDEX, FrameGeometry, frame_labels
-from phonorm.models.backbone import make_config
 from phonorm.models.evaluate import Predictions, evaluate, format_evaluation, score_predictions
 from phonorm.models.finetune import FinetuneSettings, finetune
 from phonorm.settings.evaluate import EvaluateSettings
@@ -24,12 +22,10 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
-def model_dir(fake_corpus, tmp_path_factory):
+def model_dir(fake_corpus, tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("eval_models")
-    torch.manual_seed(0)
-    Wav2Vec2Model(make_config("tiny")).save_pretrained(root / "tiny")
     settings = FinetuneSettings(tasks=["tone", "phone", "sex"], max_steps=4, eval_every=4, lr=1e-3, batch_seconds=8.0)
-    finetune(fake_corpus, model=str(root / "tiny"), out=root / "m", settings=settings)
+    finetune(fake_corpus, model=tiny_model(0), out=root / "m", settings=settings)
     return root / "m"
 
 

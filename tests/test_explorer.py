@@ -25,27 +25,20 @@ BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_model):
     """A prepared corpus (8 speakers × 3 utterances, all test), two tiny random wav2vec 2.0 models,
     their store (every layer) and its analysis (UMAP on, probes of tone and sex)."""
-    import torch
-    from transformers import Wav2Vec2Model
 
     from fakes import make_prepared_corpus
     from phonorm.analysis.run import analyze
     from phonorm.features.extract import extract
-    from phonorm.models.backbone import make_config
     from phonorm.settings import ExtractSettings
     from phonorm.settings.analyze import AnalyzeSettings
 
     root = tmp_path_factory.mktemp("explorer")
     corpus = make_prepared_corpus(root / "corpus", n_speakers=8, n_utterances=3, seed=1,
                                   splits={f"S{i:02d}": "test" for i in range(8)})
-    models = {}
-    for seed, name in enumerate(("pre", "other")):
-        torch.manual_seed(seed)
-        Wav2Vec2Model(make_config("tiny")).save_pretrained(root / name)
-        models[name] = str(root / name)
+    models = {"pre": tiny_model(0), "other": tiny_model(1)}
     extract(corpus, models=models, out=root / "store", settings=ExtractSettings(classic=False))
     analyze(root / "store", out=root / "R", settings=AnalyzeSettings(
         reference="pre", folds=2, labels=["tone", "sex"], erasure=False, figures=False, progress=False,

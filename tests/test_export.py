@@ -5,23 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from transformers import Wav2Vec2Model
 
 from phonorm.errors import InputError
 from phonorm.features.export import export
 from phonorm.features.extract import ExtractSettings, extract
 from phonorm.features.store import FeatureStore
-from phonorm.models.backbone import make_config
 
 
 @pytest.fixture(scope="module")
-def small_store(fake_corpus, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("export")
-    torch.manual_seed(1)
-    Wav2Vec2Model(make_config("tiny")).save_pretrained(folder / "m")
-    out = folder / "F"
-    extract(fake_corpus, models={"pre": str(folder / "m")}, out=out,
+def small_store(fake_corpus, tmp_path_factory, tiny_model):
+    out = tmp_path_factory.mktemp("export") / "F"
+    extract(fake_corpus, models={"pre": tiny_model(1)}, out=out,
             settings=ExtractSettings(pool="segment", layers="0,4", classic=False))
     return out
 

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from transformers import Wav2Vec2Model
 
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
@@ -19,17 +18,13 @@ from phonorm.features.extract import ExtractSettings, extract, finish_store, pla
 from phonorm.features.selection import select_rows
 from phonorm.features.store import FeatureStore
 from phonorm.frames import FrameGeometry
-from phonorm.models.backbone import all_layers, load_backbone, make_config, normalize_waveform
+from phonorm.models.backbone import all_layers, load_backbone, normalize_waveform
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
+def tiny_models(tiny_model):
     """Two tiny random models: group norm (base-style) and stable layer norm (large-style)."""
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    Wav2Vec2Model(make_config("tiny")).save_pretrained(folder / "gn")
-    Wav2Vec2Model(make_config("tiny", stable_layer_norm=True)).save_pretrained(folder / "ln")
-    return {"gn": str(folder / "gn"), "ln": str(folder / "ln")}
+    return {"gn": tiny_model(0), "ln": tiny_model(0, stable_layer_norm=True)}
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Wav2Vec2Model
 
-from phonorm.models.backbone import make_config
 from phonorm.models.finetune import FinetuneSettings, finetune
 
 torch.set_num_threads(2)
@@ -36,11 +34,10 @@ def _one_line(status: int, err: str, *needles: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def models(fake_corpus, tmp_path_factory):
-    """A tiny random base model and a model fine-tuned from it (a few steps) on the fake corpus."""
+def models(fake_corpus, tmp_path_factory, tiny_model):
+    """A tiny random base model (a copy: tests damage it) and a model fine-tuned from it (a few steps)."""
     root = tmp_path_factory.mktemp("fault_models")
-    torch.manual_seed(0)
-    Wav2Vec2Model(make_config("tiny")).save_pretrained(root / "base")
+    shutil.copytree(tiny_model(0), root / "base")
     finetune(fake_corpus, model=str(root / "base"), out=root / "tone",
              settings=FinetuneSettings(tasks=["tone"], max_steps=2, eval_every=2, batch_seconds=8.0))
     return root

@@ -38,8 +38,8 @@ def _tiny(folder, stable_layer_norm=False):
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return _tiny(tmp_path_factory.mktemp("tiny"))
+def tiny_dir(tiny_model):
+    return tiny_model(0)
 
 
 def _settings(**kw):
