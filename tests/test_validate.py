@@ -62,15 +62,22 @@ def test_cli_exit_status(tmp_path):
 _ANALYSED: dict[str, Path] = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _analysed_in_pytests_temp(tmp_path_factory):
+    """The analysed store of `_results_folder` lives in pytest's temporary folders (removed like them)."""
+    _ANALYSED["root"] = tmp_path_factory.mktemp("validate-results")
+    yield
+    _ANALYSED.clear()
+
+
 def _results_folder(folder: Path) -> Path:
-    """A copy of a results folder phonorm analyze wrote (a tiny store, analysed once per session)."""
+    """A copy of a results folder phonorm analyze wrote (a tiny store, analysed once per module)."""
     import shutil
-    import tempfile
 
     from phonorm.analysis.run import AnalyzeSettings, analyze
 
     if "R" not in _ANALYSED:
-        root = Path(tempfile.mkdtemp(prefix="validate-results-"))
+        root = _ANALYSED["root"]
         store = make_feature_store(root / "F", models=("pretrained", "tone"), n_speakers=4, n_utterances=2,
                                    n_frames=20, n_layers=1)
         analyze(store, out=root / "R", settings=AnalyzeSettings(reference="pretrained", folds=2, labels=["sex"],
