@@ -261,7 +261,7 @@ def test_a_short_pretraining_lowers_the_loss_of_each_target_stream(fake_corpus, 
 
 
 def test_hubert_masks_are_spans_over_about_half_the_frames():
-    from phonorm.models.hubert import span_mask
+    from phonorm.models.objectives.hubert import span_mask
 
     np.random.seed(0)
     mask = span_mask(64, 200).numpy()
@@ -288,7 +288,7 @@ def test_the_pitch_stream_weight_scales_only_its_own_loss():
     """`--pitch-weight W`: the pitch stream's masked and unmasked losses count W times, the MFCC stream's once."""
     import torch
 
-    from phonorm.models import hubert
+    from phonorm.models.objectives import hubert
 
     torch.manual_seed(0)
     logits = {hubert.TARGET: torch.randn(2, 10, 5), hubert.PITCH_TARGET: torch.randn(2, 10, 4)}
@@ -298,3 +298,16 @@ def test_the_pitch_stream_weight_scales_only_its_own_loss():
     three, _ = hubert.masked_prediction_loss(logits, targets, mask, 0.5, {hubert.PITCH_TARGET: 3.0})
     pitch = row["pitch_masked_loss"] + 0.5 * row["pitch_unmasked_loss"]
     assert float(three - one) == pytest.approx(2 * pitch, rel=1e-5)
+
+
+def test_every_objective_the_settings_name_is_registered_and_nothing_else():
+    """One protocol, one registry: the names `PretrainSettings.objective` accepts are `OBJECTIVES`' keys."""
+    from typing import get_args
+
+    from phonorm.models.objectives import OBJECTIVES
+    from phonorm.settings import PretrainObjective
+
+    assert sorted(OBJECTIVES) == sorted(get_args(PretrainObjective))
+    for name, objective in OBJECTIVES.items():
+        assert objective.name == name and objective.held_out_metric and objective.model_type in ("hubert", "wav2vec2")
+        assert {"mask_prob", "mask_length"} <= set(objective.recipe())

@@ -1,11 +1,12 @@
-"""Self-supervised pre-training of a small model from scratch, offline, by one of two objectives:
+"""Self-supervised pre-training of a small model from scratch, offline, by one of the objectives of
+`models/objectives/` (`OBJECTIVES`):
 
-- `hubert` (default): HuBERT's masked prediction of frame cluster ids (`models/hubert.py`, targets
-  from `models/targets.py`); the model is a transformers `HubertModel`.
-- `contrastive`: wav2vec 2.0's contrastive objective (`models/contrastive.py`); the model is a
+- `hubert` (default): HuBERT's masked prediction of frame cluster ids (`objectives/hubert.py`,
+  targets from `models/targets.py`); the model is a transformers `HubertModel`.
+- `contrastive`: wav2vec 2.0's contrastive objective (`objectives/contrastive.py`); the model is a
   `Wav2Vec2ForPreTraining`.
 
-Both share everything else here: the train utterances (`max_hours`), cropping to 8 s, length-bucketed
+Every objective shares everything else here: the train utterances (`max_hours`), cropping to 8 s, length-bucketed
 batches, AdamW with linear warm-up and decay, gradient clipping, the conv front end learning at a
 tenth of the rate, resume, snapshots (`keep_steps`) and the model card. Progress is measured on
 held-out audio (the dev split, else the test split) with fixed masks: masked-prediction accuracy or
@@ -28,10 +29,9 @@ from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
 from phonorm.lock import folder_lock
-from phonorm.models import contrastive, hubert
 from phonorm.models.backbone import LAYER_CONVENTION, make_config
 from phonorm.models.data import Collator, FrameDataset, LengthBucketSampler, length_bucketed_batches
-from phonorm.models.targets import ClusterTargets, fit_targets, layer_features, pitch_frames
+from phonorm.models.objectives import OBJECTIVES
 from phonorm.models.training import Trainer, TrainState, swap_folder
 from phonorm.records.card import ModelCard, binding_settings
 from phonorm.settings import PretrainSettings
@@ -45,11 +45,7 @@ HELD_OUT_UTTERANCES = 64
 def recipe(objective: str) -> dict[str, Any]:
     """Fixed parts of an objective's recipe, recorded with the settings in the model card."""
     common = {"max_crop_seconds": MAX_CROP_SECONDS, "gradient_clip": GRADIENT_CLIP, "adam_betas": [0.9, 0.98], "adam_eps": 1e-6, "weight_decay": 0.01}
-    if objective == "hubert":
-        return {**common, "mask_prob": hubert.MASK_PROB, "mask_length": hubert.MASK_LENGTH, "head": "linear",
-                "targets": "MiniBatchKMeans of MFCC c0-c12 + deltas + delta-deltas (Praat), z-scored over train"}
-    return {**common, "mask_prob": contrastive.MASK_PROB, "mask_length": contrastive.MASK_LENGTH,
-            "temperature": list(contrastive.TEMPERATURE)}
+    return {**common, **OBJECTIVES[objective].recipe()}
 
 
 def recorded_settings(settings: PretrainSettings) -> dict[str, Any]:
@@ -64,7 +60,7 @@ def recorded_settings(settings: PretrainSettings) -> dict[str, Any]:
     return recorded
 
 
-HELD_OUT_METRIC = {"hubert": "masked_accuracy", "contrastive": "contrastive_accuracy"}
+HELD_OUT_METRIC = {name: objective.held_out_metric for name, objective in OBJECTIVES.items()}
 """The held-out score each objective reports (log column `held_out_<metric>`)."""
 
 
@@ -97,14 +93,14 @@ def _pretrain(corpus: str | Path, *, out: Path, settings: PretrainSettings) -> s
 def _train(prepared: PreparedCorpus, out: Path, settings: PretrainSettings, recorded: dict[str, Any]) -> str:
     from transformers import get_scheduler
 
-    objective = settings.objective
+    objective = OBJECTIVES[settings.objective]
 
     trainer = Trainer(out, seed=settings.seed, mixed_precision="no",
                       fingerprint={"settings": binding_settings(recorded),
                                    "corpus": prepared.fingerprint})
     accelerator = trainer.accelerator
     steps = settings.steps
-    config = make_config(settings.size, model_type="hubert" if objective == "hubert" else "wav2vec2")
+    config = make_config(settings.size, model_type=objective.model_type)
     geometry = FrameGeometry.from_config(config)
     train_table = _train_utterances(prepared, settings.max_hours)
     train_set = FrameDataset(prepared, None, [], geometry, utterances=train_table)
@@ -113,11 +109,10 @@ def _train(prepared: PreparedCorpus, out: Path, settings: PretrainSettings, reco
     held_set = FrameDataset(prepared, None, [], geometry, utterances=held_table)
     max_samples = int(MAX_CROP_SECONDS * geometry.sample_rate)
 
-    clusters: dict[str, int] = {}
-    if objective == "hubert":
-        clusters = _attach_cluster_targets(out, settings, trainer, {"train": train_table, "held_out": held_table},
-                                           geometry, [train_set, held_set])
-    model, encoder, labels = _new_model(objective, config, clusters)
+    targets = objective.attach_targets(out, settings, trainer, {"train": train_table, "held_out": held_table},
+                                       geometry, [train_set, held_set])
+    model, encoder = objective.new_model(config, targets)
+    labels = list(targets)
     grad_mult = settings.feature_grad_mult
     for param in encoder.feature_extractor.parameters():
         # scaling each gradient is linear, so it commutes with DDP's gradient averaging
@@ -142,25 +137,18 @@ def _train(prepared: PreparedCorpus, out: Path, settings: PretrainSettings, reco
                               num_training_steps=steps)
     wrapped = trainer.prepare(model, optimizer, scheduler)
     unwrapped: Any = trainer.unwrapped
-    metric = HELD_OUT_METRIC[objective]
+    metric = objective.held_out_metric
 
     def held_out() -> dict[str, float]:
-        held_out_accuracy = hubert.held_out_accuracy if objective == "hubert" else contrastive.held_out_accuracy
-        return held_out_accuracy(unwrapped, held_batches, trainer.device)
+        return objective.held_out(unwrapped, held_batches, trainer.device)
 
     state = trainer.resume()
     if state.step == 0:
         state.log.append({"step": 0, **{f"held_out_{k}": v for k, v in held_out().items()}})
-    gumbel_decay = contrastive.gumbel_decay(steps)
 
     def train_step(batch: dict[str, Any]) -> dict[str, Any]:
         wrapped.train()
-        if objective == "hubert":
-            loss, row = _hubert_loss(wrapped, batch, settings.unmasked_weight, trainer.device,
-                                     {hubert.PITCH_TARGET: settings.pitch_weight})
-        else:
-            loss, row = contrastive.contrastive_step(wrapped, unwrapped, batch, state.step, gumbel_decay,
-                                                     trainer.device)
+        loss, row = objective.loss(wrapped, unwrapped, batch, state.step, settings, trainer.device)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(wrapped.parameters(), GRADIENT_CLIP)
         optimizer.step()
@@ -178,36 +166,27 @@ def _train(prepared: PreparedCorpus, out: Path, settings: PretrainSettings, reco
 
     def save_model(folder: Path, state: TrainState) -> None:
         """The model folder of the weights at `state.step`: encoder, log and card (the card last)."""
-        (unwrapped.hubert if objective == "hubert" else unwrapped).save_pretrained(folder)
+        objective.encoder(unwrapped).save_pretrained(folder)
         follow_umask(*folder.glob("*.safetensors"))  # safetensors creates its files 0600
         with atomic_path(folder / "pretrain_log.csv") as tmp:
             pd.DataFrame(state.log).to_csv(tmp, index=False)
         curve = [(r["step"], r[f"held_out_{metric}"]) for r in state.log if f"held_out_{metric}" in r]
         ModelCard(complete=True, kind="pretrained", size=settings.size, model_type=config.model_type,
-                  objective=objective, held_out_split=held_split, held_out_metric=metric, held_out_accuracy=curve,
-                  held_out_contrastive_accuracy=curve if objective == "contrastive" else [],
+                  objective=objective.name, held_out_split=held_split, held_out_metric=metric, held_out_accuracy=curve,
+                  held_out_contrastive_accuracy=curve if metric == "contrastive_accuracy" else [],
                   num_processes=accelerator.num_processes, settings=recorded, trained_steps=state.step,
                   train_hours=round(train_hours, 4),
                   corpus=str(prepared.folder.resolve()), corpus_fingerprint=prepared.fingerprint,
                   layer_convention=LAYER_CONVENTION, provenance=provenance(recorded)).save(folder)
 
     trainer.run(loader=loader, sampler=sampler, total_steps=steps, state=state, train_step=train_step,
-                evaluate=evaluate, eval_every=eval_every, desc=f"pretrain {settings.size} ({objective})",
+                evaluate=evaluate, eval_every=eval_every, desc=f"pretrain {settings.size} ({objective.name})",
                 keep_steps=settings.keep_steps, keep=lambda state: _keep_snapshot(trainer, out, state, save_model))
 
     if trainer.main:
         save_model(out, state)
     trainer.discard_checkpoint()
-    return _summary(out, settings, int(getattr(config, "num_negatives", 0)), train_hours)
-
-
-def _hubert_loss(model: Any, batch: dict[str, Any], unmasked_weight: float, device: Any,
-                 weights: dict[str, float]) -> tuple[torch.Tensor, dict]:
-    """HuBERT's masked-prediction loss of one batch (span masks drawn here) and its log row."""
-    inputs = batch["input_values"].to(device)
-    cluster_ids = {name: ids.to(device) for name, ids in batch["labels"].items()}
-    mask = hubert.span_mask(len(inputs), cluster_ids[hubert.TARGET].shape[1]).to(device)
-    return hubert.masked_prediction_loss(model(inputs, mask), cluster_ids, mask, unmasked_weight, weights)
+    return _summary(out, settings, objective.chance(settings, config), train_hours)
 
 
 def _keep_snapshot(trainer: Trainer, out: Path, state: TrainState, save_model: Callable[[Path, TrainState], None]) -> None:
@@ -223,33 +202,12 @@ def _keep_snapshot(trainer: Trainer, out: Path, state: TrainState, save_model: C
     trainer.accelerator.wait_for_everyone()
 
 
-def _attach_cluster_targets(out: Path, settings: PretrainSettings, trainer: Trainer, tables: dict[str, pd.DataFrame],
-                            geometry: FrameGeometry, datasets: list[FrameDataset]) -> dict[str, int]:
-    """HuBERT: make (main process) or read the cluster targets of every frame of each stream, give them
-    to the datasets' examples; returns {label name: number of clusters}."""
-    if trainer.main:
-        out.mkdir(parents=True, exist_ok=True)
-        _ensure_cluster_targets(out, settings, tables, geometry)
-    trainer.accelerator.wait_for_everyone()
-    names = [hubert.TARGET] + ([hubert.PITCH_TARGET] if settings.pitch_clusters else [])
-    targets: dict[str, ClusterTargets] = {}
-    for name in names:
-        loaded = ClusterTargets.load(out, hubert.STREAM_OF_TARGET[name])
-        assert loaded is not None  # written above by the main process
-        targets[name] = loaded
-    for dataset in datasets:
-        dataset.transform = lambda example: hubert.with_targets(example, targets)
-    return {name: stream.clusters for name, stream in targets.items()}
-
-
-def _summary(out: Path, settings: PretrainSettings, negatives: int, train_hours: float) -> str:
+def _summary(out: Path, settings: PretrainSettings, chance: str, train_hours: float) -> str:
     card = ModelCard.load(out)
     metric = HELD_OUT_METRIC[settings.objective]
     start, end = card.held_out_accuracy[0][1], card.held_out_accuracy[-1][1]
     kept = f"; snapshots at steps {', '.join(map(str, settings.keep_steps))}" if settings.keep_steps else ""
-    hubert_objective = settings.objective == "hubert"
-    chance = f"{settings.clusters} clusters" if hubert_objective else f"chance about 1/{negatives + 1}"
-    what = "HuBERT (masked prediction)" if hubert_objective else "wav2vec 2.0 (contrastive)"
+    what = OBJECTIVES[settings.objective].title
     return (f"{out}: pre-trained a {settings.size} {what} for {settings.steps} steps on {speech(train_hours)}; "
             f"held-out ({card.held_out_split}) {metric.replace('_', ' ')} {start:.3f} → {end:.3f} ({chance}){kept}")
 
@@ -263,51 +221,12 @@ def _held_out_utterances(prepared: PreparedCorpus) -> tuple[str, pd.DataFrame]:
     return split, table.sample(n=min(HELD_OUT_UTTERANCES, len(table)), random_state=0)
 
 
-def _ensure_cluster_targets(out: Path, settings: PretrainSettings, tables: dict[str, pd.DataFrame],
-                            geometry: FrameGeometry) -> None:
-    """Fit and save each stream's cluster targets unless an earlier start of this run saved them (a
-    resumed run trains on the very same ids; the trainer's fingerprint guarantees same settings)."""
-    from phonorm.corpus.audio import load_audio
-    from phonorm.models.data import normalize
-
-    def waves(row: Any) -> np.ndarray:
-        return normalize(load_audio(row.audio_path, recorded_seconds=float(row.duration)))
-
-    if ClusterTargets.load(out, "units") is None:
-        features, source = None, "mfcc"
-        if settings.targets_from is not None:
-            features = layer_features(settings.targets_from, int(settings.targets_layer or 0))
-            source = f"{settings.targets_from}:L{settings.targets_layer}"
-        fit_targets(waves, tables, geometry, clusters=settings.clusters, seed=settings.seed, source=source,
-                    features=features).save(out, "units")
-    if settings.pitch_clusters and ClusterTargets.load(out, "pitch") is None:
-        fit_targets(waves, tables, geometry, clusters=settings.pitch_clusters, seed=settings.seed, source="pitch",
-                    features=lambda wave, n: pitch_frames(wave, geometry, n)).save(out, "pitch")
-
-
 SNAPSHOTS = "snapshots"
 
 
 def snapshot_folder(out: str | Path, step: int) -> Path:
     """The model folder `keep_steps` leaves for `step` inside the pre-training folder `out`."""
     return Path(out) / SNAPSHOTS / f"step-{step}"
-
-
-def _new_model(objective: str, config: Any, clusters: dict[str, int]) -> tuple[torch.nn.Module, Any, list[str]]:
-    """(the model trained, its encoder, the label names its batches carry) of a fresh model of `config`:
-    HuBERT's masked prediction of each stream's cluster ids (`clusters`: {label name: clusters}), or
-    wav2vec 2.0's contrastive pre-training."""
-    if objective == "hubert":
-        from transformers import HubertModel
-
-        config.architectures = ["HubertModel"]
-        encoder: Any = HubertModel(config)
-        return hubert.MaskedPrediction(encoder, clusters), encoder, list(clusters)
-    from transformers import Wav2Vec2ForPreTraining
-
-    config.architectures = ["Wav2Vec2ForPreTraining"]
-    pretraining = Wav2Vec2ForPreTraining(config)
-    return pretraining, pretraining.wav2vec2, []
 
 
 def _train_utterances(prepared: PreparedCorpus, max_hours: float | None) -> pd.DataFrame:

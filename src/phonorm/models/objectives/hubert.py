@@ -13,12 +13,17 @@ linear head is the same function class and was what the screen behind this recip
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
+from phonorm.frames import FrameGeometry
+from phonorm.models.data import FrameDataset
 from phonorm.models.targets import ClusterTargets
-from phonorm.models.training import held_out_mode
+from phonorm.models.training import Trainer, held_out_mode
+from phonorm.settings import PretrainSettings
 
 MASK_PROB = 0.65
 MASK_LENGTH = 10
@@ -115,3 +120,86 @@ def with_targets(example, targets: dict[str, ClusterTargets]):
             raise ValueError(f"{example.utterance_id}: {len(ids)} cluster ids for {len(example.segment)} frames")
         example.labels[name] = ids
     return example
+
+
+# ---------------------------------------------------------------- the objective (models/objectives/__init__.py)
+class HubertObjective:
+    """HuBERT's masked prediction of frame cluster ids (MFCC units, or a layer of an earlier model;
+    pitch units too with `pitch_clusters`), on a transformers `HubertModel`."""
+
+    name = "hubert"
+    model_type = "hubert"
+    held_out_metric = "masked_accuracy"
+    title = "HuBERT (masked prediction)"
+
+    def recipe(self) -> dict[str, Any]:
+        return {"mask_prob": MASK_PROB, "mask_length": MASK_LENGTH, "head": "linear",
+                "targets": "MiniBatchKMeans of MFCC c0-c12 + deltas + delta-deltas (Praat), z-scored over train"}
+
+    def attach_targets(self, out: Path, settings: PretrainSettings, trainer: Trainer, tables: dict[str, pd.DataFrame],
+                       geometry: FrameGeometry, datasets: list[FrameDataset]) -> dict[str, int]:
+        """Make (main process) or read the cluster targets of every frame of each stream and give them to
+        the datasets' examples; {label name: number of clusters}."""
+        if trainer.main:
+            out.mkdir(parents=True, exist_ok=True)
+            _ensure_cluster_targets(out, settings, tables, geometry)
+        trainer.accelerator.wait_for_everyone()
+        names = [TARGET] + ([PITCH_TARGET] if settings.pitch_clusters else [])
+        targets: dict[str, ClusterTargets] = {}
+        for name in names:
+            loaded = ClusterTargets.load(out, STREAM_OF_TARGET[name])
+            assert loaded is not None  # written above by the main process
+            targets[name] = loaded
+        for dataset in datasets:
+            dataset.transform = lambda example: with_targets(example, targets)
+        return {name: stream.clusters for name, stream in targets.items()}
+
+    def new_model(self, config: Any, targets: dict[str, int]) -> tuple[torch.nn.Module, Any]:
+        from transformers import HubertModel
+
+        config.architectures = ["HubertModel"]
+        encoder: Any = HubertModel(config)
+        return MaskedPrediction(encoder, targets), encoder
+
+    def loss(self, wrapped: Any, unwrapped: Any, batch: dict[str, Any], step: int, settings: PretrainSettings,
+             device: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Masked-prediction loss of one batch (span masks drawn here) and its log row."""
+        inputs = batch["input_values"].to(device)
+        cluster_ids = {name: ids.to(device) for name, ids in batch["labels"].items()}
+        mask = span_mask(len(inputs), cluster_ids[TARGET].shape[1]).to(device)
+        return masked_prediction_loss(wrapped(inputs, mask), cluster_ids, mask, settings.unmasked_weight,
+                                      {PITCH_TARGET: settings.pitch_weight})
+
+    def held_out(self, model: Any, batches: list[dict[str, Any]], device: Any) -> dict[str, float]:
+        return held_out_accuracy(model, batches, device)
+
+    def encoder(self, model: Any) -> Any:
+        return model.hubert
+
+    def chance(self, settings: PretrainSettings, config: Any) -> str:
+        return f"{settings.clusters} clusters"
+
+
+def _ensure_cluster_targets(out: Path, settings: PretrainSettings, tables: dict[str, pd.DataFrame],
+                            geometry: FrameGeometry) -> None:
+    """Fit and save each stream's cluster targets unless an earlier start of this run saved them (a
+    resumed run trains on the very same ids; the trainer's fingerprint guarantees same settings)."""
+    import numpy as np
+
+    from phonorm.corpus.audio import load_audio
+    from phonorm.models.data import normalize
+    from phonorm.models.targets import fit_targets, layer_features, pitch_frames
+
+    def waves(row: Any) -> np.ndarray:
+        return normalize(load_audio(row.audio_path, recorded_seconds=float(row.duration)))
+
+    if ClusterTargets.load(out, "units") is None:
+        features, source = None, "mfcc"
+        if settings.targets_from is not None:
+            features = layer_features(settings.targets_from, int(settings.targets_layer or 0))
+            source = f"{settings.targets_from}:L{settings.targets_layer}"
+        fit_targets(waves, tables, geometry, clusters=settings.clusters, seed=settings.seed, source=source,
+                    features=features).save(out, "units")
+    if settings.pitch_clusters and ClusterTargets.load(out, "pitch") is None:
+        fit_targets(waves, tables, geometry, clusters=settings.pitch_clusters, seed=settings.seed, source="pitch",
+                    features=lambda wave, n: pitch_frames(wave, geometry, n)).save(out, "pitch")

@@ -11,11 +11,16 @@ distractors) with fixed masks and distractors, so that values at different steps
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
-from phonorm.models.training import held_out_mode
+from phonorm.frames import FrameGeometry
+from phonorm.models.data import FrameDataset
+from phonorm.models.training import Trainer, held_out_mode
+from phonorm.settings import PretrainSettings
 
 MASK_PROB = 0.65       # wav2vec 2.0 paper: p = 0.065 start probability × M = 10 ≈ 65% of frames
 MASK_LENGTH = 10
@@ -90,3 +95,40 @@ def contrastive_step(wrapped, unwrapped, batch: dict[str, Any], step: int, decay
     return loss, {"contrastive_loss": float(output.contrastive_loss.detach() / n_masked),
                   "diversity_loss": float(output.diversity_loss.detach() / n_masked),
                   "perplexity": float(output.codevector_perplexity.detach()), "temperature": temperature}
+
+
+# ---------------------------------------------------------------- the objective (models/objectives/__init__.py)
+class ContrastiveObjective:
+    """wav2vec 2.0's contrastive objective on a transformers `Wav2Vec2ForPreTraining`."""
+
+    name = "contrastive"
+    model_type = "wav2vec2"
+    held_out_metric = "contrastive_accuracy"
+    title = "wav2vec 2.0 (contrastive)"
+
+    def recipe(self) -> dict[str, Any]:
+        return {"mask_prob": MASK_PROB, "mask_length": MASK_LENGTH, "temperature": list(TEMPERATURE)}
+
+    def attach_targets(self, out: Path, settings: PretrainSettings, trainer: Trainer, tables: dict[str, pd.DataFrame],
+                       geometry: FrameGeometry, datasets: list[FrameDataset]) -> dict[str, int]:
+        return {}  # the targets are the model's own quantised frames
+
+    def new_model(self, config: Any, targets: dict[str, int]) -> tuple[torch.nn.Module, Any]:
+        from transformers import Wav2Vec2ForPreTraining
+
+        config.architectures = ["Wav2Vec2ForPreTraining"]
+        pretraining = Wav2Vec2ForPreTraining(config)
+        return pretraining, pretraining.wav2vec2
+
+    def loss(self, wrapped: Any, unwrapped: Any, batch: dict[str, Any], step: int, settings: PretrainSettings,
+             device: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        return contrastive_step(wrapped, unwrapped, batch, step, gumbel_decay(settings.steps), device)
+
+    def held_out(self, model: Any, batches: list[dict[str, Any]], device: Any) -> dict[str, float]:
+        return held_out_accuracy(model, batches, device)
+
+    def encoder(self, model: Any) -> Any:
+        return model
+
+    def chance(self, settings: PretrainSettings, config: Any) -> str:
+        return f"chance about 1/{int(getattr(config, 'num_negatives', 0)) + 1}"
