@@ -173,7 +173,7 @@ class PairSums:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.clip(np.abs(cov) / np.sqrt(vx * vy), 0.0, 1.0)
 
-    def pwcca(self, epsilon: float = EPSILON, fit: "PairSums | None" = None) -> float:
+    def pwcca(self, epsilon: float = EPSILON, fit: "PairSums | None" = None, warn: bool = True) -> float:
         """Projection-weighted CCA as published (Morcos et al. 2018, "Insights on representational
         similarity in neural networks with canonical correlation", eq. for α̃ᵢ): CCA on every direction
         of both views; canonical correlation ρᵢ weighted by α̃ᵢ = Σⱼ |⟨hᵢ/‖hᵢ‖, xⱼ⟩|, hᵢ = Xc wᵢ the
@@ -182,10 +182,11 @@ class PairSums:
         X's neuron basis (the weights refer to neurons), invariant to translation and scaling.
 
         `fit`: sums of other rows to fit the directions and weights on; these sums score ρᵢ.
-        Warns (IllPosedWarning) when dx + dy > n of the fitting rows: full CCA is then degenerate.
+        Warns (IllPosedWarning) when dx + dy > n of the fitting rows: full CCA is then degenerate
+        (`warn=False`: the caller checks that itself; no warning filter is touched, which threads share).
         """
         source = fit or self
-        if source.x.dim + source.y.dim > source.n:
+        if warn and source.x.dim + source.y.dim > source.n:
             warnings.warn(f"PWCCA: dx + dy = {source.x.dim + source.y.dim} > {source.n} rows; CCA on every direction "
                           "is degenerate (canonical correlations of 1 by construction)", IllPosedWarning, stacklevel=2)
         if fit is None:
@@ -211,9 +212,7 @@ class PairSums:
         """Every measure of `MEASURES` by name; `fit` as in `svcca` (CKA has nothing to fit: it is
         scored on these rows)."""
         options = MeasureOptions(fit=fit, keep=keep, rule=rule, dims=dims)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", IllPosedWarning)  # the caller checks dx + dy > n itself
-            return {name: measure.compute(self, options) for name, measure in MEASURES.items()}
+        return {name: measure.compute(self, options) for name, measure in MEASURES.items()}
 
 
 @dataclass(frozen=True)
@@ -245,7 +244,8 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
             "SVCCA: mean canonical correlation of the directions keeping `svcca_keep` of the variance"),
     Measure("svcca_fixed", lambda p, o: p.svcca_fixed(o.dims, fit=o.fit),
             "SVCCA on a fixed number of directions (`svcca_dims`), comparable across layers"),
-    Measure("pwcca", lambda p, o: p.pwcca(fit=o.fit), "projection-weighted CCA (Morcos et al. 2018)"),
+    # the analysis checks dx + dy > n itself (similarity.csv says so): no warning per layer pair
+    Measure("pwcca", lambda p, o: p.pwcca(fit=o.fit, warn=False), "projection-weighted CCA (Morcos et al. 2018)"),
     Measure("cka", lambda p, o: p.cka(), "linear CKA (Kornblith et al. 2019): C2 decides on it"),
     Measure("cka_debiased", lambda p, o: p.cka_debiased(), "linear CKA with the unbiased HSIC estimator"),
 )}
