@@ -112,6 +112,12 @@ class Stage:
     def title(self) -> str:
         return self.kind if self.name == self.kind else f"{self.kind} {self.name}"
 
+    def read_marker(self) -> None:
+        """Take the seconds, CPU seconds and summary of the finished stage from its marker."""
+        marker = read_json(self.folder / MARKER)
+        self.seconds, self.summary = float(marker.get("seconds", 0.0)), str(marker.get("summary", ""))
+        self.cpu_seconds = float(marker.get("cpu_seconds", 0.0))
+
     def done(self) -> bool:
         if self.external is not None:
             return True
@@ -137,9 +143,7 @@ def execute(stage: Stage, *, force: bool = False) -> None:
     folder = stage.folder
     if stage.done() and not force:
         stage.status = "cached"
-        marker = read_json(folder / MARKER)
-        stage.seconds, stage.summary = float(marker.get("seconds", 0.0)), marker.get("summary", "")
-        stage.cpu_seconds = float(marker.get("cpu_seconds", 0.0))
+        stage.read_marker()
         logger.info(f"phonorm run: {stage.title}: unchanged, reusing {folder}")
         return
     if force and folder.exists():

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from phonorm.artifacts import read_json
 from phonorm.errors import PhonormError
 from phonorm.experiment.cache import MARKER, Stage, execute
 from phonorm.progress import logger
@@ -134,10 +133,8 @@ def _wait_one(running: dict[int, tuple[Stage, subprocess.Popen, bool]], finished
                 continue
             del running[ident]
             if code == 0 and (stage.folder / MARKER).is_file():
-                marker = read_json(stage.folder / MARKER)
+                stage.read_marker()
                 stage.status = "resumed" if resuming else "ran"
-                stage.seconds, stage.cpu_seconds = float(marker.get("seconds", 0.0)), float(marker.get("cpu_seconds", 0.0))
-                stage.summary = str(marker.get("summary", ""))
                 finished.add(keys[stage.key])
                 logger.info(f"phonorm run: {stage.title}: done in {stage.seconds:.1f} s in a worker")
                 return None

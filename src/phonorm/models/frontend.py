@@ -47,7 +47,7 @@ def accept_features(backbone: Any) -> None:
 
 def cache_bytes(dataset: FrameDataset, channels: int) -> int:
     """Bytes the front-end output of every utterance of `dataset` takes (float32)."""
-    frames = sum(dataset.geometry.num_frames(int(round(d * 16000))) for d in dataset.durations)
+    frames = sum(dataset.geometry.num_frames(int(round(d * dataset.geometry.sample_rate))) for d in dataset.durations)
     return int(frames) * channels * 4
 
 

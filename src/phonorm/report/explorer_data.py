@@ -26,6 +26,7 @@ import pandas as pd
 
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError
+from phonorm.frames import SAMPLE_RATE
 from phonorm.layers import layer_index
 from phonorm.settings.report import ReportSettings
 
@@ -228,7 +229,7 @@ def encode_clip(samples: np.ndarray, kbps: int) -> bytes:
 
     level = float(np.clip((256 - kbps) / 250, 0.0, 1.0))
     buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(samples, dtype=np.float32), 16000, format="OGG", subtype="OPUS",
+    sf.write(buffer, np.asarray(samples, dtype=np.float32), SAMPLE_RATE, format="OGG", subtype="OPUS",
              compression_level=level)
     return buffer.getvalue()
 
