@@ -177,15 +177,22 @@ def test_bad_inputs_name_the_problem(results, tmp_path):
 
 
 def test_cli_analyze(results, tmp_path):
+    """The command line, with the closed-form probe: every probe and erasure row names it; the default
+    analysis's rows name logistic regression."""
     from typer.testing import CliRunner
 
     from phonorm.cli import app
 
-    store, _, _, _ = results
+    store, default, _, _ = results
     outcome = CliRunner().invoke(app, ["analyze", str(store), "--reference", "pretrained", "--out",
-                                       str(tmp_path / "r"), "--no-umap", "--folds", "2"])
+                                       str(tmp_path / "r"), "--no-umap", "--folds", "2", "--probe", "lda"])
     assert outcome.exit_code == 0, outcome.output
     assert (tmp_path / "r" / "claims.json").is_file()
+    for table in ("probes.csv", "erasure.csv"):
+        assert set(pd.read_csv(tmp_path / "r" / table).probe) == {"lda"}
+        assert set(pd.read_csv(default / table).probe) == {"logistic"}
+    lda = pd.read_csv(tmp_path / "r" / "probes.csv")
+    assert (lda.iterations == 0).all() and (lda.gradient == 0).all()
 
 
 def test_umap_layers_are_first_middle_last():

@@ -50,7 +50,15 @@ from phonorm.analysis.intervals import (
     num,
     pooled_accuracy,
 )
-from phonorm.analysis.probes import CHANCE_METHOD, FoldFit, fit_predict, fold_summary, per_speaker, prior_hits
+from phonorm.analysis.probes import (
+    CHANCE_METHOD,
+    FoldFit,
+    ProbeSolver,
+    fit_predict,
+    fold_summary,
+    per_speaker,
+    prior_hits,
+)
 from phonorm.labels import ERASURE_CONDITIONS, ERASURE_PROBED
 
 CONDITIONS, PROBED = ERASURE_CONDITIONS, ERASURE_PROBED
@@ -158,24 +166,24 @@ def fold_count(per_sex: list[int], folds: int) -> int:
 
 
 def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: np.ndarray, *, folds: int = 5,
-                   seed: int = 0, max_iter: int = 300, workers: int = 1, device: str = "cpu",
+                   seed: int = 0, solver: ProbeSolver = ProbeSolver(), workers: int = 1,
                    sex_eraser: str = SEX_ERASER) -> list[dict]:
     """Rows (one per erased × probed) for features `x` (rows, dim) and per-row `tone` (> 0; 0 = none),
     `sex`, `speakers` (rows,). Only rows with a tone and a sex are used.
     Raises ValueError with fewer than 2 tones, or fewer than 3 speakers of either sex.
-    `workers`, `device`: as `probes.probe` (each fold × erased concept is one parallel job)."""
+    `solver`, `workers`: as `probes.probe` (each fold × erased concept is one parallel job)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return start_erasure_probes(x, tone, sex, speakers, pool.submit, folds=folds, seed=seed,
-                                    max_iter=max_iter, device=device, sex_eraser=sex_eraser)()
+                                    solver=solver, sex_eraser=sex_eraser)()
 
 
 def start_erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: np.ndarray, submit, *,
-                         folds: int = 5, seed: int = 0, max_iter: int = 300,
-                         device: str = "cpu", sex_eraser: str = SEX_ERASER) -> Callable[[], list[dict]]:
+                         folds: int = 5, seed: int = 0, solver: ProbeSolver = ProbeSolver(),
+                         sex_eraser: str = SEX_ERASER) -> Callable[[], list[dict]]:
     """`erasure_probes` with its jobs handed to `submit` (an executor's `submit`) at once; returns a
     function that waits for them and gives the rows (as `probes.start_probe`)."""
     tone, sex = np.asarray(tone), np.asarray(sex).astype(str)
@@ -200,10 +208,11 @@ def start_erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speak
             # probe (`probes.probe`) fits, so the erased and unerased fits compare alike.
             erase = leace_eraser(x, concepts[erased][role.eraser], rows=role.eraser)
             x_train, x_test = erase(x, role.train, np.float32), erase(x, role.test, np.float32)
-        return {p: fit_predict(x_train, labels[p][role.train], x_test, seed, max_iter, device) for p in PROBED}
+        return {p: fit_predict(x_train, labels[p][role.train], x_test, seed, solver) for p in PROBED}
 
     jobs = [(role.test, erased, submit(fold, role, erased)) for role in roles for erased in CONDITIONS]
-    return lambda: [dict(row, sex_eraser=sex_eraser) for row in _erasure_rows(jobs, labels, speakers, roles)]
+    return lambda: [dict(row, sex_eraser=sex_eraser, probe=solver.family)
+                    for row in _erasure_rows(jobs, labels, speakers, roles)]
 
 
 def _erasure_rows(jobs: list, labels: dict, speakers: np.ndarray, roles: list[Roles]) -> list[dict]:

@@ -45,6 +45,7 @@ class LayerSettings:
     umap_dims: int
     umap_all_layers: bool
     silhouette_rows: int
+    probe: str
     probe_max_iter: int
     similarity_jackknife: bool
     svcca_keep: float

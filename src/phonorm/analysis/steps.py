@@ -28,7 +28,7 @@ from phonorm.analysis.grouped import SpeakerSums
 from phonorm.analysis.inputs import LayerSettings, Rows, Seconds, run_jobs
 from phonorm.analysis.intervals import JACKKNIFE_T, Estimate
 from phonorm.analysis.normalization import GroupSums, silhouette
-from phonorm.analysis.probes import label_rows, start_probe
+from phonorm.analysis.probes import ProbeSolver, label_rows, start_probe
 from phonorm.analysis.projection import PCA, stratified_subsample, umap_map
 from phonorm.analysis.similarity import ViewSums
 from phonorm.analysis.sums import LayerSums, Streamed
@@ -225,6 +225,11 @@ def silhouette_step(rows: Rows, settings: LayerSettings, model: str, layer: str,
 
 
 # =========================================================================== probes and erasure
+def solver(settings: LayerSettings, device: str) -> ProbeSolver:
+    """The probes' solver of an analysis: its family and iterations, on `device` ("cpu" or "cuda")."""
+    return ProbeSolver(settings.probe, settings.probe_max_iter, device)
+
+
 def start_probes(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings, device: str, model: str, layer: str,
                  x: np.ndarray, valid: np.ndarray | None = None) -> Callable[[], ProbeResult]:
     """Start every label's probe on the worker threads; returns a function that waits for the result.
@@ -253,7 +258,7 @@ def start_probes(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings, 
             finish = start_probe(x, values, frames["speaker"].to_numpy()[index],
                                  frames["utterance_id"].to_numpy()[index], pool.submit,
                                  folds=settings.folds, seed=settings.seed, rows=index,
-                                 speaker_label=label == "speaker", max_iter=settings.probe_max_iter, device=device)
+                                 speaker_label=label == "speaker", solver=solver(settings, device))
         except ValueError as err:  # fewer than 2 speakers/utterances with this label
             skipped.append(dict(model=model, layer=layer, label=label, reason=str(err)))
             continue
@@ -276,7 +281,7 @@ def start_erasure(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings,
     try:
         finish = start_erasure_probes(
             x, f["tone"].to_numpy(), f["sex"].astype(str).to_numpy(), f["speaker"].astype(str).to_numpy(),
-            pool.submit, folds=settings.folds, seed=settings.seed, max_iter=settings.probe_max_iter, device=device)
+            pool.submit, folds=settings.folds, seed=settings.seed, solver=solver(settings, device))
     except ValueError as err:
         skipped = [dict(model=model, layer=layer, label="erasure", reason=str(err))]
         return lambda: ProbeResult([], skipped)

@@ -51,6 +51,7 @@ class ProbeRow(TypedDict):
     folds: int
     classes: int
     dropped: int
+    probe: str
     iterations: int
     converged: bool
     gradient: Optional[float]
@@ -91,6 +92,7 @@ class ErasureRow(TypedDict):
     folds: int
     sex_eraser: str
     roles: str
+    probe: str
     iterations: int
     converged: bool
     gradient: Optional[float]

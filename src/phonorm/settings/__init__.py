@@ -24,6 +24,7 @@ from phonorm.settings.pretrain import PretrainObjective, PretrainSettings
 from phonorm.settings.report import ReportSettings
 from phonorm.settings.vocabulary import (
     MODEL_SIZES,
+    PROBE_FAMILIES,
     PROBE_LABELS,
     SPLITS,
     SUPPORTED_MODEL_TYPES,
@@ -35,6 +36,7 @@ from phonorm.settings.vocabulary import (
     MixedPrecision,
     ModelSize,
     PoolMode,
+    ProbeFamily,
     ProbeLabel,
     Split,
     StoreDtype,
@@ -44,10 +46,10 @@ from phonorm.settings.vocabulary import (
 )
 
 __all__ = [
-    "ANALYZE_DEFAULTS", "MODEL_SIZES", "PROBE_LABELS", "REMOVED_ANALYZE_SETTINGS", "REPEATABLE", "SPEAKER_RULES",
+    "ANALYZE_DEFAULTS", "MODEL_SIZES", "PROBE_FAMILIES", "PROBE_LABELS", "REMOVED_ANALYZE_SETTINGS", "REPEATABLE", "SPEAKER_RULES",
     "SPLITS", "SUPPORTED_MODEL_TYPES", "SVCCA_RULES", "TASKS", "AishellSettings", "AlignmentFormat",
     "AnalyzeSettings", "EvaluateSettings", "ExtractSettings", "FinetuneSettings", "FrameMode", "LabelScheme",
     "LabelSettings", "MixedPrecision", "ModelSize", "PoolMode", "PrepareSettings", "PretrainObjective",
-    "PretrainSettings", "ProbeLabel", "ReportSettings", "Split", "StageSettings", "StoreDtype", "SvccaRule",
+    "PretrainSettings", "ProbeFamily", "ProbeLabel", "ReportSettings", "Split", "StageSettings", "StoreDtype", "SvccaRule",
     "SynthSettings", "Task", "ToneMode", "comma_list",
 ]

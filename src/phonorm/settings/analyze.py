@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from phonorm.settings.base import StageSettings, comma_list
-from phonorm.settings.vocabulary import PROBE_LABELS, ProbeLabel, SvccaRule
+from phonorm.settings.vocabulary import PROBE_LABELS, ProbeFamily, ProbeLabel, SvccaRule
 
 # ---------------------------------------------------------------- analyze
 #: Settings of earlier versions that are refused with the reason (bootstrap counts: intervals are analytic now).
@@ -35,7 +35,11 @@ class AnalyzeSettings(StageSettings):
     umap_dims: int = Field(50, ge=2, description="PCA dimensions UMAP sees.")
     umap_all_layers: bool = Field(False, description="UMAP for every layer (default: first, middle and last layer).")
     silhouette_rows: int = Field(2000, ge=10, description="Rows for silhouette scores.")
-    probe_max_iter: int = Field(300, ge=1, description="Iterations of each probe's solver.")
+    probe: ProbeFamily = Field("logistic", description="The probes' classifier: logistic (L2 logistic regression, "
+                               "C=1, lbfgs to its optimum) or lda (linear discriminant analysis with Ledoit-Wolf "
+                               "shrinkage, closed form: 4-13x faster at 768 dims, but it read speaker-level sex "
+                               "less well on the demo). docs/statistics.md, 'The probe'.")
+    probe_max_iter: int = Field(300, ge=1, description="Iterations of each logistic probe's solver.")
     block: int = Field(8192, ge=1, description="Rows per streamed block (memory ≈ 3 × block × dim × 8 bytes "
                                                "per layer pair; 8192 was as fast as 16384 at 768 dims).")
     products: Literal["float32", "float64"] = Field("float32", description="Precision of each streamed block's d×d "

@@ -9,11 +9,14 @@ Task = Literal["tone", "phone", "sex"]
 Split = Literal["train", "dev", "test"]
 ProbeLabel = Literal["tone", "phone", "sex", "speaker"]
 SvccaRule = Literal["eigenvalue", "singular_value"]
+ProbeFamily = Literal["lda", "logistic"]
 TASKS: tuple[str, ...] = get_args(Task)
 """Frame-wise tasks every prepared corpus can label."""
 SPLITS: tuple[str, ...] = get_args(Split)
 PROBE_LABELS: tuple[str, ...] = get_args(ProbeLabel)
 """What probes decode: the tasks, plus speaker identity."""
+PROBE_FAMILIES: tuple[str, ...] = get_args(ProbeFamily)
+"""The probe's classifiers: shrinkage LDA (closed form) or logistic regression (lbfgs); docs/statistics.md."""
 SVCCA_RULES: tuple[str, ...] = get_args(SvccaRule)  # what SVCCA's `keep` counts: s² (variance) or s
 
 AlignmentFormat = Literal["textgrid", "ctm"]
