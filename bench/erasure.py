@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from phonorm.analysis.erasure import SEX_ERASERS, erasure_probes
+from phonorm.analyze import TorchKernels
 
 ROWS = 150
 CLEAR = 0.05  # "clearly above chance": claims' CHANGE margin
@@ -53,7 +54,7 @@ def run(speakers: int, dim: int, offset: float, own: bool, eraser: str, reps: in
     after, change = [], []
     for rep in range(reps):
         x, tone, sex, names = planted(speakers, dim, offset, own, seed=1000 * speakers + rep)
-        rows = {(r["erased"], r["probed"]): r for r in erasure_probes(x, tone, sex, names, folds=4, seed=rep,
+        rows = {(r["erased"], r["probed"]): r for r in erasure_probes(x, tone, sex, names, kernels=TorchKernels("cpu"), folds=4, seed=rep,
                                                                       sex_eraser=eraser)}
         before, gone, tone_row = rows["none", "sex"], rows["sex", "sex"], rows["sex", "tone"]
         clear += (before["balanced_ci_low"] or 0) > before["balanced_chance"] + CLEAR

@@ -145,8 +145,9 @@ def main() -> None:
     parser.add_argument("--tone-sex-model", type=Path, help="the demo's fine-tuned tone+sex model (its folder)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from phonorm.analysis.run import AnalyzeSettings, analyze
+    from phonorm.analyze import analyze
     from phonorm.features.extract import ExtractSettings, extract
+    from phonorm.settings import AnalyzeSettings
 
     models = {}
     for spec in args.model:

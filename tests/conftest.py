@@ -52,3 +52,22 @@ def tiny_model(tmp_path_factory):
         return made[seed, stable_layer_norm]
 
     return folder
+
+
+@pytest.fixture(scope="session")
+def analysed_store(tmp_path_factory):
+    """A tiny feature store (tests/fake_store.py: pretrained and tone, 6 speakers, 3 layers, in 2 parts)
+    and the results folder `phonorm analyze` wrote of it (UMAP, held-out halves, 3 folds), made once per
+    session: (store, results, settings, summary line). Read-only for tests: copy the results folder to
+    damage it."""
+    from fake_store import make_feature_store
+    from phonorm.analyze import analyze
+    from phonorm.settings import AnalyzeSettings
+
+    root = tmp_path_factory.mktemp("analysed")
+    store = make_feature_store(root / "f", models=("pretrained", "tone"), n_speakers=6, n_utterances=2,
+                               n_frames=30, n_layers=3, parts=2)
+    settings = AnalyzeSettings(reference="pretrained", umap=True, held_out=True, folds=3, umap_fit_rows=150,
+                               progress=False)
+    summary = analyze(store, out=root / "r", settings=settings)
+    return store, root / "r", settings, summary

@@ -111,7 +111,7 @@ class FakeStages:
             "phonorm.models.finetune": {"finetune": finetune},
             "phonorm.models.evaluate": {"evaluate": evaluate_recorded},
             "phonorm.features.extract": {"extract": extract},
-            "phonorm.analysis.run": {"analyze": analyze},
+            "phonorm.analyze": {"analyze": analyze},
             "phonorm.report.html": {"build_report": build_report},
         }
         for name, attributes in modules.items():

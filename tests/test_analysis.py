@@ -10,22 +10,16 @@ import pandas as pd
 import pytest
 
 from phonorm.analysis.measures import MEASURES
-from phonorm.analysis.run import AnalyzeSettings, analyze
+from phonorm.analyze import analyze
 from phonorm.errors import InputError
 from phonorm.features.store import FeatureStore
+from phonorm.settings import AnalyzeSettings
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    from fake_store import make_feature_store
-
-    root = tmp_path_factory.mktemp("analysis")
-    store = make_feature_store(root / "f", models=("pretrained", "tone"), n_speakers=6, n_utterances=2,
-                               n_frames=30, n_layers=3, parts=2)
-    settings = AnalyzeSettings(reference="pretrained", umap=True, held_out=True, folds=3,
-                               umap_fit_rows=150, progress=False)
-    summary = analyze(store, out=root / "r", settings=settings)
-    return store, root / "r", settings, summary
+def results(analysed_store):
+    """(store, results, settings, summary line): conftest's analysed store."""
+    return analysed_store
 
 
 def test_every_output_is_written(results):
@@ -251,14 +245,14 @@ def test_matrix_on_sample_rows_and_sums_per_half_agree(tmp_path):
 
 def test_cuda_asked_without_a_gpu_is_a_clear_error():
     torch = pytest.importorskip("torch")
-    from phonorm.analysis.inputs import device
+    from phonorm.analyze import TorchKernels
     from phonorm.errors import PhonormError
 
-    assert device("cpu") == "cpu"
+    assert TorchKernels.of("cpu").device == "cpu"
     if not torch.cuda.is_available():
-        assert device("auto") == "cpu"
+        assert TorchKernels.of("auto").device == "cpu"
         with pytest.raises(PhonormError, match="--device cuda"):
-            device("cuda")
+            TorchKernels.of("cuda")
 
 
 @pytest.mark.parametrize("unlabelled", [0.0, 0.1, 0.7])

@@ -11,7 +11,8 @@ import pytest
 from phonorm.analysis.claims import TOLERANCE, check_claims
 from phonorm.analysis.evidence import Evidence, model_tasks
 from phonorm.analysis.intervals import combine, decide, difference, pooled_accuracy
-from phonorm.analysis.run import AnalyzeSettings, analyze
+from phonorm.analyze import analyze
+from phonorm.settings import AnalyzeSettings
 
 FAST = dict(reference="pretrained", umap=False, layer_matrix=False, folds=3, labels=["tone", "sex"], progress=False)
 

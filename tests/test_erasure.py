@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 from phonorm.analysis.erasure import erasure_probes, erasure_roles
+from phonorm.analyze import TorchKernels
+
+KERNELS = TorchKernels("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def planted():
     x = (rng.normal(size=(5, dim))[tone] * 1.5 + np.where(sex == "F", 1.0, -1.0)[:, None] * rng.normal(size=dim)
          + rng.normal(size=(len(tone), dim)))
     x = x @ rng.normal(size=(dim, dim)) + 5.0
-    rows = erasure_probes(x, tone, sex, speakers, folds=5, seed=0)
+    rows = erasure_probes(x, tone, sex, speakers, kernels=KERNELS, folds=5, seed=0)
     return {(r["erased"], r["probed"]): r for r in rows}, int((tone > 0).sum())
 
 
@@ -72,7 +75,7 @@ def sex_store(spread: float, n_speakers: int = 32, rows: int = 200, dim: int = 4
 
 def erased_sex(spread: float) -> dict:
     x, tone, sex, speakers = sex_store(spread)
-    rows = erasure_probes(x, tone, sex, speakers, folds=4, seed=0)
+    rows = erasure_probes(x, tone, sex, speakers, kernels=KERNELS, folds=4, seed=0)
     return {(r["erased"], r["probed"]): r for r in rows}
 
 
@@ -99,8 +102,8 @@ def test_the_same_rows_eraser_reaches_chance_by_construction_on_the_same_store(f
     means there, and the probe reads no sex at all even where other speakers still show it: logistic
     regression falls to a constant guess (its loss has no gradient towards sex), LDA's discriminant
     direction Σ⁻¹(μ_F − μ_M) vanishes and its guesses are rounding noise."""
-    from phonorm.analysis.erasure import leace_eraser
     from phonorm.analysis.probes import ProbeSolver, fit_predict
+    from phonorm.analyze import leace_eraser
 
     x, _, sex, speakers = sex_store(1.0)
     tested = ["S00", "S01", "S02", "S03"]
@@ -135,12 +138,12 @@ def test_roles_are_speaker_disjoint_and_every_speaker_is_tested_once():
 def test_erasure_needs_three_speakers_of_each_sex_and_two_tones():
     x = np.random.default_rng(0).normal(size=(40, 3))
     with pytest.raises(ValueError, match="2 sexes"):
-        erasure_probes(x, np.tile([1, 2], 20), np.full(40, "F"), np.repeat(["A", "B"], 20))
+        erasure_probes(x, np.tile([1, 2], 20), np.full(40, "F"), np.repeat(["A", "B"], 20), kernels=KERNELS)
     speakers = np.repeat(["A", "B", "C", "D"], 10)
     with pytest.raises(ValueError, match="3 speakers of each sex"):
-        erasure_probes(x, np.tile([1, 2], 20), np.repeat(["F", "M"], 20), speakers)
+        erasure_probes(x, np.tile([1, 2], 20), np.repeat(["F", "M"], 20), speakers, kernels=KERNELS)
     with pytest.raises(ValueError, match="2 tones"):
-        erasure_probes(x, np.ones(40, int), np.repeat(["F", "M"], 20), speakers)
+        erasure_probes(x, np.ones(40, int), np.repeat(["F", "M"], 20), speakers, kernels=KERNELS)
 
 
 def test_rows_carry_each_speakers_out_of_fold_tallies(planted):
@@ -156,7 +159,7 @@ def test_the_eraser_fitted_and_applied_in_chunks_is_leace_fitted_at_once():
     import torch
     from concept_erasure import LeaceEraser
 
-    from phonorm.analysis.erasure import leace_eraser
+    from phonorm.analyze import leace_eraser
 
     rng = np.random.default_rng(3)
     concept = rng.integers(0, 3, 500)

@@ -39,7 +39,7 @@ def _reference_labels(fake_corpus, split):
         from phonorm.corpus.audio import load_audio
 
         n = geometry.num_frames(len(load_audio(row["audio_path"])))
-        labels = frame_labels(corpus.segments_of(row["utterance_id"]), row["sex"], n, corpus.label_maps, geometry)
+        labels = frame_labels(corpus.segments_of(row["utterance_id"]), row, n, corpus.label_maps, geometry)
         for t in grids:
             grids[t].append(labels[t])
         sexes.append(np.full(n, row["sex"]))

@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory, tiny_model):
     their store (every layer) and its analysis (UMAP on, probes of tone and sex)."""
 
     from fakes import make_prepared_corpus
-    from phonorm.analysis.run import analyze
+    from phonorm.analyze import analyze
     from phonorm.features.extract import extract
     from phonorm.settings import ExtractSettings
     from phonorm.settings.analyze import AnalyzeSettings

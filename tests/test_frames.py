@@ -99,7 +99,7 @@ def _expected(rows, sex, n_frames, hop=0.02, centre=0.0125):
 def test_frame_labels_follow_the_rules():
     # an initial (no tone), a final with tone 2, a gap of silence, an unknown phone, a final with tone 5
     rows = [(0.10, 0.16, "zh", 0), (0.16, 0.40, "a", 2), (0.50, 0.58, "xx", 0), (0.58, 0.75, "b", 5)]
-    grids = frame_labels(_segments(rows), "M", 45, LABEL_MAPS)
+    grids = frame_labels(_segments(rows), {"sex": "M"}, 45, LABEL_MAPS)
     expected = _expected(rows, "M", 45)
     for task in ("tone", "phone", "sex"):
         assert grids[task].tolist() == expected[task], task
@@ -115,17 +115,17 @@ def test_frame_labels_follow_the_rules():
 def test_frame_centre_on_a_boundary_belongs_to_the_later_segment():
     # frame 5 has its centre at exactly 0.1125 s
     rows = [(0.0, 0.1125, "a", 1), (0.1125, 0.2, "b", 0)]
-    grids = frame_labels(_segments(rows), "F", 10, LABEL_MAPS)
+    grids = frame_labels(_segments(rows), {"sex": "F"}, 10, LABEL_MAPS)
     assert grids["phone"][4] == 0 and grids["phone"][5] == 1
     assert grids["tone"][4] == 0 and grids["tone"][5] == IGNORE_INDEX
 
 
 def test_frame_labels_on_an_empty_utterance_and_other_grids():
-    grids = frame_labels(_segments([]), "F", 7, LABEL_MAPS)
+    grids = frame_labels(_segments([]), {"sex": "F"}, 7, LABEL_MAPS)
     assert all((grids[t] == IGNORE_INDEX).all() for t in ("tone", "phone", "sex"))
     odd = FrameGeometry.from_config(ODD)  # hop 3*3*2 = 18 samples, receptive field (1-1)*2+3=3 → (3-1)*3+4=10 → (10-1)*3+7=34
     rows = [(0.0, 0.01, "a", 3), (0.01, 0.03, "b", 0)]
-    grids = frame_labels(_segments(rows), "F", odd.num_frames(480), LABEL_MAPS, geometry=odd)
+    grids = frame_labels(_segments(rows), {"sex": "F"}, odd.num_frames(480), LABEL_MAPS, geometry=odd)
     times = odd.frame_times(odd.num_frames(480))
     np.testing.assert_allclose(times, (np.arange(len(times)) * 18 + 17) / 16_000)
     assert grids["phone"].tolist() == [0 if t < 0.01 else 1 if t < 0.03 else IGNORE_INDEX for t in times]
@@ -133,6 +133,6 @@ def test_frame_labels_on_an_empty_utterance_and_other_grids():
 
 def test_unknown_task_and_segment_index():
     with pytest.raises(ValueError, match="unknown task"):
-        frame_labels(_segments([]), "F", 3, {"stress": ["0", "1"]})
+        frame_labels(_segments([]), {"sex": "F"}, 3, {"stress": ["0", "1"]})
     index = segment_index_per_frame([0.0, 0.5], [0.2, 0.6], np.array([0.1, 0.2, 0.55, 0.7, -0.1]))
     assert index.tolist() == [0, -1, 1, -1, -1]

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phonorm.analysis.probes import ProbeSolver, label_rows, probe, probe_splits, sample_rows, start_probe
+from phonorm.analysis.probes import ProbeSolver, probe, probe_splits, sample_rows, start_probe
+from phonorm.labels import label_rows
 
 
 def toy(n_speakers=10, per=60, seed=0):
@@ -124,7 +125,7 @@ def test_torch_probe_reaches_scikit_learns_optimum():
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from phonorm.analysis.probes import TorchLogisticProbe
+    from phonorm.analyze import TorchLogisticProbe
 
     rng = np.random.default_rng(3)
     for classes in (2, 4):

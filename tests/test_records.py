@@ -10,13 +10,14 @@ import pytest
 
 from corpus_inputs import SIX_SPEAKERS, make_corpus
 from fake_store import make_feature_store
-from phonorm.analysis.run import AnalyzeSettings, analyze
+from phonorm.analyze import analyze
 from phonorm.artifacts import write_json
 from phonorm.errors import InputError
 from phonorm.features.manifest import StoreManifest
 from phonorm.records.analysis import AnalysisRecord, ClaimsFile, EvaluationFile
 from phonorm.records.corpus import LabelsFile
 from phonorm.records.sweep import SweepPoints, load_points
+from phonorm.settings import AnalyzeSettings
 
 
 @pytest.fixture(scope="module")

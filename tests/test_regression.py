@@ -26,7 +26,7 @@ TOLERANCE = {"similarity": 1e-5, "layer_matrix": 1e-5, "normalization": 1e-5, "p
 def run_fixed_analysis(root: Path) -> Path:
     """Analyse the fixed store (4 models × 3 layers, 10 speakers, 480 rows) into root/r; returns root/r."""
     from fake_store import make_feature_store
-    from phonorm.analysis.run import analyze
+    from phonorm.analyze import analyze
     from phonorm.settings.analyze import AnalyzeSettings
 
     store = make_feature_store(root / "f", models=("pretrained", "tone", "sex", "tone_sex"), n_speakers=10,

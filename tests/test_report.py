@@ -14,10 +14,13 @@ import pandas as pd
 import pytest
 
 from helpers import render_check
-from phonorm.artifacts import write_json
+from phonorm.analysis.intervals import CLUSTER_T
+from phonorm.analysis.probes import CHANCE_METHOD
 from phonorm.errors import InputError
+from phonorm.records.analysis import AnalysisRecord, ClaimsFile, EvaluationFile
 from phonorm.records.card import ModelCard
 from phonorm.records.context import RunContext
+from phonorm.records.tables import ERASURE, NORMALIZATION, PROBES, SIMILARITY
 from phonorm.report.html import build_report
 from phonorm.settings.report import ReportSettings
 
@@ -59,39 +62,46 @@ def results(fake_corpus, tmp_path_factory):
     ModelCard(complete=True, kind="finetuned", tasks=["tone"], label_maps={"tone": ["1", "2", "3", "4", "5"]},
               settings={"lr": 0.000321, "epochs": 3}, model_type="wav2vec2", base_model=str(pre),
               corpus=str(fake_corpus), corpus_fingerprint="x", provenance={}).save(tone)
-    write_json(root / "evaluation.json", {"model": "tone", "split": "test", "tasks": {"tone": {
+    EvaluationFile.write(root, {"model": "tone", "split": "test", "tasks": {"tone": {
         "accuracy": 0.8125, "macro_f1": 0.79, "chance": 0.25, "n_frames": 400,
         "by_sex": {"F": {"accuracy": 0.8}, "M": {"accuracy": 0.82}}, "syllable": {"accuracy": 0.9}}}})
-    rows = []
-    for layer in LAYERS:
-        for measure in ("svcca", "cka"):
-            rows.append({"model": "tone", "reference": "pre", "layer": layer, "measure": measure,
-                         "value": 1 - int(layer[1]) * 0.2, "ci_low": 0.5, "ci_high": 0.9, "floor": 0.0123,
-                         "held_out_value": 0.4567, "held_out_floor": 0.01, "n": 100, "n_fit": 50, "n_score": 50})
-    pd.DataFrame(rows).to_csv(results / "similarity.csv", index=False)
-    probes = [{"model": m, "layer": layer, "label": label, "accuracy": 0.5 + 0.1 * i, "chance": 0.3,
-               "ci_low": 0.4, "ci_high": 0.7, "n": 100, "folds": 2, "classes": 2, "dropped": 0,
-               "iterations": 300 if (m, layer, label) == ("tone", "L2", "sex") else 17,
-               "converged": (m, layer, label) != ("tone", "L2", "sex")}
+    # Every file through the type analyze writes it with (records/tables.py, records/analysis.py): a
+    # row with a missing or unknown column, or a claims file of another shape, is refused here.
+    SIMILARITY.frame([
+        {"model": "tone", "reference": "pre", "layer": layer, "measure": measure, "value": 1 - int(layer[1]) * 0.2,
+         "ci_low": 0.5, "ci_high": 0.9, "ci_method": "jackknife", "floor": 0.0123, "held_out_value": 0.4567,
+         "held_out_floor": 0.01, "n": 100, "n_fit": 50, "n_score": 50, "speakers": 6}
+        for layer in LAYERS for measure in ("svcca", "cka")]).to_csv(results / SIMILARITY.file, index=False)
+    probe = {"chance": 0.3, "chance_method": CHANCE_METHOD, "ci_low": 0.4, "ci_high": 0.7, "ci_method": CLUSTER_T,
+             "n": 100, "folds": 2, "classes": 2, "dropped": 0, "probe": "logistic", "gradient": 1e-7}
+    stopped = ("tone", "L2", "sex")  # a probe that stopped at its iteration limit
+    probes = [{**probe, "model": m, "layer": layer, "label": label, "accuracy": 0.5 + 0.1 * i,
+               "iterations": 300 if (m, layer, label) == stopped else 17, "converged": (m, layer, label) != stopped}
               for m in ("pre", "tone") for i, layer in enumerate(LAYERS) for label in ("tone", "sex")]
-    probes += [{"model": "classic", "layer": "f0_semitone_z", "label": "tone", "accuracy": 0.555, "chance": 0.3,
-                "ci_low": 0.5, "ci_high": 0.6, "n": 100, "folds": 2, "classes": 5, "dropped": 3}]
-    pd.DataFrame(probes).to_csv(results / "probes.csv", index=False)
-    pd.DataFrame([{"model": "pre", "layer": "L0", "measure": "variance_share", "label": "sex", "value": 0.1, "n": 9}]
-                 ).to_csv(results / "normalization.csv", index=False)
-    pd.DataFrame([{"model": "tone", "layer": layer, "erased": erased, "probed": probed, "accuracy": 0.6, "chance": 0.3,
-                   "ci_low": 0.5, "ci_high": 0.7, "change": -0.0111, "change_ci_low": -0.03, "change_ci_high": 0.01,
-                   "above_chance": 0.3, "above_chance_ci_low": 0.2, "above_chance_ci_high": 0.4, "n": 90, "folds": 2,
-                   "iterations": 10, "converged": True}
-                  for layer in LAYERS for erased in ("none", "sex", "tone") for probed in ("tone", "sex")]
-                 ).to_csv(results / "erasure.csv", index=False)
-    comparison = {"name": "sex suppressed", "evidence": "probe", "a": "tone", "b": "pre", "primary": True,
-                  "a_value": 0.51, "b_value": 0.9, "estimate": -0.39, "ci_low": -0.6123, "ci_high": -0.2, "margin": -0.05,
-                  "direction": "<", "verdict": "holds"}
-    straddle = {**comparison, "name": "tone: ts − tone", "evidence": "task accuracy", "estimate": -0.02,
-                "ci_low": -0.0456, "ci_high": 0.01, "margin": -0.02, "direction": ">", "verdict": "inconclusive"}
-    write_json(results / "claims.json", {"reference": "pre", "constants": {"change": 0.05},
-                                         "bootstrap": {"resamples": 2000}, "claims": [
+    probes += [{**probe, "model": "classic", "layer": "f0_semitone_z", "label": "tone", "accuracy": 0.555,
+                "ci_low": 0.5, "ci_high": 0.6, "classes": 5, "dropped": 3, "iterations": 12, "converged": True}]
+    PROBES.frame(probes).to_csv(results / PROBES.file, index=False)
+    NORMALIZATION.frame([{"model": "pre", "layer": "L0", "measure": "variance_share", "label": "sex", "value": 0.1,
+                          "n": 9}]).to_csv(results / NORMALIZATION.file, index=False)
+    ERASURE.frame([
+        {"model": "tone", "layer": layer, "erased": erased, "probed": probed, "accuracy": 0.6, "chance": 0.3,
+         "chance_method": CHANCE_METHOD, "ci_low": 0.5, "ci_high": 0.7, "ci_method": "cluster-robust t over folds",
+         "ci_level": 0.95, "change": -0.0111, "change_ci_low": -0.03, "change_ci_high": 0.01,
+         "balanced_accuracy": 0.6, "balanced_chance": 0.5, "balanced_ci_low": 0.5, "balanced_ci_high": 0.7,
+         "balanced_change": -0.01, "balanced_change_ci_low": -0.03, "balanced_change_ci_high": 0.01,
+         "above_chance": 0.3, "above_chance_ci_low": 0.2, "above_chance_ci_high": 0.4, "above_chance_ci_level": 0.9,
+         "at_chance": False, "equivalence_margin": 0.05, "n": 90, "speakers": 6, "folds": 2, "sex_eraser": "sex",
+         "roles": "eraser / probe-train / probe-test", "probe": "logistic", "iterations": 10, "converged": True,
+         "gradient": 1e-7}
+        for layer in LAYERS for erased in ("none", "sex", "tone") for probed in ("tone", "sex")]
+    ).to_csv(results / ERASURE.file, index=False)
+    comparison = {"key": "sex_suppressed", "name": "sex suppressed", "evidence": "probe", "a": "tone", "b": "pre",
+                  "primary": True, "a_value": 0.51, "b_value": 0.9, "estimate": -0.39, "ci_low": -0.6123,
+                  "ci_high": -0.2, "margin": -0.05, "direction": "<", "verdict": "holds"}
+    straddle = {**comparison, "key": "tone_kept", "name": "tone: ts − tone", "evidence": "task accuracy",
+                "estimate": -0.02, "ci_low": -0.0456, "ci_high": 0.01, "margin": -0.02, "direction": ">",
+                "verdict": "inconclusive"}
+    ClaimsFile.write(results, {"reference": "pre", "constants": {"change": 0.05}, "claims": [
         {"claim": "C1", "statement": "Fine-tuning normalizes.", "criterion": "sex drops by 0.05", "holds": True,
          "status": "holds", "measured": [{"model": "tone", "comparisons": [comparison], "verdict": "holds"}]},
         {"claim": "C3", "statement": "Multitask keeps both.", "criterion": "within 0.02", "holds": None,
@@ -99,18 +109,18 @@ def results(fake_corpus, tmp_path_factory):
          "reason": "a confidence interval contains its margin"},
         {"claim": "C4", "statement": "Suppression not needed.", "criterion": "within 0.02", "holds": None,
          "status": "not testable", "measured": [], "reason": "needs a tone+sex model"}]})
-    write_json(results / "settings.json", {"settings": {"reference": "pre", "bootstrap": 77, "umap": True},
-                                           "features": str(root / "F"), "models": ["pre", "tone"],
-                                           "figures": [f"figures/{name}.png" for name in (
-                                               "layer_matrix_tone__svcca", "umap_tone", "normalization_per_layer",
-                                               "erasure_per_layer")],
-                                           "provenance": {"code_version": "0.1.0+test", "versions": {"numpy": "1"}}})
+    AnalysisRecord.write(results, {"settings": {"reference": "pre", "folds": 7, "umap": True},
+                                   "features": str(root / "F"), "models": ["pre", "tone"],
+                                   "figures": [f"figures/{name}.png" for name in (
+                                       "layer_matrix_tone__svcca", "umap_tone", "normalization_per_layer",
+                                       "erasure_per_layer")],
+                                   "provenance": {"code_version": "0.1.0+test", "versions": {"numpy": "1"}}})
     _png(results / "figures" / "layer_matrix_tone__svcca.png", 0)
     _png(results / "figures" / "umap_tone.png", 1)
     _png(results / "figures" / "normalization_per_layer.png", 2)
     _png(results / "figures" / "erasure_per_layer.png", 3)
     RunContext(
-        experiment={"name": "fake", "file": "exp.yaml", "config": {"name": "fake", "analyze": {"bootstrap": 77}}},
+        experiment={"name": "fake", "file": "exp.yaml", "config": {"name": "fake", "analyze": {"folds": 7}}},
         corpus=str(fake_corpus), features=str(root / "F"), results=str(results), reference="pre",
         models=[{"name": "pre", "kind": "pretrained", "trained_here": True, "folder": str(pre)},
                 {"name": "tone", "kind": "finetuned", "trained_here": True, "folder": str(tone), "tasks": ["tone"],
@@ -158,7 +168,7 @@ def test_report_has_every_section_and_only_embedded_figures(results, tmp_path):
     assert "-0.011 [-0.030, +0.010]" in text                   # erasure change with its CI
     assert "stopped at the iteration limit" in text
     # model and analysis settings in methods, each in its own table row
-    assert "&quot;lr&quot;: 0.000321" in text and "<tr><td>bootstrap</td><td>77</td></tr>" in text
+    assert "&quot;lr&quot;: 0.000321" in text and "<tr><td>folds</td><td>7</td></tr>" in text
     assert "12.5" in text                              # stage timing
     assert "PCA explained variance" in message         # the one missing figure is named ...
     assert text.count('class="missing"') == 1          # ... and shown as a note in the page

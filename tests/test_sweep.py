@@ -108,7 +108,7 @@ class SweepFakes(FakeStages):
         super().__init__(monkeypatch)
         modules = sys.modules
         original_pretrain = modules["phonorm.models.pretrain"].pretrain
-        original_analyze = modules["phonorm.analysis.run"].analyze
+        original_analyze = modules["phonorm.analyze"].analyze
 
         def snapshot_folder(out, step):
             return Path(out) / "snapshots" / f"step-{step}"
@@ -133,7 +133,7 @@ class SweepFakes(FakeStages):
 
         modules["phonorm.models.pretrain"].pretrain = pretrain
         modules["phonorm.models.pretrain"].snapshot_folder = snapshot_folder
-        modules["phonorm.analysis.run"].analyze = analyze
+        modules["phonorm.analyze"].analyze = analyze
 
 
 def _fake_results(out: Path, step: int) -> None:

@@ -249,7 +249,7 @@ def test_prepares_under_the_tonal_scheme_with_six_tones(yue_corpus, tmp_path):
     utt = corpus.utterances("train").iloc[0]
     seg = corpus.segments_of(utt.utterance_id)
     n_frames = geometry.frames_for_duration(utt.duration)
-    grid = frame_labels(seg, utt.sex, n_frames, labels["tasks"], geometry, tasks=["tone"])
+    grid = frame_labels(seg, utt, n_frames, labels["tasks"], geometry, tasks=["tone"])
     times = geometry.frame_times(n_frames)
     toned = 0
     for row in seg.itertuples():

@@ -59,31 +59,19 @@ def test_cli_exit_status(tmp_path):
     assert bad.returncode == 2 and "frames.parquet" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.fixture(autouse=True)
+def _analysed(analysed_store):
+    """conftest's analysed store, for `_results_folder`."""
+    _ANALYSED["R"] = analysed_store[1]
+
+
 _ANALYSED: dict[str, Path] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _analysed_in_pytests_temp(tmp_path_factory):
-    """The analysed store of `_results_folder` lives in pytest's temporary folders (removed like them)."""
-    _ANALYSED["root"] = tmp_path_factory.mktemp("validate-results")
-    yield
-    _ANALYSED.clear()
-
-
 def _results_folder(folder: Path) -> Path:
-    """A copy of a results folder phonorm analyze wrote (a tiny store, analysed once per module)."""
+    """A copy of a results folder phonorm analyze wrote (conftest's `analysed_store`)."""
     import shutil
 
-    from phonorm.analysis.run import AnalyzeSettings, analyze
-
-    if "R" not in _ANALYSED:
-        root = _ANALYSED["root"]
-        store = make_feature_store(root / "F", models=("pretrained", "tone"), n_speakers=4, n_utterances=2,
-                                   n_frames=20, n_layers=1)
-        analyze(store, out=root / "R", settings=AnalyzeSettings(reference="pretrained", folds=2, labels=["sex"],
-                                                                 umap=False, erasure=False, layer_matrix=False,
-                                                                 progress=False))
-        _ANALYSED["R"] = root / "R"
     shutil.copytree(_ANALYSED["R"], folder)
     return folder
 

@@ -231,7 +231,7 @@ def analyze(
 
     Example: phonorm analyze /tmp/f --reference pre --out /tmp/r
     """
-    from phonorm.analysis.run import analyze as run
+    from phonorm.analyze import analyze as run
 
     typer.echo(run(features, out=out, settings=settings))
 

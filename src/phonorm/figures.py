@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from phonorm.artifacts import atomic_path
-from phonorm.labels import CLASSIC_MODEL, ERASURE_CONDITIONS, ERASURE_PROBED
+from phonorm.labels import CLASSIC_MODEL, ERASURE_CONDITIONS, ERASURE_PROBED, LABELS
 from phonorm.layers import layer_index as _index
 from phonorm.layers import umap_layers
 
@@ -247,7 +247,7 @@ def umap_figure(projections: Path, folder: Path, model: str, layers: list[str]) 
     for col, (layer, table) in enumerate(tables):
         for row, (by, title) in enumerate((("tone", "tone"), ("sex", "sex"))):
             ax = axes[row][col]
-            part = table[table.tone > 0] if by == "tone" else table
+            part = table[LABELS[by].present(table[by])]
             values = sorted(part[by].unique())
             colour = {value: f"C{i % 10}" for i, value in enumerate(values)}
             # one scatter in random order: drawing group after group would bury the first groups

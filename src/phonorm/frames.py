@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from phonorm.labels import LABELS
 from phonorm.settings import TASKS
 
 IGNORE_INDEX = -100
@@ -101,7 +102,7 @@ def segment_index_per_frame(starts: Sequence[float], ends: Sequence[float], time
 
 def frame_labels(
     segments: Any,
-    sex: str,
+    utterance: Mapping[str, Any],
     n_frames: int,
     label_maps: Mapping[str, Sequence[str]],
     geometry: FrameGeometry | None = None,
@@ -110,9 +111,11 @@ def frame_labels(
     """Per-frame class indices for each task of one utterance.
 
     `segments`: the utterance's rows of segments.parquet (columns `start`, `end` in s, `phone`,
-    `tone` with 0 for none), sorted by start. `label_maps[task]` lists the task's labels; the index
-    in that list is the class id. Tone labels frames of finals only (tone > 0), phone every phone
-    frame, sex every speech frame; everything else is `IGNORE_INDEX`.
+    `tone` with 0 for none), sorted by start; `utterance`: its row of utterances.parquet (speaker-level
+    labels: `sex`, `speaker`). `label_maps[task]` lists the task's labels; the index in that list is
+    the class id. A segment-level label (`labels.LabelSpec`) labels the frames of the segments that
+    carry it (tone: finals only, tone > 0; phone: every phone), a speaker-level one (sex) every speech
+    frame; everything else is `IGNORE_INDEX`.
     Returns task → int64 array of shape (n_frames,), plus `"segment"` → segment row position or -1.
     """
     geometry = geometry or FrameGeometry()
@@ -124,18 +127,18 @@ def frame_labels(
     for task in tasks:
         index = {label: i for i, label in enumerate(label_maps[task])}
         grid = np.full(n_frames, IGNORE_INDEX, dtype=np.int64)
-        if task == "sex":
-            if sex in index:
-                grid[speech] = index[sex]
-        elif task in ("tone", "phone"):
-            values = segments[task].to_numpy()
-            if task == "tone":
-                values = np.array([str(int(v)) if v and int(v) > 0 else "" for v in values], dtype=object)
-            seg_class = np.array([index.get(str(v), IGNORE_INDEX) for v in values], dtype=np.int64)
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+        spec = LABELS[task]
+        if spec.speaker_level:
+            value = str(utterance[task])
+            if value in index:
+                grid[speech] = index[value]
+        else:
+            names = spec.names(segments[task].to_numpy())
+            seg_class = np.array([index.get(name, IGNORE_INDEX) for name in names], dtype=np.int64)
             if seg_class.size:
                 grid[speech] = seg_class[seg_of_frame[speech]]
-        else:
-            raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
         out[task] = grid
     return out
 

@@ -50,6 +50,7 @@ from phonorm.analysis.intervals import (
     num,
     pooled_accuracy,
 )
+from phonorm.analysis.kernels import Kernels
 from phonorm.analysis.probes import (
     CHANCE_METHOD,
     FoldFit,
@@ -75,39 +76,6 @@ CI_METHOD = "cluster-robust t over folds (CR1, K-1 df)"
 #: speaker eraser costs tone accuracy, so sex LEACE is the default.
 SEX_ERASERS = ("sex", "speaker")
 SEX_ERASER = "sex"
-
-
-def leace_eraser(x: np.ndarray, concept: np.ndarray, rows: np.ndarray | None = None, chunk: int = 4096):
-    """A fitted LEACE eraser for features `x[rows]` (rows, dim; all of `x` when `rows` is None) and
-    class labels `concept` (rows,). Returns a function `erase(x, rows=None, dtype=float64)` that
-    edits `x[rows]` and returns it as `dtype` (rows, dim).
-
-    The statistics are accumulated `chunk` rows at a time in float64 (`LeaceFitter.update`, Welford's
-    running sums) and the edit is applied a chunk at a time: no float64 copy of the rows exists at
-    once (a fold of 16,000 × 768 rows took three 98 MB copies to fit and two to apply)."""
-    import torch
-    from concept_erasure import LeaceFitter
-
-    at = np.arange(len(x)) if rows is None else np.asarray(rows)
-    classes, codes = np.unique(concept, return_inverse=True)
-    onehot = np.eye(len(classes))[codes]
-    if len(classes) == 2:  # one column carries a binary concept; the package expects k-1 or k columns alike
-        onehot = onehot[:, :1]
-    fitter = LeaceFitter(x.shape[1], onehot.shape[1], dtype=torch.float64)
-    for begin in range(0, len(at), chunk):
-        fitter.update(torch.from_numpy(np.asarray(x[at[begin:begin + chunk]], dtype=np.float64)),
-                      torch.from_numpy(onehot[begin:begin + chunk]))
-    eraser = fitter.eraser
-
-    def erase(features: np.ndarray, rows: np.ndarray | None = None, dtype: type = np.float64) -> np.ndarray:
-        picked = np.arange(len(features)) if rows is None else np.asarray(rows)
-        edited: np.ndarray = np.empty((len(picked), features.shape[1]), dtype=dtype)
-        with torch.no_grad():
-            for begin in range(0, len(picked), chunk):
-                block = np.asarray(features[picked[begin:begin + chunk]], dtype=np.float64)
-                edited[begin:begin + len(block)] = eraser(torch.from_numpy(block)).numpy()
-        return edited
-    return erase
 
 
 @dataclass(frozen=True)
@@ -165,24 +133,25 @@ def fold_count(per_sex: list[int], folds: int) -> int:
     return min(even or valid, key=lambda k: (abs(k - folds), -k))
 
 
-def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: np.ndarray, *, folds: int = 5,
-                   seed: int = 0, solver: ProbeSolver = ProbeSolver(), workers: int = 1,
+def erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: np.ndarray, *, kernels: Kernels,
+                   folds: int = 5, seed: int = 0, solver: ProbeSolver = ProbeSolver(), workers: int = 1,
                    sex_eraser: str = SEX_ERASER) -> list[dict]:
     """Rows (one per erased × probed) for features `x` (rows, dim) and per-row `tone` (> 0; 0 = none),
     `sex`, `speakers` (rows,). Only rows with a tone and a sex are used.
     Raises ValueError with fewer than 2 tones, or fewer than 3 speakers of either sex.
-    `solver`, `workers`: as `probes.probe` (each fold × erased concept is one parallel job)."""
+    `kernels`: fit the erasers (`Kernels.leace`); `solver`, `workers`: as `probes.probe` (each fold ×
+    erased concept is one parallel job)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return start_erasure_probes(x, tone, sex, speakers, pool.submit, folds=folds, seed=seed,
+        return start_erasure_probes(x, tone, sex, speakers, pool.submit, kernels=kernels, folds=folds, seed=seed,
                                     solver=solver, sex_eraser=sex_eraser)()
 
 
 def start_erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speakers: np.ndarray, submit, *,
-                         folds: int = 5, seed: int = 0, solver: ProbeSolver = ProbeSolver(),
+                         kernels: Kernels, folds: int = 5, seed: int = 0, solver: ProbeSolver = ProbeSolver(),
                          sex_eraser: str = SEX_ERASER) -> Callable[[], list[dict]]:
     """`erasure_probes` with its jobs handed to `submit` (an executor's `submit`) at once; returns a
     function that waits for them and gives the rows (as `probes.start_probe`)."""
@@ -206,7 +175,7 @@ def start_erasure_probes(x: np.ndarray, tone: np.ndarray, sex: np.ndarray, speak
         else:
             # Fitted on the eraser's speakers only; edited in float64, kept in float32 as the standard
             # probe (`probes.probe`) fits, so the erased and unerased fits compare alike.
-            erase = leace_eraser(x, concepts[erased][role.eraser], rows=role.eraser)
+            erase = kernels.leace(x, concepts[erased][role.eraser], rows=role.eraser)
             x_train, x_test = erase(x, role.train, np.float32), erase(x, role.test, np.float32)
         return {p: fit_predict(x_train, labels[p][role.train], x_test, seed, solver) for p in PROBED}
 
@@ -235,7 +204,7 @@ def _erasure_rows(jobs: list, labels: dict, speakers: np.ndarray, roles: list[Ro
         for p in PROBED:
             hits = predicted[(erased, p)] == labels[p]
             tallies = per_speaker(hits, speakers, majority[p])
-            accuracy = pooled_accuracy({s: (c, t) for s, (c, t, _) in tallies.items()}).clustered(fold_of)
+            accuracy = pooled_accuracy({s: (t.hits, t.rows) for s, t in tallies.items()}).clustered(fold_of)
             balanced = balanced_accuracy(hits, labels[p], speakers).clustered(fold_of)
             before.setdefault(p, (accuracy, balanced))
             chance = float(majority[p].mean())

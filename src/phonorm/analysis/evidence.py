@@ -10,6 +10,7 @@ import numpy as np
 from phonorm.analysis.intervals import (
     JACKKNIFE_T,
     Estimate,
+    SpeakerTally,
     pooled_accuracy,
 )
 from phonorm.labels import CLASSIC_MODEL
@@ -82,7 +83,8 @@ class Evidence:
         p = self.probe(model, label)
         if not p or not p.get("by_speaker"):
             return None
-        return pooled_accuracy({s: (v[0], v[1]) for s, v in p["by_speaker"].items()})
+        tallies = [(s, SpeakerTally(*v)) for s, v in p["by_speaker"].items()]  # saved parts hold lists
+        return pooled_accuracy({s: (t.hits, t.rows) for s, t in tallies})
 
     def probe_chance(self, model: str, label: str) -> float | None:
         """Chance of the top-layer probe: the share of its rows in the most frequent class
@@ -90,8 +92,9 @@ class Evidence:
         p = self.probe(model, label)
         if not p or not p.get("by_speaker"):
             return None
-        hits, rows = (sum(float(v[i]) for v in p["by_speaker"].values()) for i in (2, 1))
-        return hits / rows if rows > 0 else None
+        tallies = [SpeakerTally(*v) for v in p["by_speaker"].values()]
+        baseline, rows = sum(t.baseline for t in tallies), sum(t.rows for t in tallies)
+        return baseline / rows if rows > 0 else None
 
     def task_accuracy(self, model: str, task: str) -> tuple[dict | None, Estimate | None]:
         """(evaluation entry or None, accuracy estimate or None when it has no per-speaker counts)."""

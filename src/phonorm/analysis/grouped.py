@@ -16,7 +16,7 @@ from phonorm.analysis.similarity import (
     _cross,
     _gram,
     _host,
-    _is_torch,
+    _is_device_tensor,
     _norm_dot,
     as_block,
     row_norms,
@@ -126,10 +126,9 @@ def group_runs(codes: np.ndarray, like=None) -> list[tuple[int, object]]:
             # where fancy indexing would copy the block once per product. (The stable sort keeps a
             # group's rows increasing, so a span of exactly end - begin rows means consecutive.)
             rows = slice(int(order[begin]), int(order[end - 1]) + 1)
-        elif like is not None and _is_torch(like):
-            import torch
-
-            rows = torch.as_tensor(order[begin:end], device=like.device)
+        elif like is not None and _is_device_tensor(like):
+            # int64 indices on the block's device (tensor methods only: kernels.py)
+            rows = like.new_empty(0).long().new_tensor(order[begin:end])
         runs.append((int(g), rows))
     return runs
 

@@ -21,11 +21,14 @@ import numpy as np
 import pandas as pd
 
 from phonorm.analysis.grouped import SpeakerSums
+from phonorm.analysis.kernels import Kernels
 from phonorm.analysis.probes import sample_rows
-from phonorm.errors import InputError, PhonormError
+from phonorm.errors import InputError
+from phonorm.labels import LABELS
 from phonorm.settings.analyze import AnalyzeSettings
 
-FACTORS = ("speaker", "sex", "tone", "phone")
+#: The labels whose groups the variance shares and the speaker structure use (`labels.LABELS`).
+FACTORS = tuple(LABELS)
 
 
 @dataclass(frozen=True)
@@ -68,18 +71,24 @@ class LayerSettings:
 
 @dataclass(frozen=True)
 class Execution:
-    """How the analysis runs; changes no number beyond rounding. `device`: where the streamed d×d
-    products run ("cpu" or "cuda"); `workers`: threads for independent products and fits."""
+    """How the analysis runs; changes no number beyond rounding. `kernels`: the tensor library's work
+    (LEACE, and, on a GPU, the streamed d×d products and logistic probes; analysis/kernels.py);
+    `workers`: threads for independent products and fits."""
 
     block: int
-    device: str
+    kernels: Kernels
     workers: int
     progress: bool
 
     @classmethod
-    def of(cls, settings: AnalyzeSettings) -> Execution:
-        return cls(block=settings.block, device=device(settings.device),
+    def of(cls, settings: AnalyzeSettings, kernels: Kernels) -> Execution:
+        return cls(block=settings.block, kernels=kernels,
                    workers=settings.workers or os.cpu_count() or 1, progress=settings.progress)
+
+    @property
+    def device(self) -> str:
+        """Where the streamed products and logistic probes run: "cpu", or e.g. "cuda"."""
+        return self.kernels.device
 
     def pool(self) -> ThreadPoolExecutor:
         """Worker threads for independent d×d products and decompositions. BLAS itself runs with one
@@ -197,20 +206,6 @@ def _held_out_parts(frames: pd.DataFrame, settings: LayerSettings, frames_file: 
     return np.where(frames["speaker"].astype(str).isin(fit).to_numpy(), 0, 1).astype(np.int8)
 
 
-def device(setting: str) -> str:
-    """Where the streamed d×d products run: "cpu", or "cuda" (torch, float64) when asked or, with
-    "auto", when torch sees a CUDA device."""
-    if setting == "cpu":
-        return "cpu"
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if setting == "cuda":
-        raise PhonormError("--device cuda: torch sees no CUDA device (use --device auto or cpu)")
-    return "cpu"
-
-
 def _within_speaker_permutation(codes: np.ndarray, seed: int) -> np.ndarray:
     """Row order (rows,) that maps every row to a random row of the same speaker (codes (rows,))."""
     rng = np.random.default_rng([seed, 13])
@@ -223,15 +218,14 @@ def _within_speaker_permutation(codes: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _codes(frames: pd.DataFrame, factor: str) -> np.ndarray:
-    """Integer group codes (rows,) of a factor; −1 for rows without that label."""
-    if factor == "tone":
-        values = frames["tone"].to_numpy()
-        return np.where(values > 0, values, -1).astype(np.int64)
-    values = frames[factor].astype(str).to_numpy()
-    uniques, codes = np.unique(values, return_inverse=True)
-    codes = codes.astype(np.int64)
-    if "" in set(uniques):
-        codes[values == ""] = -1
-    return codes
+    """Integer group codes (rows,) of a factor; −1 for rows without that label (`LabelSpec.present`).
+    A numeric label (tone) keeps its values as codes."""
+    spec = LABELS[factor]
+    column = frames[factor].to_numpy()
+    present = spec.present(column)
+    if isinstance(spec.missing, int):
+        return np.where(present, column, -1).astype(np.int64)
+    _, codes = np.unique(spec.values(column), return_inverse=True)
+    return np.where(present, codes, -1).astype(np.int64)
 
 

@@ -40,7 +40,7 @@ accuracy − chance lies inside (−margin, +margin), i.e. both one-sided 5% tes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
@@ -217,6 +217,16 @@ def linear_combination(parts: list[tuple[float, "Estimate"]]) -> Estimate:
         return Estimate(point, {s: float(sum(c * e.terms[s] for c, e in parts)) for s in sorted(speakers)}, method)
     every = sorted({s for _, e in parts for s in e.terms})
     return Estimate(point, {s: float(sum(c * e.terms.get(s, 0.0) for c, e in parts)) for s in every}, method)
+
+
+class SpeakerTally(NamedTuple):
+    """One speaker's out-of-fold counts of a probe: `hits`, `rows`, and `baseline`, the hits of the
+    majority-class guess (`probes.prior_hits`). Saved (by_speaker in the layer parts) as [hits, rows,
+    baseline]; `SpeakerTally(*saved)` reads it back."""
+
+    hits: int
+    rows: int
+    baseline: int
 
 
 def pooled_accuracy(per_speaker: Mapping[str, tuple[float, float]]) -> Estimate:

@@ -32,10 +32,12 @@ from phonorm.features.store import FeatureStore
 from phonorm.labels import CLASSIC_MODEL
 
 
-def saved_inputs(store: FeatureStore, settings: LayerSettings) -> dict[str, Any]:
+def saved_inputs(store: FeatureStore, settings: LayerSettings, kernels_code: str) -> dict[str, Any]:
     """What a saved layer result was computed from, as JSON values: the settings its numbers depend
-    on, the store (folder, rows, models) and the version of the analysis code."""
+    on, the store (folder, rows, models) and the version of the analysis code and of the kernels'
+    (`Kernels.code`)."""
     inputs = {"settings": dataclasses.asdict(settings), "analysis_code": code_hash("phonorm.analysis.run"),
+              "kernels_code": kernels_code,
               "rows_key": store.manifest.get("rows_key"), "rows": store.rows, "store": str(store.folder.resolve()),
               "models": store.manifest.get("models")}
     return json.loads(json.dumps(inputs, default=str))
@@ -48,7 +50,7 @@ class LayerRunner:
                  sums: LayerSums, out: Path, timer: Seconds):
         self.store, self.rows, self.settings, self.execution = store, rows, settings, execution
         self.sums, self.out, self.timer = sums, out, timer
-        self.inputs = saved_inputs(store, settings)
+        self.inputs = saved_inputs(store, settings, execution.kernels.code)
         self._umap_fit: Optional[np.ndarray] = None
 
     def _saved(self, name: str, compute) -> LayerResult:
@@ -73,7 +75,7 @@ class LayerRunner:
         return result
 
     def compute_layer(self, model: str, layer: str) -> LayerResult:
-        s, timer, pool, device = self.settings, self.timer, self.sums.pool, self.execution.device
+        s, timer, pool, kernels = self.settings, self.timer, self.sums.pool, self.execution.kernels
         same = layer if model != s.reference and layer in self.store.layers(s.reference) else None
         with timer.timed("similarity sums (all rows)"):
             streamed = self.sums.stream(model, layer, same)
@@ -89,8 +91,8 @@ class LayerRunner:
         # The probe and erasure fits go to the worker threads at once (all of them: no worker idles
         # between labels); silhouettes and projections run here meanwhile.
         with timer.timed("probes and erasure"):
-            probes = start_probes(pool, self.rows, s, device, model, layer, x)
-            erasure = start_erasure(pool, self.rows, s, device, model, layer, x) \
+            probes = start_probes(pool, self.rows, s, kernels, model, layer, x)
+            erasure = start_erasure(pool, self.rows, s, kernels, model, layer, x) \
                 if model in s.erasure_models else None
         with timer.timed("silhouettes"):
             result.normalization += silhouette_step(self.rows, s, model, layer, x)
@@ -119,7 +121,7 @@ class LayerRunner:
         x = values[self.rows.sample]
         valid = np.all(np.isfinite(x), axis=1)
         x = np.where(np.isfinite(x), x, 0.0)
-        probes = start_probes(self.sums.pool, self.rows, self.settings, self.execution.device, CLASSIC_MODEL, name, x,
+        probes = start_probes(self.sums.pool, self.rows, self.settings, self.execution.kernels, CLASSIC_MODEL, name, x,
                               valid=valid)()
         finite = np.all(np.isfinite(values), axis=1)
         groups = {}

@@ -3,9 +3,10 @@
 The classifier (`ProbeSolver.family`, docs/statistics.md "The probe"): by default an L2-regularised
 multinomial logistic regression solved to its optimum by lbfgs ("logistic", C = 1, `PROBE_TOL`); or
 linear discriminant analysis with Ledoit–Wolf shrinkage ("lda", scikit-learn's
-`LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")`), a closed-form fit 4-13 times faster at
-768 dimensions, which assumes one covariance shared by the classes and so reads a class made of
-several speakers' voices (sex) less well.
+`LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")`), a closed-form fit, faster on many
+classes (a 61-class phone fold at 768 dimensions 2.5-9 times) and slower on few (sex, tone), which
+assumes one covariance shared by the classes and so reads a class made of several speakers' voices
+(sex) less well.
 
 Cross-validation never puts a speaker on both sides (pitfall 9, docs/pitfalls.md): folds are grouped by speaker
 (sklearn `StratifiedGroupKFold`, which also keeps every class in every test fold when it can).
@@ -36,12 +37,13 @@ a bug; the report's corpus section gives the number of speakers in each split.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
-from phonorm.analysis.intervals import CLUSTER_T, pooled_accuracy
+from phonorm.analysis.intervals import CLUSTER_T, SpeakerTally, pooled_accuracy
+from phonorm.analysis.kernels import Kernels
 from phonorm.settings import PROBE_FAMILIES
 
 #: How `ProbeResult.chance` is defined (recorded in probes.csv and erasure.csv).
@@ -54,14 +56,14 @@ PROBE_TOL = 1e-6
 
 @dataclass(frozen=True)
 class ProbeSolver:
-    """How every fold's probe is fitted: `family` ("lda" or "logistic", `PROBE_FAMILIES`); for
-    "logistic" only, the solver's `max_iter` and the `device` it runs on ("cpu": scikit-learn; a torch
-    device such as "cuda": `TorchLogisticProbe`, the same objective). The same solver fits every layer
-    and model of an analysis, and the erasure probes."""
+    """How every fold's probe is fitted: `family` ("logistic" or "lda", `PROBE_FAMILIES`); for
+    "logistic" only, the solver's `max_iter` and the `kernels` whose device it runs on (None or a
+    "cpu" device: scikit-learn; a GPU: `Kernels.logistic_on_device`, the same objective). The same
+    solver fits every layer and model of an analysis, and the erasure probes."""
 
     family: str = "logistic"
     max_iter: int = 300
-    device: str = "cpu"
+    kernels: Optional[Kernels] = None
 
     def __post_init__(self):
         if self.family not in PROBE_FAMILIES:
@@ -106,8 +108,8 @@ class ProbeResult:
     #: the largest gradient entry at any fold's solution (lbfgs stops at `PROBE_TOL` or where the
     #: objective stops changing, whichever comes first)
     gradient: float = 0.0
-    #: speaker → [out-of-fold hits, rows, hits of the majority-class baseline]
-    by_speaker: dict = field(default_factory=dict)
+    #: speaker → its out-of-fold hits, rows and hits of the majority-class baseline
+    by_speaker: dict[str, SpeakerTally] = field(default_factory=dict)
 
     def row(self) -> dict:
         return dict(accuracy=self.accuracy, chance=self.chance, chance_method=self.chance_method,
@@ -265,7 +267,7 @@ def start_probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, utterances: 
             predicted[test] = fold.predicted
         hits = predicted == y
         tallies = per_speaker(hits, speakers, majority)
-        low, high = pooled_accuracy({s: (c, t) for s, (c, t, _) in tallies.items()}).interval()
+        low, high = pooled_accuracy({s: (t.hits, t.rows) for s, t in tallies.items()}).interval()
         return ProbeResult(float(hits.mean()), float(majority.mean()), low, high, int(len(y)), len(splits),
                            int(len(np.unique(y))), probe=solver.family, **fold_summary(fits), by_speaker=tallies)
     return finish
@@ -296,8 +298,9 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, se
         model = make_classifier(seed, family="lda")
         model.fit(x_train, y_train)
         return FoldFit(model.predict(x_test), 0, True, 0.0)
-    if solver.device != "cpu":
-        return fit_predict_torch(x_train, y_train, x_test, solver.max_iter, solver.device)
+    if solver.kernels is not None and solver.kernels.device != "cpu":
+        fit = solver.kernels.logistic_on_device(x_train, y_train, x_test, solver.max_iter)
+        return FoldFit(fit.predicted, fit.iterations, fit.converged, fit.gradient)
     max_iter = solver.max_iter
     model = make_classifier(seed, max_iter)
     with warnings.catch_warnings(record=True) as caught:
@@ -312,98 +315,13 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, se
     return FoldFit(model.predict(x_test), iterations, converged, objective_gradient(model, x_train, y_train))
 
 
-class TorchLogisticProbe:
-    """`make_classifier`'s probe fitted with torch (float64) on `device` (e.g. "cuda"): standardise
-    with the training rows' mean and population standard deviation, then minimise scikit-learn's
-    LogisticRegression(C=1) objective, (Σᵢ logloss + ½‖W‖²)/n (intercept not penalised; binomial for
-    two classes, multinomial above), by L-BFGS (history 10, strong Wolfe line search, as
-    scikit-learn's lbfgs) until the largest gradient entry is below `tol` (scikit-learn's stopping
-    rule) or `max_iter` iterations. Hand-written because scikit-learn has no GPU solver; tests check
-    that it reaches scikit-learn's optimum.
-
-    After `fit(x (rows, dim), y (rows,))`: `classes_`, `n_iter_`, `converged_`;
-    `decision_function(x)` ((rows,) for two classes, else (rows, classes)) and `predict(x)`."""
-
-    def __init__(self, max_iter: int = 300, tol: float = PROBE_TOL, device: str = "cuda"):
-        self.max_iter, self.tol, self.device = max_iter, tol, device
-
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "TorchLogisticProbe":
-        import torch
-
-        self.classes_, codes = np.unique(y, return_inverse=True)
-        data = torch.as_tensor(np.asarray(x), dtype=torch.float64, device=self.device)
-        self._mean, std = data.mean(0), data.std(0, unbiased=False)
-        self._std = torch.where(std > 0, std, torch.ones_like(std))
-        data = (data - self._mean) / self._std
-        target = torch.as_tensor(codes, device=self.device)
-        n, dim = data.shape
-        binary = len(self.classes_) == 2
-        weights = torch.zeros(dim, 1 if binary else len(self.classes_), dtype=torch.float64, device=self.device,
-                              requires_grad=True)
-        bias = torch.zeros(weights.shape[1], dtype=torch.float64, device=self.device, requires_grad=True)
-        optimizer = torch.optim.LBFGS([weights, bias], lr=1, max_iter=self.max_iter, history_size=10,
-                                      tolerance_grad=self.tol, tolerance_change=0.0, line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            logits = data @ weights + bias
-            if binary:
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                    logits[:, 0], target.to(torch.float64), reduction="sum")
-            else:
-                loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-            value = (loss + 0.5 * (weights * weights).sum()) / n
-            value.backward()
-            return value
-
-        optimizer.step(closure)
-        self.n_iter_ = int(optimizer.state[weights].get("n_iter", 0))
-        grad_max = max(float(p.grad.abs().max()) for p in (weights, bias) if p.grad is not None)
-        self.gradient_ = grad_max
-        self.converged_ = bool(grad_max <= self.tol and self.n_iter_ < self.max_iter)
-        self._weights, self._bias = weights.detach(), bias.detach()
-        return self
-
-    def decision_function(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        data = (torch.as_tensor(np.asarray(x), dtype=torch.float64, device=self.device) - self._mean) / self._std
-        logits = data @ self._weights + self._bias
-        return (logits[:, 0] if logits.shape[1] == 1 else logits).cpu().numpy()
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        values = self.decision_function(x)
-        return self.classes_[(values > 0).astype(int) if values.ndim == 1 else values.argmax(1)]
-
-
-def fit_predict_torch(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, max_iter: int,
-                      device: str = "cuda") -> FoldFit:
-    """`fit_predict` with `TorchLogisticProbe` on `device`."""
-    model = TorchLogisticProbe(max_iter=max_iter, device=device).fit(x_train, y_train)
-    return FoldFit(model.predict(x_test), model.n_iter_, model.converged_, model.gradient_)
-
-
-def per_speaker(hits: np.ndarray, speakers: np.ndarray, baseline: np.ndarray) -> dict[str, list[int]]:
-    """{speaker: [hits, rows, baseline hits]} of boolean hits and baseline (majority-class) hits (rows,)."""
+def per_speaker(hits: np.ndarray, speakers: np.ndarray, baseline: np.ndarray) -> dict[str, SpeakerTally]:
+    """{speaker: (hits, rows, baseline hits)} of boolean hits and baseline (majority-class) hits (rows,)."""
     names, codes = np.unique(np.asarray(speakers).astype(str), return_inverse=True)
     correct = np.bincount(codes, weights=hits.astype(np.float64), minlength=len(names))
     base = np.bincount(codes, weights=baseline.astype(np.float64), minlength=len(names))
     total = np.bincount(codes, minlength=len(names))
-    return {str(n): [int(c), int(t), int(b)] for n, c, t, b in zip(names, correct, total, base)}
-
-
-def label_rows(frames, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (indices into `frames`) that carry `label`, and the label values there.
-
-    tone: rows with a tone (> 0); phone: rows with a phone; sex and speaker: rows with a non-empty value.
-    """
-    if label == "tone":
-        values = frames["tone"].to_numpy()
-        keep = values > 0
-    else:
-        values = frames[label].astype(str).to_numpy()
-        keep = values != ""
-    return np.flatnonzero(keep), values[keep]
+    return {str(n): SpeakerTally(int(c), int(t), int(b)) for n, c, t, b in zip(names, correct, total, base)}
 
 
 def sample_rows(frames, max_rows: int | None, seed: int) -> np.ndarray:

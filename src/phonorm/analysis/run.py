@@ -34,6 +34,7 @@ from pathlib import Path
 
 from phonorm.analysis.evidence import model_tasks
 from phonorm.analysis.inputs import Execution, LayerSettings, Rows, Seconds
+from phonorm.analysis.kernels import Kernels
 from phonorm.analysis.layers import LayerRunner
 from phonorm.analysis.steps import LayerResult
 from phonorm.analysis.sums import LayerSums
@@ -59,15 +60,16 @@ COMPLETION_RECORD = AnalysisRecord.FILE
 
 
 # =========================================================================== entry point
-def analyze(features: str | Path, *, out: str | Path, settings: AnalyzeSettings) -> str:
+def analyze(features: str | Path, *, out: str | Path, settings: AnalyzeSettings, kernels: Kernels) -> str:
     """Run every analysis of the store `features`, write results under `out`; returns a summary line.
-    One writer per results folder (`lock`)."""
+    `kernels`: the tensor library's work (analysis/kernels.py; `phonorm.analyze.analyze` hands in
+    torch's). One writer per results folder (`lock`)."""
     separate_folder(out, features, "feature store")
     with folder_lock(out, "phonorm analyze"):
-        return _analyze(features, out=Path(out), settings=settings)
+        return _analyze(features, out=Path(out), settings=settings, kernels=kernels)
 
 
-def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> str:
+def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings, kernels: Kernels) -> str:
     set_seed(settings.seed)
     store = FeatureStore(features)
     models = _models(store, settings)
@@ -78,7 +80,7 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings) -> s
     evaluations = read_evaluations(settings.evaluations)
     erasure_models = ([] if not settings.erasure else
                       [m for m in (settings.erasure_models or [m for m in models if "tone" in tasks[m]]) if m in models])
-    layer_settings, execution = LayerSettings.of(settings, erasure_models), Execution.of(settings)
+    layer_settings, execution = LayerSettings.of(settings, erasure_models), Execution.of(settings, kernels)
     rows = Rows.of(frames, layer_settings, max(store.dim(m) for m in store.models), store.folder / "frames.parquet")
     timer = Seconds()
     layers = {m: store.layers(m) for m in models}

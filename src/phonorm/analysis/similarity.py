@@ -17,7 +17,7 @@ rounding; shards to be merged must share one shift (chosen once, before they are
 Hand-written rather than taken from a library because no maintained library computes these measures
 from mergeable streamed sums (google/svcca and netrep hold the rows in memory); the heavy lifting is
 BLAS (`XᵀX`, `XᵀY`: NumPy's matmul, which uses a symmetric rank-k update for `XᵀX`) and LAPACK
-(`eigh`, `svd`). Blocks may also be torch tensors (on a GPU: `analysis/sums.py`, `LayerSums._put`): the
+(`eigh`, `svd`). Blocks may also be torch tensors (on a GPU: `analysis/sums.py`, `LayerSums._put`, `Kernels.to_device`): the
 accumulators then take their products on the device and keep the sums on the host.
 
 PWCCA is Morcos et al. (2018)'s: CCA on every direction of both views, each canonical correlation
@@ -79,14 +79,12 @@ def as_block(block, shift: np.ndarray | None, dtype=np.float64):
     """`block` (rows, dim) in `dtype` (the products' precision) minus `shift` (dim,) (rounded to
     `dtype`: any fixed shift serves, as long as every block of a view gets the same one); a torch
     tensor stays one, on its device."""
-    if _is_torch(block):
-        import torch
-
+    if _is_device_tensor(block):
         if block.ndim != 2:
             raise ValueError(f"expected a (rows, dim) block, got shape {tuple(block.shape)}")
-        wanted = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
-        block = block.to(wanted)
-        return block - torch.as_tensor(shift, device=block.device).to(wanted) if shift is not None else block
+        block = block.float() if np.dtype(dtype) == np.float32 else block.double()
+        # new_tensor: the shift on the block's device, in the block's dtype (tensor methods only: kernels.py)
+        return block - block.new_tensor(np.asarray(shift, dtype=np.dtype(dtype))) if shift is not None else block
     if np.ndim(block) != 2:
         raise ValueError(f"expected a (rows, dim) block, got shape {np.shape(block)}")
     if shift is None:
@@ -105,21 +103,22 @@ def head_shift(x: np.ndarray, rows: int = 1024) -> np.ndarray:
     return np.asarray(x[: min(len(x), rows)], np.float64).mean(axis=0)
 
 
-def _is_torch(block) -> bool:
+def _is_device_tensor(block) -> bool:
+    """Whether `block` is a tensor of the kernels' library (`Kernels.to_device`), not a NumPy array."""
     return type(block).__module__.startswith("torch")
 
 
 def _host(value) -> np.ndarray:
     """A block's product or sum as a float64 NumPy array (copied from the device for a torch tensor),
     whatever precision it was taken in: the sums across blocks accumulate in float64."""
-    if _is_torch(value):
+    if _is_device_tensor(value):
         value = value.detach().cpu().numpy()
     return np.asarray(value, dtype=np.float64)
 
 
 def row_norms(x):
     """‖xᵢ‖² per row (rows,), in the block's dtype."""
-    if _is_torch(x):
+    if _is_device_tensor(x):
         return (x * x).sum(1)
     return np.einsum("ij,ij->i", x, x)  # no (rows, dim) temporary: 3× faster than (x * x).sum(1)
 
@@ -137,19 +136,15 @@ def _cross(x, y) -> np.ndarray:
 
 def _column_sums(x) -> np.ndarray:
     """Σᵢ xᵢ (dim,) accumulated in float64 (no float64 copy of a float32 block)."""
-    if _is_torch(x):
-        import torch
-
-        return _host(x.sum(0, dtype=torch.float64))
+    if _is_device_tensor(x):
+        return _host(x.double().sum(0))
     return x.sum(0, dtype=np.float64)
 
 
 def _norm_dot(a, b) -> float:
     """Σᵢ aᵢ bᵢ of two (rows,) vectors, in float64."""
-    if _is_torch(a):
-        import torch
-
-        return float((a.to(torch.float64) * b.to(torch.float64)).sum())
+    if _is_device_tensor(a):
+        return float((a.double() * b.double()).sum())
     return float(np.dot(a.astype(np.float64, copy=False), b.astype(np.float64, copy=False)))
 
 

@@ -27,12 +27,14 @@ from phonorm.analysis.erasure import start_erasure_probes
 from phonorm.analysis.grouped import SpeakerSums
 from phonorm.analysis.inputs import LayerSettings, Rows, Seconds, run_jobs
 from phonorm.analysis.intervals import JACKKNIFE_T, Estimate
+from phonorm.analysis.kernels import Kernels
 from phonorm.analysis.normalization import GroupSums, silhouette
-from phonorm.analysis.probes import ProbeSolver, label_rows, start_probe
+from phonorm.analysis.probes import ProbeSolver, start_probe
 from phonorm.analysis.projection import PCA, stratified_subsample, umap_map
 from phonorm.analysis.similarity import ViewSums
 from phonorm.analysis.sums import LayerSums, Streamed
 from phonorm.artifacts import read_json, write_json, write_parquet
+from phonorm.labels import LABELS, label_rows
 from phonorm.layers import umap_layers
 from phonorm.settings import PROBE_LABELS
 
@@ -225,12 +227,12 @@ def silhouette_step(rows: Rows, settings: LayerSettings, model: str, layer: str,
 
 
 # =========================================================================== probes and erasure
-def solver(settings: LayerSettings, device: str) -> ProbeSolver:
-    """The probes' solver of an analysis: its family and iterations, on `device` ("cpu" or "cuda")."""
-    return ProbeSolver(settings.probe, settings.probe_max_iter, device)
+def solver(settings: LayerSettings, kernels: Kernels) -> ProbeSolver:
+    """The probes' solver of an analysis: its family and iterations, on the kernels' device."""
+    return ProbeSolver(settings.probe, settings.probe_max_iter, kernels)
 
 
-def start_probes(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings, device: str, model: str, layer: str,
+def start_probes(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings, kernels: Kernels, model: str, layer: str,
                  x: np.ndarray, valid: np.ndarray | None = None) -> Callable[[], ProbeResult]:
     """Start every label's probe on the worker threads; returns a function that waits for the result.
     `valid` (sample,): rows with a value (classic baselines), the others dropped and counted."""
@@ -243,7 +245,8 @@ def start_probes(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings, 
             keep = valid[index]
             dropped = int((~keep).sum())
             index, values = index[keep], values[keep]
-        if label != "speaker":
+        speaker_disjoint = LABELS[label].probe_groups == "speaker"
+        if speaker_disjoint:
             # A class heard from one speaker only can never be tested speaker-disjointly.
             speakers = frames["speaker"].to_numpy()[index]
             per_class = pd.Series(speakers).groupby(values).nunique()
@@ -258,7 +261,7 @@ def start_probes(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings, 
             finish = start_probe(x, values, frames["speaker"].to_numpy()[index],
                                  frames["utterance_id"].to_numpy()[index], pool.submit,
                                  folds=settings.folds, seed=settings.seed, rows=index,
-                                 speaker_label=label == "speaker", solver=solver(settings, device))
+                                 speaker_label=not speaker_disjoint, solver=solver(settings, kernels))
         except ValueError as err:  # fewer than 2 speakers/utterances with this label
             skipped.append(dict(model=model, layer=layer, label=label, reason=str(err)))
             continue
@@ -274,14 +277,14 @@ def start_probes(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings, 
     return result
 
 
-def start_erasure(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings, device: str, model: str,
+def start_erasure(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings, kernels: Kernels, model: str,
                   layer: str, x: np.ndarray) -> Callable[[], ProbeResult]:
     """Start the erasure probes on the worker threads; returns a function that waits for the result."""
     f = rows.sample_frames
     try:
         finish = start_erasure_probes(
             x, f["tone"].to_numpy(), f["sex"].astype(str).to_numpy(), f["speaker"].astype(str).to_numpy(),
-            pool.submit, folds=settings.folds, seed=settings.seed, solver=solver(settings, device))
+            pool.submit, kernels=kernels, folds=settings.folds, seed=settings.seed, solver=solver(settings, kernels))
     except ValueError as err:
         skipped = [dict(model=model, layer=layer, label="erasure", reason=str(err))]
         return lambda: ProbeResult([], skipped)

@@ -80,9 +80,7 @@ class LayerSums:
         the device (`as_block` converts it there)."""
         if self.execution.device == "cpu":
             return block
-        import torch
-
-        return torch.from_numpy(np.array(block)).to(self.execution.device)
+        return self.execution.kernels.to_device(block)
 
     def _check_finite(self, block: np.ndarray, begin: int, model: str, layer: str) -> None:
         """InputError naming the layer's file and its first row holding NaN or inf (`block` holds rows

@@ -38,7 +38,8 @@ def corpus_info(folder: str | Path) -> dict:
     for row in utterances.itertuples(index=False):
         n_frames = geometry.frames_for_duration(row.duration)
         total_frames += n_frames
-        grids = frame_labels(corpus.segments_of(row.utterance_id), row.sex, n_frames, label_maps, geometry, tasks=TASKS)
+        grids = frame_labels(corpus.segments_of(row.utterance_id), row._asdict(), n_frames, label_maps, geometry,
+                             tasks=TASKS)
         for task in TASKS:
             ids, n = np.unique(grids[task][grids[task] != IGNORE_INDEX], return_counts=True)
             counts[task].update({label_maps[task][int(i)]: int(c) for i, c in zip(ids, n)})

@@ -37,7 +37,7 @@ from phonorm.corpus.labelling import REMEDY, LabelNotes, LabelRules, label_align
 from phonorm.corpus.phone_map import read_phone_map
 from phonorm.corpus.schemes import SchemeError, UnknownLabels, get_scheme
 from phonorm.corpus.sources import Skipped, UtteranceSource, list_sources
-from phonorm.corpus.speakers import SEXES, SpeakerMismatch, SpeakerTable, read_speakers
+from phonorm.corpus.speakers import SpeakerMismatch, SpeakerTable, read_speakers
 from phonorm.corpus.split import (
     SPLITS,
     read_split_file,
@@ -47,9 +47,10 @@ from phonorm.corpus.split import (
 )
 from phonorm.corpus.textgrid import read_textgrid
 from phonorm.errors import InputError, PhonormError
+from phonorm.labels import LABELS
 from phonorm.lock import folder_lock
 from phonorm.records.corpus import LabelsFile
-from phonorm.settings import PrepareSettings
+from phonorm.settings import TASKS, PrepareSettings
 from phonorm.wording import counted
 
 DURATION_TOLERANCE = 0.05
@@ -101,6 +102,19 @@ class UnknownLabelTally:
     def describe(self) -> str:
         ordered = sorted(self.seen.items(), key=lambda kv: (-kv[1][0], kv[0]))
         return ", ".join(f"{label!r} x{n} (first in {file} [{utt}])" for label, (n, file, utt) in ordered)
+
+
+def _label_inventory(task: str, segments: pd.DataFrame, utterances: pd.DataFrame, tone_labels: list[str]) -> list[str]:
+    """The labels of `task` in labels.json: the label scheme's tones (tone); a label's fixed classes
+    (sex: `labels.SEXES`); else the names found in its column (segments, or utterances for a
+    speaker-level label), sorted."""
+    spec = LABELS[task]
+    if task == "tone":
+        return tone_labels
+    if spec.classes is not None:
+        return list(spec.classes)
+    column = utterances[task] if spec.speaker_level else segments[task]
+    return sorted(column.astype(str).unique().tolist())
 
 
 def prepare_corpus(out, *, audio_dir, alignments, speakers_file, settings: PrepareSettings | None = None,
@@ -297,7 +311,7 @@ def build_prepared_corpus(
     labels = {
         "scheme": scheme,
         "tone_mode": tone_mode,
-        "tasks": {"tone": tone_labels, "phone": sorted(table["phone"].unique().tolist()), "sex": list(SEXES)},
+        "tasks": {task: _label_inventory(task, table, utterances, tone_labels) for task in TASKS},
         # How the splits were made and whether dev/test (and the probes' held-out speakers) are
         # speaker-disjoint: the report says so when they are not.
         "split": {

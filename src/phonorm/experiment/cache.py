@@ -65,7 +65,7 @@ STAGE_MODULES = {
     "finetune": ["phonorm.models.finetune"],
     "evaluate": ["phonorm.models.evaluate"],
     "extract": ["phonorm.features.extract"],
-    "analyze": ["phonorm.analysis.run"],
+    "analyze": ["phonorm.analyze"],
     "report": ["phonorm.report.html"],
     "sweep": ["phonorm.experiment.summary"],
 }

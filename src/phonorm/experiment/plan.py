@@ -311,7 +311,7 @@ def _source_of(model: Stage) -> str:
 
 def _run_analyze(features: Stage, settings: dict[str, Any], evaluations: dict[str, Stage]) -> Callable[[Path], str]:
     def run(folder: Path) -> str:
-        from phonorm.analysis.run import analyze
+        from phonorm.analyze import analyze
 
         files = {name: str(stage.folder / "evaluation.json") for name, stage in evaluations.items()}
         files.update(settings.get("evaluations") or {})  # those written in the YAML (models not evaluated here)

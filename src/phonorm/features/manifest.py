@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from phonorm.artifacts import JsonRecord
 from phonorm.features import layout
 from phonorm.records.kinds import GIVEN, StoredKind
+from phonorm.settings import Task
 
 
 class StoreModel(BaseModel):
@@ -30,7 +31,7 @@ class StoreModel(BaseModel):
     """The model folder (absolute), when the source is one."""
     kind: StoredKind = GIVEN
     """From the folder's model card; `given`: a model phonorm did not train (hub id, foreign folder)."""
-    tasks: list[str] = []
+    tasks: list[Task] = []
     """Fine-tuning tasks (model card); empty for pre-trained models."""
     base_model: Optional[str] = None
     model_type: str

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, get_args
 
 import numpy as np
 import pandas as pd
@@ -31,9 +31,10 @@ from phonorm.features.frames_file import (
     frames_hash,
 )
 from phonorm.frames import SAMPLE_RATE, FrameGeometry, segment_index_per_frame
+from phonorm.settings.vocabulary import FrameMode, PoolMode
 
-FRAME_MODES = ("labelled", "middle", "all")
-POOL_MODES = ("frame", "segment")
+FRAME_MODES: tuple[str, ...] = get_args(FrameMode)
+POOL_MODES: tuple[str, ...] = get_args(PoolMode)
 
 @dataclass
 class Selection:

@@ -105,7 +105,7 @@ class FrameDataset(torch.utils.data.Dataset):
         n_frames = self.geometry.num_frames(len(wave))
         if n_frames == 0:
             raise InputError(row["audio_path"], f"audio too short for one frame ({len(wave)} samples)", row["utterance_id"])
-        grids = frame_labels(self.corpus.segments_of(row["utterance_id"]), row["sex"], n_frames, self.label_maps,
+        grids = frame_labels(self.corpus.segments_of(row["utterance_id"]), row, n_frames, self.label_maps,
                              self.geometry, self.tasks)
         segment = grids.pop("segment")
         example = Example(row["utterance_id"], row["speaker"], row["sex"], wave, grids, segment)

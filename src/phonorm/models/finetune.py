@@ -29,6 +29,7 @@ from phonorm.artifacts import atomic_path, provenance, separate_folder, writing
 from phonorm.corpus.store import PreparedCorpus
 from phonorm.errors import InputError, PhonormError
 from phonorm.frames import FrameGeometry
+from phonorm.labels import LABELS
 from phonorm.lock import folder_lock
 from phonorm.models.backbone import (
     LAYER_CONVENTION,
@@ -221,7 +222,9 @@ def task_label_maps(prepared: PreparedCorpus, tasks: Sequence[str]) -> dict[str,
     if missing:
         raise InputError(prepared.folder / "labels.json", f"has no labels for task(s) {', '.join(missing)}")
     train = prepared.segments[prepared.segments["utterance_id"].isin(prepared.utterances("train")["utterance_id"])]
-    labelled = {"tone": (train["tone"] > 0).any(), "phone": (train["phone"].astype(str) != "").any(), "sex": len(train) > 0}
+    # a segment-level label must be on some train segment; a speaker-level one (sex) is on every one
+    labelled = {t: len(train) > 0 if LABELS[t].speaker_level else bool(LABELS[t].present(train[t]).any())
+                for t in tasks}
     for task in tasks:
         labels = [label for label in maps[task] if label != ""]
         found = f"{len(labels)} {task} label{'' if len(labels) == 1 else 's'}"

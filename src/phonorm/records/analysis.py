@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from phonorm.artifacts import JsonRecord
+from phonorm.settings import Task
 
 
 class Comparison(BaseModel):
@@ -21,6 +22,8 @@ class Comparison(BaseModel):
     is for programs (`sex_suppressed`, `tone_enhanced`, `cka_drop`, ...; files of phonorm before it
     lack it), `name` for readers."""
 
+    # extra="allow": a comparison carries the numbers of its kind (e.g. a ratio's `a_value`/`b_value`,
+    # an erasure's `erased`), and claims.json of earlier versions keeps its retired fields readable.
     model_config = ConfigDict(extra="allow")
 
     key: Optional[str] = None
@@ -49,6 +52,8 @@ class ClaimCheck(BaseModel):
     with `primary` decide), its premise (the models learned their tasks), warnings, and for C4 its basis
     (observational, or observational and causal) with the causal check's own status."""
 
+    # extra="allow": each claim's check adds its own fields (C1 `irrelevant`, C4 `basis`, ...), and
+    # claims.json of earlier versions keeps its retired fields readable.
     model_config = ConfigDict(extra="allow")
 
     model: str
@@ -102,7 +107,7 @@ class ClaimsFile(JsonRecord):
 
     claims: list[Claim] = Field(min_length=1)  # analyze always decides C1-C4
     reference: Optional[str] = None
-    model_tasks: dict[str, list[str]] = {}
+    model_tasks: dict[str, list[Task]] = {}
     tasks_found_from: dict[str, str] = {}
     constants: dict[str, float] = {}
     top_layer: dict[str, str] = {}

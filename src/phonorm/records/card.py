@@ -17,7 +17,7 @@ from pydantic import ConfigDict
 from phonorm.artifacts import JsonRecord
 from phonorm.errors import InputError
 from phonorm.records.kinds import ModelKind
-from phonorm.settings import PretrainObjective
+from phonorm.settings import PretrainObjective, Task
 
 CARD_FILE = "phonorm.json"
 
@@ -40,7 +40,7 @@ class ModelCard(JsonRecord):
     provenance: dict[str, Any]
     num_processes: int = 1
     # fine-tuned models
-    tasks: list[str] = []
+    tasks: list[Task] = []
     label_maps: dict[str, list[str]] = {}
     loss_weights: dict[str, float] = {}
     heads: dict[str, Any] = {}

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from phonorm.labels import LABELS, SEXES
 from phonorm.layers import layer_index
 from phonorm.report.explorer_data import COLOUR_BY, FRAME_FACTS, ExplorerData, gather, state_key
 from phonorm.report.page import esc, note
@@ -75,7 +76,7 @@ def curves_html(curves: list[tuple[str, pd.DataFrame]]) -> str:
 def _colours(values: pd.Series, label: str) -> tuple[list[str], str]:
     """A colour per value and the legend's HTML."""
     classes = sorted(set(values), key=lambda v: (len(str(v)), str(v)))
-    if label == "sex":
+    if LABELS[label].classes == SEXES:
         palette = {c: _SEX_COLOURS.get(str(c), "#777777") for c in classes}
     else:
         palette = {c: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(classes)}
@@ -83,7 +84,7 @@ def _colours(values: pd.Series, label: str) -> tuple[list[str], str]:
                       f"{esc(c)}</span>" for c in classes[:40])
     if len(classes) > 40:
         legend += f" … ({len(classes)} {label} classes; colours repeat)"
-    elif len(classes) > len(_PALETTE) and label != "sex":
+    elif len(classes) > len(_PALETTE) and LABELS[label].classes != SEXES:
         legend += f" (colours repeat: {len(classes)} classes)"
     return [palette[v] for v in values], f"<b>{esc(label)}</b>: {legend}"
 

@@ -37,8 +37,8 @@ class AnalyzeSettings(StageSettings):
     silhouette_rows: int = Field(2000, ge=10, description="Rows for silhouette scores.")
     probe: ProbeFamily = Field("logistic", description="The probes' classifier: logistic (L2 logistic regression, "
                                "C=1, lbfgs to its optimum) or lda (linear discriminant analysis with Ledoit-Wolf "
-                               "shrinkage, closed form: 4-13x faster at 768 dims, but it read speaker-level sex "
-                               "less well on the demo). docs/statistics.md, 'The probe'.")
+                               "shrinkage, closed form: faster on many classes, but it read speaker-level sex less "
+                               "well on the demo). docs/statistics.md, 'The probe'.")
     probe_max_iter: int = Field(300, ge=1, description="Iterations of each logistic probe's solver.")
     block: int = Field(8192, ge=1, description="Rows per streamed block (memory ≈ 3 × block × dim × 8 bytes "
                                                "per layer pair; 8192 was as fast as 16384 at 768 dims).")

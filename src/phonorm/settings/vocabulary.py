@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
+from phonorm.labels import LabelName
+
 Task = Literal["tone", "phone", "sex"]
 Split = Literal["train", "dev", "test"]
-ProbeLabel = Literal["tone", "phone", "sex", "speaker"]
+ProbeLabel = LabelName
 SvccaRule = Literal["eigenvalue", "singular_value"]
 ProbeFamily = Literal["lda", "logistic"]
 TASKS: tuple[str, ...] = get_args(Task)
