@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from helpers import render_check
+from phonorm.analysis.claims import intervals_used
 from phonorm.analysis.intervals import CLUSTER_T
 from phonorm.analysis.probes import CHANCE_METHOD
 from phonorm.errors import InputError
@@ -22,6 +23,7 @@ from phonorm.records.card import ModelCard
 from phonorm.records.context import RunContext
 from phonorm.records.tables import ERASURE, NORMALIZATION, PROBES, SIMILARITY
 from phonorm.report.html import build_report
+from phonorm.report.page import esc
 from phonorm.settings.report import ReportSettings
 
 LAYERS = ["L0", "L1", "L2"]
@@ -101,7 +103,8 @@ def results(fake_corpus, tmp_path_factory):
     straddle = {**comparison, "key": "tone_kept", "name": "tone: ts − tone", "evidence": "task accuracy",
                 "estimate": -0.02, "ci_low": -0.0456, "ci_high": 0.01, "margin": -0.02, "direction": ">",
                 "verdict": "inconclusive"}
-    ClaimsFile.write(results, {"reference": "pre", "constants": {"change": 0.05}, "claims": [
+    ClaimsFile.write(results, {"reference": "pre", "constants": {"change": 0.05}, "intervals": intervals_used(),
+                               "claims": [
         {"claim": "C1", "statement": "Fine-tuning normalizes.", "criterion": "sex drops by 0.05", "holds": True,
          "status": "holds", "measured": [{"model": "tone", "comparisons": [comparison], "verdict": "holds"}]},
         {"claim": "C3", "statement": "Multitask keeps both.", "criterion": "within 0.02", "holds": None,
@@ -163,7 +166,8 @@ def test_report_has_every_section_and_only_embedded_figures(results, tmp_path):
     assert '<li><span class="status na">C4: ' in text and "needs a tone+sex model" in text
     # claims: estimate, CI, margin and verdict of each comparison; inconclusive has its own colour
     assert "[-0.612, -0.200]" in text and "&lt; -0.05" in text and "[-0.046, +0.010]" in text
-    assert 'class="status unsure">inconclusive' in text and "task accuracy" in text and "2000 resamples" in text
+    assert 'class="status unsure">inconclusive' in text and "task accuracy" in text
+    assert esc(intervals_used()["accuracies_and_differences"]) in text
     assert "floor 0.012" in text and "held out 0.457" in text  # similarity with its noise floor
     assert "-0.011 [-0.030, +0.010]" in text                   # erasure change with its CI
     assert "stopped at the iteration limit" in text

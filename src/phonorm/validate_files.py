@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -132,7 +132,7 @@ def _check_weights(result: Validation, path: Path) -> Optional[SafetensorsHeader
     return header
 
 
-def _check_heads(result: Validation, path: Path, heads: SafetensorsHeader, tasks: list[str],
+def _check_heads(result: Validation, path: Path, heads: SafetensorsHeader, tasks: Sequence[str],
                  label_maps: dict[str, list[str]]) -> None:
     """Each task's head has one output per label of phonorm.json."""
     for task in tasks:
