@@ -235,13 +235,13 @@ def test_paired_differences_cancel_what_both_sides_share():
 @pytest.mark.parametrize("name, tasks", [("tone_sex", ["tone", "sex"]), ("ft-phone", ["phone"]),
                                          ("tone+sex", ["tone", "sex"]), ("pretrained", []), ("w2v", [])])
 def test_tasks_from_names(name, tasks):
-    assert sorted(model_tasks(name, {"source": "/no/such/folder", "kind": "given"})[0]) == sorted(tasks)
+    assert sorted(model_tasks(name, "given")[0]) == sorted(tasks)
 
 
 def test_tasks_come_from_the_store_for_models_phonorm_trained():
-    assert model_tasks("tone", {"kind": "pretrained", "tasks": []}) == ([], "manifest")
-    assert model_tasks("mine", {"kind": "finetuned", "tasks": ["sex"]}) == (["sex"], "manifest")
-    assert model_tasks("tone", {"kind": "given", "tasks": []}) == (["tone"], "name")
+    assert model_tasks("tone", "pretrained", []) == ([], "manifest")
+    assert model_tasks("mine", "finetuned", ["sex"]) == (["sex"], "manifest")
+    assert model_tasks("tone", "given", []) == (["tone"], "name")
 
 
 def test_c4_is_not_testable_when_the_reference_carries_no_sex_information():

@@ -52,7 +52,7 @@ def test_two_models_share_rows_and_every_layer(two_model_store, fake_corpus, tin
         for layer in store.layers(name):
             array = store.layer(name, layer)
             assert array.shape == (store.rows, 64) and array.dtype == np.float16
-    assert store.manifest["models"][0]["layer_convention"].startswith("L0 = input")
+    assert store.record.models[0].layer_convention.startswith("L0 = input")
     # The stored rows are the model's own frames of the utterance, at the recorded frame index.
     first = frames["utterance_id"].iloc[0]
     rows = frames[frames["utterance_id"] == first]
@@ -123,7 +123,7 @@ def test_group_norm_batches_equal_single_utterances(fake_corpus, tiny_models, tm
     single = ExtractSettings(dtype="float32", batch_seconds=0.5, classic=False)
     extract(corpus, models=models, out=tmp_path / "batched", settings=fast)
     extract(corpus, models=models, out=tmp_path / "single", settings=single)
-    passes = {k: FeatureStore(tmp_path / k).manifest["models"][0]["forward_passes"] for k in ("batched", "single")}
+    passes = {k: FeatureStore(tmp_path / k).record.models[0].forward_passes for k in ("batched", "single")}
     assert passes["batched"] == 1 and passes["single"] == 12  # one batch of 12 equal-length utterances
     for layer in ("L0", "L2", "L4"):
         np.testing.assert_allclose(_one_model(tmp_path / "batched", "gn", layer),
@@ -136,7 +136,7 @@ def test_layer_norm_padded_batches_with_mask_equal_single_utterances(fake_corpus
             settings=ExtractSettings(dtype="float32", batch_seconds=100.0, classic=False))
     extract(fake_corpus, models=models, out=tmp_path / "single",
             settings=ExtractSettings(dtype="float32", batch_seconds=0.5, classic=False))
-    passes = {k: FeatureStore(tmp_path / k).manifest["models"][0]["forward_passes"] for k in ("batched", "single")}
+    passes = {k: FeatureStore(tmp_path / k).record.models[0].forward_passes for k in ("batched", "single")}
     assert passes["batched"] < passes["single"] == 12
     for layer in ("L0", "L4"):
         np.testing.assert_allclose(_one_model(tmp_path / "batched", "ln", layer),

@@ -4,6 +4,7 @@ per-speaker terms as `intervals.Estimate`s) and which tasks each model was fine-
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 import numpy as np
 
@@ -30,15 +31,15 @@ CEILING = 0.02
 LEARNED = 1 / 3
 
 
-def model_tasks(name: str, manifest_entry: dict | None = None, reference: str | None = None) -> tuple[list[str], str]:
-    """(tasks, how they were found) of a model in the store, from its manifest entry: the fine-tuning
-    tasks phonorm recorded (`kind` pretrained or finetuned). A model phonorm did not train
-    (`kind: given`, e.g. a hub id) has only its name in the store: its tokens tone/phone/sex."""
+def model_tasks(name: str, kind: str | None = None, tasks: Sequence[str] = (),
+                reference: str | None = None) -> tuple[list[str], str]:
+    """(tasks, how they were found) of a model in the store, from its manifest entry (`kind`, `tasks`):
+    the fine-tuning tasks phonorm recorded (`kind` pretrained or finetuned). A model phonorm did not
+    train (`kind` given, e.g. a hub id) has only its name in the store: its tokens tone/phone/sex."""
     if name == reference:
         return [], "reference"
-    entry = manifest_entry or {}
-    if entry.get("kind") in TRAINED_KINDS:
-        return [t for t in entry.get("tasks") or [] if t in TASKS], "manifest"
+    if kind in TRAINED_KINDS:
+        return [t for t in tasks if t in TASKS], "manifest"
     tokens = [t for t in re.split(r"[^a-z]+", name.lower()) if t]
     return [t for t in TASKS if t in tokens], "name"
 

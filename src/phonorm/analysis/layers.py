@@ -38,8 +38,8 @@ def saved_inputs(store: FeatureStore, settings: LayerSettings, kernels_code: str
     (`Kernels.code`)."""
     inputs = {"settings": dataclasses.asdict(settings), "analysis_code": code_hash("phonorm.analysis.run"),
               "kernels_code": kernels_code,
-              "rows_key": store.manifest.get("rows_key"), "rows": store.rows, "store": str(store.folder.resolve()),
-              "models": store.manifest.get("models")}
+              "rows_key": store.record.rows_key, "rows": store.rows, "store": str(store.folder.resolve()),
+              "models": [m.model_dump(mode="json") for m in store.record.models]}
     return json.loads(json.dumps(inputs, default=str))
 
 

@@ -76,7 +76,8 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings, kern
     frames = store.frames
     tasks, how = {}, {}
     for m in models:
-        tasks[m], how[m] = model_tasks(m, store.model_info(m), settings.reference)
+        entry = store.model_record(m)
+        tasks[m], how[m] = model_tasks(m, entry.kind, entry.tasks, settings.reference)
     evaluations = read_evaluations(settings.evaluations)
     erasure_models = ([] if not settings.erasure else
                       [m for m in (settings.erasure_models or [m for m in models if "tone" in tasks[m]]) if m in models])
@@ -109,7 +110,7 @@ def _analyze(features: str | Path, *, out: Path, settings: AnalyzeSettings, kern
         figures = figures_step(out, tables, matrices, models, layers, settings.reference, settings.figures)
     AnalysisRecord.write(out, {  # last: the folder is a finished analysis from here on
         "settings": settings.model_dump(), "features": str(store.folder.resolve()),
-        "store_rows": store.rows, "store_rows_key": store.manifest.get("rows_key"), "models": models,
+        "store_rows": store.rows, "store_rows_key": store.record.rows_key, "models": models,
         "sample_rows_used": int(len(rows.sample)), "held_out_split": rows.held_out_summary(frames),
         "figures": figures, "table_rows": tables.row_counts(), "skipped_probes": [k for p in parts for k in p.skipped],
         "notes": [k for p in parts for k in p.similarity.notes], "erasure_models": erasure_models,

@@ -46,10 +46,10 @@ from phonorm.layers import layer_index
 from phonorm.records.analysis import ClaimsFile, Comparison
 from phonorm.records.card import ModelCard
 from phonorm.records.sweep import POINTS, TABLE, SweepPoints
-from phonorm.records.tables import NORMALIZATION, PROBES, SIMILARITY
+from phonorm.records.tables import NORMALIZATION, PROBES, SIMILARITY, SWEEP
 
 LEVEL = 0.95
-COLUMNS = ["point", "quantity", "value", "ci_low", "ci_high", "ci_from", "verdict"]
+COLUMNS = SWEEP.columns  # after one column per swept setting
 QUANTITIES = {
     "sex_probe_top_tone_minus_reference": "top-layer sex probe, tone model − reference",
     "tone_probe_top_tone_minus_reference": "tone gain: top-layer tone probe, tone model − reference",
@@ -341,7 +341,7 @@ def summarize(points: list[dict[str, Any]], out: str | Path, resamples: Optional
         point_rows, point_notes = summarize_point(point, resamples=resamples, seed=seed)
         rows += [{**{k: point["values"].get(k) for k in settings}, **r} for r in point_rows]
         notes[point["id"]] = point_notes
-    table = pd.DataFrame(rows, columns=settings + COLUMNS)
+    table = SWEEP.frame(rows, leading=settings)
     with atomic_path(out / TABLE) as tmp:
         table.to_csv(tmp, index=False)
     SweepPoints.write(out, {"settings": settings, "quantities": QUANTITIES, "level": LEVEL,

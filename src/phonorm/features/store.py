@@ -55,11 +55,6 @@ class FeatureStore:
         return StoreManifest.load(self.folder)
 
     @cached_property
-    def manifest(self) -> dict:
-        """The manifest as a plain dict (models, layers, settings, provenance)."""
-        return self.record.model_dump(mode="json")
-
-    @cached_property
     def frames(self) -> pd.DataFrame:
         """One row per stored frame or segment: `row`, `utterance_id`, `speaker`, `sex`, `split`,
         `time` (s), `frame`, `n_frames`, `segment_id` (-1 none), `start`, `end` (s, of the
@@ -86,10 +81,6 @@ class FeatureStore:
             if entry.name == model:
                 return entry
         raise InputError(self.folder, f"no model {model!r} in this feature store; it holds: {', '.join(self.models)}")
-
-    def model_info(self, model: str) -> dict:
-        """The manifest entry of one model as a plain dict: name, source, n_layers, dim, layers, ..."""
-        return self.model_record(model).model_dump(mode="json")
 
     def layers(self, model: str) -> list[str]:
         """Stored layer names of a model, in depth order, e.g. ["L0", "L1", ..., "L12"]."""
@@ -196,4 +187,4 @@ class FeatureStore:
         return array.astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
-        return f"FeatureStore({str(self.folder)!r}, rows={self.manifest.get('rows')}, models={self.models})"
+        return f"FeatureStore({str(self.folder)!r}, rows={self.rows}, models={self.models})"

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from phonorm.artifacts import JsonRecord
 
-TABLE = "sweep.csv"
+TABLE = "sweep.csv"  # its columns: records/tables.SweepRow
 POINTS = "points.json"
 
 

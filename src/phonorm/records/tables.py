@@ -120,6 +120,19 @@ class PcaVarianceRow(TypedDict):
     cumulative: float
 
 
+class SweepRow(TypedDict):
+    """sweep.csv (`experiment/summary.py`): one quantity of one sweep point, after one column per swept
+    setting (`ResultTable.frame(rows, leading=settings)`)."""
+
+    point: str
+    quantity: str
+    value: Optional[float]
+    ci_low: Optional[float]
+    ci_high: Optional[float]
+    ci_from: str
+    verdict: Optional[str]
+
+
 @dataclass(frozen=True)
 class ResultTable:
     """One result file of the analysis and its row type."""
@@ -131,10 +144,11 @@ class ResultTable:
     def columns(self) -> list[str]:
         return list(self.row.__annotations__)
 
-    def frame(self, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    def frame(self, rows: Iterable[dict[str, Any]], leading: Iterable[str] = ()) -> pd.DataFrame:
         """The table of `rows` in column order; ValueError naming the row and the keys when a row has
-        keys the type does not declare or lacks some it does (written by the analysis: a bug, not input)."""
-        columns = self.columns
+        keys the type does not declare or lacks some it does (written by the analysis: a bug, not input).
+        `leading`: columns a file has before the type's own (sweep.csv: one per swept setting)."""
+        columns = [*leading, *self.columns]
         expected = set(columns)
         listed = list(rows)
         for i, row in enumerate(listed):
@@ -164,5 +178,8 @@ PROBES = ResultTable("probes.csv", ProbeRow)
 ERASURE = ResultTable("erasure.csv", ErasureRow)
 NORMALIZATION = ResultTable("normalization.csv", NormalizationRow)
 PCA_VARIANCE = ResultTable("projections/pca_variance.parquet", PcaVarianceRow)
+SWEEP = ResultTable("sweep.csv", SweepRow)
+#: The layer matrices (layer_matrix/*.csv) are matrices, not rows: index the model's layers, columns the
+#: reference's layers, one file per model and measure (`analysis/tables.write_layer_matrices`).
 #: The CSV tables (settings.json records their row counts; validate reads each to its last line).
 CSV_TABLES = (SIMILARITY, PROBES, ERASURE, NORMALIZATION)

@@ -75,7 +75,7 @@ def build_report(results: str | Path, *, out: str | Path, context: Optional[str 
     # went away since, so each section shows its gap
     analysis = read_record(AnalysisRecord, results / AnalysisRecord.FILE) or AnalysisRecord(settings={})
     page = Page(listed={(results / name).resolve() for name in analysis.figures})
-    reference = (claims.reference if claims else None) or sources.context.get("reference") \
+    reference = (claims.reference if claims else None) or (sources.context.reference if sources.context else None) \
         or analysis.settings.get("reference") or "the reference"
 
     section_glance(page, claims)
@@ -91,19 +91,20 @@ def build_report(results: str | Path, *, out: str | Path, context: Optional[str 
     section_claims(page, claims)
     section_methods(page, results, sources, analysis, claims)
 
-    experiment = sources.context.get("experiment") or {}
-    title = experiment.get("title") or (f"phonorm report: {experiment['name']}" if experiment.get("name")
-                                        else f"phonorm report: {results.resolve().name}")
-    document = _document(title, experiment.get("description"), page, results)
+    experiment = sources.context.experiment if sources.context else None
+    title = (experiment.title if experiment else None) or (
+        f"phonorm report: {experiment.name}" if experiment else f"phonorm report: {results.resolve().name}")
+    description = experiment.description if experiment else None
+    document = _document(title, description, page, results)
     if not report_settings.static:
         library = bokeh_script()
         budget = int(report_settings.max_mb * 1e6) - len(document.encode()) - len(library)
-        models = analysis.models or [m["name"] for m in sources.models]
+        models = analysis.models or [m.name for m in sources.models]
         body, gaps = section_explorer(results, features=sources.features, corpus=sources.corpus, models=models,
                                       settings=report_settings, budget_bytes=budget)
         page.insert_after("umap", "explorer", "Explore the frames: hover, listen, slide through the layers", body)
         page.missing += gaps
-        document = _document(title, experiment.get("description"), page, results, head=library)
+        document = _document(title, description, page, results, head=library)
     _check_size(document, report_settings, out)
     with atomic_path(out) as tmp:
         tmp.write_text(document, encoding="utf-8")

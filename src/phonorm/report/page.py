@@ -16,7 +16,7 @@ from phonorm.artifacts import JsonRecord
 from phonorm.errors import InputError
 from phonorm.features.manifest import StoreManifest
 from phonorm.records.analysis import AnalysisRecord
-from phonorm.records.context import RunContext
+from phonorm.records.context import ContextModel, RunContext
 
 R = TypeVar("R", bound=JsonRecord)
 
@@ -29,10 +29,10 @@ class Sources:
     """What the report reads, found from R/context.json or from the artifacts' own records."""
 
     results: Path
-    context: dict[str, Any]
+    context: Optional[RunContext]
     corpus: Optional[Path] = None
     features: Optional[Path] = None
-    models: list[dict[str, Any]] = field(default_factory=list)  # name, kind, folder, tasks, base, source
+    models: list[ContextModel] = field(default_factory=list)
     evaluations: dict[str, Path] = field(default_factory=dict)
     found_from: str = "context.json"
 
@@ -41,23 +41,24 @@ class Sources:
         """From `phonorm run`'s context when given, else from the results' settings → the store's
         manifest (corpus, each model's folder, kind and tasks) → the model cards."""
         if context_path is not None:
-            context = RunContext.load_file(context_path).model_dump(mode="json")
+            context = RunContext.load_file(context_path)
             sources = cls(results, context)
-            sources.corpus = as_path(context.get("corpus"))
-            sources.features = as_path(context.get("features"))
-            sources.models = list(context.get("models") or [])
-            sources.evaluations = {k: Path(v) for k, v in (context.get("evaluations") or {}).items() if v}
+            sources.corpus = as_path(context.corpus)
+            sources.features = as_path(context.features)
+            sources.models = list(context.models)
+            sources.evaluations = {k: Path(v) for k, v in context.evaluations.items() if v}
             return sources
-        sources = cls(results, {}, found_from="the results' own records (no run context)")
+        sources = cls(results, None, found_from="the results' own records (no run context)")
         settings = read_record(AnalysisRecord, results / AnalysisRecord.FILE)
         sources.features = as_path(settings.features if settings else None)
         manifest = store_manifest(sources.features)
         if manifest is not None:
             sources.corpus = as_path(manifest.corpus)
             for entry in manifest.models:
-                sources.models.append({"name": entry.name, "kind": "finetuned" if entry.kind == "finetuned" else "pretrained",
-                                       "source": entry.source, "folder": entry.folder, "tasks": entry.tasks or None,
-                                       "base": entry.base_model})
+                sources.models.append(ContextModel(
+                    name=entry.name, kind="finetuned" if entry.kind == "finetuned" else "pretrained",
+                    trained_here=False, source=entry.source, folder=entry.folder,
+                    tasks=list(entry.tasks) or None, base=entry.base_model))
         return sources
 
 

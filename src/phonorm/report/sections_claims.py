@@ -128,30 +128,30 @@ def _kv(settings: dict[str, Any]) -> str:
 def section_methods(page: Page, results: Path, sources: Sources, settings: AnalysisRecord,
                     claims: Optional[ClaimsFile]) -> None:
     body = f"<p>Inputs found from {esc(sources.found_from)}.</p>"
-    experiment = sources.context.get("experiment") or {}
-    if experiment.get("config"):
+    experiment = sources.context.experiment if sources.context else None
+    if experiment is not None and experiment.config:
         import yaml
 
-        body += (f"<h3>Experiment</h3><p>File <code>{esc(experiment.get('file'))}</code>, as validated (paths "
-                 f"resolved):</p><pre>{esc(yaml.safe_dump(experiment['config'], sort_keys=False, allow_unicode=True))}</pre>")
+        body += (f"<h3>Experiment</h3><p>File <code>{esc(experiment.file)}</code>, as validated (paths "
+                 f"resolved):</p><pre>{esc(yaml.safe_dump(experiment.config, sort_keys=False, allow_unicode=True))}</pre>")
     if sources.corpus is not None:
         labels = read_record(LabelsFile, sources.corpus / LabelsFile.FILE)
         corpus_settings = (labels.provenance.get("settings") or {}) if labels else {}
         body += "<h3>Corpus preparation</h3>" + _kv({"scheme": labels.scheme if labels else None,
                                                      "tone_mode": labels.tone_mode if labels else None,
                                                      **corpus_settings})
-        synth = as_path(sources.context.get("synth"))
+        synth = as_path(sources.context.synth if sources.context else None)
         synth_meta = read_record(SynthFile, synth / SynthFile.FILE) if synth else None
         if synth_meta:
             body += "<h4>Synthetic corpus</h4>" + _kv(synth_meta.settings or {"complete": synth_meta.complete})
     model_rows = []
     for model in sources.models:
-        folder = as_path(model.get("folder"))
+        folder = as_path(model.folder)
         card = ModelCard.load_if_any(folder)
         meta = card.model_dump(mode="json") if card else {}
-        model_rows.append({"model": model.get("name"), "kind": model.get("kind"),
-                           "base / source": model.get("base") or model.get("source") or meta.get("base_model") or "",
-                           "tasks": ",".join(model.get("tasks") or meta.get("tasks") or []),
+        model_rows.append({"model": model.name, "kind": model.kind,
+                           "base / source": model.base or model.source or meta.get("base_model") or "",
+                           "tasks": ",".join(model.tasks or meta.get("tasks") or []),
                            "model type": meta.get("model_type", ""),
                            "settings": json.dumps(meta.get("settings") or {}, ensure_ascii=False)})
     if model_rows:
@@ -165,7 +165,7 @@ def section_methods(page: Page, results: Path, sources: Sources, settings: Analy
     if settings.settings:
         body += "<h3>Analysis</h3>" + _kv({**settings.settings, "rows in store": settings.store_rows,
                                            "rows sampled for probes and maps": settings.sample_rows_used})
-    stages = sources.context.get("stages") or []
+    stages = sources.context.stages if sources.context else []
     if stages:
         body += ("<h3>Stages</h3><p>Wall-clock and CPU seconds each stage took when it last ran (a cached "
                  "stage was not redone in this run).</p>"

@@ -4,13 +4,14 @@ and task (the study's table)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pandas as pd
 
 from phonorm import figures as figs
 from phonorm.records.analysis import EvaluationFile
 from phonorm.records.card import FinetuneMetrics
+from phonorm.records.context import ContextModel
 from phonorm.records.corpus import LabelsFile
 from phonorm.report.page import (
     Page,
@@ -63,8 +64,8 @@ def section_corpus(page: Page, sources: Sources) -> None:
     page.add("corpus", "Corpus", body)
 
 
-def _model_log(model: dict[str, Any]) -> tuple[str, Optional[pd.DataFrame]]:
-    folder = as_path(model.get("folder"))
+def _model_log(model: ContextModel) -> tuple[str, Optional[pd.DataFrame]]:
+    folder = as_path(model.folder)
     if folder is None:
         return "", None
     for name, kind in (("train_log.csv", "finetune"), ("pretrain_log.csv", "pretrain")):
@@ -79,9 +80,9 @@ def section_training(page: Page, sources: Sources) -> None:
     for model in sources.models:
         kind, log = _model_log(model)
         if log is None:
-            absent.append(model.get("name"))
+            absent.append(model.name)
         else:
-            logs.append((str(model.get("name")), kind, log))
+            logs.append((model.name, kind, log))
     body = ("<p>Loss per optimizer step and the held-out score: dev frame accuracy per task for the fine-tuned "
             "models (the best dev checkpoint is the one kept) and, for models phonorm pre-trained (here or "
             "shipped), the held-out pre-training accuracy: masked-prediction accuracy of the cluster ids "
@@ -96,19 +97,19 @@ def section_training(page: Page, sources: Sources) -> None:
 def section_accuracy(page: Page, sources: Sources) -> None:
     rows, details, used_dev = [], [], []
     for model in sources.models:
-        if model.get("kind") != "finetuned":
+        if model.kind != "finetuned":
             continue
-        name = model.get("name")
+        name = model.name
         evaluation = read_record(EvaluationFile, sources.evaluations[name]) if name in sources.evaluations else None
         scores, split = (evaluation.tasks, evaluation.split) if evaluation else (None, None)
-        if not scores and model.get("folder"):
-            metrics = read_record(FinetuneMetrics, Path(model["folder"]) / FinetuneMetrics.FILE)
+        if not scores and model.folder:
+            metrics = read_record(FinetuneMetrics, Path(model.folder) / FinetuneMetrics.FILE)
             scores, split = (metrics.dev if metrics else None) or None, "dev"
             if scores:
                 used_dev.append(name)
         if not scores:
             continue
-        row = {"model": name, "tasks": "+".join(model.get("tasks") or scores), "split": split}
+        row = {"model": name, "tasks": "+".join(model.tasks or scores), "split": split}
         for task in TASKS:
             entry = scores.get(task)
             row[task] = f"{entry['accuracy']:.3f} (chance {entry['chance']:.3f})" if entry else "–"

@@ -195,7 +195,7 @@ def section_normalization(page: Page, results: Path) -> None:
 
 def section_umap(page: Page, results: Path, settings: AnalysisRecord, sources: Sources) -> None:
     folder = results / "figures"
-    order: list[Any] = list(settings.models) or [m.get("name") for m in sources.models]
+    order: list[Any] = list(settings.models) or [m.name for m in sources.models]
     pngs = page.pngs(folder, "umap_*.png")
     pngs.sort(key=lambda p: order.index(p.stem[5:]) if p.stem[5:] in order else len(order))
     if not pngs:
