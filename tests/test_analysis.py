@@ -480,3 +480,49 @@ def test_layers_extracted_again_from_a_retrained_model_are_analysed_again(fake_c
     assert {"ft L0", "ft L4"} <= set(computed)
     after = pd.read_csv(tmp_path / "R" / "similarity.csv")
     assert not np.allclose(before.query("model == 'ft'").value, after.query("model == 'ft'").value)
+
+
+def test_the_device_path_gives_the_numbers_of_the_cpu_path(tmp_path):
+    """The GPU code path without a GPU: kernels whose 'device' keeps torch tensors on the CPU send every
+    streamed block through `Kernels.to_device` and every logistic probe through `logistic_on_device`
+    (the torch L-BFGS probe); similarity, variance shares and probe accuracies match the NumPy path."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from fake_store import make_feature_store
+    from phonorm.analysis import run
+    from phonorm.analysis.probes import FoldFit
+    from phonorm.analyze import TorchKernels, TorchLogisticProbe
+
+    used: list[int] = []
+    moved: list[int] = []
+
+    @dataclass(frozen=True)
+    class TensorsOnCpu(TorchKernels):
+        device: str = "cpu tensors"
+
+        def to_device(self, block):
+            moved.append(len(block))
+            return torch.from_numpy(np.array(block))
+
+        def logistic_on_device(self, x_train, y_train, x_test, max_iter):
+            model = TorchLogisticProbe(max_iter=max_iter, device="cpu").fit(x_train, y_train)
+            used.append(len(x_train))
+            return FoldFit(model.predict(x_test), model.n_iter_, model.converged_, model.gradient_)
+
+    store = make_feature_store(tmp_path / "F", models=("pretrained", "tone"), n_speakers=6, n_utterances=2,
+                               n_frames=20, n_layers=2)
+    settings = AnalyzeSettings(reference="pretrained", folds=2, labels=["sex", "tone"], umap=False, erasure=False,
+                               figures=False, progress=False, workers=1)
+    run.analyze(store, out=tmp_path / "numpy", settings=settings, kernels=TorchKernels("cpu"))
+    run.analyze(store, out=tmp_path / "tensors", settings=settings, kernels=TensorsOnCpu())
+    assert used and moved  # the probes and the streamed blocks went through the device path
+    numpy_sim, tensor_sim = (pd.read_csv(tmp_path / d / "similarity.csv") for d in ("numpy", "tensors"))
+    np.testing.assert_allclose(tensor_sim.value, numpy_sim.value, atol=1e-6)
+    numpy_norm, tensor_norm = (pd.read_csv(tmp_path / d / "normalization.csv") for d in ("numpy", "tensors"))
+    np.testing.assert_allclose(tensor_norm.value, numpy_norm.value, atol=1e-6)
+    numpy_probes, tensor_probes = (pd.read_csv(tmp_path / d / "probes.csv") for d in ("numpy", "tensors"))
+    np.testing.assert_allclose(tensor_probes.accuracy, numpy_probes.accuracy, atol=0.02)
+    record = json.loads((tmp_path / "tensors" / "settings.json").read_text())
+    assert record["device"] == "cpu tensors"
