@@ -17,6 +17,7 @@ from phonorm.features.manifest import StoreManifest
 from phonorm.records.analysis import AnalysisRecord, ClaimsFile, EvaluationFile
 from phonorm.records.corpus import LabelsFile
 from phonorm.records.sweep import SweepPoints, load_points
+from phonorm.records.tables import SWEEP
 from phonorm.settings import AnalyzeSettings
 
 
@@ -64,6 +65,17 @@ def test_every_file_of_a_run_loads_through_its_type(small_run):
     table, points = load_points(small_run / "sweep")
     assert isinstance(points, SweepPoints) and [p.id for p in points.points] == ["p1"]
     assert set(table["point"]) == {"p1"} and points.settings == ["steps"]
+    assert list(table.columns) == ["steps", *SWEEP.columns]  # one column per swept setting, then SweepRow's
+
+
+def test_a_sweep_table_without_a_column_of_its_type_is_named(small_run, tmp_path):
+    import shutil
+
+    shutil.copytree(small_run / "sweep", tmp_path / "sweep")
+    table = pd.read_csv(tmp_path / "sweep" / "sweep.csv").drop(columns=["ci_from"])
+    table.to_csv(tmp_path / "sweep" / "sweep.csv", index=False)
+    with pytest.raises(InputError, match=r"sweep.csv.*ci_from"):
+        load_points(tmp_path / "sweep")
 
 
 def test_a_file_that_drifts_from_its_type_is_named(small_run, tmp_path):

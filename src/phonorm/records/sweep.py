@@ -47,6 +47,15 @@ class SweepPoints(JsonRecord):
 
 
 def load_points(folder: str | Path) -> tuple[pd.DataFrame, SweepPoints]:
-    """(sweep.csv, points.json) of a summary folder."""
+    """(sweep.csv, points.json) of a summary folder; InputError naming sweep.csv when it lacks a column
+    of its row type (`records/tables.SweepRow`)."""
+    from phonorm.errors import InputError
+    from phonorm.records.tables import SWEEP
+
     folder = Path(folder)
-    return pd.read_csv(folder / TABLE, keep_default_na=True), SweepPoints.load(folder)
+    table = pd.read_csv(folder / TABLE, keep_default_na=True)
+    missing = SWEEP.missing_columns(table.columns)
+    if missing:
+        raise InputError(folder / TABLE, f"lacks the column(s) {', '.join(missing)} of a sweep table (SweepRow): "
+                                         "not written by this version's phonorm run; run the sweep again")
+    return table, SweepPoints.load(folder)
