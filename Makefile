@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	@# UMAP's numba code compiled once here (cached in .venv), not in the first analysis: ~1.5 min
+	$(PY) -c "from phonorm.analysis.projection import warm_up; print(f'UMAP compiled in {warm_up():.0f} s')"
 	@touch $(STAMP)
 
 demo: $(STAMP)
