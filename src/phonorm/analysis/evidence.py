@@ -44,6 +44,11 @@ def model_tasks(name: str, kind: str | None = None, tasks: Sequence[str] = (),
     return [t for t in TASKS if t in tokens], "name"
 
 
+def _tallies(probe: dict) -> dict[str, SpeakerTally]:
+    """A probe row's per-speaker counts (`by_speaker`) as tallies: saved layer parts hold them as lists."""
+    return {s: SpeakerTally(*v) for s, v in probe["by_speaker"].items()}
+
+
 # =========================================================================== the evidence
 class Evidence:
     """Everything the claims read, keyed for lookup.
@@ -84,8 +89,7 @@ class Evidence:
         p = self.probe(model, label)
         if not p or not p.get("by_speaker"):
             return None
-        tallies = [(s, SpeakerTally(*v)) for s, v in p["by_speaker"].items()]  # saved parts hold lists
-        return pooled_accuracy({s: (t.hits, t.rows) for s, t in tallies})
+        return pooled_accuracy({s: (t.hits, t.rows) for s, t in _tallies(p).items()})
 
     def probe_chance(self, model: str, label: str) -> float | None:
         """Chance of the top-layer probe: the share of its rows in the most frequent class
@@ -93,7 +97,7 @@ class Evidence:
         p = self.probe(model, label)
         if not p or not p.get("by_speaker"):
             return None
-        tallies = [SpeakerTally(*v) for v in p["by_speaker"].values()]
+        tallies = _tallies(p).values()
         baseline, rows = sum(t.baseline for t in tallies), sum(t.rows for t in tallies)
         return baseline / rows if rows > 0 else None
 

@@ -106,7 +106,6 @@ def umap_map(points: np.ndarray, fit_index: np.ndarray, seed: int) -> np.ndarray
     return out
 
 
-
 def warm_up(seed: int = 0) -> float:
     """Compile umap-learn's and pynndescent's numba functions for the maps the analysis makes, both the
     exact and the index path of `fit_umap`, on random points; returns the seconds it took. Their

@@ -49,7 +49,6 @@ from phonorm.records.sweep import POINTS, TABLE, SweepPoints
 from phonorm.records.tables import NORMALIZATION, PROBES, SIMILARITY, SWEEP
 
 LEVEL = 0.95
-COLUMNS = SWEEP.columns  # after one column per swept setting
 QUANTITIES = {
     "sex_probe_top_tone_minus_reference": "top-layer sex probe, tone model − reference",
     "tone_probe_top_tone_minus_reference": "tone gain: top-layer tone probe, tone model − reference",
@@ -328,7 +327,7 @@ def _speaker_share_rows(tables: _PointTables, features: Path, model: str, layer:
 
 
 def summarize(points: list[dict[str, Any]], out: str | Path, resamples: Optional[int] = None, seed: int = 0) -> str:
-    """Write OUT/sweep.csv (one column per swept setting, then `COLUMNS`: a row per point and
+    """Write OUT/sweep.csv (one column per swept setting, then `records/tables.SweepRow`'s: a row per point and
     quantity) and OUT/points.json (the points: settings, folders, notes); return a summary line.
     `points`: [{id, values: {setting: value}, results, features, report, reference, tone_model,
     pretrained}] in sweep order."""

@@ -10,8 +10,10 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from phonorm.artifacts import JsonRecord
+from phonorm.errors import InputError
+from phonorm.records.tables import SWEEP
 
-TABLE = "sweep.csv"  # its columns: records/tables.SweepRow
+TABLE = SWEEP.file  # sweep.csv; its columns: records/tables.SweepRow
 POINTS = "points.json"
 
 
@@ -49,9 +51,6 @@ class SweepPoints(JsonRecord):
 def load_points(folder: str | Path) -> tuple[pd.DataFrame, SweepPoints]:
     """(sweep.csv, points.json) of a summary folder; InputError naming sweep.csv when it lacks a column
     of its row type (`records/tables.SweepRow`)."""
-    from phonorm.errors import InputError
-    from phonorm.records.tables import SWEEP
-
     folder = Path(folder)
     table = pd.read_csv(folder / TABLE, keep_default_na=True)
     missing = SWEEP.missing_columns(table.columns)

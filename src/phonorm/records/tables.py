@@ -15,6 +15,15 @@ from typing import Any, Iterable, Optional, TypedDict
 import pandas as pd
 
 
+def read_csv_or_none(path: Path) -> Optional[pd.DataFrame]:
+    """The CSV file at `path`, or None when it is missing, empty or unreadable (readers of results and
+    training logs show a gap rather than stop)."""
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+
+
 class SimilarityRow(TypedDict):
     """similarity.csv: one model layer against the reference's same-named layer, one measure."""
 
@@ -162,10 +171,7 @@ class ResultTable:
         """The table of the results folder `results`, or None when it is missing or unreadable (the
         reader shows a gap). Files of earlier versions may lack later columns (`missing_columns`):
         readers check a column they can do without before they use it."""
-        try:
-            return pd.read_csv(results / self.file)
-        except (OSError, ValueError, pd.errors.EmptyDataError):
-            return None
+        return read_csv_or_none(results / self.file)
 
     def missing_columns(self, header: Iterable[str]) -> list[str]:
         """The type's columns a file's header lacks."""

@@ -87,13 +87,6 @@ def read_record(record: type[R], path: Path) -> Optional[R]:
     return loaded
 
 
-def read_csv_file(path: Path) -> Optional[pd.DataFrame]:
-    try:
-        return pd.read_csv(path)
-    except (OSError, ValueError, pd.errors.EmptyDataError):
-        return None
-
-
 # =========================================================================== html helpers
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)

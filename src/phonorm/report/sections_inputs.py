@@ -13,13 +13,13 @@ from phonorm.records.analysis import EvaluationFile
 from phonorm.records.card import FinetuneMetrics
 from phonorm.records.context import ContextModel
 from phonorm.records.corpus import LabelsFile
+from phonorm.records.tables import read_csv_or_none
 from phonorm.report.page import (
     Page,
     Sources,
     as_path,
     esc,
     note,
-    read_csv_file,
     read_record,
     table,
 )
@@ -69,7 +69,7 @@ def _model_log(model: ContextModel) -> tuple[str, Optional[pd.DataFrame]]:
     if folder is None:
         return "", None
     for name, kind in (("train_log.csv", "finetune"), ("pretrain_log.csv", "pretrain")):
-        log = read_csv_file(folder / name)
+        log = read_csv_or_none(folder / name)
         if log is not None and len(log):
             return kind, log
     return "", None
