@@ -159,7 +159,7 @@ def test_rerun_resumes_from_saved_parts(results, monkeypatch, tmp_path):
     def fail(*args, **kwargs):
         raise AssertionError("recomputed a layer that was already done")
 
-    monkeypatch.setattr(LayerRunner, "compute_layer", fail)
+    monkeypatch.setattr(LayerRunner, "start_layer", fail)
     monkeypatch.setattr(LayerRunner, "compute_classic", fail)
     analyze(store, out=out, settings=settings.model_copy(update={"figures": False}))
     pd.testing.assert_frame_equal(before, pd.read_csv(out / "probes.csv"))
@@ -420,13 +420,13 @@ def test_saved_layers_are_reused_only_when_their_inputs_are_the_same(tmp_path, m
     common = {**FAST, "labels": ["sex"], "layer_matrix": False, "figures": False}
     analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**common))
     computed: list[str] = []
-    real = LayerRunner.compute_layer
+    real = LayerRunner.start_layer
 
     def counted(self, model, layer):
         computed.append(f"{model} {layer}")
         return real(self, model, layer)
 
-    monkeypatch.setattr(LayerRunner, "compute_layer", counted)
+    monkeypatch.setattr(LayerRunner, "start_layer", counted)
     analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**common, block=7, workers=1, device="cpu"))
     assert computed == []
     analyze(store, out=tmp_path / "R", settings=AnalyzeSettings(**common, svcca_dims=3))
@@ -469,13 +469,13 @@ def test_layers_extracted_again_from_a_retrained_model_are_analysed_again(fake_c
     save_model(models["ft"], 2)
     extract(fake_corpus, models=models, out=tmp_path / "F", settings=extract_settings)
     computed: list[str] = []
-    real = LayerRunner.compute_layer
+    real = LayerRunner.start_layer
 
     def counted(self, model, layer):
         computed.append(f"{model} {layer}")
         return real(self, model, layer)
 
-    monkeypatch.setattr(LayerRunner, "compute_layer", counted)
+    monkeypatch.setattr(LayerRunner, "start_layer", counted)
     analyze(tmp_path / "F", out=tmp_path / "R", settings=settings)
     assert {"ft L0", "ft L4"} <= set(computed)
     after = pd.read_csv(tmp_path / "R" / "similarity.csv")
@@ -526,3 +526,58 @@ def test_the_device_path_gives_the_numbers_of_the_cpu_path(tmp_path):
     np.testing.assert_allclose(tensor_probes.accuracy, numpy_probes.accuracy, atol=0.02)
     record = json.loads((tmp_path / "tensors" / "settings.json").read_text())
     assert record["device"] == "cpu tensors"
+
+
+def test_a_layers_probes_run_on_while_the_next_layer_starts(tmp_path, monkeypatch):
+    """`run._run_layers` starts layer i+1 before it waits for layer i's probes (no worker idles through a
+    layer's last folds), and each layer's probes are submitted most classes first; the tables are those
+    of a run that waited for every layer before the next (the rows depend on the rows, not on the order)."""
+    from fake_store import make_feature_store
+    from phonorm.analysis import steps
+    from phonorm.analysis.layers import LayerRunner
+
+    store = make_feature_store(tmp_path / "F", models=("pretrained", "tone"), n_speakers=4, n_utterances=2,
+                               n_frames=20, n_layers=2)
+    settings = AnalyzeSettings(**{**FAST, "labels": ["sex", "phone", "tone"], "layer_matrix": False,
+                                  "figures": False})
+    events: list[str] = []
+    real_start = LayerRunner.start_layer
+
+    def start(self, model, layer):
+        events.append(f"start {model} {layer}")
+        finish = real_start(self, model, layer)
+
+        def finished():
+            events.append(f"finish {model} {layer}")
+            return finish()
+        return finished
+
+    submitted: list[str] = []
+    real_probe = steps.start_probe
+
+    def probe(x, values, *args, **kwargs):
+        submitted.append(f"{len(np.unique(values))} classes")
+        return real_probe(x, values, *args, **kwargs)
+
+    monkeypatch.setattr(LayerRunner, "start_layer", start)
+    monkeypatch.setattr(steps, "start_probe", probe)
+    analyze(store, out=tmp_path / "R", settings=settings)
+    assert events[:4] == ["start pretrained L0", "start tone L0", "finish pretrained L0", "start pretrained L1"]
+    assert events[-1] == "finish tone L1" and len(events) == 8
+    counts = [int(s.split()[0]) for s in submitted]
+    assert all(counts[i:i + 3] == sorted(counts[i:i + 3], reverse=True) for i in range(0, len(counts), 3))
+    assert counts[0] > 2  # phone or tone before sex
+    probes = pd.read_csv(tmp_path / "R" / "probes.csv")
+    assert list(probes.label.unique()) == ["sex", "phone", "tone"]  # listed in the settings' order
+    seconds = json.loads((tmp_path / "R" / ".parts" / "tone__L0.json").read_text())["result"]["seconds"]
+    assert seconds["probes and erasure"] > 0 and "similarity sums (all rows)" in seconds
+
+    monkeypatch.undo()
+    one_by_one = tmp_path / "R1"
+    real_run = LayerRunner.start_layer_result
+    monkeypatch.setattr(LayerRunner, "start_layer_result",
+                        lambda self, m, layer: (lambda done: (lambda: done))(real_run(self, m, layer)()))
+    analyze(store, out=one_by_one, settings=settings)
+    pd.testing.assert_frame_equal(probes, pd.read_csv(one_by_one / "probes.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "R" / "similarity.csv"),
+                                  pd.read_csv(one_by_one / "similarity.csv"))

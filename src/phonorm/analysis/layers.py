@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -63,18 +63,35 @@ class LayerRunner:
         return result
 
     # ------------------------------------------------------------------ a model layer
-    def layer_result(self, model: str, layer: str) -> LayerResult:
-        return self._saved(f"{model}__{layer}", lambda: self._timed_layer(model, layer))
-
-    def _timed_layer(self, model: str, layer: str) -> LayerResult:
-        """`compute_layer` with its seconds per part in the result (an interrupted run's saved parts
-        still tell where the time went)."""
+    def start_layer_result(self, model: str, layer: str) -> Callable[[], LayerResult]:
+        """The layer's result in two halves: this call reuses a saved result or runs the layer's work
+        up to its probes, which it leaves running on the worker threads; the function returned waits
+        for them, saves the result and returns it. Starting the next layer before finishing this one keeps
+        both workers busy: the last probe folds of a layer no longer leave one idle
+        (`run._run_layers`)."""
+        path = self.out / ".parts" / f"{model}__{layer}.json"
+        saved = LayerResult.load(path, self.inputs)
+        if saved is not None:
+            return lambda: saved
         before = dict(self.timer.seconds)
-        result = self.compute_layer(model, layer)
-        result.seconds = self.timer.since(before)
-        return result
+        finish = self.start_layer(model, layer)
+        started = self.timer.since(before)
 
-    def compute_layer(self, model: str, layer: str) -> LayerResult:
+        def finished() -> LayerResult:
+            waiting = dict(self.timer.seconds)
+            result = finish()
+            # The layer's own seconds (an interrupted run's saved parts still tell where the time
+            # went): its synchronous part and its wait, not the next layer's work in between.
+            waited = self.timer.since(waiting)
+            result.seconds = {part: round(started.get(part, 0.0) + waited.get(part, 0.0), 3)
+                              for part in {**started, **waited}}
+            result.save(path, self.inputs)
+            return result
+        return finished
+
+    def start_layer(self, model: str, layer: str) -> Callable[[], LayerResult]:
+        """Run the layer's steps up to its probes and erasure, which are left on the worker threads;
+        returns the function that waits for them and gives the `LayerResult`."""
         s, timer, pool, kernels = self.settings, self.timer, self.sums.pool, self.execution.kernels
         same = layer if model != s.reference and layer in self.store.layers(s.reference) else None
         with timer.timed("similarity sums (all rows)"):
@@ -98,11 +115,14 @@ class LayerRunner:
             result.normalization += silhouette_step(self.rows, s, model, layer, x)
         with timer.timed("projections (PCA, UMAP)"):
             projection_step(self.out, self.rows, s, model, layer, self.store.layers(model), x, pca, self.umap_fit)
-        with timer.timed("probes and erasure"):
-            result.probes = probes()
-            if erasure is not None:
-                result.erasure = erasure()
-        return result
+
+        def finish() -> LayerResult:
+            with timer.timed("probes and erasure"):
+                result.probes = probes()
+                if erasure is not None:
+                    result.erasure = erasure()
+            return result
+        return finish
 
     def umap_fit(self) -> np.ndarray:
         """Sample positions UMAP is fitted on (the same for every layer; computed once)."""

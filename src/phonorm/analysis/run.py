@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Callable
 
 from phonorm.analysis.evidence import model_tasks
 from phonorm.analysis.inputs import Execution, LayerSettings, Rows, Seconds
@@ -142,11 +143,23 @@ def _run_layers(runner: LayerRunner, store: FeatureStore, models: list[str], lay
                   key=lambda ml: (layers[ml[0]].index(ml[1]), models.index(ml[0])))
     bar = progress(total=len(work) + len(store.classic_names()), desc="analyze", unit="layer", enabled=show)
     by_layer: dict[tuple[str, str], LayerResult] = {}
+    # One layer's probes stay on the worker threads while the next layer starts (its sums queue
+    # behind them): a layer's last probe folds no longer leave a worker idle. At most one layer waits.
+    waiting: list[tuple[tuple[str, str], Callable[[], LayerResult]]] = []
+
+    def finish_waiting() -> None:
+        for key, finish in waiting:
+            by_layer[key] = finish()
+            release_free_memory()
+            bar.update()
+        waiting.clear()
+
     for model, layer in work:
         bar.set_postfix_str(f"{model} {layer}")
-        by_layer[(model, layer)] = runner.layer_result(model, layer)
-        release_free_memory()
-        bar.update()
+        started = runner.start_layer_result(model, layer)
+        finish_waiting()
+        waiting.append(((model, layer), started))
+    finish_waiting()
     classic: dict[str, LayerResult] = {}
     for name in store.classic_names():
         bar.set_postfix_str(f"classic {name}")

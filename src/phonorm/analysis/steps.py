@@ -237,7 +237,7 @@ def start_probes(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings, 
     """Start every label's probe on the worker threads; returns a function that waits for the result.
     `valid` (sample,): rows with a value (classic baselines), the others dropped and counted."""
     frames = rows.sample_frames
-    started, skipped = [], []
+    ready, skipped = [], []
     for label in settings.labels:
         index, values = label_rows(frames, label)
         dropped = 0
@@ -253,23 +253,30 @@ def start_probes(pool: ThreadPoolExecutor, rows: Rows, settings: LayerSettings, 
             keep = np.isin(values, per_class.index[per_class >= 2])
             dropped += int((~keep).sum())
             index, values = index[keep], values[keep]
-        if len(np.unique(values)) < 2:
+        classes = len(np.unique(values))
+        if classes < 2:
             skipped.append(dict(model=model, layer=layer, label=label,
                                 reason="fewer than 2 classes with at least 2 speakers each"))
             continue
+        ready.append((label, dropped, index, values, speaker_disjoint, classes))
+    started = {}
+    # The labels with most classes first: their folds take longest (a 61-class phone fold ~10 times
+    # a two-class one), and a long fold started last would leave the other worker idle meanwhile.
+    for label, dropped, index, values, speaker_disjoint, _ in sorted(ready, key=lambda r: -r[-1]):
         try:
-            finish = start_probe(x, values, frames["speaker"].to_numpy()[index],
-                                 frames["utterance_id"].to_numpy()[index], pool.submit,
-                                 folds=settings.folds, seed=settings.seed, rows=index,
-                                 speaker_label=not speaker_disjoint, solver=solver(settings, kernels))
+            started[label] = (dropped, start_probe(
+                x, values, frames["speaker"].to_numpy()[index], frames["utterance_id"].to_numpy()[index],
+                pool.submit, folds=settings.folds, seed=settings.seed, rows=index,
+                speaker_label=not speaker_disjoint, solver=solver(settings, kernels)))
         except ValueError as err:  # fewer than 2 speakers/utterances with this label
             skipped.append(dict(model=model, layer=layer, label=label, reason=str(err)))
-            continue
-        started.append((label, dropped, finish))
 
     def result() -> ProbeResult:
         done = []
-        for label, dropped, finish in started:
+        for label in settings.labels:  # probes.csv lists the labels in the settings' order
+            if label not in started:
+                continue
+            dropped, finish = started[label]
             fitted = finish()
             done.append(dict(model=model, layer=layer, label=label, dropped=dropped, **fitted.row(),
                              by_speaker=fitted.by_speaker))
