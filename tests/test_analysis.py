@@ -280,6 +280,41 @@ def test_group_sums_equal_a_direct_computation(unlabelled):
     assert sums.variance_share()["share"] == pytest.approx(between / total, rel=1e-9)
 
 
+def test_silhouettes_of_labels_on_the_same_rows_share_their_distances(monkeypatch):
+    """Labels on the same rows share one draw and one distance matrix, and each label's value is
+    scikit-learn's silhouette of that label on the drawn rows; a label on other rows draws its own."""
+    import sklearn.metrics
+    from sklearn.metrics import silhouette_score
+
+    from phonorm.analysis.normalization import silhouettes
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(900, 12)).astype(np.float32)
+    speaker = rng.integers(0, 6, 900)
+    x[:, :4] += 4 * speaker[:, None]  # something to find
+    sex, tone = speaker % 2, rng.integers(0, 4, 900)
+    everyone = np.arange(900)
+    voiced = np.flatnonzero(rng.random(900) < 0.6)
+    labelled = {"speaker": (everyone, speaker), "sex": (everyone, sex), "tone": (voiced, tone[voiced]),
+                "none": (everyone, np.zeros(900, int))}
+    computed: list[int] = []
+    real = sklearn.metrics.pairwise_distances
+
+    def counted(a, *args, **kwargs):
+        computed.append(len(a))
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(sklearn.metrics, "pairwise_distances", counted)
+    values = silhouettes(x, labelled, seed=5, max_rows=400)
+    assert computed == [400, 400]  # one matrix for the three labels on every row, one for the voiced rows
+    for name in ("speaker", "sex", "tone"):
+        index, labels = labelled[name]
+        take = np.random.default_rng(5).choice(len(index), size=400, replace=False)
+        expected = silhouette_score(x[index[take]].astype(np.float64), labels[take])
+        assert values[name] == pytest.approx(expected, abs=1e-12)
+    assert values["speaker"] > 0.05 and np.isnan(values["none"])
+
+
 def test_the_command_line_starts_openblas_single_threaded():
     """`analyze` calls BLAS from its own worker threads: OpenBLAS must start without its thread pool
     (set by phonorm.cli before NumPy loads), unless the user chose otherwise."""

@@ -28,7 +28,7 @@ from phonorm.analysis.grouped import SpeakerSums
 from phonorm.analysis.inputs import LayerSettings, Rows, Seconds, run_jobs
 from phonorm.analysis.intervals import JACKKNIFE_T, Estimate
 from phonorm.analysis.kernels import Kernels
-from phonorm.analysis.normalization import GroupSums, silhouette
+from phonorm.analysis.normalization import GroupSums, silhouettes
 from phonorm.analysis.probes import ProbeSolver, start_probe
 from phonorm.analysis.projection import PCA, stratified_subsample, umap_map
 from phonorm.analysis.similarity import ViewSums
@@ -217,13 +217,10 @@ def silhouette_step(rows: Rows, settings: LayerSettings, model: str, layer: str,
     """normalization.csv's silhouettes of each label on the sampled rows `x` (sample, dim)."""
     if settings.silhouette_rows <= 0:
         return []
-    result = []
-    for label in PROBE_LABELS:
-        index, values = label_rows(rows.sample_frames, label)
-        value = silhouette(x[index], values, settings.seed, settings.silhouette_rows)
-        result.append(dict(model=model, layer=layer, measure="silhouette", label=label, value=value,
-                           n=int(min(len(index), settings.silhouette_rows))))
-    return result
+    labelled = {label: label_rows(rows.sample_frames, label) for label in PROBE_LABELS}
+    values = silhouettes(x, labelled, settings.seed, settings.silhouette_rows)
+    return [dict(model=model, layer=layer, measure="silhouette", label=label, value=values[label],
+                 n=int(min(len(index), settings.silhouette_rows))) for label, (index, _) in labelled.items()]
 
 
 # =========================================================================== probes and erasure
