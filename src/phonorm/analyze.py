@@ -17,7 +17,7 @@ from phonorm.analysis.kernels import Eraser
 from phonorm.analysis.probes import PROBE_TOL, FoldFit
 from phonorm.artifacts import code_hash
 from phonorm.errors import PhonormError
-from phonorm.settings.analyze import AnalyzeSettings
+from phonorm.settings.analyze import ANALYZE_DEFAULTS, AnalyzeSettings
 
 
 def analyze(features: str | Path, *, out: str | Path, settings: AnalyzeSettings) -> str:
@@ -109,7 +109,7 @@ class TorchLogisticProbe:
     After `fit(x (rows, dim), y (rows,))`: `classes_`, `n_iter_`, `converged_`;
     `decision_function(x)` ((rows,) for two classes, else (rows, classes)) and `predict(x)`."""
 
-    def __init__(self, max_iter: int = 300, tol: float = PROBE_TOL, device: str = "cuda"):
+    def __init__(self, max_iter: int = ANALYZE_DEFAULTS["probe_max_iter"], tol: float = PROBE_TOL, device: str = "cuda"):
         self.max_iter, self.tol, self.device = max_iter, tol, device
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "TorchLogisticProbe":

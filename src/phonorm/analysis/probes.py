@@ -45,6 +45,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from phonorm.analysis.intervals import CLUSTER_T, SpeakerTally, pooled_accuracy
 from phonorm.analysis.kernels import Kernels
 from phonorm.settings import PROBE_FAMILIES
+from phonorm.settings.analyze import ANALYZE_DEFAULTS
 
 #: How `ProbeResult.chance` is defined (recorded in probes.csv and erasure.csv).
 CHANCE_METHOD = "class prior (majority-class share of the scored rows)"
@@ -62,7 +63,7 @@ class ProbeSolver:
     solver fits every layer and model of an analysis, and the erasure probes."""
 
     family: str = "logistic"
-    max_iter: int = 300
+    max_iter: int = ANALYZE_DEFAULTS["probe_max_iter"]
     kernels: Optional[Kernels] = None
 
     def __post_init__(self):
@@ -162,7 +163,7 @@ def _digest(*parts) -> str:
     return h.hexdigest()
 
 
-def make_classifier(seed: int, max_iter: int = 300, tol: float = PROBE_TOL, family: str = "logistic"):
+def make_classifier(seed: int, max_iter: int = ANALYZE_DEFAULTS["probe_max_iter"], tol: float = PROBE_TOL, family: str = "logistic"):
     """The probe of `family`, after standardising the rows (`Float32Standardiser`):
     - "logistic": multinomial logistic regression (L2, C=1) solved by lbfgs from zero to `tol`. Its
       objective: mean log-loss + ‖W‖²/(2·C·rows), the intercept not penalised.

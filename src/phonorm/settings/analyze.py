@@ -39,7 +39,9 @@ class AnalyzeSettings(StageSettings):
                                "C=1, lbfgs to its optimum) or lda (linear discriminant analysis with Ledoit-Wolf "
                                "shrinkage, closed form: faster on many classes, but it read speaker-level sex less "
                                "well on the demo). docs/statistics.md, 'The probe'.")
-    probe_max_iter: int = Field(300, ge=1, description="Iterations of each logistic probe's solver.")
+    probe_max_iter: int = Field(1000, ge=1, description="Most iterations of each logistic probe's solver (a limit, "
+                                "not a stopping rule: probes stop at their optimum, docs/statistics.md; the demo's "
+                                "64-dimension probes needed up to 823).")
     block: int = Field(8192, ge=1, description="Rows per streamed block (memory ≈ 3 × block × dim × 8 bytes "
                                                "per layer pair; 8192 was as fast as 16384 at 768 dims).")
     products: Literal["float32", "float64"] = Field("float32", description="Precision of each streamed block's d×d "
