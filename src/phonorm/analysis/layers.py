@@ -53,8 +53,12 @@ class LayerRunner:
         self.inputs = saved_inputs(store, settings, execution.kernels.code)
         self._umap_fit: Optional[np.ndarray] = None
 
+    def _part(self, name: str) -> Path:
+        """Where a layer's (or classic baseline's) result is saved."""
+        return self.out / ".parts" / f"{name}.json"
+
     def _saved(self, name: str, compute) -> LayerResult:
-        path = self.out / ".parts" / f"{name}.json"
+        path = self._part(name)
         saved = LayerResult.load(path, self.inputs)
         if saved is not None:
             return saved
@@ -69,7 +73,7 @@ class LayerRunner:
         for them, saves the result and returns it. Starting the next layer before finishing this one keeps
         both workers busy: the last probe folds of a layer no longer leave one idle
         (`run._run_layers`)."""
-        path = self.out / ".parts" / f"{model}__{layer}.json"
+        path = self._part(f"{model}__{layer}")
         saved = LayerResult.load(path, self.inputs)
         if saved is not None:
             return lambda: saved
