@@ -160,7 +160,7 @@ def test_rerun_resumes_from_saved_parts(results, monkeypatch, tmp_path):
         raise AssertionError("recomputed a layer that was already done")
 
     monkeypatch.setattr(LayerRunner, "start_layer", fail)
-    monkeypatch.setattr(LayerRunner, "compute_classic", fail)
+    monkeypatch.setattr(LayerRunner, "start_classic", fail)
     analyze(store, out=out, settings=settings.model_copy(update={"figures": False}))
     pd.testing.assert_frame_equal(before, pd.read_csv(out / "probes.csv"))
 

@@ -53,18 +53,21 @@ class LayerRunner:
         self.inputs = saved_inputs(store, settings, execution.kernels.code)
         self._umap_fit: Optional[np.ndarray] = None
 
-    def _part(self, name: str) -> Path:
-        """Where a layer's (or classic baseline's) result is saved."""
-        return self.out / ".parts" / f"{name}.json"
-
-    def _saved(self, name: str, compute) -> LayerResult:
-        path = self._part(name)
+    def _saved(self, name: str, start: Callable[[], Callable[[], LayerResult]]) -> Callable[[], LayerResult]:
+        """The result saved as `name` when its saved inputs are the current ones; else `start()` runs
+        the work up to what it leaves on the worker threads, and the function returned waits for that,
+        saves the result and returns it."""
+        path = self.out / ".parts" / f"{name}.json"
         saved = LayerResult.load(path, self.inputs)
         if saved is not None:
-            return saved
-        result = compute()
-        result.save(path, self.inputs)
-        return result
+            return lambda: saved
+        finish = start()
+
+        def finished() -> LayerResult:
+            result = finish()
+            result.save(path, self.inputs)
+            return result
+        return finished
 
     # ------------------------------------------------------------------ a model layer
     def start_layer_result(self, model: str, layer: str) -> Callable[[], LayerResult]:
@@ -73,10 +76,12 @@ class LayerRunner:
         for them, saves the result and returns it. Starting the next layer before finishing this one keeps
         both workers busy: the last probe folds of a layer no longer leave one idle
         (`run._run_layers`)."""
-        path = self._part(f"{model}__{layer}")
-        saved = LayerResult.load(path, self.inputs)
-        if saved is not None:
-            return lambda: saved
+        return self._saved(f"{model}__{layer}", lambda: self._timed_start(model, layer))
+
+    def _timed_start(self, model: str, layer: str) -> Callable[[], LayerResult]:
+        """`start_layer` with the layer's own seconds per part in its result (an interrupted run's saved
+        parts still tell where the time went): its synchronous part and its wait, not the next layer's
+        work in between."""
         before = dict(self.timer.seconds)
         finish = self.start_layer(model, layer)
         started = self.timer.since(before)
@@ -84,12 +89,9 @@ class LayerRunner:
         def finished() -> LayerResult:
             waiting = dict(self.timer.seconds)
             result = finish()
-            # The layer's own seconds (an interrupted run's saved parts still tell where the time
-            # went): its synchronous part and its wait, not the next layer's work in between.
             waited = self.timer.since(waiting)
             result.seconds = {part: round(started.get(part, 0.0) + waited.get(part, 0.0), 3)
                               for part in {**started, **waited}}
-            result.save(path, self.inputs)
             return result
         return finished
 
@@ -136,22 +138,23 @@ class LayerRunner:
 
     # ------------------------------------------------------------------ classic baselines
     def classic_result(self, name: str) -> LayerResult:
-        return self._saved(f"classic__{name}", lambda: self.compute_classic(name))
+        return self._saved(f"classic__{name}", lambda: self.start_classic(name))()
 
-    def compute_classic(self, name: str) -> LayerResult:
+    def start_classic(self, name: str) -> Callable[[], LayerResult]:
         """Probes and variance shares of a classic baseline (f0, mfcc); rows without a value (unvoiced
-        F0) are dropped from the probes and the shares, and counted."""
+        F0) are dropped from the probes and the shares, and counted. The probes are started on the
+        worker threads; the function returned waits for them and gives the result."""
         values = np.asarray(self.store.classic(name), dtype=np.float64)
         x = values[self.rows.sample]
         valid = np.all(np.isfinite(x), axis=1)
         x = np.where(np.isfinite(x), x, 0.0)
         probes = start_probes(self.sums.pool, self.rows, self.settings, self.execution.kernels, CLASSIC_MODEL, name, x,
-                              valid=valid)()
+                              valid=valid)
         finite = np.all(np.isfinite(values), axis=1)
         groups = {}
         for f in FACTORS:
             codes = np.where(finite, self.rows.codes[f], -1)
             if codes.max() >= 0:
                 groups[f] = GroupSums(int(codes.max()) + 1, values.shape[1]).update(np.nan_to_num(values), codes)
-        return LayerResult(probes=probes, normalization=normalization_step(groups, CLASSIC_MODEL, name),
-                           dropped_rows=int((~finite).sum()))
+        normalization = normalization_step(groups, CLASSIC_MODEL, name)
+        return lambda: LayerResult(probes=probes(), normalization=normalization, dropped_rows=int((~finite).sum()))

@@ -185,7 +185,8 @@ ERASURE = ResultTable("erasure.csv", ErasureRow)
 NORMALIZATION = ResultTable("normalization.csv", NormalizationRow)
 PCA_VARIANCE = ResultTable("projections/pca_variance.parquet", PcaVarianceRow)
 SWEEP = ResultTable("sweep.csv", SweepRow)
-#: The layer matrices (layer_matrix/*.csv) are matrices, not rows: index the model's layers, columns the
-#: reference's layers, one file per model and measure (`analysis/tables.write_layer_matrices`).
+# The layer matrices (layer_matrix/*.csv) are matrices, not rows: index the model's layers, columns the
+# reference's layers, one file per model and measure (`analysis/tables.write_layer_matrices`).
+
 #: The CSV tables (settings.json records their row counts; validate reads each to its last line).
 CSV_TABLES = (SIMILARITY, PROBES, ERASURE, NORMALIZATION)
